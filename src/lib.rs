@@ -1,0 +1,11 @@
+//! Sluice: an io_uring intercepting HTTP proxy appliance.
+//!
+//! The crate is the proxy itself: configuration, the per-core workers, the connection
+//! state machine and the protocols. Every `unsafe` block of the project lives in the
+//! `uring` crate; this one forbids it.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod h1;
+pub mod server;

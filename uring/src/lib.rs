@@ -1,0 +1,26 @@
+//! The event-loop layer of Sluice: everything that touches io_uring and raw memory.
+//!
+//! - [`ring`]: ring setup (SINGLE_ISSUER / COOP_TASKRUN / DEFER_TASKRUN when offered),
+//!   typed operations, a backlog so a full submission queue never drops an operation.
+//! - [`token`]: the `user_data` encoding: connection pointer + generation + op tag.
+//! - [`slab`]: the per-worker pool of registered 64 KiB buffers and the ownership rules
+//!   that keep a buffer still while the kernel writes into it.
+//! - [`conns`]: the connection arena. A connection is `Box::into_raw`'d on insert; each
+//!   completion is turned back into `&mut` of it; it is freed exactly once, when it is
+//!   closing and no operation of it is in flight.
+//! - [`sys`]: the few plain syscalls the proxy needs (CPU affinity, a non-blocking peek,
+//!   the original destination of a redirected socket).
+//!
+//! Every `unsafe` block of the project lives in this crate, each with a `SAFETY:` comment
+//! naming the invariant it relies on.
+
+pub mod conns;
+pub mod ring;
+pub mod slab;
+pub mod sys;
+pub mod token;
+
+pub use conns::{ConnId, Conns, Event, Slot};
+pub use ring::{Op, Ring, RingStats};
+pub use slab::{Slab, SlabPool, SLAB_SIZE};
+pub use token::{OpTag, WorkerToken};

@@ -1,0 +1,293 @@
+//! One io_uring per worker: setup, typed operations, submission with a backlog.
+//!
+//! Operations that name memory keep it alive until their completion: slabs park in the
+//! connection's lane, a connect address is boxed in the slot, the tick timespec lives in
+//! the ring. A full submission queue flushes to the kernel; if it is still full the entry
+//! waits in the backlog and goes first on the next flush: nothing is ever dropped.
+
+use crate::conns::Io;
+use crate::slab::{Slab, SlabPool};
+use crate::token::{encode_conn, encode_worker, OpTag, WorkerToken, ACCEPT_KIND};
+use io_uring::{opcode, squeue, types, IoUring};
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Counters a worker exports about its ring.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RingStats {
+    pub submitted: u64,
+    pub completed: u64,
+    pub backlogged: u64,
+    pub backlog_now: usize,
+    pub enter_calls: u64,
+}
+
+/// A socket address in the layout the kernel reads for `connect`.
+#[derive(Debug)]
+pub(crate) enum SockAddrRaw {
+    V4(libc::sockaddr_in),
+    V6(libc::sockaddr_in6),
+}
+
+impl SockAddrRaw {
+    fn new(addr: SocketAddr) -> SockAddrRaw {
+        match addr {
+            SocketAddr::V4(a) => SockAddrRaw::V4(libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            }),
+            SocketAddr::V6(a) => SockAddrRaw::V6(libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            }),
+        }
+    }
+
+    fn as_ptr(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        match self {
+            SockAddrRaw::V4(a) => (
+                a as *const libc::sockaddr_in as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            ),
+            SockAddrRaw::V6(a) => (
+                a as *const libc::sockaddr_in6 as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            ),
+        }
+    }
+}
+
+/// A connection operation.
+#[derive(Debug)]
+pub enum Op {
+    /// Read into `slab[offset..offset+len]` (fixed-buffer opcode for registered slabs).
+    Recv { fd: RawFd, slab: Slab, offset: usize, len: usize },
+    /// Write `slab[offset..offset+len]`.
+    Send { fd: RawFd, slab: Slab, offset: usize, len: usize },
+    /// Wait until the fd is readable (or hung up), without holding a buffer.
+    PollIn { fd: RawFd },
+    /// Connect a socket.
+    Connect { fd: RawFd, addr: SocketAddr },
+    /// Shut down the write side (half-close).
+    ShutdownWrite { fd: RawFd },
+    /// Cancel every operation in flight on the fd (completes with the count or -ENOENT).
+    CancelFd { fd: RawFd },
+}
+
+/// A worker's ring.
+pub struct Ring {
+    ring: IoUring,
+    backlog: VecDeque<squeue::Entry>,
+    cqes: Vec<(u64, i32, u32)>,
+    tick: Box<types::Timespec>,
+    stats: RingStats,
+    fixed_buffers: bool,
+}
+
+impl Ring {
+    /// Builds a ring with the cheapest task-running flags the kernel accepts, and
+    /// registers the pool's slabs as fixed buffers.
+    pub fn new(entries: u32, pool: &SlabPool) -> io::Result<Ring> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_coop_taskrun()
+            .setup_defer_taskrun()
+            .setup_cqsize(entries * 4)
+            .build(entries)
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries))
+            .or_else(|_| IoUring::new(entries))?;
+        let iovecs = pool.iovecs();
+        let mut fixed_buffers = false;
+        if !iovecs.is_empty() {
+            // SAFETY: every iovec names SLAB_SIZE bytes inside the pool's allocation, which
+            // stays allocated while any slab may be in the kernel (SlabPool::drop leaks it
+            // otherwise) and is never moved.
+            unsafe { ring.submitter().register_buffers(&iovecs) }
+                .map_err(|e| io::Error::new(e.kind(), format!("registering {} slabs: {e}", iovecs.len())))?;
+            fixed_buffers = true;
+        }
+        Ok(Ring {
+            ring,
+            backlog: VecDeque::new(),
+            cqes: Vec::with_capacity(entries as usize * 4),
+            tick: Box::new(types::Timespec::new()),
+            stats: RingStats::default(),
+            fixed_buffers,
+        })
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> RingStats {
+        RingStats { backlog_now: self.backlog.len(), ..self.stats }
+    }
+
+    /// Submits a connection operation. A slab it carries parks in the slot until the
+    /// operation's final completion hands it back.
+    pub fn submit(&mut self, io: &mut Io, tag: OpTag, op: Op, pool: &mut SlabPool) {
+        debug_assert!(!io.is_closing(), "op submitted on a closing slot");
+        let user_data = encode_conn(io.addr(), io.gen(), tag);
+        let entry = match op {
+            Op::Recv { fd, slab, offset, len } => {
+                let (buf, len, fixed) = self.lend(io, tag, slab, offset, len, pool);
+                match fixed {
+                    Some(index) => opcode::ReadFixed::new(types::Fd(fd), buf, len, index).build(),
+                    None => opcode::Recv::new(types::Fd(fd), buf, len).build(),
+                }
+            }
+            Op::Send { fd, slab, offset, len } => {
+                let (buf, len, fixed) = self.lend(io, tag, slab, offset, len, pool);
+                match fixed {
+                    Some(index) => opcode::WriteFixed::new(types::Fd(fd), buf, len, index).build(),
+                    None => opcode::Send::new(types::Fd(fd), buf, len).flags(libc::MSG_NOSIGNAL).build(),
+                }
+            }
+            Op::PollIn { fd } => {
+                opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32).build()
+            }
+            Op::Connect { fd, addr } => {
+                assert!(io.connect_addr.is_none(), "one connect at a time per slot");
+                let raw = Box::new(SockAddrRaw::new(addr));
+                let (ptr, len) = raw.as_ptr();
+                // The box moves into the slot; its heap address (ptr) does not change.
+                io.connect_addr = Some((tag, raw));
+                opcode::Connect::new(types::Fd(fd), ptr, len).build()
+            }
+            Op::ShutdownWrite { fd } => opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build(),
+            Op::CancelFd { fd } => {
+                opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build()
+            }
+        };
+        io.started();
+        self.push(entry.user_data(user_data));
+    }
+
+    /// Parks the slab in the slot's lane and returns the buffer address, length and the
+    /// fixed-buffer index when the slab is registered.
+    fn lend(
+        &mut self,
+        io: &mut Io,
+        tag: OpTag,
+        slab: Slab,
+        offset: usize,
+        len: usize,
+        pool: &mut SlabPool,
+    ) -> (*mut u8, u32, Option<u16>) {
+        assert!(offset <= crate::SLAB_SIZE && len <= crate::SLAB_SIZE - offset, "range outside the slab");
+        let base = pool.ptr(&slab);
+        // SAFETY: offset + len <= SLAB_SIZE (asserted above), so the pointer stays inside the slab.
+        let buf = unsafe { base.add(offset) };
+        let fixed = (self.fixed_buffers && pool.is_registered(&slab)).then(|| slab.index() as u16);
+        let lane = io.lanes.get_mut(tag.0 as usize).expect("slab-carrying ops use tags below OpTag::SLAB_LANES");
+        assert!(lane.is_none(), "lane {} already has a slab in flight", tag.0);
+        *lane = Some(slab);
+        pool.in_kernel += 1;
+        (buf, len as u32, fixed)
+    }
+
+    /// Arms multishot accept on a listener; completions come back as `Event::Accepted`
+    /// with `listener = index`. Re-arm when a completion arrives without `more`.
+    pub fn accept_multi(&mut self, listener_fd: RawFd, index: u32) {
+        let ud = encode_worker(WorkerToken { kind: ACCEPT_KIND, index });
+        let entry = opcode::AcceptMulti::new(types::Fd(listener_fd))
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ud);
+        self.push(entry);
+    }
+
+    /// Waits for a worker-level fd (the wake pipe) to become readable.
+    pub fn poll_worker_fd(&mut self, fd: RawFd, token: WorkerToken) {
+        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(encode_worker(token));
+        self.push(entry);
+    }
+
+    /// Arms a multishot timer that completes every `every` (re-arm when `more` is clear).
+    pub fn tick(&mut self, every: Duration, token: WorkerToken) {
+        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
+        *self.tick = types::Timespec::from(every);
+        let ts: *const types::Timespec = &*self.tick;
+        let entry = opcode::Timeout::new(ts)
+            .flags(types::TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(encode_worker(token));
+        self.push(entry);
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        self.stats.submitted += 1;
+        if !self.backlog.is_empty() || !self.try_push(&entry) {
+            self.stats.backlogged += 1;
+            self.backlog.push_back(entry);
+        }
+    }
+
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every entry built here names memory that outlives the operation: slabs
+        // parked in the slot's lane, the connect address boxed in the slot, the tick
+        // timespec owned by this ring, and slots freed only after their final completion.
+        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+            return true;
+        }
+        // Queue full: hand what is queued to the kernel and try once more.
+        self.stats.enter_calls += 1;
+        if self.ring.submit().is_err() {
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    fn flush_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            if !self.try_push(&entry) {
+                self.backlog.push_front(entry);
+                break;
+            }
+        }
+    }
+
+    /// Submits everything queued and waits for at least `want` completions, then moves
+    /// every available completion into an internal buffer returned by [`Ring::completions`].
+    pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        self.flush_backlog();
+        self.stats.enter_calls += 1;
+        let want = if self.backlog.is_empty() { want } else { 0 };
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(e),
+        }
+        self.cqes.clear();
+        for cqe in self.ring.completion() {
+            self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+        }
+        self.stats.completed += self.cqes.len() as u64;
+        Ok(())
+    }
+
+    /// Takes the completions gathered by the last [`Ring::submit_and_wait`]; give the
+    /// vector back with [`Ring::recycle`] to keep its allocation.
+    pub fn completions(&mut self) -> Vec<(u64, i32, u32)> {
+        std::mem::take(&mut self.cqes)
+    }
+
+    /// Returns the completion buffer for reuse.
+    pub fn recycle(&mut self, mut v: Vec<(u64, i32, u32)>) {
+        v.clear();
+        self.cqes = v;
+    }
+
+    /// True when submissions are waiting for room in the queue.
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+}

@@ -1,0 +1,252 @@
+//! The per-worker pool of 64 KiB I/O slabs.
+//!
+//! `registered` slabs live in one page-aligned allocation registered with the ring
+//! (`IORING_REGISTER_BUFFERS`), so socket I/O on them uses the fixed-buffer opcodes.
+//! When they run out the pool lends plain heap slabs instead (I/O on them uses the
+//! ordinary opcodes), so a burst never stalls a connection; those are freed on release.
+//!
+//! Ownership rule: a [`Slab`] handle is unique (not `Clone`), made only by [`SlabPool::take`].
+//! Whoever holds the handle may touch the bytes; while an operation is in flight the
+//! handle is parked in the connection's slot (see `conns`), so neither the proxy nor the
+//! pool can touch or reuse a buffer the kernel owns.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// Bytes in one slab.
+pub const SLAB_SIZE: usize = 64 * 1024;
+
+static NEXT_POOL_ID: AtomicU32 = AtomicU32::new(1);
+
+/// A unique handle on one slab of one pool.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a slab must go back to its pool with SlabPool::release"]
+pub struct Slab {
+    pool: u32,
+    index: u32,
+}
+
+impl Slab {
+    /// The slab's index in its pool (registered buffer index when registered).
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+}
+
+/// A pool of slabs owned by one worker.
+pub struct SlabPool {
+    id: u32,
+    base: *mut u8,
+    layout: Option<Layout>,
+    registered: u32,
+    free: Vec<u32>,
+    overflow: Vec<Option<Box<[u8]>>>,
+    overflow_free: Vec<u32>,
+    outstanding: usize,
+    /// Slabs currently parked in an in-flight operation (the kernel may write them).
+    pub(crate) in_kernel: usize,
+}
+
+impl SlabPool {
+    /// Allocates `count` zeroed slabs in one page-aligned block.
+    pub fn new(count: usize) -> std::io::Result<SlabPool> {
+        let count = count.min(u16::MAX as usize);
+        let id = NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed);
+        if count == 0 {
+            return Ok(SlabPool {
+                id,
+                base: std::ptr::null_mut(),
+                layout: None,
+                registered: 0,
+                free: Vec::new(),
+                overflow: Vec::new(),
+                overflow_free: Vec::new(),
+                outstanding: 0,
+                in_kernel: 0,
+            });
+        }
+        let layout = Layout::from_size_align(count * SLAB_SIZE, 4096)
+            .map_err(|_| std::io::Error::other("slab pool too large"))?;
+        // SAFETY: the layout has a non-zero size (count > 0) and a valid alignment.
+        let base = unsafe { alloc_zeroed(layout) };
+        if base.is_null() {
+            return Err(std::io::Error::other("cannot allocate the slab pool"));
+        }
+        Ok(SlabPool {
+            id,
+            base,
+            layout: Some(layout),
+            registered: count as u32,
+            free: (0..count as u32).rev().collect(),
+            overflow: Vec::new(),
+            overflow_free: Vec::new(),
+            outstanding: 0,
+            in_kernel: 0,
+        })
+    }
+
+    /// The iovecs to register with a ring, one per registered slab.
+    pub(crate) fn iovecs(&self) -> Vec<libc::iovec> {
+        (0..self.registered as usize)
+            .map(|i| libc::iovec {
+                // SAFETY: i < registered, so the offset stays inside the allocation.
+                iov_base: unsafe { self.base.add(i * SLAB_SIZE) }.cast(),
+                iov_len: SLAB_SIZE,
+            })
+            .collect()
+    }
+
+    /// Lends a slab: a registered one while any is free, else a heap one.
+    pub fn take(&mut self) -> Slab {
+        self.outstanding += 1;
+        if let Some(index) = self.free.pop() {
+            return Slab { pool: self.id, index };
+        }
+        let buf = vec![0u8; SLAB_SIZE].into_boxed_slice();
+        let o = match self.overflow_free.pop() {
+            Some(o) => {
+                self.overflow[o as usize] = Some(buf);
+                o
+            }
+            None => {
+                self.overflow.push(Some(buf));
+                (self.overflow.len() - 1) as u32
+            }
+        };
+        Slab { pool: self.id, index: self.registered + o }
+    }
+
+    /// Returns a slab to the pool.
+    pub fn release(&mut self, slab: Slab) {
+        assert_eq!(slab.pool, self.id, "slab released to a foreign pool");
+        self.outstanding -= 1;
+        if slab.index < self.registered {
+            self.free.push(slab.index);
+        } else {
+            let o = slab.index - self.registered;
+            self.overflow[o as usize] = None;
+            self.overflow_free.push(o);
+        }
+    }
+
+    /// True when the slab is one of the registered (fixed) buffers.
+    pub fn is_registered(&self, slab: &Slab) -> bool {
+        slab.index < self.registered
+    }
+
+    /// Slabs lent out now (to connections or the kernel).
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// Registered slabs not lent out.
+    pub fn free_registered(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Registered slabs in all.
+    pub fn registered(&self) -> usize {
+        self.registered as usize
+    }
+
+    pub(crate) fn ptr(&self, slab: &Slab) -> *mut u8 {
+        assert_eq!(slab.pool, self.id, "slab used with a foreign pool");
+        if slab.index < self.registered {
+            // SAFETY: index < registered, so the offset stays inside the allocation.
+            unsafe { self.base.add(slab.index as usize * SLAB_SIZE) }
+        } else {
+            match &self.overflow[(slab.index - self.registered) as usize] {
+                Some(b) => b.as_ptr() as *mut u8,
+                None => unreachable!("a live Slab handle always names a live buffer"),
+            }
+        }
+    }
+
+    /// The slab's bytes.
+    pub fn bytes<'a>(&'a self, slab: &'a Slab) -> &'a [u8] {
+        // SAFETY: the handle is unique and held by the caller, so no `&mut` to these bytes
+        // exists and the kernel does not own them (in-flight slabs are parked in a slot).
+        unsafe { std::slice::from_raw_parts(self.ptr(slab), SLAB_SIZE) }
+    }
+
+    /// The slab's bytes, writable.
+    pub fn bytes_mut<'a>(&'a self, slab: &'a mut Slab) -> &'a mut [u8] {
+        // SAFETY: as in `bytes`, and `&mut Slab` proves this is the only access to them.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(slab), SLAB_SIZE) }
+    }
+}
+
+impl Drop for SlabPool {
+    fn drop(&mut self) {
+        if self.in_kernel > 0 {
+            // The kernel may still write into these pages: leak them rather than free
+            // memory an operation can complete into.
+            return;
+        }
+        if let Some(layout) = self.layout {
+            // SAFETY: base was allocated with exactly this layout and no slab is in the kernel.
+            unsafe { dealloc(self.base, layout) }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhaustion_falls_back_to_heap_slabs_and_reuse_works() {
+        let mut pool = SlabPool::new(2).unwrap();
+        let a = pool.take();
+        let b = pool.take();
+        assert!(pool.is_registered(&a) && pool.is_registered(&b));
+        assert_eq!(pool.free_registered(), 0);
+        let c = pool.take();
+        assert!(!pool.is_registered(&c), "third slab comes from the heap");
+        assert_eq!(pool.outstanding(), 3);
+        let a_index = a.index();
+        pool.release(a);
+        let d = pool.take();
+        assert_eq!(d.index(), a_index, "a released slab is lent again");
+        for s in [b, c, d] {
+            pool.release(s);
+        }
+        assert_eq!(pool.outstanding(), 0);
+        assert_eq!(pool.free_registered(), 2);
+    }
+
+    #[test]
+    fn bytes_are_distinct_per_slab() {
+        let mut pool = SlabPool::new(2).unwrap();
+        let mut a = pool.take();
+        let mut b = pool.take();
+        pool.bytes_mut(&mut a)[..3].copy_from_slice(b"abc");
+        pool.bytes_mut(&mut b)[..3].copy_from_slice(b"xyz");
+        assert_eq!(&pool.bytes(&a)[..3], b"abc");
+        assert_eq!(&pool.bytes(&b)[..3], b"xyz");
+        assert_eq!(pool.bytes(&a).len(), SLAB_SIZE);
+        pool.release(a);
+        pool.release(b);
+    }
+
+    #[test]
+    #[should_panic(expected = "foreign pool")]
+    fn a_slab_cannot_cross_pools() {
+        let mut p1 = SlabPool::new(1).unwrap();
+        let mut p2 = SlabPool::new(1).unwrap();
+        let s = p1.take();
+        let _keep = p2.take();
+        p2.release(s);
+    }
+
+    #[test]
+    fn heap_slab_indices_are_recycled() {
+        let mut pool = SlabPool::new(0).unwrap();
+        let a = pool.take();
+        let i = a.index();
+        pool.release(a);
+        let b = pool.take();
+        assert_eq!(b.index(), i);
+        pool.release(b);
+    }
+}
