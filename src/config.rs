@@ -4,9 +4,12 @@
 //! An empty TOML file is a valid config: every key has a default. Unknown keys are
 //! refused with the key's name so typos never pass silently.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use serde::{de, Deserialize, Deserializer};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+use toml::Spanned;
 
 /// Everything a worker needs to run. Built once at start (and, later, on reload), then
 /// shared read-only (`Arc<Config>`) by the workers.
@@ -107,6 +110,1197 @@ impl Default for Config {
                 idle_timeout: Duration::from_secs(30),
             },
             slabs_per_worker: 1024,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// Why a configuration was refused. Its `Display` is one line that says what and where,
+/// ready to print after `sluice: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    origin: Origin,
+    /// The dotted key the error is about (`timeouts.request_head`), when known.
+    key: Option<String>,
+    message: String,
+    line: Option<usize>,
+}
+
+/// Where the offending setting came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    /// TOML text given to [`parse_str`], or a merged config with no file behind it.
+    Text,
+    /// A config file.
+    File(PathBuf),
+    /// A command-line flag and the value it was given.
+    Flag { flag: String, value: String },
+    /// A value set by a command-line flag that failed a check across settings.
+    CommandLine,
+}
+
+impl ConfigError {
+    fn new(origin: Origin, key: Option<String>, message: impl Into<String>) -> Self {
+        // Keep the promise of one line whatever a parser below us says.
+        let message = message.into().replace('\n', "; ");
+        ConfigError {
+            origin,
+            key,
+            message,
+            line: None,
+        }
+    }
+
+    /// An invalid value for a command-line flag, e.g. `--resolve "foo": expected NAME:ADDR`.
+    pub fn flag(flag: &str, value: &str, message: impl Into<String>) -> Self {
+        ConfigError::new(
+            Origin::Flag {
+                flag: flag.to_string(),
+                value: value.to_string(),
+            },
+            None,
+            message,
+        )
+    }
+
+    /// A setting that fails [`Config::validate`].
+    fn invalid(key: &str, message: impl Into<String>) -> Self {
+        ConfigError::new(Origin::Text, Some(key.to_string()), message)
+    }
+
+    fn in_file(mut self, path: &Path) -> Self {
+        if matches!(self.origin, Origin::Text) {
+            self.origin = Origin::File(path.to_path_buf());
+        }
+        self
+    }
+
+    /// What is wrong, without the where.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The dotted config key the error is about, when known (`limits.max_headers`).
+    pub fn key(&self) -> Option<&str> {
+        self.key.as_deref()
+    }
+
+    /// 1-based line in the TOML text, when known.
+    pub fn line(&self) -> Option<usize> {
+        self.line
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::Text => f.write_str("config: ")?,
+            Origin::File(path) => write!(f, "config {}: ", path.display())?,
+            Origin::Flag { flag, value } => write!(f, "{flag} {value:?}: ")?,
+            Origin::CommandLine => f.write_str("command line: ")?,
+        }
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(line) = self.line {
+            write!(f, " (line {line})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------------------
+// Values shared by the file and the command line
+// ---------------------------------------------------------------------------------------
+
+/// Longest timeout accepted: 30 days. Longer values are typos, and would overflow
+/// deadline arithmetic.
+const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// Shortest timeout accepted: 1 ms, the timer granularity.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+/// Most workers accepted; more is a typo.
+const MAX_WORKERS: usize = 1024;
+/// io_uring registers at most this many fixed buffers.
+const MAX_SLABS: usize = 16384;
+const MIN_SLABS: usize = 16;
+
+/// Parses a listener address `IP:PORT` (`127.0.0.1:8080`, `[::1]:8080`).
+pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080".to_string())
+}
+
+/// Parses the admin address: `IP:PORT`, or `off` to disable the admin endpoint.
+pub fn parse_admin(s: &str) -> Result<Option<SocketAddr>, String> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|_| "expected IP:PORT (e.g. 127.0.0.1:9090) or \"off\"".to_string())
+}
+
+/// Parses `NAME:ADDR` like curl's `--resolve` (without the port): `origin.test:127.0.0.5`,
+/// `v6.test:::1` or `v6.test:[::1]`. The name is lower-cased.
+pub fn parse_resolve(s: &str) -> Result<(String, IpAddr), String> {
+    const EXPECTED: &str = "expected NAME:ADDR";
+    let Some((name, addr)) = s.split_once(':') else {
+        return Err(EXPECTED.to_string());
+    };
+    if name.is_empty() || addr.is_empty() {
+        return Err(EXPECTED.to_string());
+    }
+    let name = check_name(name).map_err(|e| format!("{EXPECTED}: {e}"))?;
+    let bare = addr
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(addr);
+    match bare.parse::<IpAddr>() {
+        Ok(ip) => Ok((name, ip)),
+        Err(_) => {
+            // curl's HOST:PORT:ADDR form: say why it is refused.
+            let port_form = addr.split_once(':').is_some_and(|(port, rest)| {
+                port.parse::<u16>().is_ok() && rest.parse::<IpAddr>().is_ok()
+            });
+            if port_form {
+                Err(format!(
+                    "{EXPECTED} (no port: the name is pinned for every port)"
+                ))
+            } else {
+                Err(format!("{EXPECTED}: {addr:?} is not an IP address"))
+            }
+        }
+    }
+}
+
+/// Parses a passthrough pattern: a server name, or `*.suffix`. Lower-cased.
+pub fn parse_passthrough(s: &str) -> Result<String, String> {
+    let (wildcard, name) = match s.strip_prefix("*.") {
+        Some(suffix) => ("*.", suffix),
+        None => ("", s),
+    };
+    check_name(name)
+        .map(|name| format!("{wildcard}{name}"))
+        .map_err(|e| format!("expected a server name or *.suffix: {e}"))
+}
+
+/// Checks a DNS name (letters, digits, `-`, `_`, dot-separated labels) and lower-cases it.
+fn check_name(name: &str) -> Result<String, String> {
+    let trimmed = name.strip_suffix('.').unwrap_or(name);
+    if trimmed.is_empty() || trimmed.len() > 253 {
+        return Err("empty or over-long name".to_string());
+    }
+    for label in trimmed.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!("bad label in {name:?}"));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!("{c:?} is not allowed in a name"));
+        }
+    }
+    Ok(trimmed.to_ascii_lowercase())
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation
+// ---------------------------------------------------------------------------------------
+
+impl Config {
+    /// Checks every setting against its allowed range. The error names the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(
+                "listen",
+                "at least one listen address is required",
+            ));
+        }
+        if let Some(dup) = first_duplicate(&self.listen) {
+            return Err(ConfigError::invalid(
+                "listen",
+                format!("{dup} is listed twice"),
+            ));
+        }
+        if let Some(dup) = first_duplicate(&self.quic_listen) {
+            return Err(ConfigError::invalid(
+                "quic_listen",
+                format!("{dup} is listed twice"),
+            ));
+        }
+        if let Some(admin) = self.admin {
+            if self.listen.contains(&admin) {
+                return Err(ConfigError::invalid(
+                    "admin",
+                    format!("{admin} is also a listen address"),
+                ));
+            }
+        }
+        match self.workers {
+            Some(0) => return Err(ConfigError::invalid("workers", "must be at least 1")),
+            Some(n) if n > MAX_WORKERS => {
+                return Err(ConfigError::invalid(
+                    "workers",
+                    format!("must be at most {MAX_WORKERS}, got {n}"),
+                ))
+            }
+            _ => {}
+        }
+        if self.ca_dir.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("ca_dir", "must not be empty"));
+        }
+        if self.upstream_ca.iter().any(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::invalid(
+                "upstream_ca",
+                "a path must not be empty",
+            ));
+        }
+        for (name, _) in &self.resolve {
+            check_name(name).map_err(|e| ConfigError::invalid("resolve", e))?;
+        }
+        for pattern in &self.passthrough {
+            parse_passthrough(pattern).map_err(|e| ConfigError::invalid("passthrough", e))?;
+        }
+        if self.connect_ports.contains(&0) {
+            return Err(ConfigError::invalid(
+                "connect_ports",
+                "port 0 is not a port",
+            ));
+        }
+        in_range(
+            "slabs_per_worker",
+            self.slabs_per_worker,
+            MIN_SLABS,
+            MAX_SLABS,
+        )?;
+        let limits = &self.limits;
+        in_range(
+            "limits.max_header_bytes",
+            limits.max_header_bytes,
+            1024,
+            1024 * 1024,
+        )?;
+        in_range("limits.max_headers", limits.max_headers, 1, 1024)?;
+        in_range(
+            "limits.max_connections_per_worker",
+            limits.max_connections_per_worker,
+            1,
+            usize::MAX,
+        )?;
+        let t = &self.timeouts;
+        for (key, value) in [
+            ("timeouts.request_head", t.request_head),
+            ("timeouts.client_idle", t.client_idle),
+            ("timeouts.upstream_connect", t.upstream_connect),
+            ("timeouts.upstream_response", t.upstream_response),
+            ("timeouts.io_idle", t.io_idle),
+            ("pool.idle_timeout", self.pool.idle_timeout),
+        ] {
+            if value < MIN_TIMEOUT || value > Duration::from_secs(MAX_TIMEOUT_SECS) {
+                return Err(ConfigError::invalid(
+                    key,
+                    format!(
+                        "must be between 0.001 and {MAX_TIMEOUT_SECS} seconds, got {}",
+                        value.as_secs_f64()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
+    if value < min {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be at least {min}, got {value}"),
+        ));
+    }
+    if value > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("must be at most {max}, got {value}"),
+        ));
+    }
+    Ok(())
+}
+
+fn first_duplicate<T: PartialEq>(items: &[T]) -> Option<&T> {
+    items
+        .iter()
+        .enumerate()
+        .find(|(i, a)| items[..*i].contains(a))
+        .map(|(_, a)| a)
+}
+
+// ---------------------------------------------------------------------------------------
+// Command-line overrides
+// ---------------------------------------------------------------------------------------
+
+/// Settings given on the command line, already parsed. `None` = not given, keep the
+/// file's value. A list given at all replaces the file's list (it does not append).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub listen: Option<Vec<SocketAddr>>,
+    pub quic_listen: Option<Vec<SocketAddr>>,
+    /// `Some(None)` = `--admin off`.
+    pub admin: Option<Option<SocketAddr>>,
+    pub workers: Option<usize>,
+    pub ca_dir: Option<PathBuf>,
+    pub upstream_ca: Option<Vec<PathBuf>>,
+    pub resolve: Option<Vec<(String, IpAddr)>>,
+    pub passthrough: Option<Vec<String>>,
+    /// `Some(true)` = `--intercept-connect`.
+    pub intercept_connect: Option<bool>,
+    pub connect_ports: Option<Vec<u16>>,
+}
+
+impl Overrides {
+    /// Writes every given setting over `config`.
+    pub fn apply(&self, config: &mut Config) {
+        fn put<T: Clone>(from: &Option<T>, to: &mut T) {
+            if let Some(v) = from {
+                *to = v.clone();
+            }
+        }
+        put(&self.listen, &mut config.listen);
+        put(&self.quic_listen, &mut config.quic_listen);
+        put(&self.admin, &mut config.admin);
+        if self.workers.is_some() {
+            config.workers = self.workers;
+        }
+        put(&self.ca_dir, &mut config.ca_dir);
+        put(&self.upstream_ca, &mut config.upstream_ca);
+        put(&self.resolve, &mut config.resolve);
+        put(&self.passthrough, &mut config.passthrough);
+        put(&self.intercept_connect, &mut config.intercept_connect);
+        put(&self.connect_ports, &mut config.connect_ports);
+    }
+
+    /// Whether the command line set this config key.
+    fn sets(&self, key: &str) -> bool {
+        match key {
+            "listen" => self.listen.is_some(),
+            "quic_listen" => self.quic_listen.is_some(),
+            "admin" => self.admin.is_some(),
+            "workers" => self.workers.is_some(),
+            "ca_dir" => self.ca_dir.is_some(),
+            "upstream_ca" => self.upstream_ca.is_some(),
+            "resolve" => self.resolve.is_some(),
+            "passthrough" => self.passthrough.is_some(),
+            "intercept_connect" => self.intercept_connect.is_some(),
+            "connect_ports" => self.connect_ports.is_some(),
+            _ => false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The TOML file
+// ---------------------------------------------------------------------------------------
+
+/// Reads and parses a config file over the defaults, then validates it.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let (config, lines) = read_file(path)?;
+    config
+        .validate()
+        .map_err(|e| lines.locate(e).in_file(path))?;
+    Ok(config)
+}
+
+/// Parses TOML text over the defaults, then validates it.
+pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+    let (config, lines) = parse_unvalidated(text)?;
+    config.validate().map_err(|e| lines.locate(e))?;
+    Ok(config)
+}
+
+/// The whole start-up path: defaults, then the file (if any), then the command-line
+/// overrides, then validation. Errors name the file and line, or the flag, at fault.
+/// Call it again on reload with the same overrides.
+pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let (mut config, lines) = match path {
+        Some(path) => read_file(path)?,
+        None => (Config::default(), KeyLines::default()),
+    };
+    overrides.apply(&mut config);
+    if let Err(err) = config.validate() {
+        let by_flag = err.key().is_some_and(|k| overrides.sets(k));
+        return Err(match path {
+            _ if by_flag => ConfigError {
+                origin: Origin::CommandLine,
+                ..err
+            },
+            Some(path) => lines.locate(err).in_file(path),
+            None => err,
+        });
+    }
+    Ok(config)
+}
+
+fn read_file(path: &Path) -> Result<(Config, KeyLines), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            Origin::File(path.to_path_buf()),
+            None,
+            format!("cannot read: {}", io_error_text(&e)),
+        )
+    })?;
+    parse_unvalidated(&text).map_err(|e| e.in_file(path))
+}
+
+/// `std::io::Error` text without the trailing ` (os error N)`.
+fn io_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// Lines of the keys a file set, so a validation error can say where.
+#[derive(Debug, Default)]
+struct KeyLines(Vec<(&'static str, usize)>);
+
+impl KeyLines {
+    fn locate(&self, mut err: ConfigError) -> ConfigError {
+        if let Some(key) = err.key.as_deref() {
+            err.line = self.0.iter().find(|(k, _)| *k == key).map(|(_, l)| *l);
+        }
+        err
+    }
+}
+
+fn parse_unvalidated(text: &str) -> Result<(Config, KeyLines), ConfigError> {
+    let file: FileConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+    Ok(file.into_config(text))
+}
+
+/// Turns a toml/serde error into one line with the key and line number.
+fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
+    let msg = err.message();
+    let Some(span) = err.span() else {
+        return ConfigError::new(Origin::Text, None, msg);
+    };
+    let start = span.start.min(text.len());
+    if !text.is_char_boundary(start) {
+        return ConfigError::new(Origin::Text, None, msg);
+    }
+    let line_no = line_of(text, start);
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = text[start..].find('\n').map_or(text.len(), |i| start + i);
+    let line = &text[line_start..line_end];
+    let table = enclosing_table(text, line_start, line, start - line_start);
+    let qualify = |key: &str| match &table {
+        Some(t) if !t.is_empty() => format!("{t}.{key}"),
+        _ => key.to_string(),
+    };
+
+    let mut out = if let Some(rest) = msg.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or(rest);
+        ConfigError::new(
+            Origin::Text,
+            None,
+            format!("unknown key {:?}", qualify(name)),
+        )
+    } else if msg == "duplicate key" {
+        // The span is the repeated key itself.
+        let name = text.get(start..span.end).unwrap_or_default().trim();
+        ConfigError::new(
+            Origin::Text,
+            None,
+            format!("duplicate key {:?}", qualify(name)),
+        )
+    } else {
+        // A value error points after the `=`; name the key on the left of it.
+        let key = line
+            .find('=')
+            .filter(|eq| line_start + eq < start)
+            .map(|eq| qualify(line[..eq].trim()));
+        let message = msg
+            .replace("expected usize", "expected a non-negative integer")
+            .replace("expected u16", "expected a port number (1-65535)")
+            .replace("expected a sequence", "expected an array");
+        ConfigError::new(Origin::Text, key, message)
+    };
+    out.line = Some(line_no);
+    out
+}
+
+/// The `[table]` a position is in: the header part before the position when it is on
+/// a header line, else the nearest header above it.
+fn enclosing_table(text: &str, line_start: usize, line: &str, col: usize) -> Option<String> {
+    let header = |l: &str| {
+        let l = l.trim();
+        l.strip_prefix('[')
+            .and_then(|h| h.split(']').next())
+            .map(|h| h.trim().to_string())
+    };
+    if line.trim_start().starts_with('[') {
+        let before = line.get(..col)?.trim_start().strip_prefix('[')?;
+        return Some(before.trim().trim_end_matches('.').trim().to_string());
+    }
+    text[..line_start].lines().rev().find_map(header)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The file schema: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct FileConfig {
+    listen: Option<Spanned<Vec<ListenValue>>>,
+    quic_listen: Option<Spanned<Vec<ListenValue>>>,
+    admin: Option<Spanned<AdminValue>>,
+    workers: Option<Spanned<usize>>,
+    ca_dir: Option<Spanned<PathBuf>>,
+    upstream_ca: Option<Spanned<Vec<PathBuf>>>,
+    resolve: Option<Spanned<Vec<ResolveValue>>>,
+    passthrough: Option<Spanned<Vec<PassthroughValue>>>,
+    intercept_connect: Option<Spanned<bool>>,
+    connect_ports: Option<Spanned<Vec<u16>>>,
+    slabs_per_worker: Option<Spanned<usize>>,
+    limits: Option<LimitsFile>,
+    timeouts: Option<TimeoutsFile>,
+    pool: Option<PoolFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct LimitsFile {
+    max_header_bytes: Option<Spanned<usize>>,
+    max_headers: Option<Spanned<usize>>,
+    max_connections_per_worker: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct TimeoutsFile {
+    request_head: Option<Spanned<Seconds>>,
+    client_idle: Option<Spanned<Seconds>>,
+    upstream_connect: Option<Spanned<Seconds>>,
+    upstream_response: Option<Spanned<Seconds>>,
+    io_idle: Option<Spanned<Seconds>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct PoolFile {
+    max_idle_per_host: Option<Spanned<usize>>,
+    max_idle_total: Option<Spanned<usize>>,
+    idle_timeout: Option<Spanned<Seconds>>,
+}
+
+/// Records the line of each key it hands out.
+struct Taker<'a> {
+    text: &'a str,
+    lines: KeyLines,
+}
+
+impl Taker<'_> {
+    fn take<T>(&mut self, key: &'static str, value: Option<Spanned<T>>) -> Option<T> {
+        value.map(|v| {
+            self.lines.0.push((key, line_of(self.text, v.span().start)));
+            v.into_inner()
+        })
+    }
+
+    fn set<T>(&mut self, key: &'static str, value: Option<Spanned<T>>, slot: &mut T) {
+        if let Some(v) = self.take(key, value) {
+            *slot = v;
+        }
+    }
+
+    fn set_list<T, U>(
+        &mut self,
+        key: &'static str,
+        value: Option<Spanned<Vec<T>>>,
+        slot: &mut Vec<U>,
+        f: impl Fn(T) -> U,
+    ) {
+        if let Some(v) = self.take(key, value) {
+            *slot = v.into_iter().map(f).collect();
+        }
+    }
+
+    fn set_secs(
+        &mut self,
+        key: &'static str,
+        value: Option<Spanned<Seconds>>,
+        slot: &mut Duration,
+    ) {
+        if let Some(v) = self.take(key, value) {
+            *slot = v.0;
+        }
+    }
+}
+
+impl FileConfig {
+    fn into_config(self, text: &str) -> (Config, KeyLines) {
+        let mut c = Config::default();
+        let mut t = Taker {
+            text,
+            lines: KeyLines::default(),
+        };
+        t.set_list("listen", self.listen, &mut c.listen, |a| a.0);
+        t.set_list("quic_listen", self.quic_listen, &mut c.quic_listen, |a| a.0);
+        if let Some(admin) = t.take("admin", self.admin) {
+            c.admin = admin.0;
+        }
+        if let Some(workers) = t.take("workers", self.workers) {
+            c.workers = Some(workers);
+        }
+        t.set("ca_dir", self.ca_dir, &mut c.ca_dir);
+        t.set("upstream_ca", self.upstream_ca, &mut c.upstream_ca);
+        t.set_list("resolve", self.resolve, &mut c.resolve, |r| r.0);
+        t.set_list("passthrough", self.passthrough, &mut c.passthrough, |p| p.0);
+        t.set(
+            "intercept_connect",
+            self.intercept_connect,
+            &mut c.intercept_connect,
+        );
+        t.set("connect_ports", self.connect_ports, &mut c.connect_ports);
+        t.set(
+            "slabs_per_worker",
+            self.slabs_per_worker,
+            &mut c.slabs_per_worker,
+        );
+
+        let l = self.limits.unwrap_or_default();
+        t.set(
+            "limits.max_header_bytes",
+            l.max_header_bytes,
+            &mut c.limits.max_header_bytes,
+        );
+        t.set(
+            "limits.max_headers",
+            l.max_headers,
+            &mut c.limits.max_headers,
+        );
+        t.set(
+            "limits.max_connections_per_worker",
+            l.max_connections_per_worker,
+            &mut c.limits.max_connections_per_worker,
+        );
+
+        let to = self.timeouts.unwrap_or_default();
+        let ct = &mut c.timeouts;
+        t.set_secs(
+            "timeouts.request_head",
+            to.request_head,
+            &mut ct.request_head,
+        );
+        t.set_secs("timeouts.client_idle", to.client_idle, &mut ct.client_idle);
+        t.set_secs(
+            "timeouts.upstream_connect",
+            to.upstream_connect,
+            &mut ct.upstream_connect,
+        );
+        t.set_secs(
+            "timeouts.upstream_response",
+            to.upstream_response,
+            &mut ct.upstream_response,
+        );
+        t.set_secs("timeouts.io_idle", to.io_idle, &mut ct.io_idle);
+
+        let p = self.pool.unwrap_or_default();
+        t.set(
+            "pool.max_idle_per_host",
+            p.max_idle_per_host,
+            &mut c.pool.max_idle_per_host,
+        );
+        t.set(
+            "pool.max_idle_total",
+            p.max_idle_total,
+            &mut c.pool.max_idle_total,
+        );
+        t.set_secs(
+            "pool.idle_timeout",
+            p.idle_timeout,
+            &mut c.pool.idle_timeout,
+        );
+
+        (c, t.lines)
+    }
+}
+
+/// Deserializes a string through one of the `parse_*` functions above.
+macro_rules! string_value {
+    ($name:ident, $ty:ty, $parse:expr) => {
+        #[derive(Debug)]
+        struct $name($ty);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $parse(&s)
+                    .map($name)
+                    .map_err(|e| de::Error::custom(format!("{s:?}: {e}")))
+            }
+        }
+    };
+}
+
+string_value!(ListenValue, SocketAddr, parse_socket_addr);
+string_value!(AdminValue, Option<SocketAddr>, parse_admin);
+string_value!(ResolveValue, (String, IpAddr), parse_resolve);
+string_value!(PassthroughValue, String, parse_passthrough);
+
+/// A duration in seconds: an integer or a fractional number (`0.5`).
+#[derive(Debug)]
+struct Seconds(Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Seconds;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds (e.g. 10 or 0.5)")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Seconds, E> {
+                Ok(Seconds(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Seconds, E> {
+                u64::try_from(v)
+                    .map(|v| Seconds(Duration::from_secs(v)))
+                    .map_err(|_| E::custom(format!("{v} seconds: must not be negative")))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Seconds, E> {
+                Duration::try_from_secs_f64(v)
+                    .map(Seconds)
+                    .map_err(|_| E::custom(format!("{v} seconds: not a usable duration")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn err(text: &str) -> String {
+        parse_str(text).unwrap_err().to_string()
+    }
+
+    const FULL: &str = r#"
+listen = ["127.0.0.1:8081", "[::1]:8082"]
+quic_listen = ["127.0.0.1:8443"]
+admin = "127.0.0.1:9191"
+workers = 2
+ca_dir = "/var/lib/sluice/CA"
+upstream_ca = ["/path/ca.pem", "/path/other.pem"]
+resolve = ["origin.test:127.0.0.5", "v6.test:::1", "v6b.test:[fe80::2]"]
+passthrough = ["bank.example", "*.apple.com"]
+intercept_connect = true
+connect_ports = [443, 8443]
+slabs_per_worker = 2048
+[limits]
+max_header_bytes = 32768
+max_headers = 50
+max_connections_per_worker = 5000
+[timeouts]
+request_head = 0.5
+client_idle = 30
+upstream_connect = 5
+upstream_response = 45.25
+io_idle = 600
+[pool]
+max_idle_per_host = 4
+max_idle_total = 256
+idle_timeout = 15
+"#;
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        assert_eq!(parse_str("").unwrap(), Config::default());
+        assert_eq!(
+            parse_str("# only a comment\n\n").unwrap(),
+            Config::default()
+        );
+        assert_eq!(
+            parse_str("[limits]\n[timeouts]\n[pool]\n").unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_key_is_parsed() {
+        let c = parse_str(FULL).unwrap();
+        let expected = Config {
+            listen: vec![addr("127.0.0.1:8081"), addr("[::1]:8082")],
+            quic_listen: vec![addr("127.0.0.1:8443")],
+            admin: Some(addr("127.0.0.1:9191")),
+            workers: Some(2),
+            ca_dir: PathBuf::from("/var/lib/sluice/CA"),
+            upstream_ca: vec![
+                PathBuf::from("/path/ca.pem"),
+                PathBuf::from("/path/other.pem"),
+            ],
+            resolve: vec![
+                ("origin.test".into(), "127.0.0.5".parse().unwrap()),
+                ("v6.test".into(), "::1".parse().unwrap()),
+                ("v6b.test".into(), "fe80::2".parse().unwrap()),
+            ],
+            passthrough: vec!["bank.example".into(), "*.apple.com".into()],
+            intercept_connect: true,
+            connect_ports: vec![443, 8443],
+            limits: Limits {
+                max_header_bytes: 32768,
+                max_headers: 50,
+                max_connections_per_worker: 5000,
+            },
+            timeouts: Timeouts {
+                request_head: Duration::from_millis(500),
+                client_idle: Duration::from_secs(30),
+                upstream_connect: Duration::from_secs(5),
+                upstream_response: Duration::from_millis(45250),
+                io_idle: Duration::from_secs(600),
+            },
+            pool: PoolConfig {
+                max_idle_per_host: 4,
+                max_idle_total: 256,
+                idle_timeout: Duration::from_secs(15),
+            },
+            slabs_per_worker: 2048,
+        };
+        assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn a_partial_file_keeps_other_defaults() {
+        let c = parse_str("workers = 3\n[timeouts]\nio_idle = 1\n").unwrap();
+        let mut expected = Config {
+            workers: Some(3),
+            ..Config::default()
+        };
+        expected.timeouts.io_idle = Duration::from_secs(1);
+        assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn admin_off() {
+        assert_eq!(parse_str("admin = \"off\"").unwrap().admin, None);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_line() {
+        assert_eq!(
+            err("workers = 1\n\nlistn = [\"127.0.0.1:1\"]\n"),
+            "config: unknown key \"listn\" (line 3)"
+        );
+        assert_eq!(
+            err("[limits]\nmax_headers = 10\nmax_header = 5\n"),
+            "config: unknown key \"limits.max_header\" (line 3)"
+        );
+        assert_eq!(
+            err("[pool]\n[timeouts]\nrequest_hed = 1\n"),
+            "config: unknown key \"timeouts.request_hed\" (line 3)"
+        );
+        assert_eq!(
+            err("[limits.deeper]\nx = 1\n"),
+            "config: unknown key \"limits.deeper\" (line 1)"
+        );
+        assert_eq!(
+            err("[nosuchtable]\n"),
+            "config: unknown key \"nosuchtable\" (line 1)"
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_a_file_names_the_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sluice.toml");
+        std::fs::write(&path, "# a\n\nlistn = []\n").unwrap();
+        let e = load_file(&path).unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            e.to_string(),
+            format!("config {}: unknown key \"listn\" (line 3)", path.display())
+        );
+    }
+
+    #[test]
+    fn missing_file() {
+        let e = load_file(Path::new("x-does-not-exist.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config x-does-not-exist.toml: cannot read: No such file or directory"
+        );
+    }
+
+    #[test]
+    fn bad_types_name_the_key_and_line() {
+        assert_eq!(
+            err("workers = \"two\""),
+            "config: workers: invalid type: string \"two\", expected a non-negative integer (line 1)"
+        );
+        assert_eq!(
+            err("workers = -1"),
+            "config: workers: invalid value: integer `-1`, expected a non-negative integer (line 1)"
+        );
+        assert_eq!(
+            err("listen = \"127.0.0.1:8080\""),
+            "config: listen: invalid type: string \"127.0.0.1:8080\", expected an array (line 1)"
+        );
+        assert_eq!(
+            err("intercept_connect = 1"),
+            "config: intercept_connect: invalid type: integer `1`, expected a boolean (line 1)"
+        );
+        assert_eq!(
+            err("connect_ports = [70000]"),
+            "config: connect_ports: invalid value: integer `70000`, expected a port number (1-65535) (line 1)"
+        );
+        assert_eq!(
+            err("\n[timeouts]\nclient_idle = \"60s\""),
+            "config: timeouts.client_idle: invalid type: string \"60s\", expected a number of seconds (e.g. 10 or 0.5) (line 3)"
+        );
+        assert_eq!(
+            err("[pool]\nidle_timeout = -2"),
+            "config: pool.idle_timeout: -2 seconds: must not be negative (line 2)"
+        );
+        assert_eq!(
+            err("limits = 3"),
+            "config: limits: invalid type: integer `3`, expected a table (line 1)"
+        );
+        assert_eq!(
+            err("ca_dir = 5"),
+            "config: ca_dir: invalid type: integer `5`, expected path string (line 1)"
+        );
+    }
+
+    #[test]
+    fn bad_addresses() {
+        assert_eq!(
+            err("\nlisten = [\"127.0.0.1:1\",\n  \"localhost:80\"]"),
+            "config: listen: \"localhost:80\": expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080 (line 2)"
+        );
+        assert_eq!(
+            err("admin = \"\""),
+            "config: admin: \"\": expected IP:PORT (e.g. 127.0.0.1:9090) or \"off\" (line 1)"
+        );
+        assert!(err("quic_listen = [\"::1:443\"]").starts_with("config: quic_listen: \"::1:443\""));
+    }
+
+    #[test]
+    fn bad_resolve() {
+        assert_eq!(
+            err("resolve = [\"foo\"]"),
+            "config: resolve: \"foo\": expected NAME:ADDR (line 1)"
+        );
+        assert_eq!(
+            err("resolve = [\"foo:bar\"]"),
+            "config: resolve: \"foo:bar\": expected NAME:ADDR: \"bar\" is not an IP address (line 1)"
+        );
+        assert_eq!(
+            err("resolve = [\"foo:443:127.0.0.1\"]"),
+            "config: resolve: \"foo:443:127.0.0.1\": expected NAME:ADDR (no port: the name is pinned for every port) (line 1)"
+        );
+        assert!(err("resolve = [\":127.0.0.1\"]").contains("expected NAME:ADDR"));
+        assert!(err("resolve = [\"foo:\"]").contains("expected NAME:ADDR"));
+        assert!(err("resolve = [\"a..b:127.0.0.1\"]").contains("expected NAME:ADDR"));
+        assert!(err("resolve = [\"a/b:127.0.0.1\"]").contains("expected NAME:ADDR"));
+    }
+
+    #[test]
+    fn parse_resolve_forms() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            parse_resolve("Origin.Test:127.0.0.5"),
+            Ok(("origin.test".into(), ip("127.0.0.5")))
+        );
+        assert_eq!(parse_resolve("h:::1"), Ok(("h".into(), ip("::1"))));
+        assert_eq!(parse_resolve("h:[::1]"), Ok(("h".into(), ip("::1"))));
+        assert_eq!(
+            parse_resolve("h.test.:2001:db8::1"),
+            Ok(("h.test".into(), ip("2001:db8::1")))
+        );
+        assert_eq!(parse_resolve("foo"), Err("expected NAME:ADDR".into()));
+        assert!(parse_resolve("h:[::1").is_err());
+    }
+
+    #[test]
+    fn passthrough_patterns() {
+        assert_eq!(parse_passthrough("Bank.Example"), Ok("bank.example".into()));
+        assert_eq!(parse_passthrough("*.apple.com"), Ok("*.apple.com".into()));
+        assert_eq!(parse_passthrough("*.Apple.com."), Ok("*.apple.com".into()));
+        assert!(parse_passthrough("*").is_err());
+        assert!(parse_passthrough("a.*.com").is_err());
+        assert!(parse_passthrough("").is_err());
+        assert!(
+            err("passthrough = [\"bad name\"]").starts_with("config: passthrough: \"bad name\"")
+        );
+    }
+
+    #[test]
+    fn syntax_errors_are_one_line_with_a_line_number() {
+        let e = parse_str("workers = 2\nthis is [not toml").unwrap_err();
+        assert_eq!(e.line(), Some(2));
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert_eq!(
+            err("workers = 1\nworkers = 2\n"),
+            "config: duplicate key \"workers\" (line 2)"
+        );
+    }
+
+    #[test]
+    fn durations_accept_integers_and_fractions() {
+        let c = parse_str("[timeouts]\nrequest_head = 0.25\nclient_idle = 2\n").unwrap();
+        assert_eq!(c.timeouts.request_head, Duration::from_millis(250));
+        assert_eq!(c.timeouts.client_idle, Duration::from_secs(2));
+        assert!(err("[timeouts]\nio_idle = nan").contains("timeouts.io_idle"));
+        assert!(err("[timeouts]\nio_idle = inf").contains("timeouts.io_idle"));
+    }
+
+    #[test]
+    fn validation_names_key_and_line() {
+        assert_eq!(
+            err("listen = []"),
+            "config: listen: at least one listen address is required (line 1)"
+        );
+        assert_eq!(
+            err("\nworkers = 0"),
+            "config: workers: must be at least 1 (line 2)"
+        );
+        assert_eq!(
+            err("[timeouts]\n\nrequest_head = 0"),
+            "config: timeouts.request_head: must be between 0.001 and 2592000 seconds, got 0 (line 3)"
+        );
+        assert_eq!(
+            err("[limits]\nmax_header_bytes = 512"),
+            "config: limits.max_header_bytes: must be at least 1024, got 512 (line 2)"
+        );
+        assert_eq!(
+            err("[limits]\nmax_header_bytes = 2000000"),
+            "config: limits.max_header_bytes: must be at most 1048576, got 2000000 (line 2)"
+        );
+        assert_eq!(
+            err("slabs_per_worker = 15"),
+            "config: slabs_per_worker: must be at least 16, got 15 (line 1)"
+        );
+        assert_eq!(
+            err("slabs_per_worker = 16385"),
+            "config: slabs_per_worker: must be at most 16384, got 16385 (line 1)"
+        );
+        assert_eq!(
+            err("connect_ports = [443, 0]"),
+            "config: connect_ports: port 0 is not a port (line 1)"
+        );
+        assert_eq!(
+            err("listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"]"),
+            "config: listen: 127.0.0.1:1 is listed twice (line 1)"
+        );
+        assert_eq!(
+            err("listen = [\"127.0.0.1:9090\"]"),
+            "config: admin: 127.0.0.1:9090 is also a listen address"
+        );
+        assert!(err("[limits]\nmax_headers = 0").contains("limits.max_headers: must be at least 1"));
+        assert!(err("[limits]\nmax_headers = 1025")
+            .contains("limits.max_headers: must be at most 1024"));
+        assert!(err("[limits]\nmax_connections_per_worker = 0").contains("must be at least 1"));
+        assert!(err("[pool]\nidle_timeout = 0").contains("pool.idle_timeout"));
+        assert!(err("[timeouts]\nio_idle = 0.0001").contains("timeouts.io_idle"));
+        assert!(
+            err("[timeouts]\nupstream_connect = 99999999").contains("timeouts.upstream_connect")
+        );
+        assert!(err("ca_dir = \"\"").contains("ca_dir: must not be empty"));
+        assert!(err("upstream_ca = [\"\"]").contains("upstream_ca"));
+        assert!(err("workers = 100000").contains("workers: must be at most"));
+    }
+
+    #[test]
+    fn boundaries_are_accepted() {
+        parse_str(
+            "slabs_per_worker = 16\n[limits]\nmax_header_bytes = 1024\nmax_headers = 1\n\
+             [timeouts]\nrequest_head = 0.001\n",
+        )
+        .unwrap();
+        parse_str(
+            "slabs_per_worker = 16384\nconnect_ports = []\n[limits]\nmax_header_bytes = 1048576\n\
+             max_headers = 1024\n[timeouts]\nio_idle = 2592000\n",
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn validate_checks_programmatic_configs_too() {
+        let mut c = Config::default();
+        c.resolve
+            .push(("bad name".into(), "127.0.0.1".parse().unwrap()));
+        assert_eq!(c.validate().unwrap_err().key(), Some("resolve"));
+        let mut c = Config::default();
+        c.passthrough.push("*".into());
+        assert_eq!(c.validate().unwrap_err().key(), Some("passthrough"));
+        let c = Config {
+            workers: Some(0),
+            ..Config::default()
+        };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "config: workers: must be at least 1"
+        );
+    }
+
+    #[test]
+    fn overrides_replace_and_load_validates() {
+        let mut o = Overrides::default();
+        let mut c = Config::default();
+        o.apply(&mut c);
+        assert_eq!(c, Config::default());
+        o.listen = Some(vec![addr("127.0.0.1:1")]);
+        o.admin = Some(None);
+        o.workers = Some(2);
+        o.connect_ports = Some(vec![443, 563]);
+        let c = load(None, &o).unwrap();
+        assert_eq!(c.listen, vec![addr("127.0.0.1:1")]);
+        assert_eq!(c.admin, None);
+        assert_eq!(c.workers, Some(2));
+        assert_eq!(c.connect_ports, vec![443, 563]);
+        o.listen = Some(vec![]);
+        assert_eq!(
+            load(None, &o).unwrap_err().to_string(),
+            "command line: listen: at least one listen address is required"
+        );
+    }
+
+    #[test]
+    fn errors_are_always_one_line() {
+        for text in [
+            "a = [",
+            "[[limits]]\n",
+            "x = \"\n\"",
+            "listen = [\"a\nb\"]",
+            "= 1",
+            "[limits]\nmax_headers = \"\"\"\nmultiline\n\"\"\"",
+        ] {
+            let e = parse_str(text).unwrap_err().to_string();
+            assert!(!e.contains('\n'), "{text:?} -> {e:?}");
+            assert!(e.starts_with("config: "), "{e}");
         }
     }
 }
