@@ -7,5 +7,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod h1;
 pub mod server;
+pub mod stats;
+pub mod timers;
+pub mod upstream;
+pub mod worker;

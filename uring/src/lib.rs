@@ -20,7 +20,7 @@ pub mod slab;
 pub mod sys;
 pub mod token;
 
-pub use conns::{ConnId, Conns, Event, Slot};
+pub use conns::{ConnId, Conns, Event, Io, Slot};
 pub use ring::{Op, Ring, RingStats};
 pub use slab::{Slab, SlabPool, SLAB_SIZE};
 pub use token::{OpTag, WorkerToken};

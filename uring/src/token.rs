@@ -43,7 +43,11 @@ pub enum Decoded {
 
 /// Encodes a connection op. `addr` must be 16-byte aligned and below 2^48.
 pub fn encode_conn(addr: u64, gen: u32, tag: OpTag) -> u64 {
-    debug_assert_eq!(addr & !PTR_MASK, 0, "slot address not 16-aligned or above 2^48");
+    debug_assert_eq!(
+        addr & !PTR_MASK,
+        0,
+        "slot address not 16-aligned or above 2^48"
+    );
     debug_assert!(tag.0 <= OpTag::MAX);
     ((gen as u64 & 0xffff) << 48) | (addr & PTR_MASK) | tag.0 as u64
 }
@@ -85,7 +89,11 @@ mod tests {
             let ud = encode_conn(addr, gen, OpTag(tag));
             assert_eq!(
                 decode(ud),
-                Decoded::Conn { addr, gen16: gen as u16, tag: OpTag(tag) }
+                Decoded::Conn {
+                    addr,
+                    gen16: gen as u16,
+                    tag: OpTag(tag)
+                }
             );
         }
     }
@@ -103,7 +111,10 @@ mod tests {
     #[test]
     fn every_conn_tag_differs_from_worker_tag() {
         for tag in 0..=OpTag::MAX {
-            assert!(matches!(decode(encode_conn(0x1000, 1, OpTag(tag))), Decoded::Conn { .. }));
+            assert!(matches!(
+                decode(encode_conn(0x1000, 1, OpTag(tag))),
+                Decoded::Conn { .. }
+            ));
         }
     }
 }

@@ -2,11 +2,11 @@
 //! closed with reads, a write and a poll in flight is freed exactly once, its slabs all
 //! come back, and its fds close only after the kernel is done with them.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
-use std::cell::Cell;
 use uring::{Conns, Event, Op, OpTag, Ring, SlabPool};
 
 struct Probe {
@@ -21,7 +21,12 @@ impl Drop for Probe {
     }
 }
 
-fn run_until<T>(ring: &mut Ring, conns: &mut Conns<T>, pool: &mut SlabPool, mut stop: impl FnMut(&Event<'_, T>) -> bool) {
+fn run_until<T>(
+    ring: &mut Ring,
+    conns: &mut Conns<T>,
+    pool: &mut SlabPool,
+    mut stop: impl FnMut(&Event<'_, T>) -> bool,
+) {
     for _ in 0..100 {
         ring.submit_and_wait(1).unwrap();
         let cqes = ring.completions();
@@ -57,14 +62,48 @@ fn close_with_ops_in_flight_frees_exactly_once() {
     while (&b).write(&junk).is_ok() {}
     b.set_nonblocking(false).unwrap();
 
-    let id = conns.insert(Probe { a, b, drops: drops.clone() });
+    let id = conns.insert(Probe {
+        a,
+        b,
+        drops: drops.clone(),
+    });
     {
         let slot = conns.get_mut(id).unwrap();
         let (probe, io) = slot.split();
         let (fa, fb) = (probe.a.as_raw_fd(), probe.b.as_raw_fd());
-        ring.submit(io, OpTag(0), Op::Recv { fd: fa, slab: pool.take(), offset: 0, len: 4096 }, &mut pool);
-        ring.submit(io, OpTag(2), Op::Recv { fd: fb, slab: pool.take(), offset: 0, len: 4096 }, &mut pool);
-        ring.submit(io, OpTag(3), Op::Send { fd: fb, slab: pool.take(), offset: 0, len: 65536 }, &mut pool);
+        ring.submit(
+            io,
+            OpTag(0),
+            Op::Recv {
+                fd: fa,
+                slab: pool.take(),
+                offset: 0,
+                len: 4096,
+            },
+            &mut pool,
+        );
+        ring.submit(
+            io,
+            OpTag(2),
+            Op::Recv {
+                fd: fb,
+                slab: pool.take(),
+                offset: 0,
+                len: 4096,
+            },
+            &mut pool,
+        );
+        ring.submit(
+            io,
+            OpTag(3),
+            Op::Send {
+                fd: fb,
+                slab: pool.take(),
+                offset: 0,
+                len: 65536,
+            },
+            &mut pool,
+        );
         ring.submit(io, OpTag(5), Op::PollIn { fd: fa }, &mut pool);
         assert_eq!(io.inflight(), 4);
         assert!(io.lane_busy(OpTag(0)) && io.lane_busy(OpTag(3)));
@@ -106,7 +145,17 @@ fn a_read_completes_into_its_slab_and_hands_it_back() {
     let id = conns.insert((a, b));
     {
         let (pair, io) = conns.get_mut(id).unwrap().split();
-        ring.submit(io, OpTag(1), Op::Recv { fd: pair.0.as_raw_fd(), slab: pool.take(), offset: 100, len: 1000 }, &mut pool);
+        ring.submit(
+            io,
+            OpTag(1),
+            Op::Recv {
+                fd: pair.0.as_raw_fd(),
+                slab: pool.take(),
+                offset: 100,
+                len: 1000,
+            },
+            &mut pool,
+        );
     }
     peer.write_all(b"hello ring").unwrap();
     ring.submit_and_wait(1).unwrap();
@@ -114,7 +163,13 @@ fn a_read_completes_into_its_slab_and_hands_it_back() {
     assert_eq!(cqes.len(), 1);
     let (ud, res, flags) = cqes[0];
     match conns.complete(ud, res, flags, &mut pool) {
-        Event::Conn { tag, result, slab: Some(slab), slot, .. } => {
+        Event::Conn {
+            tag,
+            result,
+            slab: Some(slab),
+            slot,
+            ..
+        } => {
             assert_eq!(tag, OpTag(1));
             assert_eq!(result, 10);
             assert_eq!(&pool.bytes(&slab)[100..110], b"hello ring");
@@ -165,6 +220,9 @@ fn a_full_submission_queue_backlogs_instead_of_dropping() {
         }
     }
     assert_eq!(seen, 32, "every submission completed");
-    assert!(ring.stats().enter_calls > 2, "a queue of 4 had to be flushed early to take 32 entries");
+    assert!(
+        ring.stats().enter_calls > 2,
+        "a queue of 4 had to be flushed early to take 32 entries"
+    );
     assert!(conns.close(id));
 }

@@ -1,0 +1,524 @@
+//! HTTP/1.1 phases of a client connection: waiting for a request, reading its head,
+//! sending it upstream with its body, reading the response head and forwarding the
+//! response body, then keep-alive. The codec (parsing, rewriting, chunk framing) is the
+//! sans-I/O `crate::h1`; this module moves bytes between it and the ring.
+//!
+//! Heads are rewritten in place: the rewritten head is written into the slab right in
+//! front of the first body byte (the buffer keeps headroom for it), so head and body
+//! leave in one write.
+
+use super::buf::{BufId, HEADROOM};
+use super::{Connection, Ctx, NextStep, Phase, UpstreamConn};
+use crate::h1::{self, BodyFraming, ChunkedDecoder, HeadLimits, Method};
+use crate::stats;
+use uring::Io;
+
+/// How much of a message body is still to come.
+#[derive(Debug)]
+pub(crate) enum Body {
+    None,
+    Length { remaining: u64 },
+    Chunked { decoder: ChunkedDecoder },
+    UntilEof,
+    Done,
+}
+
+impl Body {
+    fn from_framing(f: BodyFraming, max_trailer: usize) -> Body {
+        match f {
+            BodyFraming::None | BodyFraming::Length(0) => Body::None,
+            BodyFraming::Length(n) => Body::Length { remaining: n },
+            BodyFraming::Chunked => Body::Chunked {
+                decoder: ChunkedDecoder::new(max_trailer),
+            },
+            BodyFraming::CloseDelimited => Body::UntilEof,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        matches!(self, Body::None | Body::Done)
+    }
+
+    /// How many of `avail` bytes belong to this body (and advances past them).
+    fn take(&mut self, avail: &[u8]) -> Result<usize, h1::H1Error> {
+        match self {
+            Body::None | Body::Done => Ok(0),
+            Body::Length { remaining } => {
+                let n = (*remaining).min(avail.len() as u64);
+                *remaining -= n;
+                if *remaining == 0 {
+                    *self = Body::Done;
+                }
+                Ok(n as usize)
+            }
+            Body::Chunked { decoder } => {
+                if avail.is_empty() {
+                    return Ok(0);
+                }
+                let p = decoder.feed(avail)?;
+                if p.done {
+                    *self = Body::Done;
+                }
+                Ok(p.consumed)
+            }
+            Body::UntilEof => Ok(avail.len()),
+        }
+    }
+}
+
+/// Progress of connecting upstream.
+#[derive(Debug, Default)]
+pub(crate) enum UpstreamStep {
+    #[default]
+    Start,
+    Resolving,
+    Connecting {
+        addrs: Vec<std::net::SocketAddr>,
+        next: usize,
+        last_error: Option<String>,
+    },
+}
+
+/// CONNECT tunnel progress.
+#[derive(Debug, Default)]
+pub(crate) struct TunnelState {
+    pub established_sent: bool,
+    pub client_to_upstream_done: bool,
+    pub upstream_to_client_done: bool,
+}
+
+/// One request/response exchange (or one tunnel).
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    pub method: Method,
+    pub client_minor: u8,
+    pub client_keep_alive: bool,
+    pub host: String,
+    pub port: u16,
+    pub is_connect: bool,
+    pub req_body: Body,
+    /// Bytes of the rewritten request head at `cin.start` not sent yet.
+    pub head_pending: usize,
+    /// Where the rewritten head sits in `cin` (for a retry on a fresh connection).
+    pub head_at: usize,
+    pub head_len: usize,
+    pub expect_continue: bool,
+    pub continue_sent: bool,
+    pub response_started: bool,
+    pub resp_body: Body,
+    pub resp_head_pending: usize,
+    pub resp_keep_alive: bool,
+    pub close_client: bool,
+    pub retried: bool,
+    /// Skip the pool (a retry must use a fresh connection).
+    pub fresh_only: bool,
+    pub upstream_step: UpstreamStep,
+    pub tunnel: TunnelState,
+}
+
+fn limits(ctx: &Ctx<'_>) -> HeadLimits {
+    HeadLimits {
+        max_bytes: ctx.cfg.limits.max_header_bytes,
+        max_headers: ctx.cfg.limits.max_headers,
+    }
+}
+
+/// Between requests: hold no slab, wait until the client has something to say.
+pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if !conn.cin.is_empty() {
+        conn.phase = Phase::RequestHead;
+        let t = ctx.cfg.timeouts.request_head;
+        conn.set_deadline(io, ctx, t);
+        return NextStep::Continue;
+    }
+    if conn.io.client_error.is_some() || conn.io.client_eof {
+        return NextStep::Close;
+    }
+    if conn.io.client_readable {
+        conn.io.client_readable = false;
+        conn.phase = Phase::RequestHead;
+        if conn.requests > 0 {
+            let t = ctx.cfg.timeouts.request_head;
+            conn.set_deadline(io, ctx, t);
+        }
+        return NextStep::Continue;
+    }
+    if conn.io.client_poll {
+        return NextStep::Wait;
+    }
+    conn.cin.release_if_empty(ctx.pool);
+    conn.uin.release_if_empty(ctx.pool);
+    conn.poll_client(io, ctx);
+    let t = if conn.requests == 0 {
+        ctx.cfg.timeouts.request_head
+    } else {
+        ctx.cfg.timeouts.client_idle
+    };
+    conn.set_deadline(io, ctx, t);
+    NextStep::Wait
+}
+
+/// Reads until a whole head is in `cin`, then validates and routes it.
+pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.io.client_read {
+        return NextStep::Wait;
+    }
+    let parsed = h1::parse_request(conn.cin.data(ctx.pool), &limits(ctx));
+    match parsed {
+        Ok(Some((head, n))) => start_exchange(conn, io, ctx, head, n),
+        Ok(None) => {
+            if conn.io.client_error.is_some() {
+                return NextStep::Close;
+            }
+            if conn.io.client_eof {
+                if conn.cin.is_empty() {
+                    return NextStep::Close;
+                }
+                let r =
+                    h1::error_response(400, "connection closed in the middle of a request head");
+                return conn.respond(io, ctx, &r, true);
+            }
+            if conn.cin.room() == 0 && conn.cin.start <= HEADROOM {
+                let r = h1::error_response(431, "request head too large");
+                return conn.respond(io, ctx, &r, true);
+            }
+            conn.read_client(io, ctx);
+            NextStep::Wait
+        }
+        Err(e) => {
+            let r = h1::error_response(e.status(), e.detail());
+            conn.respond(io, ctx, &r, true)
+        }
+    }
+}
+
+fn start_exchange(
+    conn: &mut Connection,
+    io: &mut Io,
+    ctx: &mut Ctx<'_>,
+    head: h1::RequestHead,
+    n: usize,
+) -> NextStep {
+    conn.requests += 1;
+    stats::bump(&ctx.stats.requests, 1);
+    if head.loops_through(ctx.via) {
+        let r = h1::error_response(508, "request already passed through this proxy");
+        return conn.respond(io, ctx, &r, true);
+    }
+    let (host, port, is_connect) = match head.upstream_target() {
+        Ok(t) => t,
+        Err(e) => {
+            let r = h1::error_response(e.status(), e.detail());
+            return conn.respond(io, ctx, &r, true);
+        }
+    };
+    if is_connect && !ctx.cfg.connect_ports.contains(&port) {
+        let r = h1::error_response(403, "CONNECT to this port is not allowed");
+        return conn.respond(io, ctx, &r, true);
+    }
+    let mut ex = Box::new(Exchange {
+        method: head.method,
+        client_minor: head.minor_version,
+        client_keep_alive: head.keep_alive,
+        host,
+        port,
+        is_connect,
+        req_body: Body::from_framing(head.framing, ctx.cfg.limits.max_header_bytes),
+        head_pending: 0,
+        head_at: 0,
+        head_len: 0,
+        expect_continue: head.expect_continue,
+        continue_sent: false,
+        response_started: false,
+        resp_body: Body::None,
+        resp_head_pending: 0,
+        resp_keep_alive: false,
+        close_client: !head.keep_alive,
+        retried: false,
+        fresh_only: false,
+        upstream_step: UpstreamStep::Start,
+        tunnel: TunnelState::default(),
+    });
+    if is_connect {
+        conn.cin.start += n;
+    } else {
+        ctx.scratch.clear();
+        head.write_upstream(ctx.scratch, ctx.via);
+        let len = ctx.scratch.len();
+        let head_end = conn.cin.start + n;
+        if len > head_end {
+            let r = h1::error_response(431, "request head too large after rewriting");
+            return conn.respond(io, ctx, &r, true);
+        }
+        let at = head_end - len;
+        if let Some(bytes) = conn.cin.slab_mut(ctx.pool) {
+            bytes[at..head_end].copy_from_slice(ctx.scratch);
+        }
+        conn.cin.start = at;
+        ex.head_pending = len;
+        ex.head_at = at;
+        ex.head_len = len;
+        // Validate a chunked body's first bytes before anything reaches the origin, so a
+        // malformed chunk size is refused without the origin ever seeing the request.
+        if let Body::Chunked { decoder } = &ex.req_body {
+            let mut probe = decoder.clone();
+            if let Err(e) = probe.feed(&conn.cin.data(ctx.pool)[len..]) {
+                let r = h1::error_response(e.status(), e.detail());
+                return conn.respond(io, ctx, &r, true);
+            }
+        }
+    }
+    conn.ex = Some(ex);
+    conn.phase = Phase::Upstream;
+    NextStep::Continue
+}
+
+/// Sends the rewritten head and the request body upstream.
+pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.io.up_write.is_some() {
+        return NextStep::Wait;
+    }
+    if conn.io.up_error.is_some() {
+        return upstream_failed(
+            conn,
+            io,
+            ctx,
+            "upstream connection failed while sending the request",
+        );
+    }
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
+    if !conn.cin.is_lent() {
+        let data = conn.cin.data(ctx.pool);
+        let head = ex.head_pending.min(data.len());
+        let body = match ex.req_body.take(&data[head..]) {
+            Ok(n) => n,
+            Err(e) => {
+                conn.abandon_upstream(io, ctx);
+                let r = h1::error_response(e.status(), e.detail());
+                return conn.respond(io, ctx, &r, true);
+            }
+        };
+        let total = head + body;
+        if total > 0 {
+            ex.head_pending -= head;
+            let start = conn.cin.start;
+            conn.cin.start += total;
+            conn.write_upstream(io, ctx, BufId::Cin, start, total);
+            let t = ctx.cfg.timeouts.io_idle;
+            conn.refresh_deadline(io, ctx, t);
+            return NextStep::Wait;
+        }
+    }
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
+    if ex.req_body.finished() && ex.head_pending == 0 {
+        conn.phase = Phase::ResponseHead;
+        let t = ctx.cfg.timeouts.upstream_response;
+        conn.set_deadline(io, ctx, t);
+        return NextStep::Continue;
+    }
+    if ex.expect_continue
+        && !ex.continue_sent
+        && conn.io.client_write.is_none()
+        && !conn.out.is_lent()
+    {
+        ex.continue_sent = true;
+        let n = conn.out.fill(ctx.pool, h1::CONTINUE_100);
+        conn.write_client(io, ctx, BufId::Out, 0, n);
+    }
+    if conn.io.client_read {
+        return NextStep::Wait;
+    }
+    if conn.io.client_eof || conn.io.client_error.is_some() {
+        // The client left in the middle of its body: nothing can be answered.
+        return NextStep::Close;
+    }
+    conn.read_client(io, ctx);
+    NextStep::Wait
+}
+
+/// The origin failed before a response byte reached the client.
+fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &str) -> NextStep {
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
+    let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
+    let retryable = reused
+        && !ex.retried
+        && !ex.response_started
+        && ex.method.is_idempotent()
+        && matches!(ex.req_body, Body::None)
+        && conn.uin.is_empty()
+        && !conn.cin.is_lent();
+    if retryable && !conn.io.up_read && conn.io.up_write.is_none() {
+        ex.retried = true;
+        ex.fresh_only = true;
+        ex.head_pending = ex.head_len;
+        ex.upstream_step = UpstreamStep::Start;
+        conn.cin.start = ex.head_at;
+        conn.upstream = None;
+        conn.io.up_eof = false;
+        conn.io.up_error = None;
+        stats::bump(&ctx.stats.upstream_retries, 1);
+        conn.phase = Phase::Upstream;
+        return NextStep::Continue;
+    }
+    let started = ex.response_started;
+    conn.abandon_upstream(io, ctx);
+    if started {
+        return NextStep::Close;
+    }
+    let r = h1::error_response(502, why);
+    conn.respond(io, ctx, &r, true)
+}
+
+/// Reads and rewrites the response head.
+pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.io.up_read {
+        return NextStep::Wait;
+    }
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
+    let parsed = h1::parse_response(conn.uin.data(ctx.pool), &limits(ctx), ex.method);
+    match parsed {
+        Ok(Some((resp, n))) => {
+            if resp.is_informational() {
+                // 1xx heads are interim: the proxy answered 100-continue itself.
+                conn.uin.start += n;
+                return NextStep::Continue;
+            }
+            let close =
+                !ex.client_keep_alive || resp.framing == BodyFraming::CloseDelimited || !ctx.ready;
+            ctx.scratch.clear();
+            resp.write_client(ctx.scratch, ctx.via, close, ex.client_minor);
+            let len = ctx.scratch.len();
+            let head_end = conn.uin.start + n;
+            if len > head_end {
+                return upstream_failed(conn, io, ctx, "response head too large after rewriting");
+            }
+            let at = head_end - len;
+            if let Some(bytes) = conn.uin.slab_mut(ctx.pool) {
+                bytes[at..head_end].copy_from_slice(ctx.scratch);
+            }
+            conn.uin.start = at;
+            ex.resp_head_pending = len;
+            ex.resp_body = Body::from_framing(resp.framing, ctx.cfg.limits.max_header_bytes);
+            ex.resp_keep_alive = resp.keep_alive;
+            ex.close_client = close;
+            ctx.stats.response(resp.status);
+            conn.phase = Phase::ResponseBody;
+            let t = ctx.cfg.timeouts.io_idle;
+            conn.set_deadline(io, ctx, t);
+            NextStep::Continue
+        }
+        Ok(None) => {
+            if conn.io.up_eof || conn.io.up_error.is_some() {
+                let why = if conn.uin.is_empty() {
+                    "upstream closed the connection without answering"
+                } else {
+                    "upstream closed the connection in the middle of the response head"
+                };
+                return upstream_failed(conn, io, ctx, why);
+            }
+            if conn.uin.has_slab() && conn.uin.room() == 0 {
+                return upstream_failed(conn, io, ctx, "upstream response head too large");
+            }
+            conn.read_upstream(io, ctx);
+            NextStep::Wait
+        }
+        Err(e) => {
+            conn.abandon_upstream(io, ctx);
+            let r = h1::error_response(502, &format!("bad response from upstream: {}", e.detail()));
+            conn.respond(io, ctx, &r, true)
+        }
+    }
+}
+
+/// Forwards the response body, then ends the exchange.
+pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.io.client_write.is_some() {
+        return NextStep::Wait;
+    }
+    if conn.io.client_error.is_some() {
+        return NextStep::Close;
+    }
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
+    let data = conn.uin.data(ctx.pool);
+    let head = ex.resp_head_pending.min(data.len());
+    let body = match ex.resp_body.take(&data[head..]) {
+        Ok(n) => n,
+        Err(_) => {
+            // The origin broke the chunked framing mid-body: the client cannot be told
+            // cleanly any more, so the connection ends.
+            conn.abandon_upstream(io, ctx);
+            return NextStep::Close;
+        }
+    };
+    let total = head + body;
+    if total > 0 {
+        ex.resp_head_pending -= head;
+        ex.response_started = true;
+        let start = conn.uin.start;
+        conn.uin.start += total;
+        conn.write_client(io, ctx, BufId::Uin, start, total);
+        let t = ctx.cfg.timeouts.io_idle;
+        conn.refresh_deadline(io, ctx, t);
+        return NextStep::Wait;
+    }
+    if matches!(ex.resp_body, Body::UntilEof) && conn.io.up_eof {
+        ex.resp_body = Body::Done;
+    }
+    if ex.resp_body.finished() && ex.resp_head_pending == 0 {
+        return finish_exchange(conn, io, ctx);
+    }
+    if conn.io.up_read {
+        return NextStep::Wait;
+    }
+    if conn.io.up_eof || conn.io.up_error.is_some() {
+        // Truncated by the origin: the client must see the connection end.
+        return NextStep::Close;
+    }
+    conn.read_upstream(io, ctx);
+    NextStep::Wait
+}
+
+/// Pools the upstream when it can be reused, and either closes or waits for the next request.
+fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    let Some(ex) = conn.ex.take() else {
+        return NextStep::Close;
+    };
+    let reusable = ex.resp_keep_alive
+        && conn.uin.is_empty()
+        && !conn.io.up_read
+        && conn.io.up_write.is_none()
+        && !conn.io.up_eof
+        && conn.io.up_error.is_none();
+    if let Some(up) = conn.upstream.take() {
+        let UpstreamConn {
+            sock,
+            key,
+            abandoned,
+            ..
+        } = up;
+        if reusable && !abandoned {
+            ctx.upstreams.put(key, sock, ctx.now);
+        }
+    }
+    conn.io.up_eof = false;
+    conn.io.up_error = None;
+    conn.uin.clear();
+    conn.uin.release_if_empty(ctx.pool);
+    conn.clear_deadline(ctx);
+    if ex.close_client {
+        return NextStep::Close;
+    }
+    let _ = io;
+    conn.phase = Phase::AwaitRequest;
+    NextStep::Continue
+}

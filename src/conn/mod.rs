@@ -1,0 +1,552 @@
+//! A client connection and its chained state machine.
+//!
+//! The worker hands every completion of a connection to [`on_completion`], which records
+//! what the kernel did (bytes read, bytes written, EOF, error) and then runs
+//! [`advance`]: the current [`Phase`]'s handler looks at the facts and returns a
+//! [`NextStep`]: `Continue` into the next phase now, `Wait` for I/O it has submitted, or
+//! `Close`. A guard bounds the transitions per event so a bug cannot spin a worker.
+//!
+//! Phases (HTTP/1.1; see docs/ARCHITECTURE.md for the diagram):
+//! `AwaitRequest → RequestHead → Upstream → SendRequest → ResponseHead → ResponseBody →
+//! (keep-alive) AwaitRequest`, with `Tunnel` after a CONNECT, `Respond` for responses
+//! the proxy makes itself, and `Admin` for the admin endpoint.
+//!
+//! Buffers: `cin` holds bytes read from the client, `uin` bytes read from the origin,
+//! `out` responses the proxy writes itself. Each holds a slab only while it has data or
+//! an operation in flight; an idle keep-alive connection holds none.
+
+mod admin;
+mod buf;
+mod http1;
+mod tunnel;
+mod upstream;
+
+use crate::config::Config;
+use crate::stats::{self, WorkerStats};
+use crate::timers::{TimerKey, Timers};
+use crate::upstream::dns::Resolver;
+use crate::upstream::pool::{PoolKey, UpstreamPool};
+use buf::{Buf, BufId};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+use uring::{Io, Op, OpTag, Ring, Slab, SlabPool};
+
+/// Operation tags (tags below 4 carry a slab).
+pub(crate) mod tag {
+    use uring::OpTag;
+    pub const CLIENT_READ: OpTag = OpTag(0);
+    pub const CLIENT_WRITE: OpTag = OpTag(1);
+    pub const UP_READ: OpTag = OpTag(2);
+    pub const UP_WRITE: OpTag = OpTag(3);
+    pub const CLIENT_POLL: OpTag = OpTag(4);
+    pub const CONNECT: OpTag = OpTag(5);
+    pub const CANCEL: OpTag = OpTag(6);
+    pub const CLIENT_SHUTDOWN: OpTag = OpTag(7);
+    pub const UP_SHUTDOWN: OpTag = OpTag(8);
+}
+
+/// Most state transitions one event may cause.
+const LOOP_GUARD: u32 = 64;
+
+/// What a phase handler wants next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextStep {
+    /// Run the (new) current phase now.
+    Continue,
+    /// I/O is in flight (or a wake-up is arranged); return to the ring.
+    Wait,
+    /// Tear the connection down.
+    Close,
+}
+
+/// Everything of the worker a connection may use besides itself.
+pub struct Ctx<'a> {
+    pub ring: &'a mut Ring,
+    pub pool: &'a mut SlabPool,
+    pub cfg: &'a Config,
+    pub dns: &'a mut Resolver,
+    pub upstreams: &'a mut UpstreamPool,
+    pub timers: &'a mut Timers,
+    pub stats: &'a WorkerStats,
+    pub all_stats: &'a [WorkerStats],
+    pub now: Instant,
+    pub scratch: &'a mut Vec<u8>,
+    pub via: &'a str,
+    pub listeners: &'a [SocketAddr],
+    pub ready: bool,
+}
+
+/// Which listener a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Proxy,
+    Admin,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Between requests (or before the first): no slab held, waiting for readability.
+    AwaitRequest,
+    /// Reading and parsing a request head.
+    RequestHead,
+    /// Finding an upstream connection: pool, resolve, connect (progress in the exchange).
+    Upstream,
+    /// Sending the request head and body to the origin.
+    SendRequest,
+    /// Waiting for and parsing the response head.
+    ResponseHead,
+    /// Forwarding the response body.
+    ResponseBody,
+    /// Relaying bytes both ways after CONNECT (progress in the exchange).
+    Tunnel,
+    /// Writing a response the proxy made itself (`out`), then closing or going on.
+    Respond { close: bool },
+    /// Serving the admin endpoint.
+    Admin,
+}
+
+/// A write in flight and where its slab goes back to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteJob {
+    src: BufId,
+    offset: u32,
+    len: u32,
+}
+
+/// The upstream socket of the current exchange.
+#[derive(Debug)]
+pub(crate) struct UpstreamConn {
+    pub sock: TcpStream,
+    pub key: PoolKey,
+    pub reused: bool,
+    /// Set when the exchange gave up on it: never pooled, closed with the connection.
+    pub abandoned: bool,
+}
+
+/// The facts of in-flight I/O, updated by completions, read by phase handlers.
+#[derive(Debug, Default)]
+pub(crate) struct IoState {
+    client_read: bool,
+    client_poll: bool,
+    client_write: Option<WriteJob>,
+    up_read: bool,
+    up_write: Option<WriteJob>,
+    connecting: bool,
+    connect_result: Option<i32>,
+    client_eof: bool,
+    client_error: Option<i32>,
+    up_eof: bool,
+    up_error: Option<i32>,
+    /// The client polled readable and nothing has read yet.
+    client_readable: bool,
+}
+
+/// One client connection.
+pub struct Connection {
+    pub(crate) role: Role,
+    pub(crate) client: TcpStream,
+    pub(crate) phase: Phase,
+    pub(crate) cin: Buf,
+    pub(crate) uin: Buf,
+    pub(crate) out: Buf,
+    pub(crate) upstream: Option<UpstreamConn>,
+    pub(crate) ex: Option<Box<http1::Exchange>>,
+    pub(crate) io: IoState,
+    pub(crate) timer: Option<TimerKey>,
+    pub(crate) requests: u32,
+}
+
+impl Connection {
+    /// A freshly accepted client.
+    pub fn new(client: TcpStream, role: Role) -> Connection {
+        Connection {
+            role,
+            client,
+            phase: if role == Role::Admin {
+                Phase::Admin
+            } else {
+                Phase::AwaitRequest
+            },
+            cin: Buf::default(),
+            uin: Buf::default(),
+            out: Buf::default(),
+            upstream: None,
+            ex: None,
+            io: IoState::default(),
+            timer: None,
+            requests: 0,
+        }
+    }
+
+    pub(crate) fn client_fd(&self) -> RawFd {
+        self.client.as_raw_fd()
+    }
+
+    pub(crate) fn up_fd(&self) -> Option<RawFd> {
+        self.upstream.as_ref().map(|u| u.sock.as_raw_fd())
+    }
+
+    fn buf_mut(&mut self, id: BufId) -> &mut Buf {
+        match id {
+            BufId::Cin => &mut self.cin,
+            BufId::Uin => &mut self.uin,
+            BufId::Out => &mut self.out,
+        }
+    }
+
+    /// Sets the single deadline of this connection.
+    pub(crate) fn set_deadline(&mut self, io: &Io, ctx: &mut Ctx<'_>, after: Duration) {
+        let at = ctx.now + after;
+        self.timer = Some(ctx.timers.set(self.timer, at, io.id()));
+    }
+
+    /// Moves the deadline only when it would move by more than a second (cheap "no
+    /// progress" timers for long transfers).
+    pub(crate) fn refresh_deadline(&mut self, io: &Io, ctx: &mut Ctx<'_>, after: Duration) {
+        let at = ctx.now + after;
+        match self.timer {
+            Some(k) if at.saturating_duration_since(k.at()) < Duration::from_secs(1) => {}
+            _ => self.set_deadline(io, ctx, after),
+        }
+    }
+
+    pub(crate) fn clear_deadline(&mut self, ctx: &mut Ctx<'_>) {
+        ctx.timers.clear(self.timer.take());
+    }
+
+    /// Reads from the client into `cin` (taking a slab if it has none).
+    pub(crate) fn read_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        debug_assert!(!self.io.client_read);
+        let fd = self.client_fd();
+        let (slab, offset, len) = self.cin.prepare_read(ctx.pool);
+        ctx.ring.submit(
+            io,
+            tag::CLIENT_READ,
+            Op::Recv {
+                fd,
+                slab,
+                offset,
+                len,
+            },
+            ctx.pool,
+        );
+        self.io.client_read = true;
+    }
+
+    /// Waits for the client to become readable without holding a slab.
+    pub(crate) fn poll_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        debug_assert!(!self.io.client_poll);
+        let fd = self.client_fd();
+        ctx.ring
+            .submit(io, tag::CLIENT_POLL, Op::PollIn { fd }, ctx.pool);
+        self.io.client_poll = true;
+    }
+
+    /// Reads from the origin into `uin`.
+    pub(crate) fn read_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        debug_assert!(!self.io.up_read);
+        let Some(fd) = self.up_fd() else { return };
+        let (slab, offset, len) = self.uin.prepare_read(ctx.pool);
+        ctx.ring.submit(
+            io,
+            tag::UP_READ,
+            Op::Recv {
+                fd,
+                slab,
+                offset,
+                len,
+            },
+            ctx.pool,
+        );
+        self.io.up_read = true;
+    }
+
+    /// Sends `len` bytes of buffer `src` from `offset` to the client.
+    pub(crate) fn write_client(
+        &mut self,
+        io: &mut Io,
+        ctx: &mut Ctx<'_>,
+        src: BufId,
+        offset: usize,
+        len: usize,
+    ) {
+        debug_assert!(self.io.client_write.is_none());
+        let fd = self.client_fd();
+        let job = WriteJob {
+            src,
+            offset: offset as u32,
+            len: len as u32,
+        };
+        self.submit_write(io, ctx, fd, tag::CLIENT_WRITE, job);
+        self.io.client_write = Some(job);
+        stats::bump(&ctx.stats.bytes_to_clients, len as u64);
+    }
+
+    /// Sends `len` bytes of buffer `src` from `offset` to the origin.
+    pub(crate) fn write_upstream(
+        &mut self,
+        io: &mut Io,
+        ctx: &mut Ctx<'_>,
+        src: BufId,
+        offset: usize,
+        len: usize,
+    ) {
+        debug_assert!(self.io.up_write.is_none());
+        let Some(fd) = self.up_fd() else { return };
+        let job = WriteJob {
+            src,
+            offset: offset as u32,
+            len: len as u32,
+        };
+        self.submit_write(io, ctx, fd, tag::UP_WRITE, job);
+        self.io.up_write = Some(job);
+    }
+
+    fn submit_write(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, fd: RawFd, t: OpTag, job: WriteJob) {
+        let slab = self.buf_mut(job.src).lend();
+        let op = Op::Send {
+            fd,
+            slab,
+            offset: job.offset as usize,
+            len: job.len as usize,
+        };
+        ctx.ring.submit(io, t, op, ctx.pool);
+    }
+
+    /// Queues a response the proxy makes itself and switches to `Respond`.
+    pub(crate) fn respond(
+        &mut self,
+        io: &mut Io,
+        ctx: &mut Ctx<'_>,
+        bytes: &[u8],
+        close: bool,
+    ) -> NextStep {
+        if let Some(status) = status_of(bytes) {
+            ctx.stats.response(status);
+        }
+        if self.out.is_lent() || self.io.client_write.is_some() {
+            // Something is still being written to the client: the response cannot be
+            // framed after it, so the connection ends.
+            return NextStep::Close;
+        }
+        let n = self.out.fill(ctx.pool, bytes);
+        self.write_client(io, ctx, BufId::Out, 0, n);
+        self.phase = Phase::Respond { close };
+        let idle = ctx.cfg.timeouts.io_idle;
+        self.set_deadline(io, ctx, idle);
+        NextStep::Wait
+    }
+
+    /// Gives up on the upstream connection: cancel its operations; it is never pooled.
+    pub(crate) fn abandon_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        if let Some(up) = self.upstream.as_mut() {
+            if !up.abandoned {
+                up.abandoned = true;
+                if self.io.up_read || self.io.up_write.is_some() || self.io.connecting {
+                    let fd = up.sock.as_raw_fd();
+                    ctx.ring
+                        .submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
+                }
+            }
+        }
+    }
+
+    /// Releases everything this connection holds and cancels its operations. The worker
+    /// then closes the slot, which is freed once the cancelled operations have completed.
+    pub fn begin_close(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        self.clear_deadline(ctx);
+        for b in [&mut self.cin, &mut self.uin, &mut self.out] {
+            b.release(ctx.pool);
+        }
+        if self.io.client_read || self.io.client_poll || self.io.client_write.is_some() {
+            let fd = self.client_fd();
+            ctx.ring
+                .submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
+        }
+        if let Some(up) = &self.upstream {
+            if !up.abandoned
+                && (self.io.up_read || self.io.up_write.is_some() || self.io.connecting)
+            {
+                let fd = up.sock.as_raw_fd();
+                ctx.ring
+                    .submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
+            }
+        }
+        if self.role == Role::Proxy {
+            stats::drop_one(&ctx.stats.connections_active);
+        }
+    }
+}
+
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let s = bytes.get(9..12)?;
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Records one completion of this connection, then advances its state machine.
+pub fn on_completion(
+    conn: &mut Connection,
+    io: &mut Io,
+    ctx: &mut Ctx<'_>,
+    t: OpTag,
+    result: i32,
+    slab: Option<Slab>,
+) -> NextStep {
+    match t {
+        tag::CLIENT_READ => {
+            conn.io.client_read = false;
+            if let Some(s) = slab {
+                conn.cin.give_back(s);
+            }
+            if result > 0 {
+                conn.cin.filled(result as usize);
+                stats::bump(&ctx.stats.bytes_from_clients, result as u64);
+            } else if result == 0 {
+                conn.io.client_eof = true;
+            } else {
+                conn.io.client_error = Some(-result);
+            }
+        }
+        tag::CLIENT_POLL => {
+            conn.io.client_poll = false;
+            if result < 0 {
+                conn.io.client_error = Some(-result);
+            } else {
+                conn.io.client_readable = true;
+            }
+        }
+        tag::UP_READ => {
+            conn.io.up_read = false;
+            if let Some(s) = slab {
+                conn.uin.give_back(s);
+            }
+            if result > 0 {
+                conn.uin.filled(result as usize);
+            } else if result == 0 {
+                conn.io.up_eof = true;
+            } else {
+                conn.io.up_error = Some(-result);
+            }
+        }
+        tag::CLIENT_WRITE | tag::UP_WRITE => {
+            let to_client = t == tag::CLIENT_WRITE;
+            let job = if to_client {
+                conn.io.client_write.take()
+            } else {
+                conn.io.up_write.take()
+            };
+            let Some(mut job) = job else {
+                if let Some(s) = slab {
+                    ctx.pool.release(s);
+                }
+                return NextStep::Close;
+            };
+            let Some(s) = slab else {
+                return NextStep::Close;
+            };
+            conn.buf_mut(job.src).give_back(s);
+            if result <= 0 {
+                let err = if result == 0 { libc::EPIPE } else { -result };
+                if to_client {
+                    conn.io.client_error = Some(err);
+                } else {
+                    conn.io.up_error = Some(err);
+                }
+            } else if (result as u32) < job.len {
+                // Short write: send the rest before anything else goes to this peer.
+                job.offset += result as u32;
+                job.len -= result as u32;
+                let fd = if to_client {
+                    Some(conn.client_fd())
+                } else {
+                    conn.up_fd()
+                };
+                if let Some(fd) = fd {
+                    conn.submit_write(io, ctx, fd, t, job);
+                    if to_client {
+                        conn.io.client_write = Some(job);
+                    } else {
+                        conn.io.up_write = Some(job);
+                    }
+                    return NextStep::Wait;
+                }
+            } else if job.src == BufId::Out {
+                conn.out.release(ctx.pool);
+            }
+        }
+        tag::CONNECT => {
+            conn.io.connecting = false;
+            conn.io.connect_result = Some(result);
+        }
+        tag::CLIENT_SHUTDOWN | tag::UP_SHUTDOWN | tag::CANCEL => {}
+        _ => {}
+    }
+    advance(conn, io, ctx)
+}
+
+/// Runs phase handlers until one waits or closes.
+pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    for _ in 0..LOOP_GUARD {
+        let step = match conn.phase {
+            Phase::AwaitRequest => http1::await_request(conn, io, ctx),
+            Phase::RequestHead => http1::request_head(conn, io, ctx),
+            Phase::Upstream => upstream::step(conn, io, ctx),
+            Phase::SendRequest => http1::send_request(conn, io, ctx),
+            Phase::ResponseHead => http1::response_head(conn, io, ctx),
+            Phase::ResponseBody => http1::response_body(conn, io, ctx),
+            Phase::Tunnel => tunnel::step(conn, io, ctx),
+            Phase::Respond { close } => respond_step(conn, io, ctx, close),
+            Phase::Admin => admin::step(conn, io, ctx),
+        };
+        if step != NextStep::Continue {
+            return step;
+        }
+    }
+    debug_assert!(false, "loop guard hit in phase {:?}", conn.phase);
+    NextStep::Close
+}
+
+fn respond_step(conn: &mut Connection, _io: &mut Io, _ctx: &mut Ctx<'_>, close: bool) -> NextStep {
+    if conn.io.client_write.is_some() {
+        return NextStep::Wait;
+    }
+    if conn.io.client_error.is_some() || close {
+        return NextStep::Close;
+    }
+    conn.phase = Phase::AwaitRequest;
+    NextStep::Continue
+}
+
+/// A deadline of this connection fired.
+pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    conn.timer = None;
+    stats::bump(&ctx.stats.timeouts, 1);
+    match conn.phase {
+        Phase::AwaitRequest => NextStep::Close,
+        Phase::RequestHead => {
+            if conn.requests == 0 || !conn.cin.is_empty() {
+                let r = crate::h1::error_response(408, "request head not received in time");
+                conn.respond(io, ctx, &r, true)
+            } else {
+                NextStep::Close
+            }
+        }
+        Phase::Upstream => {
+            conn.abandon_upstream(io, ctx);
+            let r = crate::h1::error_response(504, "upstream connect timed out");
+            conn.respond(io, ctx, &r, true)
+        }
+        Phase::ResponseHead | Phase::SendRequest => {
+            conn.abandon_upstream(io, ctx);
+            let sent_anything = conn.ex.as_ref().is_some_and(|e| e.response_started);
+            if sent_anything {
+                return NextStep::Close;
+            }
+            let r = crate::h1::error_response(504, "upstream did not answer in time");
+            conn.respond(io, ctx, &r, true)
+        }
+        _ => NextStep::Close,
+    }
+}

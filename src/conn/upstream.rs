@@ -1,0 +1,148 @@
+//! The shared upstream leg: reuse a pooled connection, or resolve the name (without
+//! blocking the ring) and connect to each address in turn. When it is ready the
+//! exchange resumes where it left off: `SendRequest` for a request, `Tunnel` for CONNECT.
+
+use super::http1::UpstreamStep;
+use super::{tag, Connection, Ctx, NextStep, Phase, UpstreamConn};
+use crate::h1;
+use crate::stats;
+use crate::upstream::dns::Lookup;
+use crate::upstream::is_own_listener;
+use crate::upstream::pool::PoolKey;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use uring::{Io, Op};
+
+/// Where the exchange goes once the upstream is ready.
+fn resume(conn: &mut Connection) -> NextStep {
+    let connect = conn.ex.as_ref().is_some_and(|e| e.is_connect);
+    conn.phase = if connect {
+        Phase::Tunnel
+    } else {
+        Phase::SendRequest
+    };
+    NextStep::Continue
+}
+
+fn fail(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, status: u16, why: &str) -> NextStep {
+    conn.abandon_upstream(io, ctx);
+    let r = h1::error_response(status, why);
+    conn.respond(io, ctx, &r, true)
+}
+
+/// One step of finding an upstream connection.
+pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.io.connecting {
+        return NextStep::Wait;
+    }
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
+    match &mut ex.upstream_step {
+        UpstreamStep::Start => {
+            let key = PoolKey {
+                host: ex.host.clone(),
+                port: ex.port,
+                tls: false,
+            };
+            if !ex.is_connect && !ex.fresh_only {
+                if let Some(sock) = ctx.upstreams.take(&key, ctx.now) {
+                    stats::bump(&ctx.stats.pool_hits, 1);
+                    conn.upstream = Some(UpstreamConn {
+                        sock,
+                        key,
+                        reused: true,
+                        abandoned: false,
+                    });
+                    return resume(conn);
+                }
+            }
+            if !ex.is_connect {
+                ctx.upstreams.note_miss();
+                stats::bump(&ctx.stats.pool_misses, 1);
+            }
+            ex.upstream_step = UpstreamStep::Resolving;
+            let t = ctx.cfg.timeouts.upstream_connect;
+            conn.set_deadline(io, ctx, t);
+            NextStep::Continue
+        }
+        UpstreamStep::Resolving => {
+            let host = ex.host.clone();
+            let port = ex.port;
+            match ctx.dns.lookup(&host, io.id(), ctx.now) {
+                Lookup::Pending => NextStep::Wait,
+                Lookup::Failed(e) => {
+                    stats::bump(&ctx.stats.dns_failures, 1);
+                    fail(conn, io, ctx, 502, &e)
+                }
+                Lookup::Ready(ips) => {
+                    let addrs: Vec<SocketAddr> = ips
+                        .into_iter()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .filter(|a| !is_own_listener(*a, ctx.listeners))
+                        .collect();
+                    if addrs.is_empty() {
+                        return fail(conn, io, ctx, 508, "the target is this proxy itself");
+                    }
+                    ex.upstream_step = UpstreamStep::Connecting {
+                        addrs,
+                        next: 0,
+                        last_error: None,
+                    };
+                    NextStep::Continue
+                }
+            }
+        }
+        UpstreamStep::Connecting {
+            addrs,
+            next,
+            last_error,
+        } => {
+            if let Some(result) = conn.io.connect_result.take() {
+                if result == 0 {
+                    if let Some(up) = &conn.upstream {
+                        let _ = up.sock.set_nodelay(true);
+                    }
+                    conn.clear_deadline(ctx);
+                    return resume(conn);
+                }
+                let err = std::io::Error::from_raw_os_error(-result);
+                *last_error = Some(format!("cannot connect to {}: {}", addrs[*next], err));
+                *next += 1;
+                conn.upstream = None;
+            }
+            if *next >= addrs.len() {
+                let why = last_error
+                    .clone()
+                    .unwrap_or_else(|| "no address to connect to".into());
+                return fail(conn, io, ctx, 502, &why);
+            }
+            let addr = addrs[*next];
+            let key = PoolKey {
+                host: ex.host.clone(),
+                port: ex.port,
+                tls: false,
+            };
+            let sock = match Socket::new(
+                Domain::for_address(addr),
+                Type::STREAM.cloexec(),
+                Some(Protocol::TCP),
+            ) {
+                Ok(s) => TcpStream::from(s),
+                Err(e) => return fail(conn, io, ctx, 502, &format!("cannot create a socket: {e}")),
+            };
+            let fd = sock.as_raw_fd();
+            conn.upstream = Some(UpstreamConn {
+                sock,
+                key,
+                reused: false,
+                abandoned: false,
+            });
+            ctx.ring
+                .submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
+            conn.io.connecting = true;
+            NextStep::Wait
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! Header fields and the rules shared by requests and responses: `Header`, `HeadLimits`,
+//! `BodyFraming`, field-name classification (hop-by-hop, framing fields), comma-list
+//! splitting, Content-Length / Transfer-Encoding / Connection / Via interpretation, and the
+//! small writers used to serialise heads without going through `fmt`.
+
+/// Limits on a message head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// Largest head accepted, in bytes, including the request/status line, leading empty
+    /// lines and the final CRLFCRLF.
+    pub max_bytes: usize,
+    /// Largest number of header fields accepted.
+    pub max_headers: usize,
+}
+
+impl Default for HeadLimits {
+    fn default() -> Self {
+        HeadLimits {
+            max_bytes: 16 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+/// One header field. The name is kept as received (case preserved); the value has its
+/// surrounding whitespace removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    pub fn new(name: &str, value: &[u8]) -> Header {
+        Header {
+            name: name.to_owned(),
+            value: value.to_vec(),
+        }
+    }
+}
+
+/// How the body of a message is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body at all.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding; use `ChunkedDecoder` to find its end.
+    Chunked,
+    /// Until the upstream closes the connection (responses only).
+    CloseDelimited,
+}
+
+/// The header fields the codec treats specially.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FieldKind {
+    Host,
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    Expect,
+    Via,
+    /// Hop-by-hop fields other than Connection and Transfer-Encoding.
+    HopByHop,
+    /// A name that normalises to Content-Length or Transfer-Encoding when `_` is read as
+    /// `-` (e.g. `Content_Length`): some back ends merge them, so they are refused.
+    Ambiguous,
+    Other,
+}
+
+pub(crate) fn classify(name: &str) -> FieldKind {
+    let n = name.as_bytes();
+    let is = |s: &str| n.eq_ignore_ascii_case(s.as_bytes());
+    match n.len() {
+        2 if is("te") => FieldKind::HopByHop,
+        3 if is("via") => FieldKind::Via,
+        4 if is("host") => FieldKind::Host,
+        6 if is("expect") => FieldKind::Expect,
+        7 if is("trailer") || is("upgrade") => FieldKind::HopByHop,
+        10 if is("connection") => FieldKind::Connection,
+        10 if is("keep-alive") => FieldKind::HopByHop,
+        14 if is("content-length") => FieldKind::ContentLength,
+        14 if underscore_eq(n, b"content-length") => FieldKind::Ambiguous,
+        16 if is("proxy-connection") => FieldKind::HopByHop,
+        17 if is("transfer-encoding") => FieldKind::TransferEncoding,
+        17 if underscore_eq(n, b"transfer-encoding") => FieldKind::Ambiguous,
+        18 if is("proxy-authenticate") => FieldKind::HopByHop,
+        19 if is("proxy-authorization") => FieldKind::HopByHop,
+        _ => FieldKind::Other,
+    }
+}
+
+/// Case-insensitive equality where `_` in `n` matches `-` in `lower`.
+fn underscore_eq(n: &[u8], lower: &[u8]) -> bool {
+    n.len() == lower.len()
+        && n.iter().zip(lower).all(|(&a, &b)| {
+            let a = a.to_ascii_lowercase();
+            a == b || (a == b'_' && b == b'-')
+        })
+}
+
+/// tchar (RFC 9110 §5.6.2).
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
+}
+
+pub(crate) fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
+pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// The elements of a comma-separated list value, trimmed of OWS. Empty elements are
+/// yielded too (as empty slices); callers decide whether to ignore them.
+pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows)
+}
+
+/// Parses one Content-Length field value, which may be a list ("5, 5"): every element
+/// must be 1*DIGIT without sign and fit in a u64, and all elements must be equal.
+pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
+    let mut result: Option<u64> = None;
+    for element in list_elements(value) {
+        if element.is_empty() {
+            return Err("empty Content-Length");
+        }
+        let mut n: u64 = 0;
+        for &d in element {
+            if !d.is_ascii_digit() {
+                return Err("invalid Content-Length");
+            }
+            n = n
+                .checked_mul(10)
+                .and_then(|n| n.checked_add(u64::from(d - b'0')))
+                .ok_or("Content-Length overflow")?;
+        }
+        match result {
+            Some(prev) if prev != n => return Err("conflicting Content-Length values"),
+            _ => result = Some(n),
+        }
+    }
+    result.ok_or("empty Content-Length")
+}
+
+/// Folds the Content-Length of one more field into the running value.
+pub(crate) fn merge_content_length(
+    current: Option<u64>,
+    value: &[u8],
+) -> Result<Option<u64>, &'static str> {
+    let n = parse_content_length(value)?;
+    match current {
+        Some(prev) if prev != n => Err("conflicting Content-Length values"),
+        _ => Ok(Some(n)),
+    }
+}
+
+/// What a message's Transfer-Encoding fields (all of them, in order) amount to.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TransferCodings {
+    /// Number of non-empty codings seen.
+    pub count: usize,
+    /// How many of them were `chunked`.
+    pub chunked: usize,
+    /// The last coding was `chunked` (without parameters).
+    pub final_chunked: bool,
+    /// Some element was not `token *( OWS ";" OWS param )`, or `chunked` had parameters.
+    pub malformed: bool,
+}
+
+impl TransferCodings {
+    pub fn add_field(&mut self, value: &[u8]) {
+        for element in list_elements(value) {
+            if element.is_empty() {
+                // RFC 9110 §5.6.1: empty list elements are ignored.
+                continue;
+            }
+            self.count += 1;
+            let (name, params) = match element.iter().position(|&b| b == b';') {
+                Some(i) => (trim_ows(&element[..i]), Some(&element[i + 1..])),
+                None => (element, None),
+            };
+            if !is_token(name) || params.is_some_and(|p| !params_well_formed(p)) {
+                self.malformed = true;
+                self.final_chunked = false;
+                continue;
+            }
+            let chunked = name.eq_ignore_ascii_case(b"chunked");
+            if chunked {
+                self.chunked += 1;
+                if params.is_some() {
+                    self.malformed = true;
+                }
+            }
+            self.final_chunked = chunked && params.is_none();
+        }
+    }
+
+    /// The codings are exactly one `chunked`.
+    pub fn is_plain_chunked(&self) -> bool {
+        self.count == 1 && self.final_chunked && !self.malformed
+    }
+}
+
+/// `param *( OWS ";" OWS param )` with `param = token BWS "=" BWS ( token / quoted-string )`.
+/// Quoted strings may not contain `;` here (good enough to classify; such codings are
+/// refused anyway).
+fn params_well_formed(params: &[u8]) -> bool {
+    params.split(|&b| b == b';').all(|p| {
+        let p = trim_ows(p);
+        match p.iter().position(|&b| b == b'=') {
+            Some(i) => {
+                let (k, v) = (trim_ows(&p[..i]), trim_ows(&p[i + 1..]));
+                is_token(k)
+                    && (is_token(v)
+                        || (v.len() >= 2
+                            && v[0] == b'"'
+                            && v[v.len() - 1] == b'"'
+                            && v[1..v.len() - 1]
+                                .iter()
+                                .all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f)))
+            }
+            None => false,
+        }
+    })
+}
+
+/// True when some Connection field lists `token` (case-insensitive).
+pub(crate) fn connection_has(headers: &[Header], token: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .any(|h| list_elements(&h.value).any(|t| t.eq_ignore_ascii_case(token)))
+}
+
+/// Whether a Via field value names `token` as a received-by (pseudonym or host).
+/// Via = #( received-protocol RWS received-by [ RWS comment ] ); commas inside comments
+/// do not separate elements.
+pub(crate) fn via_names(value: &[u8], token: &[u8]) -> bool {
+    let mut depth = 0usize;
+    let mut start = 0usize;
+    for (i, &b) in value.iter().enumerate() {
+        match b {
+            b'(' => depth += 1,
+            b')' => depth = depth.saturating_sub(1),
+            b',' if depth == 0 => {
+                if via_element_names(&value[start..i], token) {
+                    return true;
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    via_element_names(&value[start..], token)
+}
+
+fn via_element_names(element: &[u8], token: &[u8]) -> bool {
+    let mut words = element
+        .split(|&b| b == b' ' || b == b'\t')
+        .filter(|w| !w.is_empty());
+    let _protocol = words.next();
+    words
+        .next()
+        .is_some_and(|received_by| received_by.eq_ignore_ascii_case(token))
+}
+
+/// Appends `name: value\r\n`.
+#[inline]
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends the decimal form of `n`.
+pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&buf[i..]);
+}
+
+/// Appends a status code as three digits (values over 999 are clamped).
+pub(crate) fn push_status(out: &mut Vec<u8>, status: u16) {
+    let s = status.min(999);
+    out.extend_from_slice(&[
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]);
+}
+
+/// Writes the forwarded header fields shared by requests and responses: every field
+/// except those whose kind `skip` names and those named in a Connection field. Our Via
+/// hop is appended to the last forwarded Via field; returns false when there was none
+/// (the caller then adds one with `push_via`).
+pub(crate) fn push_forwarded_fields(
+    out: &mut Vec<u8>,
+    headers: &[Header],
+    via_token: &str,
+    skip: impl Fn(FieldKind) -> bool,
+) -> bool {
+    let has_connection = headers
+        .iter()
+        .any(|h| classify(&h.name) == FieldKind::Connection);
+    let keep = |h: &Header, kind: FieldKind| -> bool {
+        let named_in_connection = has_connection && connection_has(headers, h.name.as_bytes());
+        !skip(kind) && !named_in_connection
+    };
+    let last_via = headers.iter().rposition(|h| {
+        let kind = classify(&h.name);
+        kind == FieldKind::Via && keep(h, kind)
+    });
+    for (i, h) in headers.iter().enumerate() {
+        if Some(i) == last_via {
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&h.value);
+            if !h.value.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(b"1.1 ");
+            out.extend_from_slice(via_token.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        } else if keep(h, classify(&h.name)) {
+            push_field(out, h.name.as_bytes(), &h.value);
+        }
+    }
+    last_via.is_some()
+}
+
+/// Appends `Via: 1.1 <token>`.
+pub(crate) fn push_via(out: &mut Vec<u8>, via_token: &str) {
+    out.extend_from_slice(b"Via: 1.1 ");
+    out.extend_from_slice(via_token.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Rough size of the forwarded head, for one up-front reservation.
+pub(crate) fn estimate_len(headers: &[Header]) -> usize {
+    headers
+        .iter()
+        .map(|h| h.name.len() + h.value.len() + 4)
+        .sum::<usize>()
+        + 128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classify_is_case_insensitive() {
+        assert_eq!(classify("HOST"), FieldKind::Host);
+        assert_eq!(classify("content-LENGTH"), FieldKind::ContentLength);
+        assert_eq!(classify("Transfer-Encoding"), FieldKind::TransferEncoding);
+        assert_eq!(classify("CONNECTION"), FieldKind::Connection);
+        assert_eq!(classify("expect"), FieldKind::Expect);
+        assert_eq!(classify("VIA"), FieldKind::Via);
+        for h in [
+            "Keep-Alive",
+            "proxy-connection",
+            "TE",
+            "Trailer",
+            "UPGRADE",
+            "Proxy-Authorization",
+            "proxy-authenticate",
+        ] {
+            assert_eq!(classify(h), FieldKind::HopByHop, "{h}");
+        }
+        assert_eq!(classify("Content_Length"), FieldKind::Ambiguous);
+        assert_eq!(classify("transfer_encoding"), FieldKind::Ambiguous);
+        assert_eq!(classify("Content-Type"), FieldKind::Other);
+        assert_eq!(classify("Hosts"), FieldKind::Other);
+        assert_eq!(classify("X-Via"), FieldKind::Other);
+        assert_eq!(classify(""), FieldKind::Other);
+    }
+
+    #[test]
+    fn content_length_values() {
+        assert_eq!(parse_content_length(b"0"), Ok(0));
+        assert_eq!(parse_content_length(b"0042"), Ok(42));
+        assert_eq!(parse_content_length(b"5, 5"), Ok(5));
+        assert_eq!(parse_content_length(b"5,5 ,\t5"), Ok(5));
+        assert_eq!(parse_content_length(b"18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(
+            parse_content_length(b"18446744073709551616"),
+            Err("Content-Length overflow")
+        );
+        assert_eq!(
+            parse_content_length(b"99999999999999999999999"),
+            Err("Content-Length overflow")
+        );
+        assert_eq!(
+            parse_content_length(b"4, 5"),
+            Err("conflicting Content-Length values")
+        );
+        assert_eq!(parse_content_length(b"+5"), Err("invalid Content-Length"));
+        assert_eq!(parse_content_length(b"-5"), Err("invalid Content-Length"));
+        assert_eq!(parse_content_length(b"5 5"), Err("invalid Content-Length"));
+        assert_eq!(parse_content_length(b"0x5"), Err("invalid Content-Length"));
+        assert_eq!(parse_content_length(b"5.0"), Err("invalid Content-Length"));
+        assert_eq!(parse_content_length(b""), Err("empty Content-Length"));
+        assert_eq!(parse_content_length(b"5,"), Err("empty Content-Length"));
+        assert_eq!(parse_content_length(b",5"), Err("empty Content-Length"));
+        assert_eq!(merge_content_length(None, b"3"), Ok(Some(3)));
+        assert_eq!(merge_content_length(Some(3), b"3"), Ok(Some(3)));
+        assert_eq!(
+            merge_content_length(Some(3), b"4"),
+            Err("conflicting Content-Length values")
+        );
+    }
+
+    fn codings(values: &[&str]) -> TransferCodings {
+        let mut t = TransferCodings::default();
+        for v in values {
+            t.add_field(v.as_bytes());
+        }
+        t
+    }
+
+    #[test]
+    fn transfer_codings() {
+        let t = codings(&["chunked"]);
+        assert!(t.is_plain_chunked());
+        assert!(codings(&["CHUNKED"]).is_plain_chunked());
+        assert!(codings(&[" chunked ,"]).is_plain_chunked());
+        let t = codings(&["gzip, chunked"]);
+        assert!(t.final_chunked && !t.is_plain_chunked() && t.count == 2);
+        let t = codings(&["gzip", "chunked"]);
+        assert!(t.final_chunked && t.count == 2);
+        let t = codings(&["chunked, gzip"]);
+        assert!(!t.final_chunked && t.chunked == 1);
+        let t = codings(&["chunked", "chunked"]);
+        assert_eq!(t.chunked, 2);
+        let t = codings(&["chunked;foo=bar"]);
+        assert!(t.malformed && !t.final_chunked);
+        let t = codings(&["gzip;q=1, chunked"]);
+        assert!(!t.malformed && t.final_chunked);
+        let t = codings(&["gzip;q=\"x y\""]);
+        assert!(!t.malformed);
+        assert!(codings(&["chu nked"]).malformed);
+        assert!(codings(&["chunked\""]).malformed);
+        assert!(codings(&["gzip;"]).malformed);
+        assert!(codings(&["gzip;=x"]).malformed);
+        assert!(codings(&["gzip;q=\"x"]).malformed);
+        let t = codings(&[""]);
+        assert_eq!(t.count, 0);
+    }
+
+    #[test]
+    fn via_matching() {
+        assert!(via_names(b"1.1 sluice", b"sluice"));
+        assert!(via_names(b"1.0 fred, 1.1 SLUICE (Sluice/1)", b"sluice"));
+        assert!(via_names(b"HTTP/1.1 a:80,1.1   sluice", b"sluice"));
+        assert!(!via_names(b"1.1 sluicer", b"sluice"));
+        assert!(!via_names(b"sluice", b"sluice"));
+        assert!(!via_names(b"1.1 a (x, 1.1 sluice)", b"sluice"));
+        assert!(!via_names(b"", b"sluice"));
+    }
+
+    #[test]
+    fn connection_tokens() {
+        let headers = vec![
+            Header::new("Connection", b"Keep-Alive, X-Foo"),
+            Header::new("connection", b"close"),
+        ];
+        assert!(connection_has(&headers, b"keep-alive"));
+        assert!(connection_has(&headers, b"x-foo"));
+        assert!(connection_has(&headers, b"CLOSE"));
+        assert!(!connection_has(&headers, b"x-bar"));
+    }
+
+    #[test]
+    fn numbers() {
+        let mut out = Vec::new();
+        push_u64(&mut out, 0);
+        out.push(b' ');
+        push_u64(&mut out, 1234567890);
+        out.push(b' ');
+        push_u64(&mut out, u64::MAX);
+        assert_eq!(out, b"0 1234567890 18446744073709551615");
+        let mut out = Vec::new();
+        push_status(&mut out, 200);
+        push_status(&mut out, 101);
+        push_status(&mut out, 5000);
+        assert_eq!(out, b"200101999");
+    }
+
+    #[test]
+    fn trims() {
+        assert_eq!(trim_ows(b" \t a b \t"), b"a b");
+        assert_eq!(trim_ows(b"   "), b"");
+        assert_eq!(trim_ows(b""), b"");
+    }
+}

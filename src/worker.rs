@@ -1,0 +1,278 @@
+//! One worker: a pinned thread that owns a ring, its listeners, its connections, its
+//! slab pool, resolver, upstream pool and deadlines. Nothing here is shared with other
+//! workers except the read-only config and each worker's own counters block.
+//!
+//! The loop: submit and wait → for each completion, find its connection (or worker-level
+//! op) and run the state machine → close what asked to close → repeat.
+
+use crate::config::Config;
+use crate::conn::{self, Connection, Ctx, NextStep, Role};
+use crate::stats::{self, WorkerStats};
+use crate::timers::Timers;
+use crate::upstream::dns::Resolver;
+use crate::upstream::pool::UpstreamPool;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uring::{ConnId, Conns, Event, Ring, SlabPool, Slot, WorkerToken};
+
+const KIND_DNS: u8 = 1;
+const KIND_TICK: u8 = 2;
+const TICK: Duration = Duration::from_millis(100);
+const RING_ENTRIES: u32 = 4096;
+
+/// What a worker thread starts with.
+pub struct WorkerSetup {
+    pub index: usize,
+    pub cpu: Option<usize>,
+    pub cfg: Arc<Config>,
+    pub stats: Arc<[WorkerStats]>,
+    pub listeners: Vec<(TcpListener, Role)>,
+    pub via: String,
+    pub stop: Arc<AtomicBool>,
+}
+
+/// The worker's state apart from its connections (so both can be borrowed at once).
+struct Env {
+    ring: Ring,
+    pool: SlabPool,
+    cfg: Arc<Config>,
+    dns: Resolver,
+    upstreams: UpstreamPool,
+    timers: Timers,
+    stats: Arc<[WorkerStats]>,
+    index: usize,
+    scratch: Vec<u8>,
+    via: String,
+    listen_addrs: Vec<SocketAddr>,
+}
+
+impl Env {
+    fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+        Ctx {
+            ring: &mut self.ring,
+            pool: &mut self.pool,
+            cfg: &self.cfg,
+            dns: &mut self.dns,
+            upstreams: &mut self.upstreams,
+            timers: &mut self.timers,
+            stats: &self.stats[self.index],
+            all_stats: &self.stats,
+            now,
+            scratch: &mut self.scratch,
+            via: &self.via,
+            listeners: &self.listen_addrs,
+            ready: true,
+        }
+    }
+}
+
+/// Runs `f` on a connection; returns its id when it asked to close (after `begin_close`).
+fn drive(
+    slot: &mut Slot<Connection>,
+    env: &mut Env,
+    now: Instant,
+    f: impl FnOnce(&mut Connection, &mut uring::conns::Io, &mut Ctx<'_>) -> NextStep,
+) -> Option<ConnId> {
+    let (conn, io) = slot.split();
+    let mut ctx = env.ctx(now);
+    if f(conn, io, &mut ctx) == NextStep::Close {
+        conn.begin_close(io, &mut ctx);
+        return Some(io.id());
+    }
+    None
+}
+
+/// The worker thread's body.
+pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
+    if let Some(cpu) = setup.cpu {
+        uring::sys::pin_current_thread(cpu).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("pinning worker {} to CPU {cpu}: {e}", setup.index),
+            )
+        })?;
+    }
+    let cfg = setup.cfg.clone();
+    let pool = SlabPool::new(cfg.slabs_per_worker)?;
+    let ring = Ring::new(RING_ENTRIES, &pool).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("worker {}: cannot set up io_uring: {e}", setup.index),
+        )
+    })?;
+    if !ring.fixed_buffers() && setup.index == 0 {
+        eprintln!(
+            "sluice: warning: could not register {} slabs with io_uring (RLIMIT_MEMLOCK?); using plain reads and writes",
+            cfg.slabs_per_worker
+        );
+    }
+    let mut env = Env {
+        ring,
+        pool,
+        dns: Resolver::new(&cfg, setup.index)?,
+        upstreams: UpstreamPool::new(cfg.pool.clone()),
+        timers: Timers::default(),
+        stats: setup.stats.clone(),
+        index: setup.index,
+        scratch: Vec::with_capacity(8192),
+        via: setup.via.clone(),
+        listen_addrs: cfg.listen.clone(),
+        cfg,
+    };
+    let mut conns: Conns<Connection> = Conns::new();
+    let listeners = setup.listeners;
+    for (i, (l, _)) in listeners.iter().enumerate() {
+        env.ring.accept_multi(l.as_raw_fd(), i as u32);
+    }
+    env.ring.poll_worker_fd(
+        env.dns.wake_fd(),
+        WorkerToken {
+            kind: KIND_DNS,
+            index: 0,
+        },
+    );
+    env.ring.tick(
+        TICK,
+        WorkerToken {
+            kind: KIND_TICK,
+            index: 0,
+        },
+    );
+    let mut last_sweep = Instant::now();
+
+    while !setup.stop.load(Ordering::Relaxed) {
+        env.ring.submit_and_wait(1)?;
+        let now = Instant::now();
+        let cqes = env.ring.completions();
+        for &(user_data, result, flags) in &cqes {
+            let to_close = match conns.complete(user_data, result, flags, &mut env.pool) {
+                Event::Conn {
+                    slot,
+                    tag,
+                    result,
+                    slab,
+                    ..
+                } => drive(slot, &mut env, now, |c, io, ctx| {
+                    conn::on_completion(c, io, ctx, tag, result, slab)
+                }),
+                Event::Accepted {
+                    listener, fd, more, ..
+                } => {
+                    let mut close = None;
+                    if let Some(fd) = fd {
+                        close = accept(&mut conns, &mut env, now, listener, fd, &listeners);
+                    }
+                    if !more {
+                        if let Some((l, _)) = listeners.get(listener as usize) {
+                            env.ring.accept_multi(l.as_raw_fd(), listener);
+                        }
+                    }
+                    close
+                }
+                Event::Worker { token, more, .. } => {
+                    match token.kind {
+                        KIND_DNS => {
+                            for id in env.dns.on_wake(now) {
+                                if let Some(slot) = conns.get_mut(id) {
+                                    if let Some(c) = drive(slot, &mut env, now, conn::advance) {
+                                        conns.close(c);
+                                    }
+                                }
+                            }
+                            env.ring.poll_worker_fd(
+                                env.dns.wake_fd(),
+                                WorkerToken {
+                                    kind: KIND_DNS,
+                                    index: 0,
+                                },
+                            );
+                        }
+                        KIND_TICK => {
+                            fire_deadlines(&mut conns, &mut env, now);
+                            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+                                env.upstreams.sweep(now);
+                                last_sweep = now;
+                            }
+                            publish_ring_stats(&env);
+                            if !more {
+                                env.ring.tick(
+                                    TICK,
+                                    WorkerToken {
+                                        kind: KIND_TICK,
+                                        index: 0,
+                                    },
+                                );
+                            }
+                        }
+                        _ => {}
+                    }
+                    None
+                }
+                Event::Freed(_) | Event::Draining => None,
+            };
+            if let Some(id) = to_close {
+                conns.close(id);
+            }
+        }
+        env.ring.recycle(cqes);
+    }
+    Ok(())
+}
+
+fn accept(
+    conns: &mut Conns<Connection>,
+    env: &mut Env,
+    now: Instant,
+    listener: u32,
+    fd: std::os::fd::OwnedFd,
+    listeners: &[(TcpListener, Role)],
+) -> Option<ConnId> {
+    let role = listeners
+        .get(listener as usize)
+        .map(|(_, r)| *r)
+        .unwrap_or(Role::Proxy);
+    let stats = &env.stats[env.index];
+    if role == Role::Proxy && conns.len() >= env.cfg.limits.max_connections_per_worker {
+        stats::bump(&stats.connections_rejected, 1);
+        return None; // dropping the fd closes it
+    }
+    let stream = TcpStream::from(fd);
+    let _ = stream.set_nodelay(true);
+    if role == Role::Proxy {
+        stats::bump(&stats.connections_accepted, 1);
+        stats::bump(&stats.connections_active, 1);
+    }
+    let id = conns.insert(Connection::new(stream, role));
+    let slot = conns.get_mut(id)?;
+    drive(slot, env, now, conn::advance)
+}
+
+fn fire_deadlines(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+    for (key, id) in env.timers.due(now) {
+        let Some(slot) = conns.get_mut(id) else {
+            continue;
+        };
+        if slot.value.timer != Some(key) {
+            continue;
+        }
+        if let Some(c) = drive(slot, env, now, conn::on_deadline) {
+            conns.close(c);
+        }
+    }
+}
+
+fn publish_ring_stats(env: &Env) {
+    let s = env.ring.stats();
+    let w = &env.stats[env.index];
+    w.ring_submitted.store(s.submitted, Ordering::Relaxed);
+    w.ring_completed.store(s.completed, Ordering::Relaxed);
+    w.ring_backlog
+        .store(s.backlog_now as u64, Ordering::Relaxed);
+    w.pool_evictions
+        .store(env.upstreams.stats.evictions, Ordering::Relaxed);
+    w.dns_cache_hits
+        .store(env.dns.stats.cache_hits, Ordering::Relaxed);
+}
