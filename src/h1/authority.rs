@@ -42,10 +42,7 @@ impl Authority {
                 _ => return Err(ERR_CHAR),
             };
             // Canonical (lowercase, compressed) form.
-            return Ok(Authority {
-                host: addr.to_string(),
-                port,
-            });
+            return Ok(Authority { host: addr.to_string(), port });
         }
         let (host, port) = match raw.iter().position(|&b| b == b':') {
             Some(i) => (&raw[..i], Some(&raw[i + 1..])),
@@ -225,10 +222,7 @@ mod tests {
         assert_eq!(err(b"a\x00b").detail, "invalid character in host");
         assert_eq!(err(b"a\x7fb").detail, "invalid character in host");
         assert_eq!(err(b"a\r\nb").detail, "invalid character in host");
-        assert_eq!(
-            err("h\u{e9}.com".as_bytes()).detail,
-            "invalid character in host"
-        );
+        assert_eq!(err("h\u{e9}.com".as_bytes()).detail, "invalid character in host");
         assert_eq!(err(b"a/b").detail, "invalid character in host");
         assert_eq!(err(b"a,b").detail, "invalid character in host");
         assert_eq!(err(b"[::1]x").detail, "invalid character in host");

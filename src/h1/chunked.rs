@@ -92,15 +92,7 @@ impl ChunkedDecoder {
     /// A decoder at the start of a body; trailer fields may take up to
     /// `max_trailer_bytes` bytes (field lines with their CRLFs, not the final CRLF).
     pub fn new(max_trailer_bytes: usize) -> Self {
-        ChunkedDecoder {
-            state: State::Size {
-                size: 0,
-                digits: 0,
-                line: 0,
-            },
-            trailer_bytes: 0,
-            max_trailer_bytes,
-        }
+        ChunkedDecoder { state: State::Size { size: 0, digits: 0, line: 0 }, trailer_bytes: 0, max_trailer_bytes }
     }
 
     /// The whole body has been seen.
@@ -131,11 +123,7 @@ impl ChunkedDecoder {
                 let take = usize::try_from(remaining).map_or(available, |r| r.min(available));
                 i += take;
                 let remaining = remaining - take as u64;
-                self.state = if remaining == 0 {
-                    State::DataCr
-                } else {
-                    State::Data { remaining }
-                };
+                self.state = if remaining == 0 { State::DataCr } else { State::Data { remaining } };
                 continue;
             }
             let b = input[i];
@@ -147,21 +135,13 @@ impl ChunkedDecoder {
                         b'\r' if digits > 0 => State::SizeLf { size },
                         b'\n' => return Err(ERR_SIZE_BARE_LF),
                         b'\r' | b';' | b' ' | b'\t' if digits == 0 => return Err(ERR_SIZE_EMPTY),
-                        b';' | b' ' | b'\t' => State::Ext {
-                            size,
-                            line,
-                            in_ext: b == b';',
-                        },
+                        b';' | b' ' | b'\t' => State::Ext { size, line, in_ext: b == b';' },
                         _ => {
                             let value = hex_value(b).ok_or(ERR_SIZE)?;
                             if digits >= MAX_SIZE_DIGITS {
                                 return Err(ERR_SIZE_DIGITS);
                             }
-                            State::Size {
-                                size: (size << 4) | u64::from(value),
-                                digits: digits + 1,
-                                line,
-                            }
+                            State::Size { size: (size << 4) | u64::from(value), digits: digits + 1, line }
                         }
                     }
                 }
@@ -178,11 +158,7 @@ impl ChunkedDecoder {
                         } else {
                             match b {
                                 b' ' | b'\t' => State::Ext { size, line, in_ext },
-                                b';' => State::Ext {
-                                    size,
-                                    line,
-                                    in_ext: true,
-                                },
+                                b';' => State::Ext { size, line, in_ext: true },
                                 _ => return Err(ERR_SIZE),
                             }
                         }
@@ -200,11 +176,7 @@ impl ChunkedDecoder {
                     _ => return Err(ERR_DATA_CRLF),
                 },
                 State::DataLf => match b {
-                    b'\n' => State::Size {
-                        size: 0,
-                        digits: 0,
-                        line: 0,
-                    },
+                    b'\n' => State::Size { size: 0, digits: 0, line: 0 },
                     _ => return Err(ERR_DATA_CRLF),
                 },
                 State::TrailerStart => match b {
@@ -244,33 +216,21 @@ impl ChunkedDecoder {
                 State::FinalLf => match b {
                     b'\n' => {
                         self.state = State::Done;
-                        return Ok(ChunkProgress {
-                            consumed: i,
-                            done: true,
-                        });
+                        return Ok(ChunkProgress { consumed: i, done: true });
                     }
                     _ => return Err(ERR_TRAILER_BARE_CR),
                 },
                 State::Done => {
                     // Nothing after the final CRLF belongs to this body.
-                    return Ok(ChunkProgress {
-                        consumed: i - 1,
-                        done: true,
-                    });
+                    return Ok(ChunkProgress { consumed: i - 1, done: true });
                 }
                 State::Failed { error } => return Err(error),
             };
         }
         match self.state {
-            State::Done => Ok(ChunkProgress {
-                consumed: 0,
-                done: true,
-            }),
+            State::Done => Ok(ChunkProgress { consumed: 0, done: true }),
             State::Failed { error } => Err(error),
-            _ => Ok(ChunkProgress {
-                consumed: input.len(),
-                done: false,
-            }),
+            _ => Ok(ChunkProgress { consumed: input.len(), done: false }),
         }
     }
 
@@ -327,17 +287,11 @@ mod tests {
             if p.done {
                 assert_eq!(p.consumed, 1, "done on a byte that is not the last LF");
                 assert_eq!(consumed, i + 1);
-                return Ok(ChunkProgress {
-                    consumed,
-                    done: true,
-                });
+                return Ok(ChunkProgress { consumed, done: true });
             }
             assert_eq!(p.consumed, 1);
         }
-        Ok(ChunkProgress {
-            consumed,
-            done: false,
-        })
+        Ok(ChunkProgress { consumed, done: false })
     }
 
     /// Feeds `input` split at every possible point into two pieces.
@@ -350,20 +304,14 @@ mod tests {
                     return Ok(first);
                 }
                 let second = d.feed(&input[at..])?;
-                Ok(ChunkProgress {
-                    consumed: first.consumed + second.consumed,
-                    done: second.done,
-                })
+                Ok(ChunkProgress { consumed: first.consumed + second.consumed, done: second.done })
             })
             .collect()
     }
 
     /// A complete body: every way of feeding it ends exactly at its end.
     fn complete(body: &[u8]) {
-        let done = Ok(ChunkProgress {
-            consumed: body.len(),
-            done: true,
-        });
+        let done = Ok(ChunkProgress { consumed: body.len(), done: true });
         assert_eq!(whole(body), done, "{:?}", String::from_utf8_lossy(body));
         assert_eq!(bytewise(body), done, "{:?}", String::from_utf8_lossy(body));
         for r in all_splits(body) {
@@ -389,10 +337,7 @@ mod tests {
 
     /// A valid but unfinished body.
     fn unfinished(body: &[u8]) {
-        let not_done = Ok(ChunkProgress {
-            consumed: body.len(),
-            done: false,
-        });
+        let not_done = Ok(ChunkProgress { consumed: body.len(), done: false });
         assert_eq!(whole(body), not_done);
         assert_eq!(bytewise(body), not_done);
     }
@@ -416,22 +361,10 @@ mod tests {
         complete(b"5 ;a\r\nhello\r\n0\t;x\r\n\r\n");
         complete(b"5 \r\nhello\r\n0\r\n\r\n");
         complete(b"5;\tx=\xff\r\nhello\r\n0\r\n\r\n");
-        rejected(
-            b"5;a\x00\r\nhello\r\n0\r\n\r\n",
-            "control character in chunk extension",
-        );
-        rejected(
-            b"5;a\x7f\r\nhello\r\n0\r\n\r\n",
-            "control character in chunk extension",
-        );
-        rejected(
-            b"5;a\x1b\r\nhello\r\n0\r\n\r\n",
-            "control character in chunk extension",
-        );
-        rejected(
-            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
-            "CR not followed by LF in chunk size line",
-        );
+        rejected(b"5;a\x00\r\nhello\r\n0\r\n\r\n", "control character in chunk extension");
+        rejected(b"5;a\x7f\r\nhello\r\n0\r\n\r\n", "control character in chunk extension");
+        rejected(b"5;a\x1b\r\nhello\r\n0\r\n\r\n", "control character in chunk extension");
+        rejected(b"5;a\rb\r\nhello\r\n0\r\n\r\n", "CR not followed by LF in chunk size line");
         rejected(b"5;a\nhello\r\n0\r\n\r\n", "bare LF in chunk size line");
     }
 
@@ -445,34 +378,16 @@ mod tests {
         rejected(b"0\r\nX(: 1\r\n\r\n", "invalid trailer field name");
         rejected(b"0\r\nNoColon\r\n\r\n", "invalid trailer field name");
         rejected(b"0\r\n\x00: 1\r\n\r\n", "invalid trailer field name");
-        rejected(
-            b"0\r\nA: 1\r\n continued\r\n\r\n",
-            "obsolete line folding in trailer",
-        );
-        rejected(
-            b"0\r\nA: 1\r\n\tcontinued\r\n\r\n",
-            "obsolete line folding in trailer",
-        );
-        rejected(
-            b"0\r\nA: 1\x00\r\n\r\n",
-            "invalid character in trailer value",
-        );
-        rejected(
-            b"0\r\nA: 1\x7f\r\n\r\n",
-            "invalid character in trailer value",
-        );
+        rejected(b"0\r\nA: 1\r\n continued\r\n\r\n", "obsolete line folding in trailer");
+        rejected(b"0\r\nA: 1\r\n\tcontinued\r\n\r\n", "obsolete line folding in trailer");
+        rejected(b"0\r\nA: 1\x00\r\n\r\n", "invalid character in trailer value");
+        rejected(b"0\r\nA: 1\x7f\r\n\r\n", "invalid character in trailer value");
         rejected(b"0\r\nA: 1\n\r\n", "bare LF in trailer section");
         rejected(b"0\r\nA: 1\r\n\n", "bare LF in trailer section");
         rejected(b"0\r\n\n", "bare LF in trailer section");
-        rejected(
-            b"0\r\nA: 1\rX\r\n\r\n",
-            "CR not followed by LF in trailer section",
-        );
+        rejected(b"0\r\nA: 1\rX\r\n\r\n", "CR not followed by LF in trailer section");
         rejected(b"0\r\n\rX", "CR not followed by LF in trailer section");
-        rejected(
-            b"0\r\nA: 1\r\n\rX",
-            "CR not followed by LF in trailer section",
-        );
+        rejected(b"0\r\nA: 1\r\n\rX", "CR not followed by LF in trailer section");
     }
 
     #[test]
@@ -482,13 +397,7 @@ mod tests {
             let mut d = ChunkedDecoder::new(max);
             let r = d.feed(body);
             if ok {
-                assert_eq!(
-                    r,
-                    Ok(ChunkProgress {
-                        consumed: body.len(),
-                        done: true
-                    })
-                );
+                assert_eq!(r, Ok(ChunkProgress { consumed: body.len(), done: true }));
             } else {
                 assert_eq!(r.unwrap_err().detail, "trailer section too large");
             }
@@ -497,10 +406,7 @@ mod tests {
         assert!(ChunkedDecoder::new(0).feed(b"0\r\n\r\n").unwrap().done);
         // the budget spans all fields, fed byte by byte
         let mut d = ChunkedDecoder::new(10);
-        let mut result = Ok(ChunkProgress {
-            consumed: 0,
-            done: false,
-        });
+        let mut result = Ok(ChunkProgress { consumed: 0, done: false });
         for b in b"0\r\nA: 1\r\nB: 2\r\n\r\n" {
             result = d.feed(std::slice::from_ref(b));
             if result.is_err() {
@@ -529,14 +435,8 @@ mod tests {
         rejected(b"5 \nhello", "bare LF in chunk size line");
         rejected(b"5\rhello", "CR not followed by LF in chunk size line");
         rejected(b"0\r\r\n", "CR not followed by LF in chunk size line");
-        rejected(
-            b"00000000000000001\r\nx\r\n0\r\n\r\n",
-            "chunk size has more than 16 hex digits",
-        );
-        rejected(
-            b"10000000000000000\r\n",
-            "chunk size has more than 16 hex digits",
-        );
+        rejected(b"00000000000000001\r\nx\r\n0\r\n\r\n", "chunk size has more than 16 hex digits");
+        rejected(b"10000000000000000\r\n", "chunk size has more than 16 hex digits");
     }
 
     #[test]
@@ -546,27 +446,11 @@ mod tests {
         let p = d.feed(b"ffffffffffffffff\r\n").unwrap();
         assert!(!p.done);
         let p = d.feed(&[0u8; 4096]).unwrap();
-        assert_eq!(
-            p,
-            ChunkProgress {
-                consumed: 4096,
-                done: false
-            }
-        );
-        assert_eq!(
-            d.state,
-            State::Data {
-                remaining: u64::MAX - 4096
-            }
-        );
+        assert_eq!(p, ChunkProgress { consumed: 4096, done: false });
+        assert_eq!(d.state, State::Data { remaining: u64::MAX - 4096 });
         let mut d = ChunkedDecoder::new(0);
         d.feed(b"FFFFFFFFFFFFFFFF;x\r\n").unwrap();
-        assert_eq!(
-            d.state,
-            State::Data {
-                remaining: u64::MAX
-            }
-        );
+        assert_eq!(d.state, State::Data { remaining: u64::MAX });
     }
 
     #[test]
@@ -616,36 +500,12 @@ mod tests {
     #[test]
     fn consumed_stops_at_the_end() {
         let mut d = ChunkedDecoder::new(TRAILERS);
-        assert_eq!(
-            d.feed(b"3\r\nabc\r\n"),
-            Ok(ChunkProgress {
-                consumed: 8,
-                done: false
-            })
-        );
-        assert_eq!(
-            d.feed(b"0\r\n\r\nGET / HTTP/1.1\r\n"),
-            Ok(ChunkProgress {
-                consumed: 5,
-                done: true
-            })
-        );
+        assert_eq!(d.feed(b"3\r\nabc\r\n"), Ok(ChunkProgress { consumed: 8, done: false }));
+        assert_eq!(d.feed(b"0\r\n\r\nGET / HTTP/1.1\r\n"), Ok(ChunkProgress { consumed: 5, done: true }));
         assert!(d.is_done());
         // once done, nothing more belongs to the body
-        assert_eq!(
-            d.feed(b"more"),
-            Ok(ChunkProgress {
-                consumed: 0,
-                done: true
-            })
-        );
-        assert_eq!(
-            d.feed(b""),
-            Ok(ChunkProgress {
-                consumed: 0,
-                done: true
-            })
-        );
+        assert_eq!(d.feed(b"more"), Ok(ChunkProgress { consumed: 0, done: true }));
+        assert_eq!(d.feed(b""), Ok(ChunkProgress { consumed: 0, done: true }));
     }
 
     #[test]
@@ -674,5 +534,56 @@ mod tests {
         assert_eq!(d.feed(b"0\r\n\r\n"), Err(e));
         assert_eq!(d.feed(b""), Err(e));
         assert!(!d.is_done());
+    }
+
+    #[test]
+    fn mutated_bodies_never_panic() {
+        let seed: &[u8] = b"5;e=1\r\nhello\r\n1A\r\n0123456789abcdefghijklmnop\r\n0\r\nT: v\r\n\r\n";
+        let alphabet = b"\r\n ;:=\t\x00\x7f0123456789abcdefABCDEFgxX\xff";
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut buf = seed.to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % buf.len();
+                let byte = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 => buf[at] = byte,
+                    1 => buf.insert(at, byte),
+                    _ => {
+                        buf.remove(at);
+                    }
+                }
+            }
+            let one = ChunkedDecoder::new(16).feed(&buf);
+            // byte-by-byte agrees with one piece
+            let mut d = ChunkedDecoder::new(16);
+            let mut consumed = 0;
+            let mut split = Ok(ChunkProgress { consumed: 0, done: false });
+            for b in &buf {
+                match d.feed(std::slice::from_ref(b)) {
+                    Ok(p) => {
+                        consumed += p.consumed;
+                        split = Ok(ChunkProgress { consumed, done: p.done });
+                        if p.done {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        split = Err(e);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(one, split, "{:?}", String::from_utf8_lossy(&buf));
+            if let Ok(p) = one {
+                assert!(p.consumed <= buf.len());
+            }
+        }
     }
 }

@@ -60,10 +60,7 @@ impl H1Error {
     }
 
     pub const fn loop_detected() -> H1Error {
-        H1Error::new(
-            H1ErrorKind::LoopDetected,
-            "request loops through this proxy",
-        )
+        H1Error::new(H1ErrorKind::LoopDetected, "request loops through this proxy")
     }
 
     /// The status code to answer with.
@@ -167,14 +164,8 @@ mod tests {
     #[test]
     fn display_names_status_reason_and_detail() {
         let e = H1Error::bad_request("both Content-Length and Transfer-Encoding");
-        assert_eq!(
-            e.to_string(),
-            "400 Bad Request: both Content-Length and Transfer-Encoding"
-        );
-        assert_eq!(
-            H1Error::loop_detected().to_string(),
-            "508 Loop Detected: request loops through this proxy"
-        );
+        assert_eq!(e.to_string(), "400 Bad Request: both Content-Length and Transfer-Encoding");
+        assert_eq!(H1Error::loop_detected().to_string(), "508 Loop Detected: request loops through this proxy");
     }
 
     #[test]
@@ -219,10 +210,7 @@ mod tests {
 
     #[test]
     fn canned_heads() {
-        assert_eq!(
-            CONNECT_ESTABLISHED,
-            b"HTTP/1.1 200 Connection Established\r\n\r\n"
-        );
+        assert_eq!(CONNECT_ESTABLISHED, b"HTTP/1.1 200 Connection Established\r\n\r\n");
         assert_eq!(CONTINUE_100, b"HTTP/1.1 100 Continue\r\n\r\n");
     }
 }

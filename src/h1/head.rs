@@ -71,10 +71,7 @@ pub(crate) fn scan_head(buf: &[u8], max_bytes: usize) -> Result<Scan, ScanError>
     }
 
     let mut i = start;
-    while let Some(offset) = window
-        .get(i..)
-        .and_then(|rest| rest.iter().position(|&b| b == b'\r' || b == b'\n'))
-    {
+    while let Some(offset) = window.get(i..).and_then(find_cr_or_lf) {
         i += offset;
         if window[i] == b'\n' {
             return Err(ScanError::BareLf);
@@ -100,12 +97,30 @@ pub(crate) fn scan_head(buf: &[u8], max_bytes: usize) -> Result<Scan, ScanError>
     partial(start)
 }
 
+/// Index of the first CR or LF, eight bytes at a time (SWAR: a byte equal to the target
+/// becomes zero after the XOR; the lowest flagged byte is always exact).
+fn find_cr_or_lf(s: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const CR: u64 = LO * b'\r' as u64;
+    const LF: u64 = LO * b'\n' as u64;
+    let mut chunks = s.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or([0; 8]));
+        let (a, b) = (word ^ CR, word ^ LF);
+        let found = ((a.wrapping_sub(LO) & !a) | (b.wrapping_sub(LO) & !b)) & HI;
+        if found != 0 {
+            return Some(base + (found.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks.remainder().iter().position(|&b| b == b'\r' || b == b'\n').map(|p| base + p)
+}
+
 /// Calls `f` with `max` uninitialised httparse header slots: on the stack when few enough
 /// (no zeroing cost), else in a fresh Vec's spare capacity.
-pub(crate) fn with_header_slots<'b, R>(
-    max: usize,
-    f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
-) -> R {
+pub(crate) fn with_header_slots<'b, R>(max: usize, f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R) -> R {
     const STACK_SLOTS: usize = 128;
     if max <= STACK_SLOTS {
         let mut stack = [MaybeUninit::<httparse::Header<'b>>::uninit(); STACK_SLOTS];
@@ -127,35 +142,23 @@ mod tests {
     #[test]
     fn complete_head() {
         let buf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY";
-        assert_eq!(
-            scan_head(buf, MAX),
-            Ok(Scan::Complete { start: 0, end: 27 })
-        );
+        assert_eq!(scan_head(buf, MAX), Ok(Scan::Complete { start: 0, end: 27 }));
         let buf = b"GET / HTTP/1.1\r\n\r\n";
-        assert_eq!(
-            scan_head(buf, MAX),
-            Ok(Scan::Complete { start: 0, end: 18 })
-        );
+        assert_eq!(scan_head(buf, MAX), Ok(Scan::Complete { start: 0, end: 18 }));
     }
 
     #[test]
     fn partial_heads() {
         let full = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
         for n in 0..full.len() {
-            assert!(
-                matches!(scan_head(&full[..n], MAX), Ok(Scan::Partial { .. })),
-                "prefix {n}"
-            );
+            assert!(matches!(scan_head(&full[..n], MAX), Ok(Scan::Partial { .. })), "prefix {n}");
         }
     }
 
     #[test]
     fn leading_empty_lines() {
         let buf = b"\r\n\r\nGET / HTTP/1.1\r\n\r\n";
-        assert_eq!(
-            scan_head(buf, MAX),
-            Ok(Scan::Complete { start: 4, end: 22 })
-        );
+        assert_eq!(scan_head(buf, MAX), Ok(Scan::Complete { start: 4, end: 22 }));
         assert_eq!(scan_head(b"\r\n\r", MAX), Ok(Scan::Partial { start: 2 }));
         let mut buf = b"\r\n".repeat(MAX_LEADING_EMPTY_LINES);
         buf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
@@ -170,58 +173,28 @@ mod tests {
 
     #[test]
     fn line_ending_defects() {
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\nHost: a\r\n\r\n", MAX),
-            Err(ScanError::BareLf)
-        );
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r\nHost: a\n\r\n", MAX),
-            Err(ScanError::BareLf)
-        );
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\n", MAX),
-            Err(ScanError::BareLf)
-        );
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", MAX),
-            Err(ScanError::BareCr)
-        );
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\rX", MAX),
-            Err(ScanError::BareCr)
-        );
+        assert_eq!(scan_head(b"GET / HTTP/1.1\nHost: a\r\n\r\n", MAX), Err(ScanError::BareLf));
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\n\r\n", MAX), Err(ScanError::BareLf));
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\n", MAX), Err(ScanError::BareLf));
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nX: a\rb\r\n\r\n", MAX), Err(ScanError::BareCr));
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nHost: a\r\n\rX", MAX), Err(ScanError::BareCr));
         // incomplete input is never judged on a trailing CR
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r", MAX),
-            Ok(Scan::Partial { start: 0 })
-        );
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r", MAX), Ok(Scan::Partial { start: 0 }));
         // bare LF found even before the head is complete
         assert_eq!(scan_head(b"GET / HTTP/1.1\n", MAX), Err(ScanError::BareLf));
     }
 
     #[test]
     fn obs_fold() {
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", MAX),
-            Err(ScanError::ObsFold)
-        );
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", MAX),
-            Err(ScanError::ObsFold)
-        );
-        assert_eq!(
-            scan_head(b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", MAX),
-            Err(ScanError::ObsFold)
-        );
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", MAX), Err(ScanError::ObsFold));
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nX: a\r\n\tb\r\n\r\n", MAX), Err(ScanError::ObsFold));
+        assert_eq!(scan_head(b"GET / HTTP/1.1\r\n Host: a\r\n\r\n", MAX), Err(ScanError::ObsFold));
     }
 
     #[test]
     fn size_limit() {
         let buf = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert!(matches!(
-            scan_head(buf, 27),
-            Ok(Scan::Complete { end: 27, .. })
-        ));
+        assert!(matches!(scan_head(buf, 27), Ok(Scan::Complete { end: 27, .. })));
         assert_eq!(scan_head(buf, 26), Err(ScanError::TooLarge));
         assert_eq!(scan_head(&buf[..10], 10), Err(ScanError::TooLarge));
         assert_eq!(scan_head(&buf[..10], 11), Ok(Scan::Partial { start: 0 }));
@@ -229,6 +202,26 @@ mod tests {
         // a head whose end straddles the limit
         assert_eq!(scan_head(buf, 25), Err(ScanError::TooLarge));
         assert_eq!(scan_head(buf, 24), Err(ScanError::TooLarge));
+    }
+
+    #[test]
+    fn find_line_bytes() {
+        assert_eq!(find_cr_or_lf(b""), None);
+        assert_eq!(find_cr_or_lf(b"abcdefghijklmnopq"), None);
+        for len in 1..40 {
+            for at in 0..len {
+                for target in [b'\r', b'\n'] {
+                    // surrounding bytes near the targets (and 0x80+) must not confuse it
+                    let mut v: Vec<u8> = (0..len).map(|i| [b'\x0c', b'\x0e', 0x8d, b'a', 0x0b][i % 5]).collect();
+                    v[at] = target;
+                    assert_eq!(find_cr_or_lf(&v), Some(at), "len {len} at {at}");
+                    if at + 1 < len {
+                        v[at + 1] = b'\n';
+                        assert_eq!(find_cr_or_lf(&v), Some(at));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

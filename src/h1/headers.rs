@@ -15,10 +15,7 @@ pub struct HeadLimits {
 
 impl Default for HeadLimits {
     fn default() -> Self {
-        HeadLimits {
-            max_bytes: 16 * 1024,
-            max_headers: 100,
-        }
+        HeadLimits { max_bytes: 16 * 1024, max_headers: 100 }
     }
 }
 
@@ -32,10 +29,7 @@ pub struct Header {
 
 impl Header {
     pub fn new(name: &str, value: &[u8]) -> Header {
-        Header {
-            name: name.to_owned(),
-            value: value.to_vec(),
-        }
+        Header { name: name.to_owned(), value: value.to_vec() }
     }
 }
 
@@ -105,20 +99,7 @@ pub(crate) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
+            b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
         )
 }
 
@@ -155,10 +136,7 @@ pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
             if !d.is_ascii_digit() {
                 return Err("invalid Content-Length");
             }
-            n = n
-                .checked_mul(10)
-                .and_then(|n| n.checked_add(u64::from(d - b'0')))
-                .ok_or("Content-Length overflow")?;
+            n = n.checked_mul(10).and_then(|n| n.checked_add(u64::from(d - b'0'))).ok_or("Content-Length overflow")?;
         }
         match result {
             Some(prev) if prev != n => return Err("conflicting Content-Length values"),
@@ -169,10 +147,7 @@ pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, &'static str> {
 }
 
 /// Folds the Content-Length of one more field into the running value.
-pub(crate) fn merge_content_length(
-    current: Option<u64>,
-    value: &[u8],
-) -> Result<Option<u64>, &'static str> {
+pub(crate) fn merge_content_length(current: Option<u64>, value: &[u8]) -> Result<Option<u64>, &'static str> {
     let n = parse_content_length(value)?;
     match current {
         Some(prev) if prev != n => Err("conflicting Content-Length values"),
@@ -241,21 +216,11 @@ fn params_well_formed(params: &[u8]) -> bool {
                         || (v.len() >= 2
                             && v[0] == b'"'
                             && v[v.len() - 1] == b'"'
-                            && v[1..v.len() - 1]
-                                .iter()
-                                .all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f)))
+                            && v[1..v.len() - 1].iter().all(|&b| b == b'\t' || b >= 0x20 && b != 0x7f)))
             }
             None => false,
         }
     })
-}
-
-/// True when some Connection field lists `token` (case-insensitive).
-pub(crate) fn connection_has(headers: &[Header], token: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-        .any(|h| list_elements(&h.value).any(|t| t.eq_ignore_ascii_case(token)))
 }
 
 /// Whether a Via field value names `token` as a received-by (pseudonym or host).
@@ -281,13 +246,9 @@ pub(crate) fn via_names(value: &[u8], token: &[u8]) -> bool {
 }
 
 fn via_element_names(element: &[u8], token: &[u8]) -> bool {
-    let mut words = element
-        .split(|&b| b == b' ' || b == b'\t')
-        .filter(|w| !w.is_empty());
+    let mut words = element.split(|&b| b == b' ' || b == b'\t').filter(|w| !w.is_empty());
     let _protocol = words.next();
-    words
-        .next()
-        .is_some_and(|received_by| received_by.eq_ignore_ascii_case(token))
+    words.next().is_some_and(|received_by| received_by.eq_ignore_ascii_case(token))
 }
 
 /// Appends `name: value\r\n`.
@@ -317,11 +278,7 @@ pub(crate) fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 /// Appends a status code as three digits (values over 999 are clamped).
 pub(crate) fn push_status(out: &mut Vec<u8>, status: u16) {
     let s = status.min(999);
-    out.extend_from_slice(&[
-        b'0' + (s / 100) as u8,
-        b'0' + (s / 10 % 10) as u8,
-        b'0' + (s % 10) as u8,
-    ]);
+    out.extend_from_slice(&[b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]);
 }
 
 /// Writes the forwarded header fields shared by requests and responses: every field
@@ -334,12 +291,18 @@ pub(crate) fn push_forwarded_fields(
     via_token: &str,
     skip: impl Fn(FieldKind) -> bool,
 ) -> bool {
-    let has_connection = headers
-        .iter()
-        .any(|h| classify(&h.name) == FieldKind::Connection);
+    // Field names listed in Connection, gathered once ("close" names nothing and
+    // Keep-Alive is dropped anyway, so the usual `Connection: keep-alive` allocates nothing).
+    let mut named: Vec<&[u8]> = Vec::new();
+    for h in headers {
+        if classify(&h.name) == FieldKind::Connection {
+            named.extend(list_elements(&h.value).filter(|t| {
+                !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
+            }));
+        }
+    }
     let keep = |h: &Header, kind: FieldKind| -> bool {
-        let named_in_connection = has_connection && connection_has(headers, h.name.as_bytes());
-        !skip(kind) && !named_in_connection
+        !skip(kind) && !named.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
     };
     let last_via = headers.iter().rposition(|h| {
         let kind = classify(&h.name);
@@ -372,11 +335,7 @@ pub(crate) fn push_via(out: &mut Vec<u8>, via_token: &str) {
 
 /// Rough size of the forwarded head, for one up-front reservation.
 pub(crate) fn estimate_len(headers: &[Header]) -> usize {
-    headers
-        .iter()
-        .map(|h| h.name.len() + h.value.len() + 4)
-        .sum::<usize>()
-        + 128
+    headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum::<usize>() + 128
 }
 
 #[cfg(test)]
@@ -391,15 +350,9 @@ mod tests {
         assert_eq!(classify("CONNECTION"), FieldKind::Connection);
         assert_eq!(classify("expect"), FieldKind::Expect);
         assert_eq!(classify("VIA"), FieldKind::Via);
-        for h in [
-            "Keep-Alive",
-            "proxy-connection",
-            "TE",
-            "Trailer",
-            "UPGRADE",
-            "Proxy-Authorization",
-            "proxy-authenticate",
-        ] {
+        for h in
+            ["Keep-Alive", "proxy-connection", "TE", "Trailer", "UPGRADE", "Proxy-Authorization", "proxy-authenticate"]
+        {
             assert_eq!(classify(h), FieldKind::HopByHop, "{h}");
         }
         assert_eq!(classify("Content_Length"), FieldKind::Ambiguous);
@@ -417,18 +370,9 @@ mod tests {
         assert_eq!(parse_content_length(b"5, 5"), Ok(5));
         assert_eq!(parse_content_length(b"5,5 ,\t5"), Ok(5));
         assert_eq!(parse_content_length(b"18446744073709551615"), Ok(u64::MAX));
-        assert_eq!(
-            parse_content_length(b"18446744073709551616"),
-            Err("Content-Length overflow")
-        );
-        assert_eq!(
-            parse_content_length(b"99999999999999999999999"),
-            Err("Content-Length overflow")
-        );
-        assert_eq!(
-            parse_content_length(b"4, 5"),
-            Err("conflicting Content-Length values")
-        );
+        assert_eq!(parse_content_length(b"18446744073709551616"), Err("Content-Length overflow"));
+        assert_eq!(parse_content_length(b"99999999999999999999999"), Err("Content-Length overflow"));
+        assert_eq!(parse_content_length(b"4, 5"), Err("conflicting Content-Length values"));
         assert_eq!(parse_content_length(b"+5"), Err("invalid Content-Length"));
         assert_eq!(parse_content_length(b"-5"), Err("invalid Content-Length"));
         assert_eq!(parse_content_length(b"5 5"), Err("invalid Content-Length"));
@@ -439,10 +383,7 @@ mod tests {
         assert_eq!(parse_content_length(b",5"), Err("empty Content-Length"));
         assert_eq!(merge_content_length(None, b"3"), Ok(Some(3)));
         assert_eq!(merge_content_length(Some(3), b"3"), Ok(Some(3)));
-        assert_eq!(
-            merge_content_length(Some(3), b"4"),
-            Err("conflicting Content-Length values")
-        );
+        assert_eq!(merge_content_length(Some(3), b"4"), Err("conflicting Content-Length values"));
     }
 
     fn codings(values: &[&str]) -> TransferCodings {
@@ -491,18 +432,6 @@ mod tests {
         assert!(!via_names(b"sluice", b"sluice"));
         assert!(!via_names(b"1.1 a (x, 1.1 sluice)", b"sluice"));
         assert!(!via_names(b"", b"sluice"));
-    }
-
-    #[test]
-    fn connection_tokens() {
-        let headers = vec![
-            Header::new("Connection", b"Keep-Alive, X-Foo"),
-            Header::new("connection", b"close"),
-        ];
-        assert!(connection_has(&headers, b"keep-alive"));
-        assert!(connection_has(&headers, b"x-foo"));
-        assert!(connection_has(&headers, b"CLOSE"));
-        assert!(!connection_has(&headers, b"x-bar"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The sans-I/O HTTP/1.1 codec: parsing and validating request and response heads,
-//! deciding body framing, validating chunked bodies, and serialising the heads the proxy
-//! forwards. No I/O and no allocation beyond the owned heads it returns.
+//! The sans-I/O HTTP/1.1 codec: parsing and validating request and response heads
+//! (with the request-smuggling defences), deciding body framing, validating chunked bodies,
+//! and serialising the heads the proxy forwards and the error responses it generates.
+//! No I/O: callers hand in bytes and get heads, byte counts and output buffers back.
 
 mod authority;
 mod chunked;

@@ -6,8 +6,8 @@ use super::authority::Authority;
 use super::error::{H1Error, H1ErrorKind};
 use super::head::{scan_head, with_header_slots, Scan, ScanError};
 use super::headers::{
-    classify, estimate_len, list_elements, merge_content_length, push_field, push_forwarded_fields,
-    push_u64, push_via, via_names, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
+    classify, estimate_len, list_elements, merge_content_length, push_field, push_forwarded_fields, push_u64, push_via,
+    via_names, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
 };
 
 /// The request method. Methods are case-sensitive: `get` is `Other`.
@@ -28,15 +28,7 @@ pub enum Method {
 impl Method {
     /// GET HEAD PUT DELETE OPTIONS TRACE (RFC 9110 §9.2.2).
     pub fn is_idempotent(&self) -> bool {
-        matches!(
-            self,
-            Method::Get
-                | Method::Head
-                | Method::Put
-                | Method::Delete
-                | Method::Options
-                | Method::Trace
-        )
+        matches!(self, Method::Get | Method::Head | Method::Put | Method::Delete | Method::Options | Method::Trace)
     }
 
     fn from_token(token: &str) -> Method {
@@ -61,11 +53,7 @@ pub enum RequestTarget {
     /// `/path?query`
     Origin { path: String },
     /// `http://host:port/path?query`; `path` is the origin-form part (`/` when empty).
-    Absolute {
-        https: bool,
-        authority: Authority,
-        path: String,
-    },
+    Absolute { https: bool, authority: Authority, path: String },
     /// `host:port` (CONNECT only).
     Authority(Authority),
     /// `*` (OPTIONS only).
@@ -109,26 +97,26 @@ fn httparse_error(e: httparse::Error, head: &[u8]) -> H1Error {
         httparse::Error::HeaderName => bad("invalid header field name"),
         httparse::Error::HeaderValue => bad("invalid character in header value"),
         // httparse's only NewLine error past our CRLF scan: junk after the version.
-        httparse::Error::NewLine | httparse::Error::Status | httparse::Error::Token => {
-            bad("malformed request line")
-        }
+        httparse::Error::NewLine | httparse::Error::Status | httparse::Error::Token => bad("malformed request line"),
         httparse::Error::TooManyHeaders => H1Error::too_large("too many header fields"),
         httparse::Error::Version => version_error(head),
     }
 }
 
 /// httparse reports any garbage where it expects the version as a version error; only a
-/// request line of exactly three parts really carries an unsupported version (505). A
-/// space inside the target or a doubled space is a malformed request line (400).
+/// request line of exactly three parts whose last is `HTTP/...` really carries an
+/// unsupported version (505). A space inside the target, a doubled space or a mangled
+/// protocol name is a malformed request line (400).
 fn version_error(head: &[u8]) -> H1Error {
-    let line_end = head
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(head.len());
+    let line_end = head.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(head.len());
     let line = &head[..line_end];
     let mut parts = line.split(|&b| b == b' ');
-    let three_parts = parts.by_ref().take(3).all(|p| !p.is_empty()) && parts.next().is_none();
-    if three_parts {
+    let (method, target, version) = (parts.next(), parts.next(), parts.next());
+    let well_formed = parts.next().is_none()
+        && method.is_some_and(|m| !m.is_empty())
+        && target.is_some_and(|t| !t.is_empty())
+        && version.is_some_and(|v| v.starts_with(b"HTTP/"));
+    if well_formed {
         H1Error::new(H1ErrorKind::BadVersion, "unsupported HTTP version")
     } else {
         bad("malformed request line")
@@ -140,10 +128,7 @@ fn version_error(head: &[u8]) -> H1Error {
 /// `Ok(None)`: the head is not complete yet and `buf.len() < limits.max_bytes`.
 /// `Ok(Some((head, n)))`: `n` bytes of `buf` are the head, leading empty lines and the
 /// final CRLFCRLF included.
-pub fn parse_request(
-    buf: &[u8],
-    limits: &HeadLimits,
-) -> Result<Option<(RequestHead, usize)>, H1Error> {
+pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<(RequestHead, usize)>, H1Error> {
     match scan_head(buf, limits.max_bytes).map_err(scan_error)? {
         Scan::Partial { start } => {
             // Not complete: still let httparse reject a bad start line or field early.
@@ -172,15 +157,11 @@ pub fn parse_request(
 }
 
 fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
-    let (Some(method_raw), Some(path), Some(minor_version)) = (req.method, req.path, req.version)
-    else {
+    let (Some(method_raw), Some(path), Some(minor_version)) = (req.method, req.path, req.version) else {
         return Err(bad("malformed request line"));
     };
     if minor_version > 1 {
-        return Err(H1Error::new(
-            H1ErrorKind::BadVersion,
-            "unsupported HTTP version",
-        ));
+        return Err(H1Error::new(H1ErrorKind::BadVersion, "unsupported HTTP version"));
     }
     let method = Method::from_token(method_raw);
     let target = parse_target(method, path)?;
@@ -223,9 +204,7 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
                 }
             }
             FieldKind::Ambiguous => {
-                return Err(bad(
-                    "underscore in Content-Length or Transfer-Encoding name",
-                ));
+                return Err(bad("underscore in Content-Length or Transfer-Encoding name"));
             }
             FieldKind::Via | FieldKind::HopByHop | FieldKind::Other => {}
         }
@@ -249,10 +228,7 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
             return Err(bad("chunked applied more than once"));
         }
         if !codings.is_plain_chunked() {
-            return Err(H1Error::new(
-                H1ErrorKind::NotImplemented,
-                "unsupported transfer coding (only chunked)",
-            ));
+            return Err(H1Error::new(H1ErrorKind::NotImplemented, "unsupported transfer coding (only chunked)"));
         }
         BodyFraming::Chunked
     } else if let Some(n) = content_length {
@@ -296,9 +272,7 @@ fn parse_target(method: Method, raw: &str) -> Result<RequestTarget, H1Error> {
         return Ok(RequestTarget::Authority(authority));
     }
     if raw.starts_with('/') {
-        return Ok(RequestTarget::Origin {
-            path: raw.to_owned(),
-        });
+        return Ok(RequestTarget::Origin { path: raw.to_owned() });
     }
     if raw == "*" {
         return if method == Method::Options {
@@ -330,11 +304,7 @@ fn parse_target(method: Method, raw: &str) -> Result<RequestTarget, H1Error> {
             p.push_str(path);
             p
         };
-        return Ok(RequestTarget::Absolute {
-            https,
-            authority,
-            path,
-        });
+        return Ok(RequestTarget::Absolute { https, authority, path });
     }
     if Authority::parse(raw.as_bytes()).is_ok() {
         return Err(bad("authority-form target only allowed with CONNECT"));
@@ -352,13 +322,9 @@ impl RequestHead {
                 Some(port) => Ok((a.host.clone(), port, true)),
                 None => Err(bad("CONNECT target without port")),
             },
-            RequestTarget::Absolute {
-                https, authority, ..
-            } => Ok((
-                authority.host.clone(),
-                authority.port_or(if *https { 443 } else { 80 }),
-                false,
-            )),
+            RequestTarget::Absolute { https, authority, .. } => {
+                Ok((authority.host.clone(), authority.port_or(if *https { 443 } else { 80 }), false))
+            }
             RequestTarget::Origin { .. } | RequestTarget::Asterisk => match &self.host {
                 Some(h) => Ok((h.host.clone(), h.port_or(80), false)),
                 None => Err(bad("no Host")),
@@ -399,11 +365,7 @@ impl RequestHead {
                 out.extend_from_slice(b"\r\n");
             }
             RequestTarget::Origin { .. } | RequestTarget::Asterisk => {
-                if let Some(h) = self
-                    .headers
-                    .iter()
-                    .find(|h| classify(&h.name) == FieldKind::Host)
-                {
+                if let Some(h) = self.headers.iter().find(|h| classify(&h.name) == FieldKind::Host) {
                     push_field(out, b"Host", &h.value);
                 }
             }
@@ -433,10 +395,7 @@ impl RequestHead {
 mod tests {
     use super::*;
 
-    const LIMITS: HeadLimits = HeadLimits {
-        max_bytes: 8192,
-        max_headers: 64,
-    };
+    const LIMITS: HeadLimits = HeadLimits { max_bytes: 8192, max_headers: 64 };
 
     fn parse(raw: &[u8]) -> Result<Option<(RequestHead, usize)>, H1Error> {
         parse_request(raw, &LIMITS)
@@ -477,30 +436,13 @@ mod tests {
         let h = req(raw);
         assert_eq!(h.method, Method::Get);
         assert_eq!(h.method_raw, "GET");
-        assert_eq!(
-            h.target,
-            RequestTarget::Origin {
-                path: "/a/b?c=d".into()
-            }
-        );
+        assert_eq!(h.target, RequestTarget::Origin { path: "/a/b?c=d".into() });
         assert_eq!(h.minor_version, 1);
-        assert_eq!(
-            h.headers,
-            vec![
-                Header::new("Host", b"Example.com"),
-                Header::new("User-Agent", b"t")
-            ]
-        );
+        assert_eq!(h.headers, vec![Header::new("Host", b"Example.com"), Header::new("User-Agent", b"t")]);
         assert_eq!(h.framing, BodyFraming::None);
         assert!(h.keep_alive);
         assert!(!h.expect_continue);
-        assert_eq!(
-            h.host,
-            Some(Authority {
-                host: "example.com".into(),
-                port: None
-            })
-        );
+        assert_eq!(h.host, Some(Authority { host: "example.com".into(), port: None }));
     }
 
     #[test]
@@ -543,10 +485,7 @@ mod tests {
         let raw = "\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n";
         let h = req(raw);
         assert_eq!(h.method, Method::Get);
-        bad_request(
-            "\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-            "too many empty lines before start line",
-        );
+        bad_request("\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", "too many empty lines before start line");
         bad_request("\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", "bare LF in head");
         assert_eq!(parse(b"\r\n"), Ok(None));
         assert_eq!(parse(b"\r\n\r\n"), Ok(None));
@@ -559,10 +498,7 @@ mod tests {
         bad_request("GET / HTTP/1.1\r\nHost: a\n\r\n", d);
         bad_request("GET / HTTP/1.1\r\nHost: a\r\n\n", d);
         bad_request("GET / HTTP/1.1\nHost: a\n\n", d);
-        bad_request(
-            "GET / HTTP/1.1\r\nHost: a\r\nX: 1\nContent-Length: 5\r\n\r\n",
-            d,
-        );
+        bad_request("GET / HTTP/1.1\r\nHost: a\r\nX: 1\nContent-Length: 5\r\n\r\n", d);
         // detected before the head is complete
         bad_request("GET / HTTP/1.1\r\nHost: a\n", d);
     }
@@ -583,20 +519,14 @@ mod tests {
         bad_request("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n 2\r\n\r\n", d);
         bad_request("GET / HTTP/1.1\r\nHost: a\r\nX: 1\r\n\t2\r\n\r\n", d);
         bad_request("GET / HTTP/1.1\r\n Host: a\r\n\r\n", d);
-        bad_request(
-            "GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n , chunked\r\n\r\n",
-            d,
-        );
+        bad_request("GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n , chunked\r\n\r\n", d);
     }
 
     #[test]
     fn invalid_field_names_and_values() {
         let name = "invalid header field name";
         bad_request("GET / HTTP/1.1\r\nHost : a\r\n\r\n", name);
-        bad_request(
-            "GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\n",
-            name,
-        );
+        bad_request("GET / HTTP/1.1\r\nHost: a\r\nContent-Length : 5\r\n\r\n", name);
         bad_request("GET / HTTP/1.1\r\nHost: a\r\nX\t: 5\r\n\r\n", name);
         bad_request("GET / HTTP/1.1\r\nHost: a\r\nX Y: 5\r\n\r\n", name);
         bad_request("GET / HTTP/1.1\r\nHost: a\r\nX(Y): 5\r\n\r\n", name);
@@ -614,10 +544,7 @@ mod tests {
     fn underscore_framing_names_are_rejected() {
         let d = "underscore in Content-Length or Transfer-Encoding name";
         bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent_Length: 5\r\n\r\n", d);
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n",
-            d,
-        );
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\ntransfer_encoding: chunked\r\n\r\n", d);
     }
 
     #[test]
@@ -647,8 +574,7 @@ mod tests {
             "GET / HTTP/1.2\r\nHost: a\r\n\r\n",
             "GET / HTTP/2.0\r\nHost: a\r\n\r\n",
             "GET / HTTP/0.9\r\nHost: a\r\n\r\n",
-            "GET / http/1.1\r\nHost: a\r\n\r\n",
-            "GET / HTTPS/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/3\r\nHost: a\r\n\r\n",
         ] {
             let e = err(raw.as_bytes());
             assert_eq!(e.kind, H1ErrorKind::BadVersion, "{raw:?}");
@@ -656,6 +582,16 @@ mod tests {
         }
         // incomplete but already wrong
         assert_eq!(err(b"GET / HTTP/2").status(), 505);
+        // not an HTTP-version at all: a malformed request line
+        for raw in [
+            "GET / http/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTPS/1.1\r\nHost: a\r\n\r\n",
+            "GET / XTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET / HTTP/1.10\r\nHost: a\r\n\r\n",
+            "GET /a b",
+        ] {
+            bad_request(raw, "malformed request line");
+        }
         let h = req("GET / HTTP/1.0\r\n\r\n");
         assert_eq!(h.minor_version, 0);
         assert_eq!(h.host, None);
@@ -696,8 +632,7 @@ mod tests {
         assert_eq!(h.framing, BodyFraming::None);
         let h = req("POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 7\r\nCONTENT-LENGTH: 7\r\n\r\n");
         assert_eq!(h.framing, BodyFraming::Length(7));
-        let h =
-            req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n");
+        let h = req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7, 7\r\nContent-Length: 7\r\n\r\n");
         assert_eq!(h.framing, BodyFraming::Length(7));
         let h = req("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n");
         assert_eq!(h.framing, BodyFraming::Length(7));
@@ -710,43 +645,16 @@ mod tests {
     #[test]
     fn content_length_rejections() {
         let conflict = "conflicting Content-Length values";
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
-            conflict,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 5\r\n\r\n",
-            conflict,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\nContent-Length: 5\r\n\r\n",
-            conflict,
-        );
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n", conflict);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 5\r\n\r\n", conflict);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\nContent-Length: 5\r\n\r\n", conflict);
         let invalid = "invalid Content-Length";
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n",
-            invalid,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n",
-            invalid,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5a\r\n\r\n",
-            invalid,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n",
-            invalid,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5 5\r\n\r\n",
-            invalid,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1.0\r\n\r\n",
-            invalid,
-        );
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n", invalid);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -5\r\n\r\n", invalid);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5a\r\n\r\n", invalid);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x5\r\n\r\n", invalid);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5 5\r\n\r\n", invalid);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1.0\r\n\r\n", invalid);
         bad_request(
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n",
             "Content-Length overflow",
@@ -756,18 +664,9 @@ mod tests {
             "Content-Length overflow",
         );
         let empty = "empty Content-Length";
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n",
-            empty,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n",
-            empty,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: ,5\r\n\r\n",
-            empty,
-        );
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length:\r\n\r\n", empty);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,\r\n\r\n", empty);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: ,5\r\n\r\n", empty);
     }
 
     #[test]
@@ -803,37 +702,13 @@ mod tests {
             "chunked applied more than once",
         );
         let malformed = "malformed Transfer-Encoding";
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chu nked\r\n\r\n",
-            malformed,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n",
-            malformed,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;a=b\r\n\r\n",
-            malformed,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{e9}\r\n\r\n",
-            malformed,
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n",
-            "empty Transfer-Encoding",
-        );
-        bad_request(
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n",
-            "empty Transfer-Encoding",
-        );
-        for te in [
-            "gzip",
-            "identity",
-            "gzip, chunked",
-            "chunked, gzip",
-            "x-custom;q=1",
-        ] {
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chu nked\r\n\r\n", malformed);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \"chunked\"\r\n\r\n", malformed);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;a=b\r\n\r\n", malformed);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\u{e9}\r\n\r\n", malformed);
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", "empty Transfer-Encoding");
+        bad_request("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,\r\n\r\n", "empty Transfer-Encoding");
+        for te in ["gzip", "identity", "gzip, chunked", "chunked, gzip", "x-custom;q=1"] {
             let raw = format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n");
             let e = err(raw.as_bytes());
             assert_eq!(e.kind, H1ErrorKind::NotImplemented, "{te}");
@@ -847,33 +722,15 @@ mod tests {
     fn host_rules() {
         bad_request("GET / HTTP/1.1\r\n\r\n", "missing Host header");
         bad_request("GET / HTTP/1.1\r\nX: y\r\n\r\n", "missing Host header");
-        bad_request(
-            "GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
-            "multiple Host headers",
-        );
-        bad_request(
-            "GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n",
-            "multiple Host headers",
-        );
+        bad_request("GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", "multiple Host headers");
+        bad_request("GET / HTTP/1.0\r\nHost: a\r\nhost: b\r\n\r\n", "multiple Host headers");
         bad_request("GET / HTTP/1.1\r\nHost:\r\n\r\n", "invalid Host header");
         bad_request("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", "invalid Host header");
         bad_request("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", "invalid Host header");
-        bad_request(
-            "GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n",
-            "invalid Host header",
-        );
-        bad_request(
-            "GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
-            "invalid Host header",
-        );
+        bad_request("GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n", "invalid Host header");
+        bad_request("GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", "invalid Host header");
         let h = req("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n");
-        assert_eq!(
-            h.host,
-            Some(Authority {
-                host: "::1".into(),
-                port: Some(8080)
-            })
-        );
+        assert_eq!(h.host, Some(Authority { host: "::1".into(), port: Some(8080) }));
         let h = req("GET / HTTP/1.0\r\nHost: b:81\r\n\r\n");
         assert_eq!(h.host.as_ref().map(|a| a.port), Some(Some(81)));
         // absolute-form still needs a Host on 1.1
@@ -886,33 +743,18 @@ mod tests {
     fn connect_targets() {
         let h = req("CONNECT Example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
         assert_eq!(h.method, Method::Connect);
-        assert_eq!(
-            h.target,
-            RequestTarget::Authority(Authority {
-                host: "example.com".into(),
-                port: Some(443)
-            })
-        );
+        assert_eq!(h.target, RequestTarget::Authority(Authority { host: "example.com".into(), port: Some(443) }));
         assert_eq!(h.upstream_target(), Ok(("example.com".into(), 443, true)));
         let h = req("CONNECT [::1]:22 HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(h.upstream_target(), Ok(("::1".into(), 22, true)));
-        bad_request(
-            "CONNECT example.com HTTP/1.1\r\nHost: a\r\n\r\n",
-            "CONNECT target without port",
-        );
+        bad_request("CONNECT example.com HTTP/1.1\r\nHost: a\r\n\r\n", "CONNECT target without port");
         let d = "CONNECT requires an authority-form target";
         bad_request("CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", d);
         bad_request("CONNECT * HTTP/1.1\r\nHost: a\r\n\r\n", d);
         bad_request("CONNECT http://a:80/ HTTP/1.1\r\nHost: a\r\n\r\n", d);
-        bad_request(
-            "CONNECT u@a:80 HTTP/1.1\r\nHost: a\r\n\r\n",
-            "userinfo in authority",
-        );
+        bad_request("CONNECT u@a:80 HTTP/1.1\r\nHost: a\r\n\r\n", "userinfo in authority");
         bad_request("CONNECT a:0 HTTP/1.1\r\nHost: a\r\n\r\n", "invalid port");
-        bad_request(
-            "GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n",
-            "authority-form target only allowed with CONNECT",
-        );
+        bad_request("GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n", "authority-form target only allowed with CONNECT");
         bad_request(
             "POST example.com:443 HTTP/1.1\r\nHost: a\r\n\r\n",
             "authority-form target only allowed with CONNECT",
@@ -924,18 +766,9 @@ mod tests {
         let h = req("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.target, RequestTarget::Asterisk);
         assert_eq!(h.upstream_target(), Ok(("a".into(), 80, false)));
-        bad_request(
-            "GET * HTTP/1.1\r\nHost: a\r\n\r\n",
-            "asterisk-form target only allowed with OPTIONS",
-        );
-        bad_request(
-            "GET a*b HTTP/1.1\r\nHost: a\r\n\r\n",
-            "invalid request target",
-        );
-        bad_request(
-            "GET ?x HTTP/1.1\r\nHost: a\r\n\r\n",
-            "invalid request target",
-        );
+        bad_request("GET * HTTP/1.1\r\nHost: a\r\n\r\n", "asterisk-form target only allowed with OPTIONS");
+        bad_request("GET a*b HTTP/1.1\r\nHost: a\r\n\r\n", "invalid request target");
+        bad_request("GET ?x HTTP/1.1\r\nHost: a\r\n\r\n", "invalid request target");
     }
 
     #[test]
@@ -945,10 +778,7 @@ mod tests {
             h.target,
             RequestTarget::Absolute {
                 https: false,
-                authority: Authority {
-                    host: "example.com".into(),
-                    port: Some(8080)
-                },
+                authority: Authority { host: "example.com".into(), port: Some(8080) },
                 path: "/a?b".into()
             }
         );
@@ -965,31 +795,13 @@ mod tests {
         assert!(matches!(&h.target, RequestTarget::Absolute { path, .. } if path == "/?x=1"));
         let h = req("OPTIONS http://[::1]:9/ HTTP/1.1\r\nHost: h\r\n\r\n");
         assert_eq!(h.upstream_target(), Ok(("::1".into(), 9, false)));
-        bad_request(
-            "GET ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            "unsupported URI scheme",
-        );
-        bad_request(
-            "GET ://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            "unsupported URI scheme",
-        );
-        bad_request(
-            "GET httpx://h/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            "unsupported URI scheme",
-        );
-        bad_request(
-            "GET http://u:p@h/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            "userinfo in authority",
-        );
+        bad_request("GET ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "unsupported URI scheme");
+        bad_request("GET ://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "unsupported URI scheme");
+        bad_request("GET httpx://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "unsupported URI scheme");
+        bad_request("GET http://u:p@h/ HTTP/1.1\r\nHost: h\r\n\r\n", "userinfo in authority");
         bad_request("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n", "empty host");
-        bad_request(
-            "GET http://h:x/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            "invalid port",
-        );
-        bad_request(
-            "GET http:/h/ HTTP/1.1\r\nHost: h\r\n\r\n",
-            "invalid request target",
-        );
+        bad_request("GET http://h:x/ HTTP/1.1\r\nHost: h\r\n\r\n", "invalid port");
+        bad_request("GET http:/h/ HTTP/1.1\r\nHost: h\r\n\r\n", "invalid request target");
     }
 
     #[test]
@@ -997,13 +809,8 @@ mod tests {
         assert!(req("GET / HTTP/1.1\r\nHost: a\r\n\r\n").keep_alive);
         assert!(!req("GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(!req("GET / HTTP/1.1\r\nHost: a\r\nConnection: CLOSE\r\n\r\n").keep_alive);
-        assert!(
-            !req("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n").keep_alive
-        );
-        assert!(
-            !req("GET / HTTP/1.1\r\nHost: a\r\nConnection: x\r\nConnection: close\r\n\r\n")
-                .keep_alive
-        );
+        assert!(!req("GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, close\r\n\r\n").keep_alive);
+        assert!(!req("GET / HTTP/1.1\r\nHost: a\r\nConnection: x\r\nConnection: close\r\n\r\n").keep_alive);
         assert!(req("GET / HTTP/1.1\r\nHost: a\r\nConnection: closed\r\n\r\n").keep_alive);
         assert!(!req("GET / HTTP/1.0\r\n\r\n").keep_alive);
         assert!(req("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
@@ -1024,45 +831,20 @@ mod tests {
     #[test]
     fn size_limits() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nX: 0123456789\r\n\r\n";
-        let exact = HeadLimits {
-            max_bytes: raw.len(),
-            max_headers: 8,
-        };
+        let exact = HeadLimits { max_bytes: raw.len(), max_headers: 8 };
         assert!(matches!(parse_request(raw, &exact), Ok(Some((_, n))) if n == raw.len()));
-        let small = HeadLimits {
-            max_bytes: raw.len() - 1,
-            max_headers: 8,
-        };
+        let small = HeadLimits { max_bytes: raw.len() - 1, max_headers: 8 };
         let e = parse_request(raw, &small).unwrap_err();
         assert_eq!(e.kind, H1ErrorKind::HeadTooLarge);
         assert_eq!(e.status(), 431);
         // incomplete and already at the limit
-        let e = parse_request(
-            &raw[..20],
-            &HeadLimits {
-                max_bytes: 20,
-                max_headers: 8,
-            },
-        )
-        .unwrap_err();
+        let e = parse_request(&raw[..20], &HeadLimits { max_bytes: 20, max_headers: 8 }).unwrap_err();
         assert_eq!(e.kind, H1ErrorKind::HeadTooLarge);
-        assert_eq!(
-            parse_request(
-                &raw[..20],
-                &HeadLimits {
-                    max_bytes: 21,
-                    max_headers: 8
-                }
-            ),
-            Ok(None)
-        );
+        assert_eq!(parse_request(&raw[..20], &HeadLimits { max_bytes: 21, max_headers: 8 }), Ok(None));
         // leading empty lines count against the limit
         let mut with_lines = b"\r\n".to_vec();
         with_lines.extend_from_slice(raw);
-        assert_eq!(
-            parse_request(&with_lines, &exact).unwrap_err().kind,
-            H1ErrorKind::HeadTooLarge
-        );
+        assert_eq!(parse_request(&with_lines, &exact).unwrap_err().kind, H1ErrorKind::HeadTooLarge);
         // a huge garbage-free line with no end
         let long = vec![b'a'; 9000];
         assert_eq!(parse(&long).unwrap_err().kind, H1ErrorKind::HeadTooLarge);
@@ -1071,51 +853,28 @@ mod tests {
     #[test]
     fn header_count_limits() {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
-        let three = HeadLimits {
-            max_bytes: 1024,
-            max_headers: 3,
-        };
+        let three = HeadLimits { max_bytes: 1024, max_headers: 3 };
         assert!(parse_request(raw, &three).unwrap().is_some());
-        let two = HeadLimits {
-            max_bytes: 1024,
-            max_headers: 2,
-        };
+        let two = HeadLimits { max_bytes: 1024, max_headers: 2 };
         let e = parse_request(raw, &two).unwrap_err();
         assert_eq!(e.kind, H1ErrorKind::HeadTooLarge);
         assert_eq!(e.detail, "too many header fields");
         // detected before the head is complete
-        assert_eq!(
-            parse_request(&raw[..raw.len() - 2], &two).unwrap_err().kind,
-            H1ErrorKind::HeadTooLarge
-        );
+        assert_eq!(parse_request(&raw[..raw.len() - 2], &two).unwrap_err().kind, H1ErrorKind::HeadTooLarge);
         // more slots than fit on the stack
         let mut big = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
         for i in 0..199 {
             big.extend_from_slice(format!("X-{i}: {i}\r\n").as_bytes());
         }
         big.extend_from_slice(b"\r\n");
-        let many = HeadLimits {
-            max_bytes: 1 << 16,
-            max_headers: 200,
-        };
+        let many = HeadLimits { max_bytes: 1 << 16, max_headers: 200 };
         let (h, _) = parse_request(&big, &many).unwrap().unwrap();
         assert_eq!(h.headers.len(), 200);
         assert_eq!(h.headers[200 - 1], Header::new("X-198", b"198"));
-        let fewer = HeadLimits {
-            max_bytes: 1 << 16,
-            max_headers: 199,
-        };
-        assert_eq!(
-            parse_request(&big, &fewer).unwrap_err().kind,
-            H1ErrorKind::HeadTooLarge
-        );
-        let none = HeadLimits {
-            max_bytes: 1024,
-            max_headers: 0,
-        };
-        assert!(parse_request(b"GET / HTTP/1.0\r\n\r\n", &none)
-            .unwrap()
-            .is_some());
+        let fewer = HeadLimits { max_bytes: 1 << 16, max_headers: 199 };
+        assert_eq!(parse_request(&big, &fewer).unwrap_err().kind, H1ErrorKind::HeadTooLarge);
+        let none = HeadLimits { max_bytes: 1024, max_headers: 0 };
+        assert!(parse_request(b"GET / HTTP/1.0\r\n\r\n", &none).unwrap().is_some());
     }
 
     #[test]
@@ -1142,8 +901,7 @@ mod tests {
         assert!(h.loops_through("sluice"));
         assert!(h.loops_through("SLUICE"));
         assert!(!h.loops_through("other"));
-        let h =
-            req("GET / HTTP/1.1\r\nHost: a\r\nvia: 1.1 x\r\nVIA: HTTP/1.1 sluice (Sluice)\r\n\r\n");
+        let h = req("GET / HTTP/1.1\r\nHost: a\r\nvia: 1.1 x\r\nVIA: HTTP/1.1 sluice (Sluice)\r\n\r\n");
         assert!(h.loops_through("sluice"));
         let h = req("GET / HTTP/1.1\r\nHost: a\r\nX-Via: 1.1 sluice\r\n\r\n");
         assert!(!h.loops_through("sluice"));
@@ -1154,9 +912,7 @@ mod tests {
 
     #[test]
     fn write_upstream_origin_form() {
-        let h = req(
-            "GET /p?q HTTP/1.1\r\nUser-Agent: t\r\nHost: Example.com:81\r\nAccept: */*\r\n\r\n",
-        );
+        let h = req("GET /p?q HTTP/1.1\r\nUser-Agent: t\r\nHost: Example.com:81\r\nAccept: */*\r\n\r\n");
         assert_eq!(
             upstream(&h),
             "GET /p?q HTTP/1.1\r\nHost: Example.com:81\r\nUser-Agent: t\r\nAccept: */*\r\n\
@@ -1170,30 +926,19 @@ mod tests {
              Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X\r\n\
              Upgrade: websocket\r\nProxy-Authorization: Basic x\r\nProxy-Authenticate: y\r\n\
              x-hop: 1\r\nX-Keep: 2\r\nExpect: 100-continue\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET / HTTP/1.1\r\nHost: a\r\nX-Keep: 2\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET / HTTP/1.1\r\nHost: a\r\nX-Keep: 2\r\nVia: 1.1 sluice\r\n\r\n");
     }
 
     #[test]
     fn write_upstream_rewrites_framing() {
         let h = req("POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\ncontent-length: 5\r\nX: y\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "POST /u HTTP/1.1\r\nHost: a\r\nX: y\r\nContent-Length: 5\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "POST /u HTTP/1.1\r\nHost: a\r\nX: y\r\nContent-Length: 5\r\nVia: 1.1 sluice\r\n\r\n");
         let h = req("POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "POST /u HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nVia: 1.1 sluice\r\n\r\n");
         let h = req("POST /u HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "POST /u HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n"
-        );
-        let h = req("POST /u HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nHost: a\r\nConnection: transfer-encoding\r\n\r\n");
+        assert_eq!(upstream(&h), "POST /u HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n");
+        let h =
+            req("POST /u HTTP/1.1\r\nTransfer-Encoding: Chunked\r\nHost: a\r\nConnection: transfer-encoding\r\n\r\n");
         assert_eq!(
             upstream(&h),
             "POST /u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nVia: 1.1 sluice\r\n\r\n"
@@ -1203,60 +948,33 @@ mod tests {
     #[test]
     fn write_upstream_absolute_form_replaces_host() {
         let h = req("GET http://Origin.example:8080/x?y HTTP/1.1\r\nHost: wrong\r\nA: b\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET /x?y HTTP/1.1\r\nHost: origin.example:8080\r\nA: b\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET /x?y HTTP/1.1\r\nHost: origin.example:8080\r\nA: b\r\nVia: 1.1 sluice\r\n\r\n");
         let h = req("GET http://[::1]/ HTTP/1.0\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET / HTTP/1.1\r\nHost: [::1]\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET / HTTP/1.1\r\nHost: [::1]\r\nVia: 1.1 sluice\r\n\r\n");
     }
 
     #[test]
     fn write_upstream_other_forms() {
         let h = req("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "OPTIONS * HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "OPTIONS * HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n");
         let h = req("CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nVia: 1.1 sluice\r\n\r\n");
         // HTTP/1.0 client, sent upstream as HTTP/1.1 with persistence by default
         let h = req("GET / HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n");
     }
 
     #[test]
     fn write_upstream_merges_via() {
         let h = req("GET / HTTP/1.1\r\nHost: a\r\nVia: 1.0 fred\r\nX: y\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.0 fred, 1.1 sluice\r\nX: y\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.0 fred, 1.1 sluice\r\nX: y\r\n\r\n");
         let h = req("GET / HTTP/1.1\r\nHost: a\r\nVia: 1.0 a\r\nvia: 1.0 b\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.0 a\r\nvia: 1.0 b, 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.0 a\r\nvia: 1.0 b, 1.1 sluice\r\n\r\n");
         let h = req("GET / HTTP/1.1\r\nHost: a\r\nVia:\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n");
         // a Via dropped through Connection does not swallow ours
         let h = req("GET / HTTP/1.1\r\nHost: a\r\nVia: 1.0 a\r\nConnection: via\r\n\r\n");
-        assert_eq!(
-            upstream(&h),
-            "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n"
-        );
+        assert_eq!(upstream(&h), "GET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 sluice\r\n\r\n");
     }
 
     #[test]
@@ -1264,17 +982,12 @@ mod tests {
         let h = req("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         let mut out = b"prefix".to_vec();
         h.write_upstream(&mut out, "p");
-        assert_eq!(
-            out,
-            b"prefixGET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 p\r\n\r\n"
-        );
+        assert_eq!(out, b"prefixGET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 p\r\n\r\n");
     }
 
     #[test]
     fn written_head_parses_back() {
-        let h = req(
-            "PUT http://a:1/x HTTP/1.1\r\nHost: a:1\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n",
-        );
+        let h = req("PUT http://a:1/x HTTP/1.1\r\nHost: a:1\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n");
         let mut out = Vec::new();
         h.write_upstream(&mut out, "sluice");
         let (back, n) = parse(&out).unwrap().unwrap();
@@ -1282,5 +995,69 @@ mod tests {
         assert_eq!(back.framing, BodyFraming::Chunked);
         assert_eq!(back.target, RequestTarget::Origin { path: "/x".into() });
         assert!(back.loops_through("sluice"));
+    }
+
+    #[test]
+    fn write_upstream_connection_tokens_across_fields() {
+        let h = req("POST / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-A: 1\r\n\
+             connection: x-a , , X-B\r\nX-B: 2\r\nX-C: 3\r\nContent-Length: 1\r\n\
+             Connection: content-length, host\r\n\r\n");
+        assert!(!h.keep_alive);
+        assert_eq!(
+            upstream(&h),
+            "POST / HTTP/1.1\r\nHost: a\r\nX-C: 3\r\nContent-Length: 1\r\nVia: 1.1 sluice\r\n\r\n"
+        );
+    }
+
+    /// Deterministic xorshift mutations of valid heads: never a panic, and a parsed head
+    /// never claims more bytes than it was given.
+    #[test]
+    fn mutated_heads_never_panic() {
+        let seeds: [&[u8]; 4] = [
+            b"POST http://a:8/x?y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nVia: 1.0 b\r\n\r\n",
+            b"GET / HTTP/1.0\r\nConnection: keep-alive, x\r\nContent-Length: 3, 3\r\nx: y\r\n\r\n",
+            b"\r\nCONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\nExpect: 100-continue\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+        ];
+        let alphabet = b"\r\n :,;/?*@[]\t\x00\x7fHTPhtp01.9aZ-_\"\xff";
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let small = HeadLimits { max_bytes: 96, max_headers: 3 };
+        for round in 0..20_000 {
+            let mut buf = seeds[round % seeds.len()].to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % buf.len();
+                let byte = alphabet[(next() as usize) % alphabet.len()];
+                match next() % 3 {
+                    0 => buf[at] = byte,
+                    1 => buf.insert(at, byte),
+                    _ => {
+                        buf.remove(at);
+                    }
+                }
+            }
+            for limits in [&LIMITS, &small] {
+                if let Ok(Some((head, n))) = parse_request(&buf, limits) {
+                    assert!(n <= buf.len() && n <= limits.max_bytes);
+                    let mut out = Vec::new();
+                    head.write_upstream(&mut out, "sluice");
+                    let _ = head.loops_through("sluice");
+                    if head.upstream_target().is_ok() {
+                        // what we send upstream is always a valid head again
+                        let back = parse_request(&out, &LIMITS);
+                        assert!(
+                            matches!(back, Ok(Some((_, n))) if n == out.len()),
+                            "{:?} -> {back:?}",
+                            String::from_utf8_lossy(&out)
+                        );
+                    }
+                }
+            }
+        }
     }
 }
