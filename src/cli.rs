@@ -17,12 +17,7 @@ pub const EXIT_CONFIG: i32 = 2;
 pub const EXIT_RUN: i32 = 1;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "sluice",
-    version,
-    about = "An io_uring intercepting HTTP proxy",
-    propagate_version = true
-)]
+#[command(name = "sluice", version, about = "An io_uring intercepting HTTP proxy", propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,16 +33,29 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Manage the interception CA.
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `sluice ca ...`
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Create a new CA: DIR/ca.pem (certificate, give it to clients) and DIR/ca.key
+    /// (private key, mode 0600, never share it). Refuses to overwrite an existing CA.
+    Init {
+        /// Where to write the CA [default: ./CA].
+        #[arg(long, value_name = "DIR", default_value = "CA")]
+        dir: PathBuf,
+    },
 }
 
 /// Flags of `sluice run`. Each overrides the config file's key of the same name; a
 /// repeatable flag given at least once replaces the file's whole list.
 #[derive(Debug, Default, Args)]
-#[command(
-    after_help = "Flags override the config file. A repeatable flag (--listen, \
+#[command(after_help = "Flags override the config file. A repeatable flag (--listen, \
     --quic-listen, --upstream-ca, --resolve, --passthrough, --connect-port) given at least \
-    once REPLACES the file's list for that key; it does not add to it."
-)]
+    once REPLACES the file's list for that key; it does not add to it.")]
 pub struct RunArgs {
     /// TOML config file (keys as in the README); without it, the embedded defaults.
     #[arg(long, value_name = "FILE")]
@@ -113,26 +121,16 @@ impl RunArgs {
         let non_empty = |v: &[PathBuf]| (!v.is_empty()).then(|| v.to_vec());
         Ok(Overrides {
             listen: list("--listen", &self.listen, config::parse_socket_addr)?,
-            quic_listen: list(
-                "--quic-listen",
-                &self.quic_listen,
-                config::parse_socket_addr,
-            )?,
+            quic_listen: list("--quic-listen", &self.quic_listen, config::parse_socket_addr)?,
             admin: match &self.admin {
-                Some(a) => {
-                    Some(config::parse_admin(a).map_err(|e| ConfigError::flag("--admin", a, e))?)
-                }
+                Some(a) => Some(config::parse_admin(a).map_err(|e| ConfigError::flag("--admin", a, e))?),
                 None => None,
             },
             workers: self.workers,
             ca_dir: self.ca_dir.clone(),
             upstream_ca: non_empty(&self.upstream_ca),
             resolve: list("--resolve", &self.resolve, config::parse_resolve)?,
-            passthrough: list(
-                "--passthrough",
-                &self.passthrough,
-                config::parse_passthrough,
-            )?,
+            passthrough: list("--passthrough", &self.passthrough, config::parse_passthrough)?,
             intercept_connect: self.intercept_connect.then_some(true),
             connect_ports: (!self.connect_port.is_empty()).then(|| self.connect_port.clone()),
         })
@@ -173,6 +171,18 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
             }
             Err(e) => fail(EXIT_CONFIG, &e),
         },
+        Command::Ca(CaCommand::Init { dir }) => match crate::tls::ca::init(&dir) {
+            Ok(path) => {
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "wrote {} (give it to clients) and {}/ca.key (mode 0600, keep it secret)",
+                    path.display(),
+                    dir.display()
+                );
+                0
+            }
+            Err(e) => fail(EXIT_CONFIG, &e),
+        },
     }
 }
 
@@ -190,13 +200,9 @@ mod tests {
     use std::time::Duration;
 
     fn parse(args: &[&str]) -> RunArgs {
-        let argv = std::iter::once("sluice")
-            .chain(std::iter::once("run"))
-            .chain(args.iter().copied());
+        let argv = std::iter::once("sluice").chain(std::iter::once("run")).chain(args.iter().copied());
         match Cli::try_parse_from(argv) {
-            Ok(Cli {
-                command: Command::Run(a),
-            }) => *a,
+            Ok(Cli { command: Command::Run(a) }) => *a,
             other => panic!("unexpected parse: {other:?}"),
         }
     }
@@ -210,8 +216,7 @@ mod tests {
 
     impl TempFile {
         fn new(name: &str, text: &str) -> Self {
-            let dir =
-                std::env::temp_dir().join(format!("sluice-cli-test-{}-{name}", std::process::id()));
+            let dir = std::env::temp_dir().join(format!("sluice-cli-test-{}-{name}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let path = dir.join("sluice.toml");
             std::fs::write(&path, text).unwrap();
@@ -274,10 +279,7 @@ mod tests {
         assert_eq!(c.admin, Some(addr("127.0.0.1:4")));
         assert_eq!(c.workers, Some(3));
         assert_eq!(c.ca_dir, PathBuf::from("/tmp/ca"));
-        assert_eq!(
-            c.upstream_ca,
-            vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]
-        );
+        assert_eq!(c.upstream_ca, vec![PathBuf::from("/a.pem"), PathBuf::from("/b.pem")]);
         assert_eq!(
             c.resolve,
             vec![
@@ -305,23 +307,12 @@ mod tests {
              [timeouts]\nrequest_head = 2.5\n",
         );
         let path = f.path().to_str().unwrap();
-        let c = parse(&[
-            "--config",
-            path,
-            "--listen",
-            "127.0.0.1:9001",
-            "--resolve",
-            "b.test:10.0.0.2",
-            "--workers",
-            "1",
-        ])
-        .load_config()
-        .unwrap();
+        let c =
+            parse(&["--config", path, "--listen", "127.0.0.1:9001", "--resolve", "b.test:10.0.0.2", "--workers", "1"])
+                .load_config()
+                .unwrap();
         assert_eq!(c.listen, vec![addr("127.0.0.1:9001")]);
-        assert_eq!(
-            c.resolve,
-            vec![("b.test".to_string(), "10.0.0.2".parse().unwrap())]
-        );
+        assert_eq!(c.resolve, vec![("b.test".to_string(), "10.0.0.2".parse().unwrap())]);
         assert_eq!(c.workers, Some(1));
         // Not given on the command line: the file's values stand.
         assert_eq!(c.passthrough, vec!["bank.example".to_string()]);
@@ -341,9 +332,7 @@ mod tests {
         let f = TempFile::new("mend", "listen = []\n");
         let path = f.path().to_str().unwrap();
         assert!(config::load_file(f.path()).is_err());
-        let c = parse(&["--config", path, "--listen", "127.0.0.1:9002"])
-            .load_config()
-            .unwrap();
+        let c = parse(&["--config", path, "--listen", "127.0.0.1:9002"]).load_config().unwrap();
         assert_eq!(c.listen, vec![addr("127.0.0.1:9002")]);
     }
 
@@ -352,16 +341,11 @@ mod tests {
         let err = parse(&["--resolve", "foo"]).load_config().unwrap_err();
         assert_eq!(err.to_string(), "--resolve \"foo\": expected NAME:ADDR");
         let err = parse(&["--listen", "localhost"]).load_config().unwrap_err();
-        assert!(err
-            .to_string()
-            .starts_with("--listen \"localhost\": expected IP:PORT"));
+        assert!(err.to_string().starts_with("--listen \"localhost\": expected IP:PORT"));
         let err = parse(&["--admin", "nope"]).load_config().unwrap_err();
         assert!(err.to_string().starts_with("--admin \"nope\": "), "{err}");
         let err = parse(&["--passthrough", "a b"]).load_config().unwrap_err();
-        assert!(
-            err.to_string().starts_with("--passthrough \"a b\": "),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("--passthrough \"a b\": "), "{err}");
     }
 
     #[test]
@@ -380,37 +364,22 @@ mod tests {
 
     #[test]
     fn a_conflict_made_by_flags_is_blamed_on_the_command_line() {
-        let err = parse(&["--listen", "127.0.0.1:9090", "--admin", "127.0.0.1:9090"])
-            .load_config()
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "command line: admin: 127.0.0.1:9090 is also a listen address"
-        );
+        let err = parse(&["--listen", "127.0.0.1:9090", "--admin", "127.0.0.1:9090"]).load_config().unwrap_err();
+        assert_eq!(err.to_string(), "command line: admin: 127.0.0.1:9090 is also a listen address");
     }
 
     #[test]
     fn a_validation_error_from_the_file_names_file_and_line() {
         let f = TempFile::new("invalid", "# comment\n\nslabs_per_worker = 8\n");
         let path = f.path().to_str().unwrap();
-        let err = parse(&["--config", path, "--workers", "2"])
-            .load_config()
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            format!("config {path}: slabs_per_worker: must be at least 16, got 8 (line 3)")
-        );
+        let err = parse(&["--config", path, "--workers", "2"]).load_config().unwrap_err();
+        assert_eq!(err.to_string(), format!("config {path}: slabs_per_worker: must be at least 16, got 8 (line 3)"));
     }
 
     #[test]
     fn missing_config_file_is_one_line() {
-        let err = parse(&["--config", "/nonexistent/sluice.toml"])
-            .load_config()
-            .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "config /nonexistent/sluice.toml: cannot read: No such file or directory"
-        );
+        let err = parse(&["--config", "/nonexistent/sluice.toml"]).load_config().unwrap_err();
+        assert_eq!(err.to_string(), "config /nonexistent/sluice.toml: cannot read: No such file or directory");
     }
 
     #[test]
@@ -420,18 +389,9 @@ mod tests {
         let good = good.path().to_str().unwrap().to_string();
         let bad_path = bad.path().to_str().unwrap().to_string();
         assert_eq!(run_code(&["sluice", "check-config", &good]), 0);
-        assert_eq!(
-            run_code(&["sluice", "check-config", &bad_path]),
-            EXIT_CONFIG
-        );
-        assert_eq!(
-            run_code(&["sluice", "check-config", "/nonexistent.toml"]),
-            EXIT_CONFIG
-        );
-        assert_eq!(
-            run_code(&["sluice", "run", "--config", &bad_path]),
-            EXIT_CONFIG
-        );
+        assert_eq!(run_code(&["sluice", "check-config", &bad_path]), EXIT_CONFIG);
+        assert_eq!(run_code(&["sluice", "check-config", "/nonexistent.toml"]), EXIT_CONFIG);
+        assert_eq!(run_code(&["sluice", "run", "--config", &bad_path]), EXIT_CONFIG);
         assert_eq!(run_code(&["sluice", "run", "--resolve", "x"]), EXIT_CONFIG);
         assert_eq!(run_code(&["sluice", "bogus"]), 2);
         assert_eq!(run_code(&["sluice"]), 2);

@@ -40,6 +40,8 @@ pub struct Config {
     pub pool: PoolConfig,
     /// Registered 64 KiB slabs per worker.
     pub slabs_per_worker: usize,
+    /// Forged server configs kept per worker (LRU), keyed by server name.
+    pub cert_cache_size: usize,
 }
 
 /// Size and count limits.
@@ -92,11 +94,7 @@ impl Default for Config {
             passthrough: Vec::new(),
             intercept_connect: false,
             connect_ports: vec![443],
-            limits: Limits {
-                max_header_bytes: 64 * 1024,
-                max_headers: 100,
-                max_connections_per_worker: 100_000,
-            },
+            limits: Limits { max_header_bytes: 64 * 1024, max_headers: 100, max_connections_per_worker: 100_000 },
             timeouts: Timeouts {
                 request_head: Duration::from_secs(10),
                 client_idle: Duration::from_secs(60),
@@ -104,12 +102,9 @@ impl Default for Config {
                 upstream_response: Duration::from_secs(60),
                 io_idle: Duration::from_secs(300),
             },
-            pool: PoolConfig {
-                max_idle_per_host: 8,
-                max_idle_total: 1024,
-                idle_timeout: Duration::from_secs(30),
-            },
+            pool: PoolConfig { max_idle_per_host: 8, max_idle_total: 1024, idle_timeout: Duration::from_secs(30) },
             slabs_per_worker: 1024,
+            cert_cache_size: 1000,
         }
     }
 }
@@ -146,24 +141,12 @@ impl ConfigError {
     fn new(origin: Origin, key: Option<String>, message: impl Into<String>) -> Self {
         // Keep the promise of one line whatever a parser below us says.
         let message = message.into().replace('\n', "; ");
-        ConfigError {
-            origin,
-            key,
-            message,
-            line: None,
-        }
+        ConfigError { origin, key, message, line: None }
     }
 
     /// An invalid value for a command-line flag, e.g. `--resolve "foo": expected NAME:ADDR`.
     pub fn flag(flag: &str, value: &str, message: impl Into<String>) -> Self {
-        ConfigError::new(
-            Origin::Flag {
-                flag: flag.to_string(),
-                value: value.to_string(),
-            },
-            None,
-            message,
-        )
+        ConfigError::new(Origin::Flag { flag: flag.to_string(), value: value.to_string() }, None, message)
     }
 
     /// A setting that fails [`Config::validate`].
@@ -232,8 +215,7 @@ const MIN_SLABS: usize = 16;
 
 /// Parses a listener address `IP:PORT` (`127.0.0.1:8080`, `[::1]:8080`).
 pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
-    s.parse()
-        .map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080".to_string())
+    s.parse().map_err(|_| "expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080".to_string())
 }
 
 /// Parses the admin address: `IP:PORT`, or `off` to disable the admin endpoint.
@@ -241,9 +223,7 @@ pub fn parse_admin(s: &str) -> Result<Option<SocketAddr>, String> {
     if s == "off" {
         return Ok(None);
     }
-    s.parse()
-        .map(Some)
-        .map_err(|_| "expected IP:PORT (e.g. 127.0.0.1:9090) or \"off\"".to_string())
+    s.parse().map(Some).map_err(|_| "expected IP:PORT (e.g. 127.0.0.1:9090) or \"off\"".to_string())
 }
 
 /// Parses `NAME:ADDR` like curl's `--resolve` (without the port): `origin.test:127.0.0.5`,
@@ -257,21 +237,16 @@ pub fn parse_resolve(s: &str) -> Result<(String, IpAddr), String> {
         return Err(EXPECTED.to_string());
     }
     let name = check_name(name).map_err(|e| format!("{EXPECTED}: {e}"))?;
-    let bare = addr
-        .strip_prefix('[')
-        .and_then(|a| a.strip_suffix(']'))
-        .unwrap_or(addr);
+    let bare = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(addr);
     match bare.parse::<IpAddr>() {
         Ok(ip) => Ok((name, ip)),
         Err(_) => {
             // curl's HOST:PORT:ADDR form: say why it is refused.
-            let port_form = addr.split_once(':').is_some_and(|(port, rest)| {
-                port.parse::<u16>().is_ok() && rest.parse::<IpAddr>().is_ok()
-            });
+            let port_form = addr
+                .split_once(':')
+                .is_some_and(|(port, rest)| port.parse::<u16>().is_ok() && rest.parse::<IpAddr>().is_ok());
             if port_form {
-                Err(format!(
-                    "{EXPECTED} (no port: the name is pinned for every port)"
-                ))
+                Err(format!("{EXPECTED} (no port: the name is pinned for every port)"))
             } else {
                 Err(format!("{EXPECTED}: {addr:?} is not an IP address"))
             }
@@ -300,10 +275,7 @@ fn check_name(name: &str) -> Result<String, String> {
         if label.is_empty() || label.len() > 63 {
             return Err(format!("bad label in {name:?}"));
         }
-        if let Some(c) = label
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-        {
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
             return Err(format!("{c:?} is not allowed in a name"));
         }
     }
@@ -318,38 +290,23 @@ impl Config {
     /// Checks every setting against its allowed range. The error names the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
-            return Err(ConfigError::invalid(
-                "listen",
-                "at least one listen address is required",
-            ));
+            return Err(ConfigError::invalid("listen", "at least one listen address is required"));
         }
         if let Some(dup) = first_duplicate(&self.listen) {
-            return Err(ConfigError::invalid(
-                "listen",
-                format!("{dup} is listed twice"),
-            ));
+            return Err(ConfigError::invalid("listen", format!("{dup} is listed twice")));
         }
         if let Some(dup) = first_duplicate(&self.quic_listen) {
-            return Err(ConfigError::invalid(
-                "quic_listen",
-                format!("{dup} is listed twice"),
-            ));
+            return Err(ConfigError::invalid("quic_listen", format!("{dup} is listed twice")));
         }
         if let Some(admin) = self.admin {
             if self.listen.contains(&admin) {
-                return Err(ConfigError::invalid(
-                    "admin",
-                    format!("{admin} is also a listen address"),
-                ));
+                return Err(ConfigError::invalid("admin", format!("{admin} is also a listen address")));
             }
         }
         match self.workers {
             Some(0) => return Err(ConfigError::invalid("workers", "must be at least 1")),
             Some(n) if n > MAX_WORKERS => {
-                return Err(ConfigError::invalid(
-                    "workers",
-                    format!("must be at most {MAX_WORKERS}, got {n}"),
-                ))
+                return Err(ConfigError::invalid("workers", format!("must be at most {MAX_WORKERS}, got {n}")))
             }
             _ => {}
         }
@@ -357,10 +314,7 @@ impl Config {
             return Err(ConfigError::invalid("ca_dir", "must not be empty"));
         }
         if self.upstream_ca.iter().any(|p| p.as_os_str().is_empty()) {
-            return Err(ConfigError::invalid(
-                "upstream_ca",
-                "a path must not be empty",
-            ));
+            return Err(ConfigError::invalid("upstream_ca", "a path must not be empty"));
         }
         for (name, _) in &self.resolve {
             check_name(name).map_err(|e| ConfigError::invalid("resolve", e))?;
@@ -369,31 +323,14 @@ impl Config {
             parse_passthrough(pattern).map_err(|e| ConfigError::invalid("passthrough", e))?;
         }
         if self.connect_ports.contains(&0) {
-            return Err(ConfigError::invalid(
-                "connect_ports",
-                "port 0 is not a port",
-            ));
+            return Err(ConfigError::invalid("connect_ports", "port 0 is not a port"));
         }
-        in_range(
-            "slabs_per_worker",
-            self.slabs_per_worker,
-            MIN_SLABS,
-            MAX_SLABS,
-        )?;
+        in_range("slabs_per_worker", self.slabs_per_worker, MIN_SLABS, MAX_SLABS)?;
+        in_range("cert_cache_size", self.cert_cache_size, 1, 1_000_000)?;
         let limits = &self.limits;
-        in_range(
-            "limits.max_header_bytes",
-            limits.max_header_bytes,
-            1024,
-            1024 * 1024,
-        )?;
+        in_range("limits.max_header_bytes", limits.max_header_bytes, 1024, 1024 * 1024)?;
         in_range("limits.max_headers", limits.max_headers, 1, 1024)?;
-        in_range(
-            "limits.max_connections_per_worker",
-            limits.max_connections_per_worker,
-            1,
-            usize::MAX,
-        )?;
+        in_range("limits.max_connections_per_worker", limits.max_connections_per_worker, 1, usize::MAX)?;
         let t = &self.timeouts;
         for (key, value) in [
             ("timeouts.request_head", t.request_head),
@@ -406,10 +343,7 @@ impl Config {
             if value < MIN_TIMEOUT || value > Duration::from_secs(MAX_TIMEOUT_SECS) {
                 return Err(ConfigError::invalid(
                     key,
-                    format!(
-                        "must be between 0.001 and {MAX_TIMEOUT_SECS} seconds, got {}",
-                        value.as_secs_f64()
-                    ),
+                    format!("must be between 0.001 and {MAX_TIMEOUT_SECS} seconds, got {}", value.as_secs_f64()),
                 ));
             }
         }
@@ -419,26 +353,16 @@ impl Config {
 
 fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if value < min {
-        return Err(ConfigError::invalid(
-            key,
-            format!("must be at least {min}, got {value}"),
-        ));
+        return Err(ConfigError::invalid(key, format!("must be at least {min}, got {value}")));
     }
     if value > max {
-        return Err(ConfigError::invalid(
-            key,
-            format!("must be at most {max}, got {value}"),
-        ));
+        return Err(ConfigError::invalid(key, format!("must be at most {max}, got {value}")));
     }
     Ok(())
 }
 
 fn first_duplicate<T: PartialEq>(items: &[T]) -> Option<&T> {
-    items
-        .iter()
-        .enumerate()
-        .find(|(i, a)| items[..*i].contains(a))
-        .map(|(_, a)| a)
+    items.iter().enumerate().find(|(i, a)| items[..*i].contains(a)).map(|(_, a)| a)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -510,9 +434,7 @@ impl Overrides {
 /// Reads and parses a config file over the defaults, then validates it.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let (config, lines) = read_file(path)?;
-    config
-        .validate()
-        .map_err(|e| lines.locate(e).in_file(path))?;
+    config.validate().map_err(|e| lines.locate(e).in_file(path))?;
     Ok(config)
 }
 
@@ -535,10 +457,7 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
     if let Err(err) = config.validate() {
         let by_flag = err.key().is_some_and(|k| overrides.sets(k));
         return Err(match path {
-            _ if by_flag => ConfigError {
-                origin: Origin::CommandLine,
-                ..err
-            },
+            _ if by_flag => ConfigError { origin: Origin::CommandLine, ..err },
             Some(path) => lines.locate(err).in_file(path),
             None => err,
         });
@@ -548,11 +467,7 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
 
 fn read_file(path: &Path) -> Result<(Config, KeyLines), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::new(
-            Origin::File(path.to_path_buf()),
-            None,
-            format!("cannot read: {}", io_error_text(&e)),
-        )
+        ConfigError::new(Origin::File(path.to_path_buf()), None, format!("cannot read: {}", io_error_text(&e)))
     })?;
     parse_unvalidated(&text).map_err(|e| e.in_file(path))
 }
@@ -606,25 +521,14 @@ fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
 
     let mut out = if let Some(rest) = msg.strip_prefix("unknown field `") {
         let name = rest.split('`').next().unwrap_or(rest);
-        ConfigError::new(
-            Origin::Text,
-            None,
-            format!("unknown key {:?}", qualify(name)),
-        )
+        ConfigError::new(Origin::Text, None, format!("unknown key {:?}", qualify(name)))
     } else if msg == "duplicate key" {
         // The span is the repeated key itself.
         let name = text.get(start..span.end).unwrap_or_default().trim();
-        ConfigError::new(
-            Origin::Text,
-            None,
-            format!("duplicate key {:?}", qualify(name)),
-        )
+        ConfigError::new(Origin::Text, None, format!("duplicate key {:?}", qualify(name)))
     } else {
         // A value error points after the `=`; name the key on the left of it.
-        let key = line
-            .find('=')
-            .filter(|eq| line_start + eq < start)
-            .map(|eq| qualify(line[..eq].trim()));
+        let key = line.find('=').filter(|eq| line_start + eq < start).map(|eq| qualify(line[..eq].trim()));
         let message = msg
             .replace("expected usize", "expected a non-negative integer")
             .replace("expected u16", "expected a port number (1-65535)")
@@ -640,9 +544,7 @@ fn toml_error(text: &str, err: &toml::de::Error) -> ConfigError {
 fn enclosing_table(text: &str, line_start: usize, line: &str, col: usize) -> Option<String> {
     let header = |l: &str| {
         let l = l.trim();
-        l.strip_prefix('[')
-            .and_then(|h| h.split(']').next())
-            .map(|h| h.trim().to_string())
+        l.strip_prefix('[').and_then(|h| h.split(']').next()).map(|h| h.trim().to_string())
     };
     if line.trim_start().starts_with('[') {
         let before = line.get(..col)?.trim_start().strip_prefix('[')?;
@@ -652,11 +554,7 @@ fn enclosing_table(text: &str, line_start: usize, line: &str, col: usize) -> Opt
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
 /// The file schema: every key optional, unknown keys refused.
@@ -674,6 +572,7 @@ struct FileConfig {
     intercept_connect: Option<Spanned<bool>>,
     connect_ports: Option<Spanned<Vec<u16>>>,
     slabs_per_worker: Option<Spanned<usize>>,
+    cert_cache_size: Option<Spanned<usize>>,
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
     pool: Option<PoolFile>,
@@ -737,12 +636,7 @@ impl Taker<'_> {
         }
     }
 
-    fn set_secs(
-        &mut self,
-        key: &'static str,
-        value: Option<Spanned<Seconds>>,
-        slot: &mut Duration,
-    ) {
+    fn set_secs(&mut self, key: &'static str, value: Option<Spanned<Seconds>>, slot: &mut Duration) {
         if let Some(v) = self.take(key, value) {
             *slot = v.0;
         }
@@ -752,10 +646,7 @@ impl Taker<'_> {
 impl FileConfig {
     fn into_config(self, text: &str) -> (Config, KeyLines) {
         let mut c = Config::default();
-        let mut t = Taker {
-            text,
-            lines: KeyLines::default(),
-        };
+        let mut t = Taker { text, lines: KeyLines::default() };
         t.set_list("listen", self.listen, &mut c.listen, |a| a.0);
         t.set_list("quic_listen", self.quic_listen, &mut c.quic_listen, |a| a.0);
         if let Some(admin) = t.take("admin", self.admin) {
@@ -768,29 +659,14 @@ impl FileConfig {
         t.set("upstream_ca", self.upstream_ca, &mut c.upstream_ca);
         t.set_list("resolve", self.resolve, &mut c.resolve, |r| r.0);
         t.set_list("passthrough", self.passthrough, &mut c.passthrough, |p| p.0);
-        t.set(
-            "intercept_connect",
-            self.intercept_connect,
-            &mut c.intercept_connect,
-        );
+        t.set("intercept_connect", self.intercept_connect, &mut c.intercept_connect);
         t.set("connect_ports", self.connect_ports, &mut c.connect_ports);
-        t.set(
-            "slabs_per_worker",
-            self.slabs_per_worker,
-            &mut c.slabs_per_worker,
-        );
+        t.set("slabs_per_worker", self.slabs_per_worker, &mut c.slabs_per_worker);
+        t.set("cert_cache_size", self.cert_cache_size, &mut c.cert_cache_size);
 
         let l = self.limits.unwrap_or_default();
-        t.set(
-            "limits.max_header_bytes",
-            l.max_header_bytes,
-            &mut c.limits.max_header_bytes,
-        );
-        t.set(
-            "limits.max_headers",
-            l.max_headers,
-            &mut c.limits.max_headers,
-        );
+        t.set("limits.max_header_bytes", l.max_header_bytes, &mut c.limits.max_header_bytes);
+        t.set("limits.max_headers", l.max_headers, &mut c.limits.max_headers);
         t.set(
             "limits.max_connections_per_worker",
             l.max_connections_per_worker,
@@ -799,40 +675,16 @@ impl FileConfig {
 
         let to = self.timeouts.unwrap_or_default();
         let ct = &mut c.timeouts;
-        t.set_secs(
-            "timeouts.request_head",
-            to.request_head,
-            &mut ct.request_head,
-        );
+        t.set_secs("timeouts.request_head", to.request_head, &mut ct.request_head);
         t.set_secs("timeouts.client_idle", to.client_idle, &mut ct.client_idle);
-        t.set_secs(
-            "timeouts.upstream_connect",
-            to.upstream_connect,
-            &mut ct.upstream_connect,
-        );
-        t.set_secs(
-            "timeouts.upstream_response",
-            to.upstream_response,
-            &mut ct.upstream_response,
-        );
+        t.set_secs("timeouts.upstream_connect", to.upstream_connect, &mut ct.upstream_connect);
+        t.set_secs("timeouts.upstream_response", to.upstream_response, &mut ct.upstream_response);
         t.set_secs("timeouts.io_idle", to.io_idle, &mut ct.io_idle);
 
         let p = self.pool.unwrap_or_default();
-        t.set(
-            "pool.max_idle_per_host",
-            p.max_idle_per_host,
-            &mut c.pool.max_idle_per_host,
-        );
-        t.set(
-            "pool.max_idle_total",
-            p.max_idle_total,
-            &mut c.pool.max_idle_total,
-        );
-        t.set_secs(
-            "pool.idle_timeout",
-            p.idle_timeout,
-            &mut c.pool.idle_timeout,
-        );
+        t.set("pool.max_idle_per_host", p.max_idle_per_host, &mut c.pool.max_idle_per_host);
+        t.set("pool.max_idle_total", p.max_idle_total, &mut c.pool.max_idle_total);
+        t.set_secs("pool.idle_timeout", p.idle_timeout, &mut c.pool.idle_timeout);
 
         (c, t.lines)
     }
@@ -847,9 +699,7 @@ macro_rules! string_value {
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 let s = String::deserialize(d)?;
-                $parse(&s)
-                    .map($name)
-                    .map_err(|e| de::Error::custom(format!("{s:?}: {e}")))
+                $parse(&s).map($name).map_err(|e| de::Error::custom(format!("{s:?}: {e}")))
             }
         }
     };
@@ -933,14 +783,8 @@ idle_timeout = 15
     #[test]
     fn empty_file_is_the_defaults() {
         assert_eq!(parse_str("").unwrap(), Config::default());
-        assert_eq!(
-            parse_str("# only a comment\n\n").unwrap(),
-            Config::default()
-        );
-        assert_eq!(
-            parse_str("[limits]\n[timeouts]\n[pool]\n").unwrap(),
-            Config::default()
-        );
+        assert_eq!(parse_str("# only a comment\n\n").unwrap(), Config::default());
+        assert_eq!(parse_str("[limits]\n[timeouts]\n[pool]\n").unwrap(), Config::default());
     }
 
     #[test]
@@ -957,10 +801,7 @@ idle_timeout = 15
             admin: Some(addr("127.0.0.1:9191")),
             workers: Some(2),
             ca_dir: PathBuf::from("/var/lib/sluice/CA"),
-            upstream_ca: vec![
-                PathBuf::from("/path/ca.pem"),
-                PathBuf::from("/path/other.pem"),
-            ],
+            upstream_ca: vec![PathBuf::from("/path/ca.pem"), PathBuf::from("/path/other.pem")],
             resolve: vec![
                 ("origin.test".into(), "127.0.0.5".parse().unwrap()),
                 ("v6.test".into(), "::1".parse().unwrap()),
@@ -969,11 +810,7 @@ idle_timeout = 15
             passthrough: vec!["bank.example".into(), "*.apple.com".into()],
             intercept_connect: true,
             connect_ports: vec![443, 8443],
-            limits: Limits {
-                max_header_bytes: 32768,
-                max_headers: 50,
-                max_connections_per_worker: 5000,
-            },
+            limits: Limits { max_header_bytes: 32768, max_headers: 50, max_connections_per_worker: 5000 },
             timeouts: Timeouts {
                 request_head: Duration::from_millis(500),
                 client_idle: Duration::from_secs(30),
@@ -981,12 +818,9 @@ idle_timeout = 15
                 upstream_response: Duration::from_millis(45250),
                 io_idle: Duration::from_secs(600),
             },
-            pool: PoolConfig {
-                max_idle_per_host: 4,
-                max_idle_total: 256,
-                idle_timeout: Duration::from_secs(15),
-            },
+            pool: PoolConfig { max_idle_per_host: 4, max_idle_total: 256, idle_timeout: Duration::from_secs(15) },
             slabs_per_worker: 2048,
+            cert_cache_size: 1000,
         };
         assert_eq!(c, expected);
     }
@@ -994,10 +828,7 @@ idle_timeout = 15
     #[test]
     fn a_partial_file_keeps_other_defaults() {
         let c = parse_str("workers = 3\n[timeouts]\nio_idle = 1\n").unwrap();
-        let mut expected = Config {
-            workers: Some(3),
-            ..Config::default()
-        };
+        let mut expected = Config { workers: Some(3), ..Config::default() };
         expected.timeouts.io_idle = Duration::from_secs(1);
         assert_eq!(c, expected);
     }
@@ -1009,10 +840,7 @@ idle_timeout = 15
 
     #[test]
     fn unknown_keys_are_named_with_their_line() {
-        assert_eq!(
-            err("workers = 1\n\nlistn = [\"127.0.0.1:1\"]\n"),
-            "config: unknown key \"listn\" (line 3)"
-        );
+        assert_eq!(err("workers = 1\n\nlistn = [\"127.0.0.1:1\"]\n"), "config: unknown key \"listn\" (line 3)");
         assert_eq!(
             err("[limits]\nmax_headers = 10\nmax_header = 5\n"),
             "config: unknown key \"limits.max_header\" (line 3)"
@@ -1021,14 +849,8 @@ idle_timeout = 15
             err("[pool]\n[timeouts]\nrequest_hed = 1\n"),
             "config: unknown key \"timeouts.request_hed\" (line 3)"
         );
-        assert_eq!(
-            err("[limits.deeper]\nx = 1\n"),
-            "config: unknown key \"limits.deeper\" (line 1)"
-        );
-        assert_eq!(
-            err("[nosuchtable]\n"),
-            "config: unknown key \"nosuchtable\" (line 1)"
-        );
+        assert_eq!(err("[limits.deeper]\nx = 1\n"), "config: unknown key \"limits.deeper\" (line 1)");
+        assert_eq!(err("[nosuchtable]\n"), "config: unknown key \"nosuchtable\" (line 1)");
     }
 
     #[test]
@@ -1039,19 +861,13 @@ idle_timeout = 15
         std::fs::write(&path, "# a\n\nlistn = []\n").unwrap();
         let e = load_file(&path).unwrap_err();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(
-            e.to_string(),
-            format!("config {}: unknown key \"listn\" (line 3)", path.display())
-        );
+        assert_eq!(e.to_string(), format!("config {}: unknown key \"listn\" (line 3)", path.display()));
     }
 
     #[test]
     fn missing_file() {
         let e = load_file(Path::new("x-does-not-exist.toml")).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "config x-does-not-exist.toml: cannot read: No such file or directory"
-        );
+        assert_eq!(e.to_string(), "config x-does-not-exist.toml: cannot read: No such file or directory");
     }
 
     #[test]
@@ -1084,14 +900,8 @@ idle_timeout = 15
             err("[pool]\nidle_timeout = -2"),
             "config: pool.idle_timeout: -2 seconds: must not be negative (line 2)"
         );
-        assert_eq!(
-            err("limits = 3"),
-            "config: limits: invalid type: integer `3`, expected a table (line 1)"
-        );
-        assert_eq!(
-            err("ca_dir = 5"),
-            "config: ca_dir: invalid type: integer `5`, expected path string (line 1)"
-        );
+        assert_eq!(err("limits = 3"), "config: limits: invalid type: integer `3`, expected a table (line 1)");
+        assert_eq!(err("ca_dir = 5"), "config: ca_dir: invalid type: integer `5`, expected path string (line 1)");
     }
 
     #[test]
@@ -1109,10 +919,7 @@ idle_timeout = 15
 
     #[test]
     fn bad_resolve() {
-        assert_eq!(
-            err("resolve = [\"foo\"]"),
-            "config: resolve: \"foo\": expected NAME:ADDR (line 1)"
-        );
+        assert_eq!(err("resolve = [\"foo\"]"), "config: resolve: \"foo\": expected NAME:ADDR (line 1)");
         assert_eq!(
             err("resolve = [\"foo:bar\"]"),
             "config: resolve: \"foo:bar\": expected NAME:ADDR: \"bar\" is not an IP address (line 1)"
@@ -1130,16 +937,10 @@ idle_timeout = 15
     #[test]
     fn parse_resolve_forms() {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert_eq!(
-            parse_resolve("Origin.Test:127.0.0.5"),
-            Ok(("origin.test".into(), ip("127.0.0.5")))
-        );
+        assert_eq!(parse_resolve("Origin.Test:127.0.0.5"), Ok(("origin.test".into(), ip("127.0.0.5"))));
         assert_eq!(parse_resolve("h:::1"), Ok(("h".into(), ip("::1"))));
         assert_eq!(parse_resolve("h:[::1]"), Ok(("h".into(), ip("::1"))));
-        assert_eq!(
-            parse_resolve("h.test.:2001:db8::1"),
-            Ok(("h.test".into(), ip("2001:db8::1")))
-        );
+        assert_eq!(parse_resolve("h.test.:2001:db8::1"), Ok(("h.test".into(), ip("2001:db8::1"))));
         assert_eq!(parse_resolve("foo"), Err("expected NAME:ADDR".into()));
         assert!(parse_resolve("h:[::1").is_err());
     }
@@ -1152,9 +953,7 @@ idle_timeout = 15
         assert!(parse_passthrough("*").is_err());
         assert!(parse_passthrough("a.*.com").is_err());
         assert!(parse_passthrough("").is_err());
-        assert!(
-            err("passthrough = [\"bad name\"]").starts_with("config: passthrough: \"bad name\"")
-        );
+        assert!(err("passthrough = [\"bad name\"]").starts_with("config: passthrough: \"bad name\""));
     }
 
     #[test]
@@ -1162,10 +961,7 @@ idle_timeout = 15
         let e = parse_str("workers = 2\nthis is [not toml").unwrap_err();
         assert_eq!(e.line(), Some(2));
         assert!(!e.to_string().contains('\n'), "{e}");
-        assert_eq!(
-            err("workers = 1\nworkers = 2\n"),
-            "config: duplicate key \"workers\" (line 2)"
-        );
+        assert_eq!(err("workers = 1\nworkers = 2\n"), "config: duplicate key \"workers\" (line 2)");
     }
 
     #[test]
@@ -1179,14 +975,8 @@ idle_timeout = 15
 
     #[test]
     fn validation_names_key_and_line() {
-        assert_eq!(
-            err("listen = []"),
-            "config: listen: at least one listen address is required (line 1)"
-        );
-        assert_eq!(
-            err("\nworkers = 0"),
-            "config: workers: must be at least 1 (line 2)"
-        );
+        assert_eq!(err("listen = []"), "config: listen: at least one listen address is required (line 1)");
+        assert_eq!(err("\nworkers = 0"), "config: workers: must be at least 1 (line 2)");
         assert_eq!(
             err("[timeouts]\n\nrequest_head = 0"),
             "config: timeouts.request_head: must be between 0.001 and 2592000 seconds, got 0 (line 3)"
@@ -1199,35 +989,23 @@ idle_timeout = 15
             err("[limits]\nmax_header_bytes = 2000000"),
             "config: limits.max_header_bytes: must be at most 1048576, got 2000000 (line 2)"
         );
-        assert_eq!(
-            err("slabs_per_worker = 15"),
-            "config: slabs_per_worker: must be at least 16, got 15 (line 1)"
-        );
+        assert_eq!(err("slabs_per_worker = 15"), "config: slabs_per_worker: must be at least 16, got 15 (line 1)");
         assert_eq!(
             err("slabs_per_worker = 16385"),
             "config: slabs_per_worker: must be at most 16384, got 16385 (line 1)"
         );
-        assert_eq!(
-            err("connect_ports = [443, 0]"),
-            "config: connect_ports: port 0 is not a port (line 1)"
-        );
+        assert_eq!(err("connect_ports = [443, 0]"), "config: connect_ports: port 0 is not a port (line 1)");
         assert_eq!(
             err("listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"]"),
             "config: listen: 127.0.0.1:1 is listed twice (line 1)"
         );
-        assert_eq!(
-            err("listen = [\"127.0.0.1:9090\"]"),
-            "config: admin: 127.0.0.1:9090 is also a listen address"
-        );
+        assert_eq!(err("listen = [\"127.0.0.1:9090\"]"), "config: admin: 127.0.0.1:9090 is also a listen address");
         assert!(err("[limits]\nmax_headers = 0").contains("limits.max_headers: must be at least 1"));
-        assert!(err("[limits]\nmax_headers = 1025")
-            .contains("limits.max_headers: must be at most 1024"));
+        assert!(err("[limits]\nmax_headers = 1025").contains("limits.max_headers: must be at most 1024"));
         assert!(err("[limits]\nmax_connections_per_worker = 0").contains("must be at least 1"));
         assert!(err("[pool]\nidle_timeout = 0").contains("pool.idle_timeout"));
         assert!(err("[timeouts]\nio_idle = 0.0001").contains("timeouts.io_idle"));
-        assert!(
-            err("[timeouts]\nupstream_connect = 99999999").contains("timeouts.upstream_connect")
-        );
+        assert!(err("[timeouts]\nupstream_connect = 99999999").contains("timeouts.upstream_connect"));
         assert!(err("ca_dir = \"\"").contains("ca_dir: must not be empty"));
         assert!(err("upstream_ca = [\"\"]").contains("upstream_ca"));
         assert!(err("workers = 100000").contains("workers: must be at most"));
@@ -1250,20 +1028,13 @@ idle_timeout = 15
     #[test]
     fn validate_checks_programmatic_configs_too() {
         let mut c = Config::default();
-        c.resolve
-            .push(("bad name".into(), "127.0.0.1".parse().unwrap()));
+        c.resolve.push(("bad name".into(), "127.0.0.1".parse().unwrap()));
         assert_eq!(c.validate().unwrap_err().key(), Some("resolve"));
         let mut c = Config::default();
         c.passthrough.push("*".into());
         assert_eq!(c.validate().unwrap_err().key(), Some("passthrough"));
-        let c = Config {
-            workers: Some(0),
-            ..Config::default()
-        };
-        assert_eq!(
-            c.validate().unwrap_err().to_string(),
-            "config: workers: must be at least 1"
-        );
+        let c = Config { workers: Some(0), ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().to_string(), "config: workers: must be at least 1");
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod h1;
 pub mod server;
 pub mod stats;
 pub mod timers;
+pub mod tls;
 pub mod upstream;
 pub mod worker;

@@ -25,11 +25,7 @@ impl fmt::Display for StartError {
 impl std::error::Error for StartError {}
 
 fn listen_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let s = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.cloexec(),
-        Some(Protocol::TCP),
-    )?;
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
     s.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -43,9 +39,7 @@ fn listen_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Checks that nobody else listens on `addr`: `SO_REUSEPORT` alone would let a second
 /// instance of the same user share the port silently.
 fn probe(addr: SocketAddr, what: &str) -> Result<(), StartError> {
-    TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| StartError(format!("cannot listen on {addr} ({what}): {e}")))
+    TcpListener::bind(addr).map(drop).map_err(|e| StartError(format!("cannot listen on {addr} ({what}): {e}")))
 }
 
 /// A per-process pseudonym for the Via header, so a request that comes back to this
@@ -60,47 +54,40 @@ fn via_token() -> String {
 /// Which CPUs the workers go on, inside the mask the process was started with.
 pub fn plan_cpus(allowed: &[usize], workers: Option<usize>) -> Vec<Option<usize>> {
     let n = workers.unwrap_or(allowed.len()).max(1);
-    (0..n)
-        .map(|i| {
-            if allowed.is_empty() {
-                None
-            } else {
-                Some(allowed[i % allowed.len()])
-            }
-        })
-        .collect()
+    (0..n).map(|i| if allowed.is_empty() { None } else { Some(allowed[i % allowed.len()]) }).collect()
 }
 
 /// Runs the proxy until every worker stops.
 pub fn run(config: Config) -> Result<(), StartError> {
-    let allowed = uring::sys::allowed_cpus()
-        .map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
+    let allowed =
+        uring::sys::allowed_cpus().map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
     let cpus = plan_cpus(&allowed, config.workers);
-    let mut addrs: Vec<(SocketAddr, Role)> =
-        config.listen.iter().map(|a| (*a, Role::Proxy)).collect();
+    let mut addrs: Vec<(SocketAddr, Role)> = config.listen.iter().map(|a| (*a, Role::Proxy)).collect();
     if let Some(a) = config.admin {
         addrs.push((a, Role::Admin));
     }
     for (a, role) in &addrs {
-        probe(
-            *a,
-            if *role == Role::Admin {
-                "admin"
-            } else {
-                "proxy"
-            },
-        )?;
+        probe(*a, if *role == Role::Admin { "admin" } else { "proxy" })?;
     }
     let mut per_worker = Vec::new();
     for _ in &cpus {
         let mut ls = Vec::new();
         for (a, role) in &addrs {
-            let l = listen_reuseport(*a)
-                .map_err(|e| StartError(format!("cannot listen on {a}: {e}")))?;
+            let l = listen_reuseport(*a).map_err(|e| StartError(format!("cannot listen on {a}: {e}")))?;
             ls.push((l, *role));
         }
         per_worker.push(ls);
     }
+    let (ca, created) = crate::tls::ca::load_or_create(&config.ca_dir).map_err(|e| StartError(format!("CA: {e}")))?;
+    if created {
+        eprintln!(
+            "sluice: created a new interception CA in {}; clients must trust {}/ca.pem (see CA/README.md)",
+            config.ca_dir.display(),
+            config.ca_dir.display()
+        );
+    }
+    let ca = Arc::new(ca);
+    let upstream_tls = crate::tls::upstream::client_config(&config.upstream_ca).map_err(StartError)?;
     let config = Arc::new(config);
     let stats: Arc<[WorkerStats]> = (0..cpus.len()).map(|_| WorkerStats::default()).collect();
     let stop = Arc::new(AtomicBool::new(false));
@@ -115,6 +102,8 @@ pub fn run(config: Config) -> Result<(), StartError> {
             listeners,
             via: via.clone(),
             stop: stop.clone(),
+            ca: ca.clone(),
+            upstream_tls: upstream_tls.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("sluice-w{index}"))
@@ -122,25 +111,10 @@ pub fn run(config: Config) -> Result<(), StartError> {
             .map_err(|e| StartError(format!("cannot start worker {index}: {e}")))?;
         threads.push(t);
     }
-    let listening: Vec<String> = addrs
-        .iter()
-        .map(|(a, r)| {
-            format!(
-                "{a} ({})",
-                if *r == Role::Admin { "admin" } else { "proxy" }
-            )
-        })
-        .collect();
-    let cpu_list: Vec<String> = cpus
-        .iter()
-        .map(|c| c.map_or("-".into(), |c| c.to_string()))
-        .collect();
-    eprintln!(
-        "sluice: listening on {}; {} workers on CPUs [{}]",
-        listening.join(", "),
-        cpus.len(),
-        cpu_list.join(",")
-    );
+    let listening: Vec<String> =
+        addrs.iter().map(|(a, r)| format!("{a} ({})", if *r == Role::Admin { "admin" } else { "proxy" })).collect();
+    let cpu_list: Vec<String> = cpus.iter().map(|c| c.map_or("-".into(), |c| c.to_string())).collect();
+    eprintln!("sluice: listening on {}; {} workers on CPUs [{}]", listening.join(", "), cpus.len(), cpu_list.join(","));
     let mut first_error = None;
     for t in threads {
         match t.join() {
@@ -176,9 +150,6 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let err = probe(addr, "proxy").unwrap_err().to_string();
-        assert!(
-            err.contains(&addr.to_string()) && err.contains("in use"),
-            "{err}"
-        );
+        assert!(err.contains(&addr.to_string()) && err.contains("in use"), "{err}");
     }
 }

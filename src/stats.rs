@@ -31,7 +31,19 @@ pub struct WorkerStats {
     pub ring_completed: AtomicU64,
     pub ring_backlog: AtomicU64,
     pub timeouts: AtomicU64,
+    pub tls_handshakes: AtomicU64,
+    pub tls_handshake_failures: AtomicU64,
+    pub tls_passthrough: AtomicU64,
+    pub certs_minted: AtomicU64,
+    pub cert_cache_hits: AtomicU64,
+    pub cert_mint_nanos: AtomicU64,
+    /// Refused upstream chains, by the reasons in [`VERIFY_REASONS`].
+    pub verify_failures: [AtomicU64; VERIFY_REASONS.len()],
 }
+
+/// Labels of `sluice_upstream_verify_failures_total{reason}`.
+pub const VERIFY_REASONS: [&str; 7] =
+    ["unknown_issuer", "expired", "not_yet_valid", "wrong_name", "revoked", "invalid", "handshake"];
 
 /// Adds to a counter only this worker writes (no atomic read-modify-write).
 #[inline]
@@ -46,6 +58,12 @@ pub fn drop_one(c: &AtomicU64) {
 }
 
 impl WorkerStats {
+    /// Counts a refused upstream certificate chain.
+    pub fn verify_failure(&self, reason: &str) {
+        let i = VERIFY_REASONS.iter().position(|r| *r == reason).unwrap_or(VERIFY_REASONS.len() - 2);
+        bump(&self.verify_failures[i], 1);
+    }
+
     /// Counts a response by its status class.
     pub fn response(&self, status: u16) {
         let c = match status {
@@ -59,33 +77,40 @@ impl WorkerStats {
     }
 }
 
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "{name}{labels} {v}");
+    }
+}
+
 /// Renders every worker's counters as Prometheus text.
 pub fn render(workers: &[WorkerStats]) -> String {
     use std::fmt::Write;
-    let sum =
-        |f: fn(&WorkerStats) -> &AtomicU64| workers.iter().map(|w| f(w).load(Relaxed)).sum::<u64>();
-    let mut out = String::with_capacity(4096);
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
+    let sum = |f: fn(&WorkerStats) -> &AtomicU64| workers.iter().map(|w| f(w).load(Relaxed)).sum::<u64>();
     let one = |v: u64| vec![(String::new(), v)];
+    let labelled = |label: &str, pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
+        pairs.iter().map(|(l, v)| (format!("{{{label}=\"{l}\"}}"), *v)).collect()
+    };
+    let out = &mut String::with_capacity(8192);
     family(
+        out,
         "sluice_connections_accepted_total",
         "counter",
         "Client connections accepted.",
         &one(sum(|w| &w.connections_accepted)),
     );
     family(
+        out,
         "sluice_connections_active",
         "gauge",
         "Client connections open now.",
         &one(sum(|w| &w.connections_active)),
     );
     family(
+        out,
         "sluice_connections_rejected_total",
         "counter",
         "Client connections refused at the connection limit.",
@@ -98,105 +123,116 @@ pub fn render(workers: &[WorkerStats]) -> String {
         ("4xx", sum(|w| &w.responses_4xx)),
         ("5xx", sum(|w| &w.responses_5xx)),
     ];
-    let by_class: Vec<(String, u64)> = classes
-        .iter()
-        .map(|(c, v)| (format!("{{protocol=\"http1\",status_class=\"{c}\"}}"), *v))
-        .collect();
-    family(
-        "sluice_requests_total",
-        "counter",
-        "Requests answered, by protocol and status class.",
-        &by_class,
+    let by_class: Vec<(String, u64)> =
+        classes.iter().map(|(c, v)| (format!("{{protocol=\"http1\",status_class=\"{c}\"}}"), *v)).collect();
+    family(out, "sluice_requests_total", "counter", "Requests answered, by protocol and status class.", &by_class);
+    family(out, "sluice_tunnels_total", "counter", "CONNECT tunnels established.", &one(sum(|w| &w.tunnels)));
+    let bytes = labelled(
+        "direction",
+        &[("from_client", sum(|w| &w.bytes_from_clients)), ("to_client", sum(|w| &w.bytes_to_clients))],
     );
+    family(out, "sluice_bytes_total", "counter", "Bytes relayed, by direction.", &bytes);
     family(
-        "sluice_tunnels_total",
-        "counter",
-        "CONNECT tunnels established.",
-        &one(sum(|w| &w.tunnels)),
-    );
-    family(
-        "sluice_bytes_total",
-        "counter",
-        "Bytes relayed, by direction.",
-        &[
-            (
-                "{direction=\"from_client\"}".into(),
-                sum(|w| &w.bytes_from_clients),
-            ),
-            (
-                "{direction=\"to_client\"}".into(),
-                sum(|w| &w.bytes_to_clients),
-            ),
-        ],
-    );
-    family(
+        out,
         "sluice_upstream_pool_hits_total",
         "counter",
         "Requests sent on a pooled upstream connection.",
         &one(sum(|w| &w.pool_hits)),
     );
     family(
+        out,
         "sluice_upstream_pool_misses_total",
         "counter",
         "Requests that needed a new upstream connection.",
         &one(sum(|w| &w.pool_misses)),
     );
     family(
+        out,
         "sluice_upstream_pool_evictions_total",
         "counter",
         "Idle upstream connections evicted by the pool caps.",
         &one(sum(|w| &w.pool_evictions)),
     );
     family(
+        out,
         "sluice_upstream_retries_total",
         "counter",
         "Idempotent requests retried after a reused connection failed.",
         &one(sum(|w| &w.upstream_retries)),
     );
     family(
+        out,
         "sluice_dns_cache_hits_total",
         "counter",
         "Name lookups answered from the worker's cache.",
         &one(sum(|w| &w.dns_cache_hits)),
     );
+    family(out, "sluice_dns_failures_total", "counter", "Name lookups that failed.", &one(sum(|w| &w.dns_failures)));
     family(
-        "sluice_dns_failures_total",
-        "counter",
-        "Name lookups that failed.",
-        &one(sum(|w| &w.dns_failures)),
-    );
-    family(
+        out,
         "sluice_timeouts_total",
         "counter",
         "Deadlines that fired (head, idle, connect, response).",
         &one(sum(|w| &w.timeouts)),
     );
+    let hs = labelled(
+        "result",
+        &[
+            ("ok", sum(|w| &w.tls_handshakes)),
+            ("failed", sum(|w| &w.tls_handshake_failures)),
+            ("passthrough", sum(|w| &w.tls_passthrough)),
+        ],
+    );
+    family(out, "sluice_tls_handshakes_total", "counter", "Client TLS handshakes, by result.", &hs);
+    family(out, "sluice_certs_minted_total", "counter", "Forged certificates minted.", &one(sum(|w| &w.certs_minted)));
+    family(
+        out,
+        "sluice_cert_cache_hits_total",
+        "counter",
+        "Handshakes served from the forged-certificate cache.",
+        &one(sum(|w| &w.cert_cache_hits)),
+    );
+    let _ = writeln!(out, "# HELP sluice_cert_mint_seconds Time spent minting certificates.");
+    let _ = writeln!(out, "# TYPE sluice_cert_mint_seconds summary");
+    let _ = writeln!(out, "sluice_cert_mint_seconds_sum {}", sum(|w| &w.cert_mint_nanos) as f64 / 1e9);
+    let _ = writeln!(out, "sluice_cert_mint_seconds_count {}", sum(|w| &w.certs_minted));
+    let verify: Vec<(&str, u64)> = VERIFY_REASONS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, workers.iter().map(|w| w.verify_failures[i].load(Relaxed)).sum()))
+        .collect();
+    family(
+        out,
+        "sluice_upstream_verify_failures_total",
+        "counter",
+        "Upstream certificate chains refused, by reason.",
+        &labelled("reason", &verify),
+    );
     let per_worker = |f: fn(&WorkerStats) -> &AtomicU64| -> Vec<(String, u64)> {
-        workers
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (format!("{{worker=\"{i}\"}}"), f(w).load(Relaxed)))
-            .collect()
+        workers.iter().enumerate().map(|(i, w)| (format!("{{worker=\"{i}\"}}"), f(w).load(Relaxed))).collect()
     };
     family(
+        out,
         "sluice_ring_submissions_total",
         "counter",
         "io_uring submissions, per worker.",
         &per_worker(|w| &w.ring_submitted),
     );
     family(
+        out,
         "sluice_ring_completions_total",
         "counter",
         "io_uring completions, per worker.",
         &per_worker(|w| &w.ring_completed),
     );
     family(
+        out,
         "sluice_ring_backlog",
         "gauge",
         "Submissions waiting for room in the queue, per worker.",
         &per_worker(|w| &w.ring_backlog),
     );
-    out
+    std::mem::take(out)
 }
 
 #[cfg(test)]

@@ -85,11 +85,7 @@ mod tests {
         t.clear(Some(kd));
         let _ka = t.set(Some(ka), t0 + Duration::from_secs(10), a);
         assert!(t.due(t0).is_empty());
-        let fired: Vec<_> = t
-            .due(t0 + Duration::from_secs(5))
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
+        let fired: Vec<_> = t.due(t0 + Duration::from_secs(5)).into_iter().map(|(_, id)| id).collect();
         assert_eq!(fired, vec![b]);
         assert_eq!(t.len(), 1);
     }

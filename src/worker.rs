@@ -32,6 +32,8 @@ pub struct WorkerSetup {
     pub listeners: Vec<(TcpListener, Role)>,
     pub via: String,
     pub stop: Arc<AtomicBool>,
+    pub ca: Arc<crate::tls::ca::CaMaterial>,
+    pub upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 /// The worker's state apart from its connections (so both can be borrowed at once).
@@ -47,6 +49,8 @@ struct Env {
     scratch: Vec<u8>,
     via: String,
     listen_addrs: Vec<SocketAddr>,
+    minter: crate::tls::mint::Minter,
+    upstream_tls: Arc<rustls::ClientConfig>,
 }
 
 impl Env {
@@ -65,6 +69,8 @@ impl Env {
             via: &self.via,
             listeners: &self.listen_addrs,
             ready: true,
+            minter: &mut self.minter,
+            upstream_tls: &self.upstream_tls,
         }
     }
 }
@@ -88,21 +94,13 @@ fn drive(
 /// The worker thread's body.
 pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
     if let Some(cpu) = setup.cpu {
-        uring::sys::pin_current_thread(cpu).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("pinning worker {} to CPU {cpu}: {e}", setup.index),
-            )
-        })?;
+        uring::sys::pin_current_thread(cpu)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("pinning worker {} to CPU {cpu}: {e}", setup.index)))?;
     }
     let cfg = setup.cfg.clone();
     let pool = SlabPool::new(cfg.slabs_per_worker)?;
-    let ring = Ring::new(RING_ENTRIES, &pool).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("worker {}: cannot set up io_uring: {e}", setup.index),
-        )
-    })?;
+    let ring = Ring::new(RING_ENTRIES, &pool)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("worker {}: cannot set up io_uring: {e}", setup.index)))?;
     if !ring.fixed_buffers() && setup.index == 0 {
         eprintln!(
             "sluice: warning: could not register {} slabs with io_uring (RLIMIT_MEMLOCK?); using plain reads and writes",
@@ -120,6 +118,9 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         scratch: Vec::with_capacity(8192),
         via: setup.via.clone(),
         listen_addrs: cfg.listen.clone(),
+        minter: crate::tls::mint::Minter::new(&setup.ca, cfg.cert_cache_size)
+            .map_err(|e| std::io::Error::other(format!("worker {}: {e}", setup.index)))?,
+        upstream_tls: setup.upstream_tls.clone(),
         cfg,
     };
     let mut conns: Conns<Connection> = Conns::new();
@@ -127,20 +128,8 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
     for (i, (l, _)) in listeners.iter().enumerate() {
         env.ring.accept_multi(l.as_raw_fd(), i as u32);
     }
-    env.ring.poll_worker_fd(
-        env.dns.wake_fd(),
-        WorkerToken {
-            kind: KIND_DNS,
-            index: 0,
-        },
-    );
-    env.ring.tick(
-        TICK,
-        WorkerToken {
-            kind: KIND_TICK,
-            index: 0,
-        },
-    );
+    env.ring.poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+    env.ring.tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
     let mut last_sweep = Instant::now();
 
     while !setup.stop.load(Ordering::Relaxed) {
@@ -149,18 +138,10 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         let cqes = env.ring.completions();
         for &(user_data, result, flags) in &cqes {
             let to_close = match conns.complete(user_data, result, flags, &mut env.pool) {
-                Event::Conn {
-                    slot,
-                    tag,
-                    result,
-                    slab,
-                    ..
-                } => drive(slot, &mut env, now, |c, io, ctx| {
-                    conn::on_completion(c, io, ctx, tag, result, slab)
-                }),
-                Event::Accepted {
-                    listener, fd, more, ..
-                } => {
+                Event::Conn { slot, tag, result, slab, .. } => {
+                    drive(slot, &mut env, now, |c, io, ctx| conn::on_completion(c, io, ctx, tag, result, slab))
+                }
+                Event::Accepted { listener, fd, more, .. } => {
                     let mut close = None;
                     if let Some(fd) = fd {
                         close = accept(&mut conns, &mut env, now, listener, fd, &listeners);
@@ -182,13 +163,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                                     }
                                 }
                             }
-                            env.ring.poll_worker_fd(
-                                env.dns.wake_fd(),
-                                WorkerToken {
-                                    kind: KIND_DNS,
-                                    index: 0,
-                                },
-                            );
+                            env.ring.poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
                         }
                         KIND_TICK => {
                             fire_deadlines(&mut conns, &mut env, now);
@@ -198,13 +173,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                             }
                             publish_ring_stats(&env);
                             if !more {
-                                env.ring.tick(
-                                    TICK,
-                                    WorkerToken {
-                                        kind: KIND_TICK,
-                                        index: 0,
-                                    },
-                                );
+                                env.ring.tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
                             }
                         }
                         _ => {}
@@ -230,10 +199,7 @@ fn accept(
     fd: std::os::fd::OwnedFd,
     listeners: &[(TcpListener, Role)],
 ) -> Option<ConnId> {
-    let role = listeners
-        .get(listener as usize)
-        .map(|(_, r)| *r)
-        .unwrap_or(Role::Proxy);
+    let role = listeners.get(listener as usize).map(|(_, r)| *r).unwrap_or(Role::Proxy);
     let stats = &env.stats[env.index];
     if role == Role::Proxy && conns.len() >= env.cfg.limits.max_connections_per_worker {
         stats::bump(&stats.connections_rejected, 1);
@@ -269,10 +235,10 @@ fn publish_ring_stats(env: &Env) {
     let w = &env.stats[env.index];
     w.ring_submitted.store(s.submitted, Ordering::Relaxed);
     w.ring_completed.store(s.completed, Ordering::Relaxed);
-    w.ring_backlog
-        .store(s.backlog_now as u64, Ordering::Relaxed);
-    w.pool_evictions
-        .store(env.upstreams.stats.evictions, Ordering::Relaxed);
-    w.dns_cache_hits
-        .store(env.dns.stats.cache_hits, Ordering::Relaxed);
+    w.ring_backlog.store(s.backlog_now as u64, Ordering::Relaxed);
+    w.pool_evictions.store(env.upstreams.stats.evictions, Ordering::Relaxed);
+    w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
+    w.certs_minted.store(env.minter.stats.minted, Ordering::Relaxed);
+    w.cert_cache_hits.store(env.minter.stats.cache_hits, Ordering::Relaxed);
+    w.cert_mint_nanos.store(env.minter.stats.mint_nanos, Ordering::Relaxed);
 }

@@ -10,10 +10,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     if conn.io.client_read {
         return NextStep::Wait;
     }
-    let limits = HeadLimits {
-        max_bytes: 16 * 1024,
-        max_headers: 64,
-    };
+    let limits = HeadLimits { max_bytes: 16 * 1024, max_headers: 64 };
     match h1::parse_request(conn.cin.data(ctx.pool), &limits) {
         Ok(Some((head, _))) => {
             let path = match &head.target {
@@ -21,19 +18,11 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 _ => String::new(),
             };
             let (status, ctype, body) = match path.as_str() {
-                "/metrics" => (
-                    200,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    stats::render(ctx.all_stats),
-                ),
+                "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", stats::render(ctx.all_stats)),
                 "/healthz" => (200, "text/plain", "ok\n".to_string()),
                 "/readyz" if ctx.ready => (200, "text/plain", "ready\n".to_string()),
                 "/readyz" => (503, "text/plain", "draining\n".to_string()),
-                _ => (
-                    404,
-                    "text/plain",
-                    "not found: try /metrics, /healthz or /readyz\n".to_string(),
-                ),
+                _ => (404, "text/plain", "not found: try /metrics, /healthz or /readyz\n".to_string()),
             };
             let reason = if status == 200 {
                 "OK"
@@ -57,8 +46,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             if conn.io.client_eof || conn.io.client_error.is_some() {
                 return NextStep::Close;
             }
-            conn.read_client(io, ctx);
-            NextStep::Wait
+            conn.read_client(io, ctx)
         }
         Err(e) => {
             let r = h1::error_response(e.status(), e.detail());

@@ -13,6 +13,10 @@ pub enum BufId {
     Cin,
     Uin,
     Out,
+    /// Ciphertext toward the client (`ctls.raw_out`).
+    ClientRawOut,
+    /// Ciphertext toward the origin (`utls.raw_out`).
+    UpRawOut,
 }
 
 /// Valid bytes are `start..end` of the slab.
@@ -72,6 +76,38 @@ impl Buf {
         }
     }
 
+    /// Takes a slab if there is none and makes the room after the data as large as it
+    /// can be; returns that room (None while the slab is lent).
+    pub fn room_mut<'a>(&'a mut self, pool: &'a mut SlabPool) -> Option<&'a mut [u8]> {
+        if self.lent {
+            return None;
+        }
+        if self.slab.is_none() {
+            self.slab = Some(pool.take());
+            self.start = HEADROOM;
+            self.end = HEADROOM;
+        } else if self.start == self.end {
+            self.start = HEADROOM;
+            self.end = HEADROOM;
+        } else if self.end == SLAB_SIZE && self.start > HEADROOM {
+            self.compact(pool);
+        }
+        let end = self.end;
+        self.slab.as_mut().map(|s| &mut pool.bytes_mut(s)[end..])
+    }
+
+    /// Makes sure a slab is held and empties it (for output buffers).
+    pub fn clear_or_take(&mut self, pool: &mut SlabPool) {
+        if self.lent {
+            return;
+        }
+        if self.slab.is_none() {
+            self.slab = Some(pool.take());
+        }
+        self.start = HEADROOM;
+        self.end = HEADROOM;
+    }
+
     /// Room left after the data.
     pub fn room(&self) -> usize {
         if self.slab.is_none() {
@@ -109,6 +145,11 @@ impl Buf {
             Some(s) => &pool.bytes(s)[self.start..self.end],
             None => &[],
         }
+    }
+
+    /// The whole slab, read-only (for bytes before `start` that are still valid).
+    pub fn slab_bytes<'a>(&'a self, pool: &'a SlabPool) -> Option<&'a [u8]> {
+        self.slab.as_ref().map(|s| pool.bytes(s))
     }
 
     /// The whole slab, writable (for placing a rewritten head in the headroom).

@@ -28,9 +28,7 @@ impl Body {
         match f {
             BodyFraming::None | BodyFraming::Length(0) => Body::None,
             BodyFraming::Length(n) => Body::Length { remaining: n },
-            BodyFraming::Chunked => Body::Chunked {
-                decoder: ChunkedDecoder::new(max_trailer),
-            },
+            BodyFraming::Chunked => Body::Chunked { decoder: ChunkedDecoder::new(max_trailer) },
             BodyFraming::CloseDelimited => Body::UntilEof,
         }
     }
@@ -77,6 +75,8 @@ pub(crate) enum UpstreamStep {
         next: usize,
         last_error: Option<String>,
     },
+    /// TCP is up; the TLS handshake with the origin is running.
+    TlsHandshake,
 }
 
 /// CONNECT tunnel progress.
@@ -114,19 +114,65 @@ pub(crate) struct Exchange {
     pub fresh_only: bool,
     pub upstream_step: UpstreamStep,
     pub tunnel: TunnelState,
+    /// The origin is spoken to over TLS (the client came over intercepted TLS).
+    pub upstream_tls: bool,
+}
+
+impl Exchange {
+    /// A raw tunnel to host:port (CONNECT, passthrough, or non-TLS bytes in an
+    /// intercepted tunnel).
+    pub(crate) fn tunnel(host: String, port: u16, tunnel: TunnelState) -> Exchange {
+        Exchange {
+            method: Method::Connect,
+            client_minor: 1,
+            client_keep_alive: false,
+            host,
+            port,
+            is_connect: true,
+            req_body: Body::None,
+            head_pending: 0,
+            head_at: 0,
+            head_len: 0,
+            expect_continue: false,
+            continue_sent: false,
+            response_started: true,
+            resp_body: Body::None,
+            resp_head_pending: 0,
+            resp_keep_alive: false,
+            close_client: true,
+            retried: false,
+            fresh_only: true,
+            upstream_step: UpstreamStep::Start,
+            tunnel,
+            upstream_tls: false,
+        }
+    }
 }
 
 fn limits(ctx: &Ctx<'_>) -> HeadLimits {
-    HeadLimits {
-        max_bytes: ctx.cfg.limits.max_header_bytes,
-        max_headers: ctx.cfg.limits.max_headers,
-    }
+    HeadLimits { max_bytes: ctx.cfg.limits.max_header_bytes, max_headers: ctx.cfg.limits.max_headers }
 }
 
 /// Between requests: hold no slab, wait until the client has something to say.
 pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    // The first bytes of a connection go through detection (TLS or HTTP/1).
+    let next = if conn.requests == 0 && conn.ctls.is_none() { Phase::Detect } else { Phase::RequestHead };
+    if conn.cin.is_empty() && !conn.io.client_poll {
+        if let Some(t) = conn.ctls.as_mut() {
+            // Decrypted bytes may already wait inside the TLS session (pipelining).
+            match t.take_plaintext(&mut conn.cin, ctx.pool) {
+                crate::tls::Plain::Got(_) => {}
+                crate::tls::Plain::Eof | crate::tls::Plain::Error => return NextStep::Close,
+                crate::tls::Plain::Empty if !t.raw_in.is_empty() || t.raw_in.is_lent() => {
+                    conn.phase = next;
+                    return NextStep::Continue;
+                }
+                crate::tls::Plain::Empty => conn.cin.release_if_empty(ctx.pool),
+            }
+        }
+    }
     if !conn.cin.is_empty() {
-        conn.phase = Phase::RequestHead;
+        conn.phase = next;
         let t = ctx.cfg.timeouts.request_head;
         conn.set_deadline(io, ctx, t);
         return NextStep::Continue;
@@ -136,7 +182,7 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     }
     if conn.io.client_readable {
         conn.io.client_readable = false;
-        conn.phase = Phase::RequestHead;
+        conn.phase = next;
         if conn.requests > 0 {
             let t = ctx.cfg.timeouts.request_head;
             conn.set_deadline(io, ctx, t);
@@ -149,11 +195,7 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     conn.cin.release_if_empty(ctx.pool);
     conn.uin.release_if_empty(ctx.pool);
     conn.poll_client(io, ctx);
-    let t = if conn.requests == 0 {
-        ctx.cfg.timeouts.request_head
-    } else {
-        ctx.cfg.timeouts.client_idle
-    };
+    let t = if conn.requests == 0 { ctx.cfg.timeouts.request_head } else { ctx.cfg.timeouts.client_idle };
     conn.set_deadline(io, ctx, t);
     NextStep::Wait
 }
@@ -174,16 +216,14 @@ pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
                 if conn.cin.is_empty() {
                     return NextStep::Close;
                 }
-                let r =
-                    h1::error_response(400, "connection closed in the middle of a request head");
+                let r = h1::error_response(400, "connection closed in the middle of a request head");
                 return conn.respond(io, ctx, &r, true);
             }
             if conn.cin.room() == 0 && conn.cin.start <= HEADROOM {
                 let r = h1::error_response(431, "request head too large");
                 return conn.respond(io, ctx, &r, true);
             }
-            conn.read_client(io, ctx);
-            NextStep::Wait
+            conn.read_client(io, ctx)
         }
         Err(e) => {
             let r = h1::error_response(e.status(), e.detail());
@@ -192,20 +232,19 @@ pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     }
 }
 
-fn start_exchange(
-    conn: &mut Connection,
-    io: &mut Io,
-    ctx: &mut Ctx<'_>,
-    head: h1::RequestHead,
-    n: usize,
-) -> NextStep {
+fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h1::RequestHead, n: usize) -> NextStep {
     conn.requests += 1;
     stats::bump(&ctx.stats.requests, 1);
     if head.loops_through(ctx.via) {
         let r = h1::error_response(508, "request already passed through this proxy");
         return conn.respond(io, ctx, &r, true);
     }
-    let (host, port, is_connect) = match head.upstream_target() {
+    let target = if conn.ctls.is_some() && head.method != Method::Connect {
+        super::tls::request_target(conn, &head).map(|(h, p)| (h, p, false))
+    } else {
+        head.upstream_target()
+    };
+    let (host, port, is_connect) = match target {
         Ok(t) => t,
         Err(e) => {
             let r = h1::error_response(e.status(), e.detail());
@@ -238,9 +277,23 @@ fn start_exchange(
         fresh_only: false,
         upstream_step: UpstreamStep::Start,
         tunnel: TunnelState::default(),
+        upstream_tls: conn.ctls.is_some(),
     });
     if is_connect {
         conn.cin.start += n;
+        if ctx.cfg.intercept_connect && conn.ctls.is_none() {
+            // Answer at once, then look at what the client sends inside the tunnel.
+            conn.tunnel_target = Some((ex.host.clone(), ex.port));
+            ctx.stats.response(200);
+            stats::bump(&ctx.stats.tunnels, 1);
+            if conn.out.is_lent() || conn.io.client_write.is_some() {
+                return NextStep::Close;
+            }
+            let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);
+            conn.write_client(io, ctx, BufId::Out, 0, n);
+            conn.phase = Phase::Detect;
+            return NextStep::Continue;
+        }
     } else {
         ctx.scratch.clear();
         head.write_upstream(ctx.scratch, ctx.via);
@@ -279,12 +332,7 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
         return NextStep::Wait;
     }
     if conn.io.up_error.is_some() {
-        return upstream_failed(
-            conn,
-            io,
-            ctx,
-            "upstream connection failed while sending the request",
-        );
+        return upstream_failed(conn, io, ctx, "upstream connection failed while sending the request");
     }
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
@@ -320,11 +368,7 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
         conn.set_deadline(io, ctx, t);
         return NextStep::Continue;
     }
-    if ex.expect_continue
-        && !ex.continue_sent
-        && conn.io.client_write.is_none()
-        && !conn.out.is_lent()
-    {
+    if ex.expect_continue && !ex.continue_sent && conn.io.client_write.is_none() && !conn.out.is_lent() {
         ex.continue_sent = true;
         let n = conn.out.fill(ctx.pool, h1::CONTINUE_100);
         conn.write_client(io, ctx, BufId::Out, 0, n);
@@ -336,8 +380,7 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
         // The client left in the middle of its body: nothing can be answered.
         return NextStep::Close;
     }
-    conn.read_client(io, ctx);
-    NextStep::Wait
+    conn.read_client(io, ctx)
 }
 
 /// The origin failed before a response byte reached the client.
@@ -391,8 +434,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
                 conn.uin.start += n;
                 return NextStep::Continue;
             }
-            let close =
-                !ex.client_keep_alive || resp.framing == BodyFraming::CloseDelimited || !ctx.ready;
+            let close = !ex.client_keep_alive || resp.framing == BodyFraming::CloseDelimited || !ctx.ready;
             ctx.scratch.clear();
             resp.write_client(ctx.scratch, ctx.via, close, ex.client_minor);
             let len = ctx.scratch.len();
@@ -427,8 +469,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             if conn.uin.has_slab() && conn.uin.room() == 0 {
                 return upstream_failed(conn, io, ctx, "upstream response head too large");
             }
-            conn.read_upstream(io, ctx);
-            NextStep::Wait
+            conn.read_upstream(io, ctx)
         }
         Err(e) => {
             conn.abandon_upstream(io, ctx);
@@ -484,8 +525,7 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         // Truncated by the origin: the client must see the connection end.
         return NextStep::Close;
     }
-    conn.read_upstream(io, ctx);
-    NextStep::Wait
+    conn.read_upstream(io, ctx)
 }
 
 /// Pools the upstream when it can be reused, and either closes or waits for the next request.
@@ -499,16 +539,21 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         && conn.io.up_write.is_none()
         && !conn.io.up_eof
         && conn.io.up_error.is_none();
+    let tls = conn.utls.take();
     if let Some(up) = conn.upstream.take() {
-        let UpstreamConn {
-            sock,
-            key,
-            abandoned,
-            ..
-        } = up;
-        if reusable && !abandoned {
-            ctx.upstreams.put(key, sock, ctx.now);
+        let UpstreamConn { sock, key, abandoned, .. } = up;
+        let tls_clean = tls.as_ref().is_none_or(|t| t.raw_in.is_empty() && !t.raw_out.is_lent() && t.failed.is_none());
+        if reusable && !abandoned && tls_clean {
+            let tls = tls.map(|mut t| {
+                t.release(ctx.pool);
+                t
+            });
+            ctx.upstreams.put(key, crate::upstream::pool::Pooled { sock, tls }, ctx.now);
+        } else if let Some(mut t) = tls {
+            t.release(ctx.pool);
         }
+    } else if let Some(mut t) = tls {
+        t.release(ctx.pool);
     }
     conn.io.up_eof = false;
     conn.io.up_error = None;

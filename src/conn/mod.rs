@@ -16,8 +16,9 @@
 //! an operation in flight; an idle keep-alive connection holds none.
 
 mod admin;
-mod buf;
+pub(crate) mod buf;
 mod http1;
+mod tls;
 mod tunnel;
 mod upstream;
 
@@ -75,6 +76,8 @@ pub struct Ctx<'a> {
     pub via: &'a str,
     pub listeners: &'a [SocketAddr],
     pub ready: bool,
+    pub minter: &'a mut crate::tls::mint::Minter,
+    pub upstream_tls: &'a std::sync::Arc<rustls::ClientConfig>,
 }
 
 /// Which listener a connection came in on.
@@ -89,6 +92,12 @@ pub enum Role {
 pub(crate) enum Phase {
     /// Between requests (or before the first): no slab held, waiting for readability.
     AwaitRequest,
+    /// The first bytes decide: TLS ClientHello, or HTTP/1.
+    Detect,
+    /// Reading the ClientHello (SNI, ALPN) before choosing a certificate or passthrough.
+    TlsAccept,
+    /// Completing the client-side TLS handshake with a forged certificate.
+    TlsHandshake,
     /// Reading and parsing a request head.
     RequestHead,
     /// Finding an upstream connection: pool, resolve, connect (progress in the exchange).
@@ -145,6 +154,18 @@ pub(crate) struct IoState {
 
 /// One client connection.
 pub struct Connection {
+    /// TLS toward the client (intercepted), when the client spoke TLS.
+    pub(crate) ctls: Option<Box<crate::tls::TlsLeg>>,
+    /// TLS toward the origin, for https targets.
+    pub(crate) utls: Option<Box<crate::tls::TlsLeg>>,
+    /// Reads the ClientHello before a certificate is chosen.
+    pub(crate) acceptor: Option<Box<rustls::server::Acceptor>>,
+    /// Bytes of `cin` already given to the acceptor.
+    pub(crate) accepted_bytes: usize,
+    /// The CONNECT authority whose tunnel this connection now carries (interception).
+    pub(crate) tunnel_target: Option<(String, u16)>,
+    /// The server name the client asked for in its ClientHello.
+    pub(crate) sni: Option<String>,
     pub(crate) role: Role,
     pub(crate) client: TcpStream,
     pub(crate) phase: Phase,
@@ -164,11 +185,13 @@ impl Connection {
         Connection {
             role,
             client,
-            phase: if role == Role::Admin {
-                Phase::Admin
-            } else {
-                Phase::AwaitRequest
-            },
+            phase: if role == Role::Admin { Phase::Admin } else { Phase::AwaitRequest },
+            ctls: None,
+            utls: None,
+            acceptor: None,
+            accepted_bytes: 0,
+            tunnel_target: None,
+            sni: None,
             cin: Buf::default(),
             uin: Buf::default(),
             out: Buf::default(),
@@ -193,6 +216,14 @@ impl Connection {
             BufId::Cin => &mut self.cin,
             BufId::Uin => &mut self.uin,
             BufId::Out => &mut self.out,
+            BufId::ClientRawOut => match self.ctls.as_mut() {
+                Some(t) => &mut t.raw_out,
+                None => &mut self.out,
+            },
+            BufId::UpRawOut => match self.utls.as_mut() {
+                Some(t) => &mut t.raw_out,
+                None => &mut self.out,
+            },
         }
     }
 
@@ -216,113 +247,116 @@ impl Connection {
         ctx.timers.clear(self.timer.take());
     }
 
-    /// Reads from the client into `cin` (taking a slab if it has none).
-    pub(crate) fn read_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+    /// Asks for more client bytes in `cin`. With TLS, decrypted bytes already buffered
+    /// are moved in at once (`Continue`); otherwise a read is submitted (`Wait`).
+    pub(crate) fn read_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
         debug_assert!(!self.io.client_read);
         let fd = self.client_fd();
-        let (slab, offset, len) = self.cin.prepare_read(ctx.pool);
-        ctx.ring.submit(
-            io,
-            tag::CLIENT_READ,
-            Op::Recv {
-                fd,
-                slab,
-                offset,
-                len,
-            },
-            ctx.pool,
-        );
+        let (slab, offset, len) = match self.ctls.as_mut() {
+            Some(t) => {
+                match t.take_plaintext(&mut self.cin, ctx.pool) {
+                    crate::tls::Plain::Got(n) => {
+                        stats::bump(&ctx.stats.bytes_from_clients, n as u64);
+                        return NextStep::Continue;
+                    }
+                    crate::tls::Plain::Eof => {
+                        self.io.client_eof = true;
+                        return NextStep::Continue;
+                    }
+                    crate::tls::Plain::Error => {
+                        self.io.client_error = Some(libc::EPROTO);
+                        return NextStep::Continue;
+                    }
+                    crate::tls::Plain::Empty => {}
+                }
+                if t.raw_in.is_lent() {
+                    return NextStep::Wait;
+                }
+                t.raw_in.prepare_read(ctx.pool)
+            }
+            None => self.cin.prepare_read(ctx.pool),
+        };
+        ctx.ring.submit(io, tag::CLIENT_READ, Op::Recv { fd, slab, offset, len }, ctx.pool);
         self.io.client_read = true;
+        NextStep::Wait
     }
 
     /// Waits for the client to become readable without holding a slab.
     pub(crate) fn poll_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         debug_assert!(!self.io.client_poll);
         let fd = self.client_fd();
-        ctx.ring
-            .submit(io, tag::CLIENT_POLL, Op::PollIn { fd }, ctx.pool);
+        ctx.ring.submit(io, tag::CLIENT_POLL, Op::PollIn { fd }, ctx.pool);
         self.io.client_poll = true;
     }
 
-    /// Reads from the origin into `uin`.
-    pub(crate) fn read_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+    /// Asks for more origin bytes in `uin` (decrypting like `read_client`).
+    pub(crate) fn read_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
         debug_assert!(!self.io.up_read);
-        let Some(fd) = self.up_fd() else { return };
-        let (slab, offset, len) = self.uin.prepare_read(ctx.pool);
-        ctx.ring.submit(
-            io,
-            tag::UP_READ,
-            Op::Recv {
-                fd,
-                slab,
-                offset,
-                len,
-            },
-            ctx.pool,
-        );
+        let Some(fd) = self.up_fd() else { return NextStep::Close };
+        let (slab, offset, len) = match self.utls.as_mut() {
+            Some(t) => {
+                match t.take_plaintext(&mut self.uin, ctx.pool) {
+                    crate::tls::Plain::Got(_) => return NextStep::Continue,
+                    crate::tls::Plain::Eof => {
+                        self.io.up_eof = true;
+                        return NextStep::Continue;
+                    }
+                    crate::tls::Plain::Error => {
+                        self.io.up_error = Some(libc::EPROTO);
+                        return NextStep::Continue;
+                    }
+                    crate::tls::Plain::Empty => {}
+                }
+                if t.raw_in.is_lent() {
+                    return NextStep::Wait;
+                }
+                t.raw_in.prepare_read(ctx.pool)
+            }
+            None => self.uin.prepare_read(ctx.pool),
+        };
+        ctx.ring.submit(io, tag::UP_READ, Op::Recv { fd, slab, offset, len }, ctx.pool);
         self.io.up_read = true;
+        NextStep::Wait
     }
 
     /// Sends `len` bytes of buffer `src` from `offset` to the client.
-    pub(crate) fn write_client(
-        &mut self,
-        io: &mut Io,
-        ctx: &mut Ctx<'_>,
-        src: BufId,
-        offset: usize,
-        len: usize,
-    ) {
+    pub(crate) fn write_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, src: BufId, offset: usize, len: usize) {
         debug_assert!(self.io.client_write.is_none());
+        if self.ctls.is_some() {
+            self.encrypt_from(ctx, src, offset, len, true);
+            stats::bump(&ctx.stats.bytes_to_clients, len as u64);
+            self.flush_client_tls(io, ctx);
+            return;
+        }
         let fd = self.client_fd();
-        let job = WriteJob {
-            src,
-            offset: offset as u32,
-            len: len as u32,
-        };
+        let job = WriteJob { src, offset: offset as u32, len: len as u32 };
         self.submit_write(io, ctx, fd, tag::CLIENT_WRITE, job);
         self.io.client_write = Some(job);
         stats::bump(&ctx.stats.bytes_to_clients, len as u64);
     }
 
     /// Sends `len` bytes of buffer `src` from `offset` to the origin.
-    pub(crate) fn write_upstream(
-        &mut self,
-        io: &mut Io,
-        ctx: &mut Ctx<'_>,
-        src: BufId,
-        offset: usize,
-        len: usize,
-    ) {
+    pub(crate) fn write_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, src: BufId, offset: usize, len: usize) {
         debug_assert!(self.io.up_write.is_none());
+        if self.utls.is_some() {
+            self.encrypt_from(ctx, src, offset, len, false);
+            self.flush_up_tls(io, ctx);
+            return;
+        }
         let Some(fd) = self.up_fd() else { return };
-        let job = WriteJob {
-            src,
-            offset: offset as u32,
-            len: len as u32,
-        };
+        let job = WriteJob { src, offset: offset as u32, len: len as u32 };
         self.submit_write(io, ctx, fd, tag::UP_WRITE, job);
         self.io.up_write = Some(job);
     }
 
     fn submit_write(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, fd: RawFd, t: OpTag, job: WriteJob) {
         let slab = self.buf_mut(job.src).lend();
-        let op = Op::Send {
-            fd,
-            slab,
-            offset: job.offset as usize,
-            len: job.len as usize,
-        };
+        let op = Op::Send { fd, slab, offset: job.offset as usize, len: job.len as usize };
         ctx.ring.submit(io, t, op, ctx.pool);
     }
 
     /// Queues a response the proxy makes itself and switches to `Respond`.
-    pub(crate) fn respond(
-        &mut self,
-        io: &mut Io,
-        ctx: &mut Ctx<'_>,
-        bytes: &[u8],
-        close: bool,
-    ) -> NextStep {
+    pub(crate) fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], close: bool) -> NextStep {
         if let Some(status) = status_of(bytes) {
             ctx.stats.response(status);
         }
@@ -346,8 +380,7 @@ impl Connection {
                 up.abandoned = true;
                 if self.io.up_read || self.io.up_write.is_some() || self.io.connecting {
                     let fd = up.sock.as_raw_fd();
-                    ctx.ring
-                        .submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
+                    ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
                 }
             }
         }
@@ -360,18 +393,17 @@ impl Connection {
         for b in [&mut self.cin, &mut self.uin, &mut self.out] {
             b.release(ctx.pool);
         }
+        for t in [self.ctls.as_mut(), self.utls.as_mut()].into_iter().flatten() {
+            t.release(ctx.pool);
+        }
         if self.io.client_read || self.io.client_poll || self.io.client_write.is_some() {
             let fd = self.client_fd();
-            ctx.ring
-                .submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
+            ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
         }
         if let Some(up) = &self.upstream {
-            if !up.abandoned
-                && (self.io.up_read || self.io.up_write.is_some() || self.io.connecting)
-            {
+            if !up.abandoned && (self.io.up_read || self.io.up_write.is_some() || self.io.connecting) {
                 let fd = up.sock.as_raw_fd();
-                ctx.ring
-                    .submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
+                ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
             }
         }
         if self.role == Role::Proxy {
@@ -395,6 +427,14 @@ pub fn on_completion(
     slab: Option<Slab>,
 ) -> NextStep {
     match t {
+        tag::CLIENT_READ if conn.ctls.is_some() => {
+            conn.io.client_read = false;
+            tls::raw_read_done(conn, ctx, true, result, slab);
+        }
+        tag::UP_READ if conn.utls.is_some() => {
+            conn.io.up_read = false;
+            tls::raw_read_done(conn, ctx, false, result, slab);
+        }
         tag::CLIENT_READ => {
             conn.io.client_read = false;
             if let Some(s) = slab {
@@ -432,11 +472,7 @@ pub fn on_completion(
         }
         tag::CLIENT_WRITE | tag::UP_WRITE => {
             let to_client = t == tag::CLIENT_WRITE;
-            let job = if to_client {
-                conn.io.client_write.take()
-            } else {
-                conn.io.up_write.take()
-            };
+            let job = if to_client { conn.io.client_write.take() } else { conn.io.up_write.take() };
             let Some(mut job) = job else {
                 if let Some(s) = slab {
                     ctx.pool.release(s);
@@ -458,11 +494,7 @@ pub fn on_completion(
                 // Short write: send the rest before anything else goes to this peer.
                 job.offset += result as u32;
                 job.len -= result as u32;
-                let fd = if to_client {
-                    Some(conn.client_fd())
-                } else {
-                    conn.up_fd()
-                };
+                let fd = if to_client { Some(conn.client_fd()) } else { conn.up_fd() };
                 if let Some(fd) = fd {
                     conn.submit_write(io, ctx, fd, t, job);
                     if to_client {
@@ -474,6 +506,14 @@ pub fn on_completion(
                 }
             } else if job.src == BufId::Out {
                 conn.out.release(ctx.pool);
+            } else if job.src == BufId::ClientRawOut || job.src == BufId::UpRawOut {
+                // Everything of this batch is out; rustls may hold more ciphertext.
+                conn.buf_mut(job.src).clear();
+                if to_client {
+                    conn.flush_client_tls(io, ctx);
+                } else {
+                    conn.flush_up_tls(io, ctx);
+                }
             }
         }
         tag::CONNECT => {
@@ -491,6 +531,9 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
     for _ in 0..LOOP_GUARD {
         let step = match conn.phase {
             Phase::AwaitRequest => http1::await_request(conn, io, ctx),
+            Phase::Detect => tls::detect(conn, io, ctx),
+            Phase::TlsAccept => tls::accept(conn, io, ctx),
+            Phase::TlsHandshake => tls::handshake(conn, io, ctx),
             Phase::RequestHead => http1::request_head(conn, io, ctx),
             Phase::Upstream => upstream::step(conn, io, ctx),
             Phase::SendRequest => http1::send_request(conn, io, ctx),
@@ -524,7 +567,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     conn.timer = None;
     stats::bump(&ctx.stats.timeouts, 1);
     match conn.phase {
-        Phase::AwaitRequest => NextStep::Close,
+        Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake => NextStep::Close,
         Phase::RequestHead => {
             if conn.requests == 0 || !conn.cin.is_empty() {
                 let r = crate::h1::error_response(408, "request head not received in time");

@@ -33,6 +33,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     };
     let mut c2u_done = ex.tunnel.client_to_upstream_done;
     let mut u2c_done = ex.tunnel.upstream_to_client_done;
+    let mut again = false;
 
     // client -> origin
     if !c2u_done && conn.io.up_write.is_none() && !conn.cin.is_lent() {
@@ -42,13 +43,12 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             conn.write_upstream(io, ctx, BufId::Cin, start, len);
         } else if conn.io.client_eof {
             if let Some(fd) = conn.up_fd() {
-                ctx.ring
-                    .submit(io, tag::UP_SHUTDOWN, Op::ShutdownWrite { fd }, ctx.pool);
+                ctx.ring.submit(io, tag::UP_SHUTDOWN, Op::ShutdownWrite { fd }, ctx.pool);
             }
             c2u_done = true;
             conn.cin.release_if_empty(ctx.pool);
-        } else if !conn.io.client_read {
-            conn.read_client(io, ctx);
+        } else if !conn.io.client_read && conn.read_client(io, ctx) == NextStep::Continue {
+            again = true;
         }
     }
     // origin -> client (the 200 goes first: it holds the client write lane until sent)
@@ -59,12 +59,11 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             conn.write_client(io, ctx, BufId::Uin, start, len);
         } else if conn.io.up_eof {
             let fd = conn.client_fd();
-            ctx.ring
-                .submit(io, tag::CLIENT_SHUTDOWN, Op::ShutdownWrite { fd }, ctx.pool);
+            ctx.ring.submit(io, tag::CLIENT_SHUTDOWN, Op::ShutdownWrite { fd }, ctx.pool);
             u2c_done = true;
             conn.uin.release_if_empty(ctx.pool);
-        } else if !conn.io.up_read {
-            conn.read_upstream(io, ctx);
+        } else if !conn.io.up_read && conn.read_upstream(io, ctx) == NextStep::Continue {
+            again = true;
         }
     }
     if let Some(ex) = conn.ex.as_mut() {
@@ -76,5 +75,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     }
     let t = ctx.cfg.timeouts.io_idle;
     conn.refresh_deadline(io, ctx, t);
-    NextStep::Wait
+    if again {
+        NextStep::Continue
+    } else {
+        NextStep::Wait
+    }
 }

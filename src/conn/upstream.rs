@@ -17,11 +17,7 @@ use uring::{Io, Op};
 /// Where the exchange goes once the upstream is ready.
 fn resume(conn: &mut Connection) -> NextStep {
     let connect = conn.ex.as_ref().is_some_and(|e| e.is_connect);
-    conn.phase = if connect {
-        Phase::Tunnel
-    } else {
-        Phase::SendRequest
-    };
+    conn.phase = if connect { Phase::Tunnel } else { Phase::SendRequest };
     NextStep::Continue
 }
 
@@ -41,20 +37,12 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     };
     match &mut ex.upstream_step {
         UpstreamStep::Start => {
-            let key = PoolKey {
-                host: ex.host.clone(),
-                port: ex.port,
-                tls: false,
-            };
+            let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
             if !ex.is_connect && !ex.fresh_only {
-                if let Some(sock) = ctx.upstreams.take(&key, ctx.now) {
+                if let Some(pooled) = ctx.upstreams.take(&key, ctx.now) {
                     stats::bump(&ctx.stats.pool_hits, 1);
-                    conn.upstream = Some(UpstreamConn {
-                        sock,
-                        key,
-                        reused: true,
-                        abandoned: false,
-                    });
+                    conn.upstream = Some(UpstreamConn { sock: pooled.sock, key, reused: true, abandoned: false });
+                    conn.utls = pooled.tls;
                     return resume(conn);
                 }
             }
@@ -85,24 +73,29 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                     if addrs.is_empty() {
                         return fail(conn, io, ctx, 508, "the target is this proxy itself");
                     }
-                    ex.upstream_step = UpstreamStep::Connecting {
-                        addrs,
-                        next: 0,
-                        last_error: None,
-                    };
+                    ex.upstream_step = UpstreamStep::Connecting { addrs, next: 0, last_error: None };
                     NextStep::Continue
                 }
             }
         }
-        UpstreamStep::Connecting {
-            addrs,
-            next,
-            last_error,
-        } => {
+        UpstreamStep::TlsHandshake => match super::tls::upstream_handshake(conn, io, ctx) {
+            Ok(NextStep::Continue) if conn.utls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
+                conn.clear_deadline(ctx);
+                resume(conn)
+            }
+            Ok(step) => step,
+            Err(why) => fail(conn, io, ctx, 502, &why),
+        },
+        UpstreamStep::Connecting { addrs, next, last_error } => {
             if let Some(result) = conn.io.connect_result.take() {
                 if result == 0 {
                     if let Some(up) = &conn.upstream {
                         let _ = up.sock.set_nodelay(true);
+                    }
+                    match super::tls::after_connect(conn, ctx) {
+                        Ok(true) => return NextStep::Continue,
+                        Ok(false) => {}
+                        Err(why) => return fail(conn, io, ctx, 502, &why),
                     }
                     conn.clear_deadline(ctx);
                     return resume(conn);
@@ -113,34 +106,18 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 conn.upstream = None;
             }
             if *next >= addrs.len() {
-                let why = last_error
-                    .clone()
-                    .unwrap_or_else(|| "no address to connect to".into());
+                let why = last_error.clone().unwrap_or_else(|| "no address to connect to".into());
                 return fail(conn, io, ctx, 502, &why);
             }
             let addr = addrs[*next];
-            let key = PoolKey {
-                host: ex.host.clone(),
-                port: ex.port,
-                tls: false,
-            };
-            let sock = match Socket::new(
-                Domain::for_address(addr),
-                Type::STREAM.cloexec(),
-                Some(Protocol::TCP),
-            ) {
+            let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
+            let sock = match Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)) {
                 Ok(s) => TcpStream::from(s),
                 Err(e) => return fail(conn, io, ctx, 502, &format!("cannot create a socket: {e}")),
             };
             let fd = sock.as_raw_fd();
-            conn.upstream = Some(UpstreamConn {
-                sock,
-                key,
-                reused: false,
-                abandoned: false,
-            });
-            ctx.ring
-                .submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
+            conn.upstream = Some(UpstreamConn { sock, key, reused: false, abandoned: false });
+            ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
             conn.io.connecting = true;
             NextStep::Wait
         }

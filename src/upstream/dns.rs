@@ -125,11 +125,7 @@ impl Resolver {
             if answer.result.is_err() {
                 self.stats.failures += 1;
             }
-            let ttl = if answer.result.is_ok() {
-                POSITIVE_TTL
-            } else {
-                NEGATIVE_TTL
-            };
+            let ttl = if answer.result.is_ok() { POSITIVE_TTL } else { NEGATIVE_TTL };
             if self.cache.len() >= MAX_CACHE {
                 self.cache.retain(|_, c| c.expires > now);
                 if self.cache.len() >= MAX_CACHE {
@@ -139,13 +135,7 @@ impl Resolver {
             if let Some(w) = self.waiting.remove(&answer.name) {
                 resume.extend(w);
             }
-            self.cache.insert(
-                answer.name,
-                Cached {
-                    answer: answer.result,
-                    expires: now + ttl,
-                },
-            );
+            self.cache.insert(answer.name, Cached { answer: answer.result, expires: now + ttl });
         }
         resume
     }
@@ -205,22 +195,12 @@ mod tests {
     #[test]
     fn literals_and_pins_answer_at_once() {
         let mut cfg = Config::default();
-        cfg.resolve
-            .push(("origin.test".into(), "127.0.0.9".parse().unwrap()));
+        cfg.resolve.push(("origin.test".into(), "127.0.0.9".parse().unwrap()));
         let mut r = Resolver::new(&cfg, 0).unwrap();
         let (_c, id) = ids(1);
-        assert_eq!(
-            r.lookup("10.1.2.3", id[0], Instant::now()),
-            Lookup::Ready(vec!["10.1.2.3".parse().unwrap()])
-        );
-        assert_eq!(
-            r.lookup("::1", id[0], Instant::now()),
-            Lookup::Ready(vec!["::1".parse().unwrap()])
-        );
-        assert_eq!(
-            r.lookup("origin.test", id[0], Instant::now()),
-            Lookup::Ready(vec!["127.0.0.9".parse().unwrap()])
-        );
+        assert_eq!(r.lookup("10.1.2.3", id[0], Instant::now()), Lookup::Ready(vec!["10.1.2.3".parse().unwrap()]));
+        assert_eq!(r.lookup("::1", id[0], Instant::now()), Lookup::Ready(vec!["::1".parse().unwrap()]));
+        assert_eq!(r.lookup("origin.test", id[0], Instant::now()), Lookup::Ready(vec!["127.0.0.9".parse().unwrap()]));
     }
 
     #[test]
@@ -229,11 +209,7 @@ mod tests {
         let (_c, id) = ids(2);
         let now = Instant::now();
         assert_eq!(r.lookup("localhost", id[0], now), Lookup::Pending);
-        assert_eq!(
-            r.lookup("localhost", id[1], now),
-            Lookup::Pending,
-            "second asker waits on the same job"
-        );
+        assert_eq!(r.lookup("localhost", id[1], now), Lookup::Pending, "second asker waits on the same job");
         let resumed = wait_answers(&mut r);
         assert_eq!(resumed, id);
         match r.lookup("localhost", id[0], Instant::now()) {
@@ -247,15 +223,9 @@ mod tests {
     fn unknown_name_fails_and_is_cached_negatively() {
         let mut r = Resolver::new(&Config::default(), 0).unwrap();
         let (_c, id) = ids(1);
-        assert_eq!(
-            r.lookup("no-such-host.invalid", id[0], Instant::now()),
-            Lookup::Pending
-        );
+        assert_eq!(r.lookup("no-such-host.invalid", id[0], Instant::now()), Lookup::Pending);
         wait_answers(&mut r);
-        assert!(matches!(
-            r.lookup("no-such-host.invalid", id[0], Instant::now()),
-            Lookup::Failed(_)
-        ));
+        assert!(matches!(r.lookup("no-such-host.invalid", id[0], Instant::now()), Lookup::Failed(_)));
         assert_eq!(r.stats.failures, 1);
     }
 }

@@ -13,8 +13,7 @@ pub fn is_own_listener(addr: SocketAddr, listeners: &[SocketAddr]) -> bool {
     listeners.iter().any(|l| {
         l.port() == addr.port()
             && (l.ip() == addr.ip()
-                || (l.ip().is_unspecified()
-                    && (addr.ip().is_loopback() || is_local_unspecified_match(addr.ip()))))
+                || (l.ip().is_unspecified() && (addr.ip().is_loopback() || is_local_unspecified_match(addr.ip()))))
     })
 }
 
@@ -28,10 +27,7 @@ mod tests {
 
     #[test]
     fn own_listener_is_recognised() {
-        let l: Vec<SocketAddr> = vec![
-            "127.0.0.1:8080".parse().unwrap(),
-            "0.0.0.0:3128".parse().unwrap(),
-        ];
+        let l: Vec<SocketAddr> = vec!["127.0.0.1:8080".parse().unwrap(), "0.0.0.0:3128".parse().unwrap()];
         assert!(is_own_listener("127.0.0.1:8080".parse().unwrap(), &l));
         assert!(!is_own_listener("127.0.0.2:8080".parse().unwrap(), &l));
         assert!(!is_own_listener("127.0.0.1:8081".parse().unwrap(), &l));

@@ -21,8 +21,15 @@ pub struct PoolKey {
 }
 
 struct Idle {
-    sock: TcpStream,
+    conn: Pooled,
     since: Instant,
+}
+
+/// A parked origin connection: the socket and, for TLS origins, its session (whose
+/// buffers hold no slab while parked).
+pub struct Pooled {
+    pub sock: TcpStream,
+    pub tls: Option<Box<crate::tls::TlsLeg>>,
 }
 
 /// Counters for metrics.
@@ -44,12 +51,7 @@ pub struct UpstreamPool {
 
 impl UpstreamPool {
     pub fn new(cfg: PoolConfig) -> Self {
-        UpstreamPool {
-            idle: HashMap::new(),
-            total: 0,
-            cfg,
-            stats: PoolStats::default(),
-        }
+        UpstreamPool { idle: HashMap::new(), total: 0, cfg, stats: PoolStats::default() }
     }
 
     /// Idle connections held now.
@@ -62,14 +64,14 @@ impl UpstreamPool {
     }
 
     /// The most recently parked live connection for `key`, if any.
-    pub fn take(&mut self, key: &PoolKey, now: Instant) -> Option<TcpStream> {
+    pub fn take(&mut self, key: &PoolKey, now: Instant) -> Option<Pooled> {
         let list = self.idle.get_mut(key)?;
         while let Some(idle) = list.pop_back() {
             self.total -= 1;
             let fresh = now.saturating_duration_since(idle.since) < self.cfg.idle_timeout;
-            if fresh && peek(idle.sock.as_fd()) == Peek::Quiet {
+            if fresh && peek(idle.conn.sock.as_fd()) == Peek::Quiet {
                 self.stats.hits += 1;
-                return Some(idle.sock);
+                return Some(idle.conn);
             }
             self.stats.stale_dropped += 1;
         }
@@ -82,7 +84,7 @@ impl UpstreamPool {
     }
 
     /// Parks a connection that just finished a response cleanly.
-    pub fn put(&mut self, key: PoolKey, sock: TcpStream, now: Instant) {
+    pub fn put(&mut self, key: PoolKey, conn: Pooled, now: Instant) {
         if self.cfg.max_idle_per_host == 0 || self.cfg.max_idle_total == 0 {
             return;
         }
@@ -95,7 +97,7 @@ impl UpstreamPool {
             self.total -= 1;
             self.stats.evictions += 1;
         }
-        list.push_back(Idle { sock, since: now });
+        list.push_back(Idle { conn, since: now });
         self.total += 1;
     }
 
@@ -121,8 +123,7 @@ impl UpstreamPool {
         self.idle.retain(|_, list| {
             let before = list.len();
             list.retain(|i| {
-                now.saturating_duration_since(i.since) < timeout
-                    && peek(i.sock.as_fd()) == Peek::Quiet
+                now.saturating_duration_since(i.since) < timeout && peek(i.conn.sock.as_fd()) == Peek::Quiet
             });
             dropped += before - list.len();
             !list.is_empty()
@@ -139,19 +140,15 @@ mod tests {
     use std::time::Duration;
 
     fn cfg(per_host: usize, total: usize) -> PoolConfig {
-        PoolConfig {
-            max_idle_per_host: per_host,
-            max_idle_total: total,
-            idle_timeout: Duration::from_secs(30),
-        }
+        PoolConfig { max_idle_per_host: per_host, max_idle_total: total, idle_timeout: Duration::from_secs(30) }
     }
 
     fn key(host: &str) -> PoolKey {
-        PoolKey {
-            host: host.into(),
-            port: 80,
-            tls: false,
-        }
+        PoolKey { host: host.into(), port: 80, tls: false }
+    }
+
+    fn plain(sock: TcpStream) -> Pooled {
+        Pooled { sock, tls: None }
     }
 
     fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
@@ -167,14 +164,12 @@ mod tests {
         let now = Instant::now();
         let (c1, s1) = pair(&l);
         let (c2, s2) = pair(&l);
-        pool.put(key("a"), c1, now);
-        pool.put(key("a"), c2, now);
+        pool.put(key("a"), plain(c1), now);
+        pool.put(key("a"), plain(c2), now);
         drop(s2); // the origin closes the newest one
         std::thread::sleep(Duration::from_millis(50));
-        let got = pool
-            .take(&key("a"), now)
-            .expect("the live one is handed out");
-        assert_eq!(got.peer_addr().unwrap(), s1.local_addr().unwrap());
+        let got = pool.take(&key("a"), now).expect("the live one is handed out");
+        assert_eq!(got.sock.peer_addr().unwrap(), s1.local_addr().unwrap());
         assert_eq!(pool.stats.stale_dropped, 1);
         assert!(pool.take(&key("a"), now).is_none());
         assert!(pool.take(&key("b"), now).is_none());
@@ -189,7 +184,7 @@ mod tests {
         for host in ["a", "a", "a", "b", "b"] {
             let (c, s) = pair(&l);
             servers.push(s);
-            pool.put(key(host), c, now);
+            pool.put(key(host), plain(c), now);
         }
         assert_eq!(pool.len(), 3);
         assert!(pool.stats.evictions >= 2);
@@ -201,7 +196,7 @@ mod tests {
         let mut pool = UpstreamPool::new(cfg(8, 100));
         let (c, _s) = pair(&l);
         let then = Instant::now();
-        pool.put(key("a"), c, then);
+        pool.put(key("a"), plain(c), then);
         pool.sweep(then + Duration::from_secs(31));
         assert!(pool.is_empty());
     }

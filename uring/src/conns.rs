@@ -97,18 +97,9 @@ pub enum Event<'a, T> {
         slab: Option<Slab>,
     },
     /// Multishot accept produced a socket (or an error in `result`).
-    Accepted {
-        listener: u32,
-        fd: Option<OwnedFd>,
-        result: i32,
-        more: bool,
-    },
+    Accepted { listener: u32, fd: Option<OwnedFd>, result: i32, more: bool },
     /// A worker-level operation completed.
-    Worker {
-        token: WorkerToken,
-        result: i32,
-        more: bool,
-    },
+    Worker { token: WorkerToken, result: i32, more: bool },
     /// A closing connection finished its last operation and was freed.
     Freed(ConnId),
     /// A closing connection's operation finished; others are still in flight.
@@ -136,12 +127,7 @@ impl<T> Default for Conns<T> {
 
 impl<T> Conns<T> {
     pub fn new() -> Self {
-        Conns {
-            entries: Vec::new(),
-            free: Vec::new(),
-            live: 0,
-            freed_total: 0,
-        }
+        Conns { entries: Vec::new(), free: Vec::new(), live: 0, freed_total: 0 }
     }
 
     /// Connections not yet freed (closing ones included).
@@ -163,27 +149,15 @@ impl<T> Conns<T> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.entries.push(Entry {
-                    ptr: std::ptr::null_mut(),
-                    gen: 0,
-                });
+                self.entries.push(Entry { ptr: std::ptr::null_mut(), gen: 0 });
                 (self.entries.len() - 1) as u32
             }
         };
         let entry = &mut self.entries[index as usize];
         entry.gen = entry.gen.wrapping_add(1);
-        let id = ConnId {
-            index,
-            gen: entry.gen,
-        };
+        let id = ConnId { index, gen: entry.gen };
         let slot = Box::new(Slot {
-            io: Io {
-                id,
-                inflight: 0,
-                closing: false,
-                lanes: Default::default(),
-                connect_addr: None,
-            },
+            io: Io { id, inflight: 0, closing: false, lanes: Default::default(), connect_addr: None },
             value,
         });
         entry.ptr = Box::into_raw(slot);
@@ -209,10 +183,7 @@ impl<T> Conns<T> {
             .iter()
             .enumerate()
             .filter(|(_, e)| !e.ptr.is_null())
-            .map(|(i, e)| ConnId {
-                index: i as u32,
-                gen: e.gen,
-            })
+            .map(|(i, e)| ConnId { index: i as u32, gen: e.gen })
             .collect()
     }
 
@@ -252,13 +223,7 @@ impl<T> Conns<T> {
 
     /// Turns one completion back into its meaning. Slabs of closing connections go back
     /// to the pool here.
-    pub fn complete(
-        &mut self,
-        user_data: u64,
-        result: i32,
-        flags: u32,
-        pool: &mut SlabPool,
-    ) -> Event<'_, T> {
+    pub fn complete(&mut self, user_data: u64, result: i32, flags: u32, pool: &mut SlabPool) -> Event<'_, T> {
         let more = io_uring::cqueue::more(flags);
         match decode(user_data) {
             Decoded::Worker(token) if token.kind == ACCEPT_KIND => {
@@ -269,18 +234,9 @@ impl<T> Conns<T> {
                 } else {
                     None
                 };
-                Event::Accepted {
-                    listener: token.index,
-                    fd,
-                    result,
-                    more,
-                }
+                Event::Accepted { listener: token.index, fd, result, more }
             }
-            Decoded::Worker(token) => Event::Worker {
-                token,
-                result,
-                more,
-            },
+            Decoded::Worker(token) => Event::Worker { token, result, more },
             Decoded::Conn { addr, gen16, tag } => {
                 let ptr = addr as *mut Slot<T>;
                 // SAFETY: user_data was built by `Ring::submit` from the address of a live
@@ -288,11 +244,7 @@ impl<T> Conns<T> {
                 // that count is zero, which happens after this (final) completion at the
                 // earliest. So the pointer is live; `&mut self` makes the reference unique.
                 let slot = unsafe { &mut *ptr };
-                debug_assert_eq!(
-                    slot.io.gen() as u16,
-                    gen16,
-                    "completion for a recycled slot"
-                );
+                debug_assert_eq!(slot.io.gen() as u16, gen16, "completion for a recycled slot");
                 let mut slab = None;
                 if !more {
                     debug_assert!(slot.io.inflight > 0, "completion without a submission");
@@ -303,12 +255,7 @@ impl<T> Conns<T> {
                             pool.in_kernel -= 1;
                         }
                     }
-                    if slot
-                        .io
-                        .connect_addr
-                        .as_ref()
-                        .is_some_and(|(t, _)| *t == tag)
-                    {
+                    if slot.io.connect_addr.as_ref().is_some_and(|(t, _)| *t == tag) {
                         slot.io.connect_addr = None;
                     }
                 }
@@ -323,13 +270,7 @@ impl<T> Conns<T> {
                     }
                     return Event::Draining;
                 }
-                Event::Conn {
-                    slot,
-                    tag,
-                    result,
-                    more,
-                    slab,
-                }
+                Event::Conn { slot, tag, result, more, slab }
             }
         }
     }

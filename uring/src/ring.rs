@@ -38,18 +38,14 @@ impl SockAddrRaw {
             SocketAddr::V4(a) => SockAddrRaw::V4(libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                 sin_zero: [0; 8],
             }),
             SocketAddr::V6(a) => SockAddrRaw::V6(libc::sockaddr_in6 {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: a.scope_id(),
             }),
         }
@@ -73,19 +69,9 @@ impl SockAddrRaw {
 #[derive(Debug)]
 pub enum Op {
     /// Read into `slab[offset..offset+len]` (fixed-buffer opcode for registered slabs).
-    Recv {
-        fd: RawFd,
-        slab: Slab,
-        offset: usize,
-        len: usize,
-    },
+    Recv { fd: RawFd, slab: Slab, offset: usize, len: usize },
     /// Write `slab[offset..offset+len]`.
-    Send {
-        fd: RawFd,
-        slab: Slab,
-        offset: usize,
-        len: usize,
-    },
+    Send { fd: RawFd, slab: Slab, offset: usize, len: usize },
     /// Wait until the fd is readable (or hung up), without holding a buffer.
     PollIn { fd: RawFd },
     /// Connect a socket.
@@ -116,12 +102,7 @@ impl Ring {
             .setup_defer_taskrun()
             .setup_cqsize(entries * 4)
             .build(entries)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_coop_taskrun()
-                    .setup_cqsize(entries * 4)
-                    .build(entries)
-            })
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries))
             .or_else(|_| IoUring::new(entries))?;
         let iovecs = pool.iovecs();
         let mut fixed_buffers = false;
@@ -150,10 +131,7 @@ impl Ring {
 
     /// Counters so far.
     pub fn stats(&self) -> RingStats {
-        RingStats {
-            backlog_now: self.backlog.len(),
-            ..self.stats
-        }
+        RingStats { backlog_now: self.backlog.len(), ..self.stats }
     }
 
     /// Submits a connection operation. A slab it carries parks in the slot until the
@@ -162,35 +140,21 @@ impl Ring {
         debug_assert!(!io.is_closing(), "op submitted on a closing slot");
         let user_data = encode_conn(io.addr(), io.gen(), tag);
         let entry = match op {
-            Op::Recv {
-                fd,
-                slab,
-                offset,
-                len,
-            } => {
+            Op::Recv { fd, slab, offset, len } => {
                 let (buf, len, fixed) = self.lend(io, tag, slab, offset, len, pool);
                 match fixed {
                     Some(index) => opcode::ReadFixed::new(types::Fd(fd), buf, len, index).build(),
                     None => opcode::Recv::new(types::Fd(fd), buf, len).build(),
                 }
             }
-            Op::Send {
-                fd,
-                slab,
-                offset,
-                len,
-            } => {
+            Op::Send { fd, slab, offset, len } => {
                 let (buf, len, fixed) = self.lend(io, tag, slab, offset, len, pool);
                 match fixed {
                     Some(index) => opcode::WriteFixed::new(types::Fd(fd), buf, len, index).build(),
-                    None => opcode::Send::new(types::Fd(fd), buf, len)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build(),
+                    None => opcode::Send::new(types::Fd(fd), buf, len).flags(libc::MSG_NOSIGNAL).build(),
                 }
             }
-            Op::PollIn { fd } => {
-                opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32).build()
-            }
+            Op::PollIn { fd } => opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32).build(),
             Op::Connect { fd, addr } => {
                 assert!(io.connect_addr.is_none(), "one connect at a time per slot");
                 let raw = Box::new(SockAddrRaw::new(addr));
@@ -200,9 +164,7 @@ impl Ring {
                 opcode::Connect::new(types::Fd(fd), ptr, len).build()
             }
             Op::ShutdownWrite { fd } => opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build(),
-            Op::CancelFd { fd } => {
-                opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build()
-            }
+            Op::CancelFd { fd } => opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build(),
         };
         io.started();
         self.push(entry.user_data(user_data));
@@ -219,23 +181,13 @@ impl Ring {
         len: usize,
         pool: &mut SlabPool,
     ) -> (*mut u8, u32, Option<u16>) {
-        assert!(
-            offset <= crate::SLAB_SIZE && len <= crate::SLAB_SIZE - offset,
-            "range outside the slab"
-        );
+        assert!(offset <= crate::SLAB_SIZE && len <= crate::SLAB_SIZE - offset, "range outside the slab");
         let base = pool.ptr(&slab);
         // SAFETY: offset + len <= SLAB_SIZE (asserted above), so the pointer stays inside the slab.
         let buf = unsafe { base.add(offset) };
         let fixed = (self.fixed_buffers && pool.is_registered(&slab)).then(|| slab.index() as u16);
-        let lane = io
-            .lanes
-            .get_mut(tag.0 as usize)
-            .expect("slab-carrying ops use tags below OpTag::SLAB_LANES");
-        assert!(
-            lane.is_none(),
-            "lane {} already has a slab in flight",
-            tag.0
-        );
+        let lane = io.lanes.get_mut(tag.0 as usize).expect("slab-carrying ops use tags below OpTag::SLAB_LANES");
+        assert!(lane.is_none(), "lane {} already has a slab in flight", tag.0);
         *lane = Some(slab);
         pool.in_kernel += 1;
         (buf, len as u32, fixed)
@@ -244,41 +196,25 @@ impl Ring {
     /// Arms multishot accept on a listener; completions come back as `Event::Accepted`
     /// with `listener = index`. Re-arm when a completion arrives without `more`.
     pub fn accept_multi(&mut self, listener_fd: RawFd, index: u32) {
-        let ud = encode_worker(WorkerToken {
-            kind: ACCEPT_KIND,
-            index,
-        });
-        let entry = opcode::AcceptMulti::new(types::Fd(listener_fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud);
+        let ud = encode_worker(WorkerToken { kind: ACCEPT_KIND, index });
+        let entry = opcode::AcceptMulti::new(types::Fd(listener_fd)).flags(libc::SOCK_CLOEXEC).build().user_data(ud);
         self.push(entry);
     }
 
     /// Waits for a worker-level fd (the wake pipe) to become readable.
     pub fn poll_worker_fd(&mut self, fd: RawFd, token: WorkerToken) {
-        assert!(
-            token.kind != ACCEPT_KIND,
-            "worker kind 0 is the ring's accept"
-        );
-        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-            .build()
-            .user_data(encode_worker(token));
+        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
+        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(encode_worker(token));
         self.push(entry);
     }
 
     /// Arms a multishot timer that completes every `every` (re-arm when `more` is clear).
     pub fn tick(&mut self, every: Duration, token: WorkerToken) {
-        assert!(
-            token.kind != ACCEPT_KIND,
-            "worker kind 0 is the ring's accept"
-        );
+        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
         *self.tick = types::Timespec::from(every);
         let ts: *const types::Timespec = &*self.tick;
-        let entry = opcode::Timeout::new(ts)
-            .flags(types::TimeoutFlags::MULTISHOT)
-            .build()
-            .user_data(encode_worker(token));
+        let entry =
+            opcode::Timeout::new(ts).flags(types::TimeoutFlags::MULTISHOT).build().user_data(encode_worker(token));
         self.push(entry);
     }
 
@@ -323,9 +259,7 @@ impl Ring {
         let want = if self.backlog.is_empty() { want } else { 0 };
         match self.ring.submit_and_wait(want) {
             Ok(_) => {}
-            Err(e)
-                if e.raw_os_error() == Some(libc::EINTR)
-                    || e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(e),
         }
         self.cqes.clear();

@@ -100,10 +100,7 @@ impl SlabPool {
     pub fn take(&mut self) -> Slab {
         self.outstanding += 1;
         if let Some(index) = self.free.pop() {
-            return Slab {
-                pool: self.id,
-                index,
-            };
+            return Slab { pool: self.id, index };
         }
         let buf = vec![0u8; SLAB_SIZE].into_boxed_slice();
         let o = match self.overflow_free.pop() {
@@ -116,10 +113,7 @@ impl SlabPool {
                 (self.overflow.len() - 1) as u32
             }
         };
-        Slab {
-            pool: self.id,
-            index: self.registered + o,
-        }
+        Slab { pool: self.id, index: self.registered + o }
     }
 
     /// Returns a slab to the pool.

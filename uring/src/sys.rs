@@ -10,8 +10,7 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; all-zero is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     // SAFETY: the pointer and size describe `set`, which lives across the call.
-    let rc =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -28,10 +27,7 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
 /// Pins the calling thread to one CPU.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "cpu index out of range",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
     }
     // SAFETY: as in allowed_cpus.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
@@ -61,14 +57,8 @@ pub enum Peek {
 pub fn peek(fd: BorrowedFd<'_>) -> Peek {
     let mut byte = 0u8;
     // SAFETY: the buffer is one valid byte; the fd is borrowed, so it is open for the call.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            (&mut byte as *mut u8).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
+    let n =
+        unsafe { libc::recv(fd.as_raw_fd(), (&mut byte as *mut u8).cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     match n {
         1.. => Peek::Data,
         0 => Peek::Closed,
@@ -100,8 +90,5 @@ pub fn original_dst(fd: BorrowedFd<'_>) -> io::Result<SocketAddr> {
         return Err(io::Error::last_os_error());
     }
     let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
-    Ok(SocketAddr::V4(SocketAddrV4::new(
-        ip,
-        u16::from_be(addr.sin_port),
-    )))
+    Ok(SocketAddr::V4(SocketAddrV4::new(ip, u16::from_be(addr.sin_port))))
 }

@@ -43,11 +43,7 @@ pub enum Decoded {
 
 /// Encodes a connection op. `addr` must be 16-byte aligned and below 2^48.
 pub fn encode_conn(addr: u64, gen: u32, tag: OpTag) -> u64 {
-    debug_assert_eq!(
-        addr & !PTR_MASK,
-        0,
-        "slot address not 16-aligned or above 2^48"
-    );
+    debug_assert_eq!(addr & !PTR_MASK, 0, "slot address not 16-aligned or above 2^48");
     debug_assert!(tag.0 <= OpTag::MAX);
     ((gen as u64 & 0xffff) << 48) | (addr & PTR_MASK) | tag.0 as u64
 }
@@ -62,16 +58,9 @@ pub fn encode_worker(token: WorkerToken) -> u64 {
 pub fn decode(user_data: u64) -> Decoded {
     let tag = (user_data & 0xf) as u8;
     if tag as u64 == WORKER_TAG {
-        Decoded::Worker(WorkerToken {
-            kind: ((user_data >> 4) & 0xf) as u8,
-            index: (user_data >> 8) as u32,
-        })
+        Decoded::Worker(WorkerToken { kind: ((user_data >> 4) & 0xf) as u8, index: (user_data >> 8) as u32 })
     } else {
-        Decoded::Conn {
-            addr: user_data & PTR_MASK,
-            gen16: (user_data >> 48) as u16,
-            tag: OpTag(tag),
-        }
+        Decoded::Conn { addr: user_data & PTR_MASK, gen16: (user_data >> 48) as u16, tag: OpTag(tag) }
     }
 }
 
@@ -81,20 +70,10 @@ mod tests {
 
     #[test]
     fn conn_round_trips() {
-        for &(addr, gen, tag) in &[
-            (0x10u64, 0u32, 0u8),
-            (0x7fff_ffff_fff0, 0xffff_ffff, 14),
-            (0x5555_1234_5670, 77, 3),
-        ] {
+        for &(addr, gen, tag) in &[(0x10u64, 0u32, 0u8), (0x7fff_ffff_fff0, 0xffff_ffff, 14), (0x5555_1234_5670, 77, 3)]
+        {
             let ud = encode_conn(addr, gen, OpTag(tag));
-            assert_eq!(
-                decode(ud),
-                Decoded::Conn {
-                    addr,
-                    gen16: gen as u16,
-                    tag: OpTag(tag)
-                }
-            );
+            assert_eq!(decode(ud), Decoded::Conn { addr, gen16: gen as u16, tag: OpTag(tag) });
         }
     }
 
@@ -111,10 +90,7 @@ mod tests {
     #[test]
     fn every_conn_tag_differs_from_worker_tag() {
         for tag in 0..=OpTag::MAX {
-            assert!(matches!(
-                decode(encode_conn(0x1000, 1, OpTag(tag))),
-                Decoded::Conn { .. }
-            ));
+            assert!(matches!(decode(encode_conn(0x1000, 1, OpTag(tag))), Decoded::Conn { .. }));
         }
     }
 }

@@ -62,48 +62,14 @@ fn close_with_ops_in_flight_frees_exactly_once() {
     while (&b).write(&junk).is_ok() {}
     b.set_nonblocking(false).unwrap();
 
-    let id = conns.insert(Probe {
-        a,
-        b,
-        drops: drops.clone(),
-    });
+    let id = conns.insert(Probe { a, b, drops: drops.clone() });
     {
         let slot = conns.get_mut(id).unwrap();
         let (probe, io) = slot.split();
         let (fa, fb) = (probe.a.as_raw_fd(), probe.b.as_raw_fd());
-        ring.submit(
-            io,
-            OpTag(0),
-            Op::Recv {
-                fd: fa,
-                slab: pool.take(),
-                offset: 0,
-                len: 4096,
-            },
-            &mut pool,
-        );
-        ring.submit(
-            io,
-            OpTag(2),
-            Op::Recv {
-                fd: fb,
-                slab: pool.take(),
-                offset: 0,
-                len: 4096,
-            },
-            &mut pool,
-        );
-        ring.submit(
-            io,
-            OpTag(3),
-            Op::Send {
-                fd: fb,
-                slab: pool.take(),
-                offset: 0,
-                len: 65536,
-            },
-            &mut pool,
-        );
+        ring.submit(io, OpTag(0), Op::Recv { fd: fa, slab: pool.take(), offset: 0, len: 4096 }, &mut pool);
+        ring.submit(io, OpTag(2), Op::Recv { fd: fb, slab: pool.take(), offset: 0, len: 4096 }, &mut pool);
+        ring.submit(io, OpTag(3), Op::Send { fd: fb, slab: pool.take(), offset: 0, len: 65536 }, &mut pool);
         ring.submit(io, OpTag(5), Op::PollIn { fd: fa }, &mut pool);
         assert_eq!(io.inflight(), 4);
         assert!(io.lane_busy(OpTag(0)) && io.lane_busy(OpTag(3)));
@@ -148,12 +114,7 @@ fn a_read_completes_into_its_slab_and_hands_it_back() {
         ring.submit(
             io,
             OpTag(1),
-            Op::Recv {
-                fd: pair.0.as_raw_fd(),
-                slab: pool.take(),
-                offset: 100,
-                len: 1000,
-            },
+            Op::Recv { fd: pair.0.as_raw_fd(), slab: pool.take(), offset: 100, len: 1000 },
             &mut pool,
         );
     }
@@ -163,13 +124,7 @@ fn a_read_completes_into_its_slab_and_hands_it_back() {
     assert_eq!(cqes.len(), 1);
     let (ud, res, flags) = cqes[0];
     match conns.complete(ud, res, flags, &mut pool) {
-        Event::Conn {
-            tag,
-            result,
-            slab: Some(slab),
-            slot,
-            ..
-        } => {
+        Event::Conn { tag, result, slab: Some(slab), slot, .. } => {
             assert_eq!(tag, OpTag(1));
             assert_eq!(result, 10);
             assert_eq!(&pool.bytes(&slab)[100..110], b"hello ring");
@@ -220,9 +175,6 @@ fn a_full_submission_queue_backlogs_instead_of_dropping() {
         }
     }
     assert_eq!(seen, 32, "every submission completed");
-    assert!(
-        ring.stats().enter_calls > 2,
-        "a queue of 4 had to be flushed early to take 32 entries"
-    );
+    assert!(ring.stats().enter_calls > 2, "a queue of 4 had to be flushed early to take 32 entries");
     assert!(conns.close(id));
 }
