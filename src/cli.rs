@@ -52,7 +52,7 @@ enum CaCommand {
 
 /// Flags of `sluice run`. Each overrides the config file's key of the same name; a
 /// repeatable flag given at least once replaces the file's whole list.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Default, Clone, Args)]
 #[command(after_help = "Flags override the config file. A repeatable flag (--listen, \
     --quic-listen, --upstream-ca, --resolve, --passthrough, --connect-port) given at least \
     once REPLACES the file's list for that key; it does not add to it.")]
@@ -159,7 +159,10 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
                 Ok(config) => config,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
-            match crate::server::run(config) {
+            let reload_args = args.clone();
+            let reload: crate::server::Reloader =
+                Box::new(move || reload_args.load_config().map_err(|e| e.to_string()));
+            match crate::server::run(config, reload) {
                 Ok(()) => 0,
                 Err(e) => fail(EXIT_RUN, &e),
             }

@@ -4,6 +4,8 @@
 //! An empty TOML file is a valid config: every key has a default. Unknown keys are
 //! refused with the key's name so typos never pass silently.
 
+use crate::accesslog::LogFormat;
+use crate::acl::Cidr;
 use serde::{de, Deserialize, Deserializer};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +44,16 @@ pub struct Config {
     pub slabs_per_worker: usize,
     /// Forged server configs kept per worker (LRU), keyed by server name.
     pub cert_cache_size: usize,
+    /// Where access log lines go: `None` = no access log (`"off"`), `Some("stdout")` =
+    /// standard output, anything else a file path (opened for appending).
+    pub access_log: Option<String>,
+    /// The access log line format.
+    pub access_log_format: LogFormat,
+    /// Client addresses allowed to use the proxy; others are refused. Empty = nobody.
+    pub allow_clients: Vec<Cidr>,
+    /// Destination addresses never connected to (checked on the resolved address: SSRF
+    /// defence). Empty = any destination.
+    pub deny_destinations: Vec<Cidr>,
 }
 
 /// Size and count limits.
@@ -68,6 +80,9 @@ pub struct Timeouts {
     pub upstream_response: Duration,
     /// No progress on an established body transfer or tunnel in either direction.
     pub io_idle: Duration,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take to finish before what is
+    /// left is closed. Zero closes everything at once.
+    pub drain: Duration,
 }
 
 /// The per-worker upstream connection pool.
@@ -101,10 +116,15 @@ impl Default for Config {
                 upstream_connect: Duration::from_secs(10),
                 upstream_response: Duration::from_secs(60),
                 io_idle: Duration::from_secs(300),
+                drain: Duration::from_secs(30),
             },
             pool: PoolConfig { max_idle_per_host: 8, max_idle_total: 1024, idle_timeout: Duration::from_secs(30) },
             slabs_per_worker: 1024,
             cert_cache_size: 1000,
+            access_log: None,
+            access_log_format: LogFormat::Common,
+            allow_clients: crate::acl::default_allow_clients(),
+            deny_destinations: crate::acl::default_deny_destinations(),
         }
     }
 }
@@ -265,6 +285,30 @@ pub fn parse_passthrough(s: &str) -> Result<String, String> {
         .map_err(|e| format!("expected a server name or *.suffix: {e}"))
 }
 
+/// Parses the access log target: `off` (no access log), `stdout` (or `-`, the same), or a
+/// file path, absolute or relative to the working directory.
+pub fn parse_access_log(s: &str) -> Result<Option<String>, String> {
+    match s {
+        "off" => Ok(None),
+        "stdout" | "-" => Ok(Some("stdout".to_string())),
+        path => check_log_path(path).map(|()| Some(path.to_string())),
+    }
+}
+
+/// Checks an access log file path: non-empty text naming a file, not a directory.
+fn check_log_path(path: &str) -> Result<(), String> {
+    if path.trim().is_empty() {
+        return Err("expected \"off\", \"stdout\" or a file path".to_string());
+    }
+    if path.chars().any(char::is_control) {
+        return Err("a file path must not contain control characters".to_string());
+    }
+    if path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..") || path == "." || path == ".." {
+        return Err("names a directory; expected a file path".to_string());
+    }
+    Ok(())
+}
+
 /// Checks a DNS name (letters, digits, `-`, `_`, dot-separated labels) and lower-cases it.
 fn check_name(name: &str) -> Result<String, String> {
     let trimmed = name.strip_suffix('.').unwrap_or(name);
@@ -347,9 +391,43 @@ impl Config {
                 ));
             }
         }
+        // Zero is allowed here: close whatever is in flight at once.
+        if t.drain > Duration::from_secs(MAX_TIMEOUT_SECS) {
+            return Err(ConfigError::invalid(
+                "timeouts.drain",
+                format!("must be between 0 and {MAX_TIMEOUT_SECS} seconds, got {}", t.drain.as_secs_f64()),
+            ));
+        }
+        if let Some(target) = &self.access_log {
+            check_log_path(target).map_err(|e| ConfigError::invalid("access_log", e))?;
+        }
+        // allow_clients and deny_destinations: any list is valid (`Cidr` cannot hold a bad
+        // block). An empty allow_clients refuses every client, on purpose.
         Ok(())
     }
+
+    /// The keys that differ between `self` (the config in force) and `new` and that only
+    /// take effect on a restart: [`RESTART_KEYS`]. Empty when a SIGHUP reload can apply
+    /// everything that changed. Lists compare in order.
+    pub fn reloadable_diff(&self, new: &Config) -> Vec<&'static str> {
+        let differs = [
+            self.listen != new.listen,
+            self.quic_listen != new.quic_listen,
+            self.admin != new.admin,
+            self.workers != new.workers,
+            self.slabs_per_worker != new.slabs_per_worker,
+            self.ca_dir != new.ca_dir,
+            self.upstream_ca != new.upstream_ca,
+            self.cert_cache_size != new.cert_cache_size,
+        ];
+        RESTART_KEYS.iter().zip(differs).filter(|(_, d)| *d).map(|(k, _)| *k).collect()
+    }
 }
+
+/// Keys a SIGHUP reload cannot change (listeners, threads, registered buffers, the CA
+/// and trust store, the per-worker certificate cache); every other key is reloadable.
+pub const RESTART_KEYS: [&str; 8] =
+    ["listen", "quic_listen", "admin", "workers", "slabs_per_worker", "ca_dir", "upstream_ca", "cert_cache_size"];
 
 fn in_range(key: &str, value: usize, min: usize, max: usize) -> Result<(), ConfigError> {
     if value < min {
@@ -573,6 +651,10 @@ struct FileConfig {
     connect_ports: Option<Spanned<Vec<u16>>>,
     slabs_per_worker: Option<Spanned<usize>>,
     cert_cache_size: Option<Spanned<usize>>,
+    access_log: Option<Spanned<AccessLogValue>>,
+    access_log_format: Option<Spanned<LogFormatValue>>,
+    allow_clients: Option<Spanned<Vec<CidrValue>>>,
+    deny_destinations: Option<Spanned<Vec<CidrValue>>>,
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
     pool: Option<PoolFile>,
@@ -594,6 +676,7 @@ struct TimeoutsFile {
     upstream_connect: Option<Spanned<Seconds>>,
     upstream_response: Option<Spanned<Seconds>>,
     io_idle: Option<Spanned<Seconds>>,
+    drain: Option<Spanned<Seconds>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -663,6 +746,14 @@ impl FileConfig {
         t.set("connect_ports", self.connect_ports, &mut c.connect_ports);
         t.set("slabs_per_worker", self.slabs_per_worker, &mut c.slabs_per_worker);
         t.set("cert_cache_size", self.cert_cache_size, &mut c.cert_cache_size);
+        if let Some(log) = t.take("access_log", self.access_log) {
+            c.access_log = log.0;
+        }
+        if let Some(format) = t.take("access_log_format", self.access_log_format) {
+            c.access_log_format = format.0;
+        }
+        t.set_list("allow_clients", self.allow_clients, &mut c.allow_clients, |b| b.0);
+        t.set_list("deny_destinations", self.deny_destinations, &mut c.deny_destinations, |b| b.0);
 
         let l = self.limits.unwrap_or_default();
         t.set("limits.max_header_bytes", l.max_header_bytes, &mut c.limits.max_header_bytes);
@@ -680,6 +771,7 @@ impl FileConfig {
         t.set_secs("timeouts.upstream_connect", to.upstream_connect, &mut ct.upstream_connect);
         t.set_secs("timeouts.upstream_response", to.upstream_response, &mut ct.upstream_response);
         t.set_secs("timeouts.io_idle", to.io_idle, &mut ct.io_idle);
+        t.set_secs("timeouts.drain", to.drain, &mut ct.drain);
 
         let p = self.pool.unwrap_or_default();
         t.set("pool.max_idle_per_host", p.max_idle_per_host, &mut c.pool.max_idle_per_host);
@@ -709,6 +801,25 @@ string_value!(ListenValue, SocketAddr, parse_socket_addr);
 string_value!(AdminValue, Option<SocketAddr>, parse_admin);
 string_value!(ResolveValue, (String, IpAddr), parse_resolve);
 string_value!(PassthroughValue, String, parse_passthrough);
+string_value!(AccessLogValue, Option<String>, parse_access_log);
+
+/// Deserializes a string through the type's `FromStr`, whose error already quotes the value.
+macro_rules! from_str_value {
+    ($name:ident, $ty:ty) => {
+        #[derive(Debug)]
+        struct $name($ty);
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse::<$ty>().map($name).map_err(de::Error::custom)
+            }
+        }
+    };
+}
+
+from_str_value!(LogFormatValue, LogFormat);
+from_str_value!(CidrValue, Cidr);
 
 /// A duration in seconds: an integer or a fractional number (`0.5`).
 #[derive(Debug)]
@@ -752,6 +863,10 @@ mod tests {
         parse_str(text).unwrap_err().to_string()
     }
 
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
     const FULL: &str = r#"
 listen = ["127.0.0.1:8081", "[::1]:8082"]
 quic_listen = ["127.0.0.1:8443"]
@@ -764,6 +879,11 @@ passthrough = ["bank.example", "*.apple.com"]
 intercept_connect = true
 connect_ports = [443, 8443]
 slabs_per_worker = 2048
+cert_cache_size = 500
+access_log = "/var/log/sluice/access.log"
+access_log_format = "json"
+allow_clients = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
+deny_destinations = []
 [limits]
 max_header_bytes = 32768
 max_headers = 50
@@ -774,6 +894,7 @@ client_idle = 30
 upstream_connect = 5
 upstream_response = 45.25
 io_idle = 600
+drain = 2.5
 [pool]
 max_idle_per_host = 4
 max_idle_total = 256
@@ -817,10 +938,15 @@ idle_timeout = 15
                 upstream_connect: Duration::from_secs(5),
                 upstream_response: Duration::from_millis(45250),
                 io_idle: Duration::from_secs(600),
+                drain: Duration::from_millis(2500),
             },
             pool: PoolConfig { max_idle_per_host: 4, max_idle_total: 256, idle_timeout: Duration::from_secs(15) },
             slabs_per_worker: 2048,
-            cert_cache_size: 1000,
+            cert_cache_size: 500,
+            access_log: Some("/var/log/sluice/access.log".into()),
+            access_log_format: LogFormat::Json,
+            allow_clients: vec![cidr("10.0.0.0/8"), cidr("2001:db8::/32"), cidr("192.0.2.7/32")],
+            deny_destinations: vec![],
         };
         assert_eq!(c, expected);
     }
@@ -1073,5 +1199,147 @@ idle_timeout = 15
             assert!(!e.contains('\n'), "{text:?} -> {e:?}");
             assert!(e.starts_with("config: "), "{e}");
         }
+    }
+
+    #[test]
+    fn new_keys_default() {
+        let c = Config::default();
+        assert_eq!(c.timeouts.drain, Duration::from_secs(30));
+        assert_eq!(c.access_log, None);
+        assert_eq!(c.access_log_format, LogFormat::Common);
+        assert_eq!(c.allow_clients, crate::acl::default_allow_clients());
+        assert_eq!(c.deny_destinations, crate::acl::default_deny_destinations());
+        assert!(!c.allow_clients.is_empty() && !c.deny_destinations.is_empty());
+    }
+
+    #[test]
+    fn access_log_targets() {
+        assert_eq!(parse_str("access_log = \"off\"").unwrap().access_log, None);
+        assert_eq!(parse_str("access_log = \"stdout\"").unwrap().access_log.as_deref(), Some("stdout"));
+        assert_eq!(parse_str("access_log = \"-\"").unwrap().access_log.as_deref(), Some("stdout"));
+        assert_eq!(parse_str("access_log = \"/var/log/a.log\"").unwrap().access_log.as_deref(), Some("/var/log/a.log"));
+        assert_eq!(parse_str("access_log = \"logs/a.log\"").unwrap().access_log.as_deref(), Some("logs/a.log"));
+        assert_eq!(parse_access_log("off"), Ok(None));
+        assert_eq!(
+            err("\naccess_log = \"\""),
+            "config: access_log: \"\": expected \"off\", \"stdout\" or a file path (line 2)"
+        );
+        assert_eq!(
+            err("access_log = \"  \""),
+            "config: access_log: \"  \": expected \"off\", \"stdout\" or a file path (line 1)"
+        );
+        assert_eq!(
+            err("access_log = \"/var/log/\""),
+            "config: access_log: \"/var/log/\": names a directory; expected a file path (line 1)"
+        );
+        assert!(err("access_log = \".\"").contains("names a directory"));
+        assert_eq!(
+            err("access_log = \"a\\nb\""),
+            "config: access_log: \"a\\nb\": a file path must not contain control characters (line 1)"
+        );
+        assert_eq!(
+            err("access_log = false"),
+            "config: access_log: invalid type: boolean `false`, expected a string (line 1)"
+        );
+    }
+
+    #[test]
+    fn access_log_formats() {
+        assert_eq!(parse_str("access_log_format = \"common\"").unwrap().access_log_format, LogFormat::Common);
+        assert_eq!(parse_str("access_log_format = \"json\"").unwrap().access_log_format, LogFormat::Json);
+        assert_eq!(
+            err("\n\naccess_log_format = \"JSON\""),
+            "config: access_log_format: expected \"common\" or \"json\", got \"JSON\" (line 3)"
+        );
+        assert!(err("access_log_format = 1").starts_with("config: access_log_format: invalid type"));
+    }
+
+    #[test]
+    fn address_lists() {
+        let c = parse_str("allow_clients = [\"0.0.0.0/0\", \"::/0\"]\ndeny_destinations = [\"127.0.0.0/8\"]").unwrap();
+        assert_eq!(c.allow_clients, vec![cidr("0.0.0.0/0"), cidr("::/0")]);
+        assert_eq!(c.deny_destinations, vec![cidr("127.0.0.0/8")]);
+        // Empty lists are valid: nobody may use the proxy / every destination is allowed.
+        let c = parse_str("allow_clients = []\ndeny_destinations = []").unwrap();
+        assert!(c.allow_clients.is_empty() && c.deny_destinations.is_empty());
+        assert_eq!(
+            err("allow_clients = [\"10.0.0.0/33\"]"),
+            "config: allow_clients: \"10.0.0.0/33\": prefix must be 0..=32 (line 1)"
+        );
+        assert_eq!(
+            err("workers = 1\ndeny_destinations = [\"metadata\"]"),
+            "config: deny_destinations: \"metadata\": not an IP address or CIDR block (line 2)"
+        );
+        assert_eq!(
+            err("allow_clients = \"10.0.0.0/8\""),
+            "config: allow_clients: invalid type: string \"10.0.0.0/8\", expected an array (line 1)"
+        );
+    }
+
+    #[test]
+    fn drain_timeout() {
+        assert_eq!(parse_str("[timeouts]\ndrain = 0").unwrap().timeouts.drain, Duration::ZERO);
+        assert_eq!(parse_str("[timeouts]\ndrain = 0.25").unwrap().timeouts.drain, Duration::from_millis(250));
+        assert_eq!(parse_str("[timeouts]\ndrain = 2592000").unwrap().timeouts.drain, Duration::from_secs(2592000));
+        assert_eq!(
+            err("[timeouts]\n\ndrain = 2592001"),
+            "config: timeouts.drain: must be between 0 and 2592000 seconds, got 2592001 (line 3)"
+        );
+        assert_eq!(err("[timeouts]\ndrain = -1"), "config: timeouts.drain: -1 seconds: must not be negative (line 2)");
+        assert!(err("[timeouts]\ndrain = \"30s\"").starts_with("config: timeouts.drain: invalid type"));
+    }
+
+    #[test]
+    fn validate_checks_new_keys_programmatically() {
+        let c = Config { access_log: Some(String::new()), ..Config::default() };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "config: access_log: expected \"off\", \"stdout\" or a file path"
+        );
+        let mut c = Config::default();
+        c.timeouts.drain = Duration::from_secs(MAX_TIMEOUT_SECS + 1);
+        assert_eq!(c.validate().unwrap_err().key(), Some("timeouts.drain"));
+        let c = Config { allow_clients: vec![], deny_destinations: vec![], ..Config::default() };
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn reloadable_diff_lists_only_restart_keys() {
+        let old = Config::default();
+        assert!(old.reloadable_diff(&old.clone()).is_empty());
+
+        // Everything reloadable changes: nothing needs a restart.
+        let mut new = parse_str(
+            "resolve = [\"a.test:127.0.0.2\"]\npassthrough = [\"b.test\"]\nintercept_connect = true\n\
+             connect_ports = [443, 8443]\naccess_log = \"stdout\"\naccess_log_format = \"json\"\n\
+             allow_clients = []\ndeny_destinations = [\"10.0.0.0/8\"]\n\
+             [limits]\nmax_headers = 10\n[timeouts]\ndrain = 5\nio_idle = 1\n[pool]\nmax_idle_total = 1\n",
+        )
+        .unwrap();
+        assert_ne!(new, old);
+        assert_eq!(old.reloadable_diff(&new), Vec::<&str>::new());
+
+        new.workers = Some(4);
+        new.admin = None;
+        assert_eq!(old.reloadable_diff(&new), vec!["admin", "workers"]);
+
+        // Every restart key changed: all of them, in RESTART_KEYS order.
+        let all = Config {
+            listen: vec![addr("127.0.0.1:1")],
+            quic_listen: vec![addr("127.0.0.1:2")],
+            admin: Some(addr("127.0.0.1:3")),
+            workers: Some(1),
+            slabs_per_worker: 16,
+            ca_dir: PathBuf::from("/other/CA"),
+            upstream_ca: vec![PathBuf::from("/x.pem")],
+            cert_cache_size: 1,
+            ..Config::default()
+        };
+        assert_eq!(old.reloadable_diff(&all), RESTART_KEYS.to_vec());
+        assert_eq!(all.reloadable_diff(&old), RESTART_KEYS.to_vec());
+        // Order counts in lists.
+        let a = Config { listen: vec![addr("127.0.0.1:1"), addr("127.0.0.1:2")], ..Config::default() };
+        let b = Config { listen: vec![addr("127.0.0.1:2"), addr("127.0.0.1:1")], ..Config::default() };
+        assert_eq!(a.reloadable_diff(&b), vec!["listen"]);
     }
 }

@@ -5,10 +5,14 @@
 //! `uring` crate; this one forbids it.
 #![forbid(unsafe_code)]
 
+pub mod accesslog;
+pub mod acl;
 pub mod cli;
 pub mod config;
 pub mod conn;
+pub mod control;
 pub mod h1;
+pub mod notify;
 pub mod server;
 pub mod stats;
 pub mod timers;

@@ -2,14 +2,18 @@
 //! any thread starts), then starts one pinned worker per CPU of the affinity mask the
 //! process was started with, each with its own `SO_REUSEPORT` sockets.
 
+use crate::accesslog::{LogSink, LogTarget};
 use crate::config::Config;
 use crate::conn::Role;
+use crate::control::Control;
+use crate::notify::Notifier;
 use crate::stats::WorkerStats;
 use crate::worker::{self, WorkerSetup};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 use socket2::{Domain, Protocol, Socket, Type};
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// A start-up failure an operator can act on (port in use, bad CPU set, ...).
@@ -57,8 +61,20 @@ pub fn plan_cpus(allowed: &[usize], workers: Option<usize>) -> Vec<Option<usize>
     (0..n).map(|i| if allowed.is_empty() { None } else { Some(allowed[i % allowed.len()]) }).collect()
 }
 
-/// Runs the proxy until every worker stops.
-pub fn run(config: Config) -> Result<(), StartError> {
+/// Re-reads the configuration (the same file and flags as at start-up), for SIGHUP.
+pub type Reloader = Box<dyn Fn() -> Result<Config, String> + Send>;
+
+fn open_access_log(config: &Config) -> Result<Option<Arc<LogSink>>, String> {
+    match &config.access_log {
+        None => Ok(None),
+        Some(target) => LogSink::new(LogTarget::parse(target))
+            .map(|s| Some(Arc::new(s)))
+            .map_err(|e| format!("access_log {target}: {e}")),
+    }
+}
+
+/// Runs the proxy until SIGTERM/SIGINT has drained it.
+pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
     let allowed =
         uring::sys::allowed_cpus().map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
     let cpus = plan_cpus(&allowed, config.workers);
@@ -88,9 +104,13 @@ pub fn run(config: Config) -> Result<(), StartError> {
     }
     let ca = Arc::new(ca);
     let upstream_tls = crate::tls::upstream::client_config(&config.upstream_ca).map_err(StartError)?;
+    let access = open_access_log(&config).map_err(StartError)?;
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
     let config = Arc::new(config);
+    let control = Arc::new(Control::new(config.clone()));
+    control.set_access_log(access);
     let stats: Arc<[WorkerStats]> = (0..cpus.len()).map(|_| WorkerStats::default()).collect();
-    let stop = Arc::new(AtomicBool::new(false));
     let via = via_token();
     let mut threads = Vec::new();
     for (index, (cpu, listeners)) in cpus.iter().zip(per_worker).enumerate() {
@@ -101,7 +121,7 @@ pub fn run(config: Config) -> Result<(), StartError> {
             stats: stats.clone(),
             listeners,
             via: via.clone(),
-            stop: stop.clone(),
+            control: control.clone(),
             ca: ca.clone(),
             upstream_tls: upstream_tls.clone(),
         };
@@ -115,6 +135,17 @@ pub fn run(config: Config) -> Result<(), StartError> {
         addrs.iter().map(|(a, r)| format!("{a} ({})", if *r == Role::Admin { "admin" } else { "proxy" })).collect();
     let cpu_list: Vec<String> = cpus.iter().map(|c| c.map_or("-".into(), |c| c.to_string())).collect();
     eprintln!("sluice: listening on {}; {} workers on CPUs [{}]", listening.join(", "), cpus.len(), cpu_list.join(","));
+    let notifier = Notifier::from_env().unwrap_or_else(|_| Notifier::disabled());
+    let _ = notifier.ready_with_status(&format!("serving on {}", listening.join(", ")));
+
+    let handle = signals.handle();
+    let watcher = {
+        let control = control.clone();
+        std::thread::Builder::new()
+            .name("sluice-signals".into())
+            .spawn(move || signal_loop(signals, control, reload, notifier))
+            .map_err(|e| StartError(format!("cannot start the signal thread: {e}")))?
+    };
     let mut first_error = None;
     for t in threads {
         match t.join() {
@@ -127,10 +158,71 @@ pub fn run(config: Config) -> Result<(), StartError> {
             }
         }
     }
+    handle.close();
+    let _ = watcher.join();
+    if let Some(sink) = control.access_log() {
+        sink.sync();
+    }
     match first_error {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => {
+            eprintln!("sluice: drained, exiting");
+            Ok(())
+        }
     }
+}
+
+/// SIGHUP reloads; SIGTERM/SIGINT start the drain (a second one does not hurry it: the
+/// drain deadline bounds it).
+fn signal_loop(mut signals: Signals, control: Arc<Control>, reload: Reloader, notifier: Notifier) {
+    for sig in signals.forever() {
+        match sig {
+            SIGHUP => {
+                let _ = notifier.reloading();
+                let old = control.current();
+                match reload() {
+                    Ok(mut new) => {
+                        let fixed = old.reloadable_diff(&new);
+                        if !fixed.is_empty() {
+                            eprintln!(
+                                "sluice: reload: {} need a restart; keeping the running values",
+                                fixed.join(", ")
+                            );
+                            keep_fixed(&old, &mut new);
+                        }
+                        match open_access_log(&new) {
+                            Ok(sink) => {
+                                control.set_access_log(sink);
+                                control.publish(Arc::new(new));
+                                eprintln!("sluice: reloaded the configuration");
+                            }
+                            Err(e) => eprintln!("sluice: reload refused, keeping the old configuration: {e}"),
+                        }
+                    }
+                    Err(e) => eprintln!("sluice: reload refused, keeping the old configuration: {e}"),
+                }
+                let _ = notifier.ready();
+            }
+            SIGTERM | SIGINT if !control.draining() => {
+                eprintln!("sluice: draining (up to {:?})", control.current().timeouts.drain);
+                let _ = notifier.stopping();
+                control.start_drain();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Copies the settings fixed at start-up from the running config.
+fn keep_fixed(old: &Config, new: &mut Config) {
+    new.listen = old.listen.clone();
+    new.quic_listen = old.quic_listen.clone();
+    new.admin = old.admin;
+    new.workers = old.workers;
+    new.slabs_per_worker = old.slabs_per_worker;
+    new.ca_dir = old.ca_dir.clone();
+    new.upstream_ca = old.upstream_ca.clone();
+    new.cert_cache_size = old.cert_cache_size;
 }
 
 #[cfg(test)]

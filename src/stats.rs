@@ -37,8 +37,52 @@ pub struct WorkerStats {
     pub certs_minted: AtomicU64,
     pub cert_cache_hits: AtomicU64,
     pub cert_mint_nanos: AtomicU64,
+    /// From the first byte of a request to the end of its response.
+    pub request_duration: Histogram,
+    /// DNS + TCP (+ TLS) to the origin, for new upstream connections.
+    pub upstream_connect: Histogram,
+    /// Access log lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
     /// Refused upstream chains, by the reasons in [`VERIFY_REASONS`].
     pub verify_failures: [AtomicU64; VERIFY_REASONS.len()],
+}
+
+/// Upper bounds (seconds) of the latency histograms' buckets.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// A fixed-bucket histogram written by one worker only.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative); the last is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, d: std::time::Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        bump(&self.buckets[i], 1);
+        bump(&self.sum_nanos, d.as_nanos() as u64);
+    }
+}
+
+fn render_histogram(out: &mut String, name: &str, help: &str, hs: &[&Histogram]) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0u64;
+    for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+        cumulative += hs.iter().map(|h| h.buckets[i].load(Relaxed)).sum::<u64>();
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += hs.iter().map(|h| h.buckets[LATENCY_BUCKETS.len()].load(Relaxed)).sum::<u64>();
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let sum: u64 = hs.iter().map(|h| h.sum_nanos.load(Relaxed)).sum();
+    let _ = writeln!(out, "{name}_sum {}", sum as f64 / 1e9);
+    let _ = writeln!(out, "{name}_count {cumulative}");
 }
 
 /// Labels of `sluice_upstream_verify_failures_total{reason}`.
@@ -207,6 +251,27 @@ pub fn render(workers: &[WorkerStats]) -> String {
         "counter",
         "Upstream certificate chains refused, by reason.",
         &labelled("reason", &verify),
+    );
+    let hs: Vec<&Histogram> = workers.iter().map(|w| &w.request_duration).collect();
+    render_histogram(
+        out,
+        "sluice_request_duration_seconds",
+        "Time from a request's first byte to its response's last.",
+        &hs,
+    );
+    let hs: Vec<&Histogram> = workers.iter().map(|w| &w.upstream_connect).collect();
+    render_histogram(
+        out,
+        "sluice_upstream_connect_seconds",
+        "Time to reach a new upstream connection (DNS, TCP, TLS).",
+        &hs,
+    );
+    family(
+        out,
+        "sluice_access_log_dropped_total",
+        "counter",
+        "Access log lines dropped (writer behind).",
+        &one(sum(|w| &w.access_log_dropped)),
     );
     let per_worker = |f: fn(&WorkerStats) -> &AtomicU64| -> Vec<(String, u64)> {
         workers.iter().enumerate().map(|(i, w)| (format!("{{worker=\"{i}\"}}"), f(w).load(Relaxed))).collect()

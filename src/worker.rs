@@ -5,21 +5,24 @@
 //! The loop: submit and wait → for each completion, find its connection (or worker-level
 //! op) and run the state machine → close what asked to close → repeat.
 
+use crate::accesslog::AccessLog;
 use crate::config::Config;
 use crate::conn::{self, Connection, Ctx, NextStep, Role};
+use crate::control::Control;
 use crate::stats::{self, WorkerStats};
 use crate::timers::Timers;
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::UpstreamPool;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uring::{ConnId, Conns, Event, Ring, SlabPool, Slot, WorkerToken};
 
 const KIND_DNS: u8 = 1;
 const KIND_TICK: u8 = 2;
+const KIND_CANCEL: u8 = 3;
 const TICK: Duration = Duration::from_millis(100);
 const RING_ENTRIES: u32 = 4096;
 
@@ -31,7 +34,7 @@ pub struct WorkerSetup {
     pub stats: Arc<[WorkerStats]>,
     pub listeners: Vec<(TcpListener, Role)>,
     pub via: String,
-    pub stop: Arc<AtomicBool>,
+    pub control: Arc<Control>,
     pub ca: Arc<crate::tls::ca::CaMaterial>,
     pub upstream_tls: Arc<rustls::ClientConfig>,
 }
@@ -51,6 +54,8 @@ struct Env {
     listen_addrs: Vec<SocketAddr>,
     minter: crate::tls::mint::Minter,
     upstream_tls: Arc<rustls::ClientConfig>,
+    access: Option<AccessLog>,
+    draining: bool,
 }
 
 impl Env {
@@ -68,10 +73,16 @@ impl Env {
             scratch: &mut self.scratch,
             via: &self.via,
             listeners: &self.listen_addrs,
-            ready: true,
+            ready: !self.draining,
             minter: &mut self.minter,
             upstream_tls: &self.upstream_tls,
+            access: self.access.as_mut(),
         }
+    }
+
+    /// Client connections of this worker open now (admin ones excluded).
+    fn proxy_connections(&self) -> u64 {
+        self.stats[self.index].connections_active.load(Ordering::Relaxed)
     }
 }
 
@@ -91,6 +102,13 @@ fn drive(
     None
 }
 
+/// A listener and whether it is being shut (drain).
+struct Listener {
+    sock: Option<TcpListener>,
+    role: Role,
+    closing: bool,
+}
+
 /// The worker thread's body.
 pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
     if let Some(cpu) = setup.cpu {
@@ -107,6 +125,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
             cfg.slabs_per_worker
         );
     }
+    let control = setup.control.clone();
     let mut env = Env {
         ring,
         pool,
@@ -121,18 +140,25 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         minter: crate::tls::mint::Minter::new(&setup.ca, cfg.cert_cache_size)
             .map_err(|e| std::io::Error::other(format!("worker {}: {e}", setup.index)))?,
         upstream_tls: setup.upstream_tls.clone(),
+        access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
+        draining: false,
         cfg,
     };
+    let mut config_gen = control.generation();
     let mut conns: Conns<Connection> = Conns::new();
-    let listeners = setup.listeners;
-    for (i, (l, _)) in listeners.iter().enumerate() {
-        env.ring.accept_multi(l.as_raw_fd(), i as u32);
+    let mut listeners: Vec<Listener> =
+        setup.listeners.into_iter().map(|(sock, role)| Listener { sock: Some(sock), role, closing: false }).collect();
+    for (i, l) in listeners.iter().enumerate() {
+        if let Some(sock) = &l.sock {
+            env.ring.accept_multi(sock.as_raw_fd(), i as u32);
+        }
     }
     env.ring.poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
     env.ring.tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
     let mut last_sweep = Instant::now();
+    let mut drain_deadline: Option<Instant> = None;
 
-    while !setup.stop.load(Ordering::Relaxed) {
+    loop {
         env.ring.submit_and_wait(1)?;
         let now = Instant::now();
         let cqes = env.ring.completions();
@@ -143,12 +169,21 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                 }
                 Event::Accepted { listener, fd, more, .. } => {
                     let mut close = None;
+                    let role = listeners.get(listener as usize).map(|l| l.role).unwrap_or(Role::Proxy);
                     if let Some(fd) = fd {
-                        close = accept(&mut conns, &mut env, now, listener, fd, &listeners);
+                        // While draining, new proxy clients are turned away (dropping closes).
+                        if !(env.draining && role == Role::Proxy) {
+                            close = accept(&mut conns, &mut env, now, role, fd);
+                        }
                     }
                     if !more {
-                        if let Some((l, _)) = listeners.get(listener as usize) {
-                            env.ring.accept_multi(l.as_raw_fd(), listener);
+                        if let Some(l) = listeners.get_mut(listener as usize) {
+                            if l.closing {
+                                // The cancelled accept is done: nothing refers to the fd now.
+                                l.sock = None;
+                            } else if let Some(sock) = &l.sock {
+                                env.ring.accept_multi(sock.as_raw_fd(), listener);
+                            }
                         }
                     }
                     close
@@ -171,6 +206,29 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                                 env.upstreams.sweep(now);
                                 last_sweep = now;
                             }
+                            if control.generation() != config_gen {
+                                config_gen = control.generation();
+                                apply_config(&mut env, &control);
+                            }
+                            if control.draining() && !env.draining {
+                                env.draining = true;
+                                drain_deadline = Some(now + env.cfg.timeouts.drain);
+                                for (i, l) in listeners.iter_mut().enumerate() {
+                                    if let (Role::Proxy, Some(sock)) = (l.role, &l.sock) {
+                                        l.closing = true;
+                                        env.ring.cancel_worker_fd(
+                                            sock.as_raw_fd(),
+                                            WorkerToken { kind: KIND_CANCEL, index: i as u32 },
+                                        );
+                                    }
+                                }
+                            }
+                            if env.draining {
+                                close_idle(&mut conns, &mut env, now);
+                            }
+                            if let Some(a) = env.access.as_mut() {
+                                a.flush();
+                            }
                             publish_ring_stats(&env);
                             if !more {
                                 env.ring.tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
@@ -187,31 +245,89 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
             }
         }
         env.ring.recycle(cqes);
+        if let Some(deadline) = drain_deadline {
+            let listeners_closed = listeners.iter().all(|l| l.role != Role::Proxy || l.sock.is_none());
+            if env.proxy_connections() == 0 && listeners_closed {
+                break;
+            }
+            if now >= deadline {
+                close_all(&mut conns, &mut env, now);
+                drain_deadline = Some(now + Duration::from_secs(3600));
+                if conns.is_empty() || env.proxy_connections() == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(a) = env.access.as_mut() {
+        a.flush();
     }
     Ok(())
+}
+
+/// Puts a reloaded config in force for everything that is not fixed at start-up.
+fn apply_config(env: &mut Env, control: &Control) {
+    let new = control.current();
+    env.upstreams.set_config(new.pool.clone());
+    env.dns.set_pins(&new);
+    env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
+    env.cfg = new;
+}
+
+/// Closes connections that sit between requests (drain).
+fn close_idle(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+    for id in conns.ids() {
+        let Some(slot) = conns.get_mut(id) else { continue };
+        if !slot.value.is_idle() {
+            continue;
+        }
+        if let Some(c) = drive(slot, env, now, |_, _, _| NextStep::Close) {
+            conns.close(c);
+        }
+    }
+}
+
+/// Closes every proxy connection (the drain deadline passed).
+fn close_all(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+    for id in conns.ids() {
+        let Some(slot) = conns.get_mut(id) else { continue };
+        if slot.io().is_closing() {
+            continue;
+        }
+        if let Some(c) = drive(slot, env, now, |_, _, _| NextStep::Close) {
+            conns.close(c);
+        }
+    }
 }
 
 fn accept(
     conns: &mut Conns<Connection>,
     env: &mut Env,
     now: Instant,
-    listener: u32,
+    role: Role,
     fd: std::os::fd::OwnedFd,
-    listeners: &[(TcpListener, Role)],
 ) -> Option<ConnId> {
-    let role = listeners.get(listener as usize).map(|(_, r)| *r).unwrap_or(Role::Proxy);
     let stats = &env.stats[env.index];
     if role == Role::Proxy && conns.len() >= env.cfg.limits.max_connections_per_worker {
         stats::bump(&stats.connections_rejected, 1);
         return None; // dropping the fd closes it
     }
     let stream = TcpStream::from(fd);
+    let peer = stream.peer_addr().ok();
+    if role == Role::Proxy {
+        if let Some(peer) = peer {
+            if !crate::acl::any_contains(&env.cfg.allow_clients, peer.ip()) {
+                stats::bump(&stats.connections_rejected, 1);
+                return None;
+            }
+        }
+    }
     let _ = stream.set_nodelay(true);
     if role == Role::Proxy {
         stats::bump(&stats.connections_accepted, 1);
         stats::bump(&stats.connections_active, 1);
     }
-    let id = conns.insert(Connection::new(stream, role));
+    let id = conns.insert(Connection::new(stream, peer, role));
     let slot = conns.get_mut(id)?;
     drive(slot, env, now, conn::advance)
 }

@@ -116,13 +116,22 @@ pub(crate) struct Exchange {
     pub tunnel: TunnelState,
     /// The origin is spoken to over TLS (the client came over intercepted TLS).
     pub upstream_tls: bool,
+    /// The status sent to the client (0 until a response head went out).
+    pub status: u16,
+    /// Timing and log facts.
+    pub facts: super::log::Facts,
+    /// When the current upstream connect attempt began.
+    pub connect_started: Option<std::time::Instant>,
 }
 
 impl Exchange {
     /// A raw tunnel to host:port (CONNECT, passthrough, or non-TLS bytes in an
     /// intercepted tunnel).
-    pub(crate) fn tunnel(host: String, port: u16, tunnel: TunnelState) -> Exchange {
+    pub(crate) fn tunnel(host: String, port: u16, tunnel: TunnelState, facts: super::log::Facts) -> Exchange {
         Exchange {
+            status: 200,
+            facts,
+            connect_started: None,
             method: Method::Connect,
             client_minor: 1,
             client_keep_alive: false,
@@ -255,6 +264,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         let r = h1::error_response(403, "CONNECT to this port is not allowed");
         return conn.respond(io, ctx, &r, true);
     }
+    let log_target = if ctx.access.is_some() { describe_target(&head, conn.ctls.is_some()) } else { String::new() };
     let mut ex = Box::new(Exchange {
         method: head.method,
         client_minor: head.minor_version,
@@ -278,6 +288,9 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         upstream_step: UpstreamStep::Start,
         tunnel: TunnelState::default(),
         upstream_tls: conn.ctls.is_some(),
+        status: 0,
+        facts: super::log::Facts::new(conn, ctx.now, &head.method_raw, log_target),
+        connect_started: None,
     });
     if is_connect {
         conn.cin.start += n;
@@ -451,6 +464,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             ex.resp_body = Body::from_framing(resp.framing, ctx.cfg.limits.max_header_bytes);
             ex.resp_keep_alive = resp.keep_alive;
             ex.close_client = close;
+            ex.status = resp.status;
             ctx.stats.response(resp.status);
             conn.phase = Phase::ResponseBody;
             let t = ctx.cfg.timeouts.io_idle;
@@ -530,6 +544,8 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
 
 /// Pools the upstream when it can be reused, and either closes or waits for the next request.
 fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    let status = conn.ex.as_ref().map_or(0, |e| e.status);
+    super::log::finish(conn, ctx, status);
     let Some(ex) = conn.ex.take() else {
         return NextStep::Close;
     };
@@ -566,4 +582,19 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     let _ = io;
     conn.phase = Phase::AwaitRequest;
     NextStep::Continue
+}
+
+/// The request target as an operator reads it in the access log.
+fn describe_target(head: &h1::RequestHead, tls: bool) -> String {
+    match &head.target {
+        h1::RequestTarget::Origin { path } => match &head.host {
+            Some(h) => format!("{}://{}{}", if tls { "https" } else { "http" }, h, path),
+            None => path.clone(),
+        },
+        h1::RequestTarget::Absolute { https, authority, path } => {
+            format!("{}://{}{}", if *https { "https" } else { "http" }, authority, path)
+        }
+        h1::RequestTarget::Authority(a) => a.to_string(),
+        h1::RequestTarget::Asterisk => "*".into(),
+    }
 }

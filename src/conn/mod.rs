@@ -18,6 +18,7 @@
 mod admin;
 pub(crate) mod buf;
 mod http1;
+mod log;
 mod tls;
 mod tunnel;
 mod upstream;
@@ -78,6 +79,7 @@ pub struct Ctx<'a> {
     pub ready: bool,
     pub minter: &'a mut crate::tls::mint::Minter,
     pub upstream_tls: &'a std::sync::Arc<rustls::ClientConfig>,
+    pub access: Option<&'a mut crate::accesslog::AccessLog>,
 }
 
 /// Which listener a connection came in on.
@@ -168,6 +170,10 @@ pub struct Connection {
     pub(crate) sni: Option<String>,
     pub(crate) role: Role,
     pub(crate) client: TcpStream,
+    pub(crate) peer: Option<SocketAddr>,
+    /// Bytes received from / sent to the client (plaintext), for the access log.
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
     pub(crate) phase: Phase,
     pub(crate) cin: Buf,
     pub(crate) uin: Buf,
@@ -181,10 +187,13 @@ pub struct Connection {
 
 impl Connection {
     /// A freshly accepted client.
-    pub fn new(client: TcpStream, role: Role) -> Connection {
+    pub fn new(client: TcpStream, peer: Option<SocketAddr>, role: Role) -> Connection {
         Connection {
             role,
             client,
+            peer,
+            bytes_in: 0,
+            bytes_out: 0,
             phase: if role == Role::Admin { Phase::Admin } else { Phase::AwaitRequest },
             ctls: None,
             utls: None,
@@ -201,6 +210,11 @@ impl Connection {
             timer: None,
             requests: 0,
         }
+    }
+
+    /// True between requests (nothing in flight that a drain should wait for).
+    pub fn is_idle(&self) -> bool {
+        matches!(self.phase, Phase::AwaitRequest) && self.ex.is_none() && self.role == Role::Proxy
     }
 
     pub(crate) fn client_fd(&self) -> RawFd {
@@ -256,6 +270,7 @@ impl Connection {
             Some(t) => {
                 match t.take_plaintext(&mut self.cin, ctx.pool) {
                     crate::tls::Plain::Got(n) => {
+                        self.bytes_in += n as u64;
                         stats::bump(&ctx.stats.bytes_from_clients, n as u64);
                         return NextStep::Continue;
                     }
@@ -324,6 +339,7 @@ impl Connection {
         debug_assert!(self.io.client_write.is_none());
         if self.ctls.is_some() {
             self.encrypt_from(ctx, src, offset, len, true);
+            self.bytes_out += len as u64;
             stats::bump(&ctx.stats.bytes_to_clients, len as u64);
             self.flush_client_tls(io, ctx);
             return;
@@ -332,6 +348,7 @@ impl Connection {
         let job = WriteJob { src, offset: offset as u32, len: len as u32 };
         self.submit_write(io, ctx, fd, tag::CLIENT_WRITE, job);
         self.io.client_write = Some(job);
+        self.bytes_out += len as u64;
         stats::bump(&ctx.stats.bytes_to_clients, len as u64);
     }
 
@@ -359,6 +376,11 @@ impl Connection {
     pub(crate) fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], close: bool) -> NextStep {
         if let Some(status) = status_of(bytes) {
             ctx.stats.response(status);
+            if self.ex.is_some() {
+                log::finish(self, ctx, status);
+            } else if self.role == Role::Proxy {
+                log::refused(self, ctx, status);
+            }
         }
         if self.out.is_lent() || self.io.client_write.is_some() {
             // Something is still being written to the client: the response cannot be
@@ -390,6 +412,12 @@ impl Connection {
     /// then closes the slot, which is freed once the cancelled operations have completed.
     pub fn begin_close(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         self.clear_deadline(ctx);
+        // An exchange still open here ended without a clean finish: a tunnel closing, or
+        // a client or origin that went away (499 when nothing was answered yet).
+        let status = self.ex.as_ref().map(|e| if e.status != 0 { e.status } else { 499 }).unwrap_or(0);
+        if status != 0 {
+            log::finish(self, ctx, status);
+        }
         for b in [&mut self.cin, &mut self.uin, &mut self.out] {
             b.release(ctx.pool);
         }
@@ -442,6 +470,7 @@ pub fn on_completion(
             }
             if result > 0 {
                 conn.cin.filled(result as usize);
+                conn.bytes_in += result as u64;
                 stats::bump(&ctx.stats.bytes_from_clients, result as u64);
             } else if result == 0 {
                 conn.io.client_eof = true;

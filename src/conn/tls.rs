@@ -40,16 +40,17 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
     }
     if let Some((host, port)) = conn.tunnel_target.clone() {
         // Not TLS inside an intercepted CONNECT: relay it untouched.
-        return start_raw_tunnel(conn, host, port);
+        return start_raw_tunnel(conn, ctx, host, port);
     }
     conn.phase = Phase::RequestHead;
     NextStep::Continue
 }
 
 /// Relays the client's bytes (already in `cin`) to host:port without interception.
-fn start_raw_tunnel(conn: &mut Connection, host: String, port: u16) -> NextStep {
-    conn.ex =
-        Some(Box::new(Exchange::tunnel(host, port, TunnelState { established_sent: true, ..Default::default() })));
+fn start_raw_tunnel(conn: &mut Connection, ctx: &Ctx<'_>, host: String, port: u16) -> NextStep {
+    let facts = super::log::Facts::new(conn, ctx.now, "TUNNEL", format!("{host}:{port}"));
+    let tunnel = TunnelState { established_sent: true, ..Default::default() };
+    conn.ex = Some(Box::new(Exchange::tunnel(host, port, tunnel, facts)));
     conn.phase = Phase::Upstream;
     NextStep::Continue
 }
@@ -90,7 +91,7 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
                 if tls::is_passthrough(name, &ctx.cfg.passthrough) {
                     let (host, port) = conn.tunnel_target.clone().unwrap_or_else(|| (name.to_string(), 443));
                     crate::stats::bump(&ctx.stats.tls_passthrough, 1);
-                    return start_raw_tunnel(conn, host, port);
+                    return start_raw_tunnel(conn, ctx, host, port);
                 }
             }
             let cert_name = match (&sni, &conn.tunnel_target) {

@@ -23,6 +23,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             return NextStep::Wait;
         }
         ex.tunnel.established_sent = true;
+        ex.status = 200;
         stats::bump(&ctx.stats.tunnels, 1);
         ctx.stats.response(200);
         let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);

@@ -15,8 +15,12 @@ use std::os::fd::AsRawFd;
 use uring::{Io, Op};
 
 /// Where the exchange goes once the upstream is ready.
-fn resume(conn: &mut Connection) -> NextStep {
+fn resume(conn: &mut Connection, ctx: &mut Ctx<'_>) -> NextStep {
     let connect = conn.ex.as_ref().is_some_and(|e| e.is_connect);
+    // A finished DNS + TCP (+ TLS) leg: time it (pool hits have no start time).
+    if let Some(started) = conn.ex.as_mut().and_then(|ex| ex.connect_started.take()) {
+        ctx.stats.upstream_connect.observe(ctx.now.saturating_duration_since(started));
+    }
     conn.phase = if connect { Phase::Tunnel } else { Phase::SendRequest };
     NextStep::Continue
 }
@@ -43,7 +47,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                     stats::bump(&ctx.stats.pool_hits, 1);
                     conn.upstream = Some(UpstreamConn { sock: pooled.sock, key, reused: true, abandoned: false });
                     conn.utls = pooled.tls;
-                    return resume(conn);
+                    return resume(conn, ctx);
                 }
             }
             if !ex.is_connect {
@@ -51,6 +55,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 stats::bump(&ctx.stats.pool_misses, 1);
             }
             ex.upstream_step = UpstreamStep::Resolving;
+            ex.connect_started = Some(ctx.now);
             let t = ctx.cfg.timeouts.upstream_connect;
             conn.set_deadline(io, ctx, t);
             NextStep::Continue
@@ -65,6 +70,14 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                     fail(conn, io, ctx, 502, &e)
                 }
                 Lookup::Ready(ips) => {
+                    if !ips.is_empty() && ips.iter().all(|ip| crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip))
+                    {
+                        return fail(conn, io, ctx, 403, "destination address is on the deny list");
+                    }
+                    let ips: Vec<_> = ips
+                        .into_iter()
+                        .filter(|ip| !crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip))
+                        .collect();
                     let addrs: Vec<SocketAddr> = ips
                         .into_iter()
                         .map(|ip| SocketAddr::new(ip, port))
@@ -81,7 +94,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         UpstreamStep::TlsHandshake => match super::tls::upstream_handshake(conn, io, ctx) {
             Ok(NextStep::Continue) if conn.utls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
                 conn.clear_deadline(ctx);
-                resume(conn)
+                resume(conn, ctx)
             }
             Ok(step) => step,
             Err(why) => fail(conn, io, ctx, 502, &why),
@@ -98,7 +111,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                         Err(why) => return fail(conn, io, ctx, 502, &why),
                     }
                     conn.clear_deadline(ctx);
-                    return resume(conn);
+                    return resume(conn, ctx);
                 }
                 let err = std::io::Error::from_raw_os_error(-result);
                 *last_error = Some(format!("cannot connect to {}: {}", addrs[*next], err));

@@ -82,6 +82,14 @@ impl Resolver {
         })
     }
 
+    /// Replaces the operator's pins (reload).
+    pub fn set_pins(&mut self, config: &Config) {
+        self.pins.clear();
+        for (name, ip) in &config.resolve {
+            self.pins.entry(name.to_ascii_lowercase()).or_default().push(*ip);
+        }
+    }
+
     /// The fd the ring polls; readable when answers are waiting.
     pub fn wake_fd(&self) -> RawFd {
         self.wake.as_raw_fd()

@@ -54,6 +54,11 @@ impl UpstreamPool {
         UpstreamPool { idle: HashMap::new(), total: 0, cfg, stats: PoolStats::default() }
     }
 
+    /// Applies reloaded caps (existing idle connections are trimmed lazily).
+    pub fn set_config(&mut self, cfg: PoolConfig) {
+        self.cfg = cfg;
+    }
+
     /// Idle connections held now.
     pub fn len(&self) -> usize {
         self.total

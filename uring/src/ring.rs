@@ -208,6 +208,16 @@ impl Ring {
         self.push(entry);
     }
 
+    /// Cancels every operation on a worker-level fd (a listener being closed); the
+    /// cancelled operations complete with `-ECANCELED`, this one with a count.
+    pub fn cancel_worker_fd(&mut self, fd: RawFd, token: WorkerToken) {
+        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
+        let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
+            .build()
+            .user_data(encode_worker(token));
+        self.push(entry);
+    }
+
     /// Arms a multishot timer that completes every `every` (re-arm when `more` is clear).
     pub fn tick(&mut self, every: Duration, token: WorkerToken) {
         assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
