@@ -192,7 +192,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                     match token.kind {
                         KIND_DNS => {
                             for id in env.dns.on_wake(now) {
-                                if let Some(slot) = conns.get_mut(id) {
+                                if let Some(slot) = conns.get_mut(id).filter(|s| !s.io().is_closing()) {
                                     if let Some(c) = drive(slot, &mut env, now, conn::advance) {
                                         conns.close(c);
                                     }
@@ -329,7 +329,7 @@ fn accept(
     }
     let id = conns.insert(Connection::new(stream, peer, role));
     let slot = conns.get_mut(id)?;
-    drive(slot, env, now, conn::advance)
+    drive(slot, env, now, |c, io, ctx| c.start(io, ctx))
 }
 
 fn fire_deadlines(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
@@ -354,6 +354,10 @@ fn publish_ring_stats(env: &Env) {
     w.ring_backlog.store(s.backlog_now as u64, Ordering::Relaxed);
     w.pool_evictions.store(env.upstreams.stats.evictions, Ordering::Relaxed);
     w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
+    // The sink (and its drop count) is shared by all workers: one of them reports it.
+    if let (0, Some(a)) = (env.index, &env.access) {
+        w.access_log_dropped.store(a.dropped_lines(), Ordering::Relaxed);
+    }
     w.certs_minted.store(env.minter.stats.minted, Ordering::Relaxed);
     w.cert_cache_hits.store(env.minter.stats.cache_hits, Ordering::Relaxed);
     w.cert_mint_nanos.store(env.minter.stats.mint_nanos, Ordering::Relaxed);

@@ -122,6 +122,10 @@ pub(crate) struct Exchange {
     pub facts: super::log::Facts,
     /// When the current upstream connect attempt began.
     pub connect_started: Option<std::time::Instant>,
+    /// Strip chunked framing from the response (HTTP/1.0 client).
+    pub dechunk: bool,
+    /// The response began before the request body was all forwarded.
+    pub early_response: bool,
 }
 
 impl Exchange {
@@ -132,6 +136,8 @@ impl Exchange {
             status: 200,
             facts,
             connect_started: None,
+            dechunk: false,
+            early_response: false,
             method: Method::Connect,
             client_minor: 1,
             client_keep_alive: false,
@@ -251,7 +257,11 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
     let target = if conn.ctls.is_some() && head.method != Method::Connect {
         super::tls::request_target(conn, &head).map(|(h, p)| (h, p, false))
     } else {
-        head.upstream_target()
+        match (head.upstream_target(), conn.original_dst) {
+            // Transparent mode: a request without Host goes where the client was headed.
+            (Err(_), Some(dst)) if head.method != Method::Connect => Ok((dst.ip().to_string(), dst.port(), false)),
+            (t, _) => t,
+        }
     };
     let (host, port, is_connect) = match target {
         Ok(t) => t,
@@ -287,10 +297,13 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         fresh_only: false,
         upstream_step: UpstreamStep::Start,
         tunnel: TunnelState::default(),
-        upstream_tls: conn.ctls.is_some(),
+        // Over intercepted TLS, or an absolute-form https:// target from a cleartext client.
+        upstream_tls: conn.ctls.is_some() || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
         status: 0,
         facts: super::log::Facts::new(conn, ctx.now, &head.method_raw, log_target),
         connect_started: None,
+        dechunk: false,
+        early_response: false,
     });
     if is_connect {
         conn.cin.start += n;
@@ -310,6 +323,10 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
     } else {
         ctx.scratch.clear();
         head.write_upstream(ctx.scratch, ctx.via);
+        if head.host.is_none() && !matches!(head.target, h1::RequestTarget::Absolute { .. }) {
+            // HTTP/1.0 without Host (transparent mode): HTTP/1.1 upstream needs one.
+            add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
+        }
         let len = ctx.scratch.len();
         let head_end = conn.cin.start + n;
         if len > head_end {
@@ -341,6 +358,28 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
 
 /// Sends the rewritten head and the request body upstream.
 pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    // The origin may answer before it has the whole body (401, 413, ...): relay that at
+    // once; the rest of the body is not forwarded and both connections end after it.
+    if !conn.uin.is_empty() && conn.ex.as_ref().is_some_and(|e| e.head_pending == 0) {
+        if let Some(ex) = conn.ex.as_mut() {
+            ex.early_response = true;
+        }
+        conn.phase = Phase::ResponseHead;
+        let t = ctx.cfg.timeouts.upstream_response;
+        conn.set_deadline(io, ctx, t);
+        return NextStep::Continue;
+    }
+    // Once the head is out, listen to the origin while the body goes (an early answer
+    // may come while a write is blocked because the origin stopped reading).
+    if conn.ex.as_ref().is_some_and(|e| e.head_pending == 0 && !e.req_body.finished())
+        && !conn.io.up_read
+        && !conn.uin.is_lent()
+        && !conn.io.up_eof
+        && conn.io.up_error.is_none()
+        && conn.read_upstream(io, ctx) == NextStep::Continue
+    {
+        return NextStep::Continue;
+    }
     if conn.io.up_write.is_some() {
         return NextStep::Wait;
     }
@@ -416,6 +455,9 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         ex.upstream_step = UpstreamStep::Start;
         conn.cin.start = ex.head_at;
         conn.upstream = None;
+        if let Some(mut t) = conn.utls.take() {
+            t.release(ctx.pool);
+        }
         conn.io.up_eof = false;
         conn.io.up_error = None;
         stats::bump(&ctx.stats.upstream_retries, 1);
@@ -447,7 +489,17 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
                 conn.uin.start += n;
                 return NextStep::Continue;
             }
-            let close = !ex.client_keep_alive || resp.framing == BodyFraming::CloseDelimited || !ctx.ready;
+            let body_framing = resp.framing;
+            // An HTTP/1.0 client cannot read chunked framing: strip it and end the body
+            // by closing (RFC 9112 §6.1).
+            ex.dechunk = ex.client_minor == 0 && body_framing == BodyFraming::Chunked;
+            let mut resp = resp;
+            if ex.dechunk {
+                resp.framing = BodyFraming::CloseDelimited;
+                resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("transfer-encoding"));
+            }
+            let close =
+                !ex.client_keep_alive || resp.framing == BodyFraming::CloseDelimited || !ctx.ready || ex.early_response;
             ctx.scratch.clear();
             resp.write_client(ctx.scratch, ctx.via, close, ex.client_minor);
             let len = ctx.scratch.len();
@@ -461,7 +513,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             }
             conn.uin.start = at;
             ex.resp_head_pending = len;
-            ex.resp_body = Body::from_framing(resp.framing, ctx.cfg.limits.max_header_bytes);
+            ex.resp_body = Body::from_framing(body_framing, ctx.cfg.limits.max_header_bytes);
             ex.resp_keep_alive = resp.keep_alive;
             ex.close_client = close;
             ex.status = resp.status;
@@ -506,7 +558,11 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     };
     let data = conn.uin.data(ctx.pool);
     let head = ex.resp_head_pending.min(data.len());
-    let body = match ex.resp_body.take(&data[head..]) {
+    let taken = if ex.dechunk { dechunk(conn, ctx, head) } else { ex.resp_body.take(&data[head..]).map(|n| (n, n)) };
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
+    let (consumed, body) = match taken {
         Ok(n) => n,
         Err(_) => {
             // The origin broke the chunked framing mid-body: the client cannot be told
@@ -515,13 +571,16 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             return NextStep::Close;
         }
     };
-    let total = head + body;
-    if total > 0 {
+    if head + consumed > 0 {
         ex.resp_head_pending -= head;
         ex.response_started = true;
         let start = conn.uin.start;
-        conn.uin.start += total;
-        conn.write_client(io, ctx, BufId::Uin, start, total);
+        conn.uin.start += head + consumed;
+        if head + body == 0 {
+            // Only framing bytes this time (chunk sizes, trailers): nothing to send.
+            return NextStep::Continue;
+        }
+        conn.write_client(io, ctx, BufId::Uin, start, head + body);
         let t = ctx.cfg.timeouts.io_idle;
         conn.refresh_deadline(io, ctx, t);
         return NextStep::Wait;
@@ -555,6 +614,13 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         && conn.io.up_write.is_none()
         && !conn.io.up_eof
         && conn.io.up_error.is_none();
+    if conn.io.up_read || conn.io.up_write.is_some() || conn.io.connecting {
+        // Operations still run on the origin socket: cancel them; the socket stays with
+        // this connection (closed once they complete) and the client connection ends.
+        conn.abandon_upstream(io, ctx);
+        conn.clear_deadline(ctx);
+        return linger(conn, io, ctx);
+    }
     let tls = conn.utls.take();
     if let Some(up) = conn.upstream.take() {
         let UpstreamConn { sock, key, abandoned, .. } = up;
@@ -576,12 +642,41 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     conn.uin.clear();
     conn.uin.release_if_empty(ctx.pool);
     conn.clear_deadline(ctx);
+    if ex.early_response || !ex.req_body.finished() {
+        return linger(conn, io, ctx);
+    }
     if ex.close_client {
         return NextStep::Close;
     }
-    let _ = io;
     conn.phase = Phase::AwaitRequest;
     NextStep::Continue
+}
+
+/// The response is out but the client may still be sending a body we will not read:
+/// half-close our side and drain its bytes for a moment, so closing with unread data does
+/// not reset the connection before the client has read the response.
+fn linger(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.ctls.is_none() {
+        let fd = conn.client_fd();
+        ctx.ring.submit(io, super::tag::CLIENT_SHUTDOWN, uring::Op::ShutdownWrite { fd }, ctx.pool);
+    }
+    conn.phase = Phase::Linger;
+    conn.set_deadline(io, ctx, std::time::Duration::from_secs(2));
+    NextStep::Continue
+}
+
+/// Reads and drops client bytes until EOF or the linger deadline.
+pub(crate) fn linger_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.io.client_write.is_some() || conn.io.client_read {
+        return NextStep::Wait;
+    }
+    if conn.io.client_eof || conn.io.client_error.is_some() {
+        return NextStep::Close;
+    }
+    if !conn.cin.is_lent() {
+        conn.cin.clear();
+    }
+    conn.read_client(io, ctx)
 }
 
 /// The request target as an operator reads it in the access log.
@@ -596,5 +691,52 @@ fn describe_target(head: &h1::RequestHead, tls: bool) -> String {
         }
         h1::RequestTarget::Authority(a) => a.to_string(),
         h1::RequestTarget::Asterisk => "*".into(),
+    }
+}
+
+/// Validates the chunked bytes after the head and moves their payload together right
+/// after it. Returns (input bytes consumed, payload bytes now following the head).
+fn dechunk(conn: &mut Connection, ctx: &mut Ctx<'_>, head: usize) -> Result<(usize, usize), h1::H1Error> {
+    let Some(ex) = conn.ex.as_mut() else { return Ok((0, 0)) };
+    let Body::Chunked { decoder } = &mut ex.resp_body else { return Ok((0, 0)) };
+    let base = conn.uin.start + head;
+    let mut ranges = Vec::new();
+    let progress = decoder.feed_with_data(&conn.uin.data(ctx.pool)[head..], &mut ranges)?;
+    if progress.done {
+        ex.resp_body = Body::Done;
+    }
+    let mut payload = 0;
+    if let Some(bytes) = conn.uin.slab_mut(ctx.pool) {
+        for r in ranges {
+            let len = r.end - r.start;
+            bytes.copy_within(base + r.start..base + r.end, base + payload);
+            payload += len;
+        }
+    }
+    Ok((progress.consumed, payload))
+}
+
+/// Inserts `Host: host[:port]` right after the request line of a rewritten head.
+fn add_host(head: &mut Vec<u8>, host: &str, port: u16, tls: bool) {
+    let Some(eol) = head.windows(2).position(|w| w == b"\r\n") else { return };
+    let default = if tls { 443 } else { 80 };
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let line = if port == default { format!("Host: {host}\r\n") } else { format!("Host: {host}:{port}\r\n") };
+    let at = eol + 2;
+    head.splice(at..at, line.into_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_goes_right_after_the_request_line() {
+        let mut h = b"GET /x HTTP/1.1\r\nVia: 1.1 s\r\n\r\n".to_vec();
+        add_host(&mut h, "10.0.0.1", 8080, false);
+        assert_eq!(h, b"GET /x HTTP/1.1\r\nHost: 10.0.0.1:8080\r\nVia: 1.1 s\r\n\r\n");
+        let mut h = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+        add_host(&mut h, "::1", 443, true);
+        assert_eq!(h, b"GET / HTTP/1.1\r\nHost: [::1]\r\n\r\n");
     }
 }

@@ -116,6 +116,8 @@ pub(crate) enum Phase {
     Respond { close: bool },
     /// Serving the admin endpoint.
     Admin,
+    /// Response sent while the client was still sending: drain its bytes, then close.
+    Linger,
 }
 
 /// A write in flight and where its slab goes back to.
@@ -171,6 +173,8 @@ pub struct Connection {
     pub(crate) role: Role,
     pub(crate) client: TcpStream,
     pub(crate) peer: Option<SocketAddr>,
+    /// Where the client meant to go before a REDIRECT rule sent it here (transparent mode).
+    pub(crate) original_dst: Option<SocketAddr>,
     /// Bytes received from / sent to the client (plaintext), for the access log.
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
@@ -188,10 +192,12 @@ pub struct Connection {
 impl Connection {
     /// A freshly accepted client.
     pub fn new(client: TcpStream, peer: Option<SocketAddr>, role: Role) -> Connection {
+        let original_dst = if role == Role::Proxy { redirected_from(&client) } else { None };
         Connection {
             role,
             client,
             peer,
+            original_dst,
             bytes_in: 0,
             bytes_out: 0,
             phase: if role == Role::Admin { Phase::Admin } else { Phase::AwaitRequest },
@@ -210,6 +216,15 @@ impl Connection {
             timer: None,
             requests: 0,
         }
+    }
+
+    /// Starts a fresh connection: admin clients get the head deadline at once.
+    pub fn start(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+        if self.role == Role::Admin {
+            let t = ctx.cfg.timeouts.request_head;
+            self.set_deadline(io, ctx, t);
+        }
+        advance(self, io, ctx)
     }
 
     /// True between requests (nothing in flight that a drain should wait for).
@@ -440,6 +455,14 @@ impl Connection {
     }
 }
 
+/// The pre-REDIRECT destination of a transparently intercepted client, when it differs
+/// from the address the client actually reached.
+fn redirected_from(client: &TcpStream) -> Option<SocketAddr> {
+    use std::os::fd::AsFd;
+    let original = uring::sys::original_dst(client.as_fd()).ok()?;
+    (client.local_addr().ok()? != original).then_some(original)
+}
+
 fn status_of(bytes: &[u8]) -> Option<u16> {
     let s = bytes.get(9..12)?;
     std::str::from_utf8(s).ok()?.parse().ok()
@@ -571,6 +594,7 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
             Phase::Tunnel => tunnel::step(conn, io, ctx),
             Phase::Respond { close } => respond_step(conn, io, ctx, close),
             Phase::Admin => admin::step(conn, io, ctx),
+            Phase::Linger => http1::linger_step(conn, io, ctx),
         };
         if step != NextStep::Continue {
             return step;
@@ -596,7 +620,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     conn.timer = None;
     stats::bump(&ctx.stats.timeouts, 1);
     match conn.phase {
-        Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake => NextStep::Close,
+        Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => NextStep::Close,
         Phase::RequestHead => {
             if conn.requests == 0 || !conn.cin.is_empty() {
                 let r = crate::h1::error_response(408, "request head not received in time");

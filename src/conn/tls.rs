@@ -89,7 +89,8 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
             conn.sni = sni.clone();
             if let Some(name) = sni.as_deref() {
                 if tls::is_passthrough(name, &ctx.cfg.passthrough) {
-                    let (host, port) = conn.tunnel_target.clone().unwrap_or_else(|| (name.to_string(), 443));
+                    let port = conn.original_dst.map_or(443, |a| a.port());
+                    let (host, port) = conn.tunnel_target.clone().unwrap_or_else(|| (name.to_string(), port));
                     crate::stats::bump(&ctx.stats.tls_passthrough, 1);
                     return start_raw_tunnel(conn, ctx, host, port);
                 }
@@ -97,6 +98,9 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
             let cert_name = match (&sni, &conn.tunnel_target) {
                 (Some(n), _) => n.clone(),
                 (None, Some((host, _))) => host.clone(),
+                (None, None) if conn.original_dst.is_some() => {
+                    conn.original_dst.map(|a| a.ip().to_string()).unwrap_or_default()
+                }
                 (None, None) => {
                     conn.client.local_addr().map(|a| a.ip().to_string()).unwrap_or_else(|_| "localhost".into())
                 }
@@ -306,11 +310,15 @@ pub(crate) fn request_target(conn: &Connection, head: &h1::RequestHead) -> Resul
     if let h1::RequestTarget::Absolute { authority, https, .. } = &head.target {
         return Ok((authority.host.clone(), authority.port_or(if *https { 443 } else { 80 })));
     }
+    let port = conn.original_dst.map_or(443, |a| a.port());
     if let Some(a) = &head.host {
-        return Ok((a.host.clone(), a.port_or(443)));
+        return Ok((a.host.clone(), a.port_or(port)));
     }
     if let Some(s) = &conn.sni {
-        return Ok((s.clone(), 443));
+        return Ok((s.clone(), port));
+    }
+    if let Some(a) = conn.original_dst {
+        return Ok((a.ip().to_string(), a.port()));
     }
     head.upstream_target().map(|(h, p, _)| (h, p))
 }

@@ -70,6 +70,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                     fail(conn, io, ctx, 502, &e)
                 }
                 Lookup::Ready(ips) => {
+                    // The address this client reached us at is one of our listeners too,
+                    // whatever interface it is on (listeners bound to 0.0.0.0).
+                    let own_addr = conn.client.local_addr().ok();
                     if !ips.is_empty() && ips.iter().all(|ip| crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip))
                     {
                         return fail(conn, io, ctx, 403, "destination address is on the deny list");
@@ -81,7 +84,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                     let addrs: Vec<SocketAddr> = ips
                         .into_iter()
                         .map(|ip| SocketAddr::new(ip, port))
-                        .filter(|a| !is_own_listener(*a, ctx.listeners))
+                        .filter(|a| !is_own_listener(*a, ctx.listeners) && Some(*a) != own_addr)
                         .collect();
                     if addrs.is_empty() {
                         return fail(conn, io, ctx, 508, "the target is this proxy itself");

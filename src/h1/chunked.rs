@@ -105,7 +105,26 @@ impl ChunkedDecoder {
     /// `consumed` stops right after the final CRLF, otherwise it is `input.len()`.
     /// After an error the decoder keeps returning that error.
     pub fn feed(&mut self, input: &[u8]) -> Result<ChunkProgress, H1Error> {
-        match self.run(input) {
+        self.feed_inner(input, None)
+    }
+
+    /// Like [`ChunkedDecoder::feed`], and also appends to `data` where the chunk-data
+    /// bytes are (ranges into `input`, in order): what a proxy needs to strip the framing
+    /// for an HTTP/1.0 client.
+    pub fn feed_with_data(
+        &mut self,
+        input: &[u8],
+        data: &mut Vec<std::ops::Range<usize>>,
+    ) -> Result<ChunkProgress, H1Error> {
+        self.feed_inner(input, Some(data))
+    }
+
+    fn feed_inner(
+        &mut self,
+        input: &[u8],
+        data: Option<&mut Vec<std::ops::Range<usize>>>,
+    ) -> Result<ChunkProgress, H1Error> {
+        match self.run(input, data) {
             Ok(progress) => Ok(progress),
             Err(error) => {
                 self.state = State::Failed { error };
@@ -114,13 +133,20 @@ impl ChunkedDecoder {
         }
     }
 
-    fn run(&mut self, input: &[u8]) -> Result<ChunkProgress, H1Error> {
+    fn run(
+        &mut self,
+        input: &[u8],
+        mut data: Option<&mut Vec<std::ops::Range<usize>>>,
+    ) -> Result<ChunkProgress, H1Error> {
         let mut i = 0;
         while i < input.len() {
             // Chunk data: skip it in one step.
             if let State::Data { remaining } = self.state {
                 let available = input.len() - i;
                 let take = usize::try_from(remaining).map_or(available, |r| r.min(available));
+                if let Some(d) = data.as_deref_mut() {
+                    d.push(i..i + take);
+                }
                 i += take;
                 let remaining = remaining - take as u64;
                 self.state = if remaining == 0 { State::DataCr } else { State::Data { remaining } };
@@ -269,6 +295,26 @@ fn hex_value(b: u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_ranges_cover_exactly_the_payload_in_any_split() {
+        let body = b"5;x=1\r\nhello\r\n3\r\n wo\r\n0\r\nT: v\r\n\r\nNEXT";
+        for split in 0..body.len() {
+            let mut d = ChunkedDecoder::new(1024);
+            let mut out = Vec::new();
+            for part in [&body[..split], &body[split..]] {
+                let mut ranges = Vec::new();
+                let p = d.feed_with_data(part, &mut ranges).unwrap();
+                for r in ranges {
+                    out.extend_from_slice(&part[r]);
+                }
+                if p.done {
+                    break;
+                }
+            }
+            assert_eq!(out, b"hello wo", "split at {split}");
+        }
+    }
 
     const TRAILERS: usize = 1024;
 
