@@ -1,0 +1,534 @@
+#!/usr/bin/env bash
+# Sluice benchmark harness: Sluice, HAProxy and nginx doing the same proxy job on the same
+# cores, side by side, in one run. See bench/README.md.
+#
+#   bench/run.sh [--quick] [--only SCENARIO[,SCENARIO...]] [--rounds N] [--duration SECONDS]
+#                [--cpu-cap PERCENT] [--out DIR] [--no-build]
+#
+# Scenarios: ka1k ka64k close1k post1m paced1k tunnel idle (all by default).
+# Environment: SLUICE_BIN=PATH uses that binary and skips the build; BENCH_LOAD_CPU and
+# BENCH_PROXY_CPU (default 0 and 1) choose the cores; BENCH_DELAY_MS (default 10) paces
+# paced1k. --cpu-cap puts each proxy in a cgroup with a CPU quota of PERCENT of one core
+# (10 ms periods), so that the proxy rather than the load generator is the bottleneck.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+TOOLS=$HERE/tools
+PEERS=$HERE/peers
+
+ALL_SCENARIOS=(ka1k ka64k close1k post1m paced1k tunnel idle)
+PROXIES=(sluice haproxy nginx)
+
+usage() {
+    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    exit "${1:-0}"
+}
+
+CMDLINE="bench/run.sh${*:+ $*}"
+MODE=full
+ONLY=""
+ROUNDS=""
+DURATION=""
+OUT_DIR=$HERE/results
+BUILD=1
+CPU_CAP=""
+[[ -n "${SLUICE_BIN:-}" ]] && BUILD=0
+while (($#)); do
+    case $1 in
+        --quick) MODE=quick ;;
+        --only) ONLY=${2:?--only needs a scenario}; shift ;;
+        --only=*) ONLY=${1#*=} ;;
+        --rounds) ROUNDS=${2:?}; shift ;;
+        --duration) DURATION=${2:?}; shift ;;
+        --out) OUT_DIR=${2:?}; shift ;;
+        --cpu-cap) CPU_CAP=${2:?}; shift ;;
+        --no-build) BUILD=0 ;;
+        -h|--help) usage 0 ;;
+        *) echo "bench: unknown argument: $1" >&2; usage 2 >&2 ;;
+    esac
+    shift
+done
+
+if [[ $MODE == quick ]]; then
+    : "${ROUNDS:=1}" "${DURATION:=3}"
+    WARMUP=1
+    TUNNEL_BYTES=$((1 << 30))
+    IDLE_COUNT=2000
+else
+    : "${ROUNDS:=3}" "${DURATION:=8}"
+    WARMUP=1
+    TUNNEL_BYTES=$((3 << 30))
+    IDLE_COUNT=10000
+fi
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds must be a positive integer" >&2; exit 2; }
+[[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "bench: --duration must be whole seconds" >&2; exit 2; }
+[[ -z $CPU_CAP || ($CPU_CAP =~ ^[1-9][0-9]*$ && CPU_CAP -le 100) ]] || { echo "bench: --cpu-cap must be a percentage, 1 to 100" >&2; exit 2; }
+# Shorter runs get a proportionally smaller tunnel transfer (the smoke test uses 2 s).
+if ((DURATION < 3)); then TUNNEL_BYTES=$((256 << 20)); IDLE_COUNT=500; fi
+
+SCENARIOS=()
+if [[ -n $ONLY ]]; then
+    IFS=, read -r -a wanted <<<"$ONLY"
+    for s in "${wanted[@]}"; do
+        [[ " ${ALL_SCENARIOS[*]} " == *" $s "* ]] || { echo "bench: unknown scenario '$s' (one of: ${ALL_SCENARIOS[*]})" >&2; exit 2; }
+        SCENARIOS+=("$s")
+    done
+else
+    SCENARIOS=("${ALL_SCENARIOS[@]}")
+fi
+
+LOAD_CPU=${BENCH_LOAD_CPU:-0}
+PROXY_CPU=${BENCH_PROXY_CPU:-1}
+DELAY_MS=${BENCH_DELAY_MS:-10}
+export BENCH_DELAY_MS=$DELAY_MS # read by tools/paced.lua
+NCPU=$(nproc)
+if ((NCPU < 2)); then
+    echo "bench: only one CPU: load and proxy share it; figures are not comparable to a 2-core run" >&2
+    LOAD_CPU=0 PROXY_CPU=0
+fi
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { printf 'bench: %s\n' "$*" >&2; exit 1; }
+
+# ------------------------------------------------------------------------------------
+# Cleanup: every process we start is tracked by PID and stopped on exit, whatever happens.
+# ------------------------------------------------------------------------------------
+STARTED=()
+TMP=""
+CGROUP=""
+PORTS=()
+cleanup() {
+    local rc=$? pid all=()
+    trap - EXIT INT TERM
+    for pid in "${STARTED[@]}"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        mapfile -t kids < <(python3 "$TOOLS/proc.py" tree "$pid" 2>/dev/null || echo "$pid")
+        all+=("${kids[@]}")
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    if ((${#all[@]})); then
+        for _ in $(seq 50); do
+            local alive=0
+            for pid in "${all[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+            ((alive)) || break
+            sleep 0.1
+        done
+        for pid in "${all[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+        for pid in "${STARTED[@]}"; do wait "$pid" 2>/dev/null || true; done
+    fi
+    if ((${#PORTS[@]})) && ! busy=$(python3 "$TOOLS/proc.py" listening "${PORTS[@]}"); then
+        echo "bench: warning: still listening after cleanup: $busy" >&2
+    fi
+    [[ -n $CGROUP && -d $CGROUP ]] && { rmdir "$CGROUP" 2>/dev/null || echo "bench: warning: could not remove $CGROUP" >&2; }
+    [[ -n $TMP && -d $TMP ]] && rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Runs a command in the background and waits for it, so that a signal to this script is
+# handled at once (bash defers traps until a foreground command ends) and the command is
+# stopped by the cleanup with everything else.
+run_fg() {
+    "$@" &
+    local pid=$! rc=0
+    STARTED+=("$pid")
+    wait "$pid" || rc=$?
+    forget "$pid"
+    return "$rc"
+}
+
+forget() { # forget a PID we stopped ourselves
+    local keep=() p
+    for p in "${STARTED[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    STARTED=("${keep[@]}")
+}
+
+# ------------------------------------------------------------------------------------
+# Tools: install what is missing (Debian packages), build the release binary.
+# ------------------------------------------------------------------------------------
+install_missing() {
+    local pkgs=()
+    command -v wrk >/dev/null || pkgs+=(wrk)
+    command -v h2load >/dev/null || pkgs+=(nghttp2-client)
+    command -v haproxy >/dev/null || [[ -x /usr/sbin/haproxy ]] || pkgs+=(haproxy)
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || pkgs+=(nginx)
+    command -v python3 >/dev/null || pkgs+=(python3)
+    command -v taskset >/dev/null || pkgs+=(util-linux)
+    ((${#pkgs[@]})) || return 0
+    log "installing ${pkgs[*]}"
+    local sudo=()
+    ((EUID == 0)) || sudo=(sudo)
+    # Keep the packages' own services (nginx on :80, haproxy) from being started.
+    local policy=/usr/sbin/policy-rc.d made_policy=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null && "${sudo[@]}" chmod +x "$policy" && made_policy=1
+    fi
+    local ok=0
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${pkgs[@]}" && ok=1
+    if ((!ok)); then
+        "${sudo[@]}" apt-get update -q && DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q "${pkgs[@]}" && ok=1
+    fi
+    ((made_policy)) && "${sudo[@]}" rm -f "$policy"
+    ((ok)) || die "could not install ${pkgs[*]}"
+}
+
+install_missing
+export PATH=$PATH:/usr/sbin:/sbin
+CLK_TCK=$(getconf CLK_TCK)
+
+if ((BUILD)); then
+    command -v cargo >/dev/null || die "cargo not found (install Rust with rustup), or set SLUICE_BIN"
+    log "building the release binary"
+    (cd "$ROOT" && cargo build --release --quiet --bin sluice) || die "cargo build --release failed"
+    SLUICE_BIN=$ROOT/target/release/sluice
+fi
+SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
+[[ -x $SLUICE_BIN ]] || die "no Sluice binary at $SLUICE_BIN"
+
+# CPU cap: a cgroup (v1 cpu controller, or v2 cpu.max) with a quota per 10 ms period.
+if [[ -n $CPU_CAP ]]; then
+    if [[ -w /sys/fs/cgroup/cpu/cgroup.procs ]]; then
+        CGROUP=/sys/fs/cgroup/cpu/sluice-bench-$$
+        mkdir "$CGROUP" && echo 10000 >"$CGROUP/cpu.cfs_period_us" && echo $((CPU_CAP * 100)) >"$CGROUP/cpu.cfs_quota_us" ||
+            die "could not set up the cgroup for --cpu-cap"
+    elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control ||
+            die "could not enable the cgroup v2 cpu controller for --cpu-cap"
+        CGROUP=/sys/fs/cgroup/sluice-bench-$$
+        mkdir "$CGROUP" && echo "$((CPU_CAP * 100)) 10000" >"$CGROUP/cpu.max" || die "could not set up the cgroup for --cpu-cap"
+    else
+        die "--cpu-cap needs a writable cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)"
+    fi
+fi
+
+# Open files: the idle scenario holds one descriptor per client in the client and in the
+# proxy. Raise the soft limit as far as the hard one goes.
+ulimit -n "$(ulimit -Hn | sed 's/unlimited/1048576/')" 2>/dev/null || true
+NOFILE=$(ulimit -n)
+if ((IDLE_COUNT > NOFILE - 1000)); then
+    log "open-files limit is $NOFILE: idle scenario reduced from $IDLE_COUNT to $((NOFILE - 1000)) clients"
+    IDLE_COUNT=$((NOFILE - 1000))
+fi
+
+# ------------------------------------------------------------------------------------
+# Scratch directory, ports, rendered configs.
+# ------------------------------------------------------------------------------------
+if [[ -d /dev/shm && -w /dev/shm ]]; then TMP=$(mktemp -d /dev/shm/sluice-bench.XXXXXX); else TMP=$(mktemp -d); fi
+chmod 755 "$TMP" # nginx workers run as an unprivileged user and read the bodies from here
+mkdir -p "$TMP/www" "$TMP/upstream" "$TMP/nginx-proxy" "$TMP/logs" "$TMP/run" "$TMP/CA"
+read -r UP_PORT PROXY_PORT ADMIN_PORT TCP_PORT SINK_PORT < <(python3 "$TOOLS/proc.py" ports 5)
+PORTS=("$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$TCP_PORT" "$SINK_PORT")
+
+render() { # render TEMPLATE > OUTPUT, replacing @NAME@ placeholders
+    sed -e "s#@TMP@#$TMP#g" -e "s/@UPSTREAM_PORT@/$UP_PORT/g" -e "s/@PROXY_PORT@/$PROXY_PORT/g" \
+        -e "s/@TCP_PORT@/$TCP_PORT/g" -e "s/@SINK_PORT@/$SINK_PORT/g" -e "s/@NOFILE@/$NOFILE/g" \
+        -e "s/@WORKER_CONNECTIONS@/$((NOFILE - 100))/g" -e "s#@WWW@#$TMP/www#g" "$1" >"$2"
+    if grep -q '@[A-Z_]*@' "$2"; then die "unrendered placeholder in $2: $(grep -o '@[A-Z_]*@' "$2" | head -1)"; fi
+}
+render "$HERE/upstream/nginx.conf.tmpl" "$TMP/upstream.conf"
+render "$PEERS/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
+render "$PEERS/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf"
+render "$PEERS/sluice.toml.tmpl" "$TMP/sluice.toml"
+
+# Bodies: 1 KiB and 64 KiB of printable bytes; a 64 MiB source for the tunnel transfers.
+python3 - "$TMP/www" <<'EOF'
+import sys, os
+d = sys.argv[1]
+pattern = bytes(range(33, 127))
+for name, size in (("1k", 1024), ("64k", 65536)):
+    with open(os.path.join(d, name), "wb") as f:
+        f.write((pattern * (size // len(pattern) + 1))[:size])
+EOF
+chmod -R a+rX "$TMP/www"
+TUNNEL_SRC=$TMP/tunnel.src
+head -c $((64 << 20)) /dev/urandom >"$TUNNEL_SRC"
+
+# ------------------------------------------------------------------------------------
+# Output files, run metadata.
+# ------------------------------------------------------------------------------------
+DATE=$(date +%Y-%m-%d)
+STEM=$DATE-$MODE
+[[ -n $ONLY ]] && STEM=$STEM-${ONLY//,/-}
+RAW=$TMP/raw.jsonl # copied next to the report at the end; an interrupted run leaves nothing
+META=$TMP/meta.txt
+{
+    echo "date=$(date '+%Y-%m-%d %H:%M:%S %Z')"
+    echo "mode=$MODE"
+    echo "command=$CMDLINE"
+    echo "rounds=$ROUNDS"
+    echo "duration=$DURATION"
+    echo "warmup=$WARMUP"
+    echo "tunnel_bytes=$TUNNEL_BYTES"
+    echo "idle_count=$IDLE_COUNT"
+    echo "delay_ms=$DELAY_MS"
+    echo "load_cpu=$LOAD_CPU"
+    echo "proxy_cpu=$PROXY_CPU"
+    echo "cpu_cap=$CPU_CAP"
+    echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "nproc=$NCPU"
+    echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+    echo "kernel=$(uname -sr)"
+    echo "memory=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+    echo "clk_tck=$CLK_TCK"
+    echo "nofile=$NOFILE"
+    echo "sluice=$(cd "$ROOT" && git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown) ($("$SLUICE_BIN" --version 2>/dev/null | head -1))"
+    echo "haproxy=$(haproxy -v 2>&1 | head -1)"
+    echo "nginx=$(nginx -v 2>&1 | head -1)"
+    echo "wrk=$(wrk -v 2>&1 | head -1)"
+    echo "python=$(python3 --version 2>&1)"
+} >"$META"
+
+# ------------------------------------------------------------------------------------
+# Processes.
+# ------------------------------------------------------------------------------------
+LOGN=0
+start_bg() { # start_bg CPU LOG CMD... ; sets BG_PID
+    local cpu=$1 logf=$2
+    shift 2
+    (cd "$TMP/run" && exec taskset -c "$cpu" "$@") >"$logf" 2>&1 &
+    BG_PID=$!
+    STARTED+=("$BG_PID")
+}
+
+start_upstream() { # stopped by the cleanup on exit, with everything else
+    start_bg "$LOAD_CPU" "$TMP/logs/upstream.log" nginx -c "$TMP/upstream.conf" -p "$TMP/upstream"
+    python3 "$TOOLS/proc.py" wait-port "$UP_PORT" 10 || { cat "$TMP/logs/upstream.log" >&2; die "upstream nginx did not start"; }
+    local got
+    got=$(python3 - "$UP_PORT" <<'EOF'
+import sys, urllib.request
+port = sys.argv[1]
+sizes = [len(urllib.request.urlopen("http://127.0.0.1:%s/%s" % (port, p)).read()) for p in ("1k", "64k")]
+req = urllib.request.Request("http://127.0.0.1:%s/post" % port, data=b"x" * 1048576, method="POST")
+print(*sizes, urllib.request.urlopen(req).status)
+EOF
+    ) || die "upstream nginx answers wrongly"
+    [[ $got == "1024 65536 200" ]] || die "upstream nginx answers wrongly: $got"
+}
+
+# start_proxy NAME TAG: starts a proxy pinned to PROXY_CPU; sets PROXY_PID, PROXY_PIDS,
+# PROXY_LOG. Returns 1 (and records the failure) if it does not come up.
+PROXY_PID=""
+PROXY_PIDS=""
+PROXY_LOG=""
+start_proxy() {
+    local name=$1 tag=$2
+    LOGN=$((LOGN + 1))
+    PROXY_LOG=$TMP/logs/$LOGN-$name-$tag.log
+    case $name in
+        sluice)
+            start_bg "$PROXY_CPU" "$PROXY_LOG" "$SLUICE_BIN" run --listen "127.0.0.1:$PROXY_PORT" \
+                --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --ca-dir "$TMP/CA" --config "$TMP/sluice.toml" ;;
+        haproxy)
+            start_bg "$PROXY_CPU" "$PROXY_LOG" haproxy -f "$TMP/haproxy.cfg" -db ;;
+        nginx)
+            start_bg "$PROXY_CPU" "$PROXY_LOG" nginx -c "$TMP/nginx-proxy.conf" -p "$TMP/nginx-proxy" ;;
+    esac
+    PROXY_PID=$BG_PID
+    PROXY_PIDS=$BG_PID
+    local port=$PROXY_PORT
+    if ! python3 "$TOOLS/proc.py" wait-port "$port" 10 || ! kill -0 "$PROXY_PID" 2>/dev/null; then
+        return 1
+    fi
+    sleep 0.2 # let nginx fork its worker
+    PROXY_PIDS=$(python3 "$TOOLS/proc.py" tree "$PROXY_PID" | tr '\n' ' ')
+    if [[ -n $CGROUP ]]; then
+        local p
+        for p in $PROXY_PIDS; do echo "$p" 2>/dev/null >"$CGROUP/cgroup.procs" || true; done
+    fi
+    return 0
+}
+
+# stop_proxy: SIGTERM, wait; prints nothing, returns the exit status (0 or 143 are clean).
+stop_proxy() {
+    local pid=$PROXY_PID rc=0 p
+    [[ -n $pid ]] || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL $PROXY_PIDS 2>/dev/null
+    wait "$pid" 2>/dev/null || rc=$?
+    for p in $PROXY_PIDS; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
+    forget "$pid"
+    PROXY_PID=""
+    # The port must be free again before the next proxy binds it.
+    for _ in $(seq 50); do python3 "$TOOLS/proc.py" listening "$PROXY_PORT" "$TCP_PORT" "$ADMIN_PORT" >/dev/null && break; sleep 0.1; done
+    return "$rc"
+}
+
+snap() { python3 "$TOOLS/proc.py" snap "$LOAD_CPU" "$PROXY_CPU" "$@"; }
+record() { python3 "$TOOLS/record.py" --out "$RAW" --clk-tck "$CLK_TCK" "$@"; }
+
+# proxy_died SCENARIO NAME ROUND: if the proxy is gone, record it and return 0.
+proxy_died() {
+    kill -0 "$PROXY_PID" 2>/dev/null && return 1
+    local rc=0
+    wait "$PROXY_PID" 2>/dev/null || rc=$?
+    forget "$PROXY_PID"
+    PROXY_PID=""
+    record --set "scenario=$1" --set "proxy=$2" --set "round=$3" --log "$PROXY_LOG" \
+        --error "the proxy exited (status $rc) during the measurement"
+    return 0
+}
+
+# after_stop SCENARIO NAME ROUND STATUS: a proxy that does not stop cleanly is a problem too.
+after_stop() {
+    local st=$4
+    if [[ $st != 0 && $st != 143 ]]; then
+        record --set "scenario=$1" --set "proxy=$2" --set "round=$3" --set kind=stop --log "$PROXY_LOG" \
+            --error "the proxy exited with status $st when stopped with SIGTERM"
+    fi
+}
+
+rotate() { # rotate ROUND ITEMS... : the items starting at position ROUND (alternation)
+    local r=$1
+    shift
+    local items=("$@") n=$# i
+    for ((i = 0; i < n; i++)); do printf '%s\n' "${items[$(((i + r) % n))]}"; done
+}
+
+# ------------------------------------------------------------------------------------
+# Scenarios.
+# ------------------------------------------------------------------------------------
+WRK_ARGS=()
+wrk_args() {
+    local host=(-H "Host: 127.0.0.1:$UP_PORT")
+    case $1 in
+        ka1k) WRK_ARGS=(-c64 "${host[@]}" "http://127.0.0.1:$PROXY_PORT/1k") ;;
+        ka64k) WRK_ARGS=(-c64 "${host[@]}" "http://127.0.0.1:$PROXY_PORT/64k") ;;
+        close1k) WRK_ARGS=(-c64 "${host[@]}" -H "Connection: close" "http://127.0.0.1:$PROXY_PORT/1k") ;;
+        post1m) WRK_ARGS=(-c16 "${host[@]}" -s "$TOOLS/post.lua" "http://127.0.0.1:$PROXY_PORT/post") ;;
+        paced1k) WRK_ARGS=(-c64 "${host[@]}" -s "$TOOLS/paced.lua" "http://127.0.0.1:$PROXY_PORT/1k") ;;
+    esac
+}
+
+run_wrk() { # run_wrk SECONDS OUTFILE
+    run_fg taskset -c "$LOAD_CPU" wrk -t1 -d"$1s" --timeout 5s --latency "${WRK_ARGS[@]}" >"$2" 2>&1
+}
+
+scenario_wrk() {
+    local sc=$1 r name out c0 c1 st
+    wrk_args "$sc"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) "${PROXIES[@]}"); do
+            log "$sc: round $r/$ROUNDS: $name"
+            if ! start_proxy "$name" "$sc-r$r"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
+                st=0; stop_proxy || st=$?
+                continue
+            fi
+            out=$TMP/logs/$LOGN-$name-$sc-r$r.wrk
+            run_wrk "$WARMUP" "$out.warmup" || true
+            if proxy_died "$sc" "$name" "$r"; then continue; fi
+            c0=$(snap $PROXY_PIDS)
+            if ! run_wrk "$DURATION" "$out"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                    --error "wrk failed: $(tail -3 "$out" | tr '\n' ' ')"
+            else
+                c1=$(snap $PROXY_PIDS)
+                if ! proxy_died "$sc" "$name" "$r"; then
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --snap "$c0" "$c1" \
+                        --wrk "$out" --log "$PROXY_LOG"
+                fi
+            fi
+            st=0; stop_proxy || st=$?
+            after_stop "$sc" "$name" "$r" "$st"
+        done
+    done
+}
+
+scenario_tunnel() {
+    local r name out c0 c1 st sink_pid args
+    start_bg "$LOAD_CPU" "$TMP/logs/sink.log" python3 "$TOOLS/tunnel.py" sink --port "$SINK_PORT"
+    sink_pid=$BG_PID
+    python3 "$TOOLS/proc.py" wait-port "$SINK_PORT" 10 || die "tunnel sink did not start"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) sluice haproxy direct); do
+            log "tunnel: round $r/$ROUNDS: $name ($((TUNNEL_BYTES >> 20)) MiB)"
+            case $name in
+                sluice) args=(--to "127.0.0.1:$PROXY_PORT" --connect "127.0.0.1:$SINK_PORT") ;;
+                haproxy) args=(--to "127.0.0.1:$TCP_PORT") ;;
+                direct) args=(--to "127.0.0.1:$SINK_PORT") ;;
+            esac
+            PROXY_PIDS="" PROXY_LOG=/dev/null
+            if [[ $name != direct ]] && ! start_proxy "$name" "tunnel-r$r"; then
+                record --set scenario=tunnel --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
+                st=0; stop_proxy || st=$?
+                continue
+            fi
+            [[ $name == haproxy ]] && { python3 "$TOOLS/proc.py" wait-port "$TCP_PORT" 10 || true; }
+            out=$TMP/logs/$LOGN-$name-tunnel-r$r.json
+            # Warm-up: 256 MiB through the same path.
+            run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/tunnel.py" send "${args[@]}" --bytes $((256 << 20)) --file "$TUNNEL_SRC" >/dev/null 2>"$out.err" || true
+            c0=$(snap $PROXY_PIDS)
+            if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/tunnel.py" send "${args[@]}" --bytes "$TUNNEL_BYTES" --file "$TUNNEL_SRC" >"$out" 2>"$out.err"; then
+                c1=$(snap $PROXY_PIDS)
+                if [[ $name == direct ]] || ! proxy_died tunnel "$name" "$r"; then
+                    record --set scenario=tunnel --set "proxy=$name" --set "round=$r" --json "$out" --snap "$c0" "$c1" --log "$PROXY_LOG"
+                fi
+            else
+                if [[ $name == direct ]] || ! proxy_died tunnel "$name" "$r"; then
+                    record --set scenario=tunnel --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                        --error "transfer failed: $(tail -2 "$out.err" | tr '\n' ' ')"
+                fi
+            fi
+            if [[ $name != direct ]]; then
+                st=0; stop_proxy || st=$?
+                after_stop tunnel "$name" "$r" "$st"
+            fi
+        done
+    done
+    kill -TERM "$sink_pid" 2>/dev/null || true
+    wait "$sink_pid" 2>/dev/null || true
+    forget "$sink_pid"
+}
+
+scenario_idle() {
+    local r name out st
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) "${PROXIES[@]}"); do
+            log "idle: round $r/$ROUNDS: $name ($IDLE_COUNT clients)"
+            if ! start_proxy "$name" "idle-r$r"; then
+                record --set scenario=idle --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
+                st=0; stop_proxy || st=$?
+                continue
+            fi
+            out=$TMP/logs/$LOGN-$name-idle-r$r.json
+            if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/idle.py" --target "127.0.0.1:$PROXY_PORT" \
+                --host "127.0.0.1:$UP_PORT" --path /1k --count "$IDLE_COUNT" \
+                --pids "$(echo $PROXY_PIDS | tr ' ' ,)" >"$out" 2>"$out.err"; then
+                if ! proxy_died idle "$name" "$r"; then
+                    record --set scenario=idle --set "proxy=$name" --set "round=$r" --json "$out" --log "$PROXY_LOG"
+                fi
+            elif ! proxy_died idle "$name" "$r"; then
+                record --set scenario=idle --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                    --error "idle client failed: $(tail -2 "$out.err" | tr '\n' ' ')"
+            fi
+            st=0; stop_proxy || st=$?
+            after_stop idle "$name" "$r" "$st"
+        done
+    done
+}
+
+# ------------------------------------------------------------------------------------
+# Main.
+# ------------------------------------------------------------------------------------
+log "$MODE run: ${SCENARIOS[*]}; $ROUNDS round(s) of ${DURATION}s; load on CPU $LOAD_CPU, proxies on CPU $PROXY_CPU"
+start_upstream
+: >"$RAW"
+T_START=$SECONDS
+for sc in "${SCENARIOS[@]}"; do
+    case $sc in
+        tunnel) scenario_tunnel ;;
+        idle) scenario_idle ;;
+        *) scenario_wrk "$sc" ;;
+    esac
+done
+echo "elapsed=$((SECONDS - T_START))" >>"$META"
+echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$META"
+
+mkdir -p "$OUT_DIR"
+cp "$RAW" "$OUT_DIR/$STEM.jsonl"
+python3 "$TOOLS/report.py" --raw "$RAW" --meta "$META" --md "$OUT_DIR/$STEM.md" --svg "$OUT_DIR/$STEM.svg"
+log "results: $OUT_DIR/$STEM.md (chart $STEM.svg, raw measurements $STEM.jsonl)"
