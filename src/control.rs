@@ -83,9 +83,7 @@ mod tests {
     fn publish_bumps_the_generation_and_drain_sticks() {
         let c = Control::new(Arc::new(Config::default()));
         assert_eq!(c.generation(), 0);
-        let mut cfg = Config::default();
-        cfg.connect_ports = vec![8443];
-        c.publish(Arc::new(cfg));
+        c.publish(Arc::new(Config { connect_ports: vec![8443], ..Config::default() }));
         assert_eq!(c.generation(), 1);
         assert_eq!(c.current().connect_ports, vec![8443]);
         assert!(!c.draining());

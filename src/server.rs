@@ -43,7 +43,15 @@ fn listen_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// Checks that nobody else listens on `addr`: `SO_REUSEPORT` alone would let a second
 /// instance of the same user share the port silently.
 fn probe(addr: SocketAddr, what: &str) -> Result<(), StartError> {
-    TcpListener::bind(addr).map(drop).map_err(|e| StartError(format!("cannot listen on {addr} ({what}): {e}")))
+    // Bind without listening: a probe that listened would accept (and then reset) any
+    // client that connected in the instant before it was dropped.
+    let fail = |e: std::io::Error| StartError(format!("cannot listen on {addr} ({what}): {e}"));
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)).map_err(fail)?;
+    s.set_reuse_address(true).map_err(fail)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true).map_err(fail)?;
+    }
+    s.bind(&addr.into()).map_err(fail)
 }
 
 /// A per-process pseudonym for the Via header, so a request that comes back to this

@@ -3,7 +3,9 @@
 //! Every worker owns one cache-line-aligned block and is its only writer (relaxed
 //! stores, no read-modify-write contention); the admin endpoint sums the blocks.
 
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 /// One worker's counters.
 #[derive(Default, Debug)]
@@ -121,45 +123,44 @@ impl WorkerStats {
     }
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, u64)]) {
-    use std::fmt::Write;
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        let _ = writeln!(out, "{name}{labels} {v}");
-    }
+/// One metric family as the workers' blocks sum it up.
+struct Family {
+    name: &'static str,
+    kind: Kind,
+    help: &'static str,
+    samples: Vec<(Vec<(&'static str, String)>, u64)>,
 }
 
-/// Renders every worker's counters as Prometheus text.
-pub fn render(workers: &[WorkerStats]) -> String {
-    use std::fmt::Write;
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+fn one(v: u64) -> Vec<(Vec<(&'static str, String)>, u64)> {
+    vec![(Vec::new(), v)]
+}
+
+fn by(label: &'static str, pairs: &[(&str, u64)]) -> Vec<(Vec<(&'static str, String)>, u64)> {
+    pairs.iter().map(|(l, v)| (vec![(label, l.to_string())], *v)).collect()
+}
+
+/// The recorder behind `/metrics`: counters are summed from the worker blocks at scrape
+/// time and handed to the `metrics` facade (absolute values), which the Prometheus
+/// exporter renders. The hot path never touches the facade: workers only bump their own
+/// cache-line blocks.
+fn recorder() -> &'static PrometheusRecorder {
+    static RECORDER: OnceLock<PrometheusRecorder> = OnceLock::new();
+    RECORDER.get_or_init(|| PrometheusBuilder::new().build_recorder())
+}
+
+fn families(workers: &[WorkerStats]) -> Vec<Family> {
     let sum = |f: fn(&WorkerStats) -> &AtomicU64| workers.iter().map(|w| f(w).load(Relaxed)).sum::<u64>();
-    let one = |v: u64| vec![(String::new(), v)];
-    let labelled = |label: &str, pairs: &[(&str, u64)]| -> Vec<(String, u64)> {
-        pairs.iter().map(|(l, v)| (format!("{{{label}=\"{l}\"}}"), *v)).collect()
+    let per_worker = |f: fn(&WorkerStats) -> &AtomicU64| -> Vec<(Vec<(&'static str, String)>, u64)> {
+        workers.iter().enumerate().map(|(i, w)| (vec![("worker", i.to_string())], f(w).load(Relaxed))).collect()
     };
-    let out = &mut String::with_capacity(8192);
-    family(
-        out,
-        "sluice_connections_accepted_total",
-        "counter",
-        "Client connections accepted.",
-        &one(sum(|w| &w.connections_accepted)),
-    );
-    family(
-        out,
-        "sluice_connections_active",
-        "gauge",
-        "Client connections open now.",
-        &one(sum(|w| &w.connections_active)),
-    );
-    family(
-        out,
-        "sluice_connections_rejected_total",
-        "counter",
-        "Client connections refused at the connection limit.",
-        &one(sum(|w| &w.connections_rejected)),
-    );
+    let fam = |name, kind, help, samples| Family { name, kind, help, samples };
+    use Kind::{Counter as C, Gauge as G};
     let classes = [
         ("1xx", sum(|w| &w.responses_1xx)),
         ("2xx", sum(|w| &w.responses_2xx)),
@@ -167,137 +168,163 @@ pub fn render(workers: &[WorkerStats]) -> String {
         ("4xx", sum(|w| &w.responses_4xx)),
         ("5xx", sum(|w| &w.responses_5xx)),
     ];
-    let by_class: Vec<(String, u64)> =
-        classes.iter().map(|(c, v)| (format!("{{protocol=\"http1\",status_class=\"{c}\"}}"), *v)).collect();
-    family(out, "sluice_requests_total", "counter", "Requests answered, by protocol and status class.", &by_class);
-    family(out, "sluice_tunnels_total", "counter", "CONNECT tunnels established.", &one(sum(|w| &w.tunnels)));
-    let bytes = labelled(
-        "direction",
-        &[("from_client", sum(|w| &w.bytes_from_clients)), ("to_client", sum(|w| &w.bytes_to_clients))],
-    );
-    family(out, "sluice_bytes_total", "counter", "Bytes relayed, by direction.", &bytes);
-    family(
-        out,
-        "sluice_upstream_pool_hits_total",
-        "counter",
-        "Requests sent on a pooled upstream connection.",
-        &one(sum(|w| &w.pool_hits)),
-    );
-    family(
-        out,
-        "sluice_upstream_pool_misses_total",
-        "counter",
-        "Requests that needed a new upstream connection.",
-        &one(sum(|w| &w.pool_misses)),
-    );
-    family(
-        out,
-        "sluice_upstream_pool_evictions_total",
-        "counter",
-        "Idle upstream connections evicted by the pool caps.",
-        &one(sum(|w| &w.pool_evictions)),
-    );
-    family(
-        out,
-        "sluice_upstream_retries_total",
-        "counter",
-        "Idempotent requests retried after a reused connection failed.",
-        &one(sum(|w| &w.upstream_retries)),
-    );
-    family(
-        out,
-        "sluice_dns_cache_hits_total",
-        "counter",
-        "Name lookups answered from the worker's cache.",
-        &one(sum(|w| &w.dns_cache_hits)),
-    );
-    family(out, "sluice_dns_failures_total", "counter", "Name lookups that failed.", &one(sum(|w| &w.dns_failures)));
-    family(
-        out,
-        "sluice_timeouts_total",
-        "counter",
-        "Deadlines that fired (head, idle, connect, response).",
-        &one(sum(|w| &w.timeouts)),
-    );
-    let hs = labelled(
-        "result",
-        &[
-            ("ok", sum(|w| &w.tls_handshakes)),
-            ("failed", sum(|w| &w.tls_handshake_failures)),
-            ("passthrough", sum(|w| &w.tls_passthrough)),
-        ],
-    );
-    family(out, "sluice_tls_handshakes_total", "counter", "Client TLS handshakes, by result.", &hs);
-    family(out, "sluice_certs_minted_total", "counter", "Forged certificates minted.", &one(sum(|w| &w.certs_minted)));
-    family(
-        out,
-        "sluice_cert_cache_hits_total",
-        "counter",
-        "Handshakes served from the forged-certificate cache.",
-        &one(sum(|w| &w.cert_cache_hits)),
-    );
-    let _ = writeln!(out, "# HELP sluice_cert_mint_seconds Time spent minting certificates.");
-    let _ = writeln!(out, "# TYPE sluice_cert_mint_seconds summary");
-    let _ = writeln!(out, "sluice_cert_mint_seconds_sum {}", sum(|w| &w.cert_mint_nanos) as f64 / 1e9);
-    let _ = writeln!(out, "sluice_cert_mint_seconds_count {}", sum(|w| &w.certs_minted));
+    let by_class = classes
+        .iter()
+        .map(|(c, v)| (vec![("protocol", "http1".to_string()), ("status_class", c.to_string())], *v))
+        .collect();
     let verify: Vec<(&str, u64)> = VERIFY_REASONS
         .iter()
         .enumerate()
         .map(|(i, r)| (*r, workers.iter().map(|w| w.verify_failures[i].load(Relaxed)).sum()))
         .collect();
-    family(
-        out,
-        "sluice_upstream_verify_failures_total",
-        "counter",
-        "Upstream certificate chains refused, by reason.",
-        &labelled("reason", &verify),
-    );
+    vec![
+        fam(
+            "sluice_connections_accepted_total",
+            C,
+            "Client connections accepted.",
+            one(sum(|w| &w.connections_accepted)),
+        ),
+        fam("sluice_connections_active", G, "Client connections open now.", one(sum(|w| &w.connections_active))),
+        fam(
+            "sluice_connections_rejected_total",
+            C,
+            "Client connections refused (ACL or connection limit).",
+            one(sum(|w| &w.connections_rejected)),
+        ),
+        fam("sluice_requests_total", C, "Requests answered, by protocol and status class.", by_class),
+        fam("sluice_tunnels_total", C, "CONNECT tunnels established.", one(sum(|w| &w.tunnels))),
+        fam(
+            "sluice_bytes_total",
+            C,
+            "Bytes relayed, by direction.",
+            by(
+                "direction",
+                &[("from_client", sum(|w| &w.bytes_from_clients)), ("to_client", sum(|w| &w.bytes_to_clients))],
+            ),
+        ),
+        fam(
+            "sluice_upstream_pool_hits_total",
+            C,
+            "Requests sent on a pooled upstream connection.",
+            one(sum(|w| &w.pool_hits)),
+        ),
+        fam(
+            "sluice_upstream_pool_misses_total",
+            C,
+            "Requests that needed a new upstream connection.",
+            one(sum(|w| &w.pool_misses)),
+        ),
+        fam(
+            "sluice_upstream_pool_evictions_total",
+            C,
+            "Idle upstream connections evicted by the pool caps.",
+            one(sum(|w| &w.pool_evictions)),
+        ),
+        fam(
+            "sluice_upstream_retries_total",
+            C,
+            "Idempotent requests retried after a reused connection failed.",
+            one(sum(|w| &w.upstream_retries)),
+        ),
+        fam(
+            "sluice_dns_cache_hits_total",
+            C,
+            "Name lookups answered from the worker's cache.",
+            one(sum(|w| &w.dns_cache_hits)),
+        ),
+        fam("sluice_dns_failures_total", C, "Name lookups that failed.", one(sum(|w| &w.dns_failures))),
+        fam(
+            "sluice_timeouts_total",
+            C,
+            "Deadlines that fired (head, idle, connect, response).",
+            one(sum(|w| &w.timeouts)),
+        ),
+        fam(
+            "sluice_tls_handshakes_total",
+            C,
+            "Client TLS handshakes, by result.",
+            by(
+                "result",
+                &[
+                    ("ok", sum(|w| &w.tls_handshakes)),
+                    ("failed", sum(|w| &w.tls_handshake_failures)),
+                    ("passthrough", sum(|w| &w.tls_passthrough)),
+                ],
+            ),
+        ),
+        fam("sluice_certs_minted_total", C, "Forged certificates minted.", one(sum(|w| &w.certs_minted))),
+        fam(
+            "sluice_cert_cache_hits_total",
+            C,
+            "Handshakes served from the forged-certificate cache.",
+            one(sum(|w| &w.cert_cache_hits)),
+        ),
+        fam(
+            "sluice_upstream_verify_failures_total",
+            C,
+            "Upstream certificate chains refused, by reason.",
+            by("reason", &verify),
+        ),
+        fam(
+            "sluice_access_log_dropped_total",
+            C,
+            "Access log lines dropped (writer behind).",
+            one(sum(|w| &w.access_log_dropped)),
+        ),
+        fam("sluice_ring_submissions_total", C, "io_uring submissions, per worker.", per_worker(|w| &w.ring_submitted)),
+        fam("sluice_ring_completions_total", C, "io_uring completions, per worker.", per_worker(|w| &w.ring_completed)),
+        fam(
+            "sluice_ring_backlog",
+            G,
+            "Submissions waiting for room in the queue, per worker.",
+            per_worker(|w| &w.ring_backlog),
+        ),
+    ]
+}
+
+/// Renders every worker's counters as Prometheus text.
+pub fn render(workers: &[WorkerStats]) -> String {
+    use std::fmt::Write;
+    let recorder = recorder();
+    metrics::with_local_recorder(recorder, || {
+        for f in families(workers) {
+            match f.kind {
+                Kind::Counter => metrics::describe_counter!(f.name, f.help),
+                Kind::Gauge => metrics::describe_gauge!(f.name, f.help),
+            }
+            for (labels, v) in f.samples {
+                let labels: Vec<metrics::Label> = labels.into_iter().map(|(k, v)| metrics::Label::new(k, v)).collect();
+                match f.kind {
+                    Kind::Counter => metrics::counter!(f.name, labels).absolute(v),
+                    Kind::Gauge => metrics::gauge!(f.name, labels).set(v as f64),
+                }
+            }
+        }
+    });
+    let mut out = recorder.handle().render();
+    // Histograms keep fixed per-worker buckets (the facade only takes single
+    // observations), so they are rendered here in the same text format.
     let hs: Vec<&Histogram> = workers.iter().map(|w| &w.request_duration).collect();
     render_histogram(
-        out,
+        &mut out,
         "sluice_request_duration_seconds",
         "Time from a request's first byte to its response's last.",
         &hs,
     );
     let hs: Vec<&Histogram> = workers.iter().map(|w| &w.upstream_connect).collect();
     render_histogram(
-        out,
+        &mut out,
         "sluice_upstream_connect_seconds",
         "Time to reach a new upstream connection (DNS, TCP, TLS).",
         &hs,
     );
-    family(
-        out,
-        "sluice_access_log_dropped_total",
-        "counter",
-        "Access log lines dropped (writer behind).",
-        &one(sum(|w| &w.access_log_dropped)),
-    );
-    let per_worker = |f: fn(&WorkerStats) -> &AtomicU64| -> Vec<(String, u64)> {
-        workers.iter().enumerate().map(|(i, w)| (format!("{{worker=\"{i}\"}}"), f(w).load(Relaxed))).collect()
-    };
-    family(
-        out,
-        "sluice_ring_submissions_total",
-        "counter",
-        "io_uring submissions, per worker.",
-        &per_worker(|w| &w.ring_submitted),
-    );
-    family(
-        out,
-        "sluice_ring_completions_total",
-        "counter",
-        "io_uring completions, per worker.",
-        &per_worker(|w| &w.ring_completed),
-    );
-    family(
-        out,
-        "sluice_ring_backlog",
-        "gauge",
-        "Submissions waiting for room in the queue, per worker.",
-        &per_worker(|w| &w.ring_backlog),
-    );
-    std::mem::take(out)
+    let minted: u64 = workers.iter().map(|w| w.certs_minted.load(Relaxed)).sum();
+    let nanos: u64 = workers.iter().map(|w| w.cert_mint_nanos.load(Relaxed)).sum();
+    let _ = writeln!(out, "# HELP sluice_cert_mint_seconds Time spent minting certificates.");
+    let _ = writeln!(out, "# TYPE sluice_cert_mint_seconds summary");
+    let _ = writeln!(out, "sluice_cert_mint_seconds_sum {}", nanos as f64 / 1e9);
+    let _ = writeln!(out, "sluice_cert_mint_seconds_count {minted}");
+    out
 }
 
 #[cfg(test)]

@@ -43,7 +43,8 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         UpstreamStep::Start => {
             let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
             if !ex.is_connect && !ex.fresh_only {
-                if let Some(pooled) = ctx.upstreams.take(&key, ctx.now) {
+                let retryable = ex.method.is_idempotent() && matches!(ex.req_body, super::http1::Body::None);
+                if let Some(pooled) = ctx.upstreams.take(&key, ctx.now, retryable) {
                     stats::bump(&ctx.stats.pool_hits, 1);
                     conn.upstream = Some(UpstreamConn { sock: pooled.sock, key, reused: true, abandoned: false });
                     conn.utls = pooled.tls;

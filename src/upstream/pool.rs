@@ -68,13 +68,18 @@ impl UpstreamPool {
         self.total == 0
     }
 
-    /// The most recently parked live connection for `key`, if any.
-    pub fn take(&mut self, key: &PoolKey, now: Instant) -> Option<Pooled> {
+    /// The most recently parked live connection for `key`, if any. A connection parked
+    /// for more than a moment, or wanted for a request that cannot be retried, is peeked
+    /// first (one syscall) so one the origin closed is never used; a request that can be
+    /// retried skips that on a connection parked just now (the retry covers the race).
+    pub fn take(&mut self, key: &PoolKey, now: Instant, retryable: bool) -> Option<Pooled> {
         let list = self.idle.get_mut(key)?;
         while let Some(idle) = list.pop_back() {
             self.total -= 1;
-            let fresh = now.saturating_duration_since(idle.since) < self.cfg.idle_timeout;
-            if fresh && peek(idle.conn.sock.as_fd()) == Peek::Quiet {
+            let age = now.saturating_duration_since(idle.since);
+            let fresh = age < self.cfg.idle_timeout;
+            let trust = retryable && age < std::time::Duration::from_millis(250);
+            if fresh && (trust || peek(idle.conn.sock.as_fd()) == Peek::Quiet) {
                 self.stats.hits += 1;
                 return Some(idle.conn);
             }
@@ -173,11 +178,11 @@ mod tests {
         pool.put(key("a"), plain(c2), now);
         drop(s2); // the origin closes the newest one
         std::thread::sleep(Duration::from_millis(50));
-        let got = pool.take(&key("a"), now).expect("the live one is handed out");
+        let got = pool.take(&key("a"), now, false).expect("the live one is handed out");
         assert_eq!(got.sock.peer_addr().unwrap(), s1.local_addr().unwrap());
         assert_eq!(pool.stats.stale_dropped, 1);
-        assert!(pool.take(&key("a"), now).is_none());
-        assert!(pool.take(&key("b"), now).is_none());
+        assert!(pool.take(&key("a"), now, false).is_none());
+        assert!(pool.take(&key("b"), now, false).is_none());
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! Connection lifecycle seen through the admin endpoint: `/metrics` counts, and clients
+//! that vanish mid-body, mid-download or mid-tunnel release their connection
+//! (`sluice_connections_active` back to 0) and the upstream side too.
+
+mod support;
+
+use std::io::Write;
+use std::net::Shutdown;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use support::*;
+
+const ACTIVE: &str = "sluice_connections_active";
+const REQUESTS: &str = "sluice_requests_total";
+
+fn wait_active(proxy: &Proxy, what: &str, pred: impl Fn(f64) -> bool, within: Duration) -> f64 {
+    proxy.wait_metric(ACTIVE, within, pred).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+#[test]
+fn metrics_count_connections_and_requests() {
+    let origin = Origin::start();
+    let proxy = Proxy::start("");
+    wait_active(&proxy, "at start", |v| v == 0.0, Duration::from_secs(5));
+    let before = proxy.metric(REQUESTS).unwrap_or(0.0);
+    let mut a = proxy.client();
+    let mut b = proxy.client();
+    for _ in 0..3 {
+        assert_eq!(a.get(&origin.host(), "/bytes/10").status, 200);
+        assert_eq!(b.get(&origin.host(), "/bytes/10").status, 200);
+    }
+    wait_active(&proxy, "two open clients", |v| v == 2.0, Duration::from_secs(5));
+    let after = proxy
+        .wait_metric(REQUESTS, Duration::from_secs(5), |v| v >= before + 6.0)
+        .unwrap_or_else(|e| panic!("after 6 requests: {e}"));
+    assert!(after >= before + 6.0);
+    drop(a);
+    wait_active(&proxy, "one client left", |v| v == 1.0, Duration::from_secs(5));
+    drop(b);
+    wait_active(&proxy, "all clients gone", |v| v == 0.0, Duration::from_secs(5));
+}
+
+#[test]
+fn client_disconnecting_mid_body_frees_its_connection() {
+    let origin = Origin::start();
+    let mut proxy = Proxy::start("");
+    let mut c = proxy.client();
+    c.send_str(&format!("POST /echo HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n", origin.host(), 10 << 20));
+    c.send(&pattern(1 << 20)).unwrap();
+    wait_active(&proxy, "while uploading", |v| v >= 1.0, Duration::from_secs(5));
+    let _ = c.conn.inner.flush();
+    drop(c);
+    wait_active(&proxy, "a client that vanished mid-body must be released", |v| v == 0.0, Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || origin.open() == 0),
+        "the upstream connection of a half-sent body must be closed, {} still open",
+        origin.open()
+    );
+    assert_eq!(origin.complete(), 0, "the origin must never get a complete request");
+    assert!(proxy.alive());
+    proxy.assert_serves(&origin);
+}
+
+#[test]
+fn client_disconnecting_mid_response_frees_its_connection() {
+    let origin = Origin::start();
+    let mut proxy = Proxy::start("");
+    let mut c = proxy.client();
+    c.send_str(&format!("GET /bytes/{} HTTP/1.1\r\nHost: {}\r\n\r\n", 200u64 << 20, origin.host()));
+    let head = c.conn.read_head(65536).unwrap().expect("response head");
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    let mut got = 0usize;
+    while got < 1 << 20 {
+        got += c.conn.read_some(65536).unwrap().len();
+    }
+    wait_active(&proxy, "while downloading", |v| v >= 1.0, Duration::from_secs(5));
+    drop(c);
+    wait_active(&proxy, "a client that vanished mid-download must be released", |v| v == 0.0, Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || origin.open() == 0),
+        "the upstream connection of an abandoned download must be closed, {} still open",
+        origin.open()
+    );
+    proxy.assert_serves(&origin);
+}
+
+#[test]
+fn client_disconnecting_mid_tunnel_frees_both_sides() {
+    let greet = GreetServer::start(200 << 20);
+    let mut proxy = Proxy::start(&format!("connect_ports = [{}]\n", greet.port()));
+    let mut c = proxy.client();
+    let target = format!("127.0.0.1:{}", greet.port());
+    c.send_str(&format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
+    let head = c.conn.read_head(65536).unwrap().expect("CONNECT response");
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"));
+    let mut got = 0usize;
+    while got < 1 << 20 {
+        got += c.conn.read_some(65536).unwrap().len();
+    }
+    drop(c);
+    wait_active(&proxy, "a tunnel client that vanished must be released", |v| v == 0.0, Duration::from_secs(5));
+    assert!(
+        wait_until(Duration::from_secs(5), || greet.closed.load(Ordering::SeqCst) == 1),
+        "the tunnel's upstream side was not closed"
+    );
+    assert!(proxy.alive());
+}
+
+#[test]
+fn many_clients_come_and_go() {
+    let origin = Origin::start();
+    let proxy = Proxy::start("");
+    let addr = proxy.addr();
+    let host = origin.host();
+    let handles: Vec<_> = (0..20)
+        .map(|i| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                for j in 0..10 {
+                    let mut c = Client::connect(addr);
+                    let r = c.get(&host, &format!("/bytes/{}", i * 10 + j));
+                    assert_eq!(r.status, 200);
+                    match j % 3 {
+                        0 => drop(c),
+                        1 => {
+                            let _ = c.stream().shutdown(Shutdown::Write);
+                            let _ = c.wait_closed(Duration::from_secs(5));
+                        }
+                        _ => {
+                            // Half a second request, then gone.
+                            let _ = c.send(b"GET /bytes/1 HTTP/1.1\r\nHo");
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    wait_active(&proxy, "after 200 short-lived clients", |v| v == 0.0, Duration::from_secs(5));
+}
