@@ -266,37 +266,38 @@ impl Connection {
 
     /// Sends pending ciphertext to the client. True when a write was submitted.
     pub(crate) fn flush_client_tls(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> bool {
-        if self.io.client_write.is_some() {
-            return false;
-        }
-        let fd = self.client.as_raw_fd();
-        let Some(t) = self.ctls.as_mut() else { return false };
-        let n = t.fill_out(ctx.pool);
-        if n == 0 {
-            return false;
-        }
-        let offset = t.raw_out.start;
-        let slab = t.raw_out.lend();
-        ctx.ring.submit(io, tag::CLIENT_WRITE, Op::Send { fd, slab, offset, len: n }, ctx.pool);
-        self.io.client_write = Some(WriteJob { src: BufId::ClientRawOut, offset: offset as u32, len: n as u32 });
-        true
+        self.flush_tls(io, ctx, true)
     }
 
     /// Sends pending ciphertext to the origin. True when a write was submitted.
     pub(crate) fn flush_up_tls(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> bool {
-        if self.io.up_write.is_some() {
-            return false;
-        }
-        let Some(fd) = self.up_fd() else { return false };
-        let Some(t) = self.utls.as_mut() else { return false };
+        self.flush_tls(io, ctx, false)
+    }
+
+    fn flush_tls(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, client: bool) -> bool {
+        let (fd, busy) = if client {
+            (Some(self.client.as_raw_fd()), self.io.client_write.is_some())
+        } else {
+            (self.up_fd(), self.io.up_write.is_some())
+        };
+        let Some(fd) = fd.filter(|_| !busy) else { return false };
+        let leg = if client { self.ctls.as_mut() } else { self.utls.as_mut() };
+        let Some(t) = leg else { return false };
         let n = t.fill_out(ctx.pool);
         if n == 0 {
             return false;
         }
         let offset = t.raw_out.start;
         let slab = t.raw_out.lend();
-        ctx.ring.submit(io, tag::UP_WRITE, Op::Send { fd, slab, offset, len: n }, ctx.pool);
-        self.io.up_write = Some(WriteJob { src: BufId::UpRawOut, offset: offset as u32, len: n as u32 });
+        let (op_tag, src) =
+            if client { (tag::CLIENT_WRITE, BufId::ClientRawOut) } else { (tag::UP_WRITE, BufId::UpRawOut) };
+        ctx.ring.submit(io, op_tag, Op::Send { fd, slab, offset, len: n }, ctx.pool);
+        let job = Some(WriteJob { src, offset: offset as u32, len: n as u32 });
+        if client {
+            self.io.client_write = job;
+        } else {
+            self.io.up_write = job;
+        }
         true
     }
 }

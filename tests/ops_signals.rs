@@ -1,0 +1,638 @@
+//! Operating the proxy with signals, seen from outside: `/metrics` after a known
+//! workload (checked with a real Prometheus parser), SIGTERM/SIGINT drains (`/readyz`
+//! flips to 503, in-flight requests finish, new connections are refused, exit 0, the
+//! `[timeouts] drain` deadline), and SIGHUP reloads (a changed client ACL applies to new
+//! connections only; a broken file is refused and the old configuration stays).
+//!
+//! These tests need the child process itself (PID, exit status) and its config file, so
+//! they use a small local guard instead of `support::Proxy`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+use support::*;
+
+const REQUESTS: &str = "sluice_requests_total";
+const DURATION_COUNT: &str = "sluice_request_duration_seconds_count";
+const DURATION_BUCKET: &str = "sluice_request_duration_seconds_bucket";
+const REJECTED: &str = "sluice_connections_rejected_total";
+const REFUSAL: &str = "sluice: reload refused, keeping the old configuration:";
+
+// ---------------------------------------------------------------------------------------
+// A local guard: the child, its config file, its ports
+// ---------------------------------------------------------------------------------------
+
+struct Sluice {
+    child: Child,
+    port: u16,
+    admin_port: u16,
+    config: PathBuf,
+    dir: TempDir,
+}
+
+impl Sluice {
+    /// `sluice run` with `config` as its TOML file, 2 workers, fresh ports; returns once
+    /// the proxy answers HTTP.
+    fn start(config: &str) -> Sluice {
+        let mut last_err = String::new();
+        for _attempt in 0..5 {
+            let dir = TempDir::new("ops-signals");
+            let cfg = dir.write("sluice.toml", config);
+            let port = free_port();
+            let admin_port = free_port();
+            let stderr = fs::File::create(dir.join("stderr.log")).unwrap();
+            let mut child = Command::new(BIN)
+                .arg("run")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--admin")
+                .arg(format!("127.0.0.1:{admin_port}"))
+                .arg("--workers")
+                .arg("2")
+                .arg("--ca-dir")
+                .arg(dir.join("ca"))
+                .env_remove("NOTIFY_SOCKET")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(stderr)
+                .spawn()
+                .expect("spawn sluice");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                    last_err = format!("sluice exited before listening ({status}): {log}");
+                    if log.to_lowercase().contains("in use") {
+                        break; // lost a port race: try fresh ports
+                    }
+                    panic!("{last_err}");
+                }
+                if answers_http(addr) {
+                    let s = Sluice { child, port, admin_port, config: cfg, dir };
+                    // The admin listener must be up too before a test relies on it.
+                    assert!(
+                        wait_until(Duration::from_secs(10), || s.admin_get("/healthz").is_ok_and(|r| r.status == 200)),
+                        "/healthz never answered 200"
+                    );
+                    return s;
+                }
+                if Instant::now() >= deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+                    panic!("sluice did not accept on {addr} within 15 s; stderr: {log}");
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start sluice: {last_err}");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn admin_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.admin_port).into()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} {}", self.child.id());
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `within` for the process to exit.
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn stderr_log(&self) -> String {
+        fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+
+    fn rewrite_config(&self, text: &str) {
+        fs::write(&self.config, text).expect("rewrite the config file");
+    }
+
+    fn admin_get(&self, path: &str) -> io::Result<Response> {
+        exchange(
+            self.admin_addr(),
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").as_bytes(),
+            Duration::from_secs(5),
+        )
+    }
+
+    fn metrics(&self) -> String {
+        match self.admin_get("/metrics") {
+            Ok(r) if r.status == 200 => r.text(),
+            Ok(r) => panic!("GET /metrics answered {}", r.describe()),
+            Err(e) => panic!("GET /metrics: {e}"),
+        }
+    }
+
+    fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics();
+        metric_sum(&text, name).unwrap_or_else(|| panic!("no `{name}` sample in /metrics:\n{text}"))
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(self.addr())
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            let log = self.stderr_log();
+            let tail: String = log.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+            eprintln!("---- sluice stderr (tail) ----\n{tail}\n------------------------------");
+        }
+    }
+}
+
+fn assert_exit_zero(status: Option<ExitStatus>, what: &str, s: &Sluice) {
+    match status {
+        Some(st) => assert!(st.success(), "{what}: sluice exited with {st}; stderr: {}", s.stderr_log()),
+        None => panic!("{what}: sluice still running; stderr: {}", s.stderr_log()),
+    }
+}
+
+/// A plain GET through the proxy on a fresh connection.
+fn get_once(s: &Sluice, origin: &Origin, path: &str) -> io::Result<Response> {
+    exchange(
+        s.addr(),
+        format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", origin.host()).as_bytes(),
+        Duration::from_secs(10),
+    )
+}
+
+/// Connects to the proxy and tries one request. `Ok(None)`: the connection was refused,
+/// reset or closed without a single response byte. `Ok(Some(bytes))`: what came back.
+fn try_new_connection(addr: SocketAddr, host: &str) -> Option<Vec<u8>> {
+    let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(_) => return None,
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(format!("GET /bytes/10 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes());
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => {
+                panic!("a connection to {addr} neither answered nor closed within 5 s; got {:?}", excerpt(&got))
+            }
+            Err(_) => break, // reset
+        }
+    }
+    if got.is_empty() {
+        None
+    } else {
+        Some(got)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Prometheus text, parsed by a real parser
+// ---------------------------------------------------------------------------------------
+
+/// One sample: its name (with suffix), labels, value.
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+const PY_PARSER: &str = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        labels = "\x1f".join("%s=%s" % (k, v) for k, v in sorted(s.labels.items()))
+        print("%s\x1e%s\x1e%r" % (s.name, labels, float(s.value)))
+"#;
+
+fn run_with_stdin(cmd: &mut Command, input: &str) -> io::Result<std::process::Output> {
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    child.wait_with_output()
+}
+
+fn python_has_prometheus_client() -> bool {
+    Command::new("python3")
+        .args(["-c", "import prometheus_client.parser"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Makes `prometheus_client` importable if it is not (pip), once.
+fn ensure_python_parser() -> bool {
+    if !have("python3") {
+        return false;
+    }
+    if python_has_prometheus_client() {
+        return true;
+    }
+    let _ = Command::new("python3")
+        .args(["-m", "pip", "install", "--quiet", "prometheus_client"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    python_has_prometheus_client()
+}
+
+/// Parses `text` with `prometheus_client`'s parser; a parse failure fails the test.
+fn parse_with_python(text: &str) -> Vec<Sample> {
+    let out = run_with_stdin(Command::new("python3").args(["-c", PY_PARSER]), text).expect("run python3");
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse /metrics: {}\n---\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let mut parts = line.split('\x1e');
+            let name = parts.next().unwrap().to_string();
+            let labels = parts
+                .next()
+                .unwrap_or("")
+                .split('\x1f')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap();
+                    (k.to_string(), v.to_string())
+                })
+                .collect();
+            let value = parts.next().and_then(|v| v.parse::<f64>().ok()).unwrap_or_else(|| panic!("bad line {line:?}"));
+            Sample { name, labels, value }
+        })
+        .collect()
+}
+
+/// `promtool check metrics`: a parse error fails the test. Lint remarks (naming style)
+/// are printed, not fatal: they are opinions, not format errors.
+fn check_with_promtool(text: &str) {
+    let out = run_with_stdin(Command::new("promtool").args(["check", "metrics"]), text).expect("run promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let lower = said.to_lowercase();
+        assert!(
+            !(lower.contains("error while linting") || lower.contains("parse") || lower.contains("invalid")),
+            "promtool check metrics rejected /metrics: {said}\n---\n{text}"
+        );
+        eprintln!("promtool lint remarks (not fatal): {said}");
+    }
+}
+
+fn sum_of(samples: &[Sample], name: &str) -> f64 {
+    let matching: Vec<&Sample> = samples.iter().filter(|s| s.name == name).collect();
+    assert!(!matching.is_empty(), "no `{name}` sample in the parsed /metrics");
+    matching.iter().map(|s| s.value).sum()
+}
+
+/// Every bucket series of `bucket_name` is cumulative (non-decreasing in `le`), has a
+/// `+Inf` bucket, and that bucket equals the matching `_count`.
+fn assert_histogram_cumulative(samples: &[Sample], bucket_name: &str, count_name: &str) {
+    // Series key: the labels other than `le`; value: (le, cumulative count) pairs.
+    type Series = BTreeMap<Vec<(String, String)>, Vec<(f64, f64)>>;
+    let mut series: Series = BTreeMap::new();
+    for s in samples.iter().filter(|s| s.name == bucket_name) {
+        let le = s.labels.get("le").unwrap_or_else(|| panic!("{bucket_name} sample without `le`: {s:?}"));
+        let le: f64 = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or_else(|_| panic!("bad le {le:?}")) };
+        let rest: Vec<(String, String)> =
+            s.labels.iter().filter(|(k, _)| k.as_str() != "le").map(|(k, v)| (k.clone(), v.clone())).collect();
+        series.entry(rest).or_default().push((le, s.value));
+    }
+    assert!(!series.is_empty(), "no `{bucket_name}` samples");
+    for (labels, mut buckets) in series {
+        buckets.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+        assert!(buckets.len() >= 2, "{bucket_name}{labels:?}: only {} bucket(s)", buckets.len());
+        for w in buckets.windows(2) {
+            assert!(
+                w[1].1 >= w[0].1,
+                "{bucket_name}{labels:?} not cumulative: le={} has {} < le={} has {}",
+                w[1].0,
+                w[1].1,
+                w[0].0,
+                w[0].1
+            );
+        }
+        let (last_le, inf) = *buckets.last().unwrap();
+        assert!(last_le.is_infinite(), "{bucket_name}{labels:?} has no +Inf bucket");
+        let count: f64 = samples
+            .iter()
+            .filter(|s| s.name == count_name)
+            .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| s.value)
+            .sum();
+        assert_eq!(inf, count, "{bucket_name}{labels:?}: +Inf bucket != {count_name}");
+    }
+}
+
+/// Parses /metrics with whatever real parser is available. `None`: neither promtool nor
+/// a python parser could be had.
+fn parse_metrics(text: &str, python: bool) -> Option<Vec<Sample>> {
+    let promtool = have("promtool");
+    if promtool {
+        check_with_promtool(text);
+    }
+    if python {
+        return Some(parse_with_python(text));
+    }
+    if promtool {
+        // promtool validated the format; read the values with the harness's reader.
+        return Some(
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .filter_map(|l| {
+                    let name_end = l.find(['{', ' '])?;
+                    let name = l[..name_end].to_string();
+                    let mut labels = BTreeMap::new();
+                    let mut rest = &l[name_end..];
+                    if rest.starts_with('{') {
+                        let close = rest.find('}')?;
+                        for kv in rest[1..close].split(',').filter(|kv| !kv.is_empty()) {
+                            let (k, v) = kv.split_once('=')?;
+                            labels.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+                        }
+                        rest = &rest[close + 1..];
+                    }
+                    let value = rest.split_whitespace().next()?.parse().ok()?;
+                    Some(Sample { name, labels, value })
+                })
+                .collect(),
+        );
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn metrics_count_a_known_workload_exactly() {
+    let python = ensure_python_parser();
+    if !python && !have("promtool") {
+        println!("SKIPPED: neither promtool nor python3 prometheus_client is available");
+        return;
+    }
+    let origin = Origin::start();
+    let s = Sluice::start("");
+    let before_text = s.metrics();
+    let before = parse_metrics(&before_text, python).unwrap();
+    let req0 = before.iter().filter(|x| x.name == REQUESTS).map(|x| x.value).sum::<f64>();
+    let dur0 = before.iter().filter(|x| x.name == DURATION_COUNT).map(|x| x.value).sum::<f64>();
+
+    const N: usize = 37;
+    let mut c = s.client();
+    for i in 0..N {
+        let r = c.get(&origin.host(), &format!("/bytes/{}", 10 + i));
+        assert_eq!(r.status, 200, "request {i}: {}", r.describe());
+        assert_bytes_eq(&r.body, &pattern(10 + i), "body");
+    }
+    drop(c);
+    assert_eq!(origin.requests(), N, "the origin saw a different number of requests");
+
+    // Counters may be published a moment later; wait for them, then check they settle at
+    // exactly +N (not more).
+    let reached =
+        wait_until(Duration::from_secs(5), || metric_sum(&s.metrics(), REQUESTS).unwrap_or(0.0) >= req0 + N as f64);
+    thread::sleep(Duration::from_millis(300));
+    let after_text = s.metrics();
+    let after = parse_metrics(&after_text, python).unwrap();
+    let req1 = sum_of(&after, REQUESTS);
+    let dur1 = sum_of(&after, DURATION_COUNT);
+    assert!(reached, "{REQUESTS} never reached {} (is {req1})", req0 + N as f64);
+    assert_eq!(req1 - req0, N as f64, "{REQUESTS} grew by {} for {N} requests:\n{after_text}", req1 - req0);
+    assert_eq!(dur1 - dur0, N as f64, "{DURATION_COUNT} grew by {} for {N} requests:\n{after_text}", dur1 - dur0);
+    assert_histogram_cumulative(&after, DURATION_BUCKET, DURATION_COUNT);
+    // The 2xx class got all of them.
+    let ok = |v: &[Sample]| {
+        v.iter()
+            .filter(|x| x.name == REQUESTS && x.labels.get("status_class").is_some_and(|c| c == "2xx"))
+            .map(|x| x.value)
+            .sum::<f64>()
+    };
+    assert_eq!(ok(&after) - ok(&before), N as f64, "2xx requests did not grow by {N}:\n{after_text}");
+}
+
+#[test]
+fn sigterm_drains_in_flight_request_and_refuses_new_connections() {
+    let origin = Origin::start();
+    let mut s = Sluice::start("");
+    assert_eq!(s.admin_get("/readyz").expect("/readyz").status, 200, "/readyz before the drain");
+
+    let mut slow = s.client();
+    slow.send_str(&format!("GET /slow/3000 HTTP/1.1\r\nHost: {}\r\n\r\n", origin.host()));
+    assert!(wait_until(Duration::from_secs(5), || origin.requests() == 1), "the slow request never reached the origin");
+    let sent_at = Instant::now();
+
+    s.signal("TERM");
+    let mut last = String::new();
+    let flipped = wait_until(Duration::from_secs(2), || match s.admin_get("/readyz") {
+        Ok(r) => {
+            last = r.describe();
+            r.status == 503
+        }
+        Err(e) => {
+            last = e.to_string();
+            false
+        }
+    });
+    assert!(flipped, "/readyz did not turn 503 during the drain; last: {last}");
+    assert!(s.alive(), "sluice exited while a request was in flight");
+
+    // New proxy connections are turned away while draining.
+    thread::sleep(Duration::from_millis(300));
+    if let Some(got) = try_new_connection(s.addr(), &origin.host()) {
+        panic!("a new connection during the drain was served: {:?}", excerpt(&got));
+    }
+    assert!(sent_at.elapsed() < Duration::from_millis(2500), "the checks took too long to be meaningful");
+    assert!(s.alive(), "sluice exited while a request was in flight");
+
+    let r = slow.try_response(false).unwrap_or_else(|e| panic!("the in-flight request was cut: {e}"));
+    let done_at = Instant::now();
+    assert_eq!(r.status, 200, "in-flight request: {}", r.describe());
+    assert_eq!(r.text(), "slow", "in-flight body");
+    assert!(
+        r.head.has_token("connection", "close"),
+        "a response finished during the drain must carry Connection: close: {}",
+        r.describe()
+    );
+
+    let st = s.wait_exit(Duration::from_secs(4));
+    assert_exit_zero(st, "after the last request finished", &s);
+    assert!(
+        done_at.elapsed() < Duration::from_secs(4),
+        "exit took {:?} after the slow request ended",
+        done_at.elapsed()
+    );
+}
+
+#[test]
+fn sigint_drains_like_sigterm_and_closes_idle_clients() {
+    let origin = Origin::start();
+    let mut s = Sluice::start("");
+    let mut idle = s.client();
+    assert_eq!(idle.get(&origin.host(), "/bytes/5").status, 200);
+    let t0 = Instant::now();
+    s.signal("INT");
+    let st = s.wait_exit(Duration::from_secs(3));
+    assert_exit_zero(st, "SIGINT with only an idle client", &s);
+    assert!(t0.elapsed() < Duration::from_secs(3), "SIGINT drain of an idle proxy took {:?}", t0.elapsed());
+    let rest = idle.wait_closed(Duration::from_secs(2)).expect("the idle keep-alive client must be closed");
+    assert!(rest.is_empty(), "the idle client got bytes it did not ask for: {:?}", excerpt(&rest));
+    assert!(TcpStream::connect_timeout(&s.addr(), Duration::from_millis(500)).is_err(), "still accepting after exit");
+}
+
+#[test]
+fn drain_deadline_bounds_the_wait_for_a_stuck_request() {
+    let origin = Origin::start();
+    let mut s = Sluice::start("[timeouts]\ndrain = 1\n");
+    let mut slow = s.client();
+    slow.send_str(&format!("GET /slow/10000 HTTP/1.1\r\nHost: {}\r\n\r\n", origin.host()));
+    assert!(wait_until(Duration::from_secs(5), || origin.requests() == 1), "the slow request never reached the origin");
+    let t0 = Instant::now();
+    s.signal("TERM");
+    let st = s.wait_exit(Duration::from_secs(3));
+    let took = t0.elapsed();
+    assert_exit_zero(st, "drain = 1 with a 10 s request in flight", &s);
+    assert!(
+        took >= Duration::from_millis(700),
+        "exited after {took:?}: the drain did not wait for the in-flight request"
+    );
+    assert!(took < Duration::from_secs(3), "exited after {took:?}, the drain deadline is 1 s");
+    // The stuck request was cut, not answered.
+    if let Ok(r) = slow.try_response(false) {
+        assert_ne!(r.status, 200, "a 10 s request cannot have finished after ~1 s: {}", r.describe());
+    }
+}
+
+#[test]
+fn sighup_acl_change_applies_to_new_connections_only() {
+    let origin = Origin::start();
+    let s = Sluice::start("allow_clients = [\"127.0.0.0/8\"]\n");
+    let mut kept = s.client();
+    assert_eq!(kept.get(&origin.host(), "/bytes/7").status, 200, "keep-alive request before the reload");
+    assert!(try_new_connection(s.addr(), &origin.host()).is_some(), "127.0.0.1 must be allowed before the reload");
+
+    s.rewrite_config("allow_clients = [\"10.0.0.0/8\"]\n");
+    s.signal("HUP");
+    thread::sleep(Duration::from_millis(500));
+    let rejected0 = s.metric(REJECTED);
+
+    if let Some(got) = try_new_connection(s.addr(), &origin.host()) {
+        panic!("a new connection from 127.0.0.1 was served after the ACL dropped it: {:?}", excerpt(&got));
+    }
+    assert!(
+        wait_until(Duration::from_secs(2), || s.metric(REJECTED) > rejected0),
+        "{REJECTED} did not grow (still {})",
+        s.metric(REJECTED)
+    );
+
+    let r = kept.get(&origin.host(), "/bytes/9");
+    assert_eq!(r.status, 200, "the already-open keep-alive connection: {}", r.describe());
+    assert_bytes_eq(&r.body, &pattern(9), "body on the kept connection");
+    assert!(!s.stderr_log().contains(REFUSAL), "a valid reload was refused: {}", s.stderr_log());
+}
+
+/// Opens a CONNECT tunnel to `port` and echoes a few bytes. Ok(()) on success, Err(what
+/// the proxy answered) otherwise.
+fn tunnel_works(s: &Sluice, port: u16) -> Result<(), String> {
+    let mut c = s.client();
+    let target = format!("127.0.0.1:{port}");
+    c.send_str(&format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
+    let head = match c.conn.read_head(64 * 1024) {
+        Ok(Some(h)) => String::from_utf8_lossy(&h).into_owned(),
+        Ok(None) => return Err("closed without a response".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(head);
+    }
+    c.send(b"ping-through-tunnel").map_err(|e| e.to_string())?;
+    let got = c.conn.read_exact_vec(19).map_err(|e| e.to_string())?;
+    if got != b"ping-through-tunnel" {
+        return Err(format!("echo came back as {:?}", excerpt(&got)));
+    }
+    Ok(())
+}
+
+#[test]
+fn sighup_with_broken_file_keeps_old_config_then_valid_reload_applies() {
+    let origin = Origin::start();
+    let echo = EchoServer::start();
+    let mut s = Sluice::start("connect_ports = [443]\n");
+    let err = tunnel_works(&s, echo.port()).expect_err("CONNECT to a port not in connect_ports must be refused");
+    assert!(err.starts_with("HTTP/1.1 4"), "CONNECT to a disallowed port answered {err:?}");
+
+    s.rewrite_config("this is [not toml\n");
+    s.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(3), || s.stderr_log().lines().any(|l| l.starts_with(REFUSAL))),
+        "no refusal line on stderr after a broken reload: {}",
+        s.stderr_log()
+    );
+    thread::sleep(Duration::from_millis(300));
+    assert!(s.alive(), "sluice died on a broken reload");
+    let r = get_once(&s, &origin, "/bytes/11").expect("a request after the refused reload");
+    assert_eq!(r.status, 200, "after the refused reload: {}", r.describe());
+    assert!(tunnel_works(&s, echo.port()).is_err(), "the refused reload changed connect_ports");
+    assert_eq!(s.admin_get("/readyz").expect("/readyz").status, 200, "ready after a refused reload");
+
+    s.rewrite_config(&format!("connect_ports = [443, {}]\n", echo.port()));
+    s.signal("HUP");
+    let mut last = String::new();
+    let applied = wait_until(Duration::from_secs(3), || match tunnel_works(&s, echo.port()) {
+        Ok(()) => true,
+        Err(e) => {
+            last = e;
+            false
+        }
+    });
+    assert!(applied, "a valid reload after a broken one did not apply; CONNECT still answered {last:?}");
+    assert_eq!(
+        s.stderr_log().lines().filter(|l| l.starts_with(REFUSAL)).count(),
+        1,
+        "the valid reload was refused too"
+    );
+    assert!(s.alive());
+}
