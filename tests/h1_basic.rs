@@ -218,6 +218,7 @@ fn bodyless_and_interim_statuses_keep_framing() {
     let r = c.response();
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(r.body, b"hinted", "{}", r.describe());
+    assert_eq!(r.interim, vec![103], "the origin's 103 Early Hints is relayed: {}", r.describe());
     let r = c.response();
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_bytes_eq(&r.body, &pattern(77), "GET after 204/304/103");

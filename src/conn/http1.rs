@@ -475,7 +475,8 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
 
 /// Reads and rewrites the response head.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    if conn.io.up_read {
+    // An interim (1xx) head may still be on its way to the client from `uin`.
+    if conn.io.up_read || conn.io.client_write.is_some() || conn.uin.is_lent() {
         return NextStep::Wait;
     }
     let Some(ex) = conn.ex.as_mut() else {
@@ -485,9 +486,30 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     match parsed {
         Ok(Some((resp, n))) => {
             if resp.is_informational() {
-                // 1xx heads are interim: the proxy answered 100-continue itself.
-                conn.uin.start += n;
-                return NextStep::Continue;
+                // Interim heads (103 Early Hints, ...) go to HTTP/1.1 clients (RFC 9110
+                // §15.2); a 100 is dropped when the proxy already said 100-continue, and
+                // an HTTP/1.0 client never gets a 1xx.
+                let forward = ex.client_minor == 1 && !(resp.status == 100 && ex.continue_sent);
+                if !forward {
+                    conn.uin.start += n;
+                    return NextStep::Continue;
+                }
+                ctx.scratch.clear();
+                resp.write_client(ctx.scratch, ctx.via, false, ex.client_minor);
+                let len = ctx.scratch.len();
+                let head_end = conn.uin.start + n;
+                if len > head_end {
+                    conn.uin.start += n;
+                    return NextStep::Continue;
+                }
+                let at = head_end - len;
+                if let Some(bytes) = conn.uin.slab_mut(ctx.pool) {
+                    bytes[at..head_end].copy_from_slice(ctx.scratch);
+                }
+                conn.uin.start = head_end;
+                ex.response_started = true;
+                conn.write_client(io, ctx, BufId::Uin, at, len);
+                return NextStep::Wait;
             }
             let body_framing = resp.framing;
             // An HTTP/1.0 client cannot read chunked framing: strip it and end the body
