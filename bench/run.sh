@@ -5,7 +5,7 @@
 #   bench/run.sh [--quick] [--only SCENARIO[,SCENARIO...]] [--rounds N] [--duration SECONDS]
 #                [--cpu-cap PERCENT] [--out DIR] [--no-build]
 #
-# Scenarios: ka1k ka64k close1k post1m paced1k tunnel idle (all by default).
+# Scenarios: ka1k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake (all by default).
 # Environment: SLUICE_BIN=PATH uses that binary and skips the build; BENCH_LOAD_CPU and
 # BENCH_PROXY_CPU (default 0 and 1) choose the cores; BENCH_DELAY_MS (default 10) paces
 # paced1k. --cpu-cap puts each proxy in a cgroup with a CPU quota of PERCENT of one core
@@ -17,7 +17,9 @@ ROOT=$(dirname "$HERE")
 TOOLS=$HERE/tools
 PEERS=$HERE/peers
 
-ALL_SCENARIOS=(ka1k ka64k close1k post1m paced1k tunnel idle)
+ALL_SCENARIOS=(ka1k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake)
+# TLS scenarios: Sluice intercepts, HAProxy terminates with a static certificate (no nginx peer).
+TLS_PROXIES=(sluice haproxy)
 PROXIES=(sluice haproxy nginx)
 
 usage() {
@@ -218,18 +220,37 @@ fi
 # ------------------------------------------------------------------------------------
 if [[ -d /dev/shm && -w /dev/shm ]]; then TMP=$(mktemp -d /dev/shm/sluice-bench.XXXXXX); else TMP=$(mktemp -d); fi
 chmod 755 "$TMP" # nginx workers run as an unprivileged user and read the bodies from here
-mkdir -p "$TMP/www" "$TMP/upstream" "$TMP/nginx-proxy" "$TMP/logs" "$TMP/run" "$TMP/CA"
-read -r UP_PORT PROXY_PORT ADMIN_PORT TCP_PORT SINK_PORT < <(python3 "$TOOLS/proc.py" ports 5)
-PORTS=("$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$TCP_PORT" "$SINK_PORT")
+mkdir -p "$TMP/www" "$TMP/upstream" "$TMP/nginx-proxy" "$TMP/logs" "$TMP/run" "$TMP/CA" "$TMP/tls"
+read -r UP_PORT PROXY_PORT ADMIN_PORT TCP_PORT SINK_PORT ORIGIN_TLS_PORT < <(python3 "$TOOLS/proc.py" ports 6)
+PORTS=("$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$TCP_PORT" "$SINK_PORT" "$ORIGIN_TLS_PORT")
+
+# TLS material for the tls_* scenarios, made fresh for every run (EC P-256, like the
+# certificates Sluice forges): a test CA; the origin's certificate, signed by it, for
+# origin.test and *.bench.test (served by the upstream nginx on ORIGIN_TLS_PORT, trusted by
+# Sluice with --upstream-ca and by HAProxy with ca-file); HAProxy's client-side certificate
+# is the same static one (combined.pem: certificate and key).
+TLS=$TMP/tls
+make_tls() {
+    local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+    openssl req -x509 "${ec[@]}" -keyout "$TLS/ca.key" -out "$TLS/ca.pem" -days 2 -subj "/CN=Sluice bench test CA" &&
+        openssl req "${ec[@]}" -keyout "$TLS/origin.key" -out "$TLS/origin.csr" -subj "/CN=origin.test" &&
+        printf 'subjectAltName=DNS:origin.test,DNS:*.bench.test\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' >"$TLS/ext.cnf" &&
+        openssl x509 -req -in "$TLS/origin.csr" -CA "$TLS/ca.pem" -CAkey "$TLS/ca.key" -CAcreateserial \
+            -out "$TLS/origin.pem" -days 2 -extfile "$TLS/ext.cnf" &&
+        cat "$TLS/origin.pem" "$TLS/origin.key" >"$TLS/combined.pem" && chmod -R a+rX "$TLS"
+}
+make_tls >"$TMP/logs/openssl.log" 2>&1 || { cat "$TMP/logs/openssl.log" >&2; die "could not make the TLS test certificates"; }
 
 render() { # render TEMPLATE > OUTPUT, replacing @NAME@ placeholders
     sed -e "s#@TMP@#$TMP#g" -e "s/@UPSTREAM_PORT@/$UP_PORT/g" -e "s/@PROXY_PORT@/$PROXY_PORT/g" \
         -e "s/@TCP_PORT@/$TCP_PORT/g" -e "s/@SINK_PORT@/$SINK_PORT/g" -e "s/@NOFILE@/$NOFILE/g" \
-        -e "s/@WORKER_CONNECTIONS@/$((NOFILE - 100))/g" -e "s#@WWW@#$TMP/www#g" "$1" >"$2"
+        -e "s/@WORKER_CONNECTIONS@/$((NOFILE - 100))/g" -e "s#@WWW@#$TMP/www#g" \
+        -e "s/@ORIGIN_TLS_PORT@/$ORIGIN_TLS_PORT/g" -e "s#@TLS@#$TLS#g" "$1" >"$2"
     if grep -q '@[A-Z_]*@' "$2"; then die "unrendered placeholder in $2: $(grep -o '@[A-Z_]*@' "$2" | head -1)"; fi
 }
 render "$HERE/upstream/nginx.conf.tmpl" "$TMP/upstream.conf"
 render "$PEERS/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
+render "$PEERS/haproxy-tls.cfg.tmpl" "$TMP/haproxy-tls.cfg"
 render "$PEERS/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf"
 render "$PEERS/sluice.toml.tmpl" "$TMP/sluice.toml"
 
@@ -278,6 +299,8 @@ META=$TMP/meta.txt
     echo "haproxy=$(haproxy -v 2>&1 | head -1)"
     echo "nginx=$(nginx -v 2>&1 | head -1)"
     echo "wrk=$(wrk -v 2>&1 | head -1)"
+    echo "h2load=$(h2load --version 2>&1 | head -1)"
+    echo "openssl=$(openssl version 2>&1 | head -1)"
     echo "python=$(python3 --version 2>&1)"
 } >"$META"
 
@@ -306,6 +329,18 @@ print(*sizes, urllib.request.urlopen(req).status)
 EOF
     ) || die "upstream nginx answers wrongly"
     [[ $got == "1024 65536 200" ]] || die "upstream nginx answers wrongly: $got"
+    got=$(python3 - "$ORIGIN_TLS_PORT" "$TLS/ca.pem" <<'EOF'
+import socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+with socket.create_connection(("127.0.0.1", int(sys.argv[1]))) as raw, ctx.wrap_socket(raw, server_hostname="origin.test") as s:
+    s.sendall(b"GET /1k HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n")
+    data = b""
+    while (b := s.recv(65536)):
+        data += b
+print(data.split(b" ")[1].decode(), len(data.split(b"\r\n\r\n", 1)[1]))
+EOF
+    ) || die "upstream nginx answers wrongly over TLS"
+    [[ $got == "200 1024" ]] || die "upstream nginx answers wrongly over TLS: $got"
 }
 
 # start_proxy NAME TAG: starts a proxy pinned to PROXY_CPU; sets PROXY_PID, PROXY_PIDS,
@@ -313,16 +348,21 @@ EOF
 PROXY_PID=""
 PROXY_PIDS=""
 PROXY_LOG=""
+PROXY_TLS=0 # 1 in the tls_* scenarios: Sluice gets the origin's CA and name, HAProxy its TLS config
 start_proxy() {
     local name=$1 tag=$2
     LOGN=$((LOGN + 1))
     PROXY_LOG=$TMP/logs/$LOGN-$name-$tag.log
     case $name in
         sluice)
+            local tls_args=()
+            ((PROXY_TLS)) && tls_args=(--upstream-ca "$TLS/ca.pem" --resolve origin.test:127.0.0.1)
             start_bg "$PROXY_CPU" "$PROXY_LOG" "$SLUICE_BIN" run --listen "127.0.0.1:$PROXY_PORT" \
-                --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --ca-dir "$TMP/CA" --config "$TMP/sluice.toml" ;;
+                --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --ca-dir "$TMP/CA" --config "$TMP/sluice.toml" "${tls_args[@]}" ;;
         haproxy)
-            start_bg "$PROXY_CPU" "$PROXY_LOG" haproxy -f "$TMP/haproxy.cfg" -db ;;
+            local cfg=$TMP/haproxy.cfg
+            ((PROXY_TLS)) && cfg=$TMP/haproxy-tls.cfg
+            start_bg "$PROXY_CPU" "$PROXY_LOG" haproxy -f "$cfg" -db ;;
         nginx)
             start_bg "$PROXY_CPU" "$PROXY_LOG" nginx -c "$TMP/nginx-proxy.conf" -p "$TMP/nginx-proxy" ;;
     esac
@@ -511,6 +551,118 @@ scenario_idle() {
     done
 }
 
+# TLS scenarios. The client asks for https://origin.test:ORIGIN_TLS_PORT/... (SNI and Host
+# origin.test) but connects to the proxy: Sluice forges a certificate for the server name and
+# forwards to origin.test (pinned to 127.0.0.1) over TLS; HAProxy terminates with its static
+# certificate and forwards over TLS. Both verify the origin against the run's test CA.
+sluice_cert_counts() { # "MINTED HITS" from Sluice's admin metrics ("- -" for other proxies)
+    [[ $1 == sluice ]] || { echo "- -"; return; }
+    python3 - "$ADMIN_PORT" <<'EOF' || echo "- -"
+import sys, urllib.request
+m = dict.fromkeys(("sluice_certs_minted_total", "sluice_cert_cache_hits_total"), "-")
+for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode().splitlines():
+    k, _, v = line.partition(" ")
+    if k in m:
+        m[k] = v.split(".")[0]
+print(m["sluice_certs_minted_total"], m["sluice_cert_cache_hits_total"])
+EOF
+}
+
+certs_set() { # certs_set NAME BEFORE AFTER: --set arguments with the cert counter deltas
+    local b=($2) a=($3)
+    [[ ${b[0]} != - && ${a[0]} != - ]] || return 0
+    echo "--set certs_minted=$((a[0] - b[0])) --set cert_cache_hits=$((a[1] - b[1]))"
+}
+
+run_h2load() { # run_h2load SECONDS OUTFILE [LOGFILE]
+    local logargs=()
+    [[ -n ${3:-} ]] && logargs=(--log-file="$3")
+    run_fg taskset -c "$LOAD_CPU" h2load --h1 -c64 -t1 -D"$1" "${logargs[@]}" \
+        --connect-to="127.0.0.1:$PROXY_PORT" "https://origin.test:$ORIGIN_TLS_PORT/1k" >"$2" 2>&1
+}
+
+scenario_tls_ka1k() {
+    local sc=tls_ka1k r name out c0 c1 st m0 m1
+    PROXY_TLS=1
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) "${TLS_PROXIES[@]}"); do
+            log "$sc: round $r/$ROUNDS: $name"
+            if ! start_proxy "$name" "$sc-r$r"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
+                st=0; stop_proxy || st=$?
+                continue
+            fi
+            out=$TMP/logs/$LOGN-$name-$sc-r$r.h2load
+            run_h2load "$WARMUP" "$out.warmup" || true
+            if proxy_died "$sc" "$name" "$r"; then continue; fi
+            m0=$(sluice_cert_counts "$name")
+            c0=$(snap $PROXY_PIDS)
+            if ! run_h2load "$DURATION" "$out" "$out.log"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                    --error "h2load failed: $(tail -3 "$out" | tr '\n' ' ')"
+            else
+                c1=$(snap $PROXY_PIDS)
+                m1=$(sluice_cert_counts "$name")
+                if ! proxy_died "$sc" "$name" "$r"; then
+                    # shellcheck disable=SC2046
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --snap "$c0" "$c1" \
+                        --h2load "$out" --h2load-log "$out.log" --log "$PROXY_LOG" $(certs_set "$name" "$m0" "$m1")
+                fi
+            fi
+            rm -f "$out.log"
+            st=0; stop_proxy || st=$?
+            after_stop "$sc" "$name" "$r" "$st"
+        done
+    done
+    PROXY_TLS=0
+}
+
+# tls_handshake: one request per connection, a full TLS handshake each (tools/tlshs.py), with
+# the same server name every time (tls_hs_hit: Sluice serves it from its certificate cache)
+# or a new one every time (tls_hs_miss: n<N>.bench.test, Sluice mints one per connection).
+# HAProxy serves its static certificate in both.
+scenario_tls_handshake() {
+    local r name out c0 c1 st m0 m1 variant sc sni
+    PROXY_TLS=1
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for variant in hit miss; do
+            sc=tls_hs_$variant
+            for name in $(rotate $((r - 1)) "${TLS_PROXIES[@]}"); do
+                log "tls_handshake ($variant): round $r/$ROUNDS: $name"
+                if ! start_proxy "$name" "$sc-r$r"; then
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
+                    st=0; stop_proxy || st=$?
+                    continue
+                fi
+                if [[ $variant == hit ]]; then sni=(--sni origin.test); else sni=(--sni-pattern '{prefix}{n}.bench.test'); fi
+                out=$TMP/logs/$LOGN-$name-$sc-r$r.json
+                # Warm-up: the same load (for "miss", other names: w<N>.bench.test).
+                run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/tlshs.py" --to "127.0.0.1:$PROXY_PORT" \
+                    --host "origin.test:$ORIGIN_TLS_PORT" --path /1k --seconds "$WARMUP" "${sni[@]}" --prefix w >/dev/null 2>&1 || true
+                if proxy_died "$sc" "$name" "$r"; then continue; fi
+                m0=$(sluice_cert_counts "$name")
+                c0=$(snap $PROXY_PIDS)
+                if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/tlshs.py" --to "127.0.0.1:$PROXY_PORT" \
+                    --host "origin.test:$ORIGIN_TLS_PORT" --path /1k --seconds "$DURATION" "${sni[@]}" --prefix "r$r-n" >"$out" 2>"$out.err"; then
+                    c1=$(snap $PROXY_PIDS)
+                    m1=$(sluice_cert_counts "$name")
+                    if ! proxy_died "$sc" "$name" "$r"; then
+                        # shellcheck disable=SC2046
+                        record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --snap "$c0" "$c1" \
+                            --json "$out" --log "$PROXY_LOG" $(certs_set "$name" "$m0" "$m1")
+                    fi
+                elif ! proxy_died "$sc" "$name" "$r"; then
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                        --error "handshake client failed: $(tail -2 "$out" "$out.err" | tr '\n' ' ')"
+                fi
+                st=0; stop_proxy || st=$?
+                after_stop "$sc" "$name" "$r" "$st"
+            done
+        done
+    done
+    PROXY_TLS=0
+}
+
 # ------------------------------------------------------------------------------------
 # Main.
 # ------------------------------------------------------------------------------------
@@ -522,6 +674,8 @@ for sc in "${SCENARIOS[@]}"; do
     case $sc in
         tunnel) scenario_tunnel ;;
         idle) scenario_idle ;;
+        tls_ka1k) scenario_tls_ka1k ;;
+        tls_handshake) scenario_tls_handshake ;;
         *) scenario_wrk "$sc" ;;
     esac
 done

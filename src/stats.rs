@@ -15,11 +15,10 @@ pub struct WorkerStats {
     pub connections_active: AtomicU64,
     pub connections_rejected: AtomicU64,
     pub requests: AtomicU64,
-    pub responses_1xx: AtomicU64,
-    pub responses_2xx: AtomicU64,
-    pub responses_3xx: AtomicU64,
-    pub responses_4xx: AtomicU64,
-    pub responses_5xx: AtomicU64,
+    /// Responses by request method (see [`METHODS`]) and status class (1xx..5xx).
+    pub responses: [[AtomicU64; 5]; METHODS.len()],
+    /// Responses the proxy made itself, by [`ERROR_KINDS`].
+    pub errors: [AtomicU64; ERROR_KINDS.len()],
     pub tunnels: AtomicU64,
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
@@ -47,6 +46,28 @@ pub struct WorkerStats {
     pub access_log_dropped: AtomicU64,
     /// Refused upstream chains, by the reasons in [`VERIFY_REASONS`].
     pub verify_failures: [AtomicU64; VERIFY_REASONS.len()],
+}
+
+/// Method labels of `sluice_requests_total`.
+pub const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "OTHER"];
+
+/// Labels of `sluice_errors_total{kind}`.
+pub const ERROR_KINDS: [&str; 7] =
+    ["bad_request", "forbidden", "client_timeout", "loop", "upstream_failed", "upstream_timeout", "other"];
+
+fn method_index(m: Option<crate::h1::Method>) -> usize {
+    use crate::h1::Method::*;
+    match m {
+        Some(Get) => 0,
+        Some(Head) => 1,
+        Some(Post) => 2,
+        Some(Put) => 3,
+        Some(Delete) => 4,
+        Some(Options) => 5,
+        Some(Patch) => 6,
+        Some(Connect) => 7,
+        _ => 8,
+    }
 }
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
@@ -111,15 +132,23 @@ impl WorkerStats {
     }
 
     /// Counts a response by its status class.
-    pub fn response(&self, status: u16) {
-        let c = match status {
-            100..=199 => &self.responses_1xx,
-            200..=299 => &self.responses_2xx,
-            300..=399 => &self.responses_3xx,
-            400..=499 => &self.responses_4xx,
-            _ => &self.responses_5xx,
+    pub fn response(&self, method: Option<crate::h1::Method>, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        bump(&self.responses[method_index(method)][class], 1);
+    }
+
+    /// Counts a response the proxy made itself (an error of some kind).
+    pub fn error(&self, status: u16) {
+        let kind = match status {
+            400 | 411 | 413 | 414 | 417 | 431 | 501 | 505 => 0,
+            403 | 407 => 1,
+            408 => 2,
+            508 => 3,
+            502 => 4,
+            504 => 5,
+            _ => 6,
         };
-        bump(c, 1);
+        bump(&self.errors[kind], 1);
     }
 }
 
@@ -161,16 +190,23 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
     };
     let fam = |name, kind, help, samples| Family { name, kind, help, samples };
     use Kind::{Counter as C, Gauge as G};
-    let classes = [
-        ("1xx", sum(|w| &w.responses_1xx)),
-        ("2xx", sum(|w| &w.responses_2xx)),
-        ("3xx", sum(|w| &w.responses_3xx)),
-        ("4xx", sum(|w| &w.responses_4xx)),
-        ("5xx", sum(|w| &w.responses_5xx)),
-    ];
-    let by_class = classes
+    let mut by_class = Vec::new();
+    for (mi, m) in METHODS.iter().enumerate() {
+        for (ci, c) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+            let v: u64 = workers.iter().map(|w| w.responses[mi][ci].load(Relaxed)).sum();
+            // Rows that never happened stay out of the exposition (9 x 5, mostly zeros);
+            // GET 2xx is always there so the family exists from the start.
+            if v > 0 || (mi == 0 && ci == 1) {
+                let labels =
+                    vec![("protocol", "http1".to_string()), ("method", m.to_string()), ("status_class", c.to_string())];
+                by_class.push((labels, v));
+            }
+        }
+    }
+    let errors: Vec<(&str, u64)> = ERROR_KINDS
         .iter()
-        .map(|(c, v)| (vec![("protocol", "http1".to_string()), ("status_class", c.to_string())], *v))
+        .enumerate()
+        .map(|(i, k)| (*k, workers.iter().map(|w| w.errors[i].load(Relaxed)).sum()))
         .collect();
     let verify: Vec<(&str, u64)> = VERIFY_REASONS
         .iter()
@@ -191,7 +227,8 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             "Client connections refused (ACL or connection limit).",
             one(sum(|w| &w.connections_rejected)),
         ),
-        fam("sluice_requests_total", C, "Requests answered, by protocol and status class.", by_class),
+        fam("sluice_requests_total", C, "Requests answered, by protocol, method and status class.", by_class),
+        fam("sluice_errors_total", C, "Responses the proxy made itself, by kind.", by("kind", &errors)),
         fam("sluice_tunnels_total", C, "CONNECT tunnels established.", one(sum(|w| &w.tunnels))),
         fam(
             "sluice_bytes_total",
@@ -336,12 +373,26 @@ mod tests {
         let w = vec![WorkerStats::default(), WorkerStats::default()];
         bump(&w[0].connections_active, 2);
         bump(&w[1].connections_active, 3);
-        w[0].response(200);
-        w[1].response(502);
+        w[0].response(Some(crate::h1::Method::Get), 200);
+        w[1].response(Some(crate::h1::Method::Post), 502);
+        w[1].response(None, 400);
+        w[1].error(502);
         let text = render(&w);
-        assert!(text.contains("sluice_connections_active 5\n"));
-        assert!(text.contains("sluice_requests_total{protocol=\"http1\",status_class=\"2xx\"} 1\n"));
-        assert!(text.contains("sluice_requests_total{protocol=\"http1\",status_class=\"5xx\"} 1\n"));
+        assert!(text.contains("sluice_connections_active 5\n"), "{text}");
+        assert!(
+            text.contains("sluice_requests_total{protocol=\"http1\",method=\"GET\",status_class=\"2xx\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_requests_total{protocol=\"http1\",method=\"POST\",status_class=\"5xx\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_requests_total{protocol=\"http1\",method=\"OTHER\",status_class=\"4xx\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("method=\"PUT\""), "rows that never happened stay out: {text}");
+        assert!(text.contains("sluice_errors_total{kind=\"upstream_failed\"} 1\n"), "{text}");
         assert!(text.contains("# TYPE sluice_requests_total counter"));
     }
 }

@@ -4,10 +4,13 @@
     record.py --out RAW.jsonl --set scenario=ka1k --set proxy=sluice --set round=1 \\
               [--snap SNAP_BEFORE SNAP_AFTER | --cpu TICKS_BEFORE TICKS_AFTER] \\
               [--clk-tck 100] [--wrk WRK_OUTPUT_FILE] [--json JSON_FILE] \\
+              [--h2load H2LOAD_OUTPUT_FILE [--h2load-log H2LOAD_LOG_FILE]] \\
               [--error MESSAGE] [--log PROXY_LOG]
 
 --wrk parses wrk's output (run with --latency): requests, seconds, rps, p50_us, p99_us,
-errors (socket errors + non-2xx/3xx responses). --json merges a tool's JSON object
+errors (socket errors + non-2xx/3xx responses). --h2load does the same for h2load's
+output (errors: failed requests + 4xx/5xx), with p50_us and p99_us computed from its
+--log-file (tab-separated: start, status, microseconds) given as --h2load-log. --json merges a tool's JSON object
 (tunnel.py, idle.py). --snap takes two `proc.py snap` lines taken around the run: the
 proxy's CPU ticks, both cores' busy ticks and the wall clock; it adds wall_seconds,
 load_core_busy_pct, proxy_core_busy_pct and implies --cpu. --cpu adds cpu_s (proxy
@@ -59,6 +62,37 @@ def parse_wrk(text):
     return out
 
 
+def parse_h2load(text, log_path=None):
+    out = {}
+    m = re.search(r"^finished in ([0-9.]+\w+), ([0-9.]+) req/s", text, re.M)
+    if not m:
+        raise ValueError("no 'finished in' line in h2load output")
+    out["seconds"] = to_us(m.group(1)) / 1e6
+    m2 = re.search(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", text, re.M)
+    if not m2:
+        raise ValueError("no 'requests:' line in h2load output")
+    out["requests"] = int(m2.group(4))
+    out["rps"] = out["requests"] / out["seconds"] if out["seconds"] else float(m.group(2))
+    errors = int(m2.group(5))
+    m3 = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if m3:
+        out["non_2xx"] = int(m3.group(3)) + int(m3.group(4))
+        errors += out["non_2xx"]
+    out["errors"] = errors
+    if log_path:
+        lat = []
+        with open(log_path) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]))
+        if lat:
+            lat.sort()
+            out["p50_us"] = float(lat[len(lat) // 2])
+            out["p99_us"] = float(lat[min(len(lat) - 1, int(len(lat) * 0.99))])
+    return out
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
@@ -69,6 +103,8 @@ def main():
     p.add_argument("--clk-tck", type=int, default=100)
     p.add_argument("--wrk")
     p.add_argument("--json")
+    p.add_argument("--h2load")
+    p.add_argument("--h2load-log")
     p.add_argument("--error")
     p.add_argument("--log", help="proxy log; its tail is kept when the measurement had errors")
     args = p.parse_args()
@@ -87,6 +123,9 @@ def main():
         if args.wrk:
             with open(args.wrk) as f:
                 rec.update(parse_wrk(f.read()))
+        if args.h2load:
+            with open(args.h2load) as f:
+                rec.update(parse_h2load(f.read(), args.h2load_log))
         if args.json:
             with open(args.json) as f:
                 rec.update(json.loads(f.read().strip().splitlines()[-1]))
@@ -141,6 +180,8 @@ def summary(rec):
         parts.append("%.3f CPU-s/GiB" % rec["cpu_s_per_gib"])
     if "bytes_per_conn" in rec and rec["bytes_per_conn"] is not None:
         parts.append("%.0f bytes/idle conn (%d ok, %d failed, %d closed)" % (rec["bytes_per_conn"], rec["ok"], rec["failed"], rec["closed"]))
+    if "certs_minted" in rec:
+        parts.append("%d certs minted, %d cache hits" % (rec["certs_minted"], rec.get("cert_cache_hits", 0)))
     if rec.get("errors"):
         parts.append("%d ERRORS" % rec["errors"])
     return where + " " + ", ".join(parts)

@@ -25,6 +25,8 @@ HTTP_SCENARIOS = [
     ("close1k", "one request per connection (`Connection: close`), 1 KiB, 64 connections"),
     ("post1m", "1 MiB request bodies (POST), 16 connections"),
     ("paced1k", "keep-alive 1 KiB at a fixed offered load (64 connections, {delay} ms pause between requests)"),
+    ("tls_ka1k", "TLS keep-alive, 1 KiB responses, 64 connections (`h2load --h1`; Sluice intercepts with a forged "
+                 "certificate, HAProxy terminates with a static one; both forward over TLS to the origin; no nginx peer)"),
 ]
 
 # (key, label, unit scale, format, which way is better)
@@ -102,6 +104,16 @@ def ratio(recs, scenario, a, b, key):
     return statistics.median(va) / statistics.median(vb), per
 
 
+def ratio_pair(recs, proxy, sc_a, sc_b, key="cpu_us_per_req"):
+    """Like ratio(), but one proxy across two scenarios (round r of sc_a over round r of sc_b)."""
+    va, vb = values(recs, sc_a, proxy, key), values(recs, sc_b, proxy, key)
+    if not va or not vb or statistics.median(vb) == 0:
+        return None
+    ra, rb = by_round(recs, sc_a, proxy, key), by_round(recs, sc_b, proxy, key)
+    per = [ra[k] / rb[k] for k in sorted(ra) if k in rb and rb[k]]
+    return statistics.median(va) / statistics.median(vb), per
+
+
 def ratio_cell(rt):
     if rt is None:
         return "—"
@@ -141,7 +153,7 @@ def build(recs, meta, svg_name):
         ["Sluice", meta.get("sluice", "?") + ", 1 worker"],
         ["HAProxy", meta.get("haproxy", "?") + ", nbthread 1"],
         ["nginx", meta.get("nginx", "?") + ", 1 worker (proxy and upstream)"],
-        ["load", "%s, 1 thread; %s" % (meta.get("wrk", "?"), meta.get("python", "?"))],
+        ["load", "%s, 1 thread; %s; %s (TLS keep-alive); %s" % (meta.get("wrk", "?"), meta.get("h2load", "?"), meta.get("python", "?"), meta.get("openssl", "?"))],
         ["CPU time", "user+sys of every thread of the proxy's processes, /proc/PID/task/*/stat, %s ticks/s" % meta.get("clk_tck", "?")],
     ]))
     lines.append("")
@@ -266,6 +278,54 @@ def build(recs, meta, svg_name):
         lines.append("")
         chart.append(("idle bytes/conn", "lower", rts))
 
+    # ---------------------------------------------------------------- TLS handshakes
+    hs = [sc for sc in ("tls_hs_hit", "tls_hs_miss") if sc in scenarios_run]
+    if hs:
+        lines.append("## Full TLS handshakes, one request per connection")
+        lines.append("")
+        lines.append(
+            "`tools/tlshs.py` on CPU %s (16 threads): connect, full TLS handshake (no resumption), `GET /1k` with "
+            "`Connection: close`, read to EOF. **hit**: SNI origin.test every time (Sluice serves its cached forged "
+            "certificate); **miss**: a new SNI per connection, `n<N>.bench.test` (Sluice mints one per connection). "
+            "HAProxy serves its static certificate in both. CPU µs/conn is the proxy's CPU over the connections "
+            "completed; certs minted / cache hits are the deltas of Sluice's admin counters over the measurement. "
+            "The Python client is the bottleneck (load core ~100 %%), so conn/s is not the proxy's capacity."
+            % meta.get("load_cpu", "?")
+        )
+        lines.append("")
+        rows = []
+        for sc in hs:
+            for p in ("sluice", "haproxy"):
+                rs = [r for r in recs if r.get("scenario") == sc and r.get("proxy") == p]
+                if not rs:
+                    continue
+                g = good(recs, sc, p)
+                failed = sum(1 for r in rs if "error" in r and r.get("kind") != "stop")
+                errs = str(sum(r.get("errors", 0) for r in g))
+                if failed:
+                    errs += " · **%d run%s failed**" % (failed, "" if failed == 1 else "s")
+                certs = "%s / %s" % (sum(r.get("certs_minted", 0) for r in g), sum(r.get("cert_cache_hits", 0) for r in g)) if p == "sluice" and g else "—"
+                rows.append([sc[len("tls_hs_"):] if p == "sluice" else "", NAMES[p],
+                             cell(values(recs, sc, p, "cpu_us_per_req"), "{:.0f}"),
+                             cell(values(recs, sc, p, "rps"), "{:.0f}"),
+                             cell(values(recs, sc, p, "cpu_pct"), "{:.0f}"),
+                             busy_cell(recs, sc, p),
+                             cell(values(recs, sc, p, "p50_us"), "{:.1f}", 1e-3),
+                             cell(values(recs, sc, p, "p99_us"), "{:.1f}", 1e-3),
+                             certs, errs])
+        lines.append(md_table(["SNI", "proxy", "CPU µs/conn", "conn/s", "proxy CPU %", "cores busy % load / proxy",
+                               "p50 ms", "p99 ms", "certs minted / cache hits (all rounds)", "errors"], rows))
+        lines.append("")
+        rrows = []
+        for sc in hs:
+            rt = ratio(recs, sc, "sluice", "haproxy", "cpu_us_per_req")
+            rrows.append(["CPU µs/conn, %s: Sluice / HAProxy" % sc[len("tls_hs_"):], "lower", ratio_cell(rt)])
+            chart.append(("TLS handshake %s CPU/conn" % sc[len("tls_hs_"):], "lower", {"haproxy": rt, "nginx": None}))
+        if len(hs) == 2:
+            rrows.append(["CPU µs/conn, Sluice miss / hit", "lower", ratio_cell(ratio_pair(recs, "sluice", "tls_hs_miss", "tls_hs_hit"))])
+        lines.append(md_table(["figure", "better", "ratio"], rrows))
+        lines.append("")
+
     # ---------------------------------------------------------------- targets
     targets = []
 
@@ -285,6 +345,9 @@ def build(recs, meta, svg_name):
         med = statistics.median(sb)
         targets.append(["memory per idle keep-alive client, Sluice", "<= 2048 bytes", "%.0f bytes" % med, "yes" if med <= 2048 else "**no**"])
     target("tunnel CPU-s/GiB, Sluice / HAProxy", ratio(recs, "tunnel", "sluice", "haproxy", "cpu_s_per_gib"), 0.7, "<=")
+    target("TLS handshake CPU/conn, Sluice miss / Sluice hit", ratio_pair(recs, "sluice", "tls_hs_miss", "tls_hs_hit"), 1.5, "<=")
+    target("TLS handshake CPU/conn (hit), Sluice / HAProxy", ratio(recs, "tls_hs_hit", "sluice", "haproxy", "cpu_us_per_req"), 0.6, "<=")
+    target("TLS handshake CPU/conn (miss), Sluice / HAProxy", ratio(recs, "tls_hs_miss", "sluice", "haproxy", "cpu_us_per_req"), 0.6, "<=")
     target("tunnel throughput, Sluice / HAProxy", ratio(recs, "tunnel", "sluice", "haproxy", "gib_per_s"), 1.2, ">=")
     if targets:
         lines.append("## Targets of issue 3, on this run")

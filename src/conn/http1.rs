@@ -310,7 +310,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         if ctx.cfg.intercept_connect && conn.ctls.is_none() {
             // Answer at once, then look at what the client sends inside the tunnel.
             conn.tunnel_target = Some((ex.host.clone(), ex.port));
-            ctx.stats.response(200);
+            ctx.stats.response(Some(Method::Connect), 200);
             stats::bump(&ctx.stats.tunnels, 1);
             if conn.out.is_lent() || conn.io.client_write.is_some() {
                 return NextStep::Close;
@@ -539,7 +539,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             ex.resp_keep_alive = resp.keep_alive;
             ex.close_client = close;
             ex.status = resp.status;
-            ctx.stats.response(resp.status);
+            ctx.stats.response(Some(ex.method), resp.status);
             conn.phase = Phase::ResponseBody;
             let t = ctx.cfg.timeouts.io_idle;
             conn.set_deadline(io, ctx, t);

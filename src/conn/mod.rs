@@ -390,7 +390,8 @@ impl Connection {
     /// Queues a response the proxy makes itself and switches to `Respond`.
     pub(crate) fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], close: bool) -> NextStep {
         if let Some(status) = status_of(bytes) {
-            ctx.stats.response(status);
+            ctx.stats.response(self.ex.as_ref().map(|e| e.method), status);
+            ctx.stats.error(status);
             if self.ex.is_some() {
                 log::finish(self, ctx, status);
             } else if self.role == Role::Proxy {
