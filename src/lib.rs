@@ -1,7 +1,7 @@
 //! Sluice: an io_uring intercepting HTTP proxy appliance.
 //!
 //! The crate is the proxy itself: configuration, the per-core workers, the connection
-//! state machine and the protocols. Every `unsafe` block of the project lives in the
+//! state machine and the protocols. Every block the compiler cannot check lives in the
 //! `uring` crate; this one forbids it.
 #![forbid(unsafe_code)]
 

@@ -182,7 +182,7 @@ fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// `CLOCK_MONOTONIC` now, in microseconds: what systemd expects in `MONOTONIC_USEC=`.
 ///
-/// This crate forbids `unsafe`, so `clock_gettime(2)` is out of reach. On Linux
+/// This crate forbids unchecked code, so `clock_gettime(2)` is out of reach. On Linux
 /// `std::time::Instant` *is* `CLOCK_MONOTONIC`, and its `Debug` output shows the raw
 /// `timespec` (`Instant { tv_sec: 1708, tv_nsec: 811887208 }`), so that is read first:
 /// exact to the nanosecond. That format is not a promise of `std`, so if it ever

@@ -239,10 +239,10 @@ impl<T> Conns<T> {
             Decoded::Worker(token) => Event::Worker { token, result, more },
             Decoded::Conn { addr, gen16, tag } => {
                 let ptr = addr as *mut Slot<T>;
-                // SAFETY: user_data was built by `Ring::submit` from the address of a live
-                // slot whose in-flight count it incremented; the slot is freed only when
-                // that count is zero, which happens after this (final) completion at the
-                // earliest. So the pointer is live; `&mut self` makes the reference unique.
+                // The slot is freed only when its in-flight count (incremented by the
+                // submission that built this user_data) is zero, i.e. after this completion.
+                // SAFETY: so `ptr` (from `Ring::submit`, a live slot's address) is live, and
+                // `&mut self` makes the reference unique.
                 let slot = unsafe { &mut *ptr };
                 debug_assert_eq!(slot.io.gen() as u16, gen16, "completion for a recycled slot");
                 let mut slab = None;

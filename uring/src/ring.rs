@@ -107,11 +107,10 @@ impl Ring {
         let iovecs = pool.iovecs();
         let mut fixed_buffers = false;
         if !iovecs.is_empty() {
-            // SAFETY: every iovec names SLAB_SIZE bytes inside the pool's allocation, which
-            // stays allocated while any slab may be in the kernel (SlabPool::drop leaks it
-            // otherwise) and is never moved.
             // A refusal (RLIMIT_MEMLOCK for an unprivileged user) is not fatal: I/O then
             // uses the plain opcodes on the same slabs, and `fixed_buffers()` says so.
+            // SAFETY: every iovec names SLAB_SIZE bytes inside the pool's allocation, which
+            // stays allocated and unmoved while any slab may be in the kernel.
             fixed_buffers = unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
         }
         Ok(Ring {
