@@ -61,7 +61,7 @@ pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
 }
 
 /// Records a response the proxy made before any exchange existed (a bad head).
-pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16) {
+pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_out: u64) {
     if let Some(log) = ctx.access.as_deref_mut() {
         log.record(&AccessEntry {
             time: SystemTime::now(),
@@ -69,7 +69,7 @@ pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16) {
             method: "-",
             target: "-",
             status,
-            bytes_out: 0,
+            bytes_out,
             bytes_in: 0,
             duration: std::time::Duration::ZERO,
             upstream: None,

@@ -395,7 +395,7 @@ impl Connection {
             if self.ex.is_some() {
                 log::finish(self, ctx, status);
             } else if self.role == Role::Proxy {
-                log::refused(self, ctx, status);
+                log::refused(self, ctx, status, bytes.len() as u64);
             }
         }
         if self.out.is_lent() || self.io.client_write.is_some() {
