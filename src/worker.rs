@@ -165,7 +165,10 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         for &(user_data, result, flags) in &cqes {
             let to_close = match conns.complete(user_data, result, flags, &mut env.pool) {
                 Event::Conn { slot, tag, result, slab, .. } => {
-                    drive(slot, &mut env, now, |c, io, ctx| conn::on_completion(c, io, ctx, tag, result, slab))
+                    let provided = uring::buffer_id(flags);
+                    drive(slot, &mut env, now, |c, io, ctx| {
+                        conn::on_completion(c, io, ctx, tag, result, slab, provided)
+                    })
                 }
                 Event::Accepted { listener, fd, more, .. } => {
                     let mut close = None;
@@ -238,7 +241,13 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                     }
                     None
                 }
-                Event::Freed(_) | Event::Draining => None,
+                Event::Freed(_) | Event::Draining => {
+                    // A closing connection's receive may still have taken a provided buffer.
+                    if let Some(bid) = uring::buffer_id(flags) {
+                        env.ring.recycle_provided(bid);
+                    }
+                    None
+                }
             };
             if let Some(id) = to_close {
                 conns.close(id);

@@ -315,7 +315,11 @@ impl Connection {
     pub(crate) fn poll_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         debug_assert!(!self.io.client_poll);
         let fd = self.client_fd();
-        ctx.ring.submit(io, tag::CLIENT_POLL, Op::PollIn { fd }, ctx.pool);
+        // Cleartext clients wait with a receive on the provided-buffer ring: the first
+        // bytes arrive in one operation and no buffer is held while idle. TLS clients
+        // (whose bytes go through the session) wait for readability.
+        let op = if self.ctls.is_none() && ctx.ring.has_buf_ring() { Op::RecvSelect { fd } } else { Op::PollIn { fd } };
+        ctx.ring.submit(io, tag::CLIENT_POLL, op, ctx.pool);
         self.io.client_poll = true;
     }
 
@@ -477,6 +481,7 @@ pub fn on_completion(
     t: OpTag,
     result: i32,
     slab: Option<Slab>,
+    provided: Option<u16>,
 ) -> NextStep {
     match t {
         tag::CLIENT_READ if conn.ctls.is_some() => {
@@ -504,10 +509,27 @@ pub fn on_completion(
         }
         tag::CLIENT_POLL => {
             conn.io.client_poll = false;
-            if result < 0 {
-                conn.io.client_error = Some(-result);
-            } else {
-                conn.io.client_readable = true;
+            match (provided, result) {
+                (Some(bid), n) => {
+                    if n > 0 {
+                        let bytes = ctx.ring.provided(bid, n as usize);
+                        if let Some(room) = conn.cin.room_mut(ctx.pool) {
+                            let k = bytes.len().min(room.len());
+                            room[..k].copy_from_slice(&bytes[..k]);
+                            conn.cin.filled(k);
+                        }
+                        conn.bytes_in += n as u64;
+                        stats::bump(&ctx.stats.bytes_from_clients, n as u64);
+                    } else if n == 0 {
+                        conn.io.client_eof = true;
+                    }
+                    ctx.ring.recycle_provided(bid);
+                }
+                // No provided buffer was free: read the ordinary way.
+                (None, r) if r == -libc::ENOBUFS => conn.io.client_readable = true,
+                (None, 0) => conn.io.client_eof = true,
+                (None, r) if r < 0 => conn.io.client_error = Some(-r),
+                (None, _) => conn.io.client_readable = true,
             }
         }
         tag::UP_READ => {

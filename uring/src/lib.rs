@@ -14,6 +14,7 @@
 //! Every `unsafe` block of the project lives in this crate, each with a `SAFETY:` comment
 //! naming the invariant it relies on.
 
+pub mod bufring;
 pub mod conns;
 pub mod ring;
 pub mod slab;
@@ -24,3 +25,8 @@ pub use conns::{ConnId, Conns, Event, Io, Slot};
 pub use ring::{Op, Ring, RingStats};
 pub use slab::{Slab, SlabPool, SLAB_SIZE};
 pub use token::{OpTag, WorkerToken};
+
+/// The provided buffer a completion used, if it selected one.
+pub fn buffer_id(flags: u32) -> Option<u16> {
+    io_uring::cqueue::buffer_select(flags)
+}

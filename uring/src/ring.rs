@@ -5,6 +5,7 @@
 //! the ring. A full submission queue flushes to the kernel; if it is still full the entry
 //! waits in the backlog and goes first on the next flush: nothing is ever dropped.
 
+use crate::bufring::BufRing;
 use crate::conns::Io;
 use crate::slab::{Slab, SlabPool};
 use crate::token::{encode_conn, encode_worker, OpTag, WorkerToken, ACCEPT_KIND};
@@ -80,6 +81,9 @@ pub enum Op {
     ShutdownWrite { fd: RawFd },
     /// Cancel every operation in flight on the fd (completes with the count or -ENOENT).
     CancelFd { fd: RawFd },
+    /// Receive into a buffer the kernel picks from the provided-buffer ring when data
+    /// arrives (the completion names it; give it back with [`Ring::recycle_provided`]).
+    RecvSelect { fd: RawFd },
 }
 
 /// A worker's ring.
@@ -90,6 +94,19 @@ pub struct Ring {
     tick: Box<types::Timespec>,
     stats: RingStats,
     fixed_buffers: bool,
+    buf_ring: Option<BufRing>,
+}
+
+const BUF_GROUP: u16 = 1;
+const PROVIDED_BUFFERS: u16 = 512;
+const PROVIDED_SIZE: u32 = 4096;
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if let Some(b) = &self.buf_ring {
+            let _ = self.ring.submitter().unregister_buf_ring(b.bgid());
+        }
+    }
 }
 
 impl Ring {
@@ -113,14 +130,40 @@ impl Ring {
             // stays allocated and unmoved while any slab may be in the kernel.
             fixed_buffers = unsafe { ring.submitter().register_buffers(&iovecs) }.is_ok();
         }
+        let buf_ring = BufRing::new(PROVIDED_BUFFERS, PROVIDED_SIZE, BUF_GROUP).ok().filter(|b| {
+            // SAFETY: the entries stay at a fixed address as long as the Ring, whose Drop
+            // unregisters them before they are freed.
+            unsafe { ring.submitter().register_buf_ring_with_flags(b.addr(), b.count(), b.bgid(), 0) }.is_ok()
+        });
         Ok(Ring {
             ring,
+            buf_ring,
             backlog: VecDeque::new(),
             cqes: Vec::with_capacity(entries as usize * 4),
             tick: Box::new(types::Timespec::new()),
             stats: RingStats::default(),
             fixed_buffers,
         })
+    }
+
+    /// True when receives can pick from the provided-buffer ring.
+    pub fn has_buf_ring(&self) -> bool {
+        self.buf_ring.is_some()
+    }
+
+    /// The bytes a `RecvSelect` completion put in provided buffer `bid`.
+    pub fn provided(&self, bid: u16, len: usize) -> &[u8] {
+        match &self.buf_ring {
+            Some(b) => b.bytes(bid, len),
+            None => &[],
+        }
+    }
+
+    /// Gives a provided buffer back to the kernel.
+    pub fn recycle_provided(&mut self, bid: u16) {
+        if let Some(b) = self.buf_ring.as_mut() {
+            b.recycle(bid);
+        }
     }
 
     /// True when the slabs are registered and I/O on them uses the fixed-buffer opcodes.
@@ -164,6 +207,16 @@ impl Ring {
             }
             Op::ShutdownWrite { fd } => opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build(),
             Op::CancelFd { fd } => opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build(),
+            Op::RecvSelect { fd } => {
+                let (bgid, size) = match &self.buf_ring {
+                    Some(b) => (b.bgid(), b.size()),
+                    None => panic!("RecvSelect without a provided-buffer ring (check has_buf_ring)"),
+                };
+                opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), size)
+                    .buf_group(bgid)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
         };
         io.started();
         self.push(entry.user_data(user_data));
