@@ -117,6 +117,19 @@ pub(crate) fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// Whether a `Connection` field value names `close` and/or `keep-alive` (RFC 9112 §9.6).
+pub(crate) fn connection_options(value: &[u8]) -> (bool, bool) {
+    let (mut close, mut keep_alive) = (false, false);
+    for token in list_elements(value) {
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            keep_alive = true;
+        }
+    }
+    (close, keep_alive)
+}
+
 /// The elements of a comma-separated list value, trimmed of OWS. Empty elements are
 /// yielded too (as empty slices); callers decide whether to ignore them.
 pub(crate) fn list_elements(value: &[u8]) -> impl Iterator<Item = &[u8]> {

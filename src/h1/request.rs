@@ -6,8 +6,8 @@ use super::authority::Authority;
 use super::error::{H1Error, H1ErrorKind};
 use super::head::{scan_head, with_header_slots, Scan, ScanError};
 use super::headers::{
-    classify, estimate_len, list_elements, merge_content_length, push_field, push_forwarded_fields, push_u64, push_via,
-    via_names, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
+    classify, connection_options, estimate_len, merge_content_length, push_field, push_forwarded_fields, push_u64,
+    push_via, via_names, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
 };
 
 /// The request method. Methods are case-sensitive: `get` is `Other`.
@@ -190,13 +190,9 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
                 codings.add_field(h.value);
             }
             FieldKind::Connection => {
-                for token in list_elements(h.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        conn_close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        conn_keep_alive = true;
-                    }
-                }
+                let (close, keep_alive) = connection_options(h.value);
+                conn_close |= close;
+                conn_keep_alive |= keep_alive;
             }
             FieldKind::Expect => {
                 if h.value.eq_ignore_ascii_case(b"100-continue") {

@@ -4,8 +4,8 @@
 use super::error::{H1Error, H1ErrorKind};
 use super::head::{scan_head, with_header_slots, Scan, ScanError};
 use super::headers::{
-    classify, estimate_len, list_elements, merge_content_length, push_forwarded_fields, push_status, push_u64,
-    push_via, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
+    classify, connection_options, estimate_len, list_elements, merge_content_length, push_forwarded_fields,
+    push_status, push_u64, push_via, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
 };
 use super::request::Method;
 
@@ -117,13 +117,9 @@ fn build(resp: &httparse::Response<'_, '_>, request_method: Method) -> Result<Re
                 codings.add_field(h.value);
             }
             FieldKind::Connection => {
-                for token in list_elements(h.value) {
-                    if token.eq_ignore_ascii_case(b"close") {
-                        conn_close = true;
-                    } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                        conn_keep_alive = true;
-                    }
-                }
+                let (close, keep_alive) = connection_options(h.value);
+                conn_close |= close;
+                conn_keep_alive |= keep_alive;
             }
             _ => {}
         }
