@@ -66,34 +66,17 @@ impl Sluice {
                 .stderr(stderr)
                 .spawn()
                 .expect("spawn sluice");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-                    last_err = format!("sluice exited before listening ({status}): {log}");
-                    if log.to_lowercase().contains("in use") {
-                        break; // lost a port race: try fresh ports
-                    }
-                    panic!("{last_err}");
-                }
-                if answers_http(addr) {
-                    let s = Sluice { child, port, admin_port, config: cfg, dir };
-                    // The admin listener must be up too before a test relies on it.
-                    assert!(
-                        wait_until(Duration::from_secs(10), || s.admin_get("/healthz").is_ok_and(|r| r.status == 200)),
-                        "/healthz never answered 200"
-                    );
-                    return s;
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-                    panic!("sluice did not accept on {addr} within 15 s; stderr: {log}");
-                }
-                thread::sleep(Duration::from_millis(20));
+            if let Err(port_race) = wait_serving(&mut child, &dir, port) {
+                last_err = port_race;
+                continue;
             }
+            let s = Sluice { child, port, admin_port, config: cfg, dir };
+            // The admin listener must be up too before a test relies on it.
+            assert!(
+                wait_until(Duration::from_secs(10), || s.admin_get("/healthz").is_ok_and(|r| r.status == 200)),
+                "/healthz never answered 200"
+            );
+            return s;
         }
         panic!("could not start sluice: {last_err}");
     }

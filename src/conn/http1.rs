@@ -300,7 +300,14 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         // Over intercepted TLS, or an absolute-form https:// target from a cleartext client.
         upstream_tls: conn.ctls.is_some() || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
         status: 0,
-        facts: super::log::Facts::new(conn, ctx.now, &head.method_raw, log_target),
+        // Log facts own their strings only when the access log is on (no per-request
+        // allocation otherwise).
+        facts: super::log::Facts::new(
+            conn,
+            ctx.now,
+            if ctx.access.is_some() { &head.method_raw } else { "" },
+            log_target,
+        ),
         connect_started: None,
         dechunk: false,
         early_response: false,

@@ -279,35 +279,59 @@ impl Connection {
     /// Asks for more client bytes in `cin`. With TLS, decrypted bytes already buffered
     /// are moved in at once (`Continue`); otherwise a read is submitted (`Wait`).
     pub(crate) fn read_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-        debug_assert!(!self.io.client_read);
-        let fd = self.client_fd();
-        let (slab, offset, len) = match self.ctls.as_mut() {
+        self.read_leg(io, ctx, true)
+    }
+
+    /// Asks for more origin bytes in `uin` (decrypting like `read_client`).
+    pub(crate) fn read_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+        self.read_leg(io, ctx, false)
+    }
+
+    /// One read on either leg: plaintext already inside the TLS session first, else a
+    /// receive into `cin`/`uin` (cleartext) or the session's `raw_in` (TLS).
+    fn read_leg(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, client: bool) -> NextStep {
+        debug_assert!(!(if client { self.io.client_read } else { self.io.up_read }));
+        let fd = if client { Some(self.client_fd()) } else { self.up_fd() };
+        let Some(fd) = fd else { return NextStep::Close };
+        let (leg, dst) = if client { (self.ctls.as_mut(), &mut self.cin) } else { (self.utls.as_mut(), &mut self.uin) };
+        let (slab, offset, len) = match leg {
             Some(t) => {
-                match t.take_plaintext(&mut self.cin, ctx.pool) {
+                let (eof, error) = match t.take_plaintext(dst, ctx.pool) {
                     crate::tls::Plain::Got(n) => {
-                        self.bytes_in += n as u64;
-                        stats::bump(&ctx.stats.bytes_from_clients, n as u64);
+                        if client {
+                            self.bytes_in += n as u64;
+                            stats::bump(&ctx.stats.bytes_from_clients, n as u64);
+                        }
                         return NextStep::Continue;
                     }
-                    crate::tls::Plain::Eof => {
-                        self.io.client_eof = true;
-                        return NextStep::Continue;
+                    crate::tls::Plain::Eof => (true, None),
+                    crate::tls::Plain::Error => (false, Some(libc::EPROTO)),
+                    crate::tls::Plain::Empty if t.raw_in.is_lent() => return NextStep::Wait,
+                    crate::tls::Plain::Empty => (false, None),
+                };
+                if eof || error.is_some() {
+                    let (eof_flag, error_slot) = if client {
+                        (&mut self.io.client_eof, &mut self.io.client_error)
+                    } else {
+                        (&mut self.io.up_eof, &mut self.io.up_error)
+                    };
+                    *eof_flag |= eof;
+                    if error.is_some() {
+                        *error_slot = error;
                     }
-                    crate::tls::Plain::Error => {
-                        self.io.client_error = Some(libc::EPROTO);
-                        return NextStep::Continue;
-                    }
-                    crate::tls::Plain::Empty => {}
-                }
-                if t.raw_in.is_lent() {
-                    return NextStep::Wait;
+                    return NextStep::Continue;
                 }
                 t.raw_in.prepare_read(ctx.pool)
             }
-            None => self.cin.prepare_read(ctx.pool),
+            None => dst.prepare_read(ctx.pool),
         };
-        ctx.ring.submit(io, tag::CLIENT_READ, Op::Recv { fd, slab, offset, len }, ctx.pool);
-        self.io.client_read = true;
+        let t = if client { tag::CLIENT_READ } else { tag::UP_READ };
+        ctx.ring.submit(io, t, Op::Recv { fd, slab, offset, len }, ctx.pool);
+        if client {
+            self.io.client_read = true;
+        } else {
+            self.io.up_read = true;
+        }
         NextStep::Wait
     }
 
@@ -321,36 +345,6 @@ impl Connection {
         let op = if self.ctls.is_none() && ctx.ring.has_buf_ring() { Op::RecvSelect { fd } } else { Op::PollIn { fd } };
         ctx.ring.submit(io, tag::CLIENT_POLL, op, ctx.pool);
         self.io.client_poll = true;
-    }
-
-    /// Asks for more origin bytes in `uin` (decrypting like `read_client`).
-    pub(crate) fn read_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-        debug_assert!(!self.io.up_read);
-        let Some(fd) = self.up_fd() else { return NextStep::Close };
-        let (slab, offset, len) = match self.utls.as_mut() {
-            Some(t) => {
-                match t.take_plaintext(&mut self.uin, ctx.pool) {
-                    crate::tls::Plain::Got(_) => return NextStep::Continue,
-                    crate::tls::Plain::Eof => {
-                        self.io.up_eof = true;
-                        return NextStep::Continue;
-                    }
-                    crate::tls::Plain::Error => {
-                        self.io.up_error = Some(libc::EPROTO);
-                        return NextStep::Continue;
-                    }
-                    crate::tls::Plain::Empty => {}
-                }
-                if t.raw_in.is_lent() {
-                    return NextStep::Wait;
-                }
-                t.raw_in.prepare_read(ctx.pool)
-            }
-            None => self.uin.prepare_read(ctx.pool),
-        };
-        ctx.ring.submit(io, tag::UP_READ, Op::Recv { fd, slab, offset, len }, ctx.pool);
-        self.io.up_read = true;
-        NextStep::Wait
     }
 
     /// Sends `len` bytes of buffer `src` from `offset` to the client.

@@ -641,30 +641,40 @@ impl ProxyBuilder {
             }
             cmd.args(&self.extra).env("RUST_BACKTRACE", "1").stdin(Stdio::null()).stdout(stdout).stderr(stderr);
             let mut child = cmd.spawn().expect("spawn sluice");
-            let deadline = Instant::now() + Duration::from_secs(15);
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            loop {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-                    last_err = format!("sluice exited before listening ({status}): {log}");
-                    if log.to_lowercase().contains("in use") {
-                        break; // lost a port race: try fresh ports
-                    }
-                    panic!("{last_err}");
-                }
-                if answers_http(addr) {
-                    return Proxy { child, port, admin_port, dir };
-                }
-                if Instant::now() >= deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
-                    panic!("sluice did not accept on {addr} within 15 s; stderr: {log}");
-                }
-                thread::sleep(Duration::from_millis(20));
+            match wait_serving(&mut child, &dir, port) {
+                Ok(()) => return Proxy { child, port, admin_port, dir },
+                Err(port_race) => last_err = port_race,
             }
         }
         panic!("could not start sluice: {last_err}");
+    }
+}
+
+/// Waits until a just-started proxy answers HTTP on `port`. `Err` (with its stderr) when
+/// it exited because the port was taken meanwhile (try fresh ports); panics on any other
+/// exit or after 15 s.
+pub fn wait_serving(child: &mut Child, dir: &TempDir, port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            let err = format!("sluice exited before listening ({status}): {log}");
+            if log.to_lowercase().contains("in use") {
+                return Err(err); // lost a port race: try fresh ports
+            }
+            panic!("{err}");
+        }
+        if answers_http(addr) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            panic!("sluice did not accept on {addr} within 15 s; stderr: {log}");
+        }
+        thread::sleep(Duration::from_millis(20));
     }
 }
 
