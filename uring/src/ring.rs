@@ -98,6 +98,8 @@ pub struct Ring {
 }
 
 const BUF_GROUP: u16 = 1;
+/// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, 5.19+): arm the poll before trying.
+const RECVSEND_POLL_FIRST: u16 = 1;
 const PROVIDED_BUFFERS: u16 = 512;
 const PROVIDED_SIZE: u32 = 4096;
 
@@ -212,8 +214,11 @@ impl Ring {
                     Some(b) => (b.bgid(), b.size()),
                     None => panic!("RecvSelect without a provided-buffer ring (check has_buf_ring)"),
                 };
+                // Poll first: the connection is idle, so an immediate receive attempt
+                // would almost always find nothing and only cost a socket lock.
                 opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), size)
                     .buf_group(bgid)
+                    .ioprio(RECVSEND_POLL_FIRST)
                     .build()
                     .flags(squeue::Flags::BUFFER_SELECT)
             }
