@@ -213,6 +213,26 @@ fn idle_keep_alive_client_is_closed_after_client_idle() {
 }
 
 #[test]
+fn idle_deadline_later_than_the_head_deadline_is_kept_then_fires() {
+    // Deadlines are lazy: after a request, the timer entry armed for the 1 s head
+    // deadline fires first and must re-arm for the 3 s idle deadline, neither closing
+    // the client early nor forgetting it.
+    let origin = Origin::start();
+    let proxy = Proxy::start("[timeouts]\nrequest_head = 1\nclient_idle = 3\n");
+    let mut c = proxy.client();
+    let r = c.get(&origin.host(), "/bytes/10");
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_millis(1800));
+    let r = c.get(&origin.host(), "/bytes/10");
+    assert_eq!(r.status, 200, "closed by the stale head deadline? {}", r.describe());
+    let t1 = Instant::now();
+    c.wait_closed(Duration::from_secs(6))
+        .unwrap_or_else(|e| panic!("idle client not closed with client_idle = 3 (first idle {:?}): {e}", t1 - t0));
+    assert!(t1.elapsed() >= Duration::from_millis(2500), "closed after only {:?} of client_idle = 3", t1.elapsed());
+}
+
+#[test]
 fn stalled_response_body_is_cut_by_io_idle() {
     let origin = Origin::start();
     let proxy = Proxy::start("[timeouts]\nio_idle = 1\n");

@@ -647,7 +647,7 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         // Operations still run on the origin socket: cancel them; the socket stays with
         // this connection (closed once they complete) and the client connection ends.
         conn.abandon_upstream(io, ctx);
-        conn.clear_deadline(ctx);
+        conn.clear_deadline();
         return linger(conn, io, ctx);
     }
     let tls = conn.utls.take();
@@ -670,7 +670,7 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     conn.io.up_error = None;
     conn.uin.clear();
     conn.uin.release_if_empty(ctx.pool);
-    conn.clear_deadline(ctx);
+    conn.clear_deadline();
     if ex.early_response || !ex.req_body.finished() {
         return linger(conn, io, ctx);
     }

@@ -185,7 +185,10 @@ pub struct Connection {
     pub(crate) upstream: Option<UpstreamConn>,
     pub(crate) ex: Option<Box<http1::Exchange>>,
     pub(crate) io: IoState,
+    /// The armed timer entry: at or before `deadline`.
     pub(crate) timer: Option<TimerKey>,
+    /// When this connection's phase times out, if it can.
+    deadline: Option<Instant>,
     pub(crate) requests: u32,
 }
 
@@ -214,6 +217,7 @@ impl Connection {
             ex: None,
             io: IoState::default(),
             timer: None,
+            deadline: None,
             requests: 0,
         }
     }
@@ -256,23 +260,37 @@ impl Connection {
         }
     }
 
-    /// Sets the single deadline of this connection.
+    /// Sets the single deadline of this connection. Deadlines are lazy: the timer entry
+    /// only moves when the new deadline is earlier than the armed one; a later deadline is
+    /// just recorded, and the early entry re-arms itself for it when it fires (see
+    /// `on_deadline`). A keep-alive request then costs one timer insertion, not five.
     pub(crate) fn set_deadline(&mut self, io: &Io, ctx: &mut Ctx<'_>, after: Duration) {
         let at = ctx.now + after;
-        self.timer = Some(ctx.timers.set(self.timer, at, io.id()));
+        self.deadline = Some(at);
+        match self.timer {
+            Some(armed) if armed.at() <= at => {}
+            _ => self.timer = Some(ctx.timers.set(self.timer, at, io.id())),
+        }
     }
 
     /// Moves the deadline only when it would move by more than a second (cheap "no
     /// progress" timers for long transfers).
     pub(crate) fn refresh_deadline(&mut self, io: &Io, ctx: &mut Ctx<'_>, after: Duration) {
         let at = ctx.now + after;
-        match self.timer {
-            Some(k) if at.saturating_duration_since(k.at()) < Duration::from_secs(1) => {}
+        match self.deadline {
+            Some(d) if at.saturating_duration_since(d) < Duration::from_secs(1) => {}
             _ => self.set_deadline(io, ctx, after),
         }
     }
 
-    pub(crate) fn clear_deadline(&mut self, ctx: &mut Ctx<'_>) {
+    /// No deadline any more; an armed entry stays and is dropped when it fires.
+    pub(crate) fn clear_deadline(&mut self) {
+        self.deadline = None;
+    }
+
+    /// Removes the timer entry itself (the connection is closing).
+    fn drop_timer(&mut self, ctx: &mut Ctx<'_>) {
+        self.deadline = None;
         ctx.timers.clear(self.timer.take());
     }
 
@@ -425,7 +443,7 @@ impl Connection {
     /// Releases everything this connection holds and cancels its operations. The worker
     /// then closes the slot, which is freed once the cancelled operations have completed.
     pub fn begin_close(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
-        self.clear_deadline(ctx);
+        self.drop_timer(ctx);
         // An exchange still open here ended without a clean finish: a tunnel closing, or
         // a client or origin that went away (499 when nothing was answered yet).
         let status = self.ex.as_ref().map(|e| if e.status != 0 { e.status } else { 499 }).unwrap_or(0);
@@ -635,6 +653,15 @@ fn respond_step(conn: &mut Connection, _io: &mut Io, _ctx: &mut Ctx<'_>, close: 
 /// A deadline of this connection fired.
 pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     conn.timer = None;
+    match conn.deadline {
+        None => return NextStep::Wait,
+        Some(at) if at > ctx.now => {
+            // The entry was armed for an earlier deadline that has since moved later.
+            conn.timer = Some(ctx.timers.set(None, at, io.id()));
+            return NextStep::Wait;
+        }
+        Some(_) => conn.deadline = None,
+    }
     stats::bump(&ctx.stats.timeouts, 1);
     match conn.phase {
         Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => NextStep::Close,

@@ -97,7 +97,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         }
         UpstreamStep::TlsHandshake => match super::tls::upstream_handshake(conn, io, ctx) {
             Ok(NextStep::Continue) if conn.utls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
-                conn.clear_deadline(ctx);
+                conn.clear_deadline();
                 resume(conn, ctx)
             }
             Ok(step) => step,
@@ -114,7 +114,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                         Ok(false) => {}
                         Err(why) => return fail(conn, io, ctx, 502, &why),
                     }
-                    conn.clear_deadline(ctx);
+                    conn.clear_deadline();
                     return resume(conn, ctx);
                 }
                 let err = std::io::Error::from_raw_os_error(-result);
