@@ -302,3 +302,25 @@ fn slow_reader_does_not_make_the_proxy_buffer_the_body() {
         during
     );
 }
+
+#[test]
+fn small_body_split_from_its_head_is_joined_once_then_dripped() {
+    // The proxy waits for one more read when a small body is missing from the first
+    // upstream read (so head and body leave together), but only once: a body dripping
+    // a byte every 600 ms gets its head to the client with the first byte, long before
+    // the last, and every byte arrives.
+    let origin = Origin::start();
+    let proxy = Proxy::start("");
+    let mut c = proxy.client();
+    let t0 = Instant::now();
+    c.send_str(&format!("GET /drip/3/600 HTTP/1.1\r\nHost: {}\r\n\r\n", origin.host()));
+    let head = c.conn.read_head(65536).unwrap().expect("response head");
+    let head_after = t0.elapsed();
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    assert!(head_after < Duration::from_millis(1500), "the head was held back {head_after:?} (body done at 1.8 s)");
+    let body = c.conn.read_exact_vec(3).expect("the dripped body");
+    assert_bytes_eq(&body, &pattern(3), "dripped body");
+    // The connection stays usable.
+    let r = c.get(&origin.host(), "/bytes/10");
+    assert_bytes_eq(&r.body, &pattern(10), "request after the dripped one");
+}

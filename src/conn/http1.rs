@@ -107,6 +107,8 @@ pub(crate) struct Exchange {
     pub response_started: bool,
     pub resp_body: Body,
     pub resp_head_pending: usize,
+    /// The response head already waited once for the rest of its small body.
+    pub coalesce_tried: bool,
     pub resp_keep_alive: bool,
     pub close_client: bool,
     pub retried: bool,
@@ -153,6 +155,7 @@ impl Exchange {
             response_started: true,
             resp_body: Body::None,
             resp_head_pending: 0,
+            coalesce_tried: false,
             resp_keep_alive: false,
             close_client: true,
             retried: false,
@@ -291,6 +294,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         response_started: false,
         resp_body: Body::None,
         resp_head_pending: 0,
+        coalesce_tried: false,
         resp_keep_alive: false,
         close_client: !head.keep_alive,
         retried: false,
@@ -587,6 +591,23 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     };
     let data = conn.uin.data(ctx.pool);
     let head = ex.resp_head_pending.min(data.len());
+    if head > 0
+        && !ex.coalesce_tried
+        && should_wait_for_small_body(&ex.resp_body, data.len() - head, conn.uin.room())
+        && !conn.io.up_eof
+    {
+        // The head arrived without all of its small body (origins often write the head,
+        // then the body): one more read lets both leave in one segment, which costs the
+        // proxy, the client and the loopback one send, one wakeup and one ACK less. Only
+        // once: after that read, whatever is here goes, so the head is never held back long.
+        if conn.io.up_read {
+            return NextStep::Wait;
+        }
+        ex.coalesce_tried = true;
+        if conn.io.up_error.is_none() {
+            return conn.read_upstream(io, ctx);
+        }
+    }
     let taken = if ex.dechunk { dechunk(conn, ctx, head) } else { ex.resp_body.take(&data[head..]).map(|n| (n, n)) };
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
@@ -628,6 +649,22 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         return NextStep::Close;
     }
     conn.read_upstream(io, ctx)
+}
+
+/// The largest response body the proxy waits for before sending the head (see
+/// `response_body`): small enough that the wait never delays a large transfer.
+const COALESCE_MAX_BODY: u64 = 16 * 1024;
+
+/// True when a response head should wait for the rest of its body: the body has a length,
+/// is small, is not all here yet, and fits in the buffer's free room.
+fn should_wait_for_small_body(body: &Body, have: usize, room: usize) -> bool {
+    match body {
+        Body::Length { remaining } => {
+            let missing = remaining.saturating_sub(have as u64);
+            *remaining <= COALESCE_MAX_BODY && missing > 0 && missing <= room as u64
+        }
+        _ => false,
+    }
 }
 
 /// Pools the upstream when it can be reused, and either closes or waits for the next request.
@@ -758,6 +795,18 @@ fn add_host(head: &mut Vec<u8>, host: &str, port: u16, tls: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_small_incomplete_length_body_that_fits_is_waited_for() {
+        let len = |n| Body::Length { remaining: n };
+        assert!(should_wait_for_small_body(&len(1024), 0, 60_000));
+        assert!(should_wait_for_small_body(&len(1024), 1000, 60_000));
+        assert!(!should_wait_for_small_body(&len(1024), 1024, 60_000), "complete already");
+        assert!(!should_wait_for_small_body(&len(COALESCE_MAX_BODY + 1), 0, 60_000), "too large to hold the head for");
+        assert!(!should_wait_for_small_body(&len(1024), 0, 100), "does not fit after the data");
+        assert!(!should_wait_for_small_body(&Body::UntilEof, 0, 60_000));
+        assert!(!should_wait_for_small_body(&Body::None, 0, 60_000));
+    }
 
     #[test]
     fn host_goes_right_after_the_request_line() {
