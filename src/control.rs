@@ -6,7 +6,7 @@
 
 use crate::accesslog::LogSink;
 use crate::config::Config;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shared control block.
@@ -15,6 +15,11 @@ pub struct Control {
     generation: AtomicU64,
     config: Mutex<Arc<Config>>,
     access: Mutex<Option<Arc<LogSink>>>,
+    /// Workers started, and those done with their drain (or stopped). A drained worker
+    /// keeps serving its admin listener until every worker is done: leaving early would
+    /// close that listener and reset the scrapes queued on it.
+    workers: AtomicUsize,
+    finished: AtomicUsize,
 }
 
 impl Control {
@@ -24,7 +29,24 @@ impl Control {
             generation: AtomicU64::new(0),
             config: Mutex::new(config),
             access: Mutex::new(None),
+            workers: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
         }
+    }
+
+    /// How many workers will report `worker_finished`.
+    pub fn expect_workers(&self, n: usize) {
+        self.workers.store(n, Ordering::SeqCst);
+    }
+
+    /// One worker has nothing left to drain (called once per worker).
+    pub fn worker_finished(&self) {
+        self.finished.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Every worker is done: they may all leave.
+    pub fn all_workers_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst) >= self.workers.load(Ordering::SeqCst)
     }
 
     /// The access log sink in force (None: logging off).
@@ -89,5 +111,15 @@ mod tests {
         assert!(!c.draining());
         c.start_drain();
         assert!(c.draining());
+    }
+
+    #[test]
+    fn workers_leave_together() {
+        let c = Control::new(Arc::new(Config::default()));
+        c.expect_workers(2);
+        c.worker_finished();
+        assert!(!c.all_workers_finished(), "one of two workers done");
+        c.worker_finished();
+        assert!(c.all_workers_finished());
     }
 }

@@ -120,6 +120,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
     control.set_access_log(access);
     let stats: Arc<[WorkerStats]> = (0..cpus.len()).map(|_| WorkerStats::default()).collect();
     let via = via_token();
+    control.expect_workers(cpus.len());
     let mut threads = Vec::new();
     for (index, (cpu, listeners)) in cpus.iter().zip(per_worker).enumerate() {
         let setup = WorkerSetup {

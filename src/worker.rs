@@ -109,8 +109,31 @@ struct Listener {
     closing: bool,
 }
 
+/// Tells the other workers this one is done, once: when its drain is over, or when it
+/// stops for any other reason (an error must not leave the others waiting).
+struct Finished {
+    control: Arc<Control>,
+    done: bool,
+}
+
+impl Finished {
+    fn mark(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.control.worker_finished();
+        }
+    }
+}
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.mark();
+    }
+}
+
 /// The worker thread's body.
 pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
+    let mut finished = Finished { control: setup.control.clone(), done: false };
     if let Some(cpu) = setup.cpu {
         uring::sys::pin_current_thread(cpu)
             .map_err(|e| std::io::Error::new(e.kind(), format!("pinning worker {} to CPU {cpu}: {e}", setup.index)))?;
@@ -157,6 +180,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
     env.ring.tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
+    let mut deadline_passed = false;
 
     loop {
         env.ring.submit_and_wait(1)?;
@@ -256,13 +280,16 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         env.ring.recycle(cqes);
         if let Some(deadline) = drain_deadline {
             let listeners_closed = listeners.iter().all(|l| l.role != Role::Proxy || l.sock.is_none());
-            if env.proxy_connections() == 0 && listeners_closed {
-                break;
-            }
             if now >= deadline {
                 close_all(&mut conns, &mut env, now);
                 drain_deadline = Some(now + Duration::from_secs(3600));
-                if conns.is_empty() || env.proxy_connections() == 0 {
+                deadline_passed = true;
+            }
+            if env.proxy_connections() == 0 && (listeners_closed || deadline_passed) {
+                // Done here; the admin listener serves on (the 100 ms tick comes back
+                // here) until every worker is done, then all leave together.
+                finished.mark();
+                if control.all_workers_finished() {
                     break;
                 }
             }

@@ -470,6 +470,16 @@ fn sigterm_drains_in_flight_request_and_refuses_new_connections() {
     }
     assert!(sent_at.elapsed() < Duration::from_millis(2500), "the checks took too long to be meaningful");
     assert!(s.alive(), "sluice exited while a request was in flight");
+    // Every worker keeps answering the admin port until the process exits: a worker with
+    // nothing left to drain must not close its admin listener (that resets the scrapes
+    // queued on it) while another still serves a request.
+    for i in 0..20 {
+        match s.admin_get("/readyz") {
+            Ok(r) => assert_eq!(r.status, 503, "/readyz #{i} during the drain: {}", r.describe()),
+            Err(e) => panic!("/readyz #{i} during the drain failed: {e}"),
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
 
     let r = slow.try_response(false).unwrap_or_else(|e| panic!("the in-flight request was cut: {e}"));
     let done_at = Instant::now();
@@ -539,7 +549,14 @@ fn sighup_acl_change_applies_to_new_connections_only() {
 
     s.rewrite_config("allow_clients = [\"10.0.0.0/8\"]\n");
     s.signal("HUP");
-    thread::sleep(Duration::from_millis(500));
+    // The reload is done when the proxy says so (reading and checking the file can take a
+    // while on a loaded machine); the workers take it on their next 100 ms tick.
+    assert!(
+        wait_until(Duration::from_secs(10), || s.stderr_log().contains("sluice: reloaded the configuration")),
+        "no reload line on stderr: {}",
+        s.stderr_log()
+    );
+    thread::sleep(Duration::from_millis(300));
     let rejected0 = s.metric(REJECTED);
 
     if let Some(got) = try_new_connection(s.addr(), &origin.host()) {
