@@ -280,9 +280,8 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         env.ring.recycle(cqes);
         if let Some(deadline) = drain_deadline {
             let listeners_closed = listeners.iter().all(|l| l.role != Role::Proxy || l.sock.is_none());
-            if now >= deadline {
+            if !deadline_passed && now >= deadline {
                 close_all(&mut conns, &mut env, now);
-                drain_deadline = Some(now + Duration::from_secs(3600));
                 deadline_passed = true;
             }
             if env.proxy_connections() == 0 && (listeners_closed || deadline_passed) {

@@ -595,6 +595,7 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         && !ex.coalesce_tried
         && should_wait_for_small_body(&ex.resp_body, data.len() - head, conn.uin.room())
         && !conn.io.up_eof
+        && conn.io.up_error.is_none()
     {
         // The head arrived without all of its small body (origins often write the head,
         // then the body): one more read lets both leave in one segment, which costs the
@@ -604,9 +605,7 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             return NextStep::Wait;
         }
         ex.coalesce_tried = true;
-        if conn.io.up_error.is_none() {
-            return conn.read_upstream(io, ctx);
-        }
+        return conn.read_upstream(io, ctx);
     }
     let taken = if ex.dechunk { dechunk(conn, ctx, head) } else { ex.resp_body.take(&data[head..]).map(|n| (n, n)) };
     let Some(ex) = conn.ex.as_mut() else {
