@@ -20,6 +20,8 @@ pub struct WorkerStats {
     /// Responses the proxy made itself, by [`ERROR_KINDS`].
     pub errors: [AtomicU64; ERROR_KINDS.len()],
     pub tunnels: AtomicU64,
+    /// Tunnel directions that went from copying to splicing (bulk transfers).
+    pub tunnel_splices: AtomicU64,
     pub bytes_from_clients: AtomicU64,
     pub bytes_to_clients: AtomicU64,
     pub pool_hits: AtomicU64,
@@ -230,6 +232,12 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         fam("sluice_requests_total", C, "Requests answered, by protocol, method and status class.", by_class),
         fam("sluice_errors_total", C, "Responses the proxy made itself, by kind.", by("kind", &errors)),
         fam("sluice_tunnels_total", C, "CONNECT tunnels established.", one(sum(|w| &w.tunnels))),
+        fam(
+            "sluice_tunnel_splices_total",
+            C,
+            "Tunnel directions moved to zero-copy splicing after a bulk read.",
+            one(sum(|w| &w.tunnel_splices)),
+        ),
         fam(
             "sluice_bytes_total",
             C,

@@ -430,12 +430,13 @@ except OSError:
 
 /// The metric families the proxy exports (issue 5's list, plus the certificate minting
 /// summary and the access log's dropped lines).
-const METRICS: [&str; 24] = [
+const METRICS: [&str; 25] = [
     "sluice_connections_accepted_total",
     "sluice_connections_active",
     "sluice_connections_rejected_total",
     "sluice_requests_total",
     "sluice_tunnels_total",
+    "sluice_tunnel_splices_total",
     "sluice_bytes_total",
     "sluice_upstream_pool_hits_total",
     "sluice_upstream_pool_misses_total",

@@ -85,6 +85,9 @@ pub(crate) struct TunnelState {
     pub established_sent: bool,
     pub client_to_upstream_done: bool,
     pub upstream_to_client_done: bool,
+    /// A read of this direction filled a whole slab: it splices once its slab is empty.
+    pub bulk_to_origin: bool,
+    pub bulk_to_client: bool,
 }
 
 /// One request/response exchange (or one tunnel).

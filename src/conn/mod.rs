@@ -46,6 +46,9 @@ pub(crate) mod tag {
     pub const CANCEL: OpTag = OpTag(6);
     pub const CLIENT_SHUTDOWN: OpTag = OpTag(7);
     pub const UP_SHUTDOWN: OpTag = OpTag(8);
+    /// A tunnel direction's splice, or its poll after the splice found nothing to move.
+    pub const SPLICE_TO_ORIGIN: OpTag = OpTag(9);
+    pub const SPLICE_TO_CLIENT: OpTag = OpTag(10);
 }
 
 /// Most state transitions one event may cause.
@@ -184,6 +187,9 @@ pub struct Connection {
     pub(crate) out: Buf,
     pub(crate) upstream: Option<UpstreamConn>,
     pub(crate) ex: Option<Box<http1::Exchange>>,
+    /// A tunnel's spliced directions. Never dropped before the connection: the kernel
+    /// resolves a splice's pipe fd when the splice runs.
+    pub(crate) splice: Option<Box<tunnel::Splicing>>,
     pub(crate) io: IoState,
     /// The armed timer entry: at or before `deadline`.
     pub(crate) timer: Option<TimerKey>,
@@ -215,6 +221,7 @@ impl Connection {
             out: Buf::default(),
             upstream: None,
             ex: None,
+            splice: None,
             io: IoState::default(),
             timer: None,
             deadline: None,
@@ -456,12 +463,13 @@ impl Connection {
         for t in [self.ctls.as_mut(), self.utls.as_mut()].into_iter().flatten() {
             t.release(ctx.pool);
         }
-        if self.io.client_read || self.io.client_poll || self.io.client_write.is_some() {
+        let splicing = self.splice.as_ref().is_some_and(|s| s.busy());
+        if self.io.client_read || self.io.client_poll || self.io.client_write.is_some() || splicing {
             let fd = self.client_fd();
             ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
         }
         if let Some(up) = &self.upstream {
-            if !up.abandoned && (self.io.up_read || self.io.up_write.is_some() || self.io.connecting) {
+            if !up.abandoned && (self.io.up_read || self.io.up_write.is_some() || self.io.connecting || splicing) {
                 let fd = up.sock.as_raw_fd();
                 ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
             }
@@ -607,6 +615,8 @@ pub fn on_completion(
             conn.io.connecting = false;
             conn.io.connect_result = Some(result);
         }
+        tag::SPLICE_TO_ORIGIN => tunnel::splice_done(conn, io, ctx, tunnel::Direction::ToOrigin, result),
+        tag::SPLICE_TO_CLIENT => tunnel::splice_done(conn, io, ctx, tunnel::Direction::ToClient, result),
         tag::CLIENT_SHUTDOWN | tag::UP_SHUTDOWN | tag::CANCEL => {}
         _ => {}
     }

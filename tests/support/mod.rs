@@ -1055,7 +1055,7 @@ fn respond(
     w.flush()
 }
 
-fn write_pattern_stream(w: &mut impl Write, len: u64) -> io::Result<()> {
+pub fn write_pattern_stream(w: &mut impl Write, len: u64) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut off = 0u64;
     while off < len {

@@ -8,6 +8,7 @@
 //! - [`conns`]: the connection arena. A connection is `Box::into_raw`'d on insert; each
 //!   completion is turned back into `&mut` of it; it is freed exactly once, when it is
 //!   closing and no operation of it is in flight.
+//! - [`pipe`]: kernel pipes for splicing a tunnel's bytes without copying them.
 //! - [`sys`]: the few plain syscalls the proxy needs (CPU affinity, a non-blocking peek,
 //!   the original destination of a redirected socket).
 //!
@@ -16,12 +17,14 @@
 
 pub mod bufring;
 pub mod conns;
+pub mod pipe;
 pub mod ring;
 pub mod slab;
 pub mod sys;
 pub mod token;
 
 pub use conns::{ConnId, Conns, Event, Io, Slot};
+pub use pipe::Pipe;
 pub use ring::{Op, Ring, RingStats};
 pub use slab::{Slab, SlabPool, SLAB_SIZE};
 pub use token::{OpTag, WorkerToken};

@@ -84,6 +84,13 @@ pub enum Op {
     /// Receive into a buffer the kernel picks from the provided-buffer ring when data
     /// arrives (the completion names it; give it back with [`Ring::recycle_provided`]).
     RecvSelect { fd: RawFd },
+    /// Wait until the fd is writable (or in error).
+    PollOut { fd: RawFd },
+    /// Move up to `len` bytes from `fd_in` to `fd_out`, one of which is a pipe, without
+    /// copying them through user space. Never blocks: completes with `-EAGAIN` when there
+    /// is nothing to move (poll, then try again). io_uring runs splices on its worker
+    /// threads, which the ring keeps on the CPUs of the thread that built it.
+    Splice { fd_in: RawFd, fd_out: RawFd, len: u32 },
 }
 
 /// A worker's ring.
@@ -102,6 +109,10 @@ const BUF_GROUP: u16 = 1;
 const RECVSEND_POLL_FIRST: u16 = 1;
 const PROVIDED_BUFFERS: u16 = 512;
 const PROVIDED_SIZE: u32 = 4096;
+/// io_uring worker threads per ring: bounded (regular files; unused) and unbounded
+/// (socket splices, which never block).
+const IOWQ_MAX_BOUNDED: u32 = 1;
+const IOWQ_MAX_UNBOUNDED: u32 = 2;
 
 impl Drop for Ring {
     fn drop(&mut self) {
@@ -137,6 +148,13 @@ impl Ring {
             // unregisters them before they are freed.
             unsafe { ring.submitter().register_buf_ring_with_flags(b.addr(), b.count(), b.bgid(), 0) }.is_ok()
         });
+        // Splices run on io_uring's worker threads. Keep them on this thread's CPUs (a
+        // pinned worker must not spill onto other cores) and few: a splice never blocks,
+        // so a handful of threads serve every tunnel. Both are best effort (older kernels).
+        if let Ok(set) = crate::sys::affinity_set() {
+            let _ = ring.submitter().register_iowq_aff(&set);
+        }
+        let _ = ring.submitter().register_iowq_max_workers(&mut [IOWQ_MAX_BOUNDED, IOWQ_MAX_UNBOUNDED]);
         Ok(Ring {
             ring,
             buf_ring,
@@ -199,6 +217,10 @@ impl Ring {
                 }
             }
             Op::PollIn { fd } => opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32).build(),
+            Op::PollOut { fd } => opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build(),
+            Op::Splice { fd_in, fd_out, len } => opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+                .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+                .build(),
             Op::Connect { fd, addr } => {
                 assert!(io.connect_addr.is_none(), "one connect at a time per slot");
                 let raw = Box::new(SockAddrRaw::new(addr));

@@ -7,13 +7,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// CPUs in this thread's affinity mask (the mask the process was started with, when
 /// called before any pinning).
 pub fn allowed_cpus() -> io::Result<Vec<usize>> {
-    // SAFETY: cpu_set_t is plain data; all-zero is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the pointer and size describe `set`, which lives across the call.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let set = affinity_set()?;
     let mut cpus = Vec::new();
     for cpu in 0..libc::CPU_SETSIZE as usize {
         // SAFETY: cpu < CPU_SETSIZE, inside the set.
@@ -22,6 +16,18 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
         }
     }
     Ok(cpus)
+}
+
+/// This thread's affinity mask as the kernel's set.
+pub(crate) fn affinity_set() -> io::Result<libc::cpu_set_t> {
+    // SAFETY: cpu_set_t is plain data; all-zero is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the pointer and size describe `set`, which lives across the call.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(set)
 }
 
 /// Pins the calling thread to one CPU.

@@ -1,0 +1,74 @@
+//! Kernel pipes for zero-copy relays: bytes spliced from one socket into a pipe and from
+//! the pipe into another socket are moved as page references, never copied through user
+//! space. A [`Pipe`] owns both ends; the ring's `Op::Splice` takes their raw fds.
+//!
+//! Fd-reuse hazard: a splice resolves its input fd when it runs (in io_uring's worker
+//! pool), so a pipe must stay open until every splice naming it has completed. Owners
+//! keep their pipes for the life of the connection, which outlives its operations.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Both ends of a non-blocking pipe, and how many bytes it can hold.
+#[derive(Debug)]
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    capacity: usize,
+}
+
+impl Pipe {
+    /// Opens a non-blocking, close-on-exec pipe and asks for `capacity` bytes of room.
+    /// The kernel may refuse a larger pipe (`fs.pipe-max-size`, the per-user page
+    /// budget); the pipe then keeps its default size, which [`Pipe::capacity`] reports.
+    pub fn new(capacity: usize) -> io::Result<Pipe> {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        let want = libc::c_int::try_from(capacity).unwrap_or(libc::c_int::MAX);
+        // SAFETY: F_SETPIPE_SZ / F_GETPIPE_SZ take an int argument; the fd is open (owned).
+        let mut got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
+        if got < 0 {
+            // SAFETY: as above.
+            got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        }
+        if got <= 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Pipe { read, write, capacity: got as usize })
+    }
+
+    /// The end to splice out of.
+    pub fn read_fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// The end to splice into.
+    pub fn write_fd(&self) -> RawFd {
+        self.write.as_raw_fd()
+    }
+
+    /// Bytes the pipe holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipe_grows_to_the_asked_size_or_keeps_a_usable_one() {
+        let p = Pipe::new(1 << 20).expect("pipe");
+        assert!(p.capacity() >= 4096, "capacity {}", p.capacity());
+        assert_ne!(p.read_fd(), p.write_fd());
+        let small = Pipe::new(4096).expect("pipe");
+        assert_eq!(small.capacity(), 4096);
+    }
+}
