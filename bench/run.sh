@@ -8,8 +8,10 @@
 # Scenarios: ka1k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake (all by default).
 # Environment: SLUICE_BIN=PATH uses that binary and skips the build; BENCH_LOAD_CPU and
 # BENCH_PROXY_CPU (default 0 and 1) choose the cores; BENCH_DELAY_MS (default 10) paces
-# paced1k. --cpu-cap puts each proxy in a cgroup with a CPU quota of PERCENT of one core
-# (10 ms periods), so that the proxy rather than the load generator is the bottleneck.
+# paced1k. In the capacity scenarios (ka1k ka64k close1k post1m tls_ka1k tls_handshake)
+# each proxy runs in a cgroup with a CPU quota of PERCENT of one core (10 ms periods;
+# default 50), so that the proxy rather than the load generator is the bottleneck;
+# --cpu-cap 0 runs them uncapped. paced1k, tunnel and idle always run uncapped.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -35,6 +37,9 @@ DURATION=""
 OUT_DIR=$HERE/results
 BUILD=1
 CPU_CAP=""
+DEFAULT_CPU_CAP=50
+# Scenarios that measure capacity (CPU per request and req/s with the proxy as the bottleneck).
+CAPPED_SCENARIOS=(ka1k ka64k close1k post1m tls_ka1k tls_handshake)
 [[ -n "${SLUICE_BIN:-}" ]] && BUILD=0
 while (($#)); do
     case $1 in
@@ -65,7 +70,10 @@ else
 fi
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds must be a positive integer" >&2; exit 2; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "bench: --duration must be whole seconds" >&2; exit 2; }
-[[ -z $CPU_CAP || ($CPU_CAP =~ ^[1-9][0-9]*$ && CPU_CAP -le 100) ]] || { echo "bench: --cpu-cap must be a percentage, 1 to 100" >&2; exit 2; }
+[[ -z $CPU_CAP || ($CPU_CAP =~ ^[0-9]+$ && CPU_CAP -le 100) ]] || { echo "bench: --cpu-cap must be a percentage, 0 (off) to 100" >&2; exit 2; }
+CAP_ASKED=${CPU_CAP:+1}
+: "${CPU_CAP:=$DEFAULT_CPU_CAP}"
+[[ $CPU_CAP == 0 ]] && CPU_CAP=
 # Shorter runs get a proportionally smaller tunnel transfer (the smoke test uses 2 s).
 if ((DURATION < 3)); then TUNNEL_BYTES=$((256 << 20)); IDLE_COUNT=500; fi
 
@@ -190,20 +198,32 @@ fi
 SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
 [[ -x $SLUICE_BIN ]] || die "no Sluice binary at $SLUICE_BIN"
 
-# CPU cap: a cgroup (v1 cpu controller, or v2 cpu.max) with a quota per 10 ms period.
-if [[ -n $CPU_CAP ]]; then
+# CPU cap: a cgroup (v1 cpu controller, or v2 cpu.max) with a quota per 10 ms period. An
+# explicit --cpu-cap that cannot be set up is fatal; the default one is skipped with a
+# warning (the report then says the run was uncapped).
+setup_cgroup() {
     if [[ -w /sys/fs/cgroup/cpu/cgroup.procs ]]; then
         CGROUP=/sys/fs/cgroup/cpu/sluice-bench-$$
         mkdir "$CGROUP" && echo 10000 >"$CGROUP/cpu.cfs_period_us" && echo $((CPU_CAP * 100)) >"$CGROUP/cpu.cfs_quota_us" ||
-            die "could not set up the cgroup for --cpu-cap"
+            { CGROUP_ERR="could not set up the cgroup"; return 1; }
     elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
         grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control ||
-            die "could not enable the cgroup v2 cpu controller for --cpu-cap"
+            { CGROUP_ERR="could not enable the cgroup v2 cpu controller"; return 1; }
         CGROUP=/sys/fs/cgroup/sluice-bench-$$
-        mkdir "$CGROUP" && echo "$((CPU_CAP * 100)) 10000" >"$CGROUP/cpu.max" || die "could not set up the cgroup for --cpu-cap"
+        mkdir "$CGROUP" && echo "$((CPU_CAP * 100)) 10000" >"$CGROUP/cpu.max" || { CGROUP_ERR="could not set up the cgroup"; return 1; }
     else
-        die "--cpu-cap needs a writable cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)"
+        CGROUP_ERR="no writable cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)"
+        return 1
     fi
+}
+CGROUP_ERR=""
+CAP_THIS=0 # 1 while a capped scenario runs: start_proxy moves the proxy into the cgroup
+if [[ -n $CPU_CAP ]] && ! setup_cgroup; then
+    [[ -n $CAP_ASKED ]] && die "--cpu-cap: $CGROUP_ERR"
+    log "warning: $CGROUP_ERR; the capacity scenarios run uncapped (the proxy may not be the bottleneck)"
+    [[ -n $CGROUP && -d $CGROUP ]] && rmdir "$CGROUP" 2>/dev/null
+    CPU_CAP=""
+    CGROUP=""
 fi
 
 # Open files: the idle scenario holds one descriptor per client in the client and in the
@@ -288,6 +308,7 @@ META=$TMP/meta.txt
     echo "load_cpu=$LOAD_CPU"
     echo "proxy_cpu=$PROXY_CPU"
     echo "cpu_cap=$CPU_CAP"
+    echo "capped_scenarios=$(IFS=,; echo "${CAPPED_SCENARIOS[*]}")"
     echo "loadavg_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     echo "nproc=$NCPU"
     echo "cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
@@ -374,7 +395,7 @@ start_proxy() {
     fi
     sleep 0.2 # let nginx fork its worker
     PROXY_PIDS=$(python3 "$TOOLS/proc.py" tree "$PROXY_PID" | tr '\n' ' ')
-    if [[ -n $CGROUP ]]; then
+    if [[ -n $CGROUP ]] && ((CAP_THIS)); then
         local p
         for p in $PROXY_PIDS; do echo "$p" 2>/dev/null >"$CGROUP/cgroup.procs" || true; done
     fi
@@ -666,11 +687,13 @@ scenario_tls_handshake() {
 # ------------------------------------------------------------------------------------
 # Main.
 # ------------------------------------------------------------------------------------
-log "$MODE run: ${SCENARIOS[*]}; $ROUNDS round(s) of ${DURATION}s; load on CPU $LOAD_CPU, proxies on CPU $PROXY_CPU"
+log "$MODE run: ${SCENARIOS[*]}; $ROUNDS round(s) of ${DURATION}s; load on CPU $LOAD_CPU, proxies on CPU $PROXY_CPU${CPU_CAP:+ (capacity scenarios capped at $CPU_CAP%)}"
 start_upstream
 : >"$RAW"
 T_START=$SECONDS
 for sc in "${SCENARIOS[@]}"; do
+    CAP_THIS=0
+    [[ " ${CAPPED_SCENARIOS[*]} " == *" $sc "* ]] && CAP_THIS=1
     case $sc in
         tunnel) scenario_tunnel ;;
         idle) scenario_idle ;;

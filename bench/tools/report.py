@@ -147,7 +147,9 @@ def build(recs, meta, svg_name):
         ["machine", "%s × %s, %s, %s" % (meta.get("nproc", "?"), meta.get("cpu_model", "?"), meta.get("memory", "?"), meta.get("kernel", "?"))],
         ["placement", "load generator (wrk, python clients) and upstream nginx on CPU %s; the proxy on CPU %s (taskset)%s"
          % (meta.get("load_cpu", "?"), meta.get("proxy_cpu", "?"),
-            ", capped at %s%% of that core (cgroup CPU quota, 10 ms periods)" % meta["cpu_cap"] if meta.get("cpu_cap") else "")],
+            ", capped at %s%% of that core (cgroup CPU quota, 10 ms periods) in %s, so that the proxy is the bottleneck; uncapped elsewhere"
+            % (meta["cpu_cap"], ", ".join("`%s`" % s for s in meta.get("capped_scenarios", "").split(",") if s) or "every scenario")
+            if meta.get("cpu_cap") else "; no CPU cap")],
         ["load average", "%s at the start, %s at the end (1, 5, 15 min): anything well above 0 means other work shared the cores"
          % (meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?"))],
         ["Sluice", meta.get("sluice", "?") + ", 1 worker"],
