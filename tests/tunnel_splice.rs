@@ -27,11 +27,47 @@ fn splices(proxy: &Proxy) -> f64 {
     proxy.metric("sluice_tunnel_splices_total").expect("splice counter")
 }
 
+/// Descriptors the proxy holds: a tunnel's sockets and pipes are closed only when its
+/// connection is freed, after every operation of it completed.
+fn open_fds(proxy: &Proxy) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).map(|d| d.count()).unwrap_or(usize::MAX)
+}
+
+/// The proxy's descriptor count once start-up has settled (workers open their wake pipes
+/// while the first clients are already served).
+fn settled_fds(proxy: &Proxy) -> usize {
+    let mut last = open_fds(proxy);
+    for _ in 0..50 {
+        thread::sleep(Duration::from_millis(100));
+        let now = open_fds(proxy);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+fn assert_fds_back_to(proxy: &Proxy, baseline: usize) {
+    let ok = wait_until(Duration::from_secs(10), || open_fds(proxy) <= baseline);
+    let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
+        .map(|d| {
+            d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        ok,
+        "the proxy holds {} descriptors, {baseline} before the tunnel: a tunnel was not freed; {held:?}",
+        held.len()
+    );
+}
+
 #[test]
 fn a_bulk_echo_is_spliced_both_ways_and_arrives_intact() {
     let echo = EchoServer::start();
     let proxy = Proxy::start(&format!("connect_ports = [{}]\n", echo.port()));
     assert_eq!(splices(&proxy), 0.0);
+    let fds_before = settled_fds(&proxy);
     let c = open_tunnel(&proxy, echo.port());
     const N: usize = 24 << 20;
     let mut writer = c.stream().try_clone().unwrap();
@@ -48,7 +84,8 @@ fn a_bulk_echo_is_spliced_both_ways_and_arrives_intact() {
     assert_bytes_eq(&got, &pattern(N), "24 MiB echoed through a spliced tunnel, then EOF");
     assert_eq!(splices(&proxy), 2.0, "both directions carried bulk data and should have switched to splice");
     assert!(wait_until(Duration::from_secs(5), || echo.finished.load(SeqCst) == 1), "the echo server never saw EOF");
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(5), |v| v == 0.0).expect("tunnel freed");
+    drop(c);
+    assert_fds_back_to(&proxy, fds_before);
 }
 
 #[test]
@@ -109,17 +146,27 @@ fn an_origin_reset_mid_splice_ends_that_tunnel_only() {
     });
     let echo = EchoServer::start();
     let proxy = Proxy::start(&format!("connect_ports = [{port}, {}]\n", echo.port()));
+    let fds_before = settled_fds(&proxy);
     let mut c = open_tunnel(&proxy, port);
     c.send(b"left unread by the origin").unwrap();
-    let mut got = 0usize;
+    // The origin streams at once: bytes may have come in behind the 200 head.
+    let mut got = c.conn.buffered().to_vec();
     let mut buf = vec![0u8; 1 << 20];
-    while let Ok(n @ 1..) = c.conn.inner.read(&mut buf) {
-        got += n;
-    }
+    let ending = loop {
+        match c.conn.inner.read(&mut buf) {
+            Ok(0) => break "EOF".to_string(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e.kind().to_string(),
+        }
+    };
     origin.join().unwrap();
-    assert!(got <= 16 << 20, "{got} bytes, more than the origin sent");
+    // The proxy passes the reset on (RST) or ends the stream (FIN); it must not hang.
+    assert!(ending == "EOF" || ending == "connection reset", "the tunnel ended with {ending}");
+    assert!(got.len() <= 16 << 20, "{} bytes, more than the origin sent", got.len());
+    assert_bytes_eq(&got, &pattern(got.len()), "what arrived is the start of the origin's stream");
     assert!(splices(&proxy) >= 1.0, "the origin's stream should have been spliced");
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 0.0).expect("tunnel freed");
+    drop(c);
+    assert_fds_back_to(&proxy, fds_before);
     let mut again = open_tunnel(&proxy, echo.port());
     again.send(b"ok").unwrap();
     assert_eq!(again.conn.read_exact_vec(2).expect("a new tunnel works"), b"ok");
@@ -142,7 +189,8 @@ fn quiet_spliced_tunnels_do_not_hold_up_a_busy_one() {
         assert_bytes_eq(&back, &pattern(2 << 20), "echo before going quiet");
         quiet.push(c); // stays open and silent, both directions spliced
     }
-    assert!(splices(&proxy) >= 6.0, "the quiet tunnels should have switched to splice");
+    // 12 directions waiting in splices: more than the ring's io_uring worker threads.
+    assert_eq!(splices(&proxy), 12.0, "every quiet tunnel should have switched to splice both ways");
     let mut busy = open_tunnel(&proxy, echo.port());
     busy.stream().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let data = pattern(8 << 20);
@@ -154,4 +202,27 @@ fn quiet_spliced_tunnels_do_not_hold_up_a_busy_one() {
     let got = busy.conn.read_to_end_vec().expect("the busy tunnel must not stall behind quiet ones");
     w.join().unwrap();
     assert_bytes_eq(&got, &pattern(8 << 20), "busy tunnel");
+}
+
+#[test]
+fn a_client_reset_on_a_quiet_spliced_tunnel_frees_both_legs() {
+    // Both directions spliced and then quiet: each waits in a poll, one on each socket.
+    // The client then resets; the poll on the origin's socket must be cancelled, or the
+    // connection (and the origin leg) would never be freed.
+    let echo = EchoServer::start();
+    let proxy = Proxy::start(&format!("connect_ports = [{}]\n", echo.port()));
+    let fds_before = settled_fds(&proxy);
+    let mut c = open_tunnel(&proxy, echo.port());
+    let data = pattern(2 << 20);
+    let mut writer = c.stream().try_clone().unwrap();
+    let w = thread::spawn(move || writer.write_all(&data).expect("write 2 MiB"));
+    // Read half of the echo; the rest stays unread in the client's socket.
+    c.conn.read_exact_vec(1 << 20).expect("the first MiB echoed");
+    w.join().unwrap();
+    proxy.wait_metric("sluice_tunnel_splices_total", Duration::from_secs(5), |v| v == 2.0).expect("spliced both ways");
+    assert!(wait_until(Duration::from_secs(5), || echo.echoed.load(SeqCst) == 2 << 20), "echo incomplete");
+    thread::sleep(Duration::from_millis(200)); // let the tunnel go quiet
+    drop(c); // unread bytes: the kernel resets the connection
+    assert!(wait_until(Duration::from_secs(10), || echo.closed.load(SeqCst) == 1), "the origin leg was never closed");
+    assert_fds_back_to(&proxy, fds_before);
 }

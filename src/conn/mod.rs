@@ -187,8 +187,9 @@ pub struct Connection {
     pub(crate) out: Buf,
     pub(crate) upstream: Option<UpstreamConn>,
     pub(crate) ex: Option<Box<http1::Exchange>>,
-    /// A tunnel's spliced directions. Never dropped before the connection: the kernel
-    /// resolves a splice's pipe fd when the splice runs.
+    /// A tunnel's spliced directions. A pipe is closed only when no operation names it
+    /// (its direction is done, or the connection is freed): the kernel resolves a
+    /// splice's pipe fd when the splice runs.
     pub(crate) splice: Option<Box<tunnel::Splicing>>,
     pub(crate) io: IoState,
     /// The armed timer entry: at or before `deadline`.
@@ -523,7 +524,9 @@ pub fn on_completion(
                 stats::bump(&ctx.stats.bytes_from_clients, result as u64);
             } else if result == 0 {
                 conn.io.client_eof = true;
-            } else {
+            } else if result != -libc::EAGAIN {
+                // -EAGAIN (a non-blocking tunnel socket read on a worker thread): the
+                // phase handler simply reads again.
                 conn.io.client_error = Some(-result);
             }
         }
@@ -561,7 +564,7 @@ pub fn on_completion(
                 conn.uin.filled(result as usize);
             } else if result == 0 {
                 conn.io.up_eof = true;
-            } else {
+            } else if result != -libc::EAGAIN {
                 conn.io.up_error = Some(-result);
             }
         }
@@ -578,7 +581,20 @@ pub fn on_completion(
                 return NextStep::Close;
             };
             conn.buf_mut(job.src).give_back(s);
-            if result <= 0 {
+            if result == -libc::EAGAIN {
+                // A non-blocking tunnel socket was full when a worker thread ran the
+                // write: send the same bytes again.
+                let fd = if to_client { Some(conn.client_fd()) } else { conn.up_fd() };
+                if let Some(fd) = fd {
+                    conn.submit_write(io, ctx, fd, t, job);
+                    if to_client {
+                        conn.io.client_write = Some(job);
+                    } else {
+                        conn.io.up_write = Some(job);
+                    }
+                    return NextStep::Wait;
+                }
+            } else if result <= 0 {
                 let err = if result == 0 { libc::EPIPE } else { -result };
                 if to_client {
                     conn.io.client_error = Some(err);

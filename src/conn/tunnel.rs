@@ -132,7 +132,7 @@ fn mark_done(conn: &mut Connection, dir: Direction) {
 /// Moves one direction along: by splice when it has a pipe, else by copy through its
 /// slab (switching to splice when the slab filled and is now empty).
 fn pump(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direction) -> NextStep {
-    if spliced(conn, dir).is_none() && ready_to_splice(conn, dir) && start_splicing(conn, dir) {
+    if spliced(conn, dir).is_none() && ready_to_splice(conn, dir) && start_splicing(conn, ctx, dir) {
         stats::bump(&ctx.stats.tunnel_splices, 1);
     }
     if spliced(conn, dir).is_some() {
@@ -177,14 +177,17 @@ fn ready_to_splice(conn: &Connection, dir: Direction) -> bool {
 /// peer sends (stalling every other tunnel's splices behind it). io_uring's own receives
 /// and sends still poll for readiness on non-blocking sockets. Without a pipe (fd limit),
 /// the direction keeps copying.
-fn start_splicing(conn: &mut Connection, dir: Direction) -> bool {
+fn start_splicing(conn: &mut Connection, ctx: &mut Ctx<'_>, dir: Direction) -> bool {
     let nonblocking = conn.client.set_nonblocking(true).and_then(|_| match &conn.upstream {
         Some(up) => up.sock.set_nonblocking(true),
         None => Err(std::io::ErrorKind::NotConnected.into()),
     });
-    let pipe = match nonblocking.and_then(|_| Pipe::new(PIPE_CAPACITY)) {
-        Ok(p) => p,
-        Err(_) => {
+    // A pipe smaller than a slab (the per-user pipe budget is spent) would splice less
+    // per worker-thread handoff than one copy moves: keep copying then.
+    let pipe = nonblocking.and_then(|_| Pipe::new(PIPE_CAPACITY)).ok().filter(|p| p.capacity() >= SLAB_SIZE);
+    let pipe = match pipe {
+        Some(p) => p,
+        None => {
             // Stay on the copy path for good; no retry per read.
             if let Some(ex) = conn.ex.as_mut() {
                 ex.tunnel.bulk_to_origin &= dir != Direction::ToOrigin;
@@ -193,6 +196,11 @@ fn start_splicing(conn: &mut Connection, dir: Direction) -> bool {
             return false;
         }
     };
+    // The copy pump's slab is empty and idle: give it back for other connections.
+    match dir {
+        Direction::ToOrigin => conn.cin.release_if_empty(ctx.pool),
+        Direction::ToClient => conn.uin.release_if_empty(ctx.pool),
+    }
     let pump = SplicePump { pipe, held: 0, op: PumpOp::Idle };
     let s = conn.splice.get_or_insert_with(Default::default);
     match dir {
@@ -284,6 +292,14 @@ fn splice_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direc
         Op::Splice { fd_in: p.pipe.read_fd(), fd_out: dst, len: p.held as u32 }
     } else if eof {
         shut_down_write(conn, io, ctx, dir);
+        // Nothing names the pipe any more (no op in flight): close it now rather than
+        // hold it, and its share of the pipe budget, for the rest of the tunnel.
+        if let Some(s) = conn.splice.as_mut() {
+            match dir {
+                Direction::ToOrigin => s.to_origin = None,
+                Direction::ToClient => s.to_client = None,
+            }
+        }
         return;
     } else {
         p.op = PumpOp::Fill;

@@ -110,9 +110,10 @@ const RECVSEND_POLL_FIRST: u16 = 1;
 const PROVIDED_BUFFERS: u16 = 512;
 const PROVIDED_SIZE: u32 = 4096;
 /// io_uring worker threads per ring: bounded (regular files; unused) and unbounded
-/// (socket splices, which never block).
+/// (socket splices and shutdowns, which never block, and the rare socket operation the
+/// kernel could not poll for, which may).
 const IOWQ_MAX_BOUNDED: u32 = 1;
-const IOWQ_MAX_UNBOUNDED: u32 = 2;
+const IOWQ_MAX_UNBOUNDED: u32 = 8;
 
 impl Drop for Ring {
     fn drop(&mut self) {
