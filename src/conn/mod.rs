@@ -581,30 +581,20 @@ pub fn on_completion(
                 return NextStep::Close;
             };
             conn.buf_mut(job.src).give_back(s);
-            if result == -libc::EAGAIN {
-                // A non-blocking tunnel socket was full when a worker thread ran the
-                // write: send the same bytes again.
-                let fd = if to_client { Some(conn.client_fd()) } else { conn.up_fd() };
-                if let Some(fd) = fd {
-                    conn.submit_write(io, ctx, fd, t, job);
-                    if to_client {
-                        conn.io.client_write = Some(job);
-                    } else {
-                        conn.io.up_write = Some(job);
-                    }
-                    return NextStep::Wait;
-                }
-            } else if result <= 0 {
+            // -EAGAIN: a non-blocking tunnel socket was full when a worker thread ran
+            // the write; nothing went out, so it is a short write of 0 bytes.
+            let sent = if result == -libc::EAGAIN { 0 } else { result };
+            if sent < 0 || result == 0 {
                 let err = if result == 0 { libc::EPIPE } else { -result };
                 if to_client {
                     conn.io.client_error = Some(err);
                 } else {
                     conn.io.up_error = Some(err);
                 }
-            } else if (result as u32) < job.len {
+            } else if (sent as u32) < job.len {
                 // Short write: send the rest before anything else goes to this peer.
-                job.offset += result as u32;
-                job.len -= result as u32;
+                job.offset += sent as u32;
+                job.len -= sent as u32;
                 let fd = if to_client { Some(conn.client_fd()) } else { conn.up_fd() };
                 if let Some(fd) = fd {
                     conn.submit_write(io, ctx, fd, t, job);
