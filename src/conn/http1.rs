@@ -8,6 +8,7 @@
 //! leave in one write.
 
 use super::buf::{BufId, HEADROOM};
+use super::tunnel::PerDirection;
 use super::{Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::h1::{self, BodyFraming, ChunkedDecoder, HeadLimits, Method};
 use crate::stats;
@@ -83,11 +84,10 @@ pub(crate) enum UpstreamStep {
 #[derive(Debug, Default)]
 pub(crate) struct TunnelState {
     pub established_sent: bool,
-    pub client_to_upstream_done: bool,
-    pub upstream_to_client_done: bool,
+    /// The direction's source reached EOF and the destination was half-closed.
+    pub done: PerDirection<bool>,
     /// A read of this direction filled a whole slab: it splices once its slab is empty.
-    pub bulk_to_origin: bool,
-    pub bulk_to_client: bool,
+    pub bulk: PerDirection<bool>,
 }
 
 /// One request/response exchange (or one tunnel).

@@ -12,7 +12,7 @@
 //! has been written; the tunnel ends when both directions are done, or at once on an
 //! error.
 
-use super::buf::BufId;
+use super::buf::{Buf, BufId};
 use super::{tag, Connection, Ctx, NextStep};
 use crate::h1;
 use crate::stats;
@@ -21,18 +21,40 @@ use uring::{Io, Op, OpTag, Pipe, SLAB_SIZE};
 /// Pipe room asked for per spliced direction: one splice moves up to this much.
 const PIPE_CAPACITY: usize = 1 << 20;
 
-/// The two spliced directions of a tunnel (kept on the connection, so the pipes stay
-/// open until the connection is freed: after every splice naming them has completed).
+/// One value for each direction of a tunnel.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct PerDirection<T> {
+    pub to_origin: T,
+    pub to_client: T,
+}
+
+impl<T> PerDirection<T> {
+    pub(crate) fn get(&self, dir: Direction) -> &T {
+        match dir {
+            Direction::ToOrigin => &self.to_origin,
+            Direction::ToClient => &self.to_client,
+        }
+    }
+
+    pub(crate) fn get_mut(&mut self, dir: Direction) -> &mut T {
+        match dir {
+            Direction::ToOrigin => &mut self.to_origin,
+            Direction::ToClient => &mut self.to_client,
+        }
+    }
+}
+
+/// The spliced directions of a tunnel. A pipe is dropped only when no operation names it
+/// (its direction is done, or the connection is freed).
 #[derive(Debug, Default)]
 pub(crate) struct Splicing {
-    to_origin: Option<SplicePump>,
-    to_client: Option<SplicePump>,
+    pumps: PerDirection<Option<SplicePump>>,
 }
 
 impl Splicing {
     /// True while a splice or poll of either direction is in the kernel.
     pub(crate) fn busy(&self) -> bool {
-        [&self.to_origin, &self.to_client].into_iter().flatten().any(|p| p.op != PumpOp::Idle)
+        [&self.pumps.to_origin, &self.pumps.to_client].into_iter().flatten().any(|p| p.op != PumpOp::Idle)
     }
 }
 
@@ -75,6 +97,37 @@ impl Direction {
     }
 }
 
+/// What the copy pump of a direction is doing: its slab and the I/O facts of its two
+/// legs (the source's read and EOF, the destination's write).
+struct CopyLane<'a> {
+    buf: &'a Buf,
+    reading: bool,
+    writing: bool,
+    source_eof: bool,
+}
+
+fn copy_lane(conn: &Connection, dir: Direction) -> CopyLane<'_> {
+    let io = &conn.io;
+    match dir {
+        Direction::ToOrigin => CopyLane {
+            buf: &conn.cin,
+            reading: io.client_read,
+            writing: io.up_write.is_some(),
+            source_eof: io.client_eof,
+        },
+        Direction::ToClient => {
+            CopyLane { buf: &conn.uin, reading: io.up_read, writing: io.client_write.is_some(), source_eof: io.up_eof }
+        }
+    }
+}
+
+fn copy_buf_mut(conn: &mut Connection, dir: Direction) -> &mut Buf {
+    match dir {
+        Direction::ToOrigin => &mut conn.cin,
+        Direction::ToClient => &mut conn.uin,
+    }
+}
+
 pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
@@ -114,19 +167,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
 }
 
 fn is_done(conn: &Connection, dir: Direction) -> bool {
-    conn.ex.as_ref().is_none_or(|ex| match dir {
-        Direction::ToOrigin => ex.tunnel.client_to_upstream_done,
-        Direction::ToClient => ex.tunnel.upstream_to_client_done,
-    })
-}
-
-fn mark_done(conn: &mut Connection, dir: Direction) {
-    if let Some(ex) = conn.ex.as_mut() {
-        match dir {
-            Direction::ToOrigin => ex.tunnel.client_to_upstream_done = true,
-            Direction::ToClient => ex.tunnel.upstream_to_client_done = true,
-        }
-    }
+    conn.ex.as_ref().is_none_or(|ex| *ex.tunnel.done.get(dir))
 }
 
 /// Moves one direction along: by splice when it has a pipe, else by copy through its
@@ -143,30 +184,20 @@ fn pump(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direction) -
 }
 
 fn spliced(conn: &mut Connection, dir: Direction) -> Option<&mut SplicePump> {
-    let s = conn.splice.as_mut()?;
-    match dir {
-        Direction::ToOrigin => s.to_origin.as_mut(),
-        Direction::ToClient => s.to_client.as_mut(),
-    }
+    conn.splice.as_mut()?.pumps.get_mut(dir).as_mut()
 }
 
 /// A bulk direction whose copy pump has nothing in flight or buffered, between two
 /// cleartext sockets.
 fn ready_to_splice(conn: &Connection, dir: Direction) -> bool {
     let Some(ex) = conn.ex.as_ref() else { return false };
-    let (bulk, buf, reading, writing, eof) = match dir {
-        Direction::ToOrigin => {
-            (ex.tunnel.bulk_to_origin, &conn.cin, conn.io.client_read, conn.io.up_write.is_some(), conn.io.client_eof)
-        }
-        Direction::ToClient => {
-            (ex.tunnel.bulk_to_client, &conn.uin, conn.io.up_read, conn.io.client_write.is_some(), conn.io.up_eof)
-        }
-    };
-    bulk && buf.is_empty()
-        && !buf.is_lent()
-        && !reading
-        && !writing
-        && !eof
+    let lane = copy_lane(conn, dir);
+    *ex.tunnel.bulk.get(dir)
+        && lane.buf.is_empty()
+        && !lane.buf.is_lent()
+        && !lane.reading
+        && !lane.writing
+        && !lane.source_eof
         && conn.ctls.is_none()
         && conn.utls.is_none()
         && conn.upstream.is_some()
@@ -178,83 +209,58 @@ fn ready_to_splice(conn: &Connection, dir: Direction) -> bool {
 /// and sends still poll for readiness on non-blocking sockets. Without a pipe (fd limit),
 /// the direction keeps copying.
 fn start_splicing(conn: &mut Connection, ctx: &mut Ctx<'_>, dir: Direction) -> bool {
-    let nonblocking = conn.client.set_nonblocking(true).and_then(|_| match &conn.upstream {
-        Some(up) => up.sock.set_nonblocking(true),
-        None => Err(std::io::ErrorKind::NotConnected.into()),
-    });
+    // The other direction may have made them non-blocking already.
+    let nonblocking = match (&conn.splice, &conn.upstream) {
+        (Some(_), _) => Ok(()),
+        (None, Some(up)) => conn.client.set_nonblocking(true).and_then(|_| up.sock.set_nonblocking(true)),
+        (None, None) => Err(std::io::ErrorKind::NotConnected.into()),
+    };
     // A pipe smaller than a slab (the per-user pipe budget is spent) would splice less
     // per worker-thread handoff than one copy moves: keep copying then.
     let pipe = nonblocking.and_then(|_| Pipe::new(PIPE_CAPACITY)).ok().filter(|p| p.capacity() >= SLAB_SIZE);
-    let pipe = match pipe {
-        Some(p) => p,
-        None => {
-            // Stay on the copy path for good; no retry per read.
-            if let Some(ex) = conn.ex.as_mut() {
-                ex.tunnel.bulk_to_origin &= dir != Direction::ToOrigin;
-                ex.tunnel.bulk_to_client &= dir != Direction::ToClient;
-            }
-            return false;
+    let Some(pipe) = pipe else {
+        // Stay on the copy path for good; no retry per read.
+        if let Some(ex) = conn.ex.as_mut() {
+            *ex.tunnel.bulk.get_mut(dir) = false;
         }
+        return false;
     };
     // The copy pump's slab is empty and idle: give it back for other connections.
-    match dir {
-        Direction::ToOrigin => conn.cin.release_if_empty(ctx.pool),
-        Direction::ToClient => conn.uin.release_if_empty(ctx.pool),
-    }
+    copy_buf_mut(conn, dir).release_if_empty(ctx.pool);
     let pump = SplicePump { pipe, held: 0, op: PumpOp::Idle };
-    let s = conn.splice.get_or_insert_with(Default::default);
-    match dir {
-        Direction::ToOrigin => s.to_origin = Some(pump),
-        Direction::ToClient => s.to_client = Some(pump),
-    }
+    *conn.splice.get_or_insert_with(Default::default).pumps.get_mut(dir) = Some(pump);
     true
 }
 
 /// The copy pump: write what the slab holds, else pass on EOF, else read.
 fn copy_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direction) -> NextStep {
-    let to_origin = dir == Direction::ToOrigin;
-    let (writing, buf, eof, reading) = if to_origin {
-        (conn.io.up_write.is_some(), &conn.cin, conn.io.client_eof, conn.io.client_read)
-    } else {
-        (conn.io.client_write.is_some(), &conn.uin, conn.io.up_eof, conn.io.up_read)
-    };
-    if writing || buf.is_lent() {
+    let lane = copy_lane(conn, dir);
+    if lane.writing || lane.buf.is_lent() {
         return NextStep::Wait;
     }
-    if !buf.is_empty() {
-        let (start, len, full) = (buf.start, buf.len(), buf.end == SLAB_SIZE);
+    if !lane.buf.is_empty() {
+        let (start, len, full) = (lane.buf.start, lane.buf.len(), lane.buf.end == SLAB_SIZE);
         if let Some(ex) = conn.ex.as_mut() {
-            if to_origin {
-                ex.tunnel.bulk_to_origin |= full;
-            } else {
-                ex.tunnel.bulk_to_client |= full;
-            }
+            *ex.tunnel.bulk.get_mut(dir) |= full;
         }
-        if to_origin {
-            conn.cin.start += len;
-            conn.write_upstream(io, ctx, BufId::Cin, start, len);
-        } else {
-            conn.uin.start += len;
-            conn.write_client(io, ctx, BufId::Uin, start, len);
+        copy_buf_mut(conn, dir).start += len;
+        match dir {
+            Direction::ToOrigin => conn.write_upstream(io, ctx, BufId::Cin, start, len),
+            Direction::ToClient => conn.write_client(io, ctx, BufId::Uin, start, len),
         }
         return NextStep::Wait;
     }
-    if eof {
+    if lane.source_eof {
         shut_down_write(conn, io, ctx, dir);
-        if to_origin {
-            conn.cin.release_if_empty(ctx.pool);
-        } else {
-            conn.uin.release_if_empty(ctx.pool);
-        }
+        copy_buf_mut(conn, dir).release_if_empty(ctx.pool);
         return NextStep::Wait;
     }
-    if reading {
+    if lane.reading {
         return NextStep::Wait;
     }
-    if to_origin {
-        conn.read_client(io, ctx)
-    } else {
-        conn.read_upstream(io, ctx)
+    match dir {
+        Direction::ToOrigin => conn.read_client(io, ctx),
+        Direction::ToClient => conn.read_upstream(io, ctx),
     }
 }
 
@@ -273,16 +279,15 @@ fn shut_down_write(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: D
         let t = if dir == Direction::ToOrigin { tag::UP_SHUTDOWN } else { tag::CLIENT_SHUTDOWN };
         ctx.ring.submit(io, t, Op::ShutdownWrite { fd: dst }, ctx.pool);
     }
-    mark_done(conn, dir);
+    if let Some(ex) = conn.ex.as_mut() {
+        *ex.tunnel.done.get_mut(dir) = true;
+    }
 }
 
 /// The splice pump: drain the pipe, else pass on EOF, else fill it.
 fn splice_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direction) {
     let Some((src, dst)) = ends(conn, dir) else { return };
-    let eof = match dir {
-        Direction::ToOrigin => conn.io.client_eof,
-        Direction::ToClient => conn.io.up_eof,
-    };
+    let source_eof = copy_lane(conn, dir).source_eof;
     let Some(p) = spliced(conn, dir) else { return };
     if p.op != PumpOp::Idle {
         return;
@@ -290,15 +295,12 @@ fn splice_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direc
     let op = if p.held > 0 {
         p.op = PumpOp::Drain;
         Op::Splice { fd_in: p.pipe.read_fd(), fd_out: dst, len: p.held as u32 }
-    } else if eof {
+    } else if source_eof {
         shut_down_write(conn, io, ctx, dir);
         // Nothing names the pipe any more (no op in flight): close it now rather than
         // hold it, and its share of the pipe budget, for the rest of the tunnel.
         if let Some(s) = conn.splice.as_mut() {
-            match dir {
-                Direction::ToOrigin => s.to_origin = None,
-                Direction::ToClient => s.to_client = None,
-            }
+            *s.pumps.get_mut(dir) = None;
         }
         return;
     } else {
@@ -314,8 +316,6 @@ pub(crate) fn splice_done(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
     let Some(p) = spliced(conn, dir) else { return };
     let done = std::mem::replace(&mut p.op, PumpOp::Idle);
     let src_is_client = dir == Direction::ToOrigin;
-    let mut moved_out = 0;
-    let mut moved_in = 0;
     let mut error = None;
     match (done, result) {
         (PumpOp::Fill, r) if r == -libc::EAGAIN => {
@@ -335,23 +335,23 @@ pub(crate) fn splice_done(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
         }
         (PumpOp::Fill, n) if n > 0 => {
             p.held += n as usize;
-            moved_in = n as u64;
+            // Bytes from the client count when they come in (as on the copy path).
+            if src_is_client {
+                conn.bytes_in += n as u64;
+                stats::bump(&ctx.stats.bytes_from_clients, n as u64);
+            }
         }
         (PumpOp::Drain, n) if n > 0 => {
             p.held -= (n as usize).min(p.held);
-            moved_out = n as u64;
+            // Bytes to the client count when they go out.
+            if !src_is_client {
+                conn.bytes_out += n as u64;
+                stats::bump(&ctx.stats.bytes_to_clients, n as u64);
+            }
         }
         (PumpOp::Drain, 0) => error = Some(libc::EPIPE),
         (PumpOp::AwaitReadable | PumpOp::AwaitWritable, r) if r >= 0 => {}
         (_, r) => error = Some(-r),
-    }
-    if dir == Direction::ToOrigin && moved_in > 0 {
-        conn.bytes_in += moved_in;
-        stats::bump(&ctx.stats.bytes_from_clients, moved_in);
-    }
-    if dir == Direction::ToClient && moved_out > 0 {
-        conn.bytes_out += moved_out;
-        stats::bump(&ctx.stats.bytes_to_clients, moved_out);
     }
     if let Some(e) = error {
         // Whose fault: the source's while filling, the destination's while draining.
