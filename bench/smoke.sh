@@ -12,6 +12,8 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# run.sh starts the binary from its own directory: a relative SLUICE_BIN must be made absolute.
+if [[ -n ${SLUICE_BIN:-} ]]; then SLUICE_BIN=$(realpath "$SLUICE_BIN"); export SLUICE_BIN; fi
 SCENARIO=${1:-ka1k}
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT

@@ -14,6 +14,9 @@ pub struct WorkerStats {
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
     pub connections_rejected: AtomicU64,
+    /// Client connection slots not yet freed: closing ones count until the kernel has
+    /// completed their last operation and their descriptors are closed.
+    pub connection_slots: AtomicU64,
     pub requests: AtomicU64,
     /// Responses by request method (see [`METHODS`]) and status class (1xx..5xx).
     pub responses: [[AtomicU64; 5]; METHODS.len()],
@@ -27,6 +30,13 @@ pub struct WorkerStats {
     pub pool_hits: AtomicU64,
     pub pool_misses: AtomicU64,
     pub pool_evictions: AtomicU64,
+    /// Idle upstream connections parked in the pool now.
+    pub pool_idle: AtomicU64,
+    /// Slabs lent out now: registered (fixed) ones, and heap ones lent past them.
+    pub slabs_registered_in_use: AtomicU64,
+    pub slabs_heap_in_use: AtomicU64,
+    /// Heap slabs lent because every registered slab was in use.
+    pub slab_heap_lends: AtomicU64,
     pub upstream_retries: AtomicU64,
     pub dns_cache_hits: AtomicU64,
     pub dns_failures: AtomicU64,
@@ -224,6 +234,12 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         ),
         fam("sluice_connections_active", G, "Client connections open now.", one(sum(|w| &w.connections_active))),
         fam(
+            "sluice_connection_slots",
+            G,
+            "Client connection slots not yet freed (closing ones count until their last operation completes).",
+            one(sum(|w| &w.connection_slots)),
+        ),
+        fam(
             "sluice_connections_rejected_total",
             C,
             "Client connections refused (ACL or connection limit).",
@@ -264,6 +280,19 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Idle upstream connections evicted by the pool caps.",
             one(sum(|w| &w.pool_evictions)),
+        ),
+        fam("sluice_upstream_pool_idle", G, "Idle upstream connections in the pools.", one(sum(|w| &w.pool_idle))),
+        fam(
+            "sluice_slabs_in_use",
+            G,
+            "64 KiB I/O slabs lent out, by kind (registered with the ring, or heap past them).",
+            by("kind", &[("registered", sum(|w| &w.slabs_registered_in_use)), ("heap", sum(|w| &w.slabs_heap_in_use))]),
+        ),
+        fam(
+            "sluice_slab_heap_lends_total",
+            C,
+            "Heap slabs lent because every registered slab was in use.",
+            one(sum(|w| &w.slab_heap_lends)),
         ),
         fam(
             "sluice_upstream_retries_total",
@@ -363,6 +392,13 @@ pub fn render(workers: &[WorkerStats]) -> String {
         "Time to reach a new upstream connection (DNS, TCP, TLS).",
         &hs,
     );
+    let (open_fds, max_fds) = process_fds();
+    let _ = writeln!(out, "# HELP process_open_fds Open file descriptors of the process.");
+    let _ = writeln!(out, "# TYPE process_open_fds gauge");
+    let _ = writeln!(out, "process_open_fds {open_fds}");
+    let _ = writeln!(out, "# HELP process_max_fds Maximum number of open file descriptors (RLIMIT_NOFILE).");
+    let _ = writeln!(out, "# TYPE process_max_fds gauge");
+    let _ = writeln!(out, "process_max_fds {max_fds}");
     let minted: u64 = workers.iter().map(|w| w.certs_minted.load(Relaxed)).sum();
     let nanos: u64 = workers.iter().map(|w| w.cert_mint_nanos.load(Relaxed)).sum();
     let _ = writeln!(out, "# HELP sluice_cert_mint_seconds Time spent minting certificates.");
@@ -370,6 +406,21 @@ pub fn render(workers: &[WorkerStats]) -> String {
     let _ = writeln!(out, "sluice_cert_mint_seconds_sum {}", nanos as f64 / 1e9);
     let _ = writeln!(out, "sluice_cert_mint_seconds_count {minted}");
     out
+}
+
+/// The process's open descriptors and its soft descriptor limit, from /proc (the
+/// Prometheus process collector's `process_open_fds` / `process_max_fds`).
+fn process_fds() -> (usize, u64) {
+    // The directory being read is itself an open descriptor while it is listed.
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count().saturating_sub(1)).unwrap_or(0);
+    let max = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            let line = l.lines().find(|l| l.starts_with("Max open files"))?;
+            line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0);
+    (open, max)
 }
 
 #[cfg(test)]

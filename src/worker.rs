@@ -56,6 +56,8 @@ struct Env {
     upstream_tls: Arc<rustls::ClientConfig>,
     access: Option<AccessLog>,
     draining: bool,
+    /// Client connection slots of this worker not yet freed (admin ones excluded).
+    client_slots: u64,
 }
 
 impl Env {
@@ -83,6 +85,24 @@ impl Env {
     /// Client connections of this worker open now (admin ones excluded).
     fn proxy_connections(&self) -> u64 {
         self.stats[self.index].connections_active.load(Ordering::Relaxed)
+    }
+
+    /// A slot was really freed (its last operation completed): its value is dropped here,
+    /// which closes its descriptors, and the slot gauge moves.
+    fn freed(&mut self, conn: Connection) {
+        if conn.is_client() {
+            self.client_slots = self.client_slots.saturating_sub(1);
+            self.stats[self.index].connection_slots.store(self.client_slots, Ordering::Relaxed);
+        }
+        drop(conn);
+    }
+
+    /// Closes the slot `id` (its owner has called `begin_close`); frees it now when no
+    /// operation of it is in flight, else when the last one completes.
+    fn close(&mut self, conns: &mut Conns<Connection>, id: ConnId) {
+        if let Some(conn) = conns.close(id) {
+            self.freed(conn);
+        }
     }
 }
 
@@ -165,6 +185,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         upstream_tls: setup.upstream_tls.clone(),
         access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
         draining: false,
+        client_slots: 0,
         cfg,
     };
     let mut config_gen = control.generation();
@@ -221,7 +242,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                             for id in env.dns.on_wake(now) {
                                 if let Some(slot) = conns.get_mut(id).filter(|s| !s.io().is_closing()) {
                                     if let Some(c) = drive(slot, &mut env, now, conn::advance) {
-                                        conns.close(c);
+                                        env.close(&mut conns, c);
                                     }
                                 }
                             }
@@ -265,8 +286,15 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                     }
                     None
                 }
-                Event::Freed(_) | Event::Draining => {
+                Event::Freed { value, .. } => {
                     // A closing connection's receive may still have taken a provided buffer.
+                    if let Some(bid) = uring::buffer_id(flags) {
+                        env.ring.recycle_provided(bid);
+                    }
+                    env.freed(value);
+                    None
+                }
+                Event::Draining => {
                     if let Some(bid) = uring::buffer_id(flags) {
                         env.ring.recycle_provided(bid);
                     }
@@ -274,7 +302,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                 }
             };
             if let Some(id) = to_close {
-                conns.close(id);
+                env.close(&mut conns, id);
             }
         }
         env.ring.recycle(cqes);
@@ -317,7 +345,7 @@ fn close_idle(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
             continue;
         }
         if let Some(c) = drive(slot, env, now, |_, _, _| NextStep::Close) {
-            conns.close(c);
+            env.close(conns, c);
         }
     }
 }
@@ -330,7 +358,7 @@ fn close_all(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
             continue;
         }
         if let Some(c) = drive(slot, env, now, |_, _, _| NextStep::Close) {
-            conns.close(c);
+            env.close(conns, c);
         }
     }
 }
@@ -363,6 +391,10 @@ fn accept(
         stats::bump(&stats.connections_active, 1);
     }
     let id = conns.insert(Connection::new(stream, peer, role));
+    if role == Role::Proxy {
+        env.client_slots += 1;
+        stats.connection_slots.store(env.client_slots, Ordering::Relaxed);
+    }
     let slot = conns.get_mut(id)?;
     drive(slot, env, now, |c, io, ctx| c.start(io, ctx))
 }
@@ -376,7 +408,7 @@ fn fire_deadlines(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
             continue;
         }
         if let Some(c) = drive(slot, env, now, conn::on_deadline) {
-            conns.close(c);
+            env.close(conns, c);
         }
     }
 }
@@ -388,6 +420,11 @@ fn publish_ring_stats(env: &Env) {
     w.ring_completed.store(s.completed, Ordering::Relaxed);
     w.ring_backlog.store(s.backlog_now as u64, Ordering::Relaxed);
     w.pool_evictions.store(env.upstreams.stats.evictions, Ordering::Relaxed);
+    w.pool_idle.store(env.upstreams.len() as u64, Ordering::Relaxed);
+    let registered_in_use = env.pool.registered() - env.pool.free_registered();
+    w.slabs_registered_in_use.store(registered_in_use as u64, Ordering::Relaxed);
+    w.slabs_heap_in_use.store((env.pool.outstanding() - registered_in_use) as u64, Ordering::Relaxed);
+    w.slab_heap_lends.store(env.pool.heap_lends(), Ordering::Relaxed);
     w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
     // The sink (and its drop count) is shared by all workers: one of them reports it.
     if let (0, Some(a)) = (env.index, &env.access) {

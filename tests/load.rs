@@ -11,8 +11,7 @@ use support::*;
 #[test]
 fn wrk_1000_concurrent_clients_without_errors() {
     if !have("wrk") {
-        eprintln!("SKIP wrk_1000_concurrent_clients_without_errors: wrk is not installed (.ci/setup installs it)");
-        return;
+        return skip("wrk is not installed (.ci/setup installs it)");
     }
     let origin = Origin::start();
     let mut proxy = Proxy::start("");

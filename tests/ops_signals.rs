@@ -244,20 +244,10 @@ fn python_has_prometheus_client() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Makes `prometheus_client` importable if it is not (pip), once.
-fn ensure_python_parser() -> bool {
-    if !have("python3") {
-        return false;
-    }
-    if python_has_prometheus_client() {
-        return true;
-    }
-    let _ = Command::new("python3")
-        .args(["-m", "pip", "install", "--quiet", "prometheus_client"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    python_has_prometheus_client()
+/// Whether python3 can import `prometheus_client` (`.ci/setup` installs it; a test never
+/// installs anything itself).
+fn have_python_parser() -> bool {
+    have("python3") && python_has_prometheus_client()
 }
 
 /// Parses `text` with `prometheus_client`'s parser; a parse failure fails the test.
@@ -392,10 +382,13 @@ fn parse_metrics(text: &str, python: bool) -> Option<Vec<Sample>> {
 
 #[test]
 fn metrics_count_a_known_workload_exactly() {
-    let python = ensure_python_parser();
-    if !python && !have("promtool") {
-        println!("SKIPPED: neither promtool nor python3 prometheus_client is available");
-        return;
+    let python = have_python_parser();
+    if !python || !have("promtool") {
+        return skip(&format!(
+            "needs promtool (prometheus) and python3's prometheus_client, the two reference parsers; \
+             promtool: {}, prometheus_client: {python}",
+            have("promtool")
+        ));
     }
     let origin = Origin::start();
     let s = Sluice::start("");

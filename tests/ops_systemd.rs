@@ -4,8 +4,11 @@
 //! Prometheus config, alert rules (with their unit tests) and Grafana dashboard are valid
 //! and use only the metric names the proxy exports.
 //!
-//! A tool that is missing makes its test print a `skipped:` line and pass: `.ci/setup`
-//! installs systemd, nftables, iptables and prometheus (promtool) so CI runs them all.
+//! A tool that is missing makes its test print a `SKIP` line and pass outside CI; in CI
+//! it fails (see `tests/support/skips.rs`): `.ci/setup` installs systemd, nftables,
+//! iptables, shellcheck and prometheus (promtool) so CI runs them all.
+
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -57,9 +60,7 @@ fn tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn skip(what: &str) {
-    eprintln!("skipped: {what}");
-}
+use support::skip;
 
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
@@ -428,35 +429,21 @@ except OSError:
 // Prometheus and Grafana
 // ---------------------------------------------------------------------------------------
 
-/// The metric families the proxy exports (issue 5's list, plus the certificate minting
-/// summary and the access log's dropped lines).
-const METRICS: [&str; 25] = [
-    "sluice_connections_accepted_total",
-    "sluice_connections_active",
-    "sluice_connections_rejected_total",
-    "sluice_requests_total",
-    "sluice_tunnels_total",
-    "sluice_tunnel_splices_total",
-    "sluice_bytes_total",
-    "sluice_upstream_pool_hits_total",
-    "sluice_upstream_pool_misses_total",
-    "sluice_upstream_pool_evictions_total",
-    "sluice_upstream_retries_total",
-    "sluice_dns_cache_hits_total",
-    "sluice_dns_failures_total",
-    "sluice_timeouts_total",
-    "sluice_ring_submissions_total",
-    "sluice_ring_completions_total",
-    "sluice_ring_backlog",
-    "sluice_tls_handshakes_total",
-    "sluice_certs_minted_total",
-    "sluice_cert_cache_hits_total",
-    "sluice_upstream_verify_failures_total",
-    "sluice_request_duration_seconds",
-    "sluice_upstream_connect_seconds",
-    "sluice_cert_mint_seconds",
-    "sluice_access_log_dropped_total",
-];
+/// The metric families the running binary exports: every `# TYPE` line of its `/metrics`
+/// (so a family added to the code is checked against the dashboard without a list here).
+fn exported_metric_families() -> BTreeSet<String> {
+    let proxy = support::Proxy::start("");
+    let text = proxy.metrics().unwrap_or_else(|e| panic!("{e}"));
+    let families: BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|name| name.starts_with("sluice_"))
+        .map(str::to_string)
+        .collect();
+    assert!(families.len() >= 25, "only {} sluice_ families in /metrics:\n{text}", families.len());
+    families
+}
 
 /// Every `sluice_…` identifier in `text`, histogram suffixes folded into their family.
 fn metric_names(text: &str) -> BTreeSet<String> {
@@ -482,7 +469,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 #[test]
 fn alerts_and_dashboard_use_only_exported_metric_names() {
-    let known: BTreeSet<String> = METRICS.iter().map(|s| s.to_string()).collect();
+    let known = exported_metric_families();
     for file in ["deploy/prometheus/alerts.yml", "deploy/grafana/sluice-dashboard.json"] {
         let used = metric_names(&read(file));
         let unknown: Vec<_> = used.difference(&known).collect();

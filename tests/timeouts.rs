@@ -95,8 +95,7 @@ fn blackhole() -> Option<(TcpListener, Vec<TcpStream>, SocketAddr)> {
 #[test]
 fn upstream_connect_timeout_is_504() {
     let Some((_l, _held, addr)) = blackhole() else {
-        eprintln!("SKIP upstream_connect_timeout_is_504: cannot make a loopback blackhole here");
-        return;
+        return skip("cannot make a loopback blackhole here (a full accept queue still answers SYNs)");
     };
     let proxy = Proxy::start("[timeouts]\nupstream_connect = 1\n");
     let url = format!("http://{addr}/bytes/10");

@@ -22,13 +22,17 @@
 //! and `sluice_requests_total{status_class="2xx"}` grows by exactly the forwarded count.
 //!
 //! Needs root, iproute2 (`ip`, network namespaces), nftables or iptables, curl, python3 and
-//! openssl. Without them the test prints `SKIP transparent: <reason>` and passes.
+//! openssl. Without them the test prints `SKIP <test>: <reason>` and passes, except in CI, where
+//! it fails (`tests/support/skips.rs`).
+
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+use support::skip;
 
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
@@ -95,10 +99,6 @@ while True:
     data += chunk
 sys.stdout.write(data.decode("latin-1"))
 "#;
-
-fn skip(reason: &str) {
-    eprintln!("SKIP transparent: {reason}");
-}
 
 fn text(out: &Output) -> String {
     format!(

@@ -239,6 +239,11 @@ impl Connection {
         advance(self, io, ctx)
     }
 
+    /// True for a proxy client (not an admin endpoint connection).
+    pub fn is_client(&self) -> bool {
+        self.role == Role::Proxy
+    }
+
     /// True between requests (nothing in flight that a drain should wait for).
     pub fn is_idle(&self) -> bool {
         matches!(self.phase, Phase::AwaitRequest) && self.ex.is_none() && self.role == Role::Proxy

@@ -13,7 +13,12 @@
 //! - [`TlsOrigin`]: `openssl s_server -www` with a per-run test CA.
 //! - [`Client`], [`read_response`], [`exchange`]: a small strict HTTP/1.1 client side.
 //! - [`curl`]: runs curl (optionally through the proxy) and parses what it got.
+//! - [`skip`]: a test that cannot run says so (and fails in CI unless allowed: `skips`).
 #![allow(dead_code)]
+
+pub mod skips;
+#[allow(unused_imports)]
+pub use skips::skip;
 
 use std::fs;
 use std::io::{self, BufWriter, Read, Write};
@@ -789,6 +794,81 @@ impl Proxy {
                 Err(e) => panic!("proxy no longer serves: {e}; alive={}; stderr: {}", self.alive(), self.stderr_log()),
             }
         }
+    }
+}
+
+/// What a proxy holds with no client connected: the yardstick for "everything a client
+/// used was released" (see [`Proxy::assert_released`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Baseline {
+    /// Descriptors the proxy process holds (listeners, rings, pipes, log files).
+    pub fds: usize,
+}
+
+impl Proxy {
+    /// Descriptors the proxy process holds now, from `/proc/PID/fd`.
+    pub fn open_fds(&self) -> usize {
+        fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(usize::MAX)
+    }
+
+    /// What the proxy's descriptors point at (sockets, pipes, files), for failure messages.
+    pub fn fd_targets(&self) -> Vec<String> {
+        fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| {
+                d.flatten().filter_map(|e| fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Client connection slots not yet freed (`sluice_connection_slots`): it drops only
+    /// when the kernel has completed a connection's last operation and its descriptors
+    /// are closed, unlike `sluice_connections_active`, which drops when closing starts.
+    pub fn slots(&self) -> f64 {
+        self.metric("sluice_connection_slots").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The baseline once start-up has settled: no client slot, and a descriptor count
+    /// that stays the same over a few readings (workers start in parallel, so the first
+    /// answer can come before the last worker opened its ring and pipes).
+    pub fn baseline(&self) -> Baseline {
+        let ok = wait_until(Duration::from_secs(5), || self.slots() == 0.0);
+        assert!(ok, "a fresh proxy has client slots: {}", self.slots());
+        let mut last = self.open_fds();
+        let mut stable = 0;
+        for _ in 0..100 {
+            thread::sleep(Duration::from_millis(50));
+            let now = self.open_fds();
+            stable = if now == last { stable + 1 } else { 0 };
+            last = now;
+            if stable >= 4 {
+                break;
+            }
+        }
+        Baseline { fds: last }
+    }
+
+    /// Waits (up to 10 s) until every client slot is freed and the proxy holds no more
+    /// descriptors than at `base` plus its idle upstream connections; panics with what it
+    /// holds otherwise. `what` says what was just released.
+    pub fn assert_released(&self, base: &Baseline, what: &str) {
+        let mut seen = (0.0, 0usize, 0.0);
+        let ok = wait_until(Duration::from_secs(10), || {
+            let slots = self.slots();
+            let idle = self.metric("sluice_upstream_pool_idle").unwrap_or(0.0);
+            let fds = self.open_fds();
+            seen = (slots, fds, idle);
+            slots == 0.0 && fds <= base.fds + idle as usize
+        });
+        assert!(
+            ok,
+            "{what}: not released: {} client slots still live; the proxy holds {} descriptors, {} at the \
+             baseline plus {} idle upstream connections; it holds {:?}",
+            seen.0,
+            seen.1,
+            base.fds,
+            seen.2,
+            self.fd_targets()
+        );
     }
 }
 

@@ -12,7 +12,8 @@
 //! 4. [`Conns::close`] marks the slot closing. The owner has already submitted cancels
 //!    for its fds; completions that arrive for a closing slot (usually `-ECANCELED`)
 //!    only return their slabs to the pool. When the in-flight count reaches zero the slot
-//!    is `Box::from_raw`'d and dropped (its fds close in `T`'s destructor), once.
+//!    is `Box::from_raw`'d, once, and its value handed back to the owner ([`Event::Freed`]
+//!    or the return of `close`), who drops it: its fds close in `T`'s destructor.
 
 use crate::ring::SockAddrRaw;
 use crate::slab::{Slab, SlabPool};
@@ -100,8 +101,9 @@ pub enum Event<'a, T> {
     Accepted { listener: u32, fd: Option<OwnedFd>, result: i32, more: bool },
     /// A worker-level operation completed.
     Worker { token: WorkerToken, result: i32, more: bool },
-    /// A closing connection finished its last operation and was freed.
-    Freed(ConnId),
+    /// A closing connection finished its last operation and was freed: here is its value
+    /// (dropping it closes what it owns).
+    Freed { id: ConnId, value: T },
     /// A closing connection's operation finished; others are still in flight.
     Draining,
 }
@@ -189,36 +191,34 @@ impl<T> Conns<T> {
 
     /// Marks the slot closing; frees it now when nothing is in flight. The owner must have
     /// submitted cancels for every fd with operations in flight, and released the slabs it
-    /// holds itself. Returns true when the slot was freed by this call.
-    pub fn close(&mut self, id: ConnId) -> bool {
-        let Some(slot) = self.get_mut(id) else {
-            return false;
-        };
+    /// holds itself. Returns the value when the slot was freed by this call (otherwise it
+    /// comes back later in [`Event::Freed`]).
+    pub fn close(&mut self, id: ConnId) -> Option<T> {
+        let slot = self.get_mut(id)?;
         slot.io.closing = true;
         if slot.io.inflight == 0 {
-            self.free(id.index);
-            true
+            self.free(id.index)
         } else {
-            false
+            None
         }
     }
 
-    fn free(&mut self, index: u32) {
+    fn free(&mut self, index: u32) -> Option<T> {
         let entry = &mut self.entries[index as usize];
         let ptr = std::mem::replace(&mut entry.ptr, std::ptr::null_mut());
         debug_assert!(!ptr.is_null(), "double free of a connection slot");
         if ptr.is_null() {
-            return;
+            return None;
         }
         // SAFETY: ptr came from Box::into_raw in `insert`; it was just removed from the
         // registry, and no operation is in flight (inflight == 0), so the kernel holds no
         // user_data naming it: this is the one and only place it is turned back into a Box.
         let slot = unsafe { Box::from_raw(ptr) };
         debug_assert!(slot.io.lanes.iter().all(|l| l.is_none()));
-        drop(slot);
         self.free.push(index);
         self.live -= 1;
         self.freed_total += 1;
+        Some(slot.value)
     }
 
     /// Turns one completion back into its meaning. Slabs of closing connections go back
@@ -265,8 +265,9 @@ impl<T> Conns<T> {
                     }
                     if slot.io.inflight == 0 {
                         let id = slot.io.id;
-                        self.free(id.index);
-                        return Event::Freed(id);
+                        if let Some(value) = self.free(id.index) {
+                            return Event::Freed { id, value };
+                        }
                     }
                     return Event::Draining;
                 }
@@ -288,7 +289,7 @@ impl<T> Drop for Conns<T> {
             // SAFETY: non-null registry pointers are live slots (see `get_mut`).
             let idle = unsafe { (*ptr).io.inflight == 0 };
             if idle {
-                self.free(i as u32);
+                drop(self.free(i as u32));
             }
         }
     }

@@ -43,6 +43,8 @@ pub struct SlabPool {
     overflow: Vec<Option<Box<[u8]>>>,
     overflow_free: Vec<u32>,
     outstanding: usize,
+    /// Heap slabs lent since the pool was made (the registered ones had run out).
+    heap_lends: u64,
     /// Slabs currently parked in an in-flight operation (the kernel may write them).
     pub(crate) in_kernel: usize,
 }
@@ -62,6 +64,7 @@ impl SlabPool {
                 overflow: Vec::new(),
                 overflow_free: Vec::new(),
                 outstanding: 0,
+                heap_lends: 0,
                 in_kernel: 0,
             });
         }
@@ -81,6 +84,7 @@ impl SlabPool {
             overflow: Vec::new(),
             overflow_free: Vec::new(),
             outstanding: 0,
+            heap_lends: 0,
             in_kernel: 0,
         })
     }
@@ -102,6 +106,7 @@ impl SlabPool {
         if let Some(index) = self.free.pop() {
             return Slab { pool: self.id, index };
         }
+        self.heap_lends += 1;
         let buf = vec![0u8; SLAB_SIZE].into_boxed_slice();
         let o = match self.overflow_free.pop() {
             Some(o) => {
@@ -137,6 +142,11 @@ impl SlabPool {
     /// Slabs lent out now (to connections or the kernel).
     pub fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// Heap slabs lent since the pool was made: how often the registered ones ran out.
+    pub fn heap_lends(&self) -> u64 {
+        self.heap_lends
     }
 
     /// Registered slabs not lent out.
@@ -203,6 +213,7 @@ mod tests {
         assert_eq!(pool.free_registered(), 0);
         let c = pool.take();
         assert!(!pool.is_registered(&c), "third slab comes from the heap");
+        assert_eq!(pool.heap_lends(), 1);
         assert_eq!(pool.outstanding(), 3);
         let a_index = a.index();
         pool.release(a);
