@@ -24,7 +24,11 @@ impl Facts {
             wall: SystemTime::now(),
             method: method.to_string(),
             target,
-            bytes_in_at_start: conn.bytes_in,
+            // The head that starts the exchange (and whatever arrived with it) was read
+            // before this point and still waits in `cin`: it belongs to this exchange.
+            // (Pipelined requests read during an exchange count there and again in
+            // their own.)
+            bytes_in_at_start: conn.bytes_in.saturating_sub(conn.cin.len() as u64),
             bytes_out_at_start: conn.bytes_out,
             logged: false,
         }
@@ -63,6 +67,8 @@ pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
 /// Records a response the proxy made before any exchange existed (a bad head).
 pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_out: u64) {
     if let Some(log) = ctx.access.as_deref_mut() {
+        // What the client sent of the refused request is what waits in `cin`.
+        let bytes_in = conn.cin.len() as u64;
         log.record(&AccessEntry {
             time: SystemTime::now(),
             client: conn.peer,
@@ -70,10 +76,10 @@ pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_o
             target: "-",
             status,
             bytes_out,
-            bytes_in: 0,
+            bytes_in,
             duration: std::time::Duration::ZERO,
             upstream: None,
-            protocol: "HTTP/1.1",
+            protocol: if conn.ctls.is_some() { "HTTP/1.1+TLS" } else { "HTTP/1.1" },
         });
     }
 }

@@ -418,22 +418,32 @@ impl Connection {
 
     /// Queues a response the proxy makes itself and switches to `Respond`.
     pub(crate) fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], close: bool) -> NextStep {
-        if let Some(status) = status_of(bytes) {
+        let status = status_of(bytes);
+        if let Some(status) = status {
             ctx.stats.response(self.ex.as_ref().map(|e| e.method), status);
             ctx.stats.error(status);
+        }
+        // Something still being written to the client: the response cannot be framed
+        // after it, so the connection ends without it.
+        let blocked = self.out.is_lent() || self.io.client_write.is_some();
+        let sent = if blocked {
+            0
+        } else {
+            let n = self.out.fill(ctx.pool, bytes);
+            self.write_client(io, ctx, BufId::Out, 0, n);
+            n
+        };
+        // Logged once the response is queued, so that its bytes count.
+        if let Some(status) = status {
             if self.ex.is_some() {
                 log::finish(self, ctx, status);
             } else if self.role == Role::Proxy {
-                log::refused(self, ctx, status, bytes.len() as u64);
+                log::refused(self, ctx, status, sent as u64);
             }
         }
-        if self.out.is_lent() || self.io.client_write.is_some() {
-            // Something is still being written to the client: the response cannot be
-            // framed after it, so the connection ends.
+        if blocked {
             return NextStep::Close;
         }
-        let n = self.out.fill(ctx.pool, bytes);
-        self.write_client(io, ctx, BufId::Out, 0, n);
         self.phase = Phase::Respond { close };
         let idle = ctx.cfg.timeouts.io_idle;
         self.set_deadline(io, ctx, idle);

@@ -601,6 +601,7 @@ pub struct ProxyBuilder {
     resolve: Vec<String>,
     workers: usize,
     extra: Vec<String>,
+    wrapper: Vec<String>,
 }
 
 impl ProxyBuilder {
@@ -620,6 +621,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Starts the proxy through `command...` (which must end by exec'ing its arguments,
+    /// so the proxy keeps the child's pid), e.g. `unshare --mount -- sh -c '...; exec "$@"' sh`.
+    pub fn wrap(mut self, command: &[&str]) -> Self {
+        self.wrapper = command.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
     pub fn start(self) -> Proxy {
         let mut last_err = String::new();
         for _attempt in 0..5 {
@@ -629,7 +637,14 @@ impl ProxyBuilder {
             let admin_port = free_port();
             let stdout = fs::File::create(dir.join("stdout.log")).unwrap();
             let stderr = fs::File::create(dir.join("stderr.log")).unwrap();
-            let mut cmd = Command::new(BIN);
+            let mut cmd = match self.wrapper.split_first() {
+                Some((prog, args)) => {
+                    let mut c = Command::new(prog);
+                    c.args(args).arg(BIN);
+                    c
+                }
+                None => Command::new(BIN),
+            };
             cmd.arg("run")
                 .arg("--config")
                 .arg(&cfg)
@@ -700,7 +715,13 @@ pub fn answers_http(addr: SocketAddr) -> bool {
 
 impl Proxy {
     pub fn builder(config: &str) -> ProxyBuilder {
-        ProxyBuilder { config: config.to_string(), resolve: Vec::new(), workers: 2, extra: Vec::new() }
+        ProxyBuilder {
+            config: config.to_string(),
+            resolve: Vec::new(),
+            workers: 2,
+            extra: Vec::new(),
+            wrapper: Vec::new(),
+        }
     }
 
     /// Starts with `config` as the TOML file, 2 workers, fresh ports.
@@ -827,10 +848,36 @@ impl Proxy {
         self.metric("sluice_connection_slots").unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// Waits (up to 10 s) until the proxy has freed every client slot: it is done with
+    /// every client, so whatever it forwarded for them has been written.
+    pub fn wait_no_clients(&self, what: &str) {
+        let ok = wait_until(Duration::from_secs(10), || self.slots() == 0.0);
+        assert!(ok, "{what}: {} client slot(s) still live", self.slots());
+    }
+
+    /// Waits (up to 10 s) until every worker runs its loop: each has published its ring
+    /// counters (`sluice_ring_submissions_total{worker=..}` > 0), which it does only after
+    /// opening its ring and resolver pipe. The proxy answers as soon as one worker is up,
+    /// and under load the last one can open its descriptors well after that.
+    pub fn wait_workers_started(&self) {
+        let mut seen = Vec::new();
+        let ok = wait_until(Duration::from_secs(10), || {
+            let text = self.metrics().unwrap_or_else(|e| panic!("{e}"));
+            seen = text
+                .lines()
+                .filter(|l| l.starts_with("sluice_ring_submissions_total{"))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                .collect();
+            !seen.is_empty() && seen.iter().all(|&v| v > 0.0)
+        });
+        assert!(ok, "not every worker started within 10 s: ring submissions per worker {seen:?}");
+    }
+
     /// The baseline once start-up has settled: no client slot, and a descriptor count
     /// that stays the same over a few readings (workers start in parallel, so the first
     /// answer can come before the last worker opened its ring and pipes).
     pub fn baseline(&self) -> Baseline {
+        self.wait_workers_started();
         let ok = wait_until(Duration::from_secs(5), || self.slots() == 0.0);
         assert!(ok, "a fresh proxy has client slots: {}", self.slots());
         let mut last = self.open_fds();
@@ -853,9 +900,13 @@ impl Proxy {
     pub fn assert_released(&self, base: &Baseline, what: &str) {
         let mut seen = (0.0, 0usize, 0.0);
         let ok = wait_until(Duration::from_secs(10), || {
+            // Descriptors first: the admin connection of a scrape that just returned can
+            // still be open in the proxy for a millisecond or two (it closes after the
+            // client has its answer), and counted after the scrapes below it would be one
+            // too many on most rounds. The previous round's scrapes are 20 ms old here.
+            let fds = self.open_fds();
             let slots = self.slots();
             let idle = self.metric("sluice_upstream_pool_idle").unwrap_or(0.0);
-            let fds = self.open_fds();
             seen = (slots, fds, idle);
             slots == 0.0 && fds <= base.fds + idle as usize
         });
@@ -1034,8 +1085,18 @@ impl Origin {
         Origin::start_with(Some(idle))
     }
 
+    /// An origin listening on `addr` (another loopback address such as `127.0.0.2:0`, or
+    /// a given port); [`Origin::host`] and [`Origin::url`] name that address.
+    pub fn start_on(addr: SocketAddr) -> Origin {
+        Origin::start_bound(addr, None)
+    }
+
     fn start_with(idle_close: Option<Duration>) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind origin");
+        Origin::start_bound(([127, 0, 0, 1], 0).into(), idle_close)
+    }
+
+    fn start_bound(bind: SocketAddr, idle_close: Option<Duration>) -> Origin {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind origin on {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState {
             accepts: Arc::new(AtomicUsize::new(0)),
@@ -1055,13 +1116,14 @@ impl Origin {
         self.addr.port()
     }
 
-    /// `127.0.0.1:PORT`, for Host headers and URLs.
+    /// `IP:PORT` it listens on (`127.0.0.1:PORT` unless started with [`Origin::start_on`]),
+    /// for Host headers and URLs.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.addr.port())
+        self.addr.to_string()
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.addr.port())
+        format!("http://{}{path}", self.addr)
     }
 
     pub fn accepts(&self) -> usize {
@@ -1082,6 +1144,13 @@ impl Origin {
 
     pub fn heads(&self) -> Vec<String> {
         self.state.heads.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 5 s) until every connection the origin accepted has been handled to
+    /// its end, so its counters and heads are final; panics otherwise.
+    pub fn wait_all_closed(&self, what: &str) {
+        let ok = wait_until(Duration::from_secs(5), || self.open() == 0);
+        assert!(ok, "{what}: the origin still has {} connection(s) open; it saw {:?}", self.open(), self.heads());
     }
 }
 
