@@ -371,7 +371,9 @@ fn accept(
     fd: std::os::fd::OwnedFd,
 ) -> Option<ConnId> {
     let stats = &env.stats[env.index];
-    if role == Role::Proxy && conns.len() >= env.cfg.limits.max_connections_per_worker {
+    // Client slots not yet freed (closing ones still hold descriptors); admin connections
+    // do not count against the client limit.
+    if role == Role::Proxy && env.client_slots >= env.cfg.limits.max_connections_per_worker as u64 {
         stats::bump(&stats.connections_rejected, 1);
         return None; // dropping the fd closes it
     }
