@@ -1,6 +1,11 @@
 //! Connection lifecycle seen through the admin endpoint: `/metrics` counts, and clients
-//! that vanish mid-body, mid-download or mid-tunnel release their connection
-//! (`sluice_connections_active` back to 0) and the upstream side too.
+//! that vanish mid-body, mid-download or mid-tunnel are released for real, upstream side
+//! too. "Released" is checked on the real event, not only on `sluice_connections_active`
+//! (which drops when closing *starts*): the client slots are freed
+//! (`sluice_connection_slots`, which drops only once the kernel has completed the
+//! connection's last operation and its descriptors are closed) and the proxy holds no more
+//! descriptors than before the clients came, plus its idle pooled origin connections
+//! ([`Proxy::baseline`], [`Proxy::assert_released`]).
 
 mod support;
 
@@ -11,10 +16,16 @@ use std::time::Duration;
 use support::*;
 
 const ACTIVE: &str = "sluice_connections_active";
+const SLOTS: &str = "sluice_connection_slots";
 const REQUESTS: &str = "sluice_requests_total";
 
 fn wait_active(proxy: &Proxy, what: &str, pred: impl Fn(f64) -> bool, within: Duration) -> f64 {
     proxy.wait_metric(ACTIVE, within, pred).unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Waits until the count of client slots not yet freed satisfies `pred`.
+fn wait_slots(proxy: &Proxy, what: &str, pred: impl Fn(f64) -> bool) -> f64 {
+    proxy.wait_metric(SLOTS, Duration::from_secs(10), pred).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 #[test]
@@ -22,6 +33,7 @@ fn metrics_count_connections_and_requests() {
     let origin = Origin::start();
     let proxy = Proxy::start("");
     wait_active(&proxy, "at start", |v| v == 0.0, Duration::from_secs(5));
+    let base = proxy.baseline();
     let before = proxy.metric(REQUESTS).unwrap_or(0.0);
     let mut a = proxy.client();
     let mut b = proxy.client();
@@ -30,20 +42,24 @@ fn metrics_count_connections_and_requests() {
         assert_eq!(b.get(&origin.host(), "/bytes/10").status, 200);
     }
     wait_active(&proxy, "two open clients", |v| v == 2.0, Duration::from_secs(5));
+    assert_eq!(proxy.slots(), 2.0, "two open clients hold two slots");
     let after = proxy
         .wait_metric(REQUESTS, Duration::from_secs(5), |v| v >= before + 6.0)
         .unwrap_or_else(|e| panic!("after 6 requests: {e}"));
     assert!(after >= before + 6.0);
     drop(a);
     wait_active(&proxy, "one client left", |v| v == 1.0, Duration::from_secs(5));
+    wait_slots(&proxy, "the closed client's slot must be freed, the open one's kept", |v| v == 1.0);
     drop(b);
     wait_active(&proxy, "all clients gone", |v| v == 0.0, Duration::from_secs(5));
+    proxy.assert_released(&base, "two keep-alive clients that closed");
 }
 
 #[test]
 fn client_disconnecting_mid_body_frees_its_connection() {
     let origin = Origin::start();
     let mut proxy = Proxy::start("");
+    let base = proxy.baseline();
     let mut c = proxy.client();
     c.send_str(&format!("POST /echo HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n", origin.host(), 10 << 20));
     c.send(&pattern(1 << 20)).unwrap();
@@ -51,6 +67,7 @@ fn client_disconnecting_mid_body_frees_its_connection() {
     let _ = c.conn.inner.flush();
     drop(c);
     wait_active(&proxy, "a client that vanished mid-body must be released", |v| v == 0.0, Duration::from_secs(5));
+    proxy.assert_released(&base, "a client that vanished mid-body");
     assert!(
         wait_until(Duration::from_secs(5), || origin.open() == 0),
         "the upstream connection of a half-sent body must be closed, {} still open",
@@ -65,6 +82,7 @@ fn client_disconnecting_mid_body_frees_its_connection() {
 fn client_disconnecting_mid_response_frees_its_connection() {
     let origin = Origin::start();
     let mut proxy = Proxy::start("");
+    let base = proxy.baseline();
     let mut c = proxy.client();
     c.send_str(&format!("GET /bytes/{} HTTP/1.1\r\nHost: {}\r\n\r\n", 200u64 << 20, origin.host()));
     let head = c.conn.read_head(65536).unwrap().expect("response head");
@@ -76,6 +94,7 @@ fn client_disconnecting_mid_response_frees_its_connection() {
     wait_active(&proxy, "while downloading", |v| v >= 1.0, Duration::from_secs(5));
     drop(c);
     wait_active(&proxy, "a client that vanished mid-download must be released", |v| v == 0.0, Duration::from_secs(5));
+    proxy.assert_released(&base, "a client that vanished mid-download");
     assert!(
         wait_until(Duration::from_secs(5), || origin.open() == 0),
         "the upstream connection of an abandoned download must be closed, {} still open",
@@ -88,6 +107,7 @@ fn client_disconnecting_mid_response_frees_its_connection() {
 fn client_disconnecting_mid_tunnel_frees_both_sides() {
     let greet = GreetServer::start(200 << 20);
     let mut proxy = Proxy::start(&format!("connect_ports = [{}]\n", greet.port()));
+    let base = proxy.baseline();
     let mut c = proxy.client();
     let target = format!("127.0.0.1:{}", greet.port());
     c.send_str(&format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
@@ -99,6 +119,7 @@ fn client_disconnecting_mid_tunnel_frees_both_sides() {
     }
     drop(c);
     wait_active(&proxy, "a tunnel client that vanished must be released", |v| v == 0.0, Duration::from_secs(5));
+    proxy.assert_released(&base, "a tunnel client that vanished mid-stream");
     assert!(
         wait_until(Duration::from_secs(5), || greet.closed.load(Ordering::SeqCst) == 1),
         "the tunnel's upstream side was not closed"
@@ -110,6 +131,7 @@ fn client_disconnecting_mid_tunnel_frees_both_sides() {
 fn many_clients_come_and_go() {
     let origin = Origin::start();
     let proxy = Proxy::start("");
+    let base = proxy.baseline();
     let addr = proxy.addr();
     let host = origin.host();
     let handles: Vec<_> = (0..20)
@@ -139,4 +161,5 @@ fn many_clients_come_and_go() {
         h.join().unwrap();
     }
     wait_active(&proxy, "after 200 short-lived clients", |v| v == 0.0, Duration::from_secs(5));
+    proxy.assert_released(&base, "200 short-lived clients");
 }

@@ -1,5 +1,7 @@
 //! Concurrency: 1,000 concurrent wrk clients with no errors, and ~200 concurrent Rust
-//! clients checking every body byte for byte.
+//! clients checking every body byte for byte. After each crowd leaves, every client is
+//! released for real: all client slots freed and the proxy's descriptors back to what it
+//! held before, plus idle pooled origin connections ([`Proxy::assert_released`]).
 
 mod support;
 
@@ -15,6 +17,7 @@ fn wrk_1000_concurrent_clients_without_errors() {
     }
     let origin = Origin::start();
     let mut proxy = Proxy::start("");
+    let base = proxy.baseline();
     let host = format!("Host: {}", origin.host());
     let url = format!("{}/bytes/1024", proxy.url());
     let out = std::process::Command::new("wrk")
@@ -35,16 +38,19 @@ fn wrk_1000_concurrent_clients_without_errors() {
     eprintln!("wrk through sluice: {requests} requests in 3 s, 1000 connections");
     assert!(proxy.alive(), "proxy died under load: {}", proxy.stderr_log());
     proxy.assert_serves(&origin);
-    // Every one of the 1000 client connections is released.
+    // Every one of the 1000 client connections is released: closed, and then freed
+    // (slot and descriptors) once the kernel completed its last operation.
     if let Err(e) = proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 0.0) {
         panic!("after wrk closed its 1000 connections: {e}");
     }
+    proxy.assert_released(&base, "wrk's 1000 connections");
 }
 
 #[test]
 fn two_hundred_concurrent_clients_get_exact_bodies() {
     let origin = Origin::start();
     let proxy = Proxy::start("");
+    let base = proxy.baseline();
     const CLIENTS: usize = 200;
     let barrier = Arc::new(Barrier::new(CLIENTS));
     let addr = proxy.addr();
@@ -87,4 +93,5 @@ fn two_hundred_concurrent_clients_get_exact_bodies() {
     }
     assert_eq!(failed, 0, "{failed} of {CLIENTS} clients failed (see panics above)");
     assert_eq!(origin.complete(), CLIENTS * 5);
+    proxy.assert_released(&base, "200 clients that closed after 5 exchanges each");
 }

@@ -27,47 +27,12 @@ fn splices(proxy: &Proxy) -> f64 {
     proxy.metric("sluice_tunnel_splices_total").expect("splice counter")
 }
 
-/// Descriptors the proxy holds: a tunnel's sockets and pipes are closed only when its
-/// connection is freed, after every operation of it completed.
-fn open_fds(proxy: &Proxy) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", proxy.pid())).map(|d| d.count()).unwrap_or(usize::MAX)
-}
-
-/// The proxy's descriptor count once start-up has settled (workers open their wake pipes
-/// while the first clients are already served).
-fn settled_fds(proxy: &Proxy) -> usize {
-    let mut last = open_fds(proxy);
-    for _ in 0..50 {
-        thread::sleep(Duration::from_millis(100));
-        let now = open_fds(proxy);
-        if now == last {
-            return now;
-        }
-        last = now;
-    }
-    last
-}
-
-fn assert_fds_back_to(proxy: &Proxy, baseline: usize) {
-    let ok = wait_until(Duration::from_secs(10), || open_fds(proxy) <= baseline);
-    let held: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", proxy.pid()))
-        .map(|d| {
-            d.flatten().filter_map(|e| std::fs::read_link(e.path()).ok()).map(|p| p.display().to_string()).collect()
-        })
-        .unwrap_or_default();
-    assert!(
-        ok,
-        "the proxy holds {} descriptors, {baseline} before the tunnel: a tunnel was not freed; {held:?}",
-        held.len()
-    );
-}
-
 #[test]
 fn a_bulk_echo_is_spliced_both_ways_and_arrives_intact() {
     let echo = EchoServer::start();
     let proxy = Proxy::start(&format!("connect_ports = [{}]\n", echo.port()));
     assert_eq!(splices(&proxy), 0.0);
-    let fds_before = settled_fds(&proxy);
+    let base = proxy.baseline();
     let c = open_tunnel(&proxy, echo.port());
     const N: usize = 24 << 20;
     let mut writer = c.stream().try_clone().unwrap();
@@ -85,7 +50,7 @@ fn a_bulk_echo_is_spliced_both_ways_and_arrives_intact() {
     assert_eq!(splices(&proxy), 2.0, "both directions carried bulk data and should have switched to splice");
     assert!(wait_until(Duration::from_secs(5), || echo.finished.load(SeqCst) == 1), "the echo server never saw EOF");
     drop(c);
-    assert_fds_back_to(&proxy, fds_before);
+    proxy.assert_released(&base, "a spliced echo tunnel that ended");
 }
 
 #[test]
@@ -127,6 +92,9 @@ fn a_client_vanishing_mid_splice_frees_its_tunnel_and_no_other() {
     drop(c);
     assert!(wait_until(Duration::from_secs(10), || greet.closed.load(SeqCst) == 1), "the origin leg was never closed");
     proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 1.0).expect("only the bystander");
+    proxy
+        .wait_metric("sluice_connection_slots", Duration::from_secs(10), |v| v == 1.0)
+        .expect("the vanished tunnel's slot is freed, only the bystander's is left");
     bystander.send(b"still here").unwrap();
     assert_eq!(bystander.conn.read_exact_vec(10).expect("echo through the other tunnel"), b"still here");
 }
@@ -146,7 +114,7 @@ fn an_origin_reset_mid_splice_ends_that_tunnel_only() {
     });
     let echo = EchoServer::start();
     let proxy = Proxy::start(&format!("connect_ports = [{port}, {}]\n", echo.port()));
-    let fds_before = settled_fds(&proxy);
+    let base = proxy.baseline();
     let mut c = open_tunnel(&proxy, port);
     c.send(b"left unread by the origin").unwrap();
     // The origin streams at once: bytes may have come in behind the 200 head.
@@ -166,7 +134,7 @@ fn an_origin_reset_mid_splice_ends_that_tunnel_only() {
     assert_bytes_eq(&got, &pattern(got.len()), "what arrived is the start of the origin's stream");
     assert!(splices(&proxy) >= 1.0, "the origin's stream should have been spliced");
     drop(c);
-    assert_fds_back_to(&proxy, fds_before);
+    proxy.assert_released(&base, "a spliced tunnel whose origin reset it");
     let mut again = open_tunnel(&proxy, echo.port());
     again.send(b"ok").unwrap();
     assert_eq!(again.conn.read_exact_vec(2).expect("a new tunnel works"), b"ok");
@@ -211,7 +179,7 @@ fn a_client_reset_on_a_quiet_spliced_tunnel_frees_both_legs() {
     // connection (and the origin leg) would never be freed.
     let echo = EchoServer::start();
     let proxy = Proxy::start(&format!("connect_ports = [{}]\n", echo.port()));
-    let fds_before = settled_fds(&proxy);
+    let base = proxy.baseline();
     let mut c = open_tunnel(&proxy, echo.port());
     let data = pattern(2 << 20);
     let mut writer = c.stream().try_clone().unwrap();
@@ -224,5 +192,5 @@ fn a_client_reset_on_a_quiet_spliced_tunnel_frees_both_legs() {
     thread::sleep(Duration::from_millis(200)); // let the tunnel go quiet
     drop(c); // unread bytes: the kernel resets the connection
     assert!(wait_until(Duration::from_secs(10), || echo.closed.load(SeqCst) == 1), "the origin leg was never closed");
-    assert_fds_back_to(&proxy, fds_before);
+    proxy.assert_released(&base, "a quiet spliced tunnel whose client reset it");
 }
