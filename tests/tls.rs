@@ -1,11 +1,19 @@
 //! TLS interception end to end: forged leaves signed by the Sluice CA (checked with curl
-//! and `openssl s_client`), upstream verification (untrusted, wrong name, expired → 502),
-//! passthrough names, TLS inside CONNECT (`--intercept-connect`), the forged-certificate
-//! cache (and its bound), half-sent ClientHellos, and `sluice ca init`.
+//! and `openssl s_client`), upstream verification (untrusted, wrong name, expired, not yet
+//! valid → 502 with the reason, each counted once under its reason), passthrough names,
+//! TLS inside CONNECT (`--intercept-connect`, including refused origins behind it), the
+//! forged-certificate cache (and its bound), half-sent ClientHellos (every slot and
+//! descriptor released), and `sluice ca init`.
 //!
 //! Origins are small python3 `ssl` HTTP/1.1 servers on port 443 of a distinct
 //! 127.77.x.y address per origin (so `--resolve NAME:IP` gives `NAME:443`); their
 //! certificates come from per-run test CAs made with openssl.
+//!
+//! Counts are checked exactly, never after a sleep: a test waits for the value it
+//! expects, then for an anchor that proves the proxy is done counting (the client
+//! connections' slots freed, for counters bumped as things happen; a later cache hit on
+//! the single worker, for the certificate counters the worker publishes on its tick),
+//! and only then asserts the value did not go past.
 
 mod support;
 
@@ -118,8 +126,10 @@ impl Pki {
         (self.dir.join(&format!("{stem}.pem")), self.dir.join(&format!("{stem}.key")))
     }
 
-    /// A leaf for `sans` that expired on 2020-01-01 (`openssl ca -startdate/-enddate`).
-    fn expired_leaf(&self, stem: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+    /// A leaf for `sans` valid from `not_before` to `not_after` (`YYYYMMDDHHMMSSZ`), signed
+    /// with `openssl ca -startdate/-enddate` (`x509 -req` cannot set a start date on every
+    /// openssl). Returns (cert, key).
+    fn leaf_valid(&self, stem: &str, sans: &[&str], not_before: &str, not_after: &str) -> (PathBuf, PathBuf) {
         self.csr(stem, sans);
         let d = self.dir.path();
         fs::write(d.join("index.txt"), "").unwrap();
@@ -146,15 +156,25 @@ impl Pki {
                 "-out",
                 &format!("{stem}.pem"),
                 "-startdate",
-                "20190101000000Z",
+                not_before,
                 "-enddate",
-                "20200101000000Z",
+                not_after,
                 "-extfile",
                 &format!("{stem}.ext"),
             ],
             d,
         );
         (self.dir.join(&format!("{stem}.pem")), self.dir.join(&format!("{stem}.key")))
+    }
+
+    /// A leaf for `sans` that expired on 2020-01-01.
+    fn expired_leaf(&self, stem: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        self.leaf_valid(stem, sans, "20190101000000Z", "20200101000000Z")
+    }
+
+    /// A leaf for `sans` that becomes valid only on 2099-01-01 (a GeneralizedTime).
+    fn future_leaf(&self, stem: &str, sans: &[&str]) -> (PathBuf, PathBuf) {
+        self.leaf_valid(stem, sans, "20990101000000Z", "20991231000000Z")
     }
 }
 
@@ -298,6 +318,17 @@ impl Got {
         self.transfers().last().map(|t| t.0).unwrap_or(0)
     }
 
+    /// The CONNECT status of the last transfer (third field of a [`curl_connect`] line).
+    fn connect_status(&self) -> u16 {
+        self.err
+            .lines()
+            .filter_map(|l| l.strip_prefix("@@ "))
+            .next_back()
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn describe(&self) -> String {
         let err: String =
             self.err.lines().filter(|l| !l.starts_with("> ") && !l.starts_with("{ ")).collect::<Vec<_>>().join("\n");
@@ -323,6 +354,32 @@ fn curl_tls(proxy: &Proxy, name: &str, extra: &[&str], paths: &[&str]) -> Got {
         out: out.stdout,
         err: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `curl -sS -v -p -x PROXY` to `https://NAME<path>`: a CONNECT to NAME:443, then TLS
+/// inside the tunnel trusting only the Sluice CA. The `-w` line adds the CONNECT's
+/// status (`%{http_connect}`) after the two fields [`Got::transfers`] reads.
+fn curl_connect(proxy: &Proxy, name: &str, path: &str) -> Got {
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "--max-time", "20", "-w", "%{stderr}@@ %{http_code} %{num_connects} %{http_connect}\n"])
+        .args(["-p", "-x"])
+        .arg(proxy.url())
+        .arg("--cacert")
+        .arg(sluice_ca(proxy))
+        .arg(format!("https://{name}{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    Got {
+        exit: out.status.code().unwrap_or(-1),
+        out: out.stdout,
+        err: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The issuer curl -v printed for the server certificate it was shown.
+fn shown_issuer(g: &Got) -> &str {
+    g.err.lines().find(|l| l.contains("issuer:")).unwrap_or("")
 }
 
 /// `openssl s_client` to the proxy listener with SNI `name`; returns its whole output and
@@ -355,10 +412,14 @@ fn s_client(port: u16, name: &str, cafile: &Path, extra: &[&str]) -> (String, St
     (text, format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
-/// Sum of the samples of `family` whose label set contains `label` (e.g. `result="ok"`);
-/// 0 when there is none yet.
-fn labeled(proxy: &Proxy, family: &str, label: &str) -> f64 {
-    let text = proxy.metrics().expect("metrics");
+/// The value of counter `family`: the sum of its samples whose label set contains `label`
+/// (e.g. `result="ok"`), or of all its samples when `label` is empty; 0 before its first
+/// bump (a family may not be exported until then).
+fn count(proxy: &Proxy, family: &str, label: &str) -> f64 {
+    let text = proxy.metrics().unwrap_or_else(|e| panic!("{e}"));
+    if label.is_empty() {
+        return metric_sum(&text, family).unwrap_or(0.0);
+    }
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
@@ -366,27 +427,44 @@ fn labeled(proxy: &Proxy, family: &str, label: &str) -> f64 {
         .sum()
 }
 
-/// Polls [`labeled`] (up to 3 s) until it reaches `min`; returns the last value.
-fn wait_labeled(proxy: &Proxy, family: &str, label: &str, min: f64) -> f64 {
-    let mut v = 0.0;
-    wait_until(Duration::from_secs(3), || {
-        v = labeled(proxy, family, label);
-        v >= min
+/// `family{label}` for messages.
+fn series(family: &str, label: &str) -> String {
+    if label.is_empty() {
+        family.to_string()
+    } else {
+        format!("{family}{{{label}}}")
+    }
+}
+
+/// Waits (up to 5 s) until [`count`] is exactly `want`. Panics when it does not get
+/// there, and as soon as it goes past `want` (a counter never comes back down: the event
+/// was counted more than once).
+fn wait_count(proxy: &Proxy, family: &str, label: &str, want: f64) {
+    let mut now = 0.0;
+    let reached = wait_until(Duration::from_secs(5), || {
+        now = count(proxy, family, label);
+        assert!(now <= want, "{} went past {want}: it is {now}", series(family, label));
+        now == want
     });
-    v
+    assert!(reached, "{} is {now} after 5 s, expected {want}", series(family, label));
 }
 
-/// A counter that may not be exported before its first bump.
-fn counter(proxy: &Proxy, family: &str) -> f64 {
-    metric_sum(&proxy.metrics().expect("metrics"), family).unwrap_or(0.0)
+/// Waits (up to 5 s) until [`count`] is at least `min`: an anchor whose exact value the
+/// caller checks next, with a message that says what a higher value means.
+fn wait_at_least(proxy: &Proxy, family: &str, label: &str, min: f64) {
+    let mut now = 0.0;
+    let reached = wait_until(Duration::from_secs(5), || {
+        now = count(proxy, family, label);
+        now >= min
+    });
+    assert!(reached, "{} is {now} after 5 s, expected at least {min}", series(family, label));
 }
 
-/// Workers publish their counters every ~100 ms: waits (up to 3 s) for `pred` to hold,
-/// then lets a few more publish ticks pass and returns the value then.
-fn settled(proxy: &Proxy, family: &str, pred: impl Fn(f64) -> bool) -> f64 {
-    wait_until(Duration::from_secs(3), || pred(counter(proxy, family)));
-    std::thread::sleep(Duration::from_millis(350));
-    counter(proxy, family)
+/// Asserts that [`count`] is exactly `want` now. Call it after an anchor that proves the
+/// proxy is done counting (`anchor` says which), so a late or second count shows.
+fn assert_count(proxy: &Proxy, family: &str, label: &str, want: f64, anchor: &str) {
+    let now = count(proxy, family, label);
+    assert_eq!(now, want, "{} is {now} once {anchor}, expected exactly {want}", series(family, label));
 }
 
 /// A trusted origin CA with a leaf for origin.test, a python origin serving it, and a
@@ -397,11 +475,19 @@ struct Setup {
     proxy: Proxy,
 }
 
+/// [`Setup`] with a 2-worker proxy.
 fn setup(config: &str, extra: &[&str]) -> Setup {
+    setup_workers(2, config, extra)
+}
+
+/// [`Setup`] with a proxy of `workers` workers. One worker makes the tick-published
+/// certificate counters comparable: they all come from the same publish.
+fn setup_workers(workers: usize, config: &str, extra: &[&str]) -> Setup {
     let pki = Pki::new("Origin Test CA");
     let (cert, key) = pki.leaf("origin", &["origin.test"]);
     let origin = PyOrigin::start(&cert, &key, "origin.test");
     let mut b = Proxy::builder(config)
+        .workers(workers)
         .resolve("origin.test", &origin.ip)
         .arg("--upstream-ca")
         .arg(pki.ca_pem.to_str().unwrap());
@@ -412,6 +498,41 @@ fn setup(config: &str, extra: &[&str]) -> Setup {
     Setup { pki, origin, proxy }
 }
 
+/// A proxy trusting only `ca` upstream, resolving each `(name, ip)`, with `extra` flags.
+fn proxy_trusting(ca: &Path, names: &[(&str, &str)], extra: &[&str]) -> Proxy {
+    let mut b = Proxy::builder("").arg("--upstream-ca").arg(ca.to_str().expect("utf-8 temp path"));
+    for (name, ip) in names {
+        b = b.resolve(name, ip);
+    }
+    for a in extra {
+        b = b.arg(a);
+    }
+    b.start()
+}
+
+/// Requests `https://NAME/` through a proxy that trusts only `ca` upstream while the
+/// origin at `ip` serves a certificate it must refuse: the client gets a 502 whose body
+/// holds `reason_words` (each, case-insensitively), the refusal is counted exactly once
+/// and only under `sluice_upstream_verify_failures_total{reason="<reason>"}`, and the
+/// client connection is released.
+fn assert_refused_upstream(name: &str, ip: &str, ca: &Path, reason: &str, reason_words: &[&str]) {
+    let proxy = proxy_trusting(ca, &[(name, ip)], &[]);
+    let base = proxy.baseline();
+    let g = curl_tls(&proxy, name, &[], &["/"]);
+    assert_eq!((g.exit, g.status()), (0, 502), "{}", g.describe());
+    let body = String::from_utf8_lossy(&g.out).to_lowercase();
+    for w in reason_words {
+        assert!(body.contains(w), "502 body does not give the reason ({w:?}): {body:?}");
+    }
+    assert!(!body.contains("hello from"), "origin content leaked: {body:?}");
+    let label = format!("reason=\"{reason}\"");
+    let family = "sluice_upstream_verify_failures_total";
+    wait_count(&proxy, family, &label, 1.0);
+    proxy.assert_released(&base, "the refused client connection");
+    assert_count(&proxy, family, &label, 1.0, "the client connection was released");
+    assert_count(&proxy, family, "", 1.0, "the client connection was released");
+}
+
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
@@ -419,6 +540,7 @@ fn setup(config: &str, extra: &[&str]) -> Setup {
 #[test]
 fn get_and_post_1mib_through_interception() {
     let s = setup("", &[]);
+    let base = s.proxy.baseline();
     let g = curl_tls(&s.proxy, "origin.test", &[], &["/hello"]);
     assert_eq!((g.exit, g.status()), (0, 200), "{}", g.describe());
     assert_eq!(String::from_utf8_lossy(&g.out), "hello from origin.test /hello\n", "{}", g.describe());
@@ -436,7 +558,12 @@ fn get_and_post_1mib_through_interception() {
     );
     assert_eq!((g.exit, g.status()), (0, 200), "{}", g.describe());
     assert_bytes_eq(&g.out, &pattern(1 << 20), "1 MiB POST echoed through interception");
-    assert!(wait_labeled(&s.proxy, "sluice_tls_handshakes_total", "result=\"ok\"", 2.0) >= 2.0);
+    // Two client connections, one handshake each; both released (slots and descriptors).
+    let handshakes = "sluice_tls_handshakes_total";
+    wait_count(&s.proxy, handshakes, "result=\"ok\"", 2.0);
+    s.proxy.assert_released(&base, "two intercepted client connections");
+    assert_count(&s.proxy, handshakes, "result=\"ok\"", 2.0, "both client connections were released");
+    assert_count(&s.proxy, handshakes, "result=\"failed\"", 0.0, "both client connections were released");
 }
 
 #[test]
@@ -470,8 +597,8 @@ fn twenty_requests_on_one_client_connection_use_one_origin_connection() {
 #[test]
 fn s_client_verifies_forged_leaf_with_tls12_and_tls13() {
     let s = setup("", &[]);
+    let base = s.proxy.baseline();
     let ca = sluice_ca(&s.proxy);
-    let before = labeled(&s.proxy, "sluice_tls_handshakes_total", "result=\"ok\"");
     for (flag, proto) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
         let (text, cert) = s_client(s.proxy.port, "origin.test", &ca, &[flag, "-verify_return_error"]);
         assert!(text.contains("Verify return code: 0 (ok)"), "{flag}: not verified:\n{text}");
@@ -489,11 +616,16 @@ fn s_client_verifies_forged_leaf_with_tls12_and_tls13() {
         let want = if extra[0] == "--tlsv1.2" { "TLSv1.2" } else { "TLSv1.3" };
         assert!(g.err.contains(&format!("SSL connection using {want}")), "{extra:?}: {}", g.describe());
     }
-    let after = wait_labeled(&s.proxy, "sluice_tls_handshakes_total", "result=\"ok\"", before + 4.0);
-    assert!(after >= before + 4.0, "handshakes ok went {before} -> {after}");
-    // A client that does not trust the Sluice CA refuses the forged leaf.
+    let handshakes = "sluice_tls_handshakes_total";
+    wait_count(&s.proxy, handshakes, "result=\"ok\"", 4.0);
+    // A client that does not trust the Sluice CA refuses the forged leaf: the proxy sees
+    // that handshake fail.
     let (text, _) = s_client(s.proxy.port, "origin.test", &s.pki.ca_pem, &["-verify_return_error"]);
     assert!(!text.contains("Verify return code: 0 (ok)"), "forged leaf verified against the origin CA:\n{text}");
+    wait_count(&s.proxy, handshakes, "result=\"failed\"", 1.0);
+    s.proxy.assert_released(&base, "five TLS client connections");
+    assert_count(&s.proxy, handshakes, "result=\"ok\"", 4.0, "every client connection was released");
+    assert_count(&s.proxy, handshakes, "result=\"failed\"", 1.0, "every client connection was released");
 }
 
 #[test]
@@ -502,36 +634,14 @@ fn untrusted_origin_is_502_with_reason_and_counted() {
     let (cert, key) = rogue.leaf("rogue", &["rogue.test"]);
     let origin = PyOrigin::start(&cert, &key, "rogue.test");
     let trusted = Pki::new("Origin Test CA");
-    let proxy = Proxy::builder("")
-        .resolve("rogue.test", &origin.ip)
-        .arg("--upstream-ca")
-        .arg(trusted.ca_pem.to_str().unwrap())
-        .start();
-    let before = counter(&proxy, "sluice_upstream_verify_failures_total");
-    let g = curl_tls(&proxy, "rogue.test", &[], &["/"]);
-    assert_eq!((g.exit, g.status()), (0, 502), "{}", g.describe());
-    let body = String::from_utf8_lossy(&g.out).to_lowercase();
-    assert!(body.contains("trusted") || body.contains("issuer"), "502 body does not give the reason: {body:?}");
-    assert!(!body.contains("hello from"), "origin content leaked: {body:?}");
-    let after = settled(&proxy, "sluice_upstream_verify_failures_total", |v| v > before);
-    assert!(after > before, "sluice_upstream_verify_failures_total {before} -> {after}");
-    assert!(wait_labeled(&proxy, "sluice_upstream_verify_failures_total", "unknown_issuer", 1.0) >= 1.0);
+    assert_refused_upstream("rogue.test", &origin.ip, &trusted.ca_pem, "unknown_issuer", &["trusted"]);
 }
 
 #[test]
 fn wrong_name_origin_is_502() {
     let s = setup("", &[]);
     // wrong.test resolves to the origin, whose certificate covers only origin.test.
-    let proxy = Proxy::builder("")
-        .resolve("wrong.test", &s.origin.ip)
-        .arg("--upstream-ca")
-        .arg(s.pki.ca_pem.to_str().unwrap())
-        .start();
-    let g = curl_tls(&proxy, "wrong.test", &[], &["/"]);
-    assert_eq!((g.exit, g.status()), (0, 502), "{}", g.describe());
-    let body = String::from_utf8_lossy(&g.out).to_lowercase();
-    assert!(body.contains("name"), "502 body does not give the reason: {body:?}");
-    assert!(wait_labeled(&proxy, "sluice_upstream_verify_failures_total", "wrong_name", 1.0) >= 1.0);
+    assert_refused_upstream("wrong.test", &s.origin.ip, &s.pki.ca_pem, "wrong_name", &["name"]);
     // The right name on the same origin still works.
     let g = curl_tls(&s.proxy, "origin.test", &[], &["/"]);
     assert_eq!((g.exit, g.status()), (0, 200), "{}", g.describe());
@@ -542,25 +652,28 @@ fn expired_origin_certificate_is_502() {
     let pki = Pki::new("Origin Test CA");
     let (cert, key) = pki.expired_leaf("expired", &["expired.test"]);
     let origin = PyOrigin::start(&cert, &key, "expired.test");
-    let proxy = Proxy::builder("")
-        .resolve("expired.test", &origin.ip)
-        .arg("--upstream-ca")
-        .arg(pki.ca_pem.to_str().unwrap())
-        .start();
-    let g = curl_tls(&proxy, "expired.test", &[], &["/"]);
-    assert_eq!((g.exit, g.status()), (0, 502), "{}", g.describe());
-    let body = String::from_utf8_lossy(&g.out).to_lowercase();
-    assert!(body.contains("expired"), "502 body does not give the reason: {body:?}");
-    assert!(wait_labeled(&proxy, "sluice_upstream_verify_failures_total", "expired", 1.0) >= 1.0);
+    assert_refused_upstream("expired.test", &origin.ip, &pki.ca_pem, "expired", &["expired"]);
+}
+
+#[test]
+fn not_yet_valid_origin_certificate_is_502() {
+    let pki = Pki::new("Origin Test CA");
+    let (cert, key) = pki.future_leaf("future", &["future.test"]);
+    let origin = PyOrigin::start(&cert, &key, "future.test");
+    assert_refused_upstream("future.test", &origin.ip, &pki.ca_pem, "not_yet_valid", &["not valid yet"]);
 }
 
 #[test]
 fn passthrough_name_shows_the_origin_certificate() {
     let pki = Pki::new("Origin Test CA");
-    let (cert, key) = pki.leaf("pass", &["pass.test"]);
+    // The same origin also answers for an intercepted name (the anchor below).
+    let (cert, key) = pki.leaf("pass", &["pass.test", "inspected.test"]);
     let origin = PyOrigin::start(&cert, &key, "pass.test");
+    // One worker: its certificate counters come from one publish (see the anchor).
     let proxy = Proxy::builder("")
+        .workers(1)
         .resolve("pass.test", &origin.ip)
+        .resolve("inspected.test", &origin.ip)
         .arg("--upstream-ca")
         .arg(pki.ca_pem.to_str().unwrap())
         .arg("--passthrough")
@@ -581,31 +694,77 @@ fn passthrough_name_shows_the_origin_certificate() {
         .unwrap();
     assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from pass.test /p\n");
-    assert!(wait_labeled(&proxy, "sluice_tls_handshakes_total", "result=\"passthrough\"", 2.0) >= 2.0);
-    assert_eq!(
-        settled(&proxy, "sluice_certs_minted_total", |_| true),
-        0.0,
-        "a certificate was minted for a passthrough name"
-    );
+    wait_count(&proxy, "sluice_tls_handshakes_total", "result=\"passthrough\"", 2.0);
+    // Anchor: an intercepted name twice on the same worker mints once, then hits the
+    // cache. The publish that shows that hit also shows every earlier mint, so the mint
+    // count then is the anchor's one, plus any the passthrough connections made.
+    for _ in 0..2 {
+        let g = curl_tls(&proxy, "inspected.test", &[], &["/i"]);
+        assert_eq!((g.exit, g.status()), (0, 200), "{}", g.describe());
+    }
+    wait_at_least(&proxy, "sluice_cert_cache_hits_total", "", 1.0);
+    let anchor = "a later intercepted name was minted, then hit (more is certificate work for a passthrough name)";
+    assert_count(&proxy, "sluice_certs_minted_total", "", 1.0, anchor);
+    assert_count(&proxy, "sluice_cert_cache_hits_total", "", 1.0, anchor);
 }
 
 #[test]
 fn intercept_connect_forges_the_certificate_for_curl_p() {
-    let s = setup("", &["--intercept-connect"]);
-    let out = Command::new("curl")
-        .args(["-sS", "-v", "--max-time", "20", "-p", "-x"])
-        .arg(s.proxy.url())
-        .arg("--cacert")
-        .arg(sluice_ca(&s.proxy))
-        .arg("https://origin.test/tunnelled")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "curl -p failed: {err}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from origin.test /tunnelled\n", "{err}");
-    let issuer = err.lines().find(|l| l.contains("issuer:")).unwrap_or("");
-    assert!(issuer.contains("Sluice Interception CA"), "issuer {issuer:?}\n{err}");
-    assert!(settled(&s.proxy, "sluice_certs_minted_total", |v| v >= 1.0) >= 1.0);
+    // One worker: the minted and cache-hit counters come from the same publish.
+    let s = setup_workers(1, "", &["--intercept-connect"]);
+    let g = curl_connect(&s.proxy, "origin.test", "/tunnelled");
+    assert_eq!((g.exit, g.connect_status(), g.status()), (0, 200, 200), "{}", g.describe());
+    assert_eq!(String::from_utf8_lossy(&g.out), "hello from origin.test /tunnelled\n", "{}", g.describe());
+    let issuer = shown_issuer(&g);
+    assert!(issuer.contains("Sluice Interception CA"), "issuer {issuer:?}\n{}", g.describe());
+    wait_count(&s.proxy, "sluice_certs_minted_total", "", 1.0);
+    // Anchor: the same name through a second tunnel is served from the cache.
+    let g = curl_connect(&s.proxy, "origin.test", "/again");
+    assert_eq!((g.exit, g.connect_status(), g.status()), (0, 200, 200), "{}", g.describe());
+    wait_count(&s.proxy, "sluice_cert_cache_hits_total", "", 1.0);
+    assert_count(&s.proxy, "sluice_certs_minted_total", "", 1.0, "a second tunnel to the name hit the cache");
+}
+
+#[test]
+fn intercept_connect_refuses_untrusted_and_wrong_name_origins_with_502_inside_the_tunnel() {
+    let trusted = Pki::new("Origin Test CA");
+    let (cert, key) = trusted.leaf("origin", &["origin.test"]);
+    let origin = PyOrigin::start(&cert, &key, "origin.test");
+    let rogue_ca = Pki::new("Rogue Test CA");
+    let (rogue_cert, rogue_key) = rogue_ca.leaf("rogue", &["rogue.test"]);
+    let rogue = PyOrigin::start(&rogue_cert, &rogue_key, "rogue.test");
+    // wrong.test resolves to the trusted origin, whose certificate covers only origin.test.
+    let proxy = proxy_trusting(
+        &trusted.ca_pem,
+        &[("origin.test", &origin.ip), ("wrong.test", &origin.ip), ("rogue.test", &rogue.ip)],
+        &["--intercept-connect"],
+    );
+    let base = proxy.baseline();
+    let family = "sluice_upstream_verify_failures_total";
+    for (name, reason, words) in [("rogue.test", "unknown_issuer", ["trusted"]), ("wrong.test", "wrong_name", ["name"])]
+    {
+        let g = curl_connect(&proxy, name, "/secret");
+        // The CONNECT succeeded and the client's TLS session is the proxy's forgery: the
+        // 502 is an answer inside the intercepted session, not a refused CONNECT.
+        assert_eq!((g.exit, g.connect_status(), g.status()), (0, 200, 502), "{name}: {}", g.describe());
+        let issuer = shown_issuer(&g);
+        assert!(issuer.contains("Sluice Interception CA"), "{name}: issuer {issuer:?}\n{}", g.describe());
+        let body = String::from_utf8_lossy(&g.out).to_lowercase();
+        for w in words {
+            assert!(body.contains(w), "{name}: 502 body does not give the reason ({w:?}): {body:?}");
+        }
+        assert!(!body.contains("hello from"), "{name}: origin content leaked: {body:?}");
+        wait_count(&proxy, family, &format!("reason=\"{reason}\""), 1.0);
+    }
+    // The trusted origin under its own name still goes through.
+    let g = curl_connect(&proxy, "origin.test", "/fine");
+    assert_eq!((g.exit, g.connect_status(), g.status()), (0, 200, 200), "{}", g.describe());
+    assert_eq!(String::from_utf8_lossy(&g.out), "hello from origin.test /fine\n", "{}", g.describe());
+    proxy.assert_released(&base, "three intercepted tunnels");
+    let anchor = "every tunnel was released";
+    assert_count(&proxy, family, "reason=\"unknown_issuer\"", 1.0, anchor);
+    assert_count(&proxy, family, "reason=\"wrong_name\"", 1.0, anchor);
+    assert_count(&proxy, family, "", 2.0, anchor);
 }
 
 fn many_names(n: usize) -> Vec<String> {
@@ -616,7 +775,8 @@ fn many_setup(config: &str, names: &[String]) -> (Pki, PyOrigin, Proxy) {
     let pki = Pki::new("Origin Test CA");
     let (cert, key) = pki.leaf("many", &["*.many.test"]);
     let origin = PyOrigin::start(&cert, &key, "many");
-    // One worker: the certificate cache is per worker.
+    // One worker: the certificate cache is per worker, and the minted and cache-hit
+    // counters then come from the same publish.
     let mut b = Proxy::builder(config).workers(1).arg("--upstream-ca").arg(pki.ca_pem.to_str().unwrap());
     for n in names {
         b = b.resolve(n, &origin.ip);
@@ -644,14 +804,13 @@ fn fifty_names_each_get_their_own_certificate_then_a_repeat_hits_the_cache() {
     for n in &names {
         get_name(&proxy, n);
     }
-    let minted = settled(&proxy, "sluice_certs_minted_total", |v| v >= 50.0);
-    assert!(minted >= 50.0, "minted {minted} certificates for 50 names");
-    let hits = settled(&proxy, "sluice_cert_cache_hits_total", |_| true);
+    wait_count(&proxy, "sluice_certs_minted_total", "", 50.0);
+    assert_count(&proxy, "sluice_cert_cache_hits_total", "", 0.0, "fifty distinct names were minted");
+    // A repeat name is a cache hit; the publish that shows it also shows every mint
+    // before it, so a repeat that minted again shows as 51.
     get_name(&proxy, "n17.many.test");
-    let hits2 = settled(&proxy, "sluice_cert_cache_hits_total", |v| v > hits);
-    assert!(hits2 > hits, "cache hits {hits} -> {hits2}");
-    let minted2 = counter(&proxy, "sluice_certs_minted_total");
-    assert_eq!(minted2, minted, "a repeat name minted again");
+    wait_count(&proxy, "sluice_cert_cache_hits_total", "", 1.0);
+    assert_count(&proxy, "sluice_certs_minted_total", "", 50.0, "the repeat name hit the cache");
     // s_client sees the name in the SAN of a leaf issued by the Sluice CA.
     let (text, cert) = s_client(proxy.port, "n33.many.test", &sluice_ca(&proxy), &["-verify_return_error"]);
     assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
@@ -665,21 +824,26 @@ fn bounded_cert_cache_still_serves_fifty_names() {
     for n in &names {
         get_name(&proxy, n);
     }
+    wait_count(&proxy, "sluice_certs_minted_total", "", 50.0);
     // Again, in the same order: with room for 10, the early names were evicted and are
     // minted afresh (and still correct).
-    let minted = settled(&proxy, "sluice_certs_minted_total", |v| v >= 50.0);
-    assert!(minted >= 50.0, "minted {minted}");
     for n in &names[..5] {
         get_name(&proxy, n);
     }
-    let minted2 = settled(&proxy, "sluice_certs_minted_total", |v| v >= minted + 5.0);
-    assert!(minted2 > minted, "first names never evicted from a 10-entry cache ({minted} -> {minted2})");
+    wait_count(&proxy, "sluice_certs_minted_total", "", 55.0);
+    // The cache now holds the last five of the fifty and the five re-minted ones; the
+    // most recent of the fifty is a hit. Nothing hit before it, and nothing minted since.
+    assert_count(&proxy, "sluice_cert_cache_hits_total", "", 0.0, "55 handshakes all minted");
+    get_name(&proxy, &names[49]);
+    wait_count(&proxy, "sluice_cert_cache_hits_total", "", 1.0);
+    assert_count(&proxy, "sluice_certs_minted_total", "", 55.0, "a name still in the bounded cache hit it");
     assert!(proxy.alive(), "proxy died");
 }
 
 #[test]
 fn partial_client_hellos_do_not_leak_connections() {
     let s = setup("", &[]);
+    let base = s.proxy.baseline();
     // A TLS record header announcing a 512-byte handshake message, then only a few bytes.
     let mut partial = vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03];
     partial.extend_from_slice(&[0x42; 20]);
@@ -689,14 +853,23 @@ fn partial_client_hellos_do_not_leak_connections() {
         c.write_all(&partial).expect("send partial ClientHello");
         held.push(c);
     }
-    let open = s.proxy.wait_metric("sluice_connections_active", Duration::from_secs(3), |v| v >= 30.0);
-    assert!(open.is_ok(), "30 held connections not counted: {open:?}");
+    let open = s.proxy.wait_metric("sluice_connection_slots", Duration::from_secs(5), |v| v == 30.0);
+    assert!(open.is_ok(), "30 held connections do not hold 30 client slots: {open:?}");
+    // Nothing of them was answered or counted yet: each waits for the rest of its hello.
+    assert_count(&s.proxy, "sluice_tls_handshakes_total", "", 0.0, "30 half-sent hellos were held");
     drop(held);
-    let r = s.proxy.wait_metric("sluice_connections_active", Duration::from_secs(5), |v| v == 0.0);
-    assert!(r.is_ok(), "connections leaked after the clients went away: {r:?}");
+    s.proxy.assert_released(&base, "30 connections that went away mid-ClientHello");
+    assert_count(
+        &s.proxy,
+        "sluice_tls_handshakes_total",
+        "result=\"failed\"",
+        30.0,
+        "30 half-sent hellos were released",
+    );
     let g = curl_tls(&s.proxy, "origin.test", &[], &["/after"]);
     assert_eq!((g.exit, g.status()), (0, 200), "{}", g.describe());
     assert_eq!(String::from_utf8_lossy(&g.out), "hello from origin.test /after\n");
+    s.proxy.assert_released(&base, "a full intercepted request after the half-sent hellos");
 }
 
 #[test]
