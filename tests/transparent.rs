@@ -4,6 +4,10 @@
 //!   sl-cli-PID                         sl-gw-PID
 //!   client 10.200.0.1 ── veth ── 10.200.0.2   REDIRECT tcp 80,443 (in on the veth) → :3129
 //!   default via 10.200.0.2              lo: 10.200.1.1 = the origin (python, :80 and TLS :443)
+//!                                       lo: 10.200.1.2 = a second origin, its TLS cert from a
+//!                                           CA Sluice does not trust
+//!                                       lo: 10.200.1.3 = a third origin, its TLS cert from the
+//!                                           trusted CA but for another IP (wrong name)
 //!                                       sluice run --listen 0.0.0.0:3129 (inside this netns)
 //! ```
 //!
@@ -17,6 +21,16 @@
 //!    forges a leaf for the IP, verifies the origin against `--upstream-ca` and forwards.
 //! 4. the same over TLS with no Host (the original destination, 10.200.1.1:443).
 //! 5. a Host that names Sluice's own listener is refused (no loop) and never reaches the origin.
+//! 6. a Host that disagrees with the original destination: the README's order ("`Host`, TLS
+//!    SNI, and in transparent mode the original destination") makes the Host win. A request
+//!    redirected from 10.200.1.1:80 with `Host: 10.200.1.2` reaches 10.200.1.2 only;
+//! 7. the same over intercepted TLS: redirected from 10.200.1.2:443 (whose certificate Sluice
+//!    would refuse) with `Host: 10.200.1.1`, it reaches 10.200.1.1 only, and is answered 200.
+//! 8. upstream verification on the transparent TLS path: a client redirected to 10.200.1.2:443
+//!    (certificate from an untrusted CA) completes its handshake with Sluice and gets a 502
+//!    inside that session; `sluice_upstream_verify_failures_total{reason="unknown_issuer"}`
+//!    grows by one and the origin never gets the request.
+//! 9. the same for 10.200.1.3, whose trusted certificate names another IP (`wrong_name`).
 //!
 //! Each forwarded request reaches the origin exactly once (its log), carries Sluice's `Via`,
 //! and `sluice_requests_total{status_class="2xx"}` grows by exactly the forwarded count.
@@ -39,12 +53,21 @@ const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const CLIENT_ADDR: &str = "10.200.0.1";
 const GATEWAY_ADDR: &str = "10.200.0.2";
 const ORIGIN: &str = "10.200.1.1";
+/// A second origin; its TLS certificate comes from a CA Sluice is not told about.
+const ORIGIN_UNTRUSTED: &str = "10.200.1.2";
+/// A third origin; its TLS certificate is from the trusted CA but for `WRONG_NAME_IP`.
+const ORIGIN_WRONG_NAME: &str = "10.200.1.3";
+const WRONG_NAME_IP: &str = "10.200.1.99";
+/// Each origin's IP and the name of its log files (`<name>.stdout` holds its request log).
+const ORIGIN_LOGS: [(&str, &str); 3] =
+    [(ORIGIN, "origin"), (ORIGIN_UNTRUSTED, "origin-untrusted"), (ORIGIN_WRONG_NAME, "origin-wrong-name")];
 /// Sluice's proxy listener inside the gateway netns (a fresh netns: nothing else binds here).
 const PROXY_PORT: u16 = 3129;
 const ADMIN_PORT: u16 = 9901;
 
-/// The origin: HTTP on ORIGIN:80 and HTTPS on ORIGIN:443. Each answer describes the request
-/// it got (scheme, path, Host, Via) and each request is logged to stdout, one line apiece.
+/// An origin: HTTP on IP:80 and HTTPS on IP:443. Each answer describes the request it got
+/// (the origin's own IP, scheme, path, Host, Via) and each request is logged to stdout, one
+/// line apiece.
 const ORIGIN_PY: &str = r#"
 import http.server, ssl, sys, threading
 
@@ -52,8 +75,9 @@ class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         scheme = "https" if isinstance(self.connection, ssl.SSLSocket) else "http"
-        body = ("origin scheme=%s path=%s host=%s via=%s\n" % (
-            scheme, self.path, self.headers.get("Host", "-"), self.headers.get("Via", "-"))).encode()
+        body = ("origin ip=%s scheme=%s path=%s host=%s via=%s\n" % (
+            self.server.server_address[0], scheme, self.path, self.headers.get("Host", "-"),
+            self.headers.get("Via", "-"))).encode()
         # Logged before answering, so a client that has its answer finds the log line.
         sys.stdout.write("request %s %r %r\n" % (scheme, self.requestline, sorted(self.headers.items())))
         sys.stdout.flush()
@@ -158,13 +182,18 @@ impl Lab {
         fs::read_to_string(self.dir.join(name)).unwrap_or_default()
     }
 
-    /// Sluice's stderr and the origin's request log, for failure messages.
+    /// Sluice's stderr and the origins' request logs, for failure messages.
     fn diag(&self) -> String {
-        format!("\n--- sluice stderr\n{}--- origin log\n{}", self.log("sluice.stderr"), self.log("origin.stdout"))
+        let mut s = format!("\n--- sluice stderr\n{}", self.log("sluice.stderr"));
+        for (ip, log) in ORIGIN_LOGS {
+            s += &format!("--- origin {ip} log\n{}", self.log(&format!("{log}.stdout")));
+        }
+        s
     }
 
-    /// Starts `ip netns exec NS args...` with stdout/stderr in `<log>.stdout`/`<log>.stderr`.
-    fn spawn_in(&mut self, ns: &str, args: &[&str], log: &str) {
+    /// Starts `ip netns exec NS args...` with stdout/stderr in `<log>.stdout`/`<log>.stderr`;
+    /// returns its index in `children`.
+    fn spawn_in(&mut self, ns: &str, args: &[&str], log: &str) -> usize {
         let stdout = fs::File::create(self.dir.join(format!("{log}.stdout"))).unwrap();
         let stderr = fs::File::create(self.dir.join(format!("{log}.stderr"))).unwrap();
         let child = Command::new("ip")
@@ -177,6 +206,7 @@ impl Lab {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {args:?} in {ns}: {e}"));
         self.children.push(child);
+        self.children.len() - 1
     }
 
     /// Waits until file `log` contains `needle`; panics if child `idx` exits or time runs out.
@@ -198,14 +228,20 @@ impl Lab {
 
     fn diag_all(&self) -> String {
         let mut s = self.diag();
-        for f in ["origin.stderr", "sluice.stdout"] {
-            s += &format!("--- {f}\n{}", self.log(f));
+        for (_, log) in ORIGIN_LOGS {
+            s += &format!("--- {log}.stderr\n{}", self.log(&format!("{log}.stderr")));
         }
-        s
+        s + &format!("--- sluice.stdout\n{}", self.log("sluice.stdout"))
     }
 
     /// The sum of the `sluice_requests_total` samples whose labels contain `label` ("" = all).
     fn requests_total(&self, label: &str) -> f64 {
+        self.metric("sluice_requests_total", label)
+    }
+
+    /// The sum of the `family` samples whose labels contain `label` ("" = all); panics when
+    /// there is none.
+    fn metric(&self, family: &str, label: &str) -> f64 {
         let out = run(self.ns_cmd(&self.gw, "curl").args([
             "-sS",
             "--max-time",
@@ -218,20 +254,25 @@ impl Lab {
         let mut sum = 0.0;
         for line in body.lines().filter(|l| !l.starts_with('#')) {
             let Some((series, value)) = line.rsplit_once(' ') else { continue };
-            let family = series.split('{').next().unwrap_or("");
-            if family == "sluice_requests_total" && series.contains(label) {
+            if series.split('{').next() == Some(family) && series.contains(label) {
                 found = true;
                 sum += value.trim().parse::<f64>().unwrap_or_else(|_| panic!("bad sample {line:?}"));
             }
         }
-        assert!(found, "no sluice_requests_total sample matching {label:?} in /metrics:\n{body}");
+        assert!(found, "no {family} sample matching {label:?} in /metrics:\n{body}");
         sum
     }
 
-    /// Origin log lines for requests whose path is `path`.
-    fn origin_hits(&self, path: &str) -> usize {
+    /// Requests for `path` in the log of the origin at `ip` (one of `ORIGIN_LOGS`).
+    fn hits_at(&self, ip: &str, path: &str) -> usize {
+        let log = ORIGIN_LOGS.iter().find(|(i, _)| *i == ip).map(|(_, l)| *l).expect("an origin IP");
         let needle = format!("GET {path} HTTP/");
-        self.log("origin.stdout").lines().filter(|l| l.starts_with("request ") && l.contains(&needle)).count()
+        self.log(&format!("{log}.stdout")).lines().filter(|l| l.starts_with("request ") && l.contains(&needle)).count()
+    }
+
+    /// Requests for `path` at any origin.
+    fn hits_anywhere(&self, path: &str) -> usize {
+        ORIGIN_LOGS.iter().map(|(ip, _)| self.hits_at(ip, path)).sum()
     }
 }
 
@@ -253,8 +294,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
 }
 
-/// A test CA and a leaf for IP `ip` (subjectAltName IP:...), signed by it.
-fn make_origin_pki(dir: &Path, ip: &str) {
+/// A self-signed test CA: `<name>.pem` and `<name>.key` in `dir`.
+fn make_ca(dir: &Path, name: &str, subject: &str) {
     openssl(
         dir,
         &[
@@ -266,19 +307,25 @@ fn make_origin_pki(dir: &Path, ip: &str) {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-keyout",
-            "origin-ca.key",
+            &format!("{name}.key"),
             "-out",
-            "origin-ca.pem",
+            &format!("{name}.pem"),
             "-days",
             "2",
             "-subj",
-            "/CN=Sluice Transparent Test Origin CA",
+            &format!("/CN={subject}"),
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
             "keyUsage=critical,keyCertSign,cRLSign",
         ],
     );
+}
+
+/// A server leaf `<name>.pem`/`<name>.key` for IP `ip` (subjectAltName IP:...), signed by the
+/// CA `<ca>.pem`/`<ca>.key` in `dir`. Returns (cert, key).
+fn make_leaf(dir: &Path, ca: &str, name: &str, ip: &str) -> (PathBuf, PathBuf) {
+    let (csr, ext) = (format!("{name}.csr"), format!("{name}.ext"));
     openssl(
         dir,
         &[
@@ -289,15 +336,15 @@ fn make_origin_pki(dir: &Path, ip: &str) {
             "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-keyout",
-            "origin.key",
+            &format!("{name}.key"),
             "-out",
-            "origin.csr",
+            &csr,
             "-subj",
             &format!("/CN={ip}"),
         ],
     );
     fs::write(
-        dir.join("origin.ext"),
+        dir.join(&ext),
         format!("subjectAltName=IP:{ip}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
@@ -307,20 +354,21 @@ fn make_origin_pki(dir: &Path, ip: &str) {
             "x509",
             "-req",
             "-in",
-            "origin.csr",
+            &csr,
             "-CA",
-            "origin-ca.pem",
+            &format!("{ca}.pem"),
             "-CAkey",
-            "origin-ca.key",
+            &format!("{ca}.key"),
             "-CAcreateserial",
             "-out",
-            "origin.pem",
+            &format!("{name}.pem"),
             "-days",
             "2",
             "-extfile",
-            "origin.ext",
+            &ext,
         ],
     );
+    (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")))
 }
 
 /// Installs the REDIRECT rule in the gateway netns with nft, else iptables. Ok(which) or
@@ -396,7 +444,7 @@ fn parse_resp(raw: &str) -> Option<Resp> {
 }
 
 #[test]
-fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
+fn transparent_redirect_routes_by_host_then_original_destination_and_verifies_tls() {
     let started = Instant::now();
     if !is_root() {
         return skip("not root (network namespaces and REDIRECT rules need root)");
@@ -439,6 +487,8 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
          ip -n {cli} route add default via {GATEWAY_ADDR}
          ip -n {gw} link set lo up
          ip -n {gw} addr add {ORIGIN}/32 dev lo
+         ip -n {gw} addr add {ORIGIN_UNTRUSTED}/32 dev lo
+         ip -n {gw} addr add {ORIGIN_WRONG_NAME}/32 dev lo
          ip -n {gw} addr add {GATEWAY_ADDR}/24 dev {veth_gw}
          ip -n {gw} link set {veth_gw} up"
     ));
@@ -447,17 +497,26 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
         Err(why) => return skip(&format!("no working nft or iptables REDIRECT in a netns: {why}")),
     };
 
-    // The origin, with a cert for its IP from a CA only Sluice is told about.
-    make_origin_pki(&dir, ORIGIN);
+    // The origins. The first has a cert for its IP from a CA only Sluice is told about; the
+    // second a cert for its IP from a CA nobody trusts; the third a cert from the trusted CA
+    // for an IP that is not its own.
+    make_ca(&dir, "origin-ca", "Sluice Transparent Test Origin CA");
+    make_ca(&dir, "rogue-ca", "Sluice Transparent Test Rogue CA");
+    let leaves = [
+        make_leaf(&dir, "origin-ca", "origin", ORIGIN),
+        make_leaf(&dir, "rogue-ca", "origin-untrusted", ORIGIN_UNTRUSTED),
+        make_leaf(&dir, "origin-ca", "origin-wrong-name", WRONG_NAME_IP),
+    ];
     let script = dir.join("origin.py");
     fs::write(&script, ORIGIN_PY).unwrap();
-    let (cert, key) = (dir.join("origin.pem"), dir.join("origin.key"));
-    lab.spawn_in(
-        &gw,
-        &["python3", "-u", script.to_str().unwrap(), ORIGIN, cert.to_str().unwrap(), key.to_str().unwrap()],
-        "origin",
-    );
-    lab.wait_for_line(0, "origin.stdout", "origin ready", Duration::from_secs(10));
+    let mut origins = Vec::new();
+    for ((ip, log), (cert, key)) in ORIGIN_LOGS.iter().zip(&leaves) {
+        let args = ["python3", "-u", script.to_str().unwrap(), ip, cert.to_str().unwrap(), key.to_str().unwrap()];
+        origins.push((lab.spawn_in(&gw, &args, log), *log));
+    }
+    for (idx, log) in origins {
+        lab.wait_for_line(idx, &format!("{log}.stdout"), "origin ready", Duration::from_secs(10));
+    }
 
     // Sluice, inside the gateway netns.
     let ca_dir = dir.join("sluice-ca");
@@ -469,7 +528,7 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
     fs::write(&config, "").unwrap();
     let (listen, admin) = (format!("0.0.0.0:{PROXY_PORT}"), format!("127.0.0.1:{ADMIN_PORT}"));
     let origin_ca = dir.join("origin-ca.pem");
-    lab.spawn_in(
+    let sluice = lab.spawn_in(
         &gw,
         &[
             BIN,
@@ -489,7 +548,7 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
         ],
         "sluice",
     );
-    lab.wait_for_line(1, "sluice.stderr", "listening on", Duration::from_secs(15));
+    lab.wait_for_line(sluice, "sluice.stderr", "listening on", Duration::from_secs(15));
     let ok_before = lab.requests_total("status_class=\"2xx\"");
     let all_before = lab.requests_total("");
     eprintln!("transparent: {cli} -> {gw}, REDIRECT via {firewall}, sluice on {listen}");
@@ -511,10 +570,11 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
             _ => panic!("raw request {request:?} to {ORIGIN}:{port} from {}: {}{}", lab.cli, text(&out), lab.diag()),
         }
     };
-    // The origin's description of the request: it came through Sluice (Via) with this Host.
-    let check = |lab: &Lab, what: &str, r: &Resp, scheme: &str, path: &str, host: Option<&str>| {
+    // The origin's description of the request: origin `at` answered it, it came through
+    // Sluice (Via) with this Host, and no origin saw `path` but that one, once.
+    let check = |lab: &Lab, what: &str, r: &Resp, at: &str, scheme: &str, path: &str, host: Option<&str>| {
         assert_eq!(r.status, 200, "{what}: status\n{}\n\n{}{}", r.head, r.body, lab.diag());
-        let want = format!("origin scheme={scheme} path={path} host=");
+        let want = format!("origin ip={at} scheme={scheme} path={path} host=");
         assert!(r.body.starts_with(&want), "{what}: origin answered {:?}, want {want:?}...{}", r.body, lab.diag());
         if let Some(h) = host {
             assert!(r.body.contains(&format!(" host={h} ")), "{what}: origin saw another Host: {:?}", r.body);
@@ -530,16 +590,17 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
             "{what}: the response carries no Via from Sluice:\n{}",
             r.head
         );
-        assert_eq!(lab.origin_hits(path), 1, "{what}: the origin should see {path} exactly once{}", lab.diag());
+        assert_eq!(lab.hits_at(at, path), 1, "{what}: origin {at} should see {path} exactly once{}", lab.diag());
+        assert_eq!(lab.hits_anywhere(path), 1, "{what}: another origin saw {path} too{}", lab.diag());
     };
 
     // 1. Plain HTTP by Host header.
     let r = curl(&lab, &["http://10.200.1.1/plain"]);
-    check(&lab, "curl http://10.200.1.1/plain", &r, "http", "/plain", Some(ORIGIN));
+    check(&lab, "curl http://10.200.1.1/plain", &r, ORIGIN, "http", "/plain", Some(ORIGIN));
 
     // 2. HTTP/1.0 without Host: only the original destination says where it goes.
     let r = raw_client(&lab, 80, None, "GET /x HTTP/1.0\r\n\r\n");
-    check(&lab, "raw GET /x HTTP/1.0 without Host", &r, "http", "/x", None);
+    check(&lab, "raw GET /x HTTP/1.0 without Host", &r, ORIGIN, "http", "/x", None);
     if r.body.contains(" host=- ") {
         // Sluice forwards this as HTTP/1.1 without a Host field (RFC 9112 3.2 wants one);
         // lenient origins answer, strict ones (nginx, ...) answer 400.
@@ -550,11 +611,11 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
     //    200 means Sluice intercepted with a forged leaf for the IP (not a passthrough).
     let ca = sluice_ca.to_str().unwrap();
     let r = curl(&lab, &["--cacert", ca, "https://10.200.1.1/tls"]);
-    check(&lab, "curl --cacert <sluice CA> https://10.200.1.1/tls", &r, "https", "/tls", Some(ORIGIN));
+    check(&lab, "curl --cacert <sluice CA> https://10.200.1.1/tls", &r, ORIGIN, "https", "/tls", Some(ORIGIN));
 
     // 4. TLS, no SNI and no Host: the original destination (port 443) again.
     let r = raw_client(&lab, 443, Some(&sluice_ca), "GET /t HTTP/1.0\r\n\r\n");
-    check(&lab, "TLS GET /t HTTP/1.0 without Host or SNI", &r, "https", "/t", None);
+    check(&lab, "TLS GET /t HTTP/1.0 without Host or SNI", &r, ORIGIN, "https", "/t", None);
 
     // 5. A Host naming Sluice's own listener (reached through the redirect) must not loop.
     let host = format!("Host: {GATEWAY_ADDR}:{PROXY_PORT}");
@@ -567,17 +628,53 @@ fn transparent_redirect_http_and_tls_by_host_and_original_destination() {
         r.body,
         lab.diag()
     );
-    assert_eq!(lab.origin_hits("/loop"), 0, "a request for Sluice itself reached the origin{}", lab.diag());
+    assert_eq!(lab.hits_anywhere("/loop"), 0, "a request for Sluice itself reached an origin{}", lab.diag());
     eprintln!("transparent: Host {GATEWAY_ADDR}:{PROXY_PORT} answered {} ({})", r.status, r.body.trim());
 
-    // The counters saw the four forwarded requests, each once.
+    // 6. Host disagrees with the original destination: the Host wins (README: "`Host`, TLS
+    //    SNI, and in transparent mode the original destination"). The client was headed
+    //    for 10.200.1.1:80; the request names 10.200.1.2, which alone gets it.
+    let host = format!("Host: {ORIGIN_UNTRUSTED}");
+    let r = curl(&lab, &["-H", &host, "http://10.200.1.1/host-wins"]);
+    let what = "curl -H 'Host: 10.200.1.2' http://10.200.1.1/host-wins";
+    check(&lab, what, &r, ORIGIN_UNTRUSTED, "http", "/host-wins", Some(ORIGIN_UNTRUSTED));
+
+    // 7. The same inside intercepted TLS: headed for 10.200.1.2:443 (no SNI: an IP URL), the
+    //    request names 10.200.1.1, which alone gets it (10.200.1.2's certificate would not
+    //    even verify, so a 200 also shows Sluice never took the original destination).
+    let host = format!("Host: {ORIGIN}");
+    let r = curl(&lab, &["--cacert", ca, "-H", &host, "https://10.200.1.2/tls-host-wins"]);
+    let what = "curl -H 'Host: 10.200.1.1' https://10.200.1.2/tls-host-wins";
+    check(&lab, what, &r, ORIGIN, "https", "/tls-host-wins", Some(ORIGIN));
+
+    // 8. and 9. Upstream verification on the transparent TLS path. The client trusts only
+    //    Sluice's CA, so the answer comes from inside the intercepted session: a 502 saying
+    //    why, counted under its reason, and the origin never gets the request.
+    let verify_failed = |lab: &Lab, url: &str, path: &str, reason: &str, says: &[&str]| {
+        let label = format!("reason=\"{reason}\"");
+        let before = lab.metric("sluice_upstream_verify_failures_total", &label);
+        let r = curl(lab, &["--cacert", ca, url]);
+        assert_eq!(r.status, 502, "{url}: status\n{}\n\n{}{}", r.head, r.body, lab.diag());
+        let body = r.body.to_lowercase();
+        assert!(says.iter().any(|w| body.contains(w)), "{url}: the 502 does not say why ({says:?}): {:?}", r.body);
+        assert!(!body.contains("origin ip="), "{url}: origin content in the 502: {:?}", r.body);
+        assert_eq!(lab.hits_anywhere(path), 0, "{url}: an origin got the request{}", lab.diag());
+        // Counted before the 502 was written, so the response proves the count is final.
+        let after = lab.metric("sluice_upstream_verify_failures_total", &label);
+        assert_eq!(after - before, 1.0, "{url}: verify failures {{{label}}} {before} -> {after}{}", lab.diag());
+    };
+    verify_failed(&lab, "https://10.200.1.2/untrusted", "/untrusted", "unknown_issuer", &["issuer", "trusted"]);
+    verify_failed(&lab, "https://10.200.1.3/wrong-name", "/wrong-name", "wrong_name", &["name"]);
+
+    // The counters saw the six forwarded requests, each once, and the three refused ones.
     let ok_after = lab.requests_total("status_class=\"2xx\"");
     let all_after = lab.requests_total("");
-    assert_eq!(ok_after - ok_before, 4.0, "sluice_requests_total 2xx: {ok_before} -> {ok_after}{}", lab.diag());
-    assert!(all_after - all_before >= 5.0, "sluice_requests_total: {all_before} -> {all_after}{}", lab.diag());
-    let hits = lab.log("origin.stdout").lines().filter(|l| l.starts_with("request ")).count();
-    assert_eq!(hits, 4, "origin requests{}", lab.diag());
-    assert!(matches!(lab.children[1].try_wait(), Ok(None)), "sluice exited{}", lab.diag());
+    assert_eq!(ok_after - ok_before, 6.0, "sluice_requests_total 2xx: {ok_before} -> {ok_after}{}", lab.diag());
+    assert!(all_after - all_before >= 9.0, "sluice_requests_total: {all_before} -> {all_after}{}", lab.diag());
+    let hits = |log: &str| lab.log(&format!("{log}.stdout")).lines().filter(|l| l.starts_with("request ")).count();
+    let seen: Vec<usize> = ORIGIN_LOGS.iter().map(|(_, log)| hits(log)).collect();
+    assert_eq!(seen, [5, 1, 0], "requests at {:?}{}", ORIGIN_LOGS.map(|(ip, _)| ip), lab.diag());
+    assert!(matches!(lab.children[sluice].try_wait(), Ok(None)), "sluice exited{}", lab.diag());
     eprintln!(
         "transparent: ok in {:.1?} (requests_total {all_before} -> {all_after}, 2xx {ok_before} -> {ok_after})",
         started.elapsed()
