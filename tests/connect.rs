@@ -119,7 +119,8 @@ fn connect_to_port_not_allowed_is_403() {
     )
     .expect("a response to a refused CONNECT");
     assert_eq!(r.status, 403, "{}", r.describe());
-    thread::sleep(Duration::from_millis(200));
+    // Done with the client means done deciding: a connect would have been made by now.
+    proxy.wait_no_clients("after the refused CONNECT");
     assert_eq!(echo.accepts.load(std::sync::atomic::Ordering::SeqCst), 0, "the proxy connected to a port it refused");
 
     // curl -p sees the refusal too.

@@ -264,7 +264,10 @@ fn pooled_upstream_connection_is_reused_across_clients() {
         let r = c.get(&origin.host(), "/bytes/100");
         assert_eq!(r.status, 200, "client {i}: {}", r.describe());
         drop(c);
-        std::thread::sleep(Duration::from_millis(50));
+        // The next client comes once the origin connection is parked for reuse.
+        if let Err(e) = proxy.wait_metric("sluice_upstream_pool_idle", Duration::from_secs(5), |v| v == 1.0) {
+            panic!("after client {i}: the origin connection was not pooled: {e}");
+        }
     }
     assert_eq!(
         origin.accepts(),
@@ -285,7 +288,9 @@ fn origin_closing_pooled_connections_never_fails_a_request() {
         let r = c.get(&origin.host(), "/bytes/1000");
         assert_eq!(r.status, 200, "request {i} after the origin closed idle: {}", r.describe());
         assert_bytes_eq(&r.body, &pattern(1000), "body");
-        std::thread::sleep(Duration::from_millis(250));
+        // The origin closes the now idle connection (after 100 ms): the next request
+        // must not be handed to the dead pooled connection.
+        origin.wait_all_closed(&format!("after request {i}"));
     }
     for i in 0..30 {
         let r = c.get(&origin.host(), "/abrupt/500");

@@ -35,11 +35,19 @@ fn refused_with(req: &str, want: &[u16], seen: Seen, config: &str) {
         excerpt(req.as_bytes()),
         resp.as_ref().unwrap().describe()
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // The proxy is done with the client once its slot is freed, and the origin with every
+    // connection it accepted once none is open: whatever was forwarded has been seen.
+    proxy.wait_no_clients("after the refusal");
+    origin.wait_all_closed("after the refusal");
     let heads = origin.heads();
     assert!(!heads.iter().any(|h| h.contains("smuggled")), "the origin received the smuggled request: {heads:?}");
     match seen {
-        Seen::Nothing => assert!(heads.is_empty(), "the origin must not see a refused request; it saw {heads:?}"),
+        Seen::Nothing => {
+            assert!(heads.is_empty(), "the origin must not see a refused request; it saw {heads:?}");
+            let asked = proxy.metric("sluice_upstream_pool_misses_total").unwrap_or(0.0)
+                + proxy.metric("sluice_upstream_pool_hits_total").unwrap_or(0.0);
+            assert_eq!(asked, 0.0, "the proxy looked for an upstream connection for a refused head");
+        }
         Seen::NoCompleteRequest => {
             assert_eq!(origin.complete(), 0, "the origin received a complete request from a refused one: {heads:?}")
         }
@@ -283,11 +291,16 @@ fn bad_request_after_a_good_one_on_the_same_connection() {
     assert_bytes_eq(&r.body, &pattern(10), "first response");
     let r = c.response();
     assert_eq!(r.status, 400, "{}", r.describe());
-    std::thread::sleep(Duration::from_millis(300));
-    let heads = origin.heads();
-    assert_eq!(heads.len(), 1, "origin saw {heads:?}");
     // After a framing error the connection must be closed, not read further.
     if let Err(e) = c.wait_closed(Duration::from_secs(5)) {
         panic!("connection kept open after a 400 for CL+TE: {e}");
     }
+    drop(c);
+    proxy.wait_no_clients("after the 400");
+    // The first request's origin connection stays pooled; the origin has read every head
+    // the proxy wrote on it once the pooled connection is closed.
+    drop(proxy);
+    origin.wait_all_closed("after the proxy exited");
+    let heads = origin.heads();
+    assert_eq!(heads.len(), 1, "origin saw {heads:?}");
 }

@@ -190,14 +190,11 @@ fn ready_is_sent_once_the_listener_accepts() {
     // READY=1 promises a working listener: no retry loop here.
     assert!(sluice.accepts(), "READY=1 arrived but {} refuses connections", sluice.listen);
     assert!(!ns.seen[..ready].iter().any(|l| l == "STOPPING=1"), "{:?}", ns.seen);
-    // Exactly one READY=1 at start-up.
-    std::thread::sleep(Duration::from_millis(300));
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = ns.sock.recv(&mut buf) {
-        let text = String::from_utf8_lossy(&buf[..n]).into_owned();
-        ns.seen.extend(text.split('\n').filter(|l| !l.is_empty()).map(String::from));
-    }
-    assert_eq!(ns.seen.iter().filter(|l| *l == "READY=1").count(), 1, "{:?}", ns.seen);
+    // Exactly one READY=1 at start-up. Datagrams from one sender arrive in order, so
+    // once STOPPING=1 (sent after a SIGTERM) is here, every start-up message is too.
+    sluice.signal("TERM");
+    let stopping = ns.wait_for("STOPPING=1", ready + 1, Duration::from_secs(10), &mut sluice);
+    assert_eq!(ns.seen[..stopping].iter().filter(|l| *l == "READY=1").count(), 1, "{:?}", ns.seen);
 }
 
 #[test]
