@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Sluice benchmark harness: Sluice, HAProxy and nginx doing the same proxy job on the same
-# cores, side by side, in one run. See bench/README.md.
+# cores, side by side, in one run (Sluice on its defaults). See bench/README.md.
 #
 #   bench/run.sh [--quick] [--only SCENARIO[,SCENARIO...]] [--rounds N] [--duration SECONDS]
 #                [--cpu-cap PERCENT] [--out DIR] [--no-build]
 #
-# Scenarios: ka1k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake (all by default).
-# Environment: SLUICE_BIN=PATH uses that binary and skips the build; BENCH_LOAD_CPU and
-# BENCH_PROXY_CPU (default 0 and 1) choose the cores; BENCH_DELAY_MS (default 10) paces
-# paced1k. In the capacity scenarios (ka1k ka64k close1k post1m tls_ka1k) each proxy runs
-# in a cgroup with a CPU quota of PERCENT of one core (10 ms periods; default 50), so that
-# the proxy rather than the load generator is the bottleneck; --cpu-cap 0 runs them
-# uncapped. paced1k, tunnel, idle and tls_handshake always run uncapped.
+# Scenarios: ka1k browse ka10k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake
+# (all by default). Environment: SLUICE_BIN=PATH uses that binary and skips the build;
+# BENCH_LOAD_CPU and BENCH_PROXY_CPU (default 0 and 1) choose the cores; BENCH_DELAY_MS
+# (default 10) paces paced1k; BENCH_KEEP_LOGS=DIR keeps the run's logs there (client output,
+# proxy logs, Sluice's metrics at each stop, nginx error logs). In the capacity scenarios
+# (ka1k browse ka10k ka64k close1k post1m tls_ka1k) each proxy runs in a cgroup with a CPU
+# quota of PERCENT of one core (10 ms periods; default 50), so that the proxy rather than the
+# load generator is the bottleneck; --cpu-cap 0 runs them uncapped. paced1k, tunnel, idle and
+# tls_handshake always run uncapped.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,13 +21,31 @@ ROOT=$(dirname "$HERE")
 TOOLS=$HERE/tools
 PEERS=$HERE/peers
 
-ALL_SCENARIOS=(ka1k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake)
+ALL_SCENARIOS=(ka1k browse ka10k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake)
 # TLS scenarios: Sluice intercepts, HAProxy terminates with a static certificate (no nginx peer).
 TLS_PROXIES=(sluice haproxy)
 PROXIES=(sluice haproxy nginx)
+# ka1k and browse also measure haproxy_tcp, HAProxy in `mode tcp`: a plain relay of the same
+# bytes to the upstream with no HTTP work, the floor an HTTP proxy is compared with.
+FLOOR_SCENARIOS=(ka1k browse)
+proxies_for() { # the proxies a wrk scenario measures, in the order of its first round
+    if [[ " ${FLOOR_SCENARIOS[*]} " == *" $1 "* ]]; then
+        echo sluice haproxy haproxy_tcp nginx
+    elif [[ $1 == ka10k ]] && ! ka10k_nginx_fits; then
+        echo sluice haproxy
+    else
+        echo "${PROXIES[@]}"
+    fi
+}
+# nginx counts every client connection and every upstream connection against its
+# worker_connections (the open-files limit, less 100). With 10,000 busy clients it holds up to
+# one upstream connection per request in flight, beyond its idle cached ones: below room for
+# twice the clients it runs out, closes keep-alive clients ("worker_connections are not
+# enough, reusing connections") and wrk counts read errors. It is left out of ka10k then.
+ka10k_nginx_fits() { ((NOFILE >= 2 * KA10K_CONNS + 2000)); }
 
 usage() {
-    sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -41,7 +61,7 @@ DEFAULT_CPU_CAP=50
 # Scenarios that measure capacity (CPU per request and req/s with the proxy as the
 # bottleneck). tls_handshake is not one: its Python client is slower than any proxy, and
 # a quota would only throttle the peer whose handshakes cost more.
-CAPPED_SCENARIOS=(ka1k ka64k close1k post1m tls_ka1k)
+CAPPED_SCENARIOS=(ka1k browse ka10k ka64k close1k post1m tls_ka1k)
 [[ -n "${SLUICE_BIN:-}" ]] && BUILD=0
 while (($#)); do
     case $1 in
@@ -64,11 +84,13 @@ if [[ $MODE == quick ]]; then
     WARMUP=1
     TUNNEL_BYTES=$((1 << 30))
     IDLE_COUNT=2000
+    KA10K_CONNS=10000
 else
     : "${ROUNDS:=3}" "${DURATION:=8}"
     WARMUP=1
     TUNNEL_BYTES=$((3 << 30))
     IDLE_COUNT=10000
+    KA10K_CONNS=10000
 fi
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds must be a positive integer" >&2; exit 2; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "bench: --duration must be whole seconds" >&2; exit 2; }
@@ -133,6 +155,11 @@ cleanup() {
         echo "bench: warning: still listening after cleanup: $busy" >&2
     fi
     [[ -n $CGROUP && -d $CGROUP ]] && { rmdir "$CGROUP" 2>/dev/null || echo "bench: warning: could not remove $CGROUP" >&2; }
+    if [[ -n ${BENCH_KEEP_LOGS:-} && -n $TMP && -d $TMP/logs ]]; then
+        mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$TMP/logs/." "$BENCH_KEEP_LOGS/" &&
+            for f in upstream nginx-proxy; do [[ -f $TMP/$f/error.log ]] && cp "$TMP/$f/error.log" "$BENCH_KEEP_LOGS/$f-error.log"; done
+        echo "bench: logs kept in $BENCH_KEEP_LOGS" >&2
+    fi
     [[ -n $TMP && -d $TMP ]] && rm -rf "$TMP"
     exit "$rc"
 }
@@ -206,13 +233,18 @@ SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
 setup_cgroup() {
     if [[ -w /sys/fs/cgroup/cpu/cgroup.procs ]]; then
         CGROUP=/sys/fs/cgroup/cpu/sluice-bench-$$
-        mkdir "$CGROUP" && echo 10000 >"$CGROUP/cpu.cfs_period_us" && echo $((CPU_CAP * 100)) >"$CGROUP/cpu.cfs_quota_us" ||
-            { CGROUP_ERR="could not set up the cgroup"; return 1; }
+        if ! { mkdir "$CGROUP" && echo 10000 >"$CGROUP/cpu.cfs_period_us" && echo $((CPU_CAP * 100)) >"$CGROUP/cpu.cfs_quota_us"; }; then
+            CGROUP_ERR="could not set up the cgroup"
+            return 1
+        fi
     elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
         grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control ||
             { CGROUP_ERR="could not enable the cgroup v2 cpu controller"; return 1; }
         CGROUP=/sys/fs/cgroup/sluice-bench-$$
-        mkdir "$CGROUP" && echo "$((CPU_CAP * 100)) 10000" >"$CGROUP/cpu.max" || { CGROUP_ERR="could not set up the cgroup"; return 1; }
+        if ! { mkdir "$CGROUP" && echo "$((CPU_CAP * 100)) 10000" >"$CGROUP/cpu.max"; }; then
+            CGROUP_ERR="could not set up the cgroup"
+            return 1
+        fi
     else
         CGROUP_ERR="no writable cgroup cpu controller (v1 /sys/fs/cgroup/cpu or v2 cpu.max)"
         return 1
@@ -235,6 +267,13 @@ NOFILE=$(ulimit -n)
 if ((IDLE_COUNT > NOFILE - 1000)); then
     log "open-files limit is $NOFILE: idle scenario reduced from $IDLE_COUNT to $((NOFILE - 1000)) clients"
     IDLE_COUNT=$((NOFILE - 1000))
+fi
+# ka10k: wrk and the proxy each hold one descriptor per client, the proxy also one per
+# upstream connection (as many as it has requests in flight to the origin at once): leave
+# it 2,000 of those under the limit (each process has its own).
+if ((KA10K_CONNS > NOFILE - 2000)); then
+    log "open-files limit is $NOFILE: ka10k reduced from $KA10K_CONNS to $((NOFILE - 2000)) clients"
+    KA10K_CONNS=$((NOFILE - 2000))
 fi
 
 # ------------------------------------------------------------------------------------
@@ -272,18 +311,41 @@ render() { # render TEMPLATE > OUTPUT, replacing @NAME@ placeholders
 }
 render "$HERE/upstream/nginx.conf.tmpl" "$TMP/upstream.conf"
 render "$PEERS/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
+render "$PEERS/haproxy-tcp.cfg.tmpl" "$TMP/haproxy-tcp.cfg"
 render "$PEERS/haproxy-tls.cfg.tmpl" "$TMP/haproxy-tls.cfg"
 render "$PEERS/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf"
 render "$PEERS/sluice.toml.tmpl" "$TMP/sluice.toml"
 
-# Bodies: 1 KiB and 64 KiB of printable bytes; a 64 MiB source for the tunnel transfers.
-python3 - "$TMP/www" <<'EOF'
-import sys, os
-d = sys.argv[1]
+# Bodies: 1 KiB and 64 KiB of printable bytes; the browse scenario's site: 20 resources of
+# a shop's product page, 4-30 KiB each (mean 14.5 KiB), listed with their kind (which Accept
+# and Sec-Fetch-* headers tools/browse.lua sends for them) in BROWSE_LIST; a 64 MiB source
+# for the tunnel transfers.
+BROWSE_LIST=$TMP/browse.list
+export BENCH_BROWSE_LIST=$BROWSE_LIST # read by tools/browse.lua
+python3 - "$TMP/www" "$BROWSE_LIST" <<'EOF'
+import sys, os, random
+d, listing = sys.argv[1], sys.argv[2]
 pattern = bytes(range(33, 127))
 for name, size in (("1k", 1024), ("64k", 65536)):
     with open(os.path.join(d, name), "wb") as f:
         f.write((pattern * (size // len(pattern) + 1))[:size])
+SITE = [  # path, kind (tools/browse.lua), KiB
+    ("/b/index.html", "document", 27), ("/b/css/main.css", "style", 22), ("/b/css/theme.css", "style", 6),
+    ("/b/js/vendor.js", "script", 30), ("/b/js/app.js", "script", 18), ("/b/js/analytics.js", "script", 9),
+    ("/b/img/logo.svg", "image", 4), ("/b/img/hero.webp", "image", 29), ("/b/img/p1.webp", "image", 12),
+    ("/b/img/p2.webp", "image", 15), ("/b/img/p3.webp", "image", 10), ("/b/img/p4.webp", "image", 19),
+    ("/b/img/p5.webp", "image", 8), ("/b/img/p6.webp", "image", 14), ("/b/img/icons.svg", "image", 5),
+    ("/b/img/banner.webp", "image", 21), ("/b/fonts/inter.woff2", "font", 25), ("/b/api/cart.json", "empty", 4.5),
+    ("/b/api/recs.json", "empty", 7), ("/b/favicon.ico", "image", 4),
+]
+rnd = random.Random(11)
+with open(listing, "w") as out:
+    for path, kind, kib in SITE:
+        f = os.path.join(d, path.lstrip("/"))
+        os.makedirs(os.path.dirname(f), exist_ok=True)
+        with open(f, "wb") as g:
+            g.write(bytes(rnd.choice(pattern) for _ in range(int(kib * 1024))))
+        out.write("%s %s %d\n" % (path, kind, int(kib * 1024)))
 EOF
 chmod -R a+rX "$TMP/www"
 TUNNEL_SRC=$TMP/tunnel.src
@@ -306,6 +368,7 @@ META=$TMP/meta.txt
     echo "warmup=$WARMUP"
     echo "tunnel_bytes=$TUNNEL_BYTES"
     echo "idle_count=$IDLE_COUNT"
+    echo "ka10k_conns=$KA10K_CONNS"
     echo "delay_ms=$DELAY_MS"
     echo "load_cpu=$LOAD_CPU"
     echo "proxy_cpu=$PROXY_CPU"
@@ -364,16 +427,43 @@ print(data.split(b" ")[1].decode(), len(data.split(b"\r\n\r\n", 1)[1]))
 EOF
     ) || die "upstream nginx answers wrongly over TLS"
     [[ $got == "200 1024" ]] || die "upstream nginx answers wrongly over TLS: $got"
+    # The browse site: every resource at its size, with the static-asset headers; and the
+    # request counter ka10k reads.
+    got=$(python3 - "$UP_PORT" "$BROWSE_LIST" <<'EOF'
+import http.client, sys
+port, listing = int(sys.argv[1]), sys.argv[2]
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+bad, nheaders = [], set()
+for line in open(listing):
+    path, kind, size = line.split()
+    c.request("GET", path)
+    r = c.getresponse()
+    body = r.read()
+    nheaders.add(len(r.getheaders()))
+    if r.status != 200 or len(body) != int(size) or not r.getheader("ETag") or not r.getheader("Cache-Control"):
+        bad.append("%s: %s, %d bytes" % (path, r.status, len(body)))
+c.request("GET", "/bench-status")
+r = c.getresponse()
+status = r.read().decode()
+if r.status != 200 or "requests" not in status:
+    bad.append("/bench-status: %s" % r.status)
+print("; ".join(bad) or "ok %s" % ",".join(map(str, sorted(nheaders))))
+EOF
+    ) || die "upstream nginx answers wrongly (browse site)"
+    [[ $got == ok* ]] || die "upstream nginx answers wrongly (browse site): $got"
+    BROWSE_RESPONSE_HEADERS=${got#ok }
 }
 
 # start_proxy NAME TAG: starts a proxy pinned to PROXY_CPU; sets PROXY_PID, PROXY_PIDS,
 # PROXY_LOG. Returns 1 (and records the failure) if it does not come up.
 PROXY_PID=""
-PROXY_PIDS=""
+PROXY_PIDS=() # the proxy's process and its children (nginx's workers)
+PROXY_NAME=""
 PROXY_LOG=""
 PROXY_TLS=0 # 1 in the tls_* scenarios: Sluice gets the origin's CA and name, HAProxy its TLS config
 start_proxy() {
     local name=$1 tag=$2
+    PROXY_NAME=$name
     LOGN=$((LOGN + 1))
     PROXY_LOG=$TMP/logs/$LOGN-$name-$tag.log
     case $name in
@@ -386,20 +476,22 @@ start_proxy() {
             local cfg=$TMP/haproxy.cfg
             ((PROXY_TLS)) && cfg=$TMP/haproxy-tls.cfg
             start_bg "$PROXY_CPU" "$PROXY_LOG" haproxy -f "$cfg" -db ;;
+        haproxy_tcp)
+            start_bg "$PROXY_CPU" "$PROXY_LOG" haproxy -f "$TMP/haproxy-tcp.cfg" -db ;;
         nginx)
             start_bg "$PROXY_CPU" "$PROXY_LOG" nginx -c "$TMP/nginx-proxy.conf" -p "$TMP/nginx-proxy" ;;
     esac
     PROXY_PID=$BG_PID
-    PROXY_PIDS=$BG_PID
+    PROXY_PIDS=("$BG_PID")
     local port=$PROXY_PORT
     if ! python3 "$TOOLS/proc.py" wait-port "$port" 10 || ! kill -0 "$PROXY_PID" 2>/dev/null; then
         return 1
     fi
     sleep 0.2 # let nginx fork its worker
-    PROXY_PIDS=$(python3 "$TOOLS/proc.py" tree "$PROXY_PID" | tr '\n' ' ')
+    mapfile -t PROXY_PIDS < <(python3 "$TOOLS/proc.py" tree "$PROXY_PID")
     if [[ -n $CGROUP ]] && ((CAP_THIS)); then
         local p
-        for p in $PROXY_PIDS; do echo "$p" 2>/dev/null >"$CGROUP/cgroup.procs" || true; done
+        for p in "${PROXY_PIDS[@]}"; do echo "$p" 2>/dev/null >"$CGROUP/cgroup.procs" || true; done
     fi
     return 0
 }
@@ -408,11 +500,16 @@ start_proxy() {
 stop_proxy() {
     local pid=$PROXY_PID rc=0 p
     [[ -n $pid ]] || return 0
+    # Sluice's counters (pool hits and misses, evictions, errors...), kept with its log.
+    if [[ $PROXY_NAME == sluice ]]; then
+        python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+            "http://127.0.0.1:$ADMIN_PORT/metrics" >"$PROXY_LOG.metrics" 2>&1 || true
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL $PROXY_PIDS 2>/dev/null
+    kill -0 "$pid" 2>/dev/null && kill -KILL "${PROXY_PIDS[@]}" 2>/dev/null
     wait "$pid" 2>/dev/null || rc=$?
-    for p in $PROXY_PIDS; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
+    for p in "${PROXY_PIDS[@]}"; do kill -0 "$p" 2>/dev/null && kill -KILL "$p" 2>/dev/null; done
     forget "$pid"
     PROXY_PID=""
     # The port must be free again before the next proxy binds it.
@@ -421,6 +518,9 @@ stop_proxy() {
 }
 
 snap() { python3 "$TOOLS/proc.py" snap "$LOAD_CPU" "$PROXY_CPU" "$@"; }
+# snap, plus the upstream's counters of requests served and connections accepted (its
+# stub_status): the HTTP scenarios record the connections each proxy opened to the upstream.
+snapreq() { python3 "$TOOLS/proc.py" snapreq "$UP_PORT" "$LOAD_CPU" "$PROXY_CPU" "$@"; }
 record() { python3 "$TOOLS/record.py" --out "$RAW" --clk-tck "$CLK_TCK" "$@"; }
 
 # proxy_died SCENARIO NAME ROUND: if the proxy is gone, record it and return 0.
@@ -455,10 +555,16 @@ rotate() { # rotate ROUND ITEMS... : the items starting at position ROUND (alter
 # Scenarios.
 # ------------------------------------------------------------------------------------
 WRK_ARGS=()
+WRK_TIMEOUT=5s
 wrk_args() {
     local host=(-H "Host: 127.0.0.1:$UP_PORT")
+    WRK_TIMEOUT=5s
     case $1 in
         ka1k) WRK_ARGS=(-c64 "${host[@]}" "http://127.0.0.1:$PROXY_PORT/1k") ;;
+        browse) WRK_ARGS=(-c256 "${host[@]}" -s "$TOOLS/browse.lua" "http://127.0.0.1:$PROXY_PORT/") ;;
+        # Latencies above wrk's --timeout are left out of its percentiles: with 10,000
+        # clients queued on one proxy a request waits about 10,000 / (req/s) on average.
+        ka10k) WRK_ARGS=(-c"$KA10K_CONNS" "${host[@]}" "http://127.0.0.1:$PROXY_PORT/1k"); WRK_TIMEOUT=60s ;;
         ka64k) WRK_ARGS=(-c64 "${host[@]}" "http://127.0.0.1:$PROXY_PORT/64k") ;;
         close1k) WRK_ARGS=(-c64 "${host[@]}" -H "Connection: close" "http://127.0.0.1:$PROXY_PORT/1k") ;;
         post1m) WRK_ARGS=(-c16 "${host[@]}" -s "$TOOLS/post.lua" "http://127.0.0.1:$PROXY_PORT/post") ;;
@@ -467,14 +573,15 @@ wrk_args() {
 }
 
 run_wrk() { # run_wrk SECONDS OUTFILE
-    run_fg taskset -c "$LOAD_CPU" wrk -t1 -d"$1s" --timeout 5s --latency "${WRK_ARGS[@]}" >"$2" 2>&1
+    run_fg taskset -c "$LOAD_CPU" wrk -t1 -d"$1s" --timeout "$WRK_TIMEOUT" --latency "${WRK_ARGS[@]}" >"$2" 2>&1
 }
 
 scenario_wrk() {
-    local sc=$1 r name out c0 c1 st
+    local sc=$1 r name out c0 c1 st proxies
     wrk_args "$sc"
+    read -r -a proxies <<<"$(proxies_for "$sc")"
     for ((r = 1; r <= ROUNDS; r++)); do
-        for name in $(rotate $((r - 1)) "${PROXIES[@]}"); do
+        for name in $(rotate $((r - 1)) "${proxies[@]}"); do
             log "$sc: round $r/$ROUNDS: $name"
             if ! start_proxy "$name" "$sc-r$r"; then
                 record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
@@ -484,15 +591,68 @@ scenario_wrk() {
             out=$TMP/logs/$LOGN-$name-$sc-r$r.wrk
             run_wrk "$WARMUP" "$out.warmup" || true
             if proxy_died "$sc" "$name" "$r"; then continue; fi
-            c0=$(snap $PROXY_PIDS)
+            c0=$(snapreq "${PROXY_PIDS[@]}")
             if ! run_wrk "$DURATION" "$out"; then
                 record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
                     --error "wrk failed: $(tail -3 "$out" | tr '\n' ' ')"
             else
-                c1=$(snap $PROXY_PIDS)
+                c1=$(snapreq "${PROXY_PIDS[@]}")
                 if ! proxy_died "$sc" "$name" "$r"; then
                     record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --snap "$c0" "$c1" \
                         --wrk "$out" --log "$PROXY_LOG"
+                fi
+            fi
+            st=0; stop_proxy || st=$?
+            after_stop "$sc" "$name" "$r" "$st"
+        done
+    done
+}
+
+# ka10k: KA10K_CONNS keep-alive clients, all busy (one wrk thread: a thread drives 10,000
+# connections; a second wrk on the same load core would add no capacity). The 10,000
+# connection set-ups are kept out of the measurement: wrk runs until it is stopped; once
+# every client is connected (established sockets on the proxy port) and WARMUP more seconds
+# have passed, the window of DURATION seconds starts, and its requests are counted at the
+# upstream (nginx stub_status, read with each CPU snapshot), since wrk only counts over its
+# whole run. Latencies are wrk's, over its whole run.
+scenario_ka10k() {
+    local sc=ka10k r name out c0 c1 st wpid proxies
+    wrk_args "$sc"
+    read -r -a proxies <<<"$(proxies_for "$sc")"
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) "${proxies[@]}"); do
+            log "$sc: round $r/$ROUNDS: $name ($KA10K_CONNS clients)"
+            if ! start_proxy "$name" "$sc-r$r"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
+                st=0; stop_proxy || st=$?
+                continue
+            fi
+            out=$TMP/logs/$LOGN-$name-$sc-r$r.wrk
+            start_bg "$LOAD_CPU" "$out" wrk -t1 -d3600s --timeout "$WRK_TIMEOUT" --latency "${WRK_ARGS[@]}"
+            wpid=$BG_PID
+            c0=""
+            if ! python3 "$TOOLS/proc.py" wait-conns "$PROXY_PORT" "$KA10K_CONNS" 60 >"$out.conns"; then
+                proxy_died "$sc" "$name" "$r" ||
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                        --error "only $(cat "$out.conns") of $KA10K_CONNS clients connected after 60 s"
+            else
+                run_fg sleep "$WARMUP"
+                if ! proxy_died "$sc" "$name" "$r"; then
+                    c0=$(snapreq "${PROXY_PIDS[@]}")
+                    run_fg sleep "$DURATION"
+                    c1=$(snapreq "${PROXY_PIDS[@]}")
+                fi
+            fi
+            kill -INT "$wpid" 2>/dev/null || true # wrk prints its summary on SIGINT
+            st=0; wait "$wpid" 2>/dev/null || st=$?
+            forget "$wpid"
+            if [[ -n $c0 ]] && ! proxy_died "$sc" "$name" "$r"; then
+                if ((st != 0)) || ! grep -q 'requests in' "$out"; then
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                        --error "wrk failed: $(tail -3 "$out" | tr '\n' ' ')"
+                else
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --set "clients=$KA10K_CONNS" \
+                        --snap "$c0" "$c1" --upstream-window --wrk "$out" --log "$PROXY_LOG"
                 fi
             fi
             st=0; stop_proxy || st=$?
@@ -514,7 +674,7 @@ scenario_tunnel() {
                 haproxy) args=(--to "127.0.0.1:$TCP_PORT") ;;
                 direct) args=(--to "127.0.0.1:$SINK_PORT") ;;
             esac
-            PROXY_PIDS="" PROXY_LOG=/dev/null
+            PROXY_PIDS=() PROXY_LOG=/dev/null
             if [[ $name != direct ]] && ! start_proxy "$name" "tunnel-r$r"; then
                 record --set scenario=tunnel --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
                 st=0; stop_proxy || st=$?
@@ -524,9 +684,9 @@ scenario_tunnel() {
             out=$TMP/logs/$LOGN-$name-tunnel-r$r.json
             # Warm-up: 256 MiB through the same path.
             run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/tunnel.py" send "${args[@]}" --bytes $((256 << 20)) --file "$TUNNEL_SRC" >/dev/null 2>"$out.err" || true
-            c0=$(snap $PROXY_PIDS)
+            c0=$(snap "${PROXY_PIDS[@]}")
             if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/tunnel.py" send "${args[@]}" --bytes "$TUNNEL_BYTES" --file "$TUNNEL_SRC" >"$out" 2>"$out.err"; then
-                c1=$(snap $PROXY_PIDS)
+                c1=$(snap "${PROXY_PIDS[@]}")
                 if [[ $name == direct ]] || ! proxy_died tunnel "$name" "$r"; then
                     record --set scenario=tunnel --set "proxy=$name" --set "round=$r" --json "$out" --snap "$c0" "$c1" --log "$PROXY_LOG"
                 fi
@@ -560,7 +720,7 @@ scenario_idle() {
             out=$TMP/logs/$LOGN-$name-idle-r$r.json
             if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/idle.py" --target "127.0.0.1:$PROXY_PORT" \
                 --host "127.0.0.1:$UP_PORT" --path /1k --count "$IDLE_COUNT" \
-                --pids "$(echo $PROXY_PIDS | tr ' ' ,)" >"$out" 2>"$out.err"; then
+                --pids "$(IFS=,; echo "${PROXY_PIDS[*]}")" >"$out" 2>"$out.err"; then
                 if ! proxy_died idle "$name" "$r"; then
                     record --set scenario=idle --set "proxy=$name" --set "round=$r" --json "$out" --log "$PROXY_LOG"
                 fi
@@ -592,7 +752,9 @@ EOF
 }
 
 certs_set() { # certs_set NAME BEFORE AFTER: --set arguments with the cert counter deltas
-    local b=($2) a=($3)
+    local b a
+    read -r -a b <<<"$2"
+    read -r -a a <<<"$3"
     [[ ${b[0]} != - && ${a[0]} != - ]] || return 0
     echo "--set certs_minted=$((a[0] - b[0])) --set cert_cache_hits=$((a[1] - b[1]))"
 }
@@ -619,12 +781,12 @@ scenario_tls_ka1k() {
             run_h2load "$WARMUP" "$out.warmup" || true
             if proxy_died "$sc" "$name" "$r"; then continue; fi
             m0=$(sluice_cert_counts "$name")
-            c0=$(snap $PROXY_PIDS)
+            c0=$(snap "${PROXY_PIDS[@]}")
             if ! run_h2load "$DURATION" "$out" "$out.log"; then
                 record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
                     --error "h2load failed: $(tail -3 "$out" | tr '\n' ' ')"
             else
-                c1=$(snap $PROXY_PIDS)
+                c1=$(snap "${PROXY_PIDS[@]}")
                 m1=$(sluice_cert_counts "$name")
                 if ! proxy_died "$sc" "$name" "$r"; then
                     # shellcheck disable=SC2046
@@ -664,10 +826,10 @@ scenario_tls_handshake() {
                     --host "origin.test:$ORIGIN_TLS_PORT" --path /1k --seconds "$WARMUP" "${sni[@]}" --prefix w >/dev/null 2>&1 || true
                 if proxy_died "$sc" "$name" "$r"; then continue; fi
                 m0=$(sluice_cert_counts "$name")
-                c0=$(snap $PROXY_PIDS)
+                c0=$(snap "${PROXY_PIDS[@]}")
                 if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/tlshs.py" --to "127.0.0.1:$PROXY_PORT" \
                     --host "origin.test:$ORIGIN_TLS_PORT" --path /1k --seconds "$DURATION" "${sni[@]}" --prefix "r$r-n" >"$out" 2>"$out.err"; then
-                    c1=$(snap $PROXY_PIDS)
+                    c1=$(snap "${PROXY_PIDS[@]}")
                     m1=$(sluice_cert_counts "$name")
                     if ! proxy_died "$sc" "$name" "$r"; then
                         # shellcheck disable=SC2046
@@ -686,17 +848,45 @@ scenario_tls_handshake() {
     PROXY_TLS=0
 }
 
+# browse_check: one second of tools/browse.lua straight at the upstream, with the heads
+# printed (`-- print`): the script works, every answer is a 200, and the run's metadata gets
+# the size of the request heads and the number of response headers.
+browse_check() {
+    local out=$TMP/logs/browse-check.wrk got
+    run_fg taskset -c "$LOAD_CPU" wrk -t1 -c4 -d1s -s "$TOOLS/browse.lua" -H "Host: 127.0.0.1:$UP_PORT" \
+        "http://127.0.0.1:$UP_PORT/" -- print >"$out" 2>&1 || { tail -5 "$out" >&2; die "browse: wrk with tools/browse.lua failed"; }
+    got=$(python3 - "$out" <<'EOF'
+import re, sys
+text = open(sys.argv[1], "rb").read().decode("latin-1")
+heads = [h for h in re.findall(r"GET \S+ HTTP/1\.1\r\n.*?\r\n\r\n", text, re.S)]
+if not heads or "Non-2xx" in text or "requests in" not in text:
+    sys.exit("no heads or non-2xx answers")
+sizes = [len(h) for h in heads]
+counts = [h.count("\r\n") - 2 for h in heads]
+print("%d-%d bytes (mean %.0f), %d-%d headers" % (min(sizes), max(sizes), sum(sizes) / len(sizes), min(counts), max(counts)))
+EOF
+    ) || { tail -5 "$out" >&2; die "browse: tools/browse.lua sent no heads or got non-2xx answers from the upstream"; }
+    echo "browse_request_heads=$got" >>"$META"
+    echo "browse_response_headers=$BROWSE_RESPONSE_HEADERS" >>"$META"
+    log "browse: request heads $got; responses with $BROWSE_RESPONSE_HEADERS headers"
+}
+
 # ------------------------------------------------------------------------------------
 # Main.
 # ------------------------------------------------------------------------------------
 log "$MODE run: ${SCENARIOS[*]}; $ROUNDS round(s) of ${DURATION}s; load on CPU $LOAD_CPU, proxies on CPU $PROXY_CPU${CPU_CAP:+ (capacity scenarios capped at $CPU_CAP%)}"
 start_upstream
+[[ " ${SCENARIOS[*]} " == *" browse "* ]] && browse_check
+if [[ " ${SCENARIOS[*]} " == *" ka10k "* ]] && ! ka10k_nginx_fits; then
+    log "ka10k: no nginx row: the open-files limit ($NOFILE) leaves nginx fewer worker_connections than $((2 * KA10K_CONNS + 2000)) (clients and upstream connections)"
+fi
 : >"$RAW"
 T_START=$SECONDS
 for sc in "${SCENARIOS[@]}"; do
     CAP_THIS=0
     [[ " ${CAPPED_SCENARIOS[*]} " == *" $sc "* ]] && CAP_THIS=1
     case $sc in
+        ka10k) scenario_ka10k ;;
         tunnel) scenario_tunnel ;;
         idle) scenario_idle ;;
         tls_ka1k) scenario_tls_ka1k ;;

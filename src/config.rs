@@ -88,10 +88,15 @@ pub struct Timeouts {
 /// The per-worker upstream connection pool.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
-    /// Idle connections kept per (host, port); the oldest is evicted past it.
+    /// At most this many idle connections per (host, port) (the oldest evicted past it):
+    /// a bound on descriptors, not a tuning knob (see `upstream::pool`).
     pub max_idle_per_host: usize,
-    /// Idle connections kept per worker in all.
+    /// At most this many idle connections per worker in all.
     pub max_idle_total: usize,
+    /// At most this many connections per (host, port) and worker, in use or idle; past
+    /// it requests wait in a queue for one to free up (up to `timeouts.upstream_connect`).
+    /// 0: no limit.
+    pub max_connections_per_host: usize,
     /// An idle pooled connection older than this is closed.
     pub idle_timeout: Duration,
 }
@@ -118,7 +123,12 @@ impl Default for Config {
                 io_idle: Duration::from_secs(300),
                 drain: Duration::from_secs(30),
             },
-            pool: PoolConfig { max_idle_per_host: 8, max_idle_total: 1024, idle_timeout: Duration::from_secs(30) },
+            pool: PoolConfig {
+                max_idle_per_host: 1024,
+                max_idle_total: 4096,
+                max_connections_per_host: 1024,
+                idle_timeout: Duration::from_secs(30),
+            },
             slabs_per_worker: 1024,
             cert_cache_size: 1000,
             access_log: None,
@@ -684,6 +694,7 @@ struct TimeoutsFile {
 struct PoolFile {
     max_idle_per_host: Option<Spanned<usize>>,
     max_idle_total: Option<Spanned<usize>>,
+    max_connections_per_host: Option<Spanned<usize>>,
     idle_timeout: Option<Spanned<Seconds>>,
 }
 
@@ -776,6 +787,7 @@ impl FileConfig {
         let p = self.pool.unwrap_or_default();
         t.set("pool.max_idle_per_host", p.max_idle_per_host, &mut c.pool.max_idle_per_host);
         t.set("pool.max_idle_total", p.max_idle_total, &mut c.pool.max_idle_total);
+        t.set("pool.max_connections_per_host", p.max_connections_per_host, &mut c.pool.max_connections_per_host);
         t.set_secs("pool.idle_timeout", p.idle_timeout, &mut c.pool.idle_timeout);
 
         (c, t.lines)
@@ -898,6 +910,7 @@ drain = 2.5
 [pool]
 max_idle_per_host = 4
 max_idle_total = 256
+max_connections_per_host = 100
 idle_timeout = 15
 "#;
 
@@ -940,7 +953,12 @@ idle_timeout = 15
                 io_idle: Duration::from_secs(600),
                 drain: Duration::from_millis(2500),
             },
-            pool: PoolConfig { max_idle_per_host: 4, max_idle_total: 256, idle_timeout: Duration::from_secs(15) },
+            pool: PoolConfig {
+                max_idle_per_host: 4,
+                max_idle_total: 256,
+                max_connections_per_host: 100,
+                idle_timeout: Duration::from_secs(15),
+            },
             slabs_per_worker: 2048,
             cert_cache_size: 500,
             access_log: Some("/var/log/sluice/access.log".into()),

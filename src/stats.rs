@@ -30,6 +30,12 @@ pub struct WorkerStats {
     pub pool_hits: AtomicU64,
     pub pool_misses: AtomicU64,
     pub pool_evictions: AtomicU64,
+    /// Idle upstream connections closed because they stayed unused (purge, idle timeout).
+    pub pool_purged: AtomicU64,
+    /// Requests that had to wait for a connection to their origin
+    /// (`pool.max_connections_per_host`), and how many wait now.
+    pub upstream_queued: AtomicU64,
+    pub upstream_waiting: AtomicU64,
     /// Idle upstream connections parked in the pool now.
     pub pool_idle: AtomicU64,
     /// Slabs lent out now: registered (fixed) ones, and heap ones lent past them.
@@ -280,6 +286,24 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Idle upstream connections evicted by the pool caps.",
             one(sum(|w| &w.pool_evictions)),
+        ),
+        fam(
+            "sluice_upstream_pool_purged_total",
+            C,
+            "Idle upstream connections closed because they stayed unused or idle past pool.idle_timeout.",
+            one(sum(|w| &w.pool_purged)),
+        ),
+        fam(
+            "sluice_upstream_queued_total",
+            C,
+            "Requests that waited for a connection to their origin (pool.max_connections_per_host reached).",
+            one(sum(|w| &w.upstream_queued)),
+        ),
+        fam(
+            "sluice_upstream_queue",
+            G,
+            "Requests waiting now for a connection to their origin.",
+            one(sum(|w| &w.upstream_waiting)),
         ),
         fam("sluice_upstream_pool_idle", G, "Idle upstream connections in the pools.", one(sum(|w| &w.pool_idle))),
         fam(

@@ -58,6 +58,8 @@ struct Env {
     draining: bool,
     /// Client connection slots of this worker not yet freed (admin ones excluded).
     client_slots: u64,
+    /// Queued requests whose turn came (reused between batches).
+    woken: Vec<ConnId>,
 }
 
 impl Env {
@@ -186,6 +188,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
         draining: false,
         client_slots: 0,
+        woken: Vec::new(),
         cfg,
     };
     let mut config_gen = control.generation();
@@ -239,13 +242,8 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                 Event::Worker { token, more, .. } => {
                     match token.kind {
                         KIND_DNS => {
-                            for id in env.dns.on_wake(now) {
-                                if let Some(slot) = conns.get_mut(id).filter(|s| !s.io().is_closing()) {
-                                    if let Some(c) = drive(slot, &mut env, now, conn::advance) {
-                                        env.close(&mut conns, c);
-                                    }
-                                }
-                            }
+                            let ids = env.dns.on_wake(now);
+                            resume(&mut conns, &mut env, now, &ids);
                             env.ring.poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
                         }
                         KIND_TICK => {
@@ -306,6 +304,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
             }
         }
         env.ring.recycle(cqes);
+        resume_queued(&mut conns, &mut env, now);
         if let Some(deadline) = drain_deadline {
             let listeners_closed = listeners.iter().all(|l| l.role != Role::Proxy || l.sock.is_none());
             if !deadline_passed && now >= deadline {
@@ -326,6 +325,34 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         a.flush();
     }
     Ok(())
+}
+
+/// Runs the state machines of `ids` (they waited for something outside their own I/O:
+/// a name, a connection to their origin); ids of slots freed or closing meanwhile are
+/// skipped.
+fn resume(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, ids: &[ConnId]) {
+    for &id in ids {
+        if let Some(slot) = conns.get_mut(id).filter(|s| !s.io().is_closing()) {
+            if let Some(c) = drive(slot, env, now, conn::advance) {
+                env.close(conns, c);
+            }
+        }
+    }
+}
+
+/// Gives queued requests their turn once their origin has an idle connection or room
+/// for a new one (after every batch: a connection came back, or one closed).
+fn resume_queued(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+    if env.upstreams.waiting() == 0 {
+        return;
+    }
+    let mut ids = std::mem::take(&mut env.woken);
+    env.upstreams.wake_queued(&mut ids, |id| {
+        conns.get_mut(id).is_some_and(|s| !s.io().is_closing() && s.value.is_queued_for_upstream())
+    });
+    resume(conns, env, now, &ids);
+    ids.clear();
+    env.woken = ids;
 }
 
 /// Puts a reloaded config in force for everything that is not fixed at start-up.
@@ -422,6 +449,9 @@ fn publish_ring_stats(env: &Env) {
     w.ring_completed.store(s.completed, Ordering::Relaxed);
     w.ring_backlog.store(s.backlog_now as u64, Ordering::Relaxed);
     w.pool_evictions.store(env.upstreams.stats.evictions, Ordering::Relaxed);
+    w.pool_purged.store(env.upstreams.stats.purged, Ordering::Relaxed);
+    w.upstream_queued.store(env.upstreams.stats.queued, Ordering::Relaxed);
+    w.upstream_waiting.store(env.upstreams.waiting() as u64, Ordering::Relaxed);
     w.pool_idle.store(env.upstreams.len() as u64, Ordering::Relaxed);
     let registered_in_use = env.pool.registered() - env.pool.free_registered();
     w.slabs_registered_in_use.store(registered_in_use as u64, Ordering::Relaxed);

@@ -1,8 +1,10 @@
-//! The per-worker pool of idle upstream connections (`[pool]`): capped per host
-//! (`max_idle_per_host`, default 8) and per worker across hosts (`max_idle_total`, the
-//! oldest evicted); idle ones closed after `idle_timeout` by the worker's periodic sweep,
-//! with no request needed; `sluice_upstream_pool_idle` follows. What the pool holds is
-//! checked where it shows: the origin's count of connections still open.
+//! The per-worker pool of upstream connections (`[pool]`): on the defaults a burst keeps
+//! the connections it needed for the next one (no churn); idle ones capped per host
+//! (`max_idle_per_host`) and per worker across hosts (`max_idle_total`, the oldest
+//! evicted), closed after `idle_timeout` by the worker's periodic sweep with no request
+//! needed; past `max_connections_per_host` requests queue for a connection instead of
+//! opening more, and time out with 504. What the pool holds is checked where it shows:
+//! the origin's count of connections accepted and still open.
 
 mod support;
 
@@ -14,24 +16,29 @@ use support::*;
 /// Runs `n` concurrent GET /slow/400 through one proxy worker so it opens `n` upstream
 /// connections at once, then returns once all are answered.
 fn burst(proxy: &Proxy, origin: &Origin, n: usize) {
+    let statuses = concurrent(proxy, origin, n, "/slow/400");
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+}
+
+/// `n` clients send `GET path` at the same moment; their (status, body) once all answered.
+fn concurrent(proxy: &Proxy, origin: &Origin, n: usize, path: &str) -> Vec<(u16, String)> {
     let barrier = Arc::new(Barrier::new(n));
     let addr = proxy.addr();
     let host = origin.host();
     let hs: Vec<_> = (0..n)
         .map(|_| {
             let b = barrier.clone();
-            let host = host.clone();
+            let (host, path) = (host.clone(), path.to_string());
             thread::spawn(move || {
                 let mut c = Client::connect(addr);
                 b.wait();
-                let r = c.get(&host, "/slow/400");
-                assert_eq!(r.status, 200, "{}", r.describe());
+                let r = c.get(&host, &path);
+                // Bodies of proxy-made errors say why; payloads are not worth printing.
+                (r.status, r.text().chars().take(120).filter(|c| !c.is_control()).collect())
             })
         })
         .collect();
-    for h in hs {
-        h.join().unwrap();
-    }
+    hs.into_iter().map(|h| h.join().expect("client thread")).collect()
 }
 
 #[test]
@@ -50,22 +57,21 @@ fn idle_pool_is_capped_by_max_idle_per_host() {
 }
 
 #[test]
-fn idle_pool_default_cap_is_8() {
+fn on_the_defaults_a_burst_keeps_its_connections_for_the_next_burst() {
+    // 64 concurrent clients to one origin: every origin connection the burst needed is
+    // kept (nothing closed because many are idle at once), and a second burst of the same
+    // size reuses them all instead of opening new ones (no churn).
+    const CLIENTS: usize = 64;
     let origin = Origin::start();
     let proxy = Proxy::builder("").workers(1).start();
-    burst(&proxy, &origin, 12);
-    assert!(
-        wait_until(Duration::from_secs(3), || origin.open() <= 8),
-        "default cap is 8 idle per host, {} stay open",
-        origin.open()
-    );
-    let before = origin.accepts();
-    // The kept ones are reused.
-    let mut c = proxy.client();
-    for _ in 0..5 {
-        assert_eq!(c.get(&origin.host(), "/bytes/10").status, 200);
-    }
-    assert_eq!(origin.accepts(), before, "pooled connections were not reused");
+    burst(&proxy, &origin, CLIENTS);
+    let opened = origin.accepts();
+    assert!(opened >= CLIENTS, "{CLIENTS} concurrent slow requests, {opened} upstream connections");
+    wait_pool_idle(&proxy, opened as f64, "after the first burst");
+    assert_eq!(origin.open(), opened, "the proxy closed idle connections the burst needed");
+    burst(&proxy, &origin, CLIENTS);
+    assert_eq!(origin.accepts(), opened, "the second burst opened new connections instead of reusing the idle ones");
+    assert_eq!(proxy.metric("sluice_upstream_pool_evictions_total").unwrap_or(0.0), 0.0, "a default cap bit");
 }
 
 /// `sluice_upstream_pool_idle` once it equals `want` (it is published on the worker's
@@ -134,5 +140,53 @@ fn idle_connections_are_closed_after_idle_timeout_by_the_sweep() {
     let closed_after = t0.elapsed();
     assert!(closed_after >= idle_timeout, "closed after {closed_after:?}, before idle_timeout = {idle_timeout:?}");
     wait_pool_idle(&proxy, 0.0, "after the sweep");
+    assert_eq!(origin.accepts(), 1);
+}
+
+#[test]
+fn past_max_connections_per_host_requests_wait_for_a_connection_instead_of_opening_more() {
+    let origin = Origin::start();
+    let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 2\n").workers(1).start();
+    let answers = concurrent(&proxy, &origin, 8, "/slow/200");
+    assert!(answers.iter().all(|(s, b)| *s == 200 && b == "slow"), "every queued request is served: {answers:?}");
+    assert_eq!(origin.accepts(), 2, "the proxy opened more than max_connections_per_host = 2 connections");
+    assert_eq!(origin.requests(), 8);
+    let queued = proxy.wait_metric("sluice_upstream_queued_total", Duration::from_secs(5), |v| v >= 6.0);
+    assert!(queued.is_ok(), "6 of 8 requests must have waited: {queued:?}");
+    proxy.wait_metric("sluice_upstream_queue", Duration::from_secs(5), |v| v == 0.0).expect("the queue drains");
+}
+
+#[test]
+fn a_connection_that_closes_instead_of_coming_back_gives_the_next_waiter_its_turn() {
+    // /close answers with a close-delimited body: the connection cannot be pooled, so the
+    // waiters are woken by its close (its place in the count released), not by a return.
+    let origin = Origin::start();
+    let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 1\n").workers(1).start();
+    let answers = concurrent(&proxy, &origin, 4, "/close/1000");
+    assert!(answers.iter().all(|(s, _)| *s == 200), "{answers:?}");
+    assert_eq!(origin.accepts(), 4, "one connection per request, one at a time");
+}
+
+#[test]
+fn a_request_that_waits_longer_than_upstream_connect_gets_504() {
+    let origin = Origin::start();
+    let proxy =
+        Proxy::builder("[pool]\nmax_connections_per_host = 1\n[timeouts]\nupstream_connect = 0.5\n").workers(1).start();
+    let holder = {
+        let addr = proxy.addr();
+        let host = origin.host();
+        thread::spawn(move || Client::connect(addr).get(&host, "/slow/2000").status)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || origin.requests() == 1),
+        "the first request never reached the origin"
+    );
+    let t0 = Instant::now();
+    let mut c = proxy.client();
+    let r = c.get(&origin.host(), "/bytes/10");
+    assert_eq!(r.status, 504, "{}", r.describe());
+    assert!(r.text().contains("max_connections_per_host"), "{}", r.describe());
+    assert!(t0.elapsed() >= Duration::from_millis(400), "504 after only {:?}", t0.elapsed());
+    assert_eq!(holder.join().expect("holder"), 200);
     assert_eq!(origin.accepts(), 1);
 }

@@ -9,6 +9,11 @@
                               shared with something else during a measurement), and a
                               monotonic clock in seconds
                               (TICKS is "-" when no PID is given)
+    proc.py snapreq UP_PORT CPU_A CPU_B PID...
+                              "TICKS BUSY_A BUSY_B WALL REQUESTS ACCEPTS": `snap` and then
+                              the requests the upstream nginx has served and the connections
+                              it has accepted so far (its stub_status at
+                              127.0.0.1:UP_PORT/bench-status; this query included in both)
     proc.py rss PID...        VmRSS summed over the processes, in KiB
     proc.py tree PID          PID and all its descendants, one per line
     proc.py ports N           N distinct TCP ports free on 127.0.0.1 right now (below the
@@ -18,6 +23,10 @@
                               1 after SECONDS (default 10)
     proc.py listening PORT... print those of the ports something listens on (from
                               /proc/net/tcp{,6}); exit 1 if any
+    proc.py wait-conns PORT N [SECONDS]
+                              exit 0 as soon as N established TCP connections have local
+                              port PORT (a proxy's accepted clients), 1 after SECONDS
+                              (default 60); prints the last count
 """
 import os
 import random
@@ -156,6 +165,44 @@ def listening(ports):
     return [p for p in ports if p in found]
 
 
+def upstream_counts(port):
+    """The "requests" and "accepts" figures of nginx's stub_status page."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/bench-status")
+    text = c.getresponse().read().decode()
+    c.close()
+    # Active connections: N / server accepts handled requests / A H R / Reading ...
+    accepts, _, requests = text.splitlines()[2].split()[:3]
+    return int(requests), int(accepts)
+
+
+def established(port):
+    """Established IPv4/IPv6 TCP sockets whose local port is PORT: with `ss` (a netlink dump
+    filtered in the kernel) when there is one, else from /proc/net/tcp{,6}, which is slower
+    and, read while thousands of sockets come and go, may count some twice."""
+    import shutil
+    import subprocess
+    if shutil.which("ss"):
+        out = subprocess.run(["ss", "-Htn", "state", "established", "( sport = :%d )" % port],
+                             capture_output=True, text=True)
+        if out.returncode == 0:
+            return sum(1 for line in out.stdout.splitlines() if line.strip())
+    suffix = ":%04X" % port
+    n = 0
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    parts = line.split(None, 4)
+                    if parts[3] == "01" and parts[1].endswith(suffix):
+                        n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
 def main(argv):
     if len(argv) < 2:
         sys.exit(__doc__)
@@ -166,6 +213,20 @@ def main(argv):
         a, b = int(args[0]), int(args[1])
         ticks = sum(task_ticks(int(p)) for p in args[2:]) if args[2:] else "-"
         print(ticks, core_busy(a), core_busy(b), "%.6f" % time.monotonic())
+    elif cmd == "snapreq":
+        a, b = int(args[1]), int(args[2])
+        ticks = sum(task_ticks(int(p)) for p in args[3:]) if args[3:] else "-"
+        print(ticks, core_busy(a), core_busy(b), "%.6f" % time.monotonic(), *upstream_counts(int(args[0])))
+    elif cmd == "wait-conns":
+        port, want = int(args[0]), int(args[1])
+        deadline = time.monotonic() + (float(args[2]) if len(args) > 2 else 60.0)
+        while True:
+            n = established(port)
+            if n >= want or time.monotonic() > deadline:
+                break
+            time.sleep(0.25)
+        print(n)
+        sys.exit(0 if n >= want else 1)
     elif cmd == "rss":
         print(sum(rss_kib(int(p)) for p in args))
     elif cmd == "tree":

@@ -13,7 +13,13 @@ output (errors: failed requests + 4xx/5xx), with p50_us and p99_us computed from
 --log-file (tab-separated: start, status, microseconds) given as --h2load-log. --json merges a tool's JSON object
 (tunnel.py, idle.py). --snap takes two `proc.py snap` lines taken around the run: the
 proxy's CPU ticks, both cores' busy ticks and the wall clock; it adds wall_seconds,
-load_core_busy_pct, proxy_core_busy_pct and implies --cpu. --cpu adds cpu_s (proxy
+load_core_busy_pct, proxy_core_busy_pct and implies --cpu. Two `proc.py snapreq` lines
+(two more fields: the upstream's request and accepted-connection counters) add
+upstream_requests and upstream_conns, the requests the upstream served and the connections
+the proxy opened to it over the run (its pool churn). With --upstream-window they measure a
+window inside a longer wrk run (ka10k): requests and rps are then the upstream's count over
+the window (wrk's own count over its whole run is kept as wrk_requests), latencies and
+errors still wrk's. --cpu adds cpu_s (proxy
 user+sys over the run), cpu_pct (share of one core), and with --wrk cpu_us_per_req, with
 a tunnel result cpu_s_per_gib. --error records a failed measurement (crash, refused start,
 client error); --log keeps the proxy log's tail when the measurement failed or had errors.
@@ -100,6 +106,8 @@ def main():
     p.add_argument("--cpu", nargs=2, type=int, metavar=("BEFORE", "AFTER"))
     p.add_argument("--snap", nargs=2, metavar=("BEFORE", "AFTER"),
                    help='two `proc.py snap` outputs ("TICKS LOAD_BUSY PROXY_BUSY WALL"); implies --cpu')
+    p.add_argument("--upstream-window", action="store_true",
+                   help="requests and rps from the upstream's counters in the --snap lines, not from wrk")
     p.add_argument("--clk-tck", type=int, default=100)
     p.add_argument("--wrk")
     p.add_argument("--json")
@@ -139,6 +147,16 @@ def main():
         rec["wall_seconds"] = wall
         rec["load_core_busy_pct"] = 100.0 * (int(a[1]) - int(b[1])) / args.clk_tck / wall
         rec["proxy_core_busy_pct"] = 100.0 * (int(a[2]) - int(b[2])) / args.clk_tck / wall
+        if len(a) > 5 and len(b) > 5:
+            # The second counter read counts itself: one request and one connection more
+            # than the proxy made.
+            rec["upstream_requests"] = int(a[4]) - int(b[4]) - 1
+            rec["upstream_conns"] = int(a[5]) - int(b[5]) - 1
+            if args.upstream_window and "error" not in rec:
+                rec["wrk_requests"] = rec.get("requests")
+                rec["requests"] = rec["upstream_requests"]
+                rec["seconds"] = wall
+                rec["rps"] = rec["requests"] / wall if wall else 0.0
     if args.cpu:
         rec["cpu_s"] = (args.cpu[1] - args.cpu[0]) / args.clk_tck
         if rec.get("requests"):
@@ -174,6 +192,8 @@ def summary(rec):
         parts.append("cores busy %.0f%%/%.0f%% (load/proxy)" % (rec["load_core_busy_pct"], rec["proxy_core_busy_pct"]))
     if "p99_us" in rec:
         parts.append("p50 %.2f ms p99 %.2f ms" % (rec.get("p50_us", 0) / 1e3, rec["p99_us"] / 1e3))
+    if rec.get("upstream_requests"):
+        parts.append("%.1f upstream conns opened per 1k req" % (1000.0 * rec["upstream_conns"] / rec["upstream_requests"]))
     if "gib_per_s" in rec:
         parts.append("%.2f GiB/s" % rec["gib_per_s"])
     if "cpu_s_per_gib" in rec:

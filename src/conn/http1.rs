@@ -71,6 +71,8 @@ pub(crate) enum UpstreamStep {
     #[default]
     Start,
     Resolving,
+    /// Waiting in the origin's queue for a connection (`pool.max_connections_per_host`).
+    Queued,
     Connecting {
         addrs: Vec<std::net::SocketAddr>,
         next: usize,
@@ -118,6 +120,9 @@ pub(crate) struct Exchange {
     /// Skip the pool (a retry must use a fresh connection).
     pub fresh_only: bool,
     pub upstream_step: UpstreamStep,
+    /// The place in the origin's connection count taken for a connection being dialled;
+    /// it goes to the socket once connected.
+    pub lease: Option<crate::upstream::pool::Lease>,
     pub tunnel: TunnelState,
     /// The origin is spoken to over TLS (the client came over intercepted TLS).
     pub upstream_tls: bool,
@@ -164,6 +169,7 @@ impl Exchange {
             retried: false,
             fresh_only: true,
             upstream_step: UpstreamStep::Start,
+            lease: None,
             tunnel,
             upstream_tls: false,
         }
@@ -303,6 +309,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         retried: false,
         fresh_only: false,
         upstream_step: UpstreamStep::Start,
+        lease: None,
         tunnel: TunnelState::default(),
         // Over intercepted TLS, or an absolute-form https:// target from a cleartext client.
         upstream_tls: conn.ctls.is_some() || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
@@ -691,14 +698,16 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     }
     let tls = conn.utls.take();
     if let Some(up) = conn.upstream.take() {
-        let UpstreamConn { sock, key, abandoned, .. } = up;
+        let UpstreamConn { sock, key, abandoned, lease, .. } = up;
         let tls_clean = tls.as_ref().is_none_or(|t| t.raw_in.is_empty() && !t.raw_out.is_lent() && t.failed.is_none());
         if reusable && !abandoned && tls_clean {
             let tls = tls.map(|mut t| {
                 t.release(ctx.pool);
                 t
             });
-            ctx.upstreams.put(key, crate::upstream::pool::Pooled { sock, tls }, ctx.now);
+            if let Some(lease) = lease {
+                ctx.upstreams.put(key, crate::upstream::pool::Pooled { sock, tls, lease }, ctx.now);
+            }
         } else if let Some(mut t) = tls {
             t.release(ctx.pool);
         }

@@ -139,6 +139,9 @@ pub(crate) struct UpstreamConn {
     pub reused: bool,
     /// Set when the exchange gave up on it: never pooled, closed with the connection.
     pub abandoned: bool,
+    /// Its place in the origin's connection count (`pool.max_connections_per_host`),
+    /// released when it is dropped. None for tunnels, which are not counted.
+    pub lease: Option<crate::upstream::pool::Lease>,
 }
 
 /// The facts of in-flight I/O, updated by completions, read by phase handlers.
@@ -242,6 +245,12 @@ impl Connection {
     /// True for a proxy client (not an admin endpoint connection).
     pub fn is_client(&self) -> bool {
         self.role == Role::Proxy
+    }
+
+    /// True while the exchange waits in its origin's queue for a connection.
+    pub fn is_queued_for_upstream(&self) -> bool {
+        matches!(self.phase, Phase::Upstream)
+            && self.ex.as_ref().is_some_and(|e| matches!(e.upstream_step, http1::UpstreamStep::Queued))
     }
 
     /// True between requests (nothing in flight that a drain should wait for).
@@ -706,7 +715,12 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         }
         Phase::Upstream => {
             conn.abandon_upstream(io, ctx);
-            let r = crate::h1::error_response(504, "upstream connect timed out");
+            let why = if conn.is_queued_for_upstream() {
+                "no connection to the origin became free in time (pool.max_connections_per_host)"
+            } else {
+                "upstream connect timed out"
+            };
+            let r = crate::h1::error_response(504, why);
             conn.respond(io, ctx, &r, true)
         }
         Phase::ResponseHead | Phase::SendRequest => {

@@ -8,7 +8,7 @@ use crate::h1;
 use crate::stats;
 use crate::upstream::dns::Lookup;
 use crate::upstream::is_own_listener;
-use crate::upstream::pool::PoolKey;
+use crate::upstream::pool::{Acquired, PoolKey, Pooled, Want};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -17,6 +17,12 @@ use uring::{Io, Op};
 /// Where the exchange goes once the upstream is ready.
 fn resume(conn: &mut Connection, ctx: &mut Ctx<'_>) -> NextStep {
     let connect = conn.ex.as_ref().is_some_and(|e| e.is_connect);
+    // A new connection's place in its origin's count now goes with the socket.
+    if let (Some(ex), Some(up)) = (conn.ex.as_mut(), conn.upstream.as_mut()) {
+        if let Some(lease) = ex.lease.take() {
+            up.lease = Some(lease);
+        }
+    }
     // A finished DNS + TCP (+ TLS) leg: time it (pool hits have no start time).
     if let Some(started) = conn.ex.as_mut().and_then(|ex| ex.connect_started.take()) {
         ctx.stats.upstream_connect.observe(ctx.now.saturating_duration_since(started));
@@ -40,25 +46,43 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         return NextStep::Close;
     };
     match &mut ex.upstream_step {
-        UpstreamStep::Start => {
-            let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
-            if !ex.is_connect && !ex.fresh_only {
-                let retryable = ex.method.is_idempotent() && matches!(ex.req_body, super::http1::Body::None);
-                if let Some(pooled) = ctx.upstreams.take(&key, ctx.now, retryable) {
-                    stats::bump(&ctx.stats.pool_hits, 1);
-                    conn.upstream = Some(UpstreamConn { sock: pooled.sock, key, reused: true, abandoned: false });
-                    conn.utls = pooled.tls;
-                    return resume(conn, ctx);
-                }
-            }
+        UpstreamStep::Start | UpstreamStep::Queued => {
+            let again = matches!(ex.upstream_step, UpstreamStep::Queued);
             if !ex.is_connect {
-                ctx.upstreams.note_miss();
-                stats::bump(&ctx.stats.pool_misses, 1);
+                let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
+                let retryable = ex.method.is_idempotent() && matches!(ex.req_body, super::http1::Body::None);
+                let want = Want { retryable, fresh_only: ex.fresh_only, again };
+                match ctx.upstreams.acquire(&key, ctx.now, want, io.id()) {
+                    Acquired::Pooled(pooled) => {
+                        stats::bump(&ctx.stats.pool_hits, 1);
+                        let Pooled { sock, tls, lease } = pooled;
+                        conn.upstream =
+                            Some(UpstreamConn { sock, key, reused: true, abandoned: false, lease: Some(lease) });
+                        conn.utls = tls;
+                        return resume(conn, ctx);
+                    }
+                    Acquired::Queued => {
+                        // Every connection this worker may open to the origin is busy: wait
+                        // for one (woken by the worker), within the connect deadline.
+                        if !again {
+                            ex.upstream_step = UpstreamStep::Queued;
+                            let t = ctx.cfg.timeouts.upstream_connect;
+                            conn.set_deadline(io, ctx, t);
+                        }
+                        return NextStep::Wait;
+                    }
+                    Acquired::Connect(lease) => {
+                        stats::bump(&ctx.stats.pool_misses, 1);
+                        ex.lease = Some(lease);
+                    }
+                }
             }
             ex.upstream_step = UpstreamStep::Resolving;
             ex.connect_started = Some(ctx.now);
-            let t = ctx.cfg.timeouts.upstream_connect;
-            conn.set_deadline(io, ctx, t);
+            if !again {
+                let t = ctx.cfg.timeouts.upstream_connect;
+                conn.set_deadline(io, ctx, t);
+            }
             NextStep::Continue
         }
         UpstreamStep::Resolving => {
@@ -133,7 +157,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 Err(e) => return fail(conn, io, ctx, 502, &format!("cannot create a socket: {e}")),
             };
             let fd = sock.as_raw_fd();
-            conn.upstream = Some(UpstreamConn { sock, key, reused: false, abandoned: false });
+            conn.upstream = Some(UpstreamConn { sock, key, reused: false, abandoned: false, lease: None });
             ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
             conn.io.connecting = true;
             NextStep::Wait

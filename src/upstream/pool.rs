@@ -1,16 +1,40 @@
-//! The per-worker pool of idle upstream connections, keyed by (host, port, TLS).
+//! The per-worker pool of upstream connections, keyed by (host, port, TLS): idle ones
+//! parked for reuse, a count of every open one, and a queue of requests waiting for one.
 //!
-//! Per key at most `max_idle_per_host` (the oldest is evicted), per worker at most
-//! `max_idle_total`. A connection is peeked before reuse: one the origin closed (or that
-//! has stray bytes waiting) is dropped, never handed to a request. Idle ones older than
-//! `idle_timeout` are swept on the worker's tick.
+//! How it behaves (and why): a connection that finished a response cleanly is parked,
+//! and the next request for the same origin takes the most recently parked one (LIFO),
+//! so under load the same few connections are reused and the rest age at the back.
+//! Nothing is closed merely because many are idle at once: a burst of clients leaves
+//! as many idle connections as it needed, and the next burst finds them. Connections
+//! that stay *unused* are purged gradually, as HAProxy's `pool-purge-delay` and nginx's
+//! keepalive cache do: every [`PURGE_EVERY`] the pool looks, per origin, at how many of
+//! its idle connections were never taken during the whole period (the low-water mark of
+//! the idle list) and closes half of those, oldest first. A connection idle for longer
+//! than `idle_timeout` is closed on the worker's sweep whatever the demand.
+//!
+//! Every open connection to an origin (connecting, in use or parked) holds a [`Lease`]
+//! on that origin's count, released when the connection is dropped, so the count cannot
+//! drift. Past `max_connections_per_host` a request does not open another connection: it
+//! waits in the origin's queue (as behind HAProxy's `maxconn`), and the worker wakes
+//! waiters when connections come back or close ([`UpstreamPool::wake_queued`]).
+//!
+//! The idle caps are bounds on descriptors and memory, not a tuning knob: at most
+//! `max_idle_per_host` per origin (the oldest evicted past it) and `max_idle_total` per
+//! worker. A connection is peeked before reuse: one the origin closed (or that has stray
+//! bytes waiting) is dropped, never handed to a request.
 
 use crate::config::PoolConfig;
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
-use std::time::Instant;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 use uring::sys::{peek, Peek};
+use uring::ConnId;
+
+/// How often unused idle connections are purged (half of the unused ones each time).
+pub const PURGE_EVERY: Duration = Duration::from_secs(5);
 
 /// Which origin a pooled connection talks to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -20,16 +44,55 @@ pub struct PoolKey {
     pub tls: bool,
 }
 
+/// One open connection's place in its origin's count: held by the connection (or the
+/// exchange dialling it) and released when dropped.
+#[derive(Debug)]
+pub struct Lease {
+    open: Rc<Cell<usize>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.open.set(self.open.get().saturating_sub(1));
+    }
+}
+
 struct Idle {
     conn: Pooled,
     since: Instant,
 }
 
-/// A parked origin connection: the socket and, for TLS origins, its session (whose
-/// buffers hold no slab while parked).
+/// What the pool knows of one origin.
+#[derive(Default)]
+struct OriginState {
+    /// Idle connections, oldest first.
+    list: VecDeque<Idle>,
+    /// The fewest connections that sat idle at once since the last purge: that many were
+    /// not needed by anyone during the whole period.
+    low_water: usize,
+    /// Open connections (idle ones included): the number of live leases.
+    open: Rc<Cell<usize>>,
+    /// Requests waiting for a connection, first come first served.
+    waiting: VecDeque<ConnId>,
+}
+
+/// A parked origin connection: the socket, its lease and, for TLS origins, its session
+/// (whose buffers hold no slab while parked).
 pub struct Pooled {
     pub sock: TcpStream,
     pub tls: Option<Box<crate::tls::TlsLeg>>,
+    pub lease: Lease,
+}
+
+/// What a request gets from the pool.
+pub enum Acquired {
+    /// A parked connection to reuse.
+    Pooled(Pooled),
+    /// Room for a new connection: dial one and keep the lease with it.
+    Connect(Lease),
+    /// The origin is at `max_connections_per_host`: the request is queued and will be
+    /// woken by [`UpstreamPool::wake_queued`].
+    Queued,
 }
 
 /// Counters for metrics.
@@ -37,21 +100,40 @@ pub struct Pooled {
 pub struct PoolStats {
     pub hits: u64,
     pub misses: u64,
+    /// Closed by a cap (per host or in total).
     pub evictions: u64,
+    /// Closed because they stayed unused (the gradual purge) or idle past `idle_timeout`.
+    pub purged: u64,
+    /// Found closed by the origin (or with stray bytes) when taken or swept.
     pub stale_dropped: u64,
+    /// Requests that had to wait for a connection (`max_connections_per_host`).
+    pub queued: u64,
 }
 
-/// A worker's idle upstream connections.
+/// A worker's upstream connections.
 pub struct UpstreamPool {
-    idle: HashMap<PoolKey, VecDeque<Idle>>,
+    origins: HashMap<PoolKey, OriginState>,
+    /// Idle connections in all.
     total: usize,
+    /// Origins with requests waiting, and how many wait in all.
+    queued_origins: Vec<PoolKey>,
+    waiting: usize,
     cfg: PoolConfig,
+    last_purge: Option<Instant>,
     pub stats: PoolStats,
 }
 
 impl UpstreamPool {
     pub fn new(cfg: PoolConfig) -> Self {
-        UpstreamPool { idle: HashMap::new(), total: 0, cfg, stats: PoolStats::default() }
+        UpstreamPool {
+            origins: HashMap::new(),
+            total: 0,
+            queued_origins: Vec::new(),
+            waiting: 0,
+            cfg,
+            last_purge: None,
+            stats: PoolStats::default(),
+        }
     }
 
     /// Applies reloaded caps (existing idle connections are trimmed lazily).
@@ -68,29 +150,70 @@ impl UpstreamPool {
         self.total == 0
     }
 
-    /// The most recently parked live connection for `key`, if any. A connection parked
-    /// for more than a moment, or wanted for a request that cannot be retried, is peeked
-    /// first (one syscall) so one the origin closed is never used; a request that can be
-    /// retried skips that on a connection parked just now (the retry covers the race).
-    pub fn take(&mut self, key: &PoolKey, now: Instant, retryable: bool) -> Option<Pooled> {
-        let list = self.idle.get_mut(key)?;
-        while let Some(idle) = list.pop_back() {
-            self.total -= 1;
-            let age = now.saturating_duration_since(idle.since);
-            let fresh = age < self.cfg.idle_timeout;
-            let trust = retryable && age < std::time::Duration::from_millis(250);
-            if fresh && (trust || peek(idle.conn.sock.as_fd()) == Peek::Quiet) {
-                self.stats.hits += 1;
-                return Some(idle.conn);
-            }
-            self.stats.stale_dropped += 1;
-        }
-        None
+    /// Requests waiting for a connection now (stale entries of clients that left
+    /// included until they are reached).
+    pub fn waiting(&self) -> usize {
+        self.waiting
     }
 
-    /// Records a miss (a request that found nothing to reuse).
-    pub fn note_miss(&mut self) {
-        self.stats.misses += 1;
+    /// A connection for a request to `key` by `who`: the most recently parked live one
+    /// (unless `fresh_only`: a retry), else room for a new one, else a place in the
+    /// origin's queue (at the front when `again`: a woken waiter that lost the race).
+    ///
+    /// A connection parked for more than a moment, or wanted for a request that cannot be
+    /// retried, is peeked first (one syscall) so one the origin closed is never used; a
+    /// request that can be retried skips that on a connection parked just now (the retry
+    /// covers the race).
+    pub fn acquire(&mut self, key: &PoolKey, now: Instant, how: Want, who: ConnId) -> Acquired {
+        let cap = self.cfg.max_connections_per_host;
+        let origin = self.origins.entry(key.clone()).or_default();
+        if !how.fresh_only {
+            if let Some(conn) = Self::take_idle(origin, &mut self.total, &mut self.stats, &self.cfg, now, how.retryable)
+            {
+                return Acquired::Pooled(conn);
+            }
+        }
+        if cap == 0 || origin.open.get() < cap {
+            self.stats.misses += 1;
+            origin.open.set(origin.open.get() + 1);
+            return Acquired::Connect(Lease { open: origin.open.clone() });
+        }
+        if how.again {
+            origin.waiting.push_front(who);
+        } else {
+            origin.waiting.push_back(who);
+            self.stats.queued += 1;
+        }
+        if origin.waiting.len() == 1 {
+            self.queued_origins.push(key.clone());
+        }
+        self.waiting += 1;
+        Acquired::Queued
+    }
+
+    fn take_idle(
+        origin: &mut OriginState,
+        total: &mut usize,
+        stats: &mut PoolStats,
+        cfg: &PoolConfig,
+        now: Instant,
+        retryable: bool,
+    ) -> Option<Pooled> {
+        let mut found = None;
+        while let Some(idle) = origin.list.pop_back() {
+            *total -= 1;
+            let age = now.saturating_duration_since(idle.since);
+            let fresh = age < cfg.idle_timeout;
+            let trust = retryable && age < Duration::from_millis(250);
+            if fresh && (trust || peek(idle.conn.sock.as_fd()) == Peek::Quiet) {
+                stats.hits += 1;
+                found = Some(idle.conn);
+                break;
+            }
+            stats.stale_dropped += 1;
+        }
+        origin.low_water = origin.low_water.min(origin.list.len());
+        found
     }
 
     /// Parks a connection that just finished a response cleanly.
@@ -101,46 +224,121 @@ impl UpstreamPool {
         if self.total >= self.cfg.max_idle_total {
             self.evict_oldest();
         }
-        let list = self.idle.entry(key).or_default();
-        if list.len() >= self.cfg.max_idle_per_host {
-            list.pop_front();
+        let origin = self.origins.entry(key).or_default();
+        while origin.list.len() >= self.cfg.max_idle_per_host {
+            origin.list.pop_front();
             self.total -= 1;
             self.stats.evictions += 1;
         }
-        list.push_back(Idle { conn, since: now });
+        origin.list.push_back(Idle { conn, since: now });
         self.total += 1;
     }
 
     fn evict_oldest(&mut self) {
         let oldest = self
-            .idle
+            .origins
             .iter()
-            .filter_map(|(k, l)| l.front().map(|i| (i.since, k.clone())))
+            .filter_map(|(k, o)| o.list.front().map(|i| (i.since, k.clone())))
             .min_by_key(|(since, _)| *since);
         if let Some((_, key)) = oldest {
-            if let Some(list) = self.idle.get_mut(&key) {
-                list.pop_front();
+            if let Some(origin) = self.origins.get_mut(&key) {
+                origin.list.pop_front();
+                origin.low_water = origin.low_water.min(origin.list.len());
                 self.total -= 1;
                 self.stats.evictions += 1;
             }
         }
     }
 
-    /// Drops idle connections past the idle timeout or closed by their origin.
+    /// Hands out the turns of queued requests that can be served now (an idle connection
+    /// to take, or room under the cap): their ids go to `out`, first come first served.
+    /// `alive` says whether an id still waits (a client that left, or a request that
+    /// moved on, is dropped from the queue without using a turn). Cheap when nothing
+    /// waits; call it after each batch of completions.
+    pub fn wake_queued(&mut self, out: &mut Vec<ConnId>, mut alive: impl FnMut(ConnId) -> bool) {
+        if self.waiting == 0 {
+            return;
+        }
+        let cap = self.cfg.max_connections_per_host;
+        let mut i = 0;
+        while i < self.queued_origins.len() {
+            let Some(origin) = self.origins.get_mut(&self.queued_origins[i]) else {
+                self.queued_origins.swap_remove(i);
+                continue;
+            };
+            let room = if cap == 0 { usize::MAX } else { cap.saturating_sub(origin.open.get()) };
+            let mut turns = origin.list.len().saturating_add(room);
+            while turns > 0 {
+                let Some(id) = origin.waiting.pop_front() else { break };
+                self.waiting -= 1;
+                if alive(id) {
+                    out.push(id);
+                    turns -= 1;
+                }
+            }
+            if origin.waiting.is_empty() {
+                self.queued_origins.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// The worker's periodic upkeep (call it about once a second): closes connections
+    /// idle past `idle_timeout` or closed by their origin, and every [`PURGE_EVERY`]
+    /// half of those that stayed unused for the whole period.
     pub fn sweep(&mut self, now: Instant) {
         let timeout = self.cfg.idle_timeout;
-        let mut dropped = 0;
-        self.idle.retain(|_, list| {
-            let before = list.len();
-            list.retain(|i| {
-                now.saturating_duration_since(i.since) < timeout && peek(i.conn.sock.as_fd()) == Peek::Quiet
-            });
-            dropped += before - list.len();
-            !list.is_empty()
+        let purge = match self.last_purge {
+            None => {
+                self.last_purge = Some(now);
+                false
+            }
+            Some(at) => now.saturating_duration_since(at) >= PURGE_EVERY,
+        };
+        if purge {
+            self.last_purge = Some(now);
+        }
+        let (mut stale, mut purged) = (0, 0);
+        self.origins.retain(|_, origin| {
+            let before = origin.list.len();
+            origin.list.retain(|i| now.saturating_duration_since(i.since) < timeout);
+            let expired = before - origin.list.len();
+            let before = origin.list.len();
+            origin.list.retain(|i| peek(i.conn.sock.as_fd()) == Peek::Quiet);
+            let closed = before - origin.list.len();
+            (purged, stale) = (purged + expired, stale + closed);
+            // Those were among the unused ones: what is left of the low-water mark is
+            // still the count of unused connections at the front.
+            origin.low_water = origin.low_water.saturating_sub(expired + closed);
+            if purge {
+                // The oldest are at the front: the ones LIFO reuse left alone.
+                let unused = origin.low_water.min(origin.list.len());
+                let close = unused.div_ceil(2);
+                origin.list.drain(..close);
+                purged += close;
+                origin.low_water = origin.list.len();
+            } else {
+                origin.low_water = origin.low_water.min(origin.list.len());
+            }
+            // An origin is forgotten only when nothing refers to its count any more.
+            !origin.list.is_empty() || origin.open.get() > 0 || !origin.waiting.is_empty()
         });
-        self.total -= dropped;
-        self.stats.stale_dropped += dropped as u64;
+        self.total -= stale + purged;
+        self.stats.stale_dropped += stale as u64;
+        self.stats.purged += purged as u64;
     }
+}
+
+/// How a request wants its connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Want {
+    /// The request can be retried on a fresh connection if a reused one fails.
+    pub retryable: bool,
+    /// Never a parked connection (a retry after a reused one failed).
+    pub fresh_only: bool,
+    /// A woken waiter trying again (keeps its place at the front if it must wait again).
+    pub again: bool,
 }
 
 #[cfg(test)]
@@ -150,15 +348,38 @@ mod tests {
     use std::time::Duration;
 
     fn cfg(per_host: usize, total: usize) -> PoolConfig {
-        PoolConfig { max_idle_per_host: per_host, max_idle_total: total, idle_timeout: Duration::from_secs(30) }
+        PoolConfig {
+            max_idle_per_host: per_host,
+            max_idle_total: total,
+            max_connections_per_host: 0,
+            idle_timeout: Duration::from_secs(30),
+        }
     }
 
     fn key(host: &str) -> PoolKey {
         PoolKey { host: host.into(), port: 80, tls: false }
     }
 
-    fn plain(sock: TcpStream) -> Pooled {
-        Pooled { sock, tls: None }
+    /// A request id (the pool only stores and hands back ids).
+    fn someone() -> ConnId {
+        uring::Conns::<()>::new().insert(())
+    }
+
+    /// A parked connection for `host`, its lease taken as a new connection would.
+    fn plain(pool: &mut UpstreamPool, host: &str, sock: TcpStream) -> Pooled {
+        let want = Want { fresh_only: true, ..Want::default() };
+        match pool.acquire(&key(host), Instant::now(), want, someone()) {
+            Acquired::Connect(lease) => Pooled { sock, tls: None, lease },
+            _ => panic!("no room for a new connection to {host}"),
+        }
+    }
+
+    /// A parked connection to reuse, if any.
+    fn take(pool: &mut UpstreamPool, host: &str, now: Instant, retryable: bool) -> Option<Pooled> {
+        match pool.acquire(&key(host), now, Want { retryable, ..Want::default() }, someone()) {
+            Acquired::Pooled(p) => Some(p),
+            _ => None,
+        }
     }
 
     fn pair(l: &TcpListener) -> (TcpStream, TcpStream) {
@@ -174,15 +395,17 @@ mod tests {
         let now = Instant::now();
         let (c1, s1) = pair(&l);
         let (c2, s2) = pair(&l);
-        pool.put(key("a"), plain(c1), now);
-        pool.put(key("a"), plain(c2), now);
+        let p = plain(&mut pool, "a", c1);
+        pool.put(key("a"), p, now);
+        let p = plain(&mut pool, "a", c2);
+        pool.put(key("a"), p, now);
         drop(s2); // the origin closes the newest one
         std::thread::sleep(Duration::from_millis(50));
-        let got = pool.take(&key("a"), now, false).expect("the live one is handed out");
+        let got = take(&mut pool, "a", now, false).expect("the live one is handed out");
         assert_eq!(got.sock.peer_addr().unwrap(), s1.local_addr().unwrap());
         assert_eq!(pool.stats.stale_dropped, 1);
-        assert!(pool.take(&key("a"), now, false).is_none());
-        assert!(pool.take(&key("b"), now, false).is_none());
+        assert!(take(&mut pool, "a", now, false).is_none());
+        assert!(take(&mut pool, "b", now, false).is_none());
     }
 
     #[test]
@@ -194,10 +417,109 @@ mod tests {
         for host in ["a", "a", "a", "b", "b"] {
             let (c, s) = pair(&l);
             servers.push(s);
-            pool.put(key(host), plain(c), now);
+            let p = plain(&mut pool, host, c);
+            pool.put(key(host), p, now);
         }
         assert_eq!(pool.len(), 3);
         assert!(pool.stats.evictions >= 2);
+    }
+
+    #[test]
+    fn a_burst_keeps_what_it_needed_and_unused_connections_are_purged_by_halves() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pool = UpstreamPool::new(cfg(1024, 4096));
+        let t0 = Instant::now();
+        let mut servers = Vec::new();
+        // 64 clients' responses come back at once: all 64 origin connections are kept.
+        for _ in 0..64 {
+            let (c, s) = pair(&l);
+            servers.push(s);
+            let p = plain(&mut pool, "a", c);
+            pool.put(key("a"), p, t0);
+        }
+        assert_eq!(pool.len(), 64);
+        pool.sweep(t0);
+        // Then a steady load of 8 concurrent requests, one sweep a second: 56 are never
+        // taken. The period of the burst itself purges nothing (they were all needed);
+        // each later period closes half of the unused ones; those in use are never closed.
+        let mut at_purge = Vec::new();
+        for step in 1..=60u64 {
+            let t = t0 + Duration::from_secs(step);
+            let taken: Vec<Pooled> = (0..8).filter_map(|_| take(&mut pool, "a", t, true)).collect();
+            assert_eq!(taken.len(), 8, "a connection in use was closed by {step} s");
+            for c in taken {
+                pool.put(key("a"), c, t);
+            }
+            pool.sweep(t);
+            if step % PURGE_EVERY.as_secs() == 0 {
+                at_purge.push(pool.len());
+            }
+        }
+        assert_eq!(&at_purge[..4], &[64, 36, 22, 15], "purged by halves of the unused");
+        assert_eq!(pool.len(), 8, "what the load needs stays");
+        assert_eq!(pool.stats.evictions, 0, "the caps never bit");
+        assert_eq!(pool.stats.purged, 56);
+    }
+
+    #[test]
+    fn past_the_cap_requests_queue_and_are_woken_when_a_connection_comes_back_or_closes() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pool = UpstreamPool::new(PoolConfig { max_connections_per_host: 2, ..cfg(8, 100) });
+        let now = Instant::now();
+        let mut conns = uring::Conns::<()>::new();
+        let (w1, w2, gone) = (conns.insert(()), conns.insert(()), conns.insert(()));
+        let ((c1, _s1), (c2, _s2)) = (pair(&l), pair(&l));
+        let first = plain(&mut pool, "a", c1);
+        let second = plain(&mut pool, "a", c2);
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), gone), Acquired::Queued));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w1), Acquired::Queued));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w2), Acquired::Queued));
+        assert!(matches!(pool.acquire(&key("b"), now, Want::default(), w1), Acquired::Connect(_)), "per origin");
+        assert_eq!((pool.waiting(), pool.stats.queued), (3, 3));
+        let mut woken = Vec::new();
+        pool.wake_queued(&mut woken, |_| true);
+        assert!(woken.is_empty(), "both connections are in use");
+        // One comes back: the first live waiter (not the one that left) gets its turn, and
+        // takes the parked connection.
+        pool.put(key("a"), first, now);
+        pool.wake_queued(&mut woken, |id| id != gone);
+        assert_eq!(woken, vec![w1]);
+        let again = Want { again: true, ..Want::default() };
+        let Acquired::Pooled(reused) = pool.acquire(&key("a"), now, again, w1) else { panic!("the woken waiter") };
+        // The other one closes (its lease dropped): room for a new connection.
+        drop(second);
+        woken.clear();
+        pool.wake_queued(&mut woken, |_| true);
+        assert_eq!(woken, vec![w2]);
+        assert!(matches!(pool.acquire(&key("a"), now, again, w2), Acquired::Connect(_)));
+        assert_eq!(pool.waiting(), 0);
+        drop(reused);
+    }
+
+    #[test]
+    fn a_woken_waiter_that_loses_the_race_keeps_its_place_at_the_front() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pool = UpstreamPool::new(PoolConfig { max_connections_per_host: 1, ..cfg(8, 100) });
+        let now = Instant::now();
+        let mut conns = uring::Conns::<()>::new();
+        let (w1, w2) = (conns.insert(()), conns.insert(()));
+        let (c, _s) = pair(&l);
+        let only = plain(&mut pool, "a", c);
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w1), Acquired::Queued));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w2), Acquired::Queued));
+        pool.put(key("a"), only, now);
+        let mut woken = Vec::new();
+        pool.wake_queued(&mut woken, |_| true);
+        assert_eq!(woken, vec![w1]);
+        // Someone else took it first: w1 waits again, ahead of w2.
+        let Acquired::Pooled(taken) = pool.acquire(&key("a"), now, Want::default(), w2) else { panic!() };
+        let again = Want { again: true, ..Want::default() };
+        assert!(matches!(pool.acquire(&key("a"), now, again, w1), Acquired::Queued));
+        pool.put(key("a"), taken, now);
+        woken.clear();
+        pool.wake_queued(&mut woken, |_| true);
+        assert_eq!(woken, vec![w1]);
+        assert_eq!(pool.stats.queued, 2, "a re-queued waiter is not counted twice");
     }
 
     #[test]
@@ -206,7 +528,8 @@ mod tests {
         let mut pool = UpstreamPool::new(cfg(8, 100));
         let (c, _s) = pair(&l);
         let then = Instant::now();
-        pool.put(key("a"), plain(c), then);
+        let p = plain(&mut pool, "a", c);
+        pool.put(key("a"), p, then);
         pool.sweep(then + Duration::from_secs(31));
         assert!(pool.is_empty());
     }
