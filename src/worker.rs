@@ -250,6 +250,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                             fire_deadlines(&mut conns, &mut env, now);
                             if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                                 env.upstreams.sweep(now);
+                                env.pool.trim_spares();
                                 last_sweep = now;
                             }
                             if control.generation() != config_gen {

@@ -3,7 +3,11 @@
 //! `registered` slabs live in one page-aligned allocation registered with the ring
 //! (`IORING_REGISTER_BUFFERS`), so socket I/O on them uses the fixed-buffer opcodes.
 //! When they run out the pool lends plain heap slabs instead (I/O on them uses the
-//! ordinary opcodes), so a burst never stalls a connection; those are freed on release.
+//! ordinary opcodes), so a burst never stalls a connection. A released heap slab is kept
+//! as a spare for the next lend, so a worker running past its registered slabs under
+//! sustained load does not allocate and zero 64 KiB per lend; [`SlabPool::trim_spares`]
+//! (the worker calls it every second) frees half of the spares that sat unused for the
+//! whole period, so the memory goes back once the load is gone.
 //!
 //! Ownership rule: a [`Slab`] handle is unique (not `Clone`), made only by [`SlabPool::take`].
 //! Whoever holds the handle may touch the bytes; while an operation is in flight the
@@ -40,8 +44,12 @@ pub struct SlabPool {
     layout: Option<Layout>,
     registered: u32,
     free: Vec<u32>,
-    overflow: Vec<Option<Box<[u8]>>>,
+    overflow: Vec<Option<HeapSlab>>,
     overflow_free: Vec<u32>,
+    /// Released heap buffers kept for the next heap lend.
+    spare: Vec<HeapSlab>,
+    /// The fewest spares there were at once since the last trim: that many sat unused.
+    spare_low: usize,
     outstanding: usize,
     /// Heap slabs lent since the pool was made (the registered ones had run out).
     heap_lends: u64,
@@ -63,6 +71,8 @@ impl SlabPool {
                 free: Vec::new(),
                 overflow: Vec::new(),
                 overflow_free: Vec::new(),
+                spare: Vec::new(),
+                spare_low: 0,
                 outstanding: 0,
                 heap_lends: 0,
                 in_kernel: 0,
@@ -83,6 +93,8 @@ impl SlabPool {
             free: (0..count as u32).rev().collect(),
             overflow: Vec::new(),
             overflow_free: Vec::new(),
+            spare: Vec::new(),
+            spare_low: 0,
             outstanding: 0,
             heap_lends: 0,
             in_kernel: 0,
@@ -107,7 +119,14 @@ impl SlabPool {
             return Slab { pool: self.id, index };
         }
         self.heap_lends += 1;
-        let buf = vec![0u8; SLAB_SIZE].into_boxed_slice();
+        let buf = match self.spare.pop() {
+            Some(buf) => buf,
+            // Out of address space or memory: the lend cannot be refused (the caller has
+            // data to place), so this is the one allocation failure that aborts, as a
+            // failed Vec allocation would.
+            None => HeapSlab::new().unwrap_or_else(|e| panic!("cannot map a 64 KiB heap slab: {e}")),
+        };
+        self.spare_low = self.spare_low.min(self.spare.len());
         let o = match self.overflow_free.pop() {
             Some(o) => {
                 self.overflow[o as usize] = Some(buf);
@@ -129,7 +148,9 @@ impl SlabPool {
             self.free.push(slab.index);
         } else {
             let o = slab.index - self.registered;
-            self.overflow[o as usize] = None;
+            if let Some(buf) = self.overflow[o as usize].take() {
+                self.spare.push(buf);
+            }
             self.overflow_free.push(o);
         }
     }
@@ -142,6 +163,21 @@ impl SlabPool {
     /// Slabs lent out now (to connections or the kernel).
     pub fn outstanding(&self) -> usize {
         self.outstanding
+    }
+
+    /// Frees half of the spare heap slabs that were not lent at all since the last call
+    /// (the worker calls it every second). Returns how many were freed.
+    pub fn trim_spares(&mut self) -> usize {
+        let unused = self.spare_low.min(self.spare.len());
+        let free = unused.div_ceil(2);
+        self.spare.truncate(self.spare.len() - free);
+        self.spare_low = self.spare.len();
+        free
+    }
+
+    /// Spare heap slabs kept for reuse now.
+    pub fn spares(&self) -> usize {
+        self.spare.len()
     }
 
     /// Heap slabs lent since the pool was made: how often the registered ones ran out.
@@ -166,7 +202,7 @@ impl SlabPool {
             unsafe { self.base.add(slab.index as usize * SLAB_SIZE) }
         } else {
             match &self.overflow[(slab.index - self.registered) as usize] {
-                Some(b) => b.as_ptr() as *mut u8,
+                Some(b) => b.ptr.as_ptr(),
                 None => unreachable!("a live Slab handle always names a live buffer"),
             }
         }
@@ -186,11 +222,54 @@ impl SlabPool {
     }
 }
 
+/// A slab past the registered ones: its own anonymous mapping, so the kernel zeroes it
+/// lazily (no 64 KiB memset per allocation) and unmapping it gives the memory back to the
+/// system at once (a freed heap block would stay in the allocator's arenas).
+struct HeapSlab {
+    ptr: std::ptr::NonNull<u8>,
+}
+
+impl HeapSlab {
+    fn new() -> std::io::Result<HeapSlab> {
+        // SAFETY: an anonymous private mapping of SLAB_SIZE bytes at an address the kernel
+        // chooses; no existing memory is touched. The result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                SLAB_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        std::ptr::NonNull::new(p.cast())
+            .map(|ptr| HeapSlab { ptr })
+            .ok_or_else(|| std::io::Error::other("mmap gave null"))
+    }
+}
+
+impl Drop for HeapSlab {
+    fn drop(&mut self) {
+        // SAFETY: ptr is the start of a SLAB_SIZE mapping made in `new` and unmapped only
+        // here, once. A HeapSlab is dropped only when no Slab handle names it (released
+        // to the pool, or the pool dropped with nothing in the kernel: see SlabPool's Drop).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), SLAB_SIZE);
+        }
+    }
+}
+
 impl Drop for SlabPool {
     fn drop(&mut self) {
         if self.in_kernel > 0 {
-            // The kernel may still write into these pages: leak them rather than free
-            // memory an operation can complete into.
+            // The kernel may still write into these pages: leak them (the registered block
+            // and the heap slabs lent out) rather than free memory an operation can
+            // complete into.
+            std::mem::forget(std::mem::take(&mut self.overflow));
             return;
         }
         if let Some(layout) = self.layout {
@@ -248,6 +327,33 @@ mod tests {
         let s = p1.take();
         let _keep = p2.take();
         p2.release(s);
+    }
+
+    #[test]
+    fn released_heap_slabs_are_reused_then_trimmed_by_halves_once_unused() {
+        let mut pool = SlabPool::new(0).unwrap();
+        let slabs: Vec<Slab> = (0..100).map(|_| pool.take()).collect();
+        for s in slabs {
+            pool.release(s);
+        }
+        assert_eq!(pool.spares(), 100, "kept for the next lends");
+        // Under load the spares are lent again: nothing is trimmed that was used.
+        let again: Vec<Slab> = (0..100).map(|_| pool.take()).collect();
+        assert_eq!(pool.spares(), 0);
+        assert_eq!(pool.trim_spares(), 0);
+        for s in again {
+            pool.release(s);
+        }
+        // The load is gone: the first period after it keeps them (they were used), each
+        // later one frees half of those left unused.
+        assert_eq!(pool.trim_spares(), 0);
+        assert_eq!(pool.trim_spares(), 50);
+        assert_eq!(pool.trim_spares(), 25);
+        let mut a = pool.take();
+        pool.bytes_mut(&mut a)[..4].copy_from_slice(b"used");
+        pool.release(a);
+        assert_eq!(pool.trim_spares(), 12, "24 of 25 stayed unused");
+        assert_eq!(pool.outstanding(), 0);
     }
 
     #[test]
