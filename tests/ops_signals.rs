@@ -476,18 +476,7 @@ fn sigterm_drains_in_flight_request_and_refuses_new_connections() {
     let sent_at = Instant::now();
 
     s.signal("TERM");
-    let mut last = String::new();
-    let flipped = wait_until(Duration::from_secs(2), || match s.admin_get("/readyz") {
-        Ok(r) => {
-            last = r.describe();
-            r.status == 503
-        }
-        Err(e) => {
-            last = e.to_string();
-            false
-        }
-    });
-    assert!(flipped, "/readyz did not turn 503 during the drain; last: {last}");
+    wait_draining(&mut s);
     assert!(s.alive(), "sluice exited while a request was in flight");
 
     // New proxy connections are turned away while draining (each worker starts its drain

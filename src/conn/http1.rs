@@ -330,7 +330,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         conn.cin.start += n;
         if ctx.cfg.intercept_connect && conn.ctls.is_none() {
             // Answer at once, then look at what the client sends inside the tunnel.
-            conn.tunnel_target = Some((ex.host.clone(), ex.port));
+            conn.tunnel_target = Some(Box::new((ex.host.clone(), ex.port)));
             ctx.stats.response(Some(Method::Connect), 200);
             stats::bump(&ctx.stats.tunnels, 1);
             if conn.out.is_lent() || conn.io.client_write.is_some() {
