@@ -18,7 +18,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use uring::{ConnId, Conns, Event, Ring, SlabPool, Slot, WorkerToken};
+use uring::{ConnId, Conns, Event, Slot, Uring, WorkerToken};
 
 const KIND_DNS: u8 = 1;
 const KIND_TICK: u8 = 2;
@@ -41,8 +41,8 @@ pub struct WorkerSetup {
 
 /// The worker's state apart from its connections (so both can be borrowed at once).
 struct Env {
-    ring: Ring,
-    pool: SlabPool,
+    /// The ring and the slabs registered with it.
+    uring: Uring,
     cfg: Arc<Config>,
     dns: Resolver,
     upstreams: UpstreamPool,
@@ -64,9 +64,10 @@ struct Env {
 
 impl Env {
     fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+        let (ring, pool) = self.uring.parts();
         Ctx {
-            ring: &mut self.ring,
-            pool: &mut self.pool,
+            ring,
+            pool,
             cfg: &self.cfg,
             dns: &mut self.dns,
             upstreams: &mut self.upstreams,
@@ -161,19 +162,18 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
             .map_err(|e| std::io::Error::new(e.kind(), format!("pinning worker {} to CPU {cpu}: {e}", setup.index)))?;
     }
     let cfg = setup.cfg.clone();
-    let pool = SlabPool::new(cfg.slabs_per_worker)?;
-    let ring = Ring::new(RING_ENTRIES, &pool)
+    let mut uring = Uring::new(RING_ENTRIES, cfg.slabs_per_worker)
         .map_err(|e| std::io::Error::new(e.kind(), format!("worker {}: cannot set up io_uring: {e}", setup.index)))?;
-    if !ring.fixed_buffers() && setup.index == 0 {
+    if !uring.ring().fixed_buffers() && setup.index == 0 {
         eprintln!(
             "sluice: warning: could not register {} slabs with io_uring (RLIMIT_MEMLOCK?); using plain reads and writes",
             cfg.slabs_per_worker
         );
     }
     let control = setup.control.clone();
+    let mut conns: Conns<Connection> = Conns::bound_to(uring.ring_mut());
     let mut env = Env {
-        ring,
-        pool,
+        uring,
         dns: Resolver::new(&cfg, setup.index)?,
         upstreams: UpstreamPool::new(cfg.pool.clone()),
         timers: Timers::default(),
@@ -192,32 +192,29 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         cfg,
     };
     let mut config_gen = control.generation();
-    let mut conns: Conns<Connection> = Conns::new();
     let mut listeners: Vec<Listener> =
         setup.listeners.into_iter().map(|(sock, role)| Listener { sock: Some(sock), role, closing: false }).collect();
     for (i, l) in listeners.iter().enumerate() {
         if let Some(sock) = &l.sock {
-            env.ring.accept_multi(sock.as_raw_fd(), i as u32);
+            env.uring.ring_mut().accept_multi(sock.as_raw_fd(), i as u32);
         }
     }
-    env.ring.poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
-    env.ring.tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
+    env.uring.ring_mut().poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+    env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
     let mut last_sweep = Instant::now();
     let mut drain_deadline: Option<Instant> = None;
     let mut deadline_passed = false;
 
     loop {
-        env.ring.submit_and_wait(1)?;
+        env.uring.ring_mut().submit_and_wait(1)?;
         let now = Instant::now();
-        let cqes = env.ring.completions();
-        for &(user_data, result, flags) in &cqes {
-            let to_close = match conns.complete(user_data, result, flags, &mut env.pool) {
-                Event::Conn { slot, tag, result, slab, .. } => {
-                    let provided = uring::buffer_id(flags);
-                    drive(slot, &mut env, now, |c, io, ctx| {
-                        conn::on_completion(c, io, ctx, tag, result, slab, provided)
-                    })
-                }
+        let cqes = env.uring.ring_mut().completions();
+        for c in &cqes {
+            let (ring, pool) = env.uring.parts();
+            let to_close = match conns.complete(c, ring, pool) {
+                Event::Conn { slot, tag, result, slab, provided, .. } => drive(slot, &mut env, now, |c, io, ctx| {
+                    conn::on_completion(c, io, ctx, tag, result, slab, provided)
+                }),
                 Event::Accepted { listener, fd, more, .. } => {
                     let mut close = None;
                     let role = listeners.get(listener as usize).map(|l| l.role).unwrap_or(Role::Proxy);
@@ -233,7 +230,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                                 // The cancelled accept is done: nothing refers to the fd now.
                                 l.sock = None;
                             } else if let Some(sock) = &l.sock {
-                                env.ring.accept_multi(sock.as_raw_fd(), listener);
+                                env.uring.ring_mut().accept_multi(sock.as_raw_fd(), listener);
                             }
                         }
                     }
@@ -244,13 +241,15 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                         KIND_DNS => {
                             let ids = env.dns.on_wake(now);
                             resume(&mut conns, &mut env, now, &ids);
-                            env.ring.poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+                            env.uring
+                                .ring_mut()
+                                .poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
                         }
                         KIND_TICK => {
                             fire_deadlines(&mut conns, &mut env, now);
                             if now.duration_since(last_sweep) >= Duration::from_secs(1) {
                                 env.upstreams.sweep(now);
-                                env.pool.trim_spares();
+                                env.uring.pool_mut().trim_spares();
                                 last_sweep = now;
                             }
                             if control.generation() != config_gen {
@@ -263,7 +262,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                                 for (i, l) in listeners.iter_mut().enumerate() {
                                     if let (Role::Proxy, Some(sock)) = (l.role, &l.sock) {
                                         l.closing = true;
-                                        env.ring.cancel_worker_fd(
+                                        env.uring.ring_mut().cancel_worker_fd(
                                             sock.as_raw_fd(),
                                             WorkerToken { kind: KIND_CANCEL, index: i as u32 },
                                         );
@@ -278,7 +277,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                             }
                             publish_ring_stats(&env);
                             if !more {
-                                env.ring.tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
+                                env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
                             }
                         }
                         _ => {}
@@ -286,25 +285,16 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
                     None
                 }
                 Event::Freed { value, .. } => {
-                    // A closing connection's receive may still have taken a provided buffer.
-                    if let Some(bid) = uring::buffer_id(flags) {
-                        env.ring.recycle_provided(bid);
-                    }
                     env.freed(value);
                     None
                 }
-                Event::Draining => {
-                    if let Some(bid) = uring::buffer_id(flags) {
-                        env.ring.recycle_provided(bid);
-                    }
-                    None
-                }
+                Event::Draining => None,
             };
             if let Some(id) = to_close {
                 env.close(&mut conns, id);
             }
         }
-        env.ring.recycle(cqes);
+        env.uring.ring_mut().recycle(cqes);
         resume_queued(&mut conns, &mut env, now);
         if let Some(deadline) = drain_deadline {
             let listeners_closed = listeners.iter().all(|l| l.role != Role::Proxy || l.sock.is_none());
@@ -444,7 +434,7 @@ fn fire_deadlines(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
 }
 
 fn publish_ring_stats(env: &Env) {
-    let s = env.ring.stats();
+    let s = env.uring.ring().stats();
     let w = &env.stats[env.index];
     w.ring_submitted.store(s.submitted, Ordering::Relaxed);
     w.ring_completed.store(s.completed, Ordering::Relaxed);
@@ -454,10 +444,10 @@ fn publish_ring_stats(env: &Env) {
     w.upstream_queued.store(env.upstreams.stats.queued, Ordering::Relaxed);
     w.upstream_waiting.store(env.upstreams.waiting() as u64, Ordering::Relaxed);
     w.pool_idle.store(env.upstreams.len() as u64, Ordering::Relaxed);
-    let registered_in_use = env.pool.registered() - env.pool.free_registered();
+    let registered_in_use = env.uring.pool().registered() - env.uring.pool().free_registered();
     w.slabs_registered_in_use.store(registered_in_use as u64, Ordering::Relaxed);
-    w.slabs_heap_in_use.store((env.pool.outstanding() - registered_in_use) as u64, Ordering::Relaxed);
-    w.slab_heap_lends.store(env.pool.heap_lends(), Ordering::Relaxed);
+    w.slabs_heap_in_use.store((env.uring.pool().outstanding() - registered_in_use) as u64, Ordering::Relaxed);
+    w.slab_heap_lends.store(env.uring.pool().heap_lends(), Ordering::Relaxed);
     w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
     // The sink (and its drop count) is shared by all workers: one of them reports it.
     if let (0, Some(a)) = (env.index, &env.access) {

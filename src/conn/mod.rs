@@ -32,7 +32,7 @@ use buf::{Buf, BufId};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
-use uring::{Io, Op, OpTag, Ring, Slab, SlabPool};
+use uring::{Io, Op, OpTag, ProvidedBuf, Ring, Slab, SlabPool};
 
 /// Operation tags (tags below 4 carry a slab).
 pub(crate) mod tag {
@@ -488,14 +488,16 @@ impl Connection {
         for t in [self.ctls.as_mut(), self.utls.as_mut()].into_iter().flatten() {
             t.release(ctx.pool);
         }
-        let splicing = self.splice.as_ref().is_some_and(|s| s.busy());
-        if self.io.client_read || self.io.client_poll || self.io.client_write.is_some() || splicing {
-            let fd = self.client_fd();
-            ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
-        }
-        if let Some(up) = &self.upstream {
-            if !up.abandoned && (self.io.up_read || self.io.up_write.is_some() || self.io.connecting || splicing) {
-                let fd = up.sock.as_raw_fd();
+        // Whatever is in flight (the slot's own count, not this connection's view of it),
+        // every descriptor it owns gets a cancel: the slot is freed only once they all
+        // completed, and its descriptors close only then.
+        if io.inflight() > 0 {
+            let mut fds: Vec<RawFd> = vec![self.client_fd()];
+            fds.extend(self.up_fd());
+            if let Some(s) = &self.splice {
+                fds.extend(s.fds());
+            }
+            for fd in fds {
                 ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
             }
         }
@@ -526,7 +528,7 @@ pub fn on_completion(
     t: OpTag,
     result: i32,
     slab: Option<Slab>,
-    provided: Option<u16>,
+    mut provided: Option<ProvidedBuf>,
 ) -> NextStep {
     match t {
         tag::CLIENT_READ if conn.ctls.is_some() => {
@@ -556,10 +558,10 @@ pub fn on_completion(
         }
         tag::CLIENT_POLL => {
             conn.io.client_poll = false;
-            match (provided, result) {
-                (Some(bid), n) => {
+            match (provided.take(), result) {
+                (Some(p), n) => {
                     if n > 0 {
-                        let bytes = ctx.ring.provided(bid, n as usize);
+                        let bytes = ctx.ring.provided_bytes(&p);
                         if let Some(room) = conn.cin.room_mut(ctx.pool) {
                             let k = bytes.len().min(room.len());
                             room[..k].copy_from_slice(&bytes[..k]);
@@ -570,7 +572,7 @@ pub fn on_completion(
                     } else if n == 0 {
                         conn.io.client_eof = true;
                     }
-                    ctx.ring.recycle_provided(bid);
+                    ctx.ring.recycle_provided(p);
                 }
                 // No provided buffer was free: read the ordinary way.
                 (None, r) if r == -libc::ENOBUFS => conn.io.client_readable = true,
@@ -649,6 +651,10 @@ pub fn on_completion(
         tag::SPLICE_TO_CLIENT => tunnel::splice_done(conn, io, ctx, tunnel::Direction::ToClient, result),
         tag::CLIENT_SHUTDOWN | tag::UP_SHUTDOWN | tag::CANCEL => {}
         _ => {}
+    }
+    // Only a client poll selects a provided buffer; whatever else carries one gives it back.
+    if let Some(p) = provided {
+        ctx.ring.recycle_provided(p);
     }
     advance(conn, io, ctx)
 }

@@ -56,6 +56,15 @@ impl Splicing {
     pub(crate) fn busy(&self) -> bool {
         [&self.pumps.to_origin, &self.pumps.to_client].into_iter().flatten().any(|p| p.op != PumpOp::Idle)
     }
+
+    /// The pipes' descriptors (a splice from a socket into a pipe is the pipe's operation
+    /// as far as cancelling by descriptor goes).
+    pub(crate) fn fds(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
+        [&self.pumps.to_origin, &self.pumps.to_client]
+            .into_iter()
+            .flatten()
+            .flat_map(|p| [p.pipe.read_fd(), p.pipe.write_fd()])
+    }
 }
 
 /// One direction moving through a pipe.

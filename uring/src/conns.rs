@@ -15,7 +15,7 @@
 //!    is `Box::from_raw`'d, once, and its value handed back to the owner ([`Event::Freed`]
 //!    or the return of `close`), who drops it: its fds close in `T`'s destructor.
 
-use crate::ring::SockAddrRaw;
+use crate::ring::{Completion, ProvidedBuf, Ring, SockAddrRaw};
 use crate::slab::{Slab, SlabPool};
 use crate::token::{decode, Decoded, OpTag, WorkerToken, ACCEPT_KIND};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -31,6 +31,8 @@ pub struct ConnId {
 #[derive(Debug)]
 pub struct Io {
     id: ConnId,
+    /// The ring of the arena this slot belongs to (0: an arena bound to no ring).
+    ring: u32,
     inflight: u32,
     closing: bool,
     pub(crate) lanes: [Option<Slab>; OpTag::SLAB_LANES as usize],
@@ -59,6 +61,9 @@ impl Io {
     }
     pub(crate) fn gen(&self) -> u32 {
         self.id.gen
+    }
+    pub(crate) fn ring(&self) -> u32 {
+        self.ring
     }
     pub(crate) fn started(&mut self) {
         self.inflight += 1;
@@ -96,13 +101,16 @@ pub enum Event<'a, T> {
         more: bool,
         /// The slab the operation used, handed back.
         slab: Option<Slab>,
+        /// The provided buffer a `RecvSelect` filled (recycle it when its bytes are taken).
+        provided: Option<ProvidedBuf>,
     },
     /// Multishot accept produced a socket (or an error in `result`).
     Accepted { listener: u32, fd: Option<OwnedFd>, result: i32, more: bool },
     /// A worker-level operation completed.
     Worker { token: WorkerToken, result: i32, more: bool },
     /// A closing connection finished its last operation and was freed: here is its value
-    /// (dropping it closes what it owns).
+    /// (dropping it closes what it owns). A provided buffer its last receive took has
+    /// already gone back to the kernel.
     Freed { id: ConnId, value: T },
     /// A closing connection's operation finished; others are still in flight.
     Draining,
@@ -114,7 +122,16 @@ struct Entry<T> {
 }
 
 /// The per-worker arena of connections.
+///
+/// ```compile_fail,E0061
+/// // A completion cannot be made up from a number: only the ring hands them out.
+/// let mut conns: uring::Conns<()> = uring::Conns::new();
+/// let mut pool = uring::SlabPool::new(0).unwrap();
+/// conns.complete(0x10, 5, 0, &mut pool);
+/// ```
 pub struct Conns<T> {
+    /// The ring whose completions this arena decodes (0: none; bookkeeping only).
+    ring: u32,
     entries: Vec<Entry<T>>,
     free: Vec<u32>,
     live: usize,
@@ -128,8 +145,21 @@ impl<T> Default for Conns<T> {
 }
 
 impl<T> Conns<T> {
+    /// An arena bound to no ring: ids for bookkeeping and tests; its slots cannot be
+    /// submitted to any ring.
     pub fn new() -> Self {
-        Conns { entries: Vec::new(), free: Vec::new(), live: 0, freed_total: 0 }
+        Conns { ring: 0, entries: Vec::new(), free: Vec::new(), live: 0, freed_total: 0 }
+    }
+
+    /// The arena of `ring`: the only one whose slots the ring accepts operations for and
+    /// whose completions it decodes. A ring takes one arena in its life (completions of
+    /// an arena dropped with operations in flight may still arrive).
+    pub fn bound_to(ring: &mut Ring) -> Self {
+        assert!(!ring.arena_bound, "this ring already has its arena");
+        ring.arena_bound = true;
+        let mut conns = Conns::new();
+        conns.ring = ring.id();
+        conns
     }
 
     /// Connections not yet freed (closing ones included).
@@ -159,7 +189,7 @@ impl<T> Conns<T> {
         entry.gen = entry.gen.wrapping_add(1);
         let id = ConnId { index, gen: entry.gen };
         let slot = Box::new(Slot {
-            io: Io { id, inflight: 0, closing: false, lanes: Default::default(), connect_addr: None },
+            io: Io { id, ring: self.ring, inflight: 0, closing: false, lanes: Default::default(), connect_addr: None },
             value,
         });
         entry.ptr = Box::into_raw(slot);
@@ -167,7 +197,8 @@ impl<T> Conns<T> {
         id
     }
 
-    /// The live slot with this id, if it still exists.
+    /// The slot with this id, if it still exists and is not closing: a closing slot only
+    /// waits for the kernel, and nothing may act on it again (close it twice, submit).
     pub fn get_mut(&mut self, id: ConnId) -> Option<&mut Slot<T>> {
         let entry = self.entries.get(id.index as usize)?;
         if entry.ptr.is_null() || entry.gen != id.gen {
@@ -176,17 +207,20 @@ impl<T> Conns<T> {
         // SAFETY: a non-null registry pointer came from Box::into_raw in `insert` and is
         // nulled in `free` before the box is dropped, so it points to a live slot; the
         // `&mut self` borrow makes this the only reference handed out.
-        Some(unsafe { &mut *entry.ptr })
+        let slot = unsafe { &mut *entry.ptr };
+        (!slot.io.closing).then_some(slot)
     }
 
-    /// Ids of every slot, for shutdown sweeps.
-    pub fn ids(&self) -> Vec<ConnId> {
-        self.entries
+    /// Ids of every slot that is not closing, for shutdown sweeps.
+    pub fn ids(&mut self) -> Vec<ConnId> {
+        let ids: Vec<ConnId> = self
+            .entries
             .iter()
             .enumerate()
             .filter(|(_, e)| !e.ptr.is_null())
             .map(|(i, e)| ConnId { index: i as u32, gen: e.gen })
-            .collect()
+            .collect();
+        ids.into_iter().filter(|id| self.get_mut(*id).is_some()).collect()
     }
 
     /// Marks the slot closing; frees it now when nothing is in flight. The owner must have
@@ -194,7 +228,7 @@ impl<T> Conns<T> {
     /// holds itself. Returns the value when the slot was freed by this call (otherwise it
     /// comes back later in [`Event::Freed`]).
     pub fn close(&mut self, id: ConnId) -> Option<T> {
-        let slot = self.get_mut(id)?;
+        let slot = self.get_mut(id)?; // None when already closing: closed once
         slot.io.closing = true;
         if slot.io.inflight == 0 {
             self.free(id.index)
@@ -221,11 +255,13 @@ impl<T> Conns<T> {
         Some(slot.value)
     }
 
-    /// Turns one completion back into its meaning. Slabs of closing connections go back
-    /// to the pool here.
-    pub fn complete(&mut self, user_data: u64, result: i32, flags: u32, pool: &mut SlabPool) -> Event<'_, T> {
+    /// Turns one completion of this arena's ring back into its meaning. Slabs and provided
+    /// buffers of closing connections go back to the pool and the ring here.
+    pub fn complete(&mut self, c: &Completion, ring: &mut Ring, pool: &mut SlabPool) -> Event<'_, T> {
+        assert!(self.ring != 0 && c.ring() == self.ring, "a completion of a ring this arena is not bound to");
+        let (result, flags) = (c.result(), c.flags());
         let more = io_uring::cqueue::more(flags);
-        match decode(user_data) {
+        match decode(c.user_data()) {
             Decoded::Worker(token) if token.kind == ACCEPT_KIND => {
                 let fd = if result >= 0 {
                     // SAFETY: a non-negative accept result is a new descriptor the kernel
@@ -259,9 +295,13 @@ impl<T> Conns<T> {
                         slot.io.connect_addr = None;
                     }
                 }
+                let provided = ring.provided_of(c);
                 if slot.io.closing {
                     if let Some(s) = slab {
                         pool.release(s);
+                    }
+                    if let Some(p) = provided {
+                        ring.recycle_provided(p);
                     }
                     if slot.io.inflight == 0 {
                         let id = slot.io.id;
@@ -271,7 +311,7 @@ impl<T> Conns<T> {
                     }
                     return Event::Draining;
                 }
-                Event::Conn { slot, tag, result, more, slab }
+                Event::Conn { slot, tag, result, more, slab, provided }
             }
         }
     }

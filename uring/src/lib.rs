@@ -1,13 +1,16 @@
 //! The event-loop layer of Sluice: everything that touches io_uring and raw memory.
 //!
-//! - [`ring`]: ring setup (SINGLE_ISSUER / COOP_TASKRUN / DEFER_TASKRUN when offered),
-//!   typed operations, a backlog so a full submission queue never drops an operation.
+//! - [`ring`]: [`Uring`] (a ring and the slab pool registered with it), ring setup
+//!   (SINGLE_ISSUER / COOP_TASKRUN / DEFER_TASKRUN when offered), typed operations, a
+//!   backlog so a full submission queue never drops an operation, the opaque
+//!   [`Completion`]s and one-use [`ProvidedBuf`] tokens it hands back.
 //! - [`token`]: the `user_data` encoding: connection pointer + generation + op tag.
 //! - [`slab`]: the per-worker pool of registered 64 KiB buffers and the ownership rules
 //!   that keep a buffer still while the kernel writes into it.
-//! - [`conns`]: the connection arena. A connection is `Box::into_raw`'d on insert; each
-//!   completion is turned back into `&mut` of it; it is freed exactly once, when it is
-//!   closing and no operation of it is in flight.
+//! - [`conns`]: the connection arena, bound to one ring. A connection is
+//!   `Box::into_raw`'d on insert; each completion of that ring is turned back into `&mut`
+//!   of it; it is freed exactly once, when it is closing and no operation of it is in
+//!   flight, and a closing slot is never handed out again.
 //! - [`pipe`]: kernel pipes for splicing a tunnel's bytes without copying them.
 //! - [`sys`]: the few plain syscalls the proxy needs (CPU affinity, a non-blocking peek,
 //!   the original destination of a redirected socket).
@@ -15,7 +18,7 @@
 //! Every `unsafe` block of the project lives in this crate, each with a `SAFETY:` comment
 //! naming the invariant it relies on.
 
-pub mod bufring;
+mod bufring;
 pub mod conns;
 pub mod pipe;
 pub mod ring;
@@ -25,11 +28,6 @@ pub mod token;
 
 pub use conns::{ConnId, Conns, Event, Io, Slot};
 pub use pipe::Pipe;
-pub use ring::{Op, Ring, RingStats};
+pub use ring::{Completion, Op, ProvidedBuf, Ring, RingStats, Uring};
 pub use slab::{Slab, SlabPool, SLAB_SIZE};
 pub use token::{OpTag, WorkerToken};
-
-/// The provided buffer a completion used, if it selected one.
-pub fn buffer_id(flags: u32) -> Option<u16> {
-    io_uring::cqueue::buffer_select(flags)
-}

@@ -1,4 +1,11 @@
-//! One io_uring per worker: setup, typed operations, submission with a backlog.
+//! One io_uring per worker: setup, typed operations, submission with a backlog, and the
+//! opaque [`Completion`]s and [`ProvidedBuf`] tokens it hands back.
+//!
+//! [`Uring`] owns a ring and the slab pool registered with it, and drops the ring first.
+//! A [`Ring`] exists only inside a `Uring`; it submits only slabs of its own pool and
+//! operations of slots of the one arena bound to it (`Conns::bound_to`), and a completion
+//! can only be decoded by that arena: safe code cannot make the ring name memory that is
+//! not what it was submitted for.
 //!
 //! Operations that name memory keep it alive until their completion: slabs park in the
 //! connection's lane, a connect address is boxed in the slot, the tick timespec lives in
@@ -14,7 +21,80 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+
+static NEXT_RING_ID: AtomicU32 = AtomicU32::new(1);
+
+/// One completion, as only a ring can produce it: decode it with `Conns::complete` of
+/// the arena bound to that ring.
+///
+/// ```compile_fail,E0451
+/// // Safe code cannot forge a completion (its fields are private)...
+/// let c = uring::Completion { ring: 1, user_data: 0x10, result: 5, flags: 0 };
+/// ```
+/// ```compile_fail,E0599
+/// // ...nor copy one to decode it twice.
+/// fn twice(c: uring::Completion) -> (uring::Completion, uring::Completion) { (c.clone(), c) }
+/// ```
+#[derive(Debug)]
+pub struct Completion {
+    ring: u32,
+    user_data: u64,
+    result: i32,
+    flags: u32,
+}
+
+impl Completion {
+    /// The operation's result (a count, or a negated errno).
+    pub fn result(&self) -> i32 {
+        self.result
+    }
+
+    pub(crate) fn ring(&self) -> u32 {
+        self.ring
+    }
+
+    pub(crate) fn user_data(&self) -> u64 {
+        self.user_data
+    }
+
+    pub(crate) fn flags(&self) -> u32 {
+        self.flags
+    }
+}
+
+/// A provided buffer the kernel filled for a `RecvSelect`: a one-use token. Read it with
+/// [`Ring::provided_bytes`]; [`Ring::recycle_provided`] consumes it and gives the buffer
+/// back to the kernel. It cannot be made, copied or recycled twice by safe code.
+///
+/// ```compile_fail,E0451
+/// let p = uring::ProvidedBuf { ring: 1, bid: 3, len: 10 };
+/// ```
+/// ```compile_fail,E0382
+/// fn twice(ring: &mut uring::Ring, p: uring::ProvidedBuf) {
+///     ring.recycle_provided(p);
+///     ring.recycle_provided(p);
+/// }
+/// ```
+#[derive(Debug)]
+#[must_use = "a provided buffer goes back to the kernel only through Ring::recycle_provided"]
+pub struct ProvidedBuf {
+    ring: u32,
+    bid: u16,
+    len: u32,
+}
+
+impl ProvidedBuf {
+    /// Bytes the receive put in it.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 
 /// Counters a worker exports about its ring.
 #[derive(Debug, Default, Clone, Copy)]
@@ -96,8 +176,14 @@ pub enum Op {
 /// A worker's ring.
 pub struct Ring {
     ring: IoUring,
+    /// This ring's identity, stamped into its completions and provided buffers.
+    id: u32,
+    /// The pool whose slabs were offered for registration: the only one it takes.
+    pool_id: u32,
+    /// An arena was bound to this ring (once: its completions name that arena's slots).
+    pub(crate) arena_bound: bool,
     backlog: VecDeque<squeue::Entry>,
-    cqes: Vec<(u64, i32, u32)>,
+    cqes: Vec<Completion>,
     tick: Box<types::Timespec>,
     stats: RingStats,
     fixed_buffers: bool,
@@ -123,10 +209,49 @@ impl Drop for Ring {
     }
 }
 
+/// A ring and the slab pool registered with it. The ring is dropped first (fields drop in
+/// declaration order), so the kernel's registration goes before the memory does; the pool
+/// also leaks its memory if a slab is still in the kernel then.
+pub struct Uring {
+    ring: Ring,
+    pool: SlabPool,
+}
+
+impl Uring {
+    /// A ring of `entries` submission entries and a pool of `slabs` 64 KiB slabs
+    /// registered with it (when the kernel allows: see [`Ring::fixed_buffers`]).
+    pub fn new(entries: u32, slabs: usize) -> io::Result<Uring> {
+        let pool = SlabPool::new(slabs)?;
+        let ring = Ring::new(entries, &pool)?;
+        Ok(Uring { ring, pool })
+    }
+
+    /// The ring and its pool, to use together.
+    pub fn parts(&mut self) -> (&mut Ring, &mut SlabPool) {
+        (&mut self.ring, &mut self.pool)
+    }
+
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    pub fn ring_mut(&mut self) -> &mut Ring {
+        &mut self.ring
+    }
+
+    pub fn pool(&self) -> &SlabPool {
+        &self.pool
+    }
+
+    pub fn pool_mut(&mut self) -> &mut SlabPool {
+        &mut self.pool
+    }
+}
+
 impl Ring {
     /// Builds a ring with the cheapest task-running flags the kernel accepts, and
     /// registers the pool's slabs as fixed buffers.
-    pub fn new(entries: u32, pool: &SlabPool) -> io::Result<Ring> {
+    fn new(entries: u32, pool: &SlabPool) -> io::Result<Ring> {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
@@ -158,6 +283,9 @@ impl Ring {
         let _ = ring.submitter().register_iowq_max_workers(&mut [IOWQ_MAX_BOUNDED, IOWQ_MAX_UNBOUNDED]);
         Ok(Ring {
             ring,
+            id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
+            pool_id: pool.id(),
+            arena_bound: false,
             buf_ring,
             backlog: VecDeque::new(),
             cqes: Vec::with_capacity(entries as usize * 4),
@@ -172,18 +300,32 @@ impl Ring {
         self.buf_ring.is_some()
     }
 
-    /// The bytes a `RecvSelect` completion put in provided buffer `bid`.
-    pub fn provided(&self, bid: u16, len: usize) -> &[u8] {
+    /// This ring's identity.
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// The token for the provided buffer a completion of this ring selected, if any.
+    pub(crate) fn provided_of(&self, c: &Completion) -> Option<ProvidedBuf> {
+        let bid = io_uring::cqueue::buffer_select(c.flags)?;
+        let len = c.result.max(0) as u32;
+        Some(ProvidedBuf { ring: self.id, bid, len })
+    }
+
+    /// The bytes a `RecvSelect` completion put in its provided buffer.
+    pub fn provided_bytes(&self, p: &ProvidedBuf) -> &[u8] {
+        assert_eq!(p.ring, self.id, "a provided buffer of another ring");
         match &self.buf_ring {
-            Some(b) => b.bytes(bid, len),
+            Some(b) => b.bytes(p.bid, p.len as usize),
             None => &[],
         }
     }
 
-    /// Gives a provided buffer back to the kernel.
-    pub fn recycle_provided(&mut self, bid: u16) {
+    /// Gives a provided buffer back to the kernel (the token is used up).
+    pub fn recycle_provided(&mut self, p: ProvidedBuf) {
+        assert_eq!(p.ring, self.id, "a provided buffer of another ring");
         if let Some(b) = self.buf_ring.as_mut() {
-            b.recycle(bid);
+            b.recycle(p.bid);
         }
     }
 
@@ -200,6 +342,8 @@ impl Ring {
     /// Submits a connection operation. A slab it carries parks in the slot until the
     /// operation's final completion hands it back.
     pub fn submit(&mut self, io: &mut Io, tag: OpTag, op: Op, pool: &mut SlabPool) {
+        assert_eq!(io.ring(), self.id, "a slot of an arena not bound to this ring");
+        assert_eq!(pool.id(), self.pool_id, "slabs of a pool not registered with this ring");
         debug_assert!(!io.is_closing(), "op submitted on a closing slot");
         let user_data = encode_conn(io.addr(), io.gen(), tag);
         let entry = match op {
@@ -353,8 +497,9 @@ impl Ring {
             Err(e) => return Err(e),
         }
         self.cqes.clear();
+        let ring = self.id;
         for cqe in self.ring.completion() {
-            self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
+            self.cqes.push(Completion { ring, user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
         }
         self.stats.completed += self.cqes.len() as u64;
         Ok(())
@@ -362,12 +507,12 @@ impl Ring {
 
     /// Takes the completions gathered by the last [`Ring::submit_and_wait`]; give the
     /// vector back with [`Ring::recycle`] to keep its allocation.
-    pub fn completions(&mut self) -> Vec<(u64, i32, u32)> {
+    pub fn completions(&mut self) -> Vec<Completion> {
         std::mem::take(&mut self.cqes)
     }
 
     /// Returns the completion buffer for reuse.
-    pub fn recycle(&mut self, mut v: Vec<(u64, i32, u32)>) {
+    pub fn recycle(&mut self, mut v: Vec<Completion>) {
         v.clear();
         self.cqes = v;
     }

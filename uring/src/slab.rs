@@ -195,6 +195,11 @@ impl SlabPool {
         self.registered as usize
     }
 
+    /// Which pool this is (rings check that slabs come from the pool they registered).
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
     pub(crate) fn ptr(&self, slab: &Slab) -> *mut u8 {
         assert_eq!(slab.pool, self.id, "slab used with a foreign pool");
         if slab.index < self.registered {

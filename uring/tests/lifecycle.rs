@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
-use uring::{ConnId, Conns, Event, Op, OpTag, Ring, SlabPool};
+use uring::{ConnId, Conns, Event, Op, OpTag, Ring, SlabPool, Uring};
 
 /// How long one test body may take; each takes milliseconds when the ring behaves.
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -104,13 +104,13 @@ fn drain_until_freed<T>(
         ring.submit_and_wait(1).expect("submit_and_wait");
         let cqes = ring.completions();
         let mut freed = None;
-        for &(ud, res, flags) in &cqes {
+        for c in &cqes {
             // Every completion here is the slot's: one after its free means it was freed
             // while the kernel still had an operation of it (and decoding it would touch
             // freed memory).
             assert!(freed.is_none(), "a completion arrived after the slot was freed, {completions} completions in");
             completions += 1;
-            match conns.complete(ud, res, flags, pool) {
+            match conns.complete(c, ring, pool) {
                 Event::Draining => on_draining(),
                 Event::Freed { id: freed_id, value } => {
                     assert_eq!(freed_id, id, "freed a slot that was not closed");
@@ -134,9 +134,9 @@ fn close_with_ops_in_flight_frees_exactly_once() {
 }
 
 fn close_with_ops_in_flight_frees_exactly_once_body() {
-    let mut pool = SlabPool::new(4).unwrap();
-    let mut ring = Ring::new(64, &pool).unwrap();
-    let mut conns: Conns<Probe> = Conns::new();
+    let mut uring = Uring::new(64, 4).unwrap();
+    let (ring, pool) = uring.parts();
+    let mut conns: Conns<Probe> = Conns::bound_to(ring);
     let drops = Rc::new(Cell::new(0));
     let (a, peer_a) = UnixStream::pair().unwrap();
     let (b, peer_b) = UnixStream::pair().unwrap();
@@ -159,10 +159,10 @@ fn close_with_ops_in_flight_frees_exactly_once_body() {
         let slot = conns.get_mut(id).unwrap();
         let (probe, io) = slot.split();
         let (fa, fb) = (probe.a.as_raw_fd(), probe.b.as_raw_fd()); // the sockets the slot owns now
-        ring.submit(io, OpTag(0), Op::Recv { fd: fa, slab: pool.take(), offset: 0, len: 4096 }, &mut pool);
-        ring.submit(io, OpTag(2), Op::Recv { fd: fb, slab: pool.take(), offset: 0, len: 4096 }, &mut pool);
-        ring.submit(io, OpTag(3), Op::Send { fd: fb, slab: pool.take(), offset: 0, len: 65536 }, &mut pool);
-        ring.submit(io, OpTag(5), Op::PollIn { fd: fa }, &mut pool);
+        ring.submit(io, OpTag(0), Op::Recv { fd: fa, slab: pool.take(), offset: 0, len: 4096 }, pool);
+        ring.submit(io, OpTag(2), Op::Recv { fd: fb, slab: pool.take(), offset: 0, len: 4096 }, pool);
+        ring.submit(io, OpTag(3), Op::Send { fd: fb, slab: pool.take(), offset: 0, len: 65536 }, pool);
+        ring.submit(io, OpTag(5), Op::PollIn { fd: fa }, pool);
         assert_eq!(io.inflight(), 4);
         assert!(io.lane_busy(OpTag(0)) && io.lane_busy(OpTag(3)));
     }
@@ -171,8 +171,8 @@ fn close_with_ops_in_flight_frees_exactly_once_body() {
     {
         let (probe, io) = conns.get_mut(id).unwrap().split();
         let (fa, fb) = (probe.a.as_raw_fd(), probe.b.as_raw_fd());
-        ring.submit(io, OpTag(7), Op::CancelFd { fd: fa }, &mut pool);
-        ring.submit(io, OpTag(8), Op::CancelFd { fd: fb }, &mut pool);
+        ring.submit(io, OpTag(7), Op::CancelFd { fd: fa }, pool);
+        ring.submit(io, OpTag(8), Op::CancelFd { fd: fb }, pool);
         assert_eq!(io.inflight(), 6, "four operations and two cancels in flight");
     }
     assert!(conns.close(id).is_none(), "ops in flight: not freed yet");
@@ -180,7 +180,7 @@ fn close_with_ops_in_flight_frees_exactly_once_body() {
     assert_eq!(drops.get(), 0);
     assert_eq!(pool.outstanding(), 3, "slabs are still with the kernel");
     let mut draining = 0;
-    let (probe, completions) = drain_until_freed(&mut ring, &mut conns, &mut pool, id, || {
+    let (probe, completions) = drain_until_freed(ring, &mut conns, pool, id, || {
         draining += 1;
         still_open(&format!("after {draining} of 6 completions"));
         assert_eq!(drops.get(), 0, "dropped while draining");
@@ -205,27 +205,21 @@ fn a_read_completes_into_its_slab_and_hands_it_back() {
 }
 
 fn a_read_completes_into_its_slab_and_hands_it_back_body() {
-    let mut pool = SlabPool::new(2).unwrap();
-    let mut ring = Ring::new(16, &pool).unwrap();
-    let mut conns: Conns<(UnixStream, UnixStream)> = Conns::new();
+    let mut uring = Uring::new(16, 2).unwrap();
+    let (ring, pool) = uring.parts();
+    let mut conns: Conns<(UnixStream, UnixStream)> = Conns::bound_to(ring);
     let (a, mut peer) = UnixStream::pair().unwrap();
     let (b, _pb) = UnixStream::pair().unwrap();
     let id = conns.insert((a, b));
     {
         let (pair, io) = conns.get_mut(id).unwrap().split();
-        ring.submit(
-            io,
-            OpTag(1),
-            Op::Recv { fd: pair.0.as_raw_fd(), slab: pool.take(), offset: 100, len: 1000 },
-            &mut pool,
-        );
+        ring.submit(io, OpTag(1), Op::Recv { fd: pair.0.as_raw_fd(), slab: pool.take(), offset: 100, len: 1000 }, pool);
     }
     peer.write_all(b"hello ring").unwrap();
     ring.submit_and_wait(1).unwrap();
     let cqes = ring.completions();
     assert_eq!(cqes.len(), 1);
-    let (ud, res, flags) = cqes[0];
-    match conns.complete(ud, res, flags, &mut pool) {
+    match conns.complete(&cqes[0], ring, pool) {
         Event::Conn { tag, result, slab: Some(slab), slot, .. } => {
             assert_eq!(tag, OpTag(1));
             assert_eq!(result, 10);
@@ -248,17 +242,16 @@ fn a_full_submission_queue_backlogs_instead_of_dropping() {
 }
 
 fn a_full_submission_queue_backlogs_instead_of_dropping_body() {
-    let pool = SlabPool::new(0).unwrap();
-    let mut ring = Ring::new(4, &pool).unwrap();
-    let mut pool = pool;
-    let mut conns: Conns<Vec<(UnixStream, UnixStream)>> = Conns::new();
+    let mut uring = Uring::new(4, 0).unwrap();
+    let (ring, pool) = uring.parts();
+    let mut conns: Conns<Vec<(UnixStream, UnixStream)>> = Conns::bound_to(ring);
     let pairs: Vec<_> = (0..32).map(|_| UnixStream::pair().unwrap()).collect();
     let fds: Vec<_> = pairs.iter().map(|p| p.0.as_raw_fd()).collect();
     let id = conns.insert(pairs);
     {
         let (_, io) = conns.get_mut(id).unwrap().split();
         for fd in &fds {
-            ring.submit(io, OpTag(5), Op::PollIn { fd: *fd }, &mut pool);
+            ring.submit(io, OpTag(5), Op::PollIn { fd: *fd }, pool);
         }
         assert_eq!(io.inflight(), 32);
     }
@@ -273,8 +266,8 @@ fn a_full_submission_queue_backlogs_instead_of_dropping_body() {
     for _ in 0..100 {
         ring.submit_and_wait(1).unwrap();
         let cqes = ring.completions();
-        for &(ud, res, flags) in &cqes {
-            if let Event::Conn { .. } = conns.complete(ud, res, flags, &mut pool) {
+        for c in &cqes {
+            if let Event::Conn { .. } = conns.complete(c, ring, pool) {
                 seen += 1;
             }
         }
