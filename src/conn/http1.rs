@@ -188,7 +188,7 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         if let Some(t) = conn.ctls.as_mut() {
             // Decrypted bytes may already wait inside the TLS session (pipelining).
             match t.take_plaintext(&mut conn.cin, ctx.pool) {
-                crate::tls::Plain::Got(_) => {}
+                crate::tls::Plain::Got(_) | crate::tls::Plain::Full => {}
                 crate::tls::Plain::Eof | crate::tls::Plain::Error => return NextStep::Close,
                 crate::tls::Plain::Empty if !t.raw_in.is_empty() || t.raw_in.is_lent() => {
                     conn.phase = next;

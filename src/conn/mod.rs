@@ -344,6 +344,8 @@ impl Connection {
                         }
                         return NextStep::Continue;
                     }
+                    // The destination is full: the phase handler takes its bytes first.
+                    crate::tls::Plain::Full => return NextStep::Continue,
                     crate::tls::Plain::Eof => (true, None),
                     crate::tls::Plain::Error => (false, Some(libc::EPROTO)),
                     crate::tls::Plain::Empty if t.raw_in.is_lent() => return NextStep::Wait,

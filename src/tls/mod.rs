@@ -30,6 +30,9 @@ pub enum Plain {
     Empty,
     /// The peer ended the stream (close_notify, or EOF after all records).
     Eof,
+    /// The destination has no room: plaintext may be waiting, take the destination's
+    /// bytes first (never to be mistaken for the end of the stream).
+    Full,
     /// The session failed.
     Error,
 }
@@ -45,11 +48,22 @@ pub struct TlsLeg {
     pub raw_eof: bool,
     /// The session reported an error (an alert may still need sending).
     pub failed: Option<rustls::Error>,
+    /// Plaintext handed to [`TlsLeg::encrypt`] that rustls could not take yet (its send
+    /// buffer was at its limit): it goes in, in order, as [`TlsLeg::fill_out`] drains
+    /// ciphertext. Bounded by what the caller writes before waiting for its flush.
+    backlog: Vec<u8>,
 }
 
 impl TlsLeg {
     pub fn new(session: rustls::Connection) -> TlsLeg {
-        TlsLeg { session, raw_in: Buf::default(), raw_out: Buf::default(), raw_eof: false, failed: None }
+        TlsLeg {
+            session,
+            raw_in: Buf::default(),
+            raw_out: Buf::default(),
+            raw_eof: false,
+            failed: None,
+            backlog: Vec::new(),
+        }
     }
 
     /// Gives rustls as much buffered ciphertext as it takes and processes it.
@@ -91,6 +105,10 @@ impl TlsLeg {
             return Plain::Error;
         }
         let Some(room) = dst.room_mut(pool) else { return Plain::Empty };
+        if room.is_empty() {
+            // A zero-length read would say Ok(0), which is how rustls reports EOF.
+            return Plain::Full;
+        }
         match self.session.reader().read(room) {
             Ok(0) => Plain::Eof,
             Ok(n) => {
@@ -109,9 +127,38 @@ impl TlsLeg {
         }
     }
 
-    /// Encrypts plaintext (rustls copies it).
+    /// Encrypts plaintext: rustls copies what its send buffer takes, the rest waits in
+    /// the leg's backlog (never dropped) until [`TlsLeg::fill_out`] has drained room.
     pub fn encrypt(&mut self, bytes: &[u8]) {
-        let _ = self.session.writer().write_all(bytes);
+        let taken = if self.backlog.is_empty() { self.write_plain(bytes) } else { 0 };
+        self.backlog.extend_from_slice(&bytes[taken..]);
+    }
+
+    /// Plaintext waiting for room in rustls (0 once everything was encrypted).
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    /// Hands rustls as much of `bytes` as it takes; returns how much it took.
+    fn write_plain(&mut self, bytes: &[u8]) -> usize {
+        let mut taken = 0;
+        while taken < bytes.len() {
+            match self.session.writer().write(&bytes[taken..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => taken += n,
+            }
+        }
+        taken
+    }
+
+    /// Moves backlogged plaintext into rustls as far as it has room.
+    fn feed_backlog(&mut self) {
+        if !self.backlog.is_empty() {
+            let backlog = std::mem::take(&mut self.backlog);
+            let taken = self.write_plain(&backlog);
+            self.backlog = backlog;
+            self.backlog.drain(..taken);
+        }
     }
 
     /// Moves pending ciphertext into `raw_out`; returns how many bytes are there to send.
@@ -120,7 +167,9 @@ impl TlsLeg {
             return 0;
         }
         self.raw_out.clear_or_take(pool);
-        while self.session.wants_write() {
+        self.feed_backlog();
+        while self.session.wants_write() || !self.backlog.is_empty() {
+            self.feed_backlog();
             let Some(room) = self.raw_out.room_mut(pool) else { break };
             if room.is_empty() {
                 break;
@@ -164,6 +213,147 @@ pub fn is_passthrough(name: &str, list: &[String]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::Arc;
+
+    /// A client leg and a server leg of one in-memory TLS session (a self-signed
+    /// certificate for test.local the client trusts), handshake not yet done.
+    fn pair() -> (TlsLeg, TlsLeg) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["test.local".into()]).unwrap().self_signed(&key).unwrap();
+        let der: CertificateDer<'static> = cert.der().clone();
+        let server = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![der.clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("test.local").unwrap();
+        let c = rustls::ClientConnection::new(Arc::new(client), name).unwrap();
+        let s = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        (TlsLeg::new(c.into()), TlsLeg::new(s.into()))
+    }
+
+    /// Moves the ciphertext `from` has to send onto `wire`, then as much of `wire` as
+    /// `to` takes into its input, as the ring would (what it cannot take yet stays on the
+    /// wire, like bytes in a socket buffer).
+    fn shuttle(from: &mut TlsLeg, wire: &mut Vec<u8>, to: &mut TlsLeg, pool: &mut SlabPool) {
+        while from.fill_out(pool) > 0 {
+            wire.extend_from_slice(from.raw_out.data(pool));
+            from.raw_out.clear();
+        }
+        while !wire.is_empty() {
+            let room = to.raw_in.room_mut(pool).expect("raw_in takes a slab");
+            if room.is_empty() {
+                break;
+            }
+            let k = room.len().min(wire.len());
+            room[..k].copy_from_slice(&wire[..k]);
+            to.raw_in.filled(k);
+            wire.drain(..k);
+            to.pump(pool);
+        }
+        to.pump(pool);
+    }
+
+    fn handshake(client: &mut TlsLeg, server: &mut TlsLeg, pool: &mut SlabPool) {
+        let (mut up, mut down) = (Vec::new(), Vec::new());
+        for _ in 0..10 {
+            shuttle(client, &mut up, server, pool);
+            shuttle(server, &mut down, client, pool);
+            if !client.session.is_handshaking() && !server.session.is_handshaking() {
+                return;
+            }
+        }
+        panic!("handshake did not finish: {:?} {:?}", client.failed, server.failed);
+    }
+
+    fn payload(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn plaintext_past_rustls_send_limit_is_kept_not_dropped() {
+        let mut pool = SlabPool::new(8).unwrap();
+        let (mut client, mut server) = pair();
+        handshake(&mut client, &mut server, &mut pool);
+        // rustls takes at most 4 KiB of unsent data at a time: a 200 KiB write is a short
+        // write many times over, and every byte must still arrive, in order.
+        client.session.set_buffer_limit(Some(4096));
+        let sent = payload(200 * 1024);
+        client.encrypt(&sent);
+        assert!(client.backlog_len() > 0, "the limit did bite");
+        let mut got = Vec::new();
+        let mut dst = Buf::default();
+        let mut wire = Vec::new();
+        for _ in 0..10_000 {
+            shuttle(&mut client, &mut wire, &mut server, &mut pool);
+            loop {
+                match server.take_plaintext(&mut dst, &mut pool) {
+                    Plain::Got(_) => {}
+                    Plain::Full => {}
+                    other => {
+                        assert!(matches!(other, Plain::Empty), "{other:?} before all bytes arrived");
+                        break;
+                    }
+                }
+                got.extend_from_slice(dst.data(&pool));
+                dst.clear();
+            }
+            if got.len() >= sent.len() {
+                break;
+            }
+        }
+        assert_eq!(got.len(), sent.len(), "bytes lost past the send limit");
+        assert!(got == sent, "bytes reordered or corrupted");
+        assert_eq!(client.backlog_len(), 0);
+        dst.release(&mut pool);
+        client.release(&mut pool);
+        server.release(&mut pool);
+        assert_eq!(pool.outstanding(), 0);
+    }
+
+    #[test]
+    fn a_full_destination_is_not_the_end_of_the_stream() {
+        let mut pool = SlabPool::new(8).unwrap();
+        let (mut client, mut server) = pair();
+        handshake(&mut client, &mut server, &mut pool);
+        let sent = payload(100 * 1024);
+        client.encrypt(&sent);
+        let mut wire = Vec::new();
+        shuttle(&mut client, &mut wire, &mut server, &mut pool);
+        let mut dst = Buf::default();
+        let mut got = Vec::new();
+        // Fill the destination to the brim without draining it.
+        while let Plain::Got(_) = server.take_plaintext(&mut dst, &mut pool) {}
+        assert_eq!(server.take_plaintext(&mut dst, &mut pool), Plain::Full, "a full buffer reads as EOF");
+        got.extend_from_slice(dst.data(&pool));
+        dst.clear();
+        // Drained, the rest comes; then nothing more (the peer did not close).
+        for _ in 0..1000 {
+            shuttle(&mut client, &mut wire, &mut server, &mut pool);
+            match server.take_plaintext(&mut dst, &mut pool) {
+                Plain::Got(_) | Plain::Full => {
+                    got.extend_from_slice(dst.data(&pool));
+                    dst.clear();
+                }
+                Plain::Empty if wire.is_empty() => break,
+                Plain::Empty => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(got == sent, "got {} of {} bytes", got.len(), sent.len());
+        dst.release(&mut pool);
+        client.release(&mut pool);
+        server.release(&mut pool);
+    }
 
     #[test]
     fn passthrough_matches_exact_and_suffix() {
