@@ -496,6 +496,16 @@ start_proxy() {
     return 0
 }
 
+# start_measured NAME SCENARIO ROUND: start_proxy for one measurement; when the proxy does
+# not come up, record the failure, clean up and return 1 (the caller skips this round).
+start_measured() {
+    local name=$1 sc=$2 r=$3 st=0
+    start_proxy "$name" "$sc-r$r" && return 0
+    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
+    stop_proxy || st=$?
+    return 1
+}
+
 # stop_proxy: SIGTERM, wait; prints nothing, returns the exit status (0 or 143 are clean).
 stop_proxy() {
     local pid=$PROXY_PID rc=0 p
@@ -583,11 +593,7 @@ scenario_wrk() {
     for ((r = 1; r <= ROUNDS; r++)); do
         for name in $(rotate $((r - 1)) "${proxies[@]}"); do
             log "$sc: round $r/$ROUNDS: $name"
-            if ! start_proxy "$name" "$sc-r$r"; then
-                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
-                st=0; stop_proxy || st=$?
-                continue
-            fi
+            start_measured "$name" "$sc" "$r" || continue
             out=$TMP/logs/$LOGN-$name-$sc-r$r.wrk
             run_wrk "$WARMUP" "$out.warmup" || true
             if proxy_died "$sc" "$name" "$r"; then continue; fi
@@ -622,11 +628,7 @@ scenario_ka10k() {
     for ((r = 1; r <= ROUNDS; r++)); do
         for name in $(rotate $((r - 1)) "${proxies[@]}"); do
             log "$sc: round $r/$ROUNDS: $name ($KA10K_CONNS clients)"
-            if ! start_proxy "$name" "$sc-r$r"; then
-                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
-                st=0; stop_proxy || st=$?
-                continue
-            fi
+            start_measured "$name" "$sc" "$r" || continue
             out=$TMP/logs/$LOGN-$name-$sc-r$r.wrk
             start_bg "$LOAD_CPU" "$out" wrk -t1 -d3600s --timeout "$WRK_TIMEOUT" --latency "${WRK_ARGS[@]}"
             wpid=$BG_PID
@@ -712,11 +714,7 @@ scenario_idle() {
     for ((r = 1; r <= ROUNDS; r++)); do
         for name in $(rotate $((r - 1)) "${PROXIES[@]}"); do
             log "idle: round $r/$ROUNDS: $name ($IDLE_COUNT clients)"
-            if ! start_proxy "$name" "idle-r$r"; then
-                record --set scenario=idle --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
-                st=0; stop_proxy || st=$?
-                continue
-            fi
+            start_measured "$name" idle "$r" || continue
             out=$TMP/logs/$LOGN-$name-idle-r$r.json
             if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/idle.py" --target "127.0.0.1:$PROXY_PORT" \
                 --host "127.0.0.1:$UP_PORT" --path /1k --count "$IDLE_COUNT" \
@@ -772,11 +770,7 @@ scenario_tls_ka1k() {
     for ((r = 1; r <= ROUNDS; r++)); do
         for name in $(rotate $((r - 1)) "${TLS_PROXIES[@]}"); do
             log "$sc: round $r/$ROUNDS: $name"
-            if ! start_proxy "$name" "$sc-r$r"; then
-                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
-                st=0; stop_proxy || st=$?
-                continue
-            fi
+            start_measured "$name" "$sc" "$r" || continue
             out=$TMP/logs/$LOGN-$name-$sc-r$r.h2load
             run_h2load "$WARMUP" "$out.warmup" || true
             if proxy_died "$sc" "$name" "$r"; then continue; fi
@@ -814,11 +808,7 @@ scenario_tls_handshake() {
             sc=tls_hs_$variant
             for name in $(rotate $((r - 1)) "${TLS_PROXIES[@]}"); do
                 log "tls_handshake ($variant): round $r/$ROUNDS: $name"
-                if ! start_proxy "$name" "$sc-r$r"; then
-                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" --error "the proxy did not start"
-                    st=0; stop_proxy || st=$?
-                    continue
-                fi
+                start_measured "$name" "$sc" "$r" || continue
                 if [[ $variant == hit ]]; then sni=(--sni origin.test); else sni=(--sni-pattern '{prefix}{n}.bench.test'); fi
                 out=$TMP/logs/$LOGN-$name-$sc-r$r.json
                 # Warm-up: the same load (for "miss", other names: w<N>.bench.test).
