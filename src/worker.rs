@@ -56,8 +56,6 @@ struct Env {
     upstream_tls: Arc<rustls::ClientConfig>,
     access: Option<AccessLog>,
     draining: bool,
-    /// Client connection slots of this worker not yet freed (admin ones excluded).
-    client_slots: u64,
     /// Queued requests whose turn came (reused between batches).
     woken: Vec<ConnId>,
 }
@@ -94,8 +92,7 @@ impl Env {
     /// which closes its descriptors, and the slot gauge moves.
     fn freed(&mut self, conn: Connection) {
         if conn.is_client() {
-            self.client_slots = self.client_slots.saturating_sub(1);
-            self.stats[self.index].connection_slots.store(self.client_slots, Ordering::Relaxed);
+            stats::drop_one(&self.stats[self.index].connection_slots);
         }
         drop(conn);
     }
@@ -187,7 +184,6 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
         upstream_tls: setup.upstream_tls.clone(),
         access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
         draining: false,
-        client_slots: 0,
         woken: Vec::new(),
         cfg,
     };
@@ -320,10 +316,10 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
 
 /// Runs the state machines of `ids` (they waited for something outside their own I/O:
 /// a name, a connection to their origin); ids of slots freed or closing meanwhile are
-/// skipped.
+/// skipped (`get_mut` never hands out a closing slot).
 fn resume(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, ids: &[ConnId]) {
     for &id in ids {
-        if let Some(slot) = conns.get_mut(id).filter(|s| !s.io().is_closing()) {
+        if let Some(slot) = conns.get_mut(id) {
             if let Some(c) = drive(slot, env, now, conn::advance) {
                 env.close(conns, c);
             }
@@ -338,9 +334,7 @@ fn resume_queued(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
         return;
     }
     let mut ids = std::mem::take(&mut env.woken);
-    env.upstreams.wake_queued(&mut ids, |id| {
-        conns.get_mut(id).is_some_and(|s| !s.io().is_closing() && s.value.is_queued_for_upstream())
-    });
+    env.upstreams.wake_queued(&mut ids, |id| conns.get_mut(id).is_some_and(|s| s.value.is_queued_for_upstream()));
     resume(conns, env, now, &ids);
     ids.clear();
     env.woken = ids;
@@ -372,9 +366,6 @@ fn close_idle(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
 fn close_all(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
     for id in conns.ids() {
         let Some(slot) = conns.get_mut(id) else { continue };
-        if slot.io().is_closing() {
-            continue;
-        }
         if let Some(c) = drive(slot, env, now, |_, _, _| NextStep::Close) {
             env.close(conns, c);
         }
@@ -391,7 +382,8 @@ fn accept(
     let stats = &env.stats[env.index];
     // Client slots not yet freed (closing ones still hold descriptors); admin connections
     // do not count against the client limit.
-    if role == Role::Proxy && env.client_slots >= env.cfg.limits.max_connections_per_worker as u64 {
+    let slots = stats.connection_slots.load(Ordering::Relaxed);
+    if role == Role::Proxy && slots >= env.cfg.limits.max_connections_per_worker as u64 {
         stats::bump(&stats.connections_rejected, 1);
         return None; // dropping the fd closes it
     }
@@ -412,8 +404,7 @@ fn accept(
     }
     let id = conns.insert(Connection::new(stream, peer, role));
     if role == Role::Proxy {
-        env.client_slots += 1;
-        stats.connection_slots.store(env.client_slots, Ordering::Relaxed);
+        stats::bump(&stats.connection_slots, 1);
     }
     let slot = conns.get_mut(id)?;
     drive(slot, env, now, |c, io, ctx| c.start(io, ctx))

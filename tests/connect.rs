@@ -11,15 +11,12 @@ use support::*;
 
 /// Opens a tunnel to `target` and returns the client with the 200 head consumed.
 fn open_tunnel(proxy: &Proxy, target: &str) -> Client {
-    let mut c = proxy.client();
-    c.send_str(&format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
-    let head = c
-        .conn
-        .read_head(64 * 1024)
-        .unwrap_or_else(|e| panic!("CONNECT {target}: {e}"))
-        .unwrap_or_else(|| panic!("CONNECT {target}: closed without a response"));
-    let text = String::from_utf8_lossy(&head).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"), "CONNECT {target} answered {text:?}");
+    let (head, c) = send_connect(proxy, target);
+    let status = &head.first_line;
+    assert!(
+        status.starts_with("HTTP/1.1 200") || status.starts_with("HTTP/1.0 200"),
+        "CONNECT {target} answered {head:?}"
+    );
     c
 }
 

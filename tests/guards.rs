@@ -107,18 +107,6 @@ fn name_with_denied_and_allowed_addresses_dials_only_the_allowed_ones() {
     assert_eq!(allowed.requests(), 2);
 }
 
-/// Sends `CONNECT target` and reads the response head only (a 200 opens a tunnel).
-fn connect(proxy: &Proxy, target: &str) -> (Head, Client) {
-    let mut c = proxy.client();
-    c.send_str(&format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
-    let raw = c
-        .conn
-        .read_head(64 * 1024)
-        .unwrap_or_else(|e| panic!("CONNECT {target}: {e}"))
-        .unwrap_or_else(|| panic!("CONNECT {target}: closed without a response"));
-    (parse_head(&raw).expect("a response head"), c)
-}
-
 #[test]
 fn connect_to_a_denied_address_is_refused() {
     let denied = Origin::start_on((DENIED_IP, 0).into());
@@ -132,14 +120,14 @@ fn connect_to_a_denied_address_is_refused() {
     .resolve("internal.sluice.test", "127.0.0.2")
     .start();
     for target in [denied.host(), format!("internal.sluice.test:{}", denied.port())] {
-        let (head, mut c) = connect(&proxy, &target);
+        let (head, mut c) = send_connect(&proxy, &target);
         assert!(head.first_line.starts_with("HTTP/1.1 403 "), "CONNECT {target}: {head:?}");
         let body = c.wait_closed(Duration::from_secs(5)).unwrap_or_else(|e| panic!("CONNECT {target}: {e}"));
         assert!(String::from_utf8_lossy(&body).contains("deny list"), "CONNECT {target}: {body:?}");
     }
     assert_eq!(denied.accepts(), 0, "a CONNECT dialled a denied address");
     // An allowed CONNECT port and address: the tunnel opens and carries a request.
-    let (head, mut c) = connect(&proxy, &allowed.host());
+    let (head, mut c) = send_connect(&proxy, &allowed.host());
     assert!(head.first_line.starts_with("HTTP/1.1 200"), "CONNECT {}: {head:?}", allowed.host());
     let r = c.get(&allowed.host(), "/bytes/5");
     assert_eq!(r.status, 200, "through the tunnel: {}", r.describe());

@@ -14,12 +14,8 @@ use support::*;
 
 /// Opens a tunnel to 127.0.0.1:`port` and returns the client with the 200 head consumed.
 fn open_tunnel(proxy: &Proxy, port: u16) -> Client {
-    let mut c = proxy.client();
-    let target = format!("127.0.0.1:{port}");
-    c.send_str(&format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
-    let head = c.conn.read_head(64 * 1024).expect("CONNECT answer").expect("CONNECT answered nothing");
-    let text = String::from_utf8_lossy(&head).into_owned();
-    assert!(text.starts_with("HTTP/1.1 200"), "CONNECT answered {text:?}");
+    let (head, c) = send_connect(proxy, &format!("127.0.0.1:{port}"));
+    assert!(head.first_line.starts_with("HTTP/1.1 200"), "CONNECT answered {head:?}");
     c
 }
 

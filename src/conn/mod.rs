@@ -494,12 +494,8 @@ impl Connection {
         // every descriptor it owns gets a cancel: the slot is freed only once they all
         // completed, and its descriptors close only then.
         if io.inflight() > 0 {
-            let mut fds: Vec<RawFd> = vec![self.client_fd()];
-            fds.extend(self.up_fd());
-            if let Some(s) = &self.splice {
-                fds.extend(s.fds());
-            }
-            for fd in fds {
+            let pipes = self.splice.iter().flat_map(|s| s.fds());
+            for fd in std::iter::once(self.client_fd()).chain(self.up_fd()).chain(pipes) {
                 ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
             }
         }

@@ -166,7 +166,12 @@ impl UpstreamPool {
     /// covers the race).
     pub fn acquire(&mut self, key: &PoolKey, now: Instant, how: Want, who: ConnId) -> Acquired {
         let cap = self.cfg.max_connections_per_host;
-        let origin = self.origins.entry(key.clone()).or_default();
+        // Look the origin up before inserting: the key (its host) is cloned only the
+        // first time an origin is seen, not on every request.
+        if !self.origins.contains_key(key) {
+            self.origins.insert(key.clone(), OriginState::default());
+        }
+        let Some(origin) = self.origins.get_mut(key) else { unreachable!("inserted above") };
         if !how.fresh_only {
             if let Some(conn) = Self::take_idle(origin, &mut self.total, &mut self.stats, &self.cfg, now, how.retryable)
             {

@@ -713,6 +713,19 @@ pub fn answers_http(addr: SocketAddr) -> bool {
     read_full(&mut s, &mut buf).is_ok_and(|n| n == 7 && &buf == b"HTTP/1.")
 }
 
+/// Sends `CONNECT target` on a new client connection and reads the response head only,
+/// so a 200 leaves the client at the start of the tunnel.
+pub fn send_connect(proxy: &Proxy, target: &str) -> (Head, Client) {
+    let mut c = proxy.client();
+    c.send_str(&format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n"));
+    let raw = c
+        .conn
+        .read_head(64 * 1024)
+        .unwrap_or_else(|e| panic!("CONNECT {target}: {e}"))
+        .unwrap_or_else(|| panic!("CONNECT {target}: closed without a response"));
+    (parse_head(&raw).expect("a response head"), c)
+}
+
 impl Proxy {
     pub fn builder(config: &str) -> ProxyBuilder {
         ProxyBuilder {
@@ -905,8 +918,9 @@ impl Proxy {
             // client has its answer), and counted after the scrapes below it would be one
             // too many on most rounds. The previous round's scrapes are 20 ms old here.
             let fds = self.open_fds();
-            let slots = self.slots();
-            let idle = self.metric("sluice_upstream_pool_idle").unwrap_or(0.0);
+            let text = self.metrics().unwrap_or_else(|e| panic!("{e}"));
+            let slots = metric_sum(&text, "sluice_connection_slots").expect("sluice_connection_slots in /metrics");
+            let idle = metric_sum(&text, "sluice_upstream_pool_idle").unwrap_or(0.0);
             seen = (slots, fds, idle);
             slots == 0.0 && fds <= base.fds + idle as usize
         });
