@@ -11,6 +11,10 @@
 //!   `Box::into_raw`'d on insert; each completion of that ring is turned back into `&mut`
 //!   of it; it is freed exactly once, when it is closing and no operation of it is in
 //!   flight, and a closing slot is never handed out again.
+//! - [`wake`]: the worker's ready queue and a `std::task::Waker` per slot, so one slot
+//!   can wake another and futures (the `h2` crate's) are polled with no runtime.
+//! - [`sim`]: the in-memory backend of a ring, for driving state machines in tests with
+//!   injected completions and no kernel.
 //! - [`pipe`]: kernel pipes for splicing a tunnel's bytes without copying them.
 //! - [`sys`]: the few plain syscalls the proxy needs (CPU affinity, a non-blocking peek,
 //!   the original destination of a redirected socket).
@@ -22,12 +26,16 @@ mod bufring;
 pub mod conns;
 pub mod pipe;
 pub mod ring;
+pub mod sim;
 pub mod slab;
 pub mod sys;
 pub mod token;
+pub mod wake;
 
 pub use conns::{ConnId, Conns, Event, Io, Slot};
 pub use pipe::Pipe;
 pub use ring::{Completion, Op, ProvidedBuf, Ring, RingStats, Uring};
+pub use sim::{Sim, SimOp};
 pub use slab::{Slab, SlabPool, SLAB_SIZE};
 pub use token::{OpTag, WorkerToken};
+pub use wake::ReadyQueue;

@@ -14,6 +14,7 @@
 
 use crate::bufring::BufRing;
 use crate::conns::Io;
+use crate::sim::{Sim, SimOp};
 use crate::slab::{Slab, SlabPool};
 use crate::token::{encode_conn, encode_worker, OpTag, WorkerToken, ACCEPT_KIND};
 use io_uring::{opcode, squeue, types, IoUring};
@@ -173,9 +174,15 @@ pub enum Op {
     Splice { fd_in: RawFd, fd_out: RawFd, len: u32 },
 }
 
+/// Where a ring's operations go: the kernel, or (tests) the in-memory [`Sim`].
+enum Backend {
+    Kernel(IoUring),
+    Memory(Box<Sim>),
+}
+
 /// A worker's ring.
 pub struct Ring {
-    ring: IoUring,
+    backend: Backend,
     /// This ring's identity, stamped into its completions and provided buffers.
     id: u32,
     /// The pool whose slabs were offered for registration: the only one it takes.
@@ -203,8 +210,8 @@ const IOWQ_MAX_UNBOUNDED: u32 = 8;
 
 impl Drop for Ring {
     fn drop(&mut self) {
-        if let Some(b) = &self.buf_ring {
-            let _ = self.ring.submitter().unregister_buf_ring(b.bgid());
+        if let (Some(b), Backend::Kernel(ring)) = (&self.buf_ring, &self.backend) {
+            let _ = ring.submitter().unregister_buf_ring(b.bgid());
         }
     }
 }
@@ -223,6 +230,16 @@ impl Uring {
     pub fn new(entries: u32, slabs: usize) -> io::Result<Uring> {
         let pool = SlabPool::new(slabs)?;
         let ring = Ring::new(entries, &pool)?;
+        Ok(Uring { ring, pool })
+    }
+
+    /// A ring whose operations go nowhere: they wait in its [`Sim`] until a test
+    /// completes them ([`Ring::sim`]). No kernel ring, no registered buffers, no
+    /// provided-buffer ring; `slabs` heap slabs in the pool. For driving a state machine
+    /// in memory with injected completions.
+    pub fn in_memory(slabs: usize) -> io::Result<Uring> {
+        let pool = SlabPool::new(slabs)?;
+        let ring = Ring::with_backend(Backend::Memory(Box::default()), &pool, false, None, 64);
         Ok(Uring { ring, pool })
     }
 
@@ -281,8 +298,18 @@ impl Ring {
             let _ = ring.submitter().register_iowq_aff(&set);
         }
         let _ = ring.submitter().register_iowq_max_workers(&mut [IOWQ_MAX_BOUNDED, IOWQ_MAX_UNBOUNDED]);
-        Ok(Ring {
-            ring,
+        Ok(Ring::with_backend(Backend::Kernel(ring), pool, fixed_buffers, buf_ring, entries))
+    }
+
+    fn with_backend(
+        backend: Backend,
+        pool: &SlabPool,
+        fixed_buffers: bool,
+        buf_ring: Option<BufRing>,
+        entries: u32,
+    ) -> Ring {
+        Ring {
+            backend,
             id: NEXT_RING_ID.fetch_add(1, Ordering::Relaxed),
             pool_id: pool.id(),
             arena_bound: false,
@@ -292,7 +319,16 @@ impl Ring {
             tick: Box::new(types::Timespec::new()),
             stats: RingStats::default(),
             fixed_buffers,
-        })
+        }
+    }
+
+    /// The in-memory backend's queue of operations, for a test to complete; None on a
+    /// kernel ring.
+    pub fn sim(&mut self) -> Option<&mut Sim> {
+        match &mut self.backend {
+            Backend::Memory(sim) => Some(sim),
+            Backend::Kernel(_) => None,
+        }
     }
 
     /// True when receives can pick from the provided-buffer ring.
@@ -346,6 +382,15 @@ impl Ring {
         assert_eq!(pool.id(), self.pool_id, "slabs of a pool not registered with this ring");
         debug_assert!(!io.is_closing(), "op submitted on a closing slot");
         let user_data = encode_conn(io.addr(), io.gen(), tag);
+        if let Backend::Memory(_) = self.backend {
+            let recorded = self.record(io, tag, op, pool);
+            io.started();
+            self.stats.submitted += 1;
+            if let Backend::Memory(sim) = &mut self.backend {
+                sim.submitted(user_data, tag, recorded);
+            }
+            return;
+        }
         let entry = match op {
             Op::Recv { fd, slab, offset, len } => {
                 let (buf, len, fixed) = self.lend(io, tag, slab, offset, len, pool);
@@ -392,6 +437,29 @@ impl Ring {
         };
         io.started();
         self.push(entry.user_data(user_data));
+    }
+
+    /// The in-memory form of an operation: slabs park in the lane as for the kernel; a
+    /// send's bytes are copied out, a receive keeps the address to fill on completion.
+    fn record(&mut self, io: &mut Io, tag: OpTag, op: Op, pool: &mut SlabPool) -> (SimOp, Option<(*mut u8, u32)>) {
+        match op {
+            Op::Recv { fd, slab, offset, len } => {
+                let (buf, len, _) = self.lend(io, tag, slab, offset, len, pool);
+                (SimOp::Recv { fd, len: len as usize }, Some((buf, len)))
+            }
+            Op::Send { fd, slab, offset, len } => {
+                let bytes = pool.bytes(&slab)[offset..offset + len].to_vec();
+                self.lend(io, tag, slab, offset, len, pool);
+                (SimOp::Send { fd, bytes }, None)
+            }
+            Op::PollIn { fd } => (SimOp::PollIn { fd }, None),
+            Op::PollOut { fd } => (SimOp::PollOut { fd }, None),
+            Op::Connect { fd, addr } => (SimOp::Connect { fd, addr }, None),
+            Op::ShutdownWrite { fd } => (SimOp::ShutdownWrite { fd }, None),
+            Op::CancelFd { fd } => (SimOp::CancelFd { fd }, None),
+            Op::RecvSelect { .. } => panic!("RecvSelect without a provided-buffer ring (check has_buf_ring)"),
+            Op::Splice { fd_in, fd_out, len } => (SimOp::Splice { fd_in, fd_out, len }, None),
+        }
     }
 
     /// Parks the slab in the slot's lane and returns the buffer address, length and the
@@ -453,6 +521,11 @@ impl Ring {
     }
 
     fn push(&mut self, entry: squeue::Entry) {
+        if let Backend::Memory(sim) = &mut self.backend {
+            // Worker-level operations (accept, tick, wake polls) never complete in memory.
+            sim.worker_ops += 1;
+            return;
+        }
         self.stats.submitted += 1;
         if !self.backlog.is_empty() || !self.try_push(&entry) {
             self.stats.backlogged += 1;
@@ -461,19 +534,20 @@ impl Ring {
     }
 
     fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        let Backend::Kernel(ring) = &mut self.backend else { return true };
         // SAFETY: every entry built here names memory that outlives the operation: slabs
         // parked in the slot's lane, the connect address boxed in the slot, the tick
         // timespec owned by this ring, and slots freed only after their final completion.
-        if unsafe { self.ring.submission().push(entry) }.is_ok() {
+        if unsafe { ring.submission().push(entry) }.is_ok() {
             return true;
         }
         // Queue full: hand what is queued to the kernel and try once more.
         self.stats.enter_calls += 1;
-        if self.ring.submit().is_err() {
+        if ring.submit().is_err() {
             return false;
         }
         // SAFETY: as above.
-        unsafe { self.ring.submission().push(entry) }.is_ok()
+        unsafe { ring.submission().push(entry) }.is_ok()
     }
 
     fn flush_backlog(&mut self) {
@@ -488,18 +562,32 @@ impl Ring {
     /// Submits everything queued and waits for at least `want` completions, then moves
     /// every available completion into an internal buffer returned by [`Ring::completions`].
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        self.cqes.clear();
+        let id = self.id;
+        if let Backend::Memory(sim) = &mut self.backend {
+            // Nothing blocks in memory: the completions a test injected are the batch.
+            for (user_data, result) in sim.take_completed() {
+                self.cqes.push(Completion { ring: id, user_data, result, flags: 0 });
+            }
+            self.stats.completed += self.cqes.len() as u64;
+            return Ok(());
+        }
         self.flush_backlog();
         self.stats.enter_calls += 1;
         let want = if self.backlog.is_empty() { want } else { 0 };
-        match self.ring.submit_and_wait(want) {
+        let Backend::Kernel(ring) = &mut self.backend else { unreachable!("memory rings returned above") };
+        match ring.submit_and_wait(want) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(e),
         }
-        self.cqes.clear();
-        let ring = self.id;
-        for cqe in self.ring.completion() {
-            self.cqes.push(Completion { ring, user_data: cqe.user_data(), result: cqe.result(), flags: cqe.flags() });
+        for cqe in ring.completion() {
+            self.cqes.push(Completion {
+                ring: id,
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
         }
         self.stats.completed += self.cqes.len() as u64;
         Ok(())

@@ -1,0 +1,73 @@
+//! The in-memory ring: the same submission and decoding path as the kernel ring, with
+//! completions a test chooses.
+
+use uring::{Conns, Event, Op, OpTag, SimOp, Uring};
+
+const READ: OpTag = OpTag(0);
+const POLL: OpTag = OpTag(5);
+const CANCEL: OpTag = OpTag(6);
+
+#[test]
+fn a_receive_gets_the_injected_bytes_in_its_slab() {
+    let mut uring = Uring::in_memory(2).unwrap();
+    let mut conns: Conns<()> = Conns::bound_to(uring.ring_mut());
+    let id = conns.insert(());
+    {
+        let (ring, pool) = uring.parts();
+        let slab = pool.take();
+        let io = conns.get_mut(id).unwrap().split().1;
+        ring.submit(io, READ, Op::Recv { fd: 7, slab, offset: 100, len: 4 }, pool);
+        assert_eq!(io.inflight(), 1);
+    }
+    let (ring, pool) = uring.parts();
+    let sim = ring.sim().expect("an in-memory ring");
+    assert_eq!(sim.pending().len(), 1);
+    let op = sim.take(|tag, op| tag == READ && *op == SimOp::Recv { fd: 7, len: 4 }).unwrap();
+    assert_eq!(sim.complete_recv(op, b"hello"), 4, "no more than the receive asked for");
+    ring.submit_and_wait(1).unwrap();
+    let cqes = ring.completions();
+    assert_eq!(cqes.len(), 1);
+    match conns.complete(&cqes[0], ring, pool) {
+        Event::Conn { tag, result, slab: Some(slab), .. } => {
+            assert_eq!((tag, result), (READ, 4));
+            assert_eq!(&pool.bytes(&slab)[100..104], b"hell");
+            pool.release(slab);
+        }
+        _ => panic!("expected the receive's completion with its slab"),
+    }
+    assert_eq!(conns.get_mut(id).unwrap().io().inflight(), 0);
+}
+
+#[test]
+fn a_cancel_completes_the_operations_on_its_fd_and_frees_a_closing_slot() {
+    let mut uring = Uring::in_memory(0).unwrap();
+    let mut conns: Conns<&'static str> = Conns::bound_to(uring.ring_mut());
+    let id = conns.insert("conn");
+    {
+        let (ring, pool) = uring.parts();
+        let io = conns.get_mut(id).unwrap().split().1;
+        ring.submit(io, POLL, Op::PollIn { fd: 3 }, pool);
+        ring.submit(io, POLL, Op::PollIn { fd: 4 }, pool);
+        ring.submit(io, CANCEL, Op::CancelFd { fd: 3 }, pool);
+    }
+    assert!(conns.close(id).is_none(), "three operations in flight");
+    let (ring, pool) = uring.parts();
+    assert_eq!(ring.sim().unwrap().pending().len(), 1, "only the poll on fd 4 is left");
+    ring.submit_and_wait(1).unwrap();
+    let cqes = ring.completions();
+    let results: Vec<_> = cqes.iter().map(|c| c.result()).collect();
+    assert_eq!(results, vec![-libc::ECANCELED, 1]);
+    for c in &cqes {
+        assert!(matches!(conns.complete(c, ring, pool), Event::Draining));
+    }
+    let sim = ring.sim().unwrap();
+    let last = sim.take(|_, op| op.names(4)).unwrap();
+    sim.complete(last, 1);
+    ring.submit_and_wait(1).unwrap();
+    let cqes = ring.completions();
+    match conns.complete(&cqes[0], ring, pool) {
+        Event::Freed { id: freed, value } => assert_eq!((freed, value), (id, "conn")),
+        _ => panic!("the last completion frees the closing slot"),
+    }
+    assert!(conns.is_empty());
+}
