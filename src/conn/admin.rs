@@ -1,17 +1,18 @@
 //! The admin endpoint, served by the same ring: `/metrics` (Prometheus text),
 //! `/healthz` (alive) and `/readyz` (accepting traffic). One request per connection.
 
+use super::leg::Side;
 use super::{Connection, Ctx, NextStep};
 use crate::h1::{self, HeadLimits, RequestTarget};
 use crate::stats;
 use uring::Io;
 
 pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    if conn.io.client_read {
+    if conn.client.reading {
         return NextStep::Wait;
     }
     let limits = HeadLimits { max_bytes: 16 * 1024, max_headers: 64 };
-    match h1::parse_request(conn.cin.data(ctx.pool), &limits) {
+    match h1::parse_request(conn.client.input.data(ctx.pool), &limits) {
         Ok(Some((head, _))) => {
             let path = match &head.target {
                 RequestTarget::Origin { path } => path.split('?').next().unwrap_or("").to_string(),
@@ -43,10 +44,10 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             respond_admin(conn, io, ctx, &r)
         }
         Ok(None) => {
-            if conn.io.client_eof || conn.io.client_error.is_some() {
+            if conn.client.ended() {
                 return NextStep::Close;
             }
-            conn.read_client(io, ctx)
+            conn.read(io, ctx, Side::Client)
         }
         Err(e) => {
             let r = h1::error_response(e.status(), e.detail());
@@ -58,7 +59,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
 fn respond_admin(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, r: &[u8]) -> NextStep {
     // Admin responses are not proxied requests: keep them out of the request counters.
     let n = conn.out.fill(ctx.pool, r);
-    conn.write_client(io, ctx, super::buf::BufId::Out, 0, n);
+    conn.write(io, ctx, Side::Client, super::buf::BufId::Out, 0, n);
     conn.phase = super::Phase::Respond { close: true };
     NextStep::Wait
 }

@@ -1,6 +1,7 @@
 //! A connection's view of one slab: which bytes are valid, and whether the slab is lent
 //! to the kernel right now. A `Buf` with no slab and no data costs nothing.
 
+use super::leg::Side;
 use uring::{Slab, SlabPool, SLAB_SIZE};
 
 /// Room kept in front of the data so a rewritten head can be placed right before the
@@ -9,14 +10,13 @@ pub const HEADROOM: usize = 2048;
 
 /// Which buffer of the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BufId {
-    Cin,
-    Uin,
+pub(crate) enum BufId {
+    /// Plaintext read from a leg (`input`).
+    In(Side),
+    /// A response the proxy makes itself.
     Out,
-    /// Ciphertext toward the client (`ctls.raw_out`).
-    ClientRawOut,
-    /// Ciphertext toward the origin (`utls.raw_out`).
-    UpRawOut,
+    /// Ciphertext toward a leg (its TLS session's `raw_out`).
+    RawOut(Side),
 }
 
 /// Valid bytes are `start..end` of the slab.

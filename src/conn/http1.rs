@@ -8,6 +8,7 @@
 //! leave in one write.
 
 use super::buf::{BufId, HEADROOM};
+use super::leg::Side;
 use super::tunnel::PerDirection;
 use super::{Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::h1::{self, BodyFraming, ChunkedDecoder, HeadLimits, Method};
@@ -183,32 +184,32 @@ fn limits(ctx: &Ctx<'_>) -> HeadLimits {
 /// Between requests: hold no slab, wait until the client has something to say.
 pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // The first bytes of a connection go through detection (TLS or HTTP/1).
-    let next = if conn.requests == 0 && conn.ctls.is_none() { Phase::Detect } else { Phase::RequestHead };
-    if conn.cin.is_empty() && !conn.io.client_poll {
-        if let Some(t) = conn.ctls.as_mut() {
+    let next = if conn.requests == 0 && conn.client.tls.is_none() { Phase::Detect } else { Phase::RequestHead };
+    if conn.client.input.is_empty() && !conn.client.polling {
+        if let Some(t) = conn.client.tls.as_mut() {
             // Decrypted bytes may already wait inside the TLS session (pipelining).
-            match t.take_plaintext(&mut conn.cin, ctx.pool) {
+            match t.take_plaintext(&mut conn.client.input, ctx.pool) {
                 crate::tls::Plain::Got(_) | crate::tls::Plain::Full => {}
                 crate::tls::Plain::Eof | crate::tls::Plain::Error => return NextStep::Close,
                 crate::tls::Plain::Empty if !t.raw_in.is_empty() || t.raw_in.is_lent() => {
                     conn.phase = next;
                     return NextStep::Continue;
                 }
-                crate::tls::Plain::Empty => conn.cin.release_if_empty(ctx.pool),
+                crate::tls::Plain::Empty => conn.client.input.release_if_empty(ctx.pool),
             }
         }
     }
-    if !conn.cin.is_empty() {
+    if !conn.client.input.is_empty() {
         conn.phase = next;
         let t = ctx.cfg.timeouts.request_head;
         conn.set_deadline(io, ctx, t);
         return NextStep::Continue;
     }
-    if conn.io.client_error.is_some() || conn.io.client_eof {
+    if conn.client.error.is_some() || conn.client.eof {
         return NextStep::Close;
     }
-    if conn.io.client_readable {
-        conn.io.client_readable = false;
+    if conn.client.readable {
+        conn.client.readable = false;
         conn.phase = next;
         if conn.requests > 0 {
             let t = ctx.cfg.timeouts.request_head;
@@ -216,11 +217,11 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         }
         return NextStep::Continue;
     }
-    if conn.io.client_poll {
+    if conn.client.polling {
         return NextStep::Wait;
     }
-    conn.cin.release_if_empty(ctx.pool);
-    conn.uin.release_if_empty(ctx.pool);
+    conn.client.input.release_if_empty(ctx.pool);
+    conn.origin.input.release_if_empty(ctx.pool);
     conn.poll_client(io, ctx);
     let t = if conn.requests == 0 { ctx.cfg.timeouts.request_head } else { ctx.cfg.timeouts.client_idle };
     conn.set_deadline(io, ctx, t);
@@ -229,28 +230,28 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
 
 /// Reads until a whole head is in `cin`, then validates and routes it.
 pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    if conn.io.client_read {
+    if conn.client.reading {
         return NextStep::Wait;
     }
-    let parsed = h1::parse_request(conn.cin.data(ctx.pool), &limits(ctx));
+    let parsed = h1::parse_request(conn.client.input.data(ctx.pool), &limits(ctx));
     match parsed {
         Ok(Some((head, n))) => start_exchange(conn, io, ctx, head, n),
         Ok(None) => {
-            if conn.io.client_error.is_some() {
+            if conn.client.error.is_some() {
                 return NextStep::Close;
             }
-            if conn.io.client_eof {
-                if conn.cin.is_empty() {
+            if conn.client.eof {
+                if conn.client.input.is_empty() {
                     return NextStep::Close;
                 }
                 let r = h1::error_response(400, "connection closed in the middle of a request head");
                 return conn.respond(io, ctx, &r, true);
             }
-            if conn.cin.room() == 0 && conn.cin.start <= HEADROOM {
+            if conn.client.input.room() == 0 && conn.client.input.start <= HEADROOM {
                 let r = h1::error_response(431, "request head too large");
                 return conn.respond(io, ctx, &r, true);
             }
-            conn.read_client(io, ctx)
+            conn.read(io, ctx, Side::Client)
         }
         Err(e) => {
             let r = h1::error_response(e.status(), e.detail());
@@ -266,7 +267,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         let r = h1::error_response(508, "request already passed through this proxy");
         return conn.respond(io, ctx, &r, true);
     }
-    let target = if conn.ctls.is_some() && head.method != Method::Connect {
+    let target = if conn.client.tls.is_some() && head.method != Method::Connect {
         super::tls::request_target(conn, &head).map(|(h, p)| (h, p, false))
     } else {
         match (head.upstream_target(), conn.original_dst) {
@@ -286,7 +287,8 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         let r = h1::error_response(403, "CONNECT to this port is not allowed");
         return conn.respond(io, ctx, &r, true);
     }
-    let log_target = if ctx.access.is_some() { describe_target(&head, conn.ctls.is_some()) } else { String::new() };
+    let log_target =
+        if ctx.access.is_some() { describe_target(&head, conn.client.tls.is_some()) } else { String::new() };
     let mut ex = Box::new(Exchange {
         method: head.method,
         client_minor: head.minor_version,
@@ -312,7 +314,8 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         lease: None,
         tunnel: TunnelState::default(),
         // Over intercepted TLS, or an absolute-form https:// target from a cleartext client.
-        upstream_tls: conn.ctls.is_some() || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
+        upstream_tls: conn.client.tls.is_some()
+            || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
         status: 0,
         // Log facts own their strings only when the access log is on (no per-request
         // allocation otherwise).
@@ -327,17 +330,17 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         early_response: false,
     });
     if is_connect {
-        conn.cin.start += n;
-        if ctx.cfg.intercept_connect && conn.ctls.is_none() {
+        conn.client.input.start += n;
+        if ctx.cfg.intercept_connect && conn.client.tls.is_none() {
             // Answer at once, then look at what the client sends inside the tunnel.
             conn.tunnel_target = Some(Box::new((ex.host.clone(), ex.port)));
             ctx.stats.response(Some(Method::Connect), 200);
             stats::bump(&ctx.stats.tunnels, 1);
-            if conn.out.is_lent() || conn.io.client_write.is_some() {
+            if conn.out.is_lent() || conn.client.writing.is_some() {
                 return NextStep::Close;
             }
             let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);
-            conn.write_client(io, ctx, BufId::Out, 0, n);
+            conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
             conn.phase = Phase::Detect;
             return NextStep::Continue;
         }
@@ -349,16 +352,16 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
             add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
         }
         let len = ctx.scratch.len();
-        let head_end = conn.cin.start + n;
+        let head_end = conn.client.input.start + n;
         if len > head_end {
             let r = h1::error_response(431, "request head too large after rewriting");
             return conn.respond(io, ctx, &r, true);
         }
         let at = head_end - len;
-        if let Some(bytes) = conn.cin.slab_mut(ctx.pool) {
+        if let Some(bytes) = conn.client.input.slab_mut(ctx.pool) {
             bytes[at..head_end].copy_from_slice(ctx.scratch);
         }
-        conn.cin.start = at;
+        conn.client.input.start = at;
         ex.head_pending = len;
         ex.head_at = at;
         ex.head_len = len;
@@ -366,7 +369,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         // malformed chunk size is refused without the origin ever seeing the request.
         if let Body::Chunked { decoder } = &ex.req_body {
             let mut probe = decoder.clone();
-            if let Err(e) = probe.feed(&conn.cin.data(ctx.pool)[len..]) {
+            if let Err(e) = probe.feed(&conn.client.input.data(ctx.pool)[len..]) {
                 let r = h1::error_response(e.status(), e.detail());
                 return conn.respond(io, ctx, &r, true);
             }
@@ -381,7 +384,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
 pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // The origin may answer before it has the whole body (401, 413, ...): relay that at
     // once; the rest of the body is not forwarded and both connections end after it.
-    if !conn.uin.is_empty() && conn.ex.as_ref().is_some_and(|e| e.head_pending == 0) {
+    if !conn.origin.input.is_empty() && conn.ex.as_ref().is_some_and(|e| e.head_pending == 0) {
         if let Some(ex) = conn.ex.as_mut() {
             ex.early_response = true;
         }
@@ -393,25 +396,25 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     // Once the head is out, listen to the origin while the body goes (an early answer
     // may come while a write is blocked because the origin stopped reading).
     if conn.ex.as_ref().is_some_and(|e| e.head_pending == 0 && !e.req_body.finished())
-        && !conn.io.up_read
-        && !conn.uin.is_lent()
-        && !conn.io.up_eof
-        && conn.io.up_error.is_none()
-        && conn.read_upstream(io, ctx) == NextStep::Continue
+        && !conn.origin.reading
+        && !conn.origin.input.is_lent()
+        && !conn.origin.eof
+        && conn.origin.error.is_none()
+        && conn.read(io, ctx, Side::Origin) == NextStep::Continue
     {
         return NextStep::Continue;
     }
-    if conn.io.up_write.is_some() {
+    if conn.origin.writing.is_some() {
         return NextStep::Wait;
     }
-    if conn.io.up_error.is_some() {
+    if conn.origin.error.is_some() {
         return upstream_failed(conn, io, ctx, "upstream connection failed while sending the request");
     }
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
-    if !conn.cin.is_lent() {
-        let data = conn.cin.data(ctx.pool);
+    if !conn.client.input.is_lent() {
+        let data = conn.client.input.data(ctx.pool);
         let head = ex.head_pending.min(data.len());
         let body = match ex.req_body.take(&data[head..]) {
             Ok(n) => n,
@@ -424,9 +427,9 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
         let total = head + body;
         if total > 0 {
             ex.head_pending -= head;
-            let start = conn.cin.start;
-            conn.cin.start += total;
-            conn.write_upstream(io, ctx, BufId::Cin, start, total);
+            let start = conn.client.input.start;
+            conn.client.input.start += total;
+            conn.write(io, ctx, Side::Origin, BufId::In(Side::Client), start, total);
             let t = ctx.cfg.timeouts.io_idle;
             conn.refresh_deadline(io, ctx, t);
             return NextStep::Wait;
@@ -441,19 +444,19 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
         conn.set_deadline(io, ctx, t);
         return NextStep::Continue;
     }
-    if ex.expect_continue && !ex.continue_sent && conn.io.client_write.is_none() && !conn.out.is_lent() {
+    if ex.expect_continue && !ex.continue_sent && conn.client.writing.is_none() && !conn.out.is_lent() {
         ex.continue_sent = true;
         let n = conn.out.fill(ctx.pool, h1::CONTINUE_100);
-        conn.write_client(io, ctx, BufId::Out, 0, n);
+        conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
     }
-    if conn.io.client_read {
+    if conn.client.reading {
         return NextStep::Wait;
     }
-    if conn.io.client_eof || conn.io.client_error.is_some() {
+    if conn.client.ended() {
         // The client left in the middle of its body: nothing can be answered.
         return NextStep::Close;
     }
-    conn.read_client(io, ctx)
+    conn.read(io, ctx, Side::Client)
 }
 
 /// The origin failed before a response byte reached the client.
@@ -467,20 +470,18 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         && !ex.response_started
         && ex.method.is_idempotent()
         && matches!(ex.req_body, Body::None)
-        && conn.uin.is_empty()
-        && !conn.cin.is_lent();
-    if retryable && !conn.io.up_read && conn.io.up_write.is_none() {
+        && conn.origin.input.is_empty()
+        && !conn.client.input.is_lent();
+    if retryable && !conn.origin.reading && conn.origin.writing.is_none() {
         ex.retried = true;
         ex.fresh_only = true;
         ex.head_pending = ex.head_len;
         ex.upstream_step = UpstreamStep::Start;
-        conn.cin.start = ex.head_at;
+        conn.client.input.start = ex.head_at;
         conn.upstream = None;
-        if let Some(mut t) = conn.utls.take() {
-            t.release(ctx.pool);
-        }
-        conn.io.up_eof = false;
-        conn.io.up_error = None;
+        conn.origin.sock = None;
+        conn.origin.drop_tls(ctx.pool);
+        conn.origin.forget_outcome();
         stats::bump(&ctx.stats.upstream_retries, 1);
         conn.phase = Phase::Upstream;
         return NextStep::Continue;
@@ -497,13 +498,13 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
 /// Reads and rewrites the response head.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // An interim (1xx) head may still be on its way to the client from `uin`.
-    if conn.io.up_read || conn.io.client_write.is_some() || conn.uin.is_lent() {
+    if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
         return NextStep::Wait;
     }
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
-    let parsed = h1::parse_response(conn.uin.data(ctx.pool), &limits(ctx), ex.method);
+    let parsed = h1::parse_response(conn.origin.input.data(ctx.pool), &limits(ctx), ex.method);
     match parsed {
         Ok(Some((resp, n))) => {
             if resp.is_informational() {
@@ -512,24 +513,24 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
                 // an HTTP/1.0 client never gets a 1xx.
                 let forward = ex.client_minor == 1 && !(resp.status == 100 && ex.continue_sent);
                 if !forward {
-                    conn.uin.start += n;
+                    conn.origin.input.start += n;
                     return NextStep::Continue;
                 }
                 ctx.scratch.clear();
                 resp.write_client(ctx.scratch, ctx.via, false, ex.client_minor);
                 let len = ctx.scratch.len();
-                let head_end = conn.uin.start + n;
+                let head_end = conn.origin.input.start + n;
                 if len > head_end {
-                    conn.uin.start += n;
+                    conn.origin.input.start += n;
                     return NextStep::Continue;
                 }
                 let at = head_end - len;
-                if let Some(bytes) = conn.uin.slab_mut(ctx.pool) {
+                if let Some(bytes) = conn.origin.input.slab_mut(ctx.pool) {
                     bytes[at..head_end].copy_from_slice(ctx.scratch);
                 }
-                conn.uin.start = head_end;
+                conn.origin.input.start = head_end;
                 ex.response_started = true;
-                conn.write_client(io, ctx, BufId::Uin, at, len);
+                conn.write(io, ctx, Side::Client, BufId::In(Side::Origin), at, len);
                 return NextStep::Wait;
             }
             let body_framing = resp.framing;
@@ -546,15 +547,15 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             ctx.scratch.clear();
             resp.write_client(ctx.scratch, ctx.via, close, ex.client_minor);
             let len = ctx.scratch.len();
-            let head_end = conn.uin.start + n;
+            let head_end = conn.origin.input.start + n;
             if len > head_end {
                 return upstream_failed(conn, io, ctx, "response head too large after rewriting");
             }
             let at = head_end - len;
-            if let Some(bytes) = conn.uin.slab_mut(ctx.pool) {
+            if let Some(bytes) = conn.origin.input.slab_mut(ctx.pool) {
                 bytes[at..head_end].copy_from_slice(ctx.scratch);
             }
-            conn.uin.start = at;
+            conn.origin.input.start = at;
             ex.resp_head_pending = len;
             ex.resp_body = Body::from_framing(body_framing, ctx.cfg.limits.max_header_bytes);
             ex.resp_keep_alive = resp.keep_alive;
@@ -567,18 +568,18 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             NextStep::Continue
         }
         Ok(None) => {
-            if conn.io.up_eof || conn.io.up_error.is_some() {
-                let why = if conn.uin.is_empty() {
+            if conn.origin.ended() {
+                let why = if conn.origin.input.is_empty() {
                     "upstream closed the connection without answering"
                 } else {
                     "upstream closed the connection in the middle of the response head"
                 };
                 return upstream_failed(conn, io, ctx, why);
             }
-            if conn.uin.has_slab() && conn.uin.room() == 0 {
+            if conn.origin.input.has_slab() && conn.origin.input.room() == 0 {
                 return upstream_failed(conn, io, ctx, "upstream response head too large");
             }
-            conn.read_upstream(io, ctx)
+            conn.read(io, ctx, Side::Origin)
         }
         Err(e) => {
             conn.abandon_upstream(io, ctx);
@@ -590,32 +591,32 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
 
 /// Forwards the response body, then ends the exchange.
 pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    if conn.io.client_write.is_some() {
+    if conn.client.writing.is_some() {
         return NextStep::Wait;
     }
-    if conn.io.client_error.is_some() {
+    if conn.client.error.is_some() {
         return NextStep::Close;
     }
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
-    let data = conn.uin.data(ctx.pool);
+    let data = conn.origin.input.data(ctx.pool);
     let head = ex.resp_head_pending.min(data.len());
     if head > 0
         && !ex.coalesce_tried
-        && should_wait_for_small_body(&ex.resp_body, data.len() - head, conn.uin.room())
-        && !conn.io.up_eof
-        && conn.io.up_error.is_none()
+        && should_wait_for_small_body(&ex.resp_body, data.len() - head, conn.origin.input.room())
+        && !conn.origin.eof
+        && conn.origin.error.is_none()
     {
         // The head arrived without all of its small body (origins often write the head,
         // then the body): one more read lets both leave in one segment, which costs the
         // proxy, the client and the loopback one send, one wakeup and one ACK less. Only
         // once: after that read, whatever is here goes, so the head is never held back long.
-        if conn.io.up_read {
+        if conn.origin.reading {
             return NextStep::Wait;
         }
         ex.coalesce_tried = true;
-        return conn.read_upstream(io, ctx);
+        return conn.read(io, ctx, Side::Origin);
     }
     let taken = if ex.dechunk { dechunk(conn, ctx, head) } else { ex.resp_body.take(&data[head..]).map(|n| (n, n)) };
     let Some(ex) = conn.ex.as_mut() else {
@@ -633,31 +634,31 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     if head + consumed > 0 {
         ex.resp_head_pending -= head;
         ex.response_started = true;
-        let start = conn.uin.start;
-        conn.uin.start += head + consumed;
+        let start = conn.origin.input.start;
+        conn.origin.input.start += head + consumed;
         if head + body == 0 {
             // Only framing bytes this time (chunk sizes, trailers): nothing to send.
             return NextStep::Continue;
         }
-        conn.write_client(io, ctx, BufId::Uin, start, head + body);
+        conn.write(io, ctx, Side::Client, BufId::In(Side::Origin), start, head + body);
         let t = ctx.cfg.timeouts.io_idle;
         conn.refresh_deadline(io, ctx, t);
         return NextStep::Wait;
     }
-    if matches!(ex.resp_body, Body::UntilEof) && conn.io.up_eof {
+    if matches!(ex.resp_body, Body::UntilEof) && conn.origin.eof {
         ex.resp_body = Body::Done;
     }
     if ex.resp_body.finished() && ex.resp_head_pending == 0 {
         return finish_exchange(conn, io, ctx);
     }
-    if conn.io.up_read {
+    if conn.origin.reading {
         return NextStep::Wait;
     }
-    if conn.io.up_eof || conn.io.up_error.is_some() {
+    if conn.origin.ended() {
         // Truncated by the origin: the client must see the connection end.
         return NextStep::Close;
     }
-    conn.read_upstream(io, ctx)
+    conn.read(io, ctx, Side::Origin)
 }
 
 /// The largest response body the proxy waits for before sending the head (see
@@ -684,40 +685,34 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         return NextStep::Close;
     };
     let reusable = ex.resp_keep_alive
-        && conn.uin.is_empty()
-        && !conn.io.up_read
-        && conn.io.up_write.is_none()
-        && !conn.io.up_eof
-        && conn.io.up_error.is_none();
-    if conn.io.up_read || conn.io.up_write.is_some() || conn.io.connecting {
+        && conn.origin.input.is_empty()
+        && !conn.origin.reading
+        && conn.origin.writing.is_none()
+        && !conn.origin.eof
+        && conn.origin.error.is_none();
+    if conn.origin.busy() {
         // Operations still run on the origin socket: cancel them; the socket stays with
         // this connection (closed once they complete) and the client connection ends.
         conn.abandon_upstream(io, ctx);
         conn.clear_deadline();
         return linger(conn, io, ctx);
     }
-    let tls = conn.utls.take();
-    if let Some(up) = conn.upstream.take() {
-        let UpstreamConn { sock, key, abandoned, lease, .. } = up;
-        let tls_clean = tls.as_ref().is_none_or(|t| t.raw_in.is_empty() && !t.raw_out.is_lent() && t.failed.is_none());
-        if reusable && !abandoned && tls_clean {
-            let tls = tls.map(|mut t| {
+    let tls_clean =
+        conn.origin.tls.as_ref().is_none_or(|t| t.raw_in.is_empty() && !t.raw_out.is_lent() && t.failed.is_none());
+    if let (Some(up), Some(sock)) = (conn.upstream.take(), conn.origin.sock.take()) {
+        let UpstreamConn { key, abandoned, lease, .. } = up;
+        if let (true, false, true, Some(lease)) = (reusable, abandoned, tls_clean, lease) {
+            let tls = conn.origin.tls.take().map(|mut t| {
                 t.release(ctx.pool);
                 t
             });
-            if let Some(lease) = lease {
-                ctx.upstreams.put(key, crate::upstream::pool::Pooled { sock, tls, lease }, ctx.now);
-            }
-        } else if let Some(mut t) = tls {
-            t.release(ctx.pool);
+            ctx.upstreams.put(key, crate::upstream::pool::Pooled { sock, tls, lease }, ctx.now);
         }
-    } else if let Some(mut t) = tls {
-        t.release(ctx.pool);
     }
-    conn.io.up_eof = false;
-    conn.io.up_error = None;
-    conn.uin.clear();
-    conn.uin.release_if_empty(ctx.pool);
+    conn.origin.drop_tls(ctx.pool);
+    conn.origin.forget_outcome();
+    conn.origin.input.clear();
+    conn.origin.input.release_if_empty(ctx.pool);
     conn.clear_deadline();
     if ex.early_response || !ex.req_body.finished() {
         return linger(conn, io, ctx);
@@ -733,9 +728,10 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
 /// half-close our side and drain its bytes for a moment, so closing with unread data does
 /// not reset the connection before the client has read the response.
 fn linger(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    if conn.ctls.is_none() {
-        let fd = conn.client_fd();
-        ctx.ring.submit(io, super::tag::CLIENT_SHUTDOWN, uring::Op::ShutdownWrite { fd }, ctx.pool);
+    if conn.client.tls.is_none() {
+        if let Some(fd) = conn.client_fd() {
+            ctx.ring.submit(io, Side::Client.shutdown_tag(), uring::Op::ShutdownWrite { fd }, ctx.pool);
+        }
     }
     conn.phase = Phase::Linger;
     conn.set_deadline(io, ctx, std::time::Duration::from_secs(2));
@@ -744,16 +740,16 @@ fn linger(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
 
 /// Reads and drops client bytes until EOF or the linger deadline.
 pub(crate) fn linger_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    if conn.io.client_write.is_some() || conn.io.client_read {
+    if conn.client.writing.is_some() || conn.client.reading {
         return NextStep::Wait;
     }
-    if conn.io.client_eof || conn.io.client_error.is_some() {
+    if conn.client.ended() {
         return NextStep::Close;
     }
-    if !conn.cin.is_lent() {
-        conn.cin.clear();
+    if !conn.client.input.is_lent() {
+        conn.client.input.clear();
     }
-    conn.read_client(io, ctx)
+    conn.read(io, ctx, Side::Client)
 }
 
 /// The request target as an operator reads it in the access log.
@@ -776,14 +772,14 @@ fn describe_target(head: &h1::RequestHead, tls: bool) -> String {
 fn dechunk(conn: &mut Connection, ctx: &mut Ctx<'_>, head: usize) -> Result<(usize, usize), h1::H1Error> {
     let Some(ex) = conn.ex.as_mut() else { return Ok((0, 0)) };
     let Body::Chunked { decoder } = &mut ex.resp_body else { return Ok((0, 0)) };
-    let base = conn.uin.start + head;
+    let base = conn.origin.input.start + head;
     let mut ranges = Vec::new();
-    let progress = decoder.feed_with_data(&conn.uin.data(ctx.pool)[head..], &mut ranges)?;
+    let progress = decoder.feed_with_data(&conn.origin.input.data(ctx.pool)[head..], &mut ranges)?;
     if progress.done {
         ex.resp_body = Body::Done;
     }
     let mut payload = 0;
-    if let Some(bytes) = conn.uin.slab_mut(ctx.pool) {
+    if let Some(bytes) = conn.origin.input.slab_mut(ctx.pool) {
         for r in ranges {
             let len = r.end - r.start;
             bytes.copy_within(base + r.start..base + r.end, base + payload);

@@ -28,7 +28,7 @@ impl Facts {
             // before this point and still waits in `cin`: it belongs to this exchange.
             // (Pipelined requests read during an exchange count there and again in
             // their own.)
-            bytes_in_at_start: conn.bytes_in.saturating_sub(conn.cin.len() as u64),
+            bytes_in_at_start: conn.bytes_in.saturating_sub(conn.client.input.len() as u64),
             bytes_out_at_start: conn.bytes_out,
             logged: false,
         }
@@ -38,7 +38,7 @@ impl Facts {
 /// Records the exchange in progress (if any, and not yet recorded) with `status`.
 pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
     let (bytes_in, bytes_out, peer) = (conn.bytes_in, conn.bytes_out, conn.peer);
-    let protocol = if conn.ctls.is_some() { "HTTP/1.1+TLS" } else { "HTTP/1.1" };
+    let protocol = if conn.client.tls.is_some() { "HTTP/1.1+TLS" } else { "HTTP/1.1" };
     let Some(ex) = conn.ex.as_mut() else { return };
     let facts = &mut ex.facts;
     if facts.logged {
@@ -68,7 +68,7 @@ pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
 pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_out: u64) {
     if let Some(log) = ctx.access.as_deref_mut() {
         // What the client sent of the refused request is what waits in `cin`.
-        let bytes_in = conn.cin.len() as u64;
+        let bytes_in = conn.client.input.len() as u64;
         log.record(&AccessEntry {
             time: SystemTime::now(),
             client: conn.peer,
@@ -79,7 +79,7 @@ pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_o
             bytes_in,
             duration: std::time::Duration::ZERO,
             upstream: None,
-            protocol: if conn.ctls.is_some() { "HTTP/1.1+TLS" } else { "HTTP/1.1" },
+            protocol: if conn.client.tls.is_some() { "HTTP/1.1+TLS" } else { "HTTP/1.1" },
         });
     }
 }

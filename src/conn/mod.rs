@@ -18,6 +18,7 @@
 mod admin;
 pub(crate) mod buf;
 mod http1;
+pub(crate) mod leg;
 mod log;
 mod tls;
 mod tunnel;
@@ -29,8 +30,9 @@ use crate::timers::{TimerKey, Timers};
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::{PoolKey, UpstreamPool};
 use buf::{Buf, BufId};
+use leg::{Dial, Leg, Side};
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 use uring::{Io, Op, OpTag, ProvidedBuf, Ring, Slab, SlabPool};
 
@@ -123,18 +125,10 @@ pub(crate) enum Phase {
     Linger,
 }
 
-/// A write in flight and where its slab goes back to.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WriteJob {
-    src: BufId,
-    offset: u32,
-    len: u32,
-}
-
-/// The upstream socket of the current exchange.
+/// The origin connection of the current exchange: where it goes back to. Its socket
+/// and TLS session are the origin [`Leg`].
 #[derive(Debug)]
 pub(crate) struct UpstreamConn {
-    pub sock: TcpStream,
     pub key: PoolKey,
     pub reused: bool,
     /// Set when the exchange gave up on it: never pooled, closed with the connection.
@@ -144,30 +138,12 @@ pub(crate) struct UpstreamConn {
     pub lease: Option<crate::upstream::pool::Lease>,
 }
 
-/// The facts of in-flight I/O, updated by completions, read by phase handlers.
-#[derive(Debug, Default)]
-pub(crate) struct IoState {
-    client_read: bool,
-    client_poll: bool,
-    client_write: Option<WriteJob>,
-    up_read: bool,
-    up_write: Option<WriteJob>,
-    connecting: bool,
-    connect_result: Option<i32>,
-    client_eof: bool,
-    client_error: Option<i32>,
-    up_eof: bool,
-    up_error: Option<i32>,
-    /// The client polled readable and nothing has read yet.
-    client_readable: bool,
-}
-
 /// One client connection.
 pub struct Connection {
-    /// TLS toward the client (intercepted), when the client spoke TLS.
-    pub(crate) ctls: Option<Box<crate::tls::TlsLeg>>,
-    /// TLS toward the origin, for https targets.
-    pub(crate) utls: Option<Box<crate::tls::TlsLeg>>,
+    /// The client's side: its socket, TLS when intercepted, the bytes it sent.
+    pub(crate) client: Leg,
+    /// The origin's side for the current exchange.
+    pub(crate) origin: Leg,
     /// Reads the ClientHello before a certificate is chosen.
     pub(crate) acceptor: Option<Box<rustls::server::Acceptor>>,
     /// Bytes of `cin` already given to the acceptor.
@@ -177,7 +153,6 @@ pub struct Connection {
     /// The server name the client asked for in its ClientHello.
     pub(crate) sni: Option<String>,
     pub(crate) role: Role,
-    pub(crate) client: TcpStream,
     pub(crate) peer: Option<SocketAddr>,
     /// Where the client meant to go before a REDIRECT rule sent it here (transparent mode).
     pub(crate) original_dst: Option<SocketAddr>,
@@ -185,8 +160,6 @@ pub struct Connection {
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) phase: Phase,
-    pub(crate) cin: Buf,
-    pub(crate) uin: Buf,
     pub(crate) out: Buf,
     pub(crate) upstream: Option<UpstreamConn>,
     pub(crate) ex: Option<Box<http1::Exchange>>,
@@ -194,7 +167,6 @@ pub struct Connection {
     /// (its direction is done, or the connection is freed): the kernel resolves a
     /// splice's pipe fd when the splice runs.
     pub(crate) splice: Option<Box<tunnel::Splicing>>,
-    pub(crate) io: IoState,
     /// The armed timer entry: at or before `deadline`.
     pub(crate) timer: Option<TimerKey>,
     /// When this connection's phase times out, if it can.
@@ -208,25 +180,21 @@ impl Connection {
         let original_dst = if role == Role::Proxy { redirected_from(&client) } else { None };
         Connection {
             role,
-            client,
+            client: Leg::on(client),
+            origin: Leg::default(),
             peer,
             original_dst,
             bytes_in: 0,
             bytes_out: 0,
             phase: if role == Role::Admin { Phase::Admin } else { Phase::AwaitRequest },
-            ctls: None,
-            utls: None,
             acceptor: None,
             accepted_bytes: 0,
             tunnel_target: None,
             sni: None,
-            cin: Buf::default(),
-            uin: Buf::default(),
             out: Buf::default(),
             upstream: None,
             ex: None,
             splice: None,
-            io: IoState::default(),
             timer: None,
             deadline: None,
             requests: 0,
@@ -258,28 +226,12 @@ impl Connection {
         matches!(self.phase, Phase::AwaitRequest) && self.ex.is_none() && self.role == Role::Proxy
     }
 
-    pub(crate) fn client_fd(&self) -> RawFd {
-        self.client.as_raw_fd()
+    pub(crate) fn client_fd(&self) -> Option<RawFd> {
+        self.client.fd()
     }
 
     pub(crate) fn up_fd(&self) -> Option<RawFd> {
-        self.upstream.as_ref().map(|u| u.sock.as_raw_fd())
-    }
-
-    fn buf_mut(&mut self, id: BufId) -> &mut Buf {
-        match id {
-            BufId::Cin => &mut self.cin,
-            BufId::Uin => &mut self.uin,
-            BufId::Out => &mut self.out,
-            BufId::ClientRawOut => match self.ctls.as_mut() {
-                Some(t) => &mut t.raw_out,
-                None => &mut self.out,
-            },
-            BufId::UpRawOut => match self.utls.as_mut() {
-                Some(t) => &mut t.raw_out,
-                None => &mut self.out,
-            },
-        }
+        self.origin.fd()
     }
 
     /// Sets the single deadline of this connection. Deadlines are lazy: the timer entry
@@ -316,115 +268,20 @@ impl Connection {
         ctx.timers.clear(self.timer.take());
     }
 
-    /// Asks for more client bytes in `cin`. With TLS, decrypted bytes already buffered
-    /// are moved in at once (`Continue`); otherwise a read is submitted (`Wait`).
-    pub(crate) fn read_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-        self.read_leg(io, ctx, true)
-    }
-
-    /// Asks for more origin bytes in `uin` (decrypting like `read_client`).
-    pub(crate) fn read_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-        self.read_leg(io, ctx, false)
-    }
-
-    /// One read on either leg: plaintext already inside the TLS session first, else a
-    /// receive into `cin`/`uin` (cleartext) or the session's `raw_in` (TLS).
-    fn read_leg(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, client: bool) -> NextStep {
-        debug_assert!(!(if client { self.io.client_read } else { self.io.up_read }));
-        let fd = if client { Some(self.client_fd()) } else { self.up_fd() };
-        let Some(fd) = fd else { return NextStep::Close };
-        let (leg, dst) = if client { (self.ctls.as_mut(), &mut self.cin) } else { (self.utls.as_mut(), &mut self.uin) };
-        let (slab, offset, len) = match leg {
-            Some(t) => {
-                let (eof, error) = match t.take_plaintext(dst, ctx.pool) {
-                    crate::tls::Plain::Got(n) => {
-                        if client {
-                            self.bytes_in += n as u64;
-                            stats::bump(&ctx.stats.bytes_from_clients, n as u64);
-                        }
-                        return NextStep::Continue;
-                    }
-                    // The destination is full: the phase handler takes its bytes first.
-                    crate::tls::Plain::Full => return NextStep::Continue,
-                    crate::tls::Plain::Eof => (true, None),
-                    crate::tls::Plain::Error => (false, Some(libc::EPROTO)),
-                    crate::tls::Plain::Empty if t.raw_in.is_lent() => return NextStep::Wait,
-                    crate::tls::Plain::Empty => (false, None),
-                };
-                if eof || error.is_some() {
-                    let (eof_flag, error_slot) = if client {
-                        (&mut self.io.client_eof, &mut self.io.client_error)
-                    } else {
-                        (&mut self.io.up_eof, &mut self.io.up_error)
-                    };
-                    *eof_flag |= eof;
-                    if error.is_some() {
-                        *error_slot = error;
-                    }
-                    return NextStep::Continue;
-                }
-                t.raw_in.prepare_read(ctx.pool)
-            }
-            None => dst.prepare_read(ctx.pool),
-        };
-        let t = if client { tag::CLIENT_READ } else { tag::UP_READ };
-        ctx.ring.submit(io, t, Op::Recv { fd, slab, offset, len }, ctx.pool);
-        if client {
-            self.io.client_read = true;
-        } else {
-            self.io.up_read = true;
-        }
-        NextStep::Wait
-    }
-
     /// Waits for the client to become readable without holding a slab.
     pub(crate) fn poll_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
-        debug_assert!(!self.io.client_poll);
-        let fd = self.client_fd();
+        debug_assert!(!self.client.polling);
+        let Some(fd) = self.client_fd() else { return };
         // Cleartext clients wait with a receive on the provided-buffer ring: the first
         // bytes arrive in one operation and no buffer is held while idle. TLS clients
         // (whose bytes go through the session) wait for readability.
-        let op = if self.ctls.is_none() && ctx.ring.has_buf_ring() { Op::RecvSelect { fd } } else { Op::PollIn { fd } };
+        let op = if self.client.tls.is_none() && ctx.ring.has_buf_ring() {
+            Op::RecvSelect { fd }
+        } else {
+            Op::PollIn { fd }
+        };
         ctx.ring.submit(io, tag::CLIENT_POLL, op, ctx.pool);
-        self.io.client_poll = true;
-    }
-
-    /// Sends `len` bytes of buffer `src` from `offset` to the client.
-    pub(crate) fn write_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, src: BufId, offset: usize, len: usize) {
-        debug_assert!(self.io.client_write.is_none());
-        if self.ctls.is_some() {
-            self.encrypt_from(ctx, src, offset, len, true);
-            self.bytes_out += len as u64;
-            stats::bump(&ctx.stats.bytes_to_clients, len as u64);
-            self.flush_client_tls(io, ctx);
-            return;
-        }
-        let fd = self.client_fd();
-        let job = WriteJob { src, offset: offset as u32, len: len as u32 };
-        self.submit_write(io, ctx, fd, tag::CLIENT_WRITE, job);
-        self.io.client_write = Some(job);
-        self.bytes_out += len as u64;
-        stats::bump(&ctx.stats.bytes_to_clients, len as u64);
-    }
-
-    /// Sends `len` bytes of buffer `src` from `offset` to the origin.
-    pub(crate) fn write_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, src: BufId, offset: usize, len: usize) {
-        debug_assert!(self.io.up_write.is_none());
-        if self.utls.is_some() {
-            self.encrypt_from(ctx, src, offset, len, false);
-            self.flush_up_tls(io, ctx);
-            return;
-        }
-        let Some(fd) = self.up_fd() else { return };
-        let job = WriteJob { src, offset: offset as u32, len: len as u32 };
-        self.submit_write(io, ctx, fd, tag::UP_WRITE, job);
-        self.io.up_write = Some(job);
-    }
-
-    fn submit_write(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, fd: RawFd, t: OpTag, job: WriteJob) {
-        let slab = self.buf_mut(job.src).lend();
-        let op = Op::Send { fd, slab, offset: job.offset as usize, len: job.len as usize };
-        ctx.ring.submit(io, t, op, ctx.pool);
+        self.client.polling = true;
     }
 
     /// Queues a response the proxy makes itself and switches to `Respond`.
@@ -436,12 +293,12 @@ impl Connection {
         }
         // Something still being written to the client: the response cannot be framed
         // after it, so the connection ends without it.
-        let blocked = self.out.is_lent() || self.io.client_write.is_some();
+        let blocked = self.out.is_lent() || self.client.writing.is_some();
         let sent = if blocked {
             0
         } else {
             let n = self.out.fill(ctx.pool, bytes);
-            self.write_client(io, ctx, BufId::Out, 0, n);
+            self.write(io, ctx, Side::Client, BufId::Out, 0, n);
             n
         };
         // Logged once the response is queued, so that its bytes count.
@@ -466,8 +323,7 @@ impl Connection {
         if let Some(up) = self.upstream.as_mut() {
             if !up.abandoned {
                 up.abandoned = true;
-                if self.io.up_read || self.io.up_write.is_some() || self.io.connecting {
-                    let fd = up.sock.as_raw_fd();
+                if let Some(fd) = self.origin.fd().filter(|_| self.origin.busy()) {
                     ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
                 }
             }
@@ -484,10 +340,10 @@ impl Connection {
         if status != 0 {
             log::finish(self, ctx, status);
         }
-        for b in [&mut self.cin, &mut self.uin, &mut self.out] {
+        for b in [&mut self.client.input, &mut self.origin.input, &mut self.out] {
             b.release(ctx.pool);
         }
-        for t in [self.ctls.as_mut(), self.utls.as_mut()].into_iter().flatten() {
+        for t in [self.client.tls.as_mut(), self.origin.tls.as_mut()].into_iter().flatten() {
             t.release(ctx.pool);
         }
         // Whatever is in flight (the slot's own count, not this connection's view of it),
@@ -495,7 +351,7 @@ impl Connection {
         // completed, and its descriptors close only then.
         if io.inflight() > 0 {
             let pipes = self.splice.iter().flat_map(|s| s.fds());
-            for fd in std::iter::once(self.client_fd()).chain(self.up_fd()).chain(pipes) {
+            for fd in self.client_fd().into_iter().chain(self.up_fd()).chain(pipes) {
                 ctx.ring.submit(io, tag::CANCEL, Op::CancelFd { fd }, ctx.pool);
             }
         }
@@ -529,125 +385,47 @@ pub fn on_completion(
     mut provided: Option<ProvidedBuf>,
 ) -> NextStep {
     match t {
-        tag::CLIENT_READ if conn.ctls.is_some() => {
-            conn.io.client_read = false;
-            tls::raw_read_done(conn, ctx, true, result, slab);
-        }
-        tag::UP_READ if conn.utls.is_some() => {
-            conn.io.up_read = false;
-            tls::raw_read_done(conn, ctx, false, result, slab);
-        }
-        tag::CLIENT_READ => {
-            conn.io.client_read = false;
-            if let Some(s) = slab {
-                conn.cin.give_back(s);
-            }
-            if result > 0 {
-                conn.cin.filled(result as usize);
-                conn.bytes_in += result as u64;
-                stats::bump(&ctx.stats.bytes_from_clients, result as u64);
-            } else if result == 0 {
-                conn.io.client_eof = true;
-            } else if result != -libc::EAGAIN {
-                // -EAGAIN (a non-blocking tunnel socket read on a worker thread): the
-                // phase handler simply reads again.
-                conn.io.client_error = Some(-result);
+        tag::CLIENT_READ => conn.read_done(ctx, Side::Client, result, slab),
+        tag::UP_READ => conn.read_done(ctx, Side::Origin, result, slab),
+        tag::CLIENT_WRITE | tag::UP_WRITE => {
+            let side = if t == tag::CLIENT_WRITE { Side::Client } else { Side::Origin };
+            if let Some(step) = conn.write_done(io, ctx, side, result, slab) {
+                if let Some(p) = provided {
+                    ctx.ring.recycle_provided(p);
+                }
+                return step;
             }
         }
         tag::CLIENT_POLL => {
-            conn.io.client_poll = false;
+            conn.client.polling = false;
             match (provided.take(), result) {
                 (Some(p), n) => {
                     if n > 0 {
                         let bytes = ctx.ring.provided_bytes(&p);
-                        if let Some(room) = conn.cin.room_mut(ctx.pool) {
+                        if let Some(room) = conn.client.input.room_mut(ctx.pool) {
                             let k = bytes.len().min(room.len());
                             room[..k].copy_from_slice(&bytes[..k]);
-                            conn.cin.filled(k);
+                            conn.client.input.filled(k);
                         }
                         conn.bytes_in += n as u64;
                         stats::bump(&ctx.stats.bytes_from_clients, n as u64);
                     } else if n == 0 {
-                        conn.io.client_eof = true;
+                        conn.client.eof = true;
                     }
                     ctx.ring.recycle_provided(p);
                 }
                 // No provided buffer was free: read the ordinary way.
-                (None, r) if r == -libc::ENOBUFS => conn.io.client_readable = true,
-                (None, 0) => conn.io.client_eof = true,
-                (None, r) if r < 0 => conn.io.client_error = Some(-r),
-                (None, _) => conn.io.client_readable = true,
-            }
-        }
-        tag::UP_READ => {
-            conn.io.up_read = false;
-            if let Some(s) = slab {
-                conn.uin.give_back(s);
-            }
-            if result > 0 {
-                conn.uin.filled(result as usize);
-            } else if result == 0 {
-                conn.io.up_eof = true;
-            } else if result != -libc::EAGAIN {
-                conn.io.up_error = Some(-result);
-            }
-        }
-        tag::CLIENT_WRITE | tag::UP_WRITE => {
-            let to_client = t == tag::CLIENT_WRITE;
-            let job = if to_client { conn.io.client_write.take() } else { conn.io.up_write.take() };
-            let Some(mut job) = job else {
-                if let Some(s) = slab {
-                    ctx.pool.release(s);
-                }
-                return NextStep::Close;
-            };
-            let Some(s) = slab else {
-                return NextStep::Close;
-            };
-            conn.buf_mut(job.src).give_back(s);
-            // -EAGAIN: a non-blocking tunnel socket was full when a worker thread ran
-            // the write; nothing went out, so it is a short write of 0 bytes.
-            let sent = if result == -libc::EAGAIN { 0 } else { result };
-            if sent < 0 || result == 0 {
-                let err = if result == 0 { libc::EPIPE } else { -result };
-                if to_client {
-                    conn.io.client_error = Some(err);
-                } else {
-                    conn.io.up_error = Some(err);
-                }
-            } else if (sent as u32) < job.len {
-                // Short write: send the rest before anything else goes to this peer.
-                job.offset += sent as u32;
-                job.len -= sent as u32;
-                let fd = if to_client { Some(conn.client_fd()) } else { conn.up_fd() };
-                if let Some(fd) = fd {
-                    conn.submit_write(io, ctx, fd, t, job);
-                    if to_client {
-                        conn.io.client_write = Some(job);
-                    } else {
-                        conn.io.up_write = Some(job);
-                    }
-                    return NextStep::Wait;
-                }
-            } else if job.src == BufId::Out {
-                conn.out.release(ctx.pool);
-            } else if job.src == BufId::ClientRawOut || job.src == BufId::UpRawOut {
-                // Everything of this batch is out; rustls may hold more ciphertext.
-                conn.buf_mut(job.src).clear();
-                if to_client {
-                    conn.flush_client_tls(io, ctx);
-                } else {
-                    conn.flush_up_tls(io, ctx);
-                }
+                (None, r) if r == -libc::ENOBUFS => conn.client.readable = true,
+                (None, 0) => conn.client.eof = true,
+                (None, r) if r < 0 => conn.client.fail(-r),
+                (None, _) => conn.client.readable = true,
             }
         }
         tag::CONNECT => {
-            conn.io.connecting = false;
-            conn.io.connect_result = Some(result);
+            conn.origin.dial = Dial::Done { result };
         }
         tag::SPLICE_TO_ORIGIN => tunnel::splice_done(conn, io, ctx, tunnel::Direction::ToOrigin, result),
         tag::SPLICE_TO_CLIENT => tunnel::splice_done(conn, io, ctx, tunnel::Direction::ToClient, result),
-        tag::CLIENT_SHUTDOWN | tag::UP_SHUTDOWN | tag::CANCEL => {}
         _ => {}
     }
     // Only a client poll selects a provided buffer; whatever else carries one gives it back.
@@ -684,10 +462,10 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
 }
 
 fn respond_step(conn: &mut Connection, _io: &mut Io, _ctx: &mut Ctx<'_>, close: bool) -> NextStep {
-    if conn.io.client_write.is_some() {
+    if conn.client.writing.is_some() {
         return NextStep::Wait;
     }
-    if conn.io.client_error.is_some() || close {
+    if conn.client.error.is_some() || close {
         return NextStep::Close;
     }
     conn.phase = Phase::AwaitRequest;
@@ -710,7 +488,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     match conn.phase {
         Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => NextStep::Close,
         Phase::RequestHead => {
-            if conn.requests == 0 || !conn.cin.is_empty() {
+            if conn.requests == 0 || !conn.client.input.is_empty() {
                 let r = crate::h1::error_response(408, "request head not received in time");
                 conn.respond(io, ctx, &r, true)
             } else {

@@ -13,6 +13,7 @@
 //! error.
 
 use super::buf::{Buf, BufId};
+use super::leg::Side;
 use super::{tag, Connection, Ctx, NextStep};
 use crate::h1;
 use crate::stats;
@@ -98,6 +99,22 @@ pub(crate) enum Direction {
 }
 
 impl Direction {
+    /// The leg this direction reads from.
+    fn source(self) -> Side {
+        match self {
+            Direction::ToOrigin => Side::Client,
+            Direction::ToClient => Side::Origin,
+        }
+    }
+
+    /// The leg this direction writes to.
+    fn destination(self) -> Side {
+        match self {
+            Direction::ToOrigin => Side::Origin,
+            Direction::ToClient => Side::Client,
+        }
+    }
+
     pub(crate) fn tag(self) -> OpTag {
         match self {
             Direction::ToOrigin => tag::SPLICE_TO_ORIGIN,
@@ -116,36 +133,23 @@ struct CopyLane<'a> {
 }
 
 fn copy_lane(conn: &Connection, dir: Direction) -> CopyLane<'_> {
-    let io = &conn.io;
-    match dir {
-        Direction::ToOrigin => CopyLane {
-            buf: &conn.cin,
-            reading: io.client_read,
-            writing: io.up_write.is_some(),
-            source_eof: io.client_eof,
-        },
-        Direction::ToClient => {
-            CopyLane { buf: &conn.uin, reading: io.up_read, writing: io.client_write.is_some(), source_eof: io.up_eof }
-        }
-    }
+    let (src, dst) = (conn.leg(dir.source()), conn.leg(dir.destination()));
+    CopyLane { buf: &src.input, reading: src.reading, writing: dst.writing.is_some(), source_eof: src.eof }
 }
 
 fn copy_buf_mut(conn: &mut Connection, dir: Direction) -> &mut Buf {
-    match dir {
-        Direction::ToOrigin => &mut conn.cin,
-        Direction::ToClient => &mut conn.uin,
-    }
+    &mut conn.leg_mut(dir.source()).input
 }
 
 pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
-    if conn.io.client_error.is_some() || conn.io.up_error.is_some() {
+    if conn.client.error.is_some() || conn.origin.error.is_some() {
         return NextStep::Close;
     }
     if !ex.tunnel.established_sent {
-        if conn.io.client_write.is_some() {
+        if conn.client.writing.is_some() {
             return NextStep::Wait;
         }
         ex.tunnel.established_sent = true;
@@ -153,7 +157,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         stats::bump(&ctx.stats.tunnels, 1);
         ctx.stats.response(Some(crate::h1::Method::Connect), 200);
         let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);
-        conn.write_client(io, ctx, BufId::Out, 0, n);
+        conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
     }
     let mut again = false;
     for dir in [Direction::ToOrigin, Direction::ToClient] {
@@ -163,7 +167,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     }
     let both_done = is_done(conn, Direction::ToOrigin) && is_done(conn, Direction::ToClient);
     let busy = conn.splice.as_ref().is_some_and(|s| s.busy());
-    if both_done && conn.io.client_write.is_none() && conn.io.up_write.is_none() && !busy {
+    if both_done && conn.client.writing.is_none() && conn.origin.writing.is_none() && !busy {
         return NextStep::Close;
     }
     let t = ctx.cfg.timeouts.io_idle;
@@ -207,8 +211,8 @@ fn ready_to_splice(conn: &Connection, dir: Direction) -> bool {
         && !lane.reading
         && !lane.writing
         && !lane.source_eof
-        && conn.ctls.is_none()
-        && conn.utls.is_none()
+        && conn.client.tls.is_none()
+        && conn.origin.tls.is_none()
         && conn.upstream.is_some()
 }
 
@@ -221,8 +225,10 @@ fn start_splicing(conn: &mut Connection, ctx: &mut Ctx<'_>, dir: Direction) -> b
     // The other direction may have made them non-blocking already.
     let nonblocking = match (&conn.splice, &conn.upstream) {
         (Some(_), _) => Ok(()),
-        (None, Some(up)) => conn.client.set_nonblocking(true).and_then(|_| up.sock.set_nonblocking(true)),
-        (None, None) => Err(std::io::ErrorKind::NotConnected.into()),
+        (None, _) => match (&conn.client.sock, &conn.origin.sock) {
+            (Some(c), Some(o)) => c.set_nonblocking(true).and_then(|_| o.set_nonblocking(true)),
+            _ => Err(std::io::ErrorKind::NotConnected.into()),
+        },
     };
     // A pipe smaller than a slab (the per-user pipe budget is spent) would splice less
     // per worker-thread handoff than one copy moves: keep copying then.
@@ -253,10 +259,7 @@ fn copy_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Directi
             *ex.tunnel.bulk.get_mut(dir) |= full;
         }
         copy_buf_mut(conn, dir).start += len;
-        match dir {
-            Direction::ToOrigin => conn.write_upstream(io, ctx, BufId::Cin, start, len),
-            Direction::ToClient => conn.write_client(io, ctx, BufId::Uin, start, len),
-        }
+        conn.write(io, ctx, dir.destination(), BufId::In(dir.source()), start, len);
         return NextStep::Wait;
     }
     if lane.source_eof {
@@ -267,26 +270,18 @@ fn copy_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Directi
     if lane.reading {
         return NextStep::Wait;
     }
-    match dir {
-        Direction::ToOrigin => conn.read_client(io, ctx),
-        Direction::ToClient => conn.read_upstream(io, ctx),
-    }
+    conn.read(io, ctx, dir.source())
 }
 
 /// The direction's source and destination sockets.
 fn ends(conn: &Connection, dir: Direction) -> Option<(i32, i32)> {
-    let (client, origin) = (conn.client_fd(), conn.up_fd()?);
-    Some(match dir {
-        Direction::ToOrigin => (client, origin),
-        Direction::ToClient => (origin, client),
-    })
+    Some((conn.leg(dir.source()).fd()?, conn.leg(dir.destination()).fd()?))
 }
 
 /// The source reached EOF and everything before it is out: half-close the destination.
 fn shut_down_write(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direction) {
     if let Some((_, dst)) = ends(conn, dir) {
-        let t = if dir == Direction::ToOrigin { tag::UP_SHUTDOWN } else { tag::CLIENT_SHUTDOWN };
-        ctx.ring.submit(io, t, Op::ShutdownWrite { fd: dst }, ctx.pool);
+        ctx.ring.submit(io, dir.destination().shutdown_tag(), Op::ShutdownWrite { fd: dst }, ctx.pool);
     }
     if let Some(ex) = conn.ex.as_mut() {
         *ex.tunnel.done.get_mut(dir) = true;
@@ -324,7 +319,7 @@ pub(crate) fn splice_done(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
     let Some((src, dst)) = ends(conn, dir) else { return };
     let Some(p) = spliced(conn, dir) else { return };
     let done = std::mem::replace(&mut p.op, PumpOp::Idle);
-    let src_is_client = dir == Direction::ToOrigin;
+    let src_is_client = dir.source() == Side::Client;
     let mut error = None;
     match (done, result) {
         (PumpOp::Fill, r) if r == -libc::EAGAIN => {
@@ -335,13 +330,7 @@ pub(crate) fn splice_done(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
             p.op = PumpOp::AwaitWritable;
             ctx.ring.submit(io, dir.tag(), Op::PollOut { fd: dst }, ctx.pool);
         }
-        (PumpOp::Fill, 0) => {
-            if src_is_client {
-                conn.io.client_eof = true;
-            } else {
-                conn.io.up_eof = true;
-            }
-        }
+        (PumpOp::Fill, 0) => conn.leg_mut(dir.source()).eof = true,
         (PumpOp::Fill, n) if n > 0 => {
             p.held += n as usize;
             // Bytes from the client count when they come in (as on the copy path).
@@ -365,8 +354,7 @@ pub(crate) fn splice_done(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
     if let Some(e) = error {
         // Whose fault: the source's while filling, the destination's while draining.
         let source_failed = matches!(done, PumpOp::Fill | PumpOp::AwaitReadable);
-        let client_side = src_is_client == source_failed;
-        let slot = if client_side { &mut conn.io.client_error } else { &mut conn.io.up_error };
-        slot.get_or_insert(e);
+        let side = if source_failed { dir.source() } else { dir.destination() };
+        conn.leg_mut(side).fail(e);
     }
 }

@@ -3,6 +3,7 @@
 //! exchange resumes where it left off: `SendRequest` for a request, `Tunnel` for CONNECT.
 
 use super::http1::UpstreamStep;
+use super::leg::Dial;
 use super::{tag, Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::h1;
 use crate::stats;
@@ -39,7 +40,7 @@ fn fail(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, status: u16, why:
 
 /// One step of finding an upstream connection.
 pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    if conn.io.connecting {
+    if conn.origin.dial == Dial::Connecting {
         return NextStep::Wait;
     }
     let Some(ex) = conn.ex.as_mut() else {
@@ -56,9 +57,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                     Acquired::Pooled(pooled) => {
                         stats::bump(&ctx.stats.pool_hits, 1);
                         let Pooled { sock, tls, lease } = pooled;
-                        conn.upstream =
-                            Some(UpstreamConn { sock, key, reused: true, abandoned: false, lease: Some(lease) });
-                        conn.utls = tls;
+                        conn.upstream = Some(UpstreamConn { key, reused: true, abandoned: false, lease: Some(lease) });
+                        conn.origin.sock = Some(sock);
+                        conn.origin.tls = tls;
                         return resume(conn, ctx);
                     }
                     Acquired::Queued => {
@@ -97,7 +98,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 Lookup::Ready(ips) => {
                     // The address this client reached us at is one of our listeners too,
                     // whatever interface it is on (listeners bound to 0.0.0.0).
-                    let own_addr = conn.client.local_addr().ok();
+                    let own_addr = conn.client.local_addr();
                     if !ips.is_empty() && ips.iter().all(|ip| crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip))
                     {
                         return fail(conn, io, ctx, 403, "destination address is on the deny list");
@@ -120,7 +121,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             }
         }
         UpstreamStep::TlsHandshake => match super::tls::upstream_handshake(conn, io, ctx) {
-            Ok(NextStep::Continue) if conn.utls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
+            Ok(NextStep::Continue) if conn.origin.tls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
                 conn.clear_deadline();
                 resume(conn, ctx)
             }
@@ -128,10 +129,10 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             Err(why) => fail(conn, io, ctx, 502, &why),
         },
         UpstreamStep::Connecting { addrs, next, last_error } => {
-            if let Some(result) = conn.io.connect_result.take() {
+            if let Dial::Done { result } = std::mem::take(&mut conn.origin.dial) {
                 if result == 0 {
-                    if let Some(up) = &conn.upstream {
-                        let _ = up.sock.set_nodelay(true);
+                    if let Some(sock) = &conn.origin.sock {
+                        let _ = sock.set_nodelay(true);
                     }
                     match super::tls::after_connect(conn, ctx) {
                         Ok(true) => return NextStep::Continue,
@@ -145,6 +146,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 *last_error = Some(format!("cannot connect to {}: {}", addrs[*next], err));
                 *next += 1;
                 conn.upstream = None;
+                conn.origin.sock = None;
             }
             if *next >= addrs.len() {
                 let why = last_error.clone().unwrap_or_else(|| "no address to connect to".into());
@@ -157,9 +159,10 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 Err(e) => return fail(conn, io, ctx, 502, &format!("cannot create a socket: {e}")),
             };
             let fd = sock.as_raw_fd();
-            conn.upstream = Some(UpstreamConn { sock, key, reused: false, abandoned: false, lease: None });
+            conn.upstream = Some(UpstreamConn { key, reused: false, abandoned: false, lease: None });
+            conn.origin.sock = Some(sock);
             ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
-            conn.io.connecting = true;
+            conn.origin.dial = Dial::Connecting;
             NextStep::Wait
         }
     }

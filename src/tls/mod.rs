@@ -37,6 +37,18 @@ pub enum Plain {
     Error,
 }
 
+impl std::fmt::Debug for TlsLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsLeg")
+            .field("handshaking", &self.session.is_handshaking())
+            .field("raw_in", &self.raw_in.len())
+            .field("raw_out", &self.raw_out.len())
+            .field("raw_eof", &self.raw_eof)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
 /// One TLS session and its ciphertext buffers.
 pub struct TlsLeg {
     pub session: rustls::Connection,

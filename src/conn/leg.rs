@@ -1,0 +1,357 @@
+//! One side of a proxied connection: its socket, its TLS session, the bytes read from
+//! it, and the facts of its I/O (a read or write in flight, EOF, an error).
+//!
+//! A connection has two legs, the client's and the origin's, with the same shape: every
+//! read, write, TLS flush and completion goes through the same code with a [`Side`],
+//! and nothing is mirrored per side. The client leg's socket is there from the start;
+//! the origin leg's comes from the pool or a connect and goes back to the pool (or is
+//! closed) when the exchange ends.
+
+use super::buf::{Buf, BufId};
+use super::{tag, Connection, Ctx, NextStep};
+use crate::stats;
+use crate::tls::{Plain, TlsLeg};
+use std::net::TcpStream;
+use std::num::NonZeroI32;
+use std::os::fd::{AsRawFd, RawFd};
+use uring::{Io, Op, OpTag, Slab};
+
+/// Which leg.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    Client,
+    Origin,
+}
+
+impl Side {
+    fn read_tag(self) -> OpTag {
+        match self {
+            Side::Client => tag::CLIENT_READ,
+            Side::Origin => tag::UP_READ,
+        }
+    }
+
+    fn write_tag(self) -> OpTag {
+        match self {
+            Side::Client => tag::CLIENT_WRITE,
+            Side::Origin => tag::UP_WRITE,
+        }
+    }
+
+    pub(crate) fn shutdown_tag(self) -> OpTag {
+        match self {
+            Side::Client => tag::CLIENT_SHUTDOWN,
+            Side::Origin => tag::UP_SHUTDOWN,
+        }
+    }
+}
+
+/// A write in flight and where its slab goes back to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriteJob {
+    pub src: BufId,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// One side of the connection.
+#[derive(Debug, Default)]
+pub(crate) struct Leg {
+    /// The socket (the origin leg has none between exchanges).
+    pub sock: Option<TcpStream>,
+    /// The TLS session, when this side speaks TLS: reads land in its `raw_in` and are
+    /// decrypted into `input`; writes are encrypted and leave from its `raw_out`.
+    pub tls: Option<Box<TlsLeg>>,
+    /// Plaintext read from this side and not consumed yet.
+    pub input: Buf,
+    /// A read is in flight.
+    pub reading: bool,
+    /// A write is in flight.
+    pub writing: Option<WriteJob>,
+    /// The peer closed its write side.
+    pub eof: bool,
+    /// The socket failed (errno), or the TLS session did (`EPROTO`).
+    pub error: Option<NonZeroI32>,
+    /// Client leg: waiting for readability (or the first bytes) between requests.
+    pub polling: bool,
+    /// Client leg: the poll said readable and nothing has read yet.
+    pub readable: bool,
+    /// Origin leg: where its connect is.
+    pub dial: Dial,
+}
+
+/// The connect of an origin leg.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dial {
+    #[default]
+    Idle,
+    /// A connect is in flight.
+    Connecting,
+    /// The connect completed with this result (0 or a negated errno); the upstream step
+    /// takes it.
+    Done { result: i32 },
+}
+
+impl Leg {
+    /// A leg on a connected socket.
+    pub(crate) fn on(sock: TcpStream) -> Leg {
+        Leg { sock: Some(sock), ..Leg::default() }
+    }
+
+    /// The local address of the socket (where a client reached this proxy).
+    pub(crate) fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.sock.as_ref()?.local_addr().ok()
+    }
+
+    pub(crate) fn fd(&self) -> Option<RawFd> {
+        self.sock.as_ref().map(|s| s.as_raw_fd())
+    }
+
+    /// The peer is gone or the socket failed: no more bytes will come.
+    pub(crate) fn ended(&self) -> bool {
+        self.eof || self.error.is_some()
+    }
+
+    /// True while an operation of this leg that a reuse must wait for is in flight.
+    pub(crate) fn busy(&self) -> bool {
+        self.reading || self.writing.is_some() || self.dial == Dial::Connecting
+    }
+
+    /// Forgets the socket's outcome (EOF, error) before the leg carries a new socket.
+    pub(crate) fn forget_outcome(&mut self) {
+        self.eof = false;
+        self.error = None;
+        self.dial = Dial::Idle;
+    }
+
+    /// Records the first failure of this leg's socket (an errno; 0 counts as `EIO`).
+    pub(crate) fn fail(&mut self, errno: i32) {
+        if self.error.is_none() {
+            self.error = NonZeroI32::new(errno).or(NonZeroI32::new(libc::EIO));
+        }
+    }
+
+    /// Gives the TLS session's buffers back to the pool and drops it.
+    pub(crate) fn drop_tls(&mut self, pool: &mut uring::SlabPool) {
+        if let Some(mut t) = self.tls.take() {
+            t.release(pool);
+        }
+    }
+}
+
+impl Connection {
+    pub(crate) fn leg(&self, side: Side) -> &Leg {
+        match side {
+            Side::Client => &self.client,
+            Side::Origin => &self.origin,
+        }
+    }
+
+    pub(crate) fn leg_mut(&mut self, side: Side) -> &mut Leg {
+        match side {
+            Side::Client => &mut self.client,
+            Side::Origin => &mut self.origin,
+        }
+    }
+
+    /// Asks for more bytes from `side` in its `input`. With TLS, plaintext already inside
+    /// the session is moved in at once (`Continue`); otherwise a read is submitted (`Wait`).
+    pub(crate) fn read(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, side: Side) -> NextStep {
+        debug_assert!(!self.leg(side).reading);
+        let leg = self.leg_mut(side);
+        let Some(fd) = leg.fd() else { return NextStep::Close };
+        let (slab, offset, len) = match leg.tls.as_mut() {
+            Some(t) => {
+                match t.take_plaintext(&mut leg.input, ctx.pool) {
+                    Plain::Got(n) => {
+                        if side == Side::Client {
+                            self.bytes_in += n as u64;
+                            stats::bump(&ctx.stats.bytes_from_clients, n as u64);
+                        }
+                        return NextStep::Continue;
+                    }
+                    // The destination is full: the phase handler takes its bytes first.
+                    Plain::Full => return NextStep::Continue,
+                    Plain::Eof => {
+                        leg.eof = true;
+                        return NextStep::Continue;
+                    }
+                    Plain::Error => {
+                        leg.fail(libc::EPROTO);
+                        return NextStep::Continue;
+                    }
+                    Plain::Empty if t.raw_in.is_lent() => return NextStep::Wait,
+                    Plain::Empty => t.raw_in.prepare_read(ctx.pool),
+                }
+            }
+            None => leg.input.prepare_read(ctx.pool),
+        };
+        ctx.ring.submit(io, side.read_tag(), uring::Op::Recv { fd, slab, offset, len }, ctx.pool);
+        leg.reading = true;
+        NextStep::Wait
+    }
+
+    /// Sends `len` bytes of buffer `src` from `offset` to `side` (through its TLS
+    /// session when it has one).
+    pub(crate) fn write(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, side: Side, src: BufId, offset: usize, len: usize) {
+        debug_assert!(self.leg(side).writing.is_none());
+        if side == Side::Client {
+            self.bytes_out += len as u64;
+            stats::bump(&ctx.stats.bytes_to_clients, len as u64);
+        }
+        if self.leg(side).tls.is_some() {
+            self.encrypt_from(ctx, src, offset, len, side);
+            self.flush_tls(io, ctx, side);
+            return;
+        }
+        let Some(fd) = self.leg(side).fd() else { return };
+        let job = WriteJob { src, offset: offset as u32, len: len as u32 };
+        self.submit_write(io, ctx, fd, side, job);
+    }
+
+    fn submit_write(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, fd: RawFd, side: Side, job: WriteJob) {
+        let slab = self.buf_mut(job.src).lend();
+        let op = Op::Send { fd, slab, offset: job.offset as usize, len: job.len as usize };
+        ctx.ring.submit(io, side.write_tag(), op, ctx.pool);
+        self.leg_mut(side).writing = Some(job);
+    }
+
+    /// Copies plaintext from one of the buffers into `side`'s TLS session.
+    pub(crate) fn encrypt_from(&mut self, ctx: &mut Ctx<'_>, src: BufId, offset: usize, len: usize, side: Side) {
+        let (leg, other, out) = match side {
+            Side::Client => (&mut self.client, &self.origin, &mut self.out),
+            Side::Origin => (&mut self.origin, &self.client, &mut self.out),
+        };
+        let Some(t) = leg.tls.as_mut() else { return };
+        let buf = match src {
+            BufId::In(s) if s == side => &leg.input,
+            BufId::In(_) => &other.input,
+            BufId::Out => &*out,
+            BufId::RawOut(_) => return,
+        };
+        // `offset` is an absolute slab offset and the caller has already advanced the
+        // buffer's `start` past these bytes: read them through the slab directly.
+        if let Some(bytes) = buf.slab_bytes(ctx.pool) {
+            if offset + len <= bytes.len() {
+                t.encrypt(&bytes[offset..offset + len]);
+            }
+        }
+        if src == BufId::Out {
+            self.out.release(ctx.pool);
+        }
+    }
+
+    /// Sends pending ciphertext to `side`. True when a write was submitted.
+    pub(crate) fn flush_tls(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, side: Side) -> bool {
+        let leg = self.leg_mut(side);
+        let Some(fd) = leg.fd().filter(|_| leg.writing.is_none()) else { return false };
+        let Some(t) = leg.tls.as_mut() else { return false };
+        let n = t.fill_out(ctx.pool);
+        if n == 0 {
+            return false;
+        }
+        let offset = t.raw_out.start;
+        let slab = t.raw_out.lend();
+        ctx.ring.submit(io, side.write_tag(), Op::Send { fd, slab, offset, len: n }, ctx.pool);
+        leg.writing = Some(WriteJob { src: BufId::RawOut(side), offset: offset as u32, len: n as u32 });
+        true
+    }
+
+    /// A read of `side` completed: plaintext into `input`, or ciphertext into the TLS
+    /// session's `raw_in` (then decrypted).
+    pub(crate) fn read_done(&mut self, ctx: &mut Ctx<'_>, side: Side, result: i32, slab: Option<Slab>) {
+        let leg = self.leg_mut(side);
+        leg.reading = false;
+        let dst = match leg.tls.as_mut() {
+            Some(t) => &mut t.raw_in,
+            None => &mut leg.input,
+        };
+        if let Some(s) = slab {
+            dst.give_back(s);
+        }
+        if result > 0 {
+            dst.filled(result as usize);
+        }
+        if leg.tls.is_some() && result < 0 {
+            leg.fail(-result);
+        }
+        match leg.tls.as_mut() {
+            Some(t) => {
+                if result == 0 {
+                    t.raw_eof = true;
+                }
+                t.pump(ctx.pool);
+            }
+            None => {
+                if result > 0 && side == Side::Client {
+                    self.bytes_in += result as u64;
+                    stats::bump(&ctx.stats.bytes_from_clients, result as u64);
+                } else if result == 0 {
+                    leg.eof = true;
+                } else if result < 0 && result != -libc::EAGAIN {
+                    // -EAGAIN (a non-blocking tunnel socket read on a worker thread): the
+                    // phase handler simply reads again.
+                    leg.fail(-result);
+                }
+            }
+        }
+    }
+
+    /// A write of `side` completed. A short write sends the rest at once (`Some(Wait)`);
+    /// `Some(Close)` when the completion makes no sense for this connection.
+    pub(crate) fn write_done(
+        &mut self,
+        io: &mut Io,
+        ctx: &mut Ctx<'_>,
+        side: Side,
+        result: i32,
+        slab: Option<Slab>,
+    ) -> Option<NextStep> {
+        let Some(mut job) = self.leg_mut(side).writing.take() else {
+            if let Some(s) = slab {
+                ctx.pool.release(s);
+            }
+            return Some(NextStep::Close);
+        };
+        let Some(s) = slab else { return Some(NextStep::Close) };
+        self.buf_mut(job.src).give_back(s);
+        // -EAGAIN: a non-blocking tunnel socket was full when a worker thread ran the
+        // write; nothing went out, so it is a short write of 0 bytes.
+        let sent = if result == -libc::EAGAIN { 0 } else { result };
+        if sent < 0 || result == 0 {
+            self.leg_mut(side).fail(if result == 0 { libc::EPIPE } else { -result });
+        } else if (sent as u32) < job.len {
+            // Short write: send the rest before anything else goes to this peer.
+            job.offset += sent as u32;
+            job.len -= sent as u32;
+            if let Some(fd) = self.leg(side).fd() {
+                self.submit_write(io, ctx, fd, side, job);
+                return Some(NextStep::Wait);
+            }
+        } else if job.src == BufId::Out {
+            self.out.release(ctx.pool);
+        } else if let BufId::RawOut(_) = job.src {
+            // Everything of this batch is out; rustls may hold more ciphertext.
+            self.buf_mut(job.src).clear();
+            self.flush_tls(io, ctx, side);
+        }
+        None
+    }
+
+    pub(crate) fn buf_mut(&mut self, id: BufId) -> &mut Buf {
+        match id {
+            BufId::In(side) => &mut self.leg_mut(side).input,
+            BufId::Out => &mut self.out,
+            BufId::RawOut(side) => {
+                let leg = match side {
+                    Side::Client => &mut self.client,
+                    Side::Origin => &mut self.origin,
+                };
+                match leg.tls.as_mut() {
+                    Some(t) => &mut t.raw_out,
+                    None => &mut self.out,
+                }
+            }
+        }
+    }
+}
