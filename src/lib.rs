@@ -13,6 +13,7 @@ pub mod conn;
 pub mod control;
 pub mod h1;
 pub mod notify;
+pub mod protocol;
 pub mod server;
 pub mod stats;
 pub mod timers;

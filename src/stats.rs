@@ -3,6 +3,7 @@
 //! Every worker owns one cache-line-aligned block and is its only writer (relaxed
 //! stores, no read-modify-write contention); the admin endpoint sums the blocks.
 
+use crate::protocol::Protocol;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
@@ -18,8 +19,8 @@ pub struct WorkerStats {
     /// completed their last operation and their descriptors are closed.
     pub connection_slots: AtomicU64,
     pub requests: AtomicU64,
-    /// Responses by request method (see [`METHODS`]) and status class (1xx..5xx).
-    pub responses: [[AtomicU64; 5]; METHODS.len()],
+    /// Responses by protocol, request method (see [`METHODS`]) and status class (1xx..5xx).
+    pub responses: [[[AtomicU64; 5]; METHODS.len()]; Protocol::ALL.len()],
     /// Responses the proxy made itself, by [`ERROR_KINDS`].
     pub errors: [AtomicU64; ERROR_KINDS.len()],
     pub tunnels: AtomicU64,
@@ -150,9 +151,9 @@ impl WorkerStats {
     }
 
     /// Counts a response by its status class.
-    pub fn response(&self, method: Option<crate::h1::Method>, status: u16) {
+    pub fn response(&self, protocol: Protocol, method: Option<crate::h1::Method>, status: u16) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
-        bump(&self.responses[method_index(method)][class], 1);
+        bump(&self.responses[protocol.index()][method_index(method)][class], 1);
     }
 
     /// Counts a response the proxy made itself (an error of some kind).
@@ -209,15 +210,20 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
     let fam = |name, kind, help, samples| Family { name, kind, help, samples };
     use Kind::{Counter as C, Gauge as G};
     let mut by_class = Vec::new();
-    for (mi, m) in METHODS.iter().enumerate() {
-        for (ci, c) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
-            let v: u64 = workers.iter().map(|w| w.responses[mi][ci].load(Relaxed)).sum();
-            // Rows that never happened stay out of the exposition (9 x 5, mostly zeros);
-            // GET 2xx is always there so the family exists from the start.
-            if v > 0 || (mi == 0 && ci == 1) {
-                let labels =
-                    vec![("protocol", "http1".to_string()), ("method", m.to_string()), ("status_class", c.to_string())];
-                by_class.push((labels, v));
+    for p in Protocol::ALL {
+        for (mi, m) in METHODS.iter().enumerate() {
+            for (ci, c) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                let v: u64 = workers.iter().map(|w| w.responses[p.index()][mi][ci].load(Relaxed)).sum();
+                // Rows that never happened stay out of the exposition (3 x 9 x 5, mostly
+                // zeros); HTTP/1.1 GET 2xx is always there so the family exists from the start.
+                if v > 0 || (p == Protocol::Http1 && mi == 0 && ci == 1) {
+                    let labels = vec![
+                        ("protocol", p.label().to_string()),
+                        ("method", m.to_string()),
+                        ("status_class", c.to_string()),
+                    ];
+                    by_class.push((labels, v));
+                }
             }
         }
     }
@@ -456,9 +462,9 @@ mod tests {
         let w = vec![WorkerStats::default(), WorkerStats::default()];
         bump(&w[0].connections_active, 2);
         bump(&w[1].connections_active, 3);
-        w[0].response(Some(crate::h1::Method::Get), 200);
-        w[1].response(Some(crate::h1::Method::Post), 502);
-        w[1].response(None, 400);
+        w[0].response(Protocol::Http1, Some(crate::h1::Method::Get), 200);
+        w[1].response(Protocol::Http1, Some(crate::h1::Method::Post), 502);
+        w[1].response(Protocol::Http1, None, 400);
         w[1].error(502);
         let text = render(&w);
         assert!(text.contains("sluice_connections_active 5\n"), "{text}");
@@ -477,5 +483,17 @@ mod tests {
         assert!(!text.contains("method=\"PUT\""), "rows that never happened stay out: {text}");
         assert!(text.contains("sluice_errors_total{kind=\"upstream_failed\"} 1\n"), "{text}");
         assert!(text.contains("# TYPE sluice_requests_total counter"));
+    }
+
+    #[test]
+    fn the_protocol_label_comes_from_the_connection() {
+        let w = vec![WorkerStats::default()];
+        w[0].response(Protocol::H2, Some(crate::h1::Method::Get), 204);
+        let text = render(&w);
+        assert!(
+            text.contains("sluice_requests_total{protocol=\"h2\",method=\"GET\",status_class=\"2xx\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("protocol=\"h3\""), "{text}");
     }
 }

@@ -334,7 +334,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         if ctx.cfg.intercept_connect && conn.client.tls.is_none() {
             // Answer at once, then look at what the client sends inside the tunnel.
             conn.tunnel_target = Some(Box::new((ex.host.clone(), ex.port)));
-            ctx.stats.response(Some(Method::Connect), 200);
+            ctx.stats.response(conn.protocol, Some(Method::Connect), 200);
             stats::bump(&ctx.stats.tunnels, 1);
             if conn.out.is_lent() || conn.client.writing.is_some() {
                 return NextStep::Close;
@@ -501,6 +501,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
         return NextStep::Wait;
     }
+    let protocol = conn.protocol;
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
@@ -561,7 +562,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             ex.resp_keep_alive = resp.keep_alive;
             ex.close_client = close;
             ex.status = resp.status;
-            ctx.stats.response(Some(ex.method), resp.status);
+            ctx.stats.response(protocol, Some(ex.method), resp.status);
             conn.phase = Phase::ResponseBody;
             let t = ctx.cfg.timeouts.io_idle;
             conn.set_deadline(io, ctx, t);

@@ -38,7 +38,7 @@ impl Facts {
 /// Records the exchange in progress (if any, and not yet recorded) with `status`.
 pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
     let (bytes_in, bytes_out, peer) = (conn.bytes_in, conn.bytes_out, conn.peer);
-    let protocol = if conn.client.tls.is_some() { "HTTP/1.1+TLS" } else { "HTTP/1.1" };
+    let protocol = conn.protocol.log_name(conn.client.tls.is_some());
     let Some(ex) = conn.ex.as_mut() else { return };
     let facts = &mut ex.facts;
     if facts.logged {
@@ -79,7 +79,7 @@ pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_o
             bytes_in,
             duration: std::time::Duration::ZERO,
             upstream: None,
-            protocol: if conn.client.tls.is_some() { "HTTP/1.1+TLS" } else { "HTTP/1.1" },
+            protocol: conn.protocol.log_name(conn.client.tls.is_some()),
         });
     }
 }

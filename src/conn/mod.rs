@@ -153,6 +153,8 @@ pub struct Connection {
     /// The server name the client asked for in its ClientHello.
     pub(crate) sni: Option<String>,
     pub(crate) role: Role,
+    /// What the client speaks (metrics labels, the access log's protocol field).
+    pub(crate) protocol: crate::protocol::Protocol,
     pub(crate) peer: Option<SocketAddr>,
     /// Where the client meant to go before a REDIRECT rule sent it here (transparent mode).
     pub(crate) original_dst: Option<SocketAddr>,
@@ -181,6 +183,7 @@ impl Connection {
         Connection {
             role,
             client: Leg::on(client),
+            protocol: crate::protocol::Protocol::Http1,
             origin: Leg::default(),
             peer,
             original_dst,
@@ -288,7 +291,7 @@ impl Connection {
     pub(crate) fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], close: bool) -> NextStep {
         let status = status_of(bytes);
         if let Some(status) = status {
-            ctx.stats.response(self.ex.as_ref().map(|e| e.method), status);
+            ctx.stats.response(self.protocol, self.ex.as_ref().map(|e| e.method), status);
             ctx.stats.error(status);
         }
         // Something still being written to the client: the response cannot be framed

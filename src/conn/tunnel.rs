@@ -155,7 +155,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         ex.tunnel.established_sent = true;
         ex.status = 200;
         stats::bump(&ctx.stats.tunnels, 1);
-        ctx.stats.response(Some(crate::h1::Method::Connect), 200);
+        ctx.stats.response(conn.protocol, Some(crate::h1::Method::Connect), 200);
         let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);
         conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
     }
