@@ -18,7 +18,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use uring::{ConnId, Conns, Event, Slot, Uring, WorkerToken};
+use uring::{ConnId, Conns, Event, ReadyQueue, Slot, Uring, WorkerToken};
+
+#[cfg(test)]
+mod harness;
 
 const KIND_DNS: u8 = 1;
 const KIND_TICK: u8 = 2;
@@ -56,7 +59,9 @@ struct Env {
     upstream_tls: Arc<rustls::ClientConfig>,
     access: Option<AccessLog>,
     draining: bool,
-    /// Queued requests whose turn came (reused between batches).
+    /// Slots to run again after the current batch (`Ctx::wake`, the resolver, the pool).
+    wakes: ReadyQueue,
+    /// The ids being run from `wakes` (its allocation reused between batches).
     woken: Vec<ConnId>,
 }
 
@@ -80,6 +85,13 @@ impl Env {
             minter: &mut self.minter,
             upstream_tls: &self.upstream_tls,
             access: self.access.as_mut(),
+            wakes: &self.wakes,
+        }
+    }
+
+    fn flush_log(&mut self) {
+        if let Some(a) = self.access.as_mut() {
+            a.flush();
         }
     }
 
@@ -131,7 +143,7 @@ struct Listener {
 
 /// Tells the other workers this one is done, once: when its drain is over, or when it
 /// stops for any other reason (an error must not leave the others waiting).
-struct Finished {
+pub(crate) struct Finished {
     control: Arc<Control>,
     done: bool,
 }
@@ -151,167 +163,244 @@ impl Drop for Finished {
     }
 }
 
+/// A worker: its connections, everything they share, its listeners and its drain state.
+pub(crate) struct Worker {
+    conns: Conns<Connection>,
+    env: Env,
+    listeners: Vec<Listener>,
+    control: Arc<Control>,
+    finished: Finished,
+    config_gen: u64,
+    last_sweep: Instant,
+    drain_deadline: Option<Instant>,
+    deadline_passed: bool,
+}
+
 /// The worker thread's body.
 pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
-    let mut finished = Finished { control: setup.control.clone(), done: false };
+    // Marks this worker finished however it leaves, set-up errors included.
+    let finished = Finished { control: setup.control.clone(), done: false };
     if let Some(cpu) = setup.cpu {
         uring::sys::pin_current_thread(cpu)
             .map_err(|e| std::io::Error::new(e.kind(), format!("pinning worker {} to CPU {cpu}: {e}", setup.index)))?;
     }
-    let cfg = setup.cfg.clone();
-    let mut uring = Uring::new(RING_ENTRIES, cfg.slabs_per_worker)
+    let uring = Uring::new(RING_ENTRIES, setup.cfg.slabs_per_worker)
         .map_err(|e| std::io::Error::new(e.kind(), format!("worker {}: cannot set up io_uring: {e}", setup.index)))?;
     if !uring.ring().fixed_buffers() && setup.index == 0 {
         eprintln!(
             "sluice: warning: could not register {} slabs with io_uring (RLIMIT_MEMLOCK?); using plain reads and writes",
-            cfg.slabs_per_worker
+            setup.cfg.slabs_per_worker
         );
     }
-    let control = setup.control.clone();
-    let mut conns: Conns<Connection> = Conns::bound_to(uring.ring_mut());
-    let mut env = Env {
-        uring,
-        dns: Resolver::new(&cfg, setup.index)?,
-        upstreams: UpstreamPool::new(cfg.pool.clone()),
-        timers: Timers::default(),
-        stats: setup.stats.clone(),
-        index: setup.index,
-        scratch: Vec::with_capacity(8192),
-        via: setup.via.clone(),
-        listen_addrs: cfg.listen.clone(),
-        minter: crate::tls::mint::Minter::new(&setup.ca, cfg.cert_cache_size)
-            .map_err(|e| std::io::Error::other(format!("worker {}: {e}", setup.index)))?,
-        upstream_tls: setup.upstream_tls.clone(),
-        access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
-        draining: false,
-        woken: Vec::new(),
-        cfg,
-    };
-    let mut config_gen = control.generation();
-    let mut listeners: Vec<Listener> =
-        setup.listeners.into_iter().map(|(sock, role)| Listener { sock: Some(sock), role, closing: false }).collect();
-    for (i, l) in listeners.iter().enumerate() {
-        if let Some(sock) = &l.sock {
-            env.uring.ring_mut().accept_multi(sock.as_raw_fd(), i as u32);
-        }
-    }
-    env.uring.ring_mut().poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
-    env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
-    let mut last_sweep = Instant::now();
-    let mut drain_deadline: Option<Instant> = None;
-    let mut deadline_passed = false;
-
-    loop {
-        env.uring.ring_mut().submit_and_wait(1)?;
-        let now = Instant::now();
-        let cqes = env.uring.ring_mut().completions();
-        for c in &cqes {
-            let (ring, pool) = env.uring.parts();
-            let to_close = match conns.complete(c, ring, pool) {
-                Event::Conn { slot, tag, result, slab, provided, .. } => drive(slot, &mut env, now, |c, io, ctx| {
-                    conn::on_completion(c, io, ctx, tag, result, slab, provided)
-                }),
-                Event::Accepted { listener, fd, more, .. } => {
-                    let mut close = None;
-                    let role = listeners.get(listener as usize).map(|l| l.role).unwrap_or(Role::Proxy);
-                    if let Some(fd) = fd {
-                        // While draining, new proxy clients are turned away (dropping closes).
-                        if !(env.draining && role == Role::Proxy) {
-                            close = accept(&mut conns, &mut env, now, role, fd);
-                        }
-                    }
-                    if !more {
-                        if let Some(l) = listeners.get_mut(listener as usize) {
-                            if l.closing {
-                                // The cancelled accept is done: nothing refers to the fd now.
-                                l.sock = None;
-                            } else if let Some(sock) = &l.sock {
-                                env.uring.ring_mut().accept_multi(sock.as_raw_fd(), listener);
-                            }
-                        }
-                    }
-                    close
-                }
-                Event::Worker { token, more, .. } => {
-                    match token.kind {
-                        KIND_DNS => {
-                            let ids = env.dns.on_wake(now);
-                            resume(&mut conns, &mut env, now, &ids);
-                            env.uring
-                                .ring_mut()
-                                .poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
-                        }
-                        KIND_TICK => {
-                            fire_deadlines(&mut conns, &mut env, now);
-                            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
-                                env.upstreams.sweep(now);
-                                env.uring.pool_mut().trim_spares();
-                                last_sweep = now;
-                            }
-                            if control.generation() != config_gen {
-                                config_gen = control.generation();
-                                apply_config(&mut env, &control);
-                            }
-                            if control.draining() && !env.draining {
-                                env.draining = true;
-                                drain_deadline = Some(now + env.cfg.timeouts.drain);
-                                for (i, l) in listeners.iter_mut().enumerate() {
-                                    if let (Role::Proxy, Some(sock)) = (l.role, &l.sock) {
-                                        l.closing = true;
-                                        env.uring.ring_mut().cancel_worker_fd(
-                                            sock.as_raw_fd(),
-                                            WorkerToken { kind: KIND_CANCEL, index: i as u32 },
-                                        );
-                                    }
-                                }
-                            }
-                            if env.draining {
-                                close_idle(&mut conns, &mut env, now);
-                            }
-                            if let Some(a) = env.access.as_mut() {
-                                a.flush();
-                            }
-                            publish_ring_stats(&env);
-                            if !more {
-                                env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
-                            }
-                        }
-                        _ => {}
-                    }
-                    None
-                }
-                Event::Freed { value, .. } => {
-                    env.freed(value);
-                    None
-                }
-                Event::Draining => None,
-            };
-            if let Some(id) = to_close {
-                env.close(&mut conns, id);
-            }
-        }
-        env.uring.ring_mut().recycle(cqes);
-        resume_queued(&mut conns, &mut env, now);
-        if let Some(deadline) = drain_deadline {
-            let listeners_closed = listeners.iter().all(|l| l.role != Role::Proxy || l.sock.is_none());
-            if !deadline_passed && now >= deadline {
-                close_all(&mut conns, &mut env, now);
-                deadline_passed = true;
-            }
-            if env.proxy_connections() == 0 && (listeners_closed || deadline_passed) {
-                // Done here; the admin listener serves on (the 100 ms tick comes back
-                // here) until every worker is done, then all leave together.
-                finished.mark();
-                if control.all_workers_finished() {
-                    break;
-                }
-            }
-        }
-    }
-    if let Some(a) = env.access.as_mut() {
-        a.flush();
-    }
+    let mut worker = Worker::new(setup, uring, finished)?;
+    while worker.turn()? {}
+    worker.env.flush_log();
     Ok(())
+}
+
+impl Worker {
+    /// A worker on `uring` (a kernel ring, or an in-memory one in tests): arms its
+    /// listeners, the resolver's wake-up and the tick.
+    pub(crate) fn new(setup: WorkerSetup, mut uring: Uring, finished: Finished) -> std::io::Result<Worker> {
+        let cfg = setup.cfg.clone();
+        let control = setup.control.clone();
+        let conns: Conns<Connection> = Conns::bound_to(uring.ring_mut());
+        let mut env = Env {
+            uring,
+            dns: Resolver::new(&cfg, setup.index)?,
+            upstreams: UpstreamPool::new(cfg.pool.clone()),
+            timers: Timers::default(),
+            stats: setup.stats.clone(),
+            index: setup.index,
+            scratch: Vec::with_capacity(8192),
+            via: setup.via.clone(),
+            listen_addrs: cfg.listen.clone(),
+            minter: crate::tls::mint::Minter::new(&setup.ca, cfg.cert_cache_size)
+                .map_err(|e| std::io::Error::other(format!("worker {}: {e}", setup.index)))?,
+            upstream_tls: setup.upstream_tls.clone(),
+            access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
+            draining: false,
+            wakes: ReadyQueue::new(),
+            woken: Vec::new(),
+            cfg,
+        };
+        let listeners: Vec<Listener> = setup
+            .listeners
+            .into_iter()
+            .map(|(sock, role)| Listener { sock: Some(sock), role, closing: false })
+            .collect();
+        for (i, l) in listeners.iter().enumerate() {
+            if let Some(sock) = &l.sock {
+                env.uring.ring_mut().accept_multi(sock.as_raw_fd(), i as u32);
+            }
+        }
+        env.uring.ring_mut().poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+        env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
+        Ok(Worker {
+            conns,
+            env,
+            listeners,
+            finished,
+            config_gen: control.generation(),
+            control,
+            last_sweep: Instant::now(),
+            drain_deadline: None,
+            deadline_passed: false,
+        })
+    }
+
+    /// One turn of the loop: submit and wait (not when slots are woken and waiting), run
+    /// every completion's state machine, then the woken slots. False once the worker is
+    /// done (drained, and every other worker too).
+    pub(crate) fn turn(&mut self) -> std::io::Result<bool> {
+        let want = if self.env.wakes.is_empty() { 1 } else { 0 };
+        self.env.uring.ring_mut().submit_and_wait(want)?;
+        let now = Instant::now();
+        let cqes = self.env.uring.ring_mut().completions();
+        for c in &cqes {
+            self.on_completion(c, now);
+        }
+        self.env.uring.ring_mut().recycle(cqes);
+        wake_queued(&mut self.conns, &mut self.env);
+        run_woken(&mut self.conns, &mut self.env, now);
+        Ok(!self.drain_progress(now))
+    }
+
+    fn on_completion(&mut self, c: &uring::Completion, now: Instant) {
+        let (conns, env) = (&mut self.conns, &mut self.env);
+        let (ring, pool) = env.uring.parts();
+        let to_close = match conns.complete(c, ring, pool) {
+            Event::Conn { slot, tag, result, slab, provided, .. } => {
+                drive(slot, env, now, |c, io, ctx| conn::on_completion(c, io, ctx, tag, result, slab, provided))
+            }
+            Event::Accepted { listener, fd, more, .. } => self.on_accept(listener, fd, more, now),
+            Event::Worker { token, more, .. } => {
+                match token.kind {
+                    KIND_DNS => {
+                        for id in env.dns.on_wake(now) {
+                            env.wakes.wake(id);
+                        }
+                        env.uring
+                            .ring_mut()
+                            .poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+                    }
+                    KIND_TICK => self.on_tick(now, more),
+                    _ => {}
+                }
+                None
+            }
+            Event::Freed { value, .. } => {
+                env.freed(value);
+                None
+            }
+            Event::Draining => None,
+        };
+        if let Some(id) = to_close {
+            self.env.close(&mut self.conns, id);
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        listener: u32,
+        fd: Option<std::os::fd::OwnedFd>,
+        more: bool,
+        now: Instant,
+    ) -> Option<ConnId> {
+        let mut close = None;
+        let role = self.listeners.get(listener as usize).map(|l| l.role).unwrap_or(Role::Proxy);
+        if let Some(fd) = fd {
+            // While draining, new proxy clients are turned away (dropping closes).
+            if !(self.env.draining && role == Role::Proxy) {
+                close = accept(&mut self.conns, &mut self.env, now, role, TcpStream::from(fd));
+            }
+        }
+        if !more {
+            if let Some(l) = self.listeners.get_mut(listener as usize) {
+                if l.closing {
+                    // The cancelled accept is done: nothing refers to the fd now.
+                    l.sock = None;
+                } else if let Some(sock) = &l.sock {
+                    self.env.uring.ring_mut().accept_multi(sock.as_raw_fd(), listener);
+                }
+            }
+        }
+        close
+    }
+
+    /// The 100 ms tick: deadlines, the pool sweep, reloads, the drain, log flushing and
+    /// the ring's gauges.
+    fn on_tick(&mut self, now: Instant, more: bool) {
+        let env = &mut self.env;
+        fire_deadlines(&mut self.conns, env, now);
+        if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            env.upstreams.sweep(now);
+            env.uring.pool_mut().trim_spares();
+            self.last_sweep = now;
+        }
+        if self.control.generation() != self.config_gen {
+            self.config_gen = self.control.generation();
+            apply_config(env, &self.control);
+        }
+        if self.control.draining() && !env.draining {
+            env.draining = true;
+            self.drain_deadline = Some(now + env.cfg.timeouts.drain);
+            for (i, l) in self.listeners.iter_mut().enumerate() {
+                if let (Role::Proxy, Some(sock)) = (l.role, &l.sock) {
+                    l.closing = true;
+                    env.uring
+                        .ring_mut()
+                        .cancel_worker_fd(sock.as_raw_fd(), WorkerToken { kind: KIND_CANCEL, index: i as u32 });
+                }
+            }
+        }
+        if env.draining {
+            close_idle(&mut self.conns, env, now);
+        }
+        env.flush_log();
+        publish_ring_stats(env);
+        if !more {
+            env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
+        }
+    }
+
+    /// After a drain started: closes what is left at the deadline, and says when this
+    /// worker may stop (its clients are gone and every other worker is done too).
+    fn drain_progress(&mut self, now: Instant) -> bool {
+        let Some(deadline) = self.drain_deadline else { return false };
+        let listeners_closed = self.listeners.iter().all(|l| l.role != Role::Proxy || l.sock.is_none());
+        if !self.deadline_passed && now >= deadline {
+            close_all(&mut self.conns, &mut self.env, now);
+            self.deadline_passed = true;
+        }
+        if self.env.proxy_connections() == 0 && (listeners_closed || self.deadline_passed) {
+            // Done here; the admin listener serves on (the 100 ms tick comes back here)
+            // until every worker is done, then all leave together.
+            self.finished.mark();
+            return self.control.all_workers_finished();
+        }
+        false
+    }
+}
+
+/// Most rounds of woken slots run after one batch: a wake that wakes another is run in
+/// the same turn, but a cycle of wakes cannot hold the worker (what is left waits for the
+/// next turn, which then does not block).
+const WAKE_ROUNDS: usize = 8;
+
+/// Runs the slots woken during this batch (by the resolver, the pool, or each other).
+fn run_woken(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+    for _ in 0..WAKE_ROUNDS {
+        let mut ids = std::mem::take(&mut env.woken);
+        env.wakes.drain_into(&mut ids);
+        if ids.is_empty() {
+            env.woken = ids;
+            return;
+        }
+        resume(conns, env, now, &ids);
+        ids.clear();
+        env.woken = ids;
+    }
 }
 
 /// Runs the state machines of `ids` (they waited for something outside their own I/O:
@@ -328,15 +417,17 @@ fn resume(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, ids: &[Con
 }
 
 /// Gives queued requests their turn once their origin has an idle connection or room
-/// for a new one (after every batch: a connection came back, or one closed).
-fn resume_queued(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+/// for a new one (after every batch: a connection came back, or one closed): they are
+/// woken, and run with the other woken slots.
+fn wake_queued(conns: &mut Conns<Connection>, env: &mut Env) {
     if env.upstreams.waiting() == 0 {
         return;
     }
     let mut ids = std::mem::take(&mut env.woken);
     env.upstreams.wake_queued(&mut ids, |id| conns.get_mut(id).is_some_and(|s| s.value.is_queued_for_upstream()));
-    resume(conns, env, now, &ids);
-    ids.clear();
+    for id in ids.drain(..) {
+        env.wakes.wake(id);
+    }
     env.woken = ids;
 }
 
@@ -372,13 +463,7 @@ fn close_all(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
     }
 }
 
-fn accept(
-    conns: &mut Conns<Connection>,
-    env: &mut Env,
-    now: Instant,
-    role: Role,
-    fd: std::os::fd::OwnedFd,
-) -> Option<ConnId> {
+fn accept(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, role: Role, stream: TcpStream) -> Option<ConnId> {
     let stats = &env.stats[env.index];
     // Client slots not yet freed (closing ones still hold descriptors); admin connections
     // do not count against the client limit.
@@ -387,7 +472,6 @@ fn accept(
         stats::bump(&stats.connections_rejected, 1);
         return None; // dropping the fd closes it
     }
-    let stream = TcpStream::from(fd);
     let peer = stream.peer_addr().ok();
     if role == Role::Proxy {
         if let Some(peer) = peer {

@@ -85,6 +85,16 @@ pub struct Ctx<'a> {
     pub minter: &'a mut crate::tls::mint::Minter,
     pub upstream_tls: &'a std::sync::Arc<rustls::ClientConfig>,
     pub access: Option<&'a mut crate::accesslog::AccessLog>,
+    /// Slots the worker runs again after the current batch.
+    pub wakes: &'a uring::ReadyQueue,
+}
+
+impl Ctx<'_> {
+    /// Asks the worker to run slot `id` again after this batch (it re-checks its own
+    /// state: a spurious wake is harmless).
+    pub fn wake(&self, id: uring::ConnId) {
+        self.wakes.wake(id);
+    }
 }
 
 /// Which listener a connection came in on.
