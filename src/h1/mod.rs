@@ -14,6 +14,7 @@ mod response;
 pub use authority::*;
 pub use chunked::*;
 pub use error::*;
+pub(crate) use headers::push_u64;
 pub use headers::{BodyFraming, HeadLimits, Header};
 pub use request::*;
 pub use response::*;
