@@ -8,6 +8,8 @@ mod chunked;
 mod error;
 mod head;
 mod headers;
+#[cfg(test)]
+mod mutate;
 mod request;
 mod response;
 
