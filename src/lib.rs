@@ -15,6 +15,7 @@ pub mod h1;
 pub mod notify;
 pub mod server;
 pub mod stats;
+pub mod sys;
 pub mod timers;
 pub mod tls;
 pub mod upstream;

@@ -84,7 +84,7 @@ fn open_access_log(config: &Config) -> Result<Option<Arc<LogSink>>, String> {
 /// Runs the proxy until SIGTERM/SIGINT has drained it.
 pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
     let allowed =
-        uring::sys::allowed_cpus().map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
+        crate::sys::allowed_cpus().map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
     let cpus = plan_cpus(&allowed, config.workers);
     let mut addrs: Vec<(SocketAddr, Role)> = config.listen.iter().map(|a| (*a, Role::Proxy)).collect();
     if let Some(a) = config.admin {

@@ -155,7 +155,7 @@ impl Drop for Finished {
 pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
     let mut finished = Finished { control: setup.control.clone(), done: false };
     if let Some(cpu) = setup.cpu {
-        uring::sys::pin_current_thread(cpu)
+        crate::sys::pin_current_thread(cpu)
             .map_err(|e| std::io::Error::new(e.kind(), format!("pinning worker {} to CPU {cpu}: {e}", setup.index)))?;
     }
     let cfg = setup.cfg.clone();

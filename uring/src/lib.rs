@@ -12,8 +12,9 @@
 //!   of it; it is freed exactly once, when it is closing and no operation of it is in
 //!   flight, and a closing slot is never handed out again.
 //! - [`pipe`]: kernel pipes for splicing a tunnel's bytes without copying them.
-//! - [`sys`]: the few plain syscalls the proxy needs (CPU affinity, a non-blocking peek,
-//!   the original destination of a redirected socket).
+//! - [`sys`]: the few plain syscalls the proxy needs (a non-blocking peek, the original
+//!   destination of a redirected socket) and the affinity mask io_uring's worker-pool
+//!   registration takes.
 //!
 //! Every `unsafe` block of the project lives in this crate, each with a `SAFETY:` comment
 //! naming the invariant it relies on.

@@ -4,47 +4,21 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
-/// CPUs in this thread's affinity mask (the mask the process was started with, when
-/// called before any pinning).
-pub fn allowed_cpus() -> io::Result<Vec<usize>> {
-    let set = affinity_set()?;
-    let mut cpus = Vec::new();
-    for cpu in 0..libc::CPU_SETSIZE as usize {
-        // SAFETY: cpu < CPU_SETSIZE, inside the set.
-        if unsafe { libc::CPU_ISSET(cpu, &set) } {
-            cpus.push(cpu);
-        }
-    }
-    Ok(cpus)
-}
-
-/// This thread's affinity mask as the kernel's set.
+/// This thread's affinity mask as libc's `cpu_set_t`, the type
+/// `Submitter::register_iowq_aff` takes (rustix's `CpuSet`, which the proxy uses, does not
+/// expose one).
 pub(crate) fn affinity_set() -> io::Result<libc::cpu_set_t> {
-    // SAFETY: cpu_set_t is plain data; all-zero is a valid empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: the pointer and size describe `set`, which lives across the call.
-    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    // SAFETY: cpu_set_t is plain data, so all-zero is a valid (empty) set; the pointer and
+    // size given to sched_getaffinity describe that local, which outlives the call.
+    let (set, rc) = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let rc = libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+        (set, rc)
+    };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(set)
-}
-
-/// Pins the calling thread to one CPU.
-pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
-    if cpu >= libc::CPU_SETSIZE as usize {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "cpu index out of range"));
-    }
-    // SAFETY: as in allowed_cpus.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: cpu < CPU_SETSIZE (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: the pointer and size describe `set`.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// What a non-blocking peek at an idle socket found.
