@@ -12,9 +12,8 @@
 //!   of it; it is freed exactly once, when it is closing and no operation of it is in
 //!   flight, and a closing slot is never handed out again.
 //! - [`pipe`]: kernel pipes for splicing a tunnel's bytes without copying them.
-//! - [`sys`]: the few plain syscalls the proxy needs (a non-blocking peek, the original
-//!   destination of a redirected socket) and the affinity mask io_uring's worker-pool
-//!   registration takes.
+//! - `sys`: this thread's affinity mask in the form io_uring's worker-pool registration
+//!   takes.
 //!
 //! Every `unsafe` block of the project lives in this crate, each with a `SAFETY:` comment
 //! naming the invariant it relies on.
@@ -24,7 +23,7 @@ pub mod conns;
 pub mod pipe;
 pub mod ring;
 pub mod slab;
-pub mod sys;
+mod sys;
 pub mod token;
 
 pub use conns::{ConnId, Conns, Event, Io, Slot};
