@@ -35,6 +35,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::h1::push_u64;
+
 /// A worker hands its buffer to the sink once it holds at least this many bytes.
 pub const FLUSH_AT: usize = 32 * 1024;
 /// Capacity a worker's buffer starts with: room for the threshold plus the last line.
@@ -552,20 +554,6 @@ fn push_year(buf: &mut Vec<u8>, y: i64) {
     let y = y.clamp(0, 9999) as u32;
     push_2(buf, y / 100);
     push_2(buf, y % 100);
-}
-
-fn push_u64(buf: &mut Vec<u8>, mut v: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[i..]);
 }
 
 /// `12.345`: milliseconds with three decimals.

@@ -16,6 +16,7 @@ pub mod notify;
 pub mod protocol;
 pub mod server;
 pub mod stats;
+pub mod sys;
 pub mod timers;
 pub mod tls;
 pub mod upstream;

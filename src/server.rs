@@ -84,7 +84,7 @@ fn open_access_log(config: &Config) -> Result<Option<Arc<LogSink>>, String> {
 /// Runs the proxy until SIGTERM/SIGINT has drained it.
 pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
     let allowed =
-        uring::sys::allowed_cpus().map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
+        crate::sys::allowed_cpus().map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
     let cpus = plan_cpus(&allowed, config.workers);
     let mut addrs: Vec<(SocketAddr, Role)> = config.listen.iter().map(|a| (*a, Role::Proxy)).collect();
     if let Some(a) = config.admin {
@@ -144,7 +144,10 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
         addrs.iter().map(|(a, r)| format!("{a} ({})", if *r == Role::Admin { "admin" } else { "proxy" })).collect();
     let cpu_list: Vec<String> = cpus.iter().map(|c| c.map_or("-".into(), |c| c.to_string())).collect();
     eprintln!("sluice: listening on {}; {} workers on CPUs [{}]", listening.join(", "), cpus.len(), cpu_list.join(","));
-    let notifier = Notifier::from_env().unwrap_or_else(|_| Notifier::disabled());
+    let notifier = Notifier::from_env().unwrap_or_else(|e| {
+        eprintln!("sluice: not notifying systemd: {e}");
+        Notifier::disabled()
+    });
     let _ = notifier.ready_with_status(&format!("serving on {}", listening.join(", ")));
 
     let handle = signals.handle();

@@ -181,7 +181,7 @@ pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
     // Marks this worker finished however it leaves, set-up errors included.
     let finished = Finished { control: setup.control.clone(), done: false };
     if let Some(cpu) = setup.cpu {
-        uring::sys::pin_current_thread(cpu)
+        crate::sys::pin_current_thread(cpu)
             .map_err(|e| std::io::Error::new(e.kind(), format!("pinning worker {} to CPU {cpu}: {e}", setup.index)))?;
     }
     let uring = Uring::new(RING_ENTRIES, setup.cfg.slabs_per_worker)

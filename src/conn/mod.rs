@@ -377,8 +377,7 @@ impl Connection {
 /// The pre-REDIRECT destination of a transparently intercepted client, when it differs
 /// from the address the client actually reached.
 fn redirected_from(client: &TcpStream) -> Option<SocketAddr> {
-    use std::os::fd::AsFd;
-    let original = uring::sys::original_dst(client.as_fd()).ok()?;
+    let original = crate::sys::original_dst(client).ok()?;
     (client.local_addr().ok()? != original).then_some(original)
 }
 

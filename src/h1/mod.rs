@@ -8,12 +8,15 @@ mod chunked;
 mod error;
 mod head;
 mod headers;
+#[cfg(test)]
+mod mutate;
 mod request;
 mod response;
 
 pub use authority::*;
 pub use chunked::*;
 pub use error::*;
+pub(crate) use headers::push_u64;
 pub use headers::{BodyFraming, HeadLimits, Header};
 pub use request::*;
 pub use response::*;

@@ -1005,48 +1005,33 @@ mod tests {
         );
     }
 
-    /// Deterministic xorshift mutations of valid heads: never a panic, and a parsed head
-    /// never claims more bytes than it was given.
-    #[test]
-    fn mutated_heads_never_panic() {
-        let seeds: [&[u8]; 4] = [
-            b"POST http://a:8/x?y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nVia: 1.0 b\r\n\r\n",
-            b"GET / HTTP/1.0\r\nConnection: keep-alive, x\r\nContent-Length: 3, 3\r\nx: y\r\n\r\n",
-            b"\r\nCONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\nExpect: 100-continue\r\n\r\n",
-            b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
-        ];
-        let alphabet = b"\r\n :,;/?*@[]\t\x00\x7fHTPhtp01.9aZ-_\"\xff";
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let small = HeadLimits { max_bytes: 96, max_headers: 3 };
-        for round in 0..20_000 {
-            let mut buf = seeds[round % seeds.len()].to_vec();
-            for _ in 0..(next() % 4 + 1) {
-                let at = (next() as usize) % buf.len();
-                let byte = alphabet[(next() as usize) % alphabet.len()];
-                match next() % 3 {
-                    0 => buf[at] = byte,
-                    1 => buf.insert(at, byte),
-                    _ => {
-                        buf.remove(at);
-                    }
-                }
-            }
+    const SEEDS: &[&[u8]] = &[
+        b"POST http://a:8/x?y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nVia: 1.0 b\r\n\r\n",
+        b"GET / HTTP/1.0\r\nConnection: keep-alive, x\r\nContent-Length: 3, 3\r\nx: y\r\n\r\n",
+        b"\r\nCONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\nExpect: 100-continue\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+    ];
+    const ALPHABET: &[u8] = b"\r\n :,;/?*@[]\t\x00\x7fHTPhtp01.9aZ-_\"\xff";
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(super::super::mutate::CASES))]
+
+        /// Small edits of valid heads: never a panic, a parsed head never claims more
+        /// bytes than it was given (or than the limit), and what it sends upstream parses
+        /// back whole.
+        #[test]
+        fn mutated_heads_never_panic(buf in super::super::mutate::mutated(SEEDS, ALPHABET)) {
+            let small = HeadLimits { max_bytes: 96, max_headers: 3 };
             for limits in [&LIMITS, &small] {
                 if let Ok(Some((head, n))) = parse_request(&buf, limits) {
-                    assert!(n <= buf.len() && n <= limits.max_bytes);
+                    proptest::prop_assert!(n <= buf.len() && n <= limits.max_bytes);
                     let mut out = Vec::new();
                     head.write_upstream(&mut out, "sluice");
                     let _ = head.loops_through("sluice");
                     if head.upstream_target().is_ok() {
                         // what we send upstream is always a valid head again
                         let back = parse_request(&out, &LIMITS);
-                        assert!(
+                        proptest::prop_assert!(
                             matches!(back, Ok(Some((_, n))) if n == out.len()),
                             "{:?} -> {back:?}",
                             String::from_utf8_lossy(&out)

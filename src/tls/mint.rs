@@ -7,6 +7,7 @@
 //! ends no later than the CA's.
 
 use super::ca::{CaError, CaMaterial};
+use lru::LruCache;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
     SerialNumber,
@@ -16,7 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Instant;
 use time::{Duration, OffsetDateTime};
@@ -50,9 +51,7 @@ pub struct Minter {
     ca_not_after: OffsetDateTime,
     provider: Arc<CryptoProvider>,
     alpn: Vec<Vec<u8>>,
-    cache: HashMap<String, (Arc<ServerConfig>, u64)>,
-    clock: u64,
-    capacity: usize,
+    cache: LruCache<String, Arc<ServerConfig>>,
     pub stats: MintStats,
 }
 
@@ -77,9 +76,7 @@ impl Minter {
             ca_not_after: ca.not_after,
             provider,
             alpn: vec![b"http/1.1".to_vec()],
-            cache: HashMap::new(),
-            clock: 0,
-            capacity: capacity.max(1),
+            cache: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
             stats: MintStats::default(),
         })
     }
@@ -92,9 +89,7 @@ impl Minter {
     /// The server config presenting a certificate for `name` (a DNS name or an IP address).
     pub fn config_for(&mut self, name: &str) -> Result<Arc<ServerConfig>, String> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        self.clock += 1;
-        if let Some((cfg, used)) = self.cache.get_mut(&name) {
-            *used = self.clock;
+        if let Some(cfg) = self.cache.get(&name) {
             self.stats.cache_hits += 1;
             return Ok(cfg.clone());
         }
@@ -108,12 +103,8 @@ impl Minter {
             .with_cert_resolver(Arc::new(Fixed(key)));
         cfg.alpn_protocols = self.alpn.clone();
         let cfg = Arc::new(cfg);
-        if self.cache.len() >= self.capacity {
-            if let Some(oldest) = self.cache.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| k.clone()) {
-                self.cache.remove(&oldest);
-            }
-        }
-        self.cache.insert(name, (cfg.clone(), self.clock));
+        // A full cache drops the name used least recently.
+        self.cache.put(name, cfg.clone());
         self.stats.minted += 1;
         self.stats.mint_nanos += started.elapsed().as_nanos() as u64;
         Ok(cfg)
@@ -168,6 +159,21 @@ mod tests {
         }
         assert_eq!(m.cached(), 3);
         assert_eq!(m.stats.minted, 5);
+    }
+
+    #[test]
+    fn a_full_cache_evicts_the_name_used_least_recently() {
+        let mut m = Minter::new(&ca(), 2).unwrap();
+        let a = m.config_for("a.test").unwrap();
+        m.config_for("b.test").unwrap();
+        m.config_for("a.test").unwrap(); // a is now more recent than b
+        m.config_for("c.test").unwrap(); // evicts b
+        assert_eq!((m.stats.minted, m.stats.cache_hits), (3, 1));
+        assert!(Arc::ptr_eq(&a, &m.config_for("a.test").unwrap()), "a was kept");
+        assert_eq!((m.stats.minted, m.stats.cache_hits), (3, 2));
+        m.config_for("b.test").unwrap();
+        assert_eq!(m.stats.minted, 4, "b was evicted and minted again");
+        assert_eq!(m.cached(), 2);
     }
 
     #[test]

@@ -1,16 +1,18 @@
 //! Name resolution that never blocks a ring.
 //!
-//! Each worker owns a [`Resolver`]: a cache (positive answers kept a minute, failures a
-//! few seconds), the operator's pins (`--resolve NAME:ADDR`), and one helper thread that
+//! Each worker owns a [`Resolver`]: an LRU cache (positive answers kept a minute, failures
+//! a few seconds; when full, the name used least recently makes room), the operator's pins (`--resolve NAME:ADDR`), and one helper thread that
 //! runs the system resolver (`getaddrinfo`, so `/etc/hosts` and nsswitch are honoured).
 //! A miss parks the asking connection (no operation in flight); the thread answers over
 //! a channel and writes a byte to a pipe the worker's ring polls, and the worker resumes
 //! every connection that waited for that name.
 
 use crate::config::Config;
+use lru::LruCache;
 use std::collections::HashMap;
 use std::io::{PipeReader, PipeWriter, Read, Write};
 use std::net::{IpAddr, ToSocketAddrs};
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -18,7 +20,8 @@ use uring::ConnId;
 
 const POSITIVE_TTL: Duration = Duration::from_secs(60);
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
-const MAX_CACHE: usize = 10_000;
+/// Names kept per worker.
+const MAX_CACHE: NonZeroUsize = NonZeroUsize::new(10_000).unwrap();
 
 /// What a lookup gave right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +53,7 @@ pub struct DnsStats {
 /// A worker's resolver.
 pub struct Resolver {
     pins: HashMap<String, Vec<IpAddr>>,
-    cache: HashMap<String, Cached>,
+    cache: LruCache<String, Cached>,
     waiting: HashMap<String, Vec<ConnId>>,
     jobs: mpsc::Sender<String>,
     answers: mpsc::Receiver<Answer>,
@@ -73,7 +76,7 @@ impl Resolver {
             .spawn(move || resolve_loop(job_rx, answer_tx, wake_tx))?;
         Ok(Resolver {
             pins,
-            cache: HashMap::new(),
+            cache: LruCache::new(MAX_CACHE),
             waiting: HashMap::new(),
             jobs,
             answers,
@@ -133,19 +136,18 @@ impl Resolver {
             if answer.result.is_err() {
                 self.stats.failures += 1;
             }
-            let ttl = if answer.result.is_ok() { POSITIVE_TTL } else { NEGATIVE_TTL };
-            if self.cache.len() >= MAX_CACHE {
-                self.cache.retain(|_, c| c.expires > now);
-                if self.cache.len() >= MAX_CACHE {
-                    self.cache.clear();
-                }
-            }
             if let Some(w) = self.waiting.remove(&answer.name) {
                 resume.extend(w);
             }
-            self.cache.insert(answer.name, Cached { answer: answer.result, expires: now + ttl });
+            self.store(answer.name, answer.result, now);
         }
         resume
+    }
+
+    /// Caches an answer; a full cache drops the name used least recently.
+    fn store(&mut self, name: String, answer: Result<Vec<IpAddr>, String>, now: Instant) {
+        let ttl = if answer.is_ok() { POSITIVE_TTL } else { NEGATIVE_TTL };
+        self.cache.put(name, Cached { answer, expires: now + ttl });
     }
 }
 
@@ -235,5 +237,25 @@ mod tests {
         wait_answers(&mut r);
         assert!(matches!(r.lookup("no-such-host.invalid", id[0], Instant::now()), Lookup::Failed(_)));
         assert_eq!(r.stats.failures, 1);
+    }
+
+    #[test]
+    fn a_full_cache_keeps_its_recent_names() {
+        let mut r = Resolver::new(&Config::default(), 0).unwrap();
+        r.cache = LruCache::new(NonZeroUsize::new(3).unwrap());
+        let (_c, id) = ids(1);
+        let now = Instant::now();
+        let ip = |s: &str| -> Vec<IpAddr> { vec![s.parse().unwrap()] };
+        r.store("a.test".into(), Ok(ip("10.0.0.1")), now);
+        r.store("b.test".into(), Ok(ip("10.0.0.2")), now);
+        r.store("c.test".into(), Err("c.test: no addresses".into()), now);
+        assert_eq!(r.lookup("a.test", id[0], now), Lookup::Ready(ip("10.0.0.1")), "a is now the most recent");
+        r.store("d.test".into(), Ok(ip("10.0.0.4")), now); // full: b, used least recently, goes
+        assert_eq!(r.lookup("a.test", id[0], now), Lookup::Ready(ip("10.0.0.1")));
+        assert!(matches!(r.lookup("c.test", id[0], now), Lookup::Failed(_)));
+        assert_eq!(r.lookup("d.test", id[0], now), Lookup::Ready(ip("10.0.0.4")));
+        assert_eq!(r.stats.cache_hits, 4);
+        assert!(!r.cache.contains("b.test"), "the least recently used name was evicted");
+        assert_eq!(r.cache.len(), 3);
     }
 }

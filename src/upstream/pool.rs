@@ -24,13 +24,13 @@
 //! bytes waiting) is dropped, never handed to a request.
 
 use crate::config::PoolConfig;
+use crate::sys::{peek, Peek};
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use uring::sys::{peek, Peek};
 use uring::ConnId;
 
 /// How often unused idle connections are purged (half of the unused ones each time).

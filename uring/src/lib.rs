@@ -16,8 +16,8 @@
 //! - [`sim`]: the in-memory backend of a ring, for driving state machines in tests with
 //!   injected completions and no kernel.
 //! - [`pipe`]: kernel pipes for splicing a tunnel's bytes without copying them.
-//! - [`sys`]: the few plain syscalls the proxy needs (CPU affinity, a non-blocking peek,
-//!   the original destination of a redirected socket).
+//! - `sys`: this thread's affinity mask in the form io_uring's worker-pool registration
+//!   takes.
 //!
 //! Every `unsafe` block of the project lives in this crate, each with a `SAFETY:` comment
 //! naming the invariant it relies on.
@@ -28,7 +28,7 @@ pub mod pipe;
 pub mod ring;
 pub mod sim;
 pub mod slab;
-pub mod sys;
+mod sys;
 pub mod token;
 pub mod wake;
 

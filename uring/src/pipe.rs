@@ -6,8 +6,9 @@
 //! pool), so a pipe must stay open until every splice naming it has completed. Owners
 //! keep their pipes for the life of the connection, which outlives its operations.
 
+use rustix::pipe::{fcntl_getpipe_size, fcntl_setpipe_size, pipe_with, PipeFlags};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 /// Both ends of a non-blocking pipe, and how many bytes it can hold.
 #[derive(Debug)]
@@ -22,25 +23,12 @@ impl Pipe {
     /// The kernel may refuse a larger pipe (`fs.pipe-max-size`, the per-user page
     /// budget); the pipe then keeps its default size, which [`Pipe::capacity`] reports.
     pub fn new(capacity: usize) -> io::Result<Pipe> {
-        let mut fds = [0 as libc::c_int; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: pipe2 succeeded, so both fds are open and owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        let want = libc::c_int::try_from(capacity).unwrap_or(libc::c_int::MAX);
-        // SAFETY: F_SETPIPE_SZ / F_GETPIPE_SZ take an int argument; the fd is open (owned).
-        let mut got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, want) };
-        if got < 0 {
-            // SAFETY: as above.
-            got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
-        }
-        if got <= 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Pipe { read, write, capacity: got as usize })
+        let (read, write) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC)?;
+        let capacity = match fcntl_setpipe_size(&write, capacity) {
+            Ok(got) => got,
+            Err(_) => fcntl_getpipe_size(&write)?,
+        };
+        Ok(Pipe { read, write, capacity })
     }
 
     /// The end to splice out of.
