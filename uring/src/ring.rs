@@ -241,7 +241,11 @@ impl Uring {
     /// in memory with injected completions.
     pub fn in_memory(slabs: usize) -> io::Result<Uring> {
         let pool = SlabPool::new(slabs)?;
-        let ring = Ring::with_backend(Backend::Memory(Box::default()), &pool, false, None, 64);
+        let mut ring = Ring::with_backend(Backend::Memory(Box::default()), &pool, false, None, 64);
+        let id = ring.id;
+        if let Backend::Memory(sim) = &mut ring.backend {
+            sim.ring = id;
+        }
         Ok(Uring { ring, pool })
     }
 

@@ -69,6 +69,9 @@ impl SimOp {
 /// An operation waiting for its completion.
 #[derive(Debug)]
 pub struct Pending {
+    /// The ring it was submitted to: it completes only there (its `user_data` names a
+    /// slot of that ring's arena).
+    ring: u32,
     user_data: u64,
     pub tag: OpTag,
     pub op: SimOp,
@@ -79,6 +82,8 @@ pub struct Pending {
 /// Operations recorded and completions injected, in order.
 #[derive(Debug, Default)]
 pub struct Sim {
+    /// The id of the ring this backs (set when the ring is made).
+    pub(crate) ring: u32,
     pending: Vec<Pending>,
     completed: Vec<(u64, i32)>,
     /// Worker-level operations submitted (accept, tick, wake polls): never completed.
@@ -102,7 +107,7 @@ impl Sim {
             self.completed.push((user_data, if cancelled > 0 { cancelled } else { -libc::ENOENT }));
             return;
         }
-        self.pending.push(Pending { user_data, tag, op, recv_into });
+        self.pending.push(Pending { ring: self.ring, user_data, tag, op, recv_into });
     }
 
     pub(crate) fn take_completed(&mut self) -> std::vec::Drain<'_, (u64, i32)> {
@@ -122,15 +127,18 @@ impl Sim {
 
     /// Completes an operation with `result` (a count, or a negated errno).
     pub fn complete(&mut self, p: Pending, result: i32) {
+        assert_eq!(p.ring, self.ring, "an operation of another ring");
         self.completed.push((p.user_data, result));
     }
 
     /// Completes a receive with `data` (as much as it asked for; the count is returned).
     /// Empty `data` is the peer's EOF.
     pub fn complete_recv(&mut self, p: Pending, data: &[u8]) -> usize {
+        assert_eq!(p.ring, self.ring, "an operation of another ring");
         let (ptr, room) = p.recv_into.expect("complete_recv on an operation that is not a receive");
         let n = data.len().min(room as usize);
-        // SAFETY: `ptr..ptr+room` lies inside a slab (range checked by `Ring::lend`) that is
+        // SAFETY: the operation was submitted to this ring (asserted above), whose arena
+        // holds its slot; `ptr..ptr+room` lies inside a slab (range checked by `Ring::lend`) that is
         // parked in the slot's lane until this operation's completion is decoded, which
         // happens after this call; the pool leaks rather than frees slabs still lent, so the
         // memory is valid, and nothing else writes it while it is lent.

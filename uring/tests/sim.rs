@@ -71,3 +71,20 @@ fn a_cancel_completes_the_operations_on_its_fd_and_frees_a_closing_slot() {
     }
     assert!(conns.is_empty());
 }
+
+#[test]
+#[should_panic(expected = "an operation of another ring")]
+fn an_operation_completes_only_on_its_own_ring() {
+    let mut mine = Uring::in_memory(0).unwrap();
+    let mut other = Uring::in_memory(0).unwrap();
+    let mut conns: Conns<()> = Conns::bound_to(mine.ring_mut());
+    let id = conns.insert(());
+    {
+        let (ring, pool) = mine.parts();
+        ring.submit(conns.get_mut(id).unwrap().split().1, POLL, Op::PollIn { fd: 3 }, pool);
+    }
+    let op = mine.ring_mut().sim().unwrap().take(|_, _| true).unwrap();
+    // Completed on another ring, it would be stamped with that ring's id and decoded by
+    // that ring's arena as one of its slots.
+    other.ring_mut().sim().unwrap().complete(op, 1);
+}
