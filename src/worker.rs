@@ -7,7 +7,7 @@
 
 use crate::accesslog::AccessLog;
 use crate::config::Config;
-use crate::conn::{self, Connection, Ctx, NextStep, Role};
+use crate::conn::{self, Connection, Ctx, Endpoint, NextStep, Role};
 use crate::control::Control;
 use crate::stats::{self, WorkerStats};
 use crate::timers::Timers;
@@ -102,30 +102,32 @@ impl Env {
 
     /// A slot was really freed (its last operation completed): its value is dropped here,
     /// which closes its descriptors, and the slot gauge moves.
-    fn freed(&mut self, conn: Connection) {
-        if conn.is_client() {
+    fn freed(&mut self, endpoint: Endpoint) {
+        if endpoint.is_client() {
             stats::drop_one(&self.stats[self.index].connection_slots);
         }
-        drop(conn);
+        drop(endpoint);
     }
 
     /// Closes the slot `id` (its owner has called `begin_close`); frees it now when no
     /// operation of it is in flight, else when the last one completes.
-    fn close(&mut self, conns: &mut Conns<Connection>, id: ConnId) {
+    fn close(&mut self, conns: &mut Conns<Endpoint>, id: ConnId) {
         if let Some(conn) = conns.close(id) {
             self.freed(conn);
         }
     }
 }
 
-/// Runs `f` on a connection; returns its id when it asked to close (after `begin_close`).
+/// Runs `f` on a client connection; returns its id when it asked to close (after
+/// `begin_close`).
 fn drive(
-    slot: &mut Slot<Connection>,
+    slot: &mut Slot<Endpoint>,
     env: &mut Env,
     now: Instant,
     f: impl FnOnce(&mut Connection, &mut uring::conns::Io, &mut Ctx<'_>) -> NextStep,
 ) -> Option<ConnId> {
-    let (conn, io) = slot.split();
+    let (endpoint, io) = slot.split();
+    let Endpoint::Client(conn) = endpoint;
     let mut ctx = env.ctx(now);
     if f(conn, io, &mut ctx) == NextStep::Close {
         conn.begin_close(io, &mut ctx);
@@ -165,7 +167,7 @@ impl Drop for Finished {
 
 /// A worker: its connections, everything they share, its listeners and its drain state.
 pub(crate) struct Worker {
-    conns: Conns<Connection>,
+    conns: Conns<Endpoint>,
     env: Env,
     listeners: Vec<Listener>,
     control: Arc<Control>,
@@ -204,7 +206,7 @@ impl Worker {
     pub(crate) fn new(setup: WorkerSetup, mut uring: Uring, finished: Finished) -> std::io::Result<Worker> {
         let cfg = setup.cfg.clone();
         let control = setup.control.clone();
-        let conns: Conns<Connection> = Conns::bound_to(uring.ring_mut());
+        let conns: Conns<Endpoint> = Conns::bound_to(uring.ring_mut());
         let mut env = Env {
             uring,
             dns: Resolver::new(&cfg, setup.index)?,
@@ -389,7 +391,7 @@ impl Worker {
 const WAKE_ROUNDS: usize = 8;
 
 /// Runs the slots woken during this batch (by the resolver, the pool, or each other).
-fn run_woken(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+fn run_woken(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
     for _ in 0..WAKE_ROUNDS {
         let mut ids = std::mem::take(&mut env.woken);
         env.wakes.drain_into(&mut ids);
@@ -406,7 +408,7 @@ fn run_woken(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
 /// Runs the state machines of `ids` (they waited for something outside their own I/O:
 /// a name, a connection to their origin); ids of slots freed or closing meanwhile are
 /// skipped (`get_mut` never hands out a closing slot).
-fn resume(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, ids: &[ConnId]) {
+fn resume(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, ids: &[ConnId]) {
     for &id in ids {
         if let Some(slot) = conns.get_mut(id) {
             if let Some(c) = drive(slot, env, now, conn::advance) {
@@ -419,7 +421,7 @@ fn resume(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, ids: &[Con
 /// Gives queued requests their turn once their origin has an idle connection or room
 /// for a new one (after every batch: a connection came back, or one closed): they are
 /// woken, and run with the other woken slots.
-fn wake_queued(conns: &mut Conns<Connection>, env: &mut Env) {
+fn wake_queued(conns: &mut Conns<Endpoint>, env: &mut Env) {
     if env.upstreams.waiting() == 0 {
         return;
     }
@@ -441,29 +443,35 @@ fn apply_config(env: &mut Env, control: &Control) {
 }
 
 /// Closes connections that sit between requests (drain).
-fn close_idle(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+fn close_idle(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
     for id in conns.ids() {
         let Some(slot) = conns.get_mut(id) else { continue };
         if !slot.value.is_idle() {
             continue;
         }
-        if let Some(c) = drive(slot, env, now, |_, _, _| NextStep::Close) {
+        if let Some(c) = drive(slot, env, now, |c, _, _| {
+            c.closing(conn::CloseReason::Drain);
+            NextStep::Close
+        }) {
             env.close(conns, c);
         }
     }
 }
 
 /// Closes every proxy connection (the drain deadline passed).
-fn close_all(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+fn close_all(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
     for id in conns.ids() {
         let Some(slot) = conns.get_mut(id) else { continue };
-        if let Some(c) = drive(slot, env, now, |_, _, _| NextStep::Close) {
+        if let Some(c) = drive(slot, env, now, |c, _, _| {
+            c.closing(conn::CloseReason::Drain);
+            NextStep::Close
+        }) {
             env.close(conns, c);
         }
     }
 }
 
-fn accept(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, role: Role, stream: TcpStream) -> Option<ConnId> {
+fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, stream: TcpStream) -> Option<ConnId> {
     let stats = &env.stats[env.index];
     // Client slots not yet freed (closing ones still hold descriptors); admin connections
     // do not count against the client limit.
@@ -486,7 +494,7 @@ fn accept(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, role: Role
         stats::bump(&stats.connections_accepted, 1);
         stats::bump(&stats.connections_active, 1);
     }
-    let id = conns.insert(Connection::new(stream, peer, role));
+    let id = conns.insert(Endpoint::Client(Connection::new(stream, peer, role)));
     if role == Role::Proxy {
         stats::bump(&stats.connection_slots, 1);
     }
@@ -494,12 +502,12 @@ fn accept(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, role: Role
     drive(slot, env, now, |c, io, ctx| c.start(io, ctx))
 }
 
-fn fire_deadlines(conns: &mut Conns<Connection>, env: &mut Env, now: Instant) {
+fn fire_deadlines(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
     for (key, id) in env.timers.due(now) {
         let Some(slot) = conns.get_mut(id) else {
             continue;
         };
-        if slot.value.timer != Some(key) {
+        if slot.value.timer() != Some(key) {
             continue;
         }
         if let Some(c) = drive(slot, env, now, conn::on_deadline) {

@@ -157,6 +157,16 @@ impl Buf {
         self.slab.as_mut().map(|s| pool.bytes_mut(s))
     }
 
+    /// Writes `head` so that it ends at slab offset `end`, right before the body bytes
+    /// that follow it (over the original head and into the headroom): head and body then
+    /// leave in one write. Returns where it starts; None when it does not fit.
+    pub fn place_before(&mut self, pool: &SlabPool, head: &[u8], end: usize) -> Option<usize> {
+        let at = end.checked_sub(head.len())?;
+        let bytes = self.slab_mut(pool)?;
+        bytes[at..end].copy_from_slice(head);
+        Some(at)
+    }
+
     /// Replaces the contents with `bytes` (at offset 0); returns how many fit.
     pub fn fill(&mut self, pool: &mut SlabPool, bytes: &[u8]) -> usize {
         if self.slab.is_none() {

@@ -16,11 +16,16 @@ use crate::stats;
 use uring::Io;
 
 /// How much of a message body is still to come.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) enum Body {
+    #[default]
     None,
-    Length { remaining: u64 },
-    Chunked { decoder: ChunkedDecoder },
+    Length {
+        remaining: u64,
+    },
+    Chunked {
+        decoder: ChunkedDecoder,
+    },
     UntilEof,
     Done,
 }
@@ -93,30 +98,19 @@ pub(crate) struct TunnelState {
     pub bulk: PerDirection<bool>,
 }
 
-/// One request/response exchange (or one tunnel).
+/// One request/response exchange (or one tunnel): the protocol-neutral core (target,
+/// method, status, timings and log facts, retry state, the upstream sub-machine's
+/// progress) and the HTTP/1.1 framing of both messages in `h1`. An HTTP/2 or HTTP/3
+/// stream will carry the same core with its own framing.
 #[derive(Debug)]
 pub(crate) struct Exchange {
     pub method: Method,
-    pub client_minor: u8,
-    pub client_keep_alive: bool,
     pub host: String,
     pub port: u16,
     pub is_connect: bool,
-    pub req_body: Body,
-    /// Bytes of the rewritten request head at `cin.start` not sent yet.
-    pub head_pending: usize,
-    /// Where the rewritten head sits in `cin` (for a retry on a fresh connection).
-    pub head_at: usize,
-    pub head_len: usize,
-    pub expect_continue: bool,
-    pub continue_sent: bool,
+    /// A response byte (interim or final) went to the client: a failure can no longer
+    /// be answered with an error response.
     pub response_started: bool,
-    pub resp_body: Body,
-    pub resp_head_pending: usize,
-    /// The response head already waited once for the rest of its small body.
-    pub coalesce_tried: bool,
-    pub resp_keep_alive: bool,
-    pub close_client: bool,
     pub retried: bool,
     /// Skip the pool (a retry must use a fresh connection).
     pub fresh_only: bool,
@@ -133,6 +127,29 @@ pub(crate) struct Exchange {
     pub facts: super::log::Facts,
     /// When the current upstream connect attempt began.
     pub connect_started: Option<std::time::Instant>,
+    /// How the request and response are framed on HTTP/1.1.
+    pub h1: H1Framing,
+}
+
+/// The HTTP/1.1 side of an exchange: both messages' framing and where their heads are.
+#[derive(Debug, Default)]
+pub(crate) struct H1Framing {
+    pub client_minor: u8,
+    pub client_keep_alive: bool,
+    pub req_body: Body,
+    /// Bytes of the rewritten request head at `client.input.start` not sent yet.
+    pub head_pending: usize,
+    /// Where the rewritten head sits in `client.input` (for a retry on a fresh connection).
+    pub head_at: usize,
+    pub head_len: usize,
+    pub expect_continue: bool,
+    pub continue_sent: bool,
+    pub resp_body: Body,
+    pub resp_head_pending: usize,
+    /// The response head already waited once for the rest of its small body.
+    pub coalesce_tried: bool,
+    pub resp_keep_alive: bool,
+    pub close_client: bool,
     /// Strip chunked framing from the response (HTTP/1.0 client).
     pub dechunk: bool,
     /// The response began before the request body was all forwarded.
@@ -144,36 +161,28 @@ impl Exchange {
     /// intercepted tunnel).
     pub(crate) fn tunnel(host: String, port: u16, tunnel: TunnelState, facts: super::log::Facts) -> Exchange {
         Exchange {
-            status: 200,
-            facts,
-            connect_started: None,
-            dechunk: false,
-            early_response: false,
             method: Method::Connect,
-            client_minor: 1,
-            client_keep_alive: false,
             host,
             port,
             is_connect: true,
-            req_body: Body::None,
-            head_pending: 0,
-            head_at: 0,
-            head_len: 0,
-            expect_continue: false,
-            continue_sent: false,
             response_started: true,
-            resp_body: Body::None,
-            resp_head_pending: 0,
-            coalesce_tried: false,
-            resp_keep_alive: false,
-            close_client: true,
             retried: false,
             fresh_only: true,
             upstream_step: UpstreamStep::Start,
             lease: None,
             tunnel,
             upstream_tls: false,
+            status: 200,
+            facts,
+            connect_started: None,
+            h1: H1Framing { client_minor: 1, close_client: true, ..H1Framing::default() },
         }
+    }
+
+    /// The request may be sent again on a fresh connection if the first one failed
+    /// before an answer: idempotent, and no body (nothing the origin may have consumed).
+    pub(crate) fn retryable(&self) -> bool {
+        self.method.is_idempotent() && matches!(self.h1.req_body, Body::None)
     }
 }
 
@@ -228,7 +237,7 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     NextStep::Wait
 }
 
-/// Reads until a whole head is in `cin`, then validates and routes it.
+/// Reads until a whole head is in `client.input`, then validates and routes it.
 pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     if conn.client.reading {
         return NextStep::Wait;
@@ -244,19 +253,14 @@ pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
                 if conn.client.input.is_empty() {
                     return NextStep::Close;
                 }
-                let r = h1::error_response(400, "connection closed in the middle of a request head");
-                return conn.respond(io, ctx, &r, true);
+                return conn.refuse(io, ctx, 400, "connection closed in the middle of a request head");
             }
             if conn.client.input.room() == 0 && conn.client.input.start <= HEADROOM {
-                let r = h1::error_response(431, "request head too large");
-                return conn.respond(io, ctx, &r, true);
+                return conn.refuse(io, ctx, 431, "request head too large");
             }
             conn.read(io, ctx, Side::Client)
         }
-        Err(e) => {
-            let r = h1::error_response(e.status(), e.detail());
-            conn.respond(io, ctx, &r, true)
-        }
+        Err(e) => conn.refuse(io, ctx, e.status(), e.detail()),
     }
 }
 
@@ -264,50 +268,60 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
     conn.requests += 1;
     stats::bump(&ctx.stats.requests, 1);
     if head.loops_through(ctx.via) {
-        let r = h1::error_response(508, "request already passed through this proxy");
-        return conn.respond(io, ctx, &r, true);
+        return conn.refuse(io, ctx, 508, "request already passed through this proxy");
     }
-    let target = if conn.client.tls.is_some() && head.method != Method::Connect {
-        super::tls::request_target(conn, &head).map(|(h, p)| (h, p, false))
-    } else {
-        match (head.upstream_target(), conn.original_dst) {
-            // Transparent mode: a request without Host goes where the client was headed.
-            (Err(_), Some(dst)) if head.method != Method::Connect => Ok((dst.ip().to_string(), dst.port(), false)),
-            (t, _) => t,
-        }
-    };
-    let (host, port, is_connect) = match target {
+    let (host, port, is_connect) = match route(conn, &head) {
         Ok(t) => t,
-        Err(e) => {
-            let r = h1::error_response(e.status(), e.detail());
-            return conn.respond(io, ctx, &r, true);
-        }
+        Err(e) => return conn.refuse(io, ctx, e.status(), e.detail()),
     };
     if is_connect && !ctx.cfg.connect_ports.contains(&port) {
-        let r = h1::error_response(403, "CONNECT to this port is not allowed");
-        return conn.respond(io, ctx, &r, true);
+        return conn.refuse(io, ctx, 403, "CONNECT to this port is not allowed");
     }
-    let log_target =
-        if ctx.access.is_some() { describe_target(&head, conn.client.tls.is_some()) } else { String::new() };
-    let mut ex = Box::new(Exchange {
+    let mut ex = new_exchange(conn, ctx, &head, host, port, is_connect);
+    if is_connect {
+        conn.client.input.start += n;
+        if ctx.cfg.intercept_connect && conn.client.tls.is_none() {
+            return intercept_connect(conn, io, ctx, &ex);
+        }
+    } else if let Err(e) = rewrite_request_head(conn, ctx, &head, &mut ex, n) {
+        return conn.refuse(io, ctx, e.status(), e.detail());
+    }
+    conn.ex = Some(ex);
+    conn.phase = Phase::Upstream;
+    NextStep::Continue
+}
+
+/// Where a request goes: host, port, and whether it is a CONNECT. Over intercepted TLS
+/// the CONNECT authority or SNI decide (`tls::request_target`); in transparent mode a
+/// request without Host goes where the client was headed.
+fn route(conn: &Connection, head: &h1::RequestHead) -> Result<(String, u16, bool), h1::H1Error> {
+    if conn.client.tls.is_some() && head.method != Method::Connect {
+        return super::tls::request_target(conn, head).map(|(h, p)| (h, p, false));
+    }
+    match (head.upstream_target(), conn.original_dst) {
+        (Err(_), Some(dst)) if head.method != Method::Connect => Ok((dst.ip().to_string(), dst.port(), false)),
+        (t, _) => t,
+    }
+}
+
+fn new_exchange(
+    conn: &Connection,
+    ctx: &Ctx<'_>,
+    head: &h1::RequestHead,
+    host: String,
+    port: u16,
+    is_connect: bool,
+) -> Box<Exchange> {
+    // Log facts own their strings only when the access log is on (no per-request
+    // allocation otherwise).
+    let logging = ctx.access.is_some();
+    let log_target = if logging { describe_target(head, conn.client.tls.is_some()) } else { String::new() };
+    Box::new(Exchange {
         method: head.method,
-        client_minor: head.minor_version,
-        client_keep_alive: head.keep_alive,
         host,
         port,
         is_connect,
-        req_body: Body::from_framing(head.framing, ctx.cfg.limits.max_header_bytes),
-        head_pending: 0,
-        head_at: 0,
-        head_len: 0,
-        expect_continue: head.expect_continue,
-        continue_sent: false,
         response_started: false,
-        resp_body: Body::None,
-        resp_head_pending: 0,
-        coalesce_tried: false,
-        resp_keep_alive: false,
-        close_client: !head.keep_alive,
         retried: false,
         fresh_only: false,
         upstream_step: UpstreamStep::Start,
@@ -317,76 +331,73 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         upstream_tls: conn.client.tls.is_some()
             || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
         status: 0,
-        // Log facts own their strings only when the access log is on (no per-request
-        // allocation otherwise).
-        facts: super::log::Facts::new(
-            conn,
-            ctx.now,
-            if ctx.access.is_some() { &head.method_raw } else { "" },
-            log_target,
-        ),
+        facts: super::log::Facts::new(conn, ctx.now, if logging { &head.method_raw } else { "" }, log_target),
         connect_started: None,
-        dechunk: false,
-        early_response: false,
-    });
-    if is_connect {
-        conn.client.input.start += n;
-        if ctx.cfg.intercept_connect && conn.client.tls.is_none() {
-            // Answer at once, then look at what the client sends inside the tunnel.
-            conn.tunnel_target = Some(Box::new((ex.host.clone(), ex.port)));
-            ctx.stats.response(conn.protocol, Some(Method::Connect), 200);
-            stats::bump(&ctx.stats.tunnels, 1);
-            if conn.out.is_lent() || conn.client.writing.is_some() {
-                return NextStep::Close;
-            }
-            let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);
-            conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
-            conn.phase = Phase::Detect;
-            return NextStep::Continue;
-        }
-    } else {
-        ctx.scratch.clear();
-        head.write_upstream(ctx.scratch, ctx.via);
-        if head.host.is_none() && !matches!(head.target, h1::RequestTarget::Absolute { .. }) {
-            // HTTP/1.0 without Host (transparent mode): HTTP/1.1 upstream needs one.
-            add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
-        }
-        let len = ctx.scratch.len();
-        let head_end = conn.client.input.start + n;
-        if len > head_end {
-            let r = h1::error_response(431, "request head too large after rewriting");
-            return conn.respond(io, ctx, &r, true);
-        }
-        let at = head_end - len;
-        if let Some(bytes) = conn.client.input.slab_mut(ctx.pool) {
-            bytes[at..head_end].copy_from_slice(ctx.scratch);
-        }
-        conn.client.input.start = at;
-        ex.head_pending = len;
-        ex.head_at = at;
-        ex.head_len = len;
-        // Validate a chunked body's first bytes before anything reaches the origin, so a
-        // malformed chunk size is refused without the origin ever seeing the request.
-        if let Body::Chunked { decoder } = &ex.req_body {
-            let mut probe = decoder.clone();
-            if let Err(e) = probe.feed(&conn.client.input.data(ctx.pool)[len..]) {
-                let r = h1::error_response(e.status(), e.detail());
-                return conn.respond(io, ctx, &r, true);
-            }
-        }
+        h1: H1Framing {
+            client_minor: head.minor_version,
+            client_keep_alive: head.keep_alive,
+            req_body: Body::from_framing(head.framing, ctx.cfg.limits.max_header_bytes),
+            expect_continue: head.expect_continue,
+            close_client: !head.keep_alive,
+            ..H1Framing::default()
+        },
+    })
+}
+
+/// `intercept_connect`: answer the CONNECT at once, then look at what the client sends
+/// inside the tunnel (TLS to intercept, or anything else to relay).
+fn intercept_connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, ex: &Exchange) -> NextStep {
+    conn.tunnel_target = Some(Box::new((ex.host.clone(), ex.port)));
+    ctx.stats.response(conn.protocol, Some(Method::Connect), 200);
+    stats::bump(&ctx.stats.tunnels, 1);
+    if conn.out.is_lent() || conn.client.writing.is_some() {
+        return NextStep::Close;
     }
-    conn.ex = Some(ex);
-    conn.phase = Phase::Upstream;
+    let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);
+    conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
+    conn.phase = Phase::Detect;
     NextStep::Continue
+}
+
+/// Rewrites the request head for the origin in place, right before its first body byte
+/// (`n` bytes of head at `client.input.start`), and checks a chunked body's first bytes
+/// before anything reaches the origin, so a malformed chunk size is refused without the
+/// origin ever seeing the request.
+fn rewrite_request_head(
+    conn: &mut Connection,
+    ctx: &mut Ctx<'_>,
+    head: &h1::RequestHead,
+    ex: &mut Exchange,
+    n: usize,
+) -> Result<(), h1::H1Error> {
+    ctx.scratch.clear();
+    head.write_upstream(ctx.scratch, ctx.via);
+    if head.host.is_none() && !matches!(head.target, h1::RequestTarget::Absolute { .. }) {
+        // HTTP/1.0 without Host (transparent mode): HTTP/1.1 upstream needs one.
+        add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
+    }
+    let len = ctx.scratch.len();
+    let head_end = conn.client.input.start + n;
+    let Some(at) = conn.client.input.place_before(ctx.pool, ctx.scratch, head_end) else {
+        return Err(h1::H1Error::new(h1::H1ErrorKind::HeadTooLarge, "request head too large after rewriting"));
+    };
+    conn.client.input.start = at;
+    ex.h1.head_pending = len;
+    ex.h1.head_at = at;
+    ex.h1.head_len = len;
+    if let Body::Chunked { decoder } = &ex.h1.req_body {
+        decoder.clone().feed(&conn.client.input.data(ctx.pool)[len..])?;
+    }
+    Ok(())
 }
 
 /// Sends the rewritten head and the request body upstream.
 pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // The origin may answer before it has the whole body (401, 413, ...): relay that at
     // once; the rest of the body is not forwarded and both connections end after it.
-    if !conn.origin.input.is_empty() && conn.ex.as_ref().is_some_and(|e| e.head_pending == 0) {
+    if !conn.origin.input.is_empty() && conn.ex.as_ref().is_some_and(|e| e.h1.head_pending == 0) {
         if let Some(ex) = conn.ex.as_mut() {
-            ex.early_response = true;
+            ex.h1.early_response = true;
         }
         conn.phase = Phase::ResponseHead;
         let t = ctx.cfg.timeouts.upstream_response;
@@ -395,7 +406,7 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     }
     // Once the head is out, listen to the origin while the body goes (an early answer
     // may come while a write is blocked because the origin stopped reading).
-    if conn.ex.as_ref().is_some_and(|e| e.head_pending == 0 && !e.req_body.finished())
+    if conn.ex.as_ref().is_some_and(|e| e.h1.head_pending == 0 && !e.h1.req_body.finished())
         && !conn.origin.reading
         && !conn.origin.input.is_lent()
         && !conn.origin.eof
@@ -415,18 +426,17 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     };
     if !conn.client.input.is_lent() {
         let data = conn.client.input.data(ctx.pool);
-        let head = ex.head_pending.min(data.len());
-        let body = match ex.req_body.take(&data[head..]) {
+        let head = ex.h1.head_pending.min(data.len());
+        let body = match ex.h1.req_body.take(&data[head..]) {
             Ok(n) => n,
             Err(e) => {
                 conn.abandon_upstream(io, ctx);
-                let r = h1::error_response(e.status(), e.detail());
-                return conn.respond(io, ctx, &r, true);
+                return conn.refuse(io, ctx, e.status(), e.detail());
             }
         };
         let total = head + body;
         if total > 0 {
-            ex.head_pending -= head;
+            ex.h1.head_pending -= head;
             let start = conn.client.input.start;
             conn.client.input.start += total;
             conn.write(io, ctx, Side::Origin, BufId::In(Side::Client), start, total);
@@ -438,14 +448,14 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
-    if ex.req_body.finished() && ex.head_pending == 0 {
+    if ex.h1.req_body.finished() && ex.h1.head_pending == 0 {
         conn.phase = Phase::ResponseHead;
         let t = ctx.cfg.timeouts.upstream_response;
         conn.set_deadline(io, ctx, t);
         return NextStep::Continue;
     }
-    if ex.expect_continue && !ex.continue_sent && conn.client.writing.is_none() && !conn.out.is_lent() {
-        ex.continue_sent = true;
+    if ex.h1.expect_continue && !ex.h1.continue_sent && conn.client.writing.is_none() && !conn.out.is_lent() {
+        ex.h1.continue_sent = true;
         let n = conn.out.fill(ctx.pool, h1::CONTINUE_100);
         conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
     }
@@ -469,15 +479,15 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         && !ex.retried
         && !ex.response_started
         && ex.method.is_idempotent()
-        && matches!(ex.req_body, Body::None)
+        && matches!(ex.h1.req_body, Body::None)
         && conn.origin.input.is_empty()
         && !conn.client.input.is_lent();
     if retryable && !conn.origin.reading && conn.origin.writing.is_none() {
         ex.retried = true;
         ex.fresh_only = true;
-        ex.head_pending = ex.head_len;
+        ex.h1.head_pending = ex.h1.head_len;
         ex.upstream_step = UpstreamStep::Start;
-        conn.client.input.start = ex.head_at;
+        conn.client.input.start = ex.h1.head_at;
         conn.upstream = None;
         conn.origin.sock = None;
         conn.origin.drop_tls(ctx.pool);
@@ -491,13 +501,12 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
     if started {
         return NextStep::Close;
     }
-    let r = h1::error_response(502, why);
-    conn.respond(io, ctx, &r, true)
+    conn.refuse(io, ctx, 502, why)
 }
 
 /// Reads and rewrites the response head.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    // An interim (1xx) head may still be on its way to the client from `uin`.
+    // An interim (1xx) head may still be on its way to the client from `origin.input`.
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
         return NextStep::Wait;
     }
@@ -507,60 +516,33 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     };
     let parsed = h1::parse_response(conn.origin.input.data(ctx.pool), &limits(ctx), ex.method);
     match parsed {
+        Ok(Some((resp, n))) if resp.is_informational() => interim_head(conn, io, ctx, resp, n),
         Ok(Some((resp, n))) => {
-            if resp.is_informational() {
-                // Interim heads (103 Early Hints, ...) go to HTTP/1.1 clients (RFC 9110
-                // §15.2); a 100 is dropped when the proxy already said 100-continue, and
-                // an HTTP/1.0 client never gets a 1xx.
-                let forward = ex.client_minor == 1 && !(resp.status == 100 && ex.continue_sent);
-                if !forward {
-                    conn.origin.input.start += n;
-                    return NextStep::Continue;
-                }
-                ctx.scratch.clear();
-                resp.write_client(ctx.scratch, ctx.via, false, ex.client_minor);
-                let len = ctx.scratch.len();
-                let head_end = conn.origin.input.start + n;
-                if len > head_end {
-                    conn.origin.input.start += n;
-                    return NextStep::Continue;
-                }
-                let at = head_end - len;
-                if let Some(bytes) = conn.origin.input.slab_mut(ctx.pool) {
-                    bytes[at..head_end].copy_from_slice(ctx.scratch);
-                }
-                conn.origin.input.start = head_end;
-                ex.response_started = true;
-                conn.write(io, ctx, Side::Client, BufId::In(Side::Origin), at, len);
-                return NextStep::Wait;
-            }
             let body_framing = resp.framing;
             // An HTTP/1.0 client cannot read chunked framing: strip it and end the body
             // by closing (RFC 9112 §6.1).
-            ex.dechunk = ex.client_minor == 0 && body_framing == BodyFraming::Chunked;
+            ex.h1.dechunk = ex.h1.client_minor == 0 && body_framing == BodyFraming::Chunked;
             let mut resp = resp;
-            if ex.dechunk {
+            if ex.h1.dechunk {
                 resp.framing = BodyFraming::CloseDelimited;
                 resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("transfer-encoding"));
             }
-            let close =
-                !ex.client_keep_alive || resp.framing == BodyFraming::CloseDelimited || !ctx.ready || ex.early_response;
+            let close = !ex.h1.client_keep_alive
+                || resp.framing == BodyFraming::CloseDelimited
+                || !ctx.ready
+                || ex.h1.early_response;
             ctx.scratch.clear();
-            resp.write_client(ctx.scratch, ctx.via, close, ex.client_minor);
+            resp.write_client(ctx.scratch, ctx.via, close, ex.h1.client_minor);
             let len = ctx.scratch.len();
             let head_end = conn.origin.input.start + n;
-            if len > head_end {
+            let Some(at) = conn.origin.input.place_before(ctx.pool, ctx.scratch, head_end) else {
                 return upstream_failed(conn, io, ctx, "response head too large after rewriting");
-            }
-            let at = head_end - len;
-            if let Some(bytes) = conn.origin.input.slab_mut(ctx.pool) {
-                bytes[at..head_end].copy_from_slice(ctx.scratch);
-            }
+            };
             conn.origin.input.start = at;
-            ex.resp_head_pending = len;
-            ex.resp_body = Body::from_framing(body_framing, ctx.cfg.limits.max_header_bytes);
-            ex.resp_keep_alive = resp.keep_alive;
-            ex.close_client = close;
+            ex.h1.resp_head_pending = len;
+            ex.h1.resp_body = Body::from_framing(body_framing, ctx.cfg.limits.max_header_bytes);
+            ex.h1.resp_keep_alive = resp.keep_alive;
+            ex.h1.close_client = close;
             ex.status = resp.status;
             ctx.stats.response(protocol, Some(ex.method), resp.status);
             conn.phase = Phase::ResponseBody;
@@ -584,10 +566,32 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         }
         Err(e) => {
             conn.abandon_upstream(io, ctx);
-            let r = h1::error_response(502, &format!("bad response from upstream: {}", e.detail()));
-            conn.respond(io, ctx, &r, true)
+            conn.refuse(io, ctx, 502, &format!("bad response from upstream: {}", e.detail()))
         }
     }
+}
+
+/// An interim head (103 Early Hints, ...): relayed to HTTP/1.1 clients (RFC 9110 §15.2)
+/// from where it was read, rewritten in place. A 100 is dropped when the proxy already
+/// said 100-continue, and an HTTP/1.0 client never gets a 1xx.
+fn interim_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, resp: h1::ResponseHead, n: usize) -> NextStep {
+    let Some(ex) = conn.ex.as_mut() else { return NextStep::Close };
+    let forward = ex.h1.client_minor == 1 && !(resp.status == 100 && ex.h1.continue_sent);
+    let head_end = conn.origin.input.start + n;
+    conn.origin.input.start = head_end;
+    if !forward {
+        return NextStep::Continue;
+    }
+    ctx.scratch.clear();
+    resp.write_client(ctx.scratch, ctx.via, false, ex.h1.client_minor);
+    let len = ctx.scratch.len();
+    // One that cannot be rewritten in place is dropped: interim responses are advisory.
+    let Some(at) = conn.origin.input.place_before(ctx.pool, ctx.scratch, head_end) else {
+        return NextStep::Continue;
+    };
+    ex.response_started = true;
+    conn.write(io, ctx, Side::Client, BufId::In(Side::Origin), at, len);
+    NextStep::Wait
 }
 
 /// Forwards the response body, then ends the exchange.
@@ -602,10 +606,10 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         return NextStep::Close;
     };
     let data = conn.origin.input.data(ctx.pool);
-    let head = ex.resp_head_pending.min(data.len());
+    let head = ex.h1.resp_head_pending.min(data.len());
     if head > 0
-        && !ex.coalesce_tried
-        && should_wait_for_small_body(&ex.resp_body, data.len() - head, conn.origin.input.room())
+        && !ex.h1.coalesce_tried
+        && should_wait_for_small_body(&ex.h1.resp_body, data.len() - head, conn.origin.input.room())
         && !conn.origin.eof
         && conn.origin.error.is_none()
     {
@@ -616,10 +620,11 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         if conn.origin.reading {
             return NextStep::Wait;
         }
-        ex.coalesce_tried = true;
+        ex.h1.coalesce_tried = true;
         return conn.read(io, ctx, Side::Origin);
     }
-    let taken = if ex.dechunk { dechunk(conn, ctx, head) } else { ex.resp_body.take(&data[head..]).map(|n| (n, n)) };
+    let taken =
+        if ex.h1.dechunk { dechunk(conn, ctx, head) } else { ex.h1.resp_body.take(&data[head..]).map(|n| (n, n)) };
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
@@ -633,7 +638,7 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         }
     };
     if head + consumed > 0 {
-        ex.resp_head_pending -= head;
+        ex.h1.resp_head_pending -= head;
         ex.response_started = true;
         let start = conn.origin.input.start;
         conn.origin.input.start += head + consumed;
@@ -646,10 +651,10 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         conn.refresh_deadline(io, ctx, t);
         return NextStep::Wait;
     }
-    if matches!(ex.resp_body, Body::UntilEof) && conn.origin.eof {
-        ex.resp_body = Body::Done;
+    if matches!(ex.h1.resp_body, Body::UntilEof) && conn.origin.eof {
+        ex.h1.resp_body = Body::Done;
     }
-    if ex.resp_body.finished() && ex.resp_head_pending == 0 {
+    if ex.h1.resp_body.finished() && ex.h1.resp_head_pending == 0 {
         return finish_exchange(conn, io, ctx);
     }
     if conn.origin.reading {
@@ -685,7 +690,7 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     let Some(ex) = conn.ex.take() else {
         return NextStep::Close;
     };
-    let reusable = ex.resp_keep_alive
+    let reusable = ex.h1.resp_keep_alive
         && conn.origin.input.is_empty()
         && !conn.origin.reading
         && conn.origin.writing.is_none()
@@ -715,10 +720,10 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     conn.origin.input.clear();
     conn.origin.input.release_if_empty(ctx.pool);
     conn.clear_deadline();
-    if ex.early_response || !ex.req_body.finished() {
+    if ex.h1.early_response || !ex.h1.req_body.finished() {
         return linger(conn, io, ctx);
     }
-    if ex.close_client {
+    if ex.h1.close_client {
         return NextStep::Close;
     }
     conn.phase = Phase::AwaitRequest;
@@ -772,12 +777,12 @@ fn describe_target(head: &h1::RequestHead, tls: bool) -> String {
 /// after it. Returns (input bytes consumed, payload bytes now following the head).
 fn dechunk(conn: &mut Connection, ctx: &mut Ctx<'_>, head: usize) -> Result<(usize, usize), h1::H1Error> {
     let Some(ex) = conn.ex.as_mut() else { return Ok((0, 0)) };
-    let Body::Chunked { decoder } = &mut ex.resp_body else { return Ok((0, 0)) };
+    let Body::Chunked { decoder } = &mut ex.h1.resp_body else { return Ok((0, 0)) };
     let base = conn.origin.input.start + head;
     let mut ranges = Vec::new();
     let progress = decoder.feed_with_data(&conn.origin.input.data(ctx.pool)[head..], &mut ranges)?;
     if progress.done {
-        ex.resp_body = Body::Done;
+        ex.h1.resp_body = Body::Done;
     }
     let mut payload = 0;
     if let Some(bytes) = conn.origin.input.slab_mut(ctx.pool) {

@@ -25,7 +25,7 @@ impl Facts {
             method: method.to_string(),
             target,
             // The head that starts the exchange (and whatever arrived with it) was read
-            // before this point and still waits in `cin`: it belongs to this exchange.
+            // before this point and still waits in `client.input`: it belongs to this exchange.
             // (Pipelined requests read during an exchange count there and again in
             // their own.)
             bytes_in_at_start: conn.bytes_in.saturating_sub(conn.client.input.len() as u64),
@@ -67,7 +67,7 @@ pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
 /// Records a response the proxy made before any exchange existed (a bad head).
 pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_out: u64) {
     if let Some(log) = ctx.access.as_deref_mut() {
-        // What the client sent of the refused request is what waits in `cin`.
+        // What the client sent of the refused request is what waits in `client.input`.
         let bytes_in = conn.client.input.len() as u64;
         log.record(&AccessEntry {
             time: SystemTime::now(),

@@ -11,12 +11,14 @@
 //! (keep-alive) AwaitRequest`, with `Tunnel` after a CONNECT, `Respond` for responses
 //! the proxy makes itself, and `Admin` for the admin endpoint.
 //!
-//! Buffers: `cin` holds bytes read from the client, `uin` bytes read from the origin,
+//! Buffers: `client.input` holds bytes read from the client, `origin.input` bytes read from the origin,
 //! `out` responses the proxy writes itself. Each holds a slab only while it has data or
 //! an operation in flight; an idle keep-alive connection holds none.
 
 mod admin;
 pub(crate) mod buf;
+mod close;
+mod endpoint;
 mod http1;
 pub(crate) mod leg;
 mod log;
@@ -30,6 +32,8 @@ use crate::timers::{TimerKey, Timers};
 use crate::upstream::dns::Resolver;
 use crate::upstream::pool::{PoolKey, UpstreamPool};
 use buf::{Buf, BufId};
+pub(crate) use close::CloseReason;
+pub use endpoint::Endpoint;
 use leg::{Dial, Leg, Side};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::RawFd;
@@ -156,7 +160,7 @@ pub struct Connection {
     pub(crate) origin: Leg,
     /// Reads the ClientHello before a certificate is chosen.
     pub(crate) acceptor: Option<Box<rustls::server::Acceptor>>,
-    /// Bytes of `cin` already given to the acceptor.
+    /// Bytes of `client.input` already given to the acceptor.
     pub(crate) accepted_bytes: usize,
     /// The CONNECT authority whose tunnel this connection now carries (interception).
     pub(crate) tunnel_target: Option<Box<(String, u16)>>,
@@ -184,6 +188,8 @@ pub struct Connection {
     /// When this connection's phase times out, if it can.
     deadline: Option<Instant>,
     pub(crate) requests: u32,
+    /// The cause of the close, when one was named where it happened (`closing`).
+    pub(crate) close_reason: Option<CloseReason>,
 }
 
 impl Connection {
@@ -211,6 +217,7 @@ impl Connection {
             timer: None,
             deadline: None,
             requests: 0,
+            close_reason: None,
         }
     }
 
@@ -297,13 +304,28 @@ impl Connection {
         self.client.polling = true;
     }
 
-    /// Queues a response the proxy makes itself and switches to `Respond`.
-    pub(crate) fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], close: bool) -> NextStep {
-        let status = status_of(bytes);
-        if let Some(status) = status {
-            ctx.stats.response(self.protocol, self.ex.as_ref().map(|e| e.method), status);
-            ctx.stats.error(status);
+    /// Answers the request (or the bytes that were to be one) with a response the proxy
+    /// makes itself, rendered in the client's protocol (an HTTP/1.1 error page with
+    /// `Connection: close`), and closes once it is out. The status is recorded as the
+    /// exchange's fact for the log and the counters.
+    pub(crate) fn refuse(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, status: u16, why: &str) -> NextStep {
+        let page = match self.protocol {
+            crate::protocol::Protocol::Http1 | crate::protocol::Protocol::H2 | crate::protocol::Protocol::H3 => {
+                crate::h1::error_response(status, why)
+            }
+        };
+        ctx.stats.response(self.protocol, self.ex.as_ref().map(|e| e.method), status);
+        ctx.stats.error(status);
+        if let Some(ex) = self.ex.as_mut() {
+            ex.status = status;
         }
+        self.closing(CloseReason::Refused);
+        self.respond(io, ctx, &page, Some(status))
+    }
+
+    /// Queues bytes the proxy wrote itself (`status` when they are a response to log)
+    /// and switches to `Respond`, which closes once they are out.
+    fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], status: Option<u16>) -> NextStep {
         // Something still being written to the client: the response cannot be framed
         // after it, so the connection ends without it.
         let blocked = self.out.is_lent() || self.client.writing.is_some();
@@ -325,7 +347,7 @@ impl Connection {
         if blocked {
             return NextStep::Close;
         }
-        self.phase = Phase::Respond { close };
+        self.phase = Phase::Respond { close: true };
         let idle = ctx.cfg.timeouts.io_idle;
         self.set_deadline(io, ctx, idle);
         NextStep::Wait
@@ -347,6 +369,8 @@ impl Connection {
     /// then closes the slot, which is freed once the cancelled operations have completed.
     pub fn begin_close(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         self.drop_timer(ctx);
+        // Decided now, from what the legs recorded, unless named where it happened.
+        self.close_reason = Some(self.close_reason());
         // An exchange still open here ended without a clean finish: a tunnel closing, or
         // a client or origin that went away (499 when nothing was answered yet).
         let status = self.ex.as_ref().map(|e| if e.status != 0 { e.status } else { 499 }).unwrap_or(0);
@@ -379,11 +403,6 @@ impl Connection {
 fn redirected_from(client: &TcpStream) -> Option<SocketAddr> {
     let original = crate::sys::original_dst(client).ok()?;
     (client.local_addr().ok()? != original).then_some(original)
-}
-
-fn status_of(bytes: &[u8]) -> Option<u16> {
-    let s = bytes.get(9..12)?;
-    std::str::from_utf8(s).ok()?.parse().ok()
 }
 
 /// Records one completion of this connection, then advances its state machine.
@@ -456,7 +475,7 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
             Phase::TlsAccept => tls::accept(conn, io, ctx),
             Phase::TlsHandshake => tls::handshake(conn, io, ctx),
             Phase::RequestHead => http1::request_head(conn, io, ctx),
-            Phase::Upstream => upstream::step(conn, io, ctx),
+            Phase::Upstream => upstream::phase(conn, io, ctx),
             Phase::SendRequest => http1::send_request(conn, io, ctx),
             Phase::ResponseHead => http1::response_head(conn, io, ctx),
             Phase::ResponseBody => http1::response_body(conn, io, ctx),
@@ -470,6 +489,7 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
         }
     }
     debug_assert!(false, "loop guard hit in phase {:?}", conn.phase);
+    conn.closing(CloseReason::Internal);
     NextStep::Close
 }
 
@@ -496,13 +516,13 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         }
         Some(_) => conn.deadline = None,
     }
+    conn.closing(CloseReason::Timeout);
     stats::bump(&ctx.stats.timeouts, 1);
     match conn.phase {
         Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => NextStep::Close,
         Phase::RequestHead => {
             if conn.requests == 0 || !conn.client.input.is_empty() {
-                let r = crate::h1::error_response(408, "request head not received in time");
-                conn.respond(io, ctx, &r, true)
+                conn.refuse(io, ctx, 408, "request head not received in time")
             } else {
                 NextStep::Close
             }
@@ -514,8 +534,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             } else {
                 "upstream connect timed out"
             };
-            let r = crate::h1::error_response(504, why);
-            conn.respond(io, ctx, &r, true)
+            conn.refuse(io, ctx, 504, why)
         }
         Phase::ResponseHead | Phase::SendRequest => {
             conn.abandon_upstream(io, ctx);
@@ -523,8 +542,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             if sent_anything {
                 return NextStep::Close;
             }
-            let r = crate::h1::error_response(504, "upstream did not answer in time");
-            conn.respond(io, ctx, &r, true)
+            conn.refuse(io, ctx, 504, "upstream did not answer in time")
         }
         _ => NextStep::Close,
     }

@@ -2,8 +2,8 @@
 //! (or passthrough) from its SNI, the client handshake, the upstream handshake with
 //! verification, and the plumbing that moves ciphertext between rustls and the slabs.
 //!
-//! Plaintext keeps flowing through `cin`/`uin` exactly as for cleartext HTTP; only the
-//! socket side changes: reads land in `raw_in` and are decrypted into `cin`/`uin`,
+//! Plaintext keeps flowing through the legs' `input` exactly as for cleartext HTTP; only the
+//! socket side changes: reads land in `raw_in` and are decrypted into the legs' `input`,
 //! writes are encrypted by rustls and leave from `raw_out`.
 
 use super::http1::{Exchange, TunnelState, UpstreamStep};
@@ -13,6 +13,12 @@ use crate::h1;
 use crate::tls::{self, TlsLeg};
 use rustls::pki_types::ServerName;
 use uring::Io;
+
+/// The client's TLS handshake failed: counted, and named as the close reason.
+fn tls_failed(conn: &mut Connection, ctx: &Ctx<'_>) {
+    crate::stats::bump(&ctx.stats.tls_handshake_failures, 1);
+    conn.closing(super::CloseReason::TlsFailed);
+}
 
 /// A TLS record header: handshake (0x16), major version 3.
 fn looks_like_tls(bytes: &[u8]) -> bool {
@@ -45,7 +51,7 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
     NextStep::Continue
 }
 
-/// Relays the client's bytes (already in `cin`) to host:port without interception.
+/// Relays the client's bytes (already in `client.input`) to host:port without interception.
 fn start_raw_tunnel(conn: &mut Connection, ctx: &Ctx<'_>, host: String, port: u16) -> NextStep {
     let facts = super::log::Facts::new(conn, ctx.now, "TUNNEL", format!("{host}:{port}"));
     let tunnel = TunnelState { established_sent: true, ..Default::default() };
@@ -73,13 +79,13 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
     match acceptor.accept() {
         Ok(None) => {
             if conn.client.ended() || conn.client.input.room() == 0 {
-                crate::stats::bump(&ctx.stats.tls_handshake_failures, 1);
+                tls_failed(conn, ctx);
                 return NextStep::Close;
             }
             conn.read(io, ctx, Side::Client)
         }
         Err(_) => {
-            crate::stats::bump(&ctx.stats.tls_handshake_failures, 1);
+            tls_failed(conn, ctx);
             NextStep::Close
         }
         Ok(Some(accepted)) => {
@@ -108,7 +114,7 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
             let config = match ctx.minter.config_for(&cert_name) {
                 Ok(c) => c,
                 Err(_) => {
-                    crate::stats::bump(&ctx.stats.tls_handshake_failures, 1);
+                    tls_failed(conn, ctx);
                     return NextStep::Close;
                 }
             };
@@ -122,7 +128,7 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
                     NextStep::Continue
                 }
                 Err(_) => {
-                    crate::stats::bump(&ctx.stats.tls_handshake_failures, 1);
+                    tls_failed(conn, ctx);
                     NextStep::Close
                 }
             }
@@ -137,7 +143,7 @@ pub(crate) fn handshake(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -
     };
     t.pump(ctx.pool);
     if t.failed.is_some() {
-        crate::stats::bump(&ctx.stats.tls_handshake_failures, 1);
+        tls_failed(conn, ctx);
         // Send the alert rustls prepared, then close.
         if conn.client.writing.is_none() && conn.flush_tls(io, ctx, Side::Client) {
             conn.phase = Phase::Respond { close: true };
@@ -165,7 +171,7 @@ pub(crate) fn handshake(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -
         return NextStep::Wait;
     }
     if conn.client.ended() {
-        crate::stats::bump(&ctx.stats.tls_handshake_failures, 1);
+        tls_failed(conn, ctx);
         return NextStep::Close;
     }
     conn.read(io, ctx, Side::Client)

@@ -1,7 +1,7 @@
 //! CONNECT tunnels: `200 Connection Established`, then bytes both ways through the ring.
 //!
-//! Each direction starts as a read-then-write pump on its own slab (`cin` client→origin,
-//! `uin` origin→client). A direction whose read fills a whole slab is carrying bulk data:
+//! Each direction starts as a read-then-write pump on its own slab (`client.input` client→origin,
+//! `origin.input` origin→client). A direction whose read fills a whole slab is carrying bulk data:
 //! once its slab is empty it switches to a [`SplicePump`], which moves bytes socket →
 //! pipe → socket with `Op::Splice` and never copies them through user space. Chatty
 //! tunnels (SSH, WebSocket-like traffic) never fill a slab and keep the cheaper copy

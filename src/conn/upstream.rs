@@ -1,11 +1,13 @@
-//! The shared upstream leg: reuse a pooled connection, or resolve the name (without
-//! blocking the ring) and connect to each address in turn. When it is ready the
-//! exchange resumes where it left off: `SendRequest` for a request, `Tunnel` for CONNECT.
+//! The upstream sub-machine: reuse a pooled connection, or resolve the name (without
+//! blocking the ring), connect to each address in turn and (for https origins) run the
+//! TLS handshake. It knows nothing of the client's protocol: each step returns an
+//! [`Outcome`], and the caller moves on when the origin leg is ready or renders a
+//! failure in its own protocol (an HTTP/1 error page today; a `:status 502` or an
+//! RST_STREAM for an HTTP/2 stream).
 
 use super::http1::UpstreamStep;
 use super::leg::Dial;
 use super::{tag, Connection, Ctx, NextStep, Phase, UpstreamConn};
-use crate::h1;
 use crate::stats;
 use crate::upstream::dns::Lookup;
 use crate::upstream::is_own_listener;
@@ -15,155 +17,193 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use uring::{Io, Op};
 
-/// Where the exchange goes once the upstream is ready.
-fn resume(conn: &mut Connection, ctx: &mut Ctx<'_>) -> NextStep {
-    let connect = conn.ex.as_ref().is_some_and(|e| e.is_connect);
-    // A new connection's place in its origin's count now goes with the socket.
+/// What one step of the upstream sub-machine came to.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Progress was made: run the next step now.
+    Continue,
+    /// Waiting: for a connect or handshake I/O, a name, or a turn in the origin's queue.
+    Pending,
+    /// The origin leg is connected (and secured) and may carry the request.
+    Ready,
+    /// No origin connection: the status the client should see, and why.
+    Failed { status: u16, reason: String },
+}
+
+fn failed(status: u16, reason: impl Into<String>) -> Outcome {
+    Outcome::Failed { status, reason: reason.into() }
+}
+
+/// The origin leg is ready: the lease goes with the socket, and a new leg's set-up time
+/// is observed (pool hits have none).
+fn ready(conn: &mut Connection, ctx: &mut Ctx<'_>) -> Outcome {
     if let (Some(ex), Some(up)) = (conn.ex.as_mut(), conn.upstream.as_mut()) {
         if let Some(lease) = ex.lease.take() {
             up.lease = Some(lease);
         }
     }
-    // A finished DNS + TCP (+ TLS) leg: time it (pool hits have no start time).
     if let Some(started) = conn.ex.as_mut().and_then(|ex| ex.connect_started.take()) {
         ctx.stats.upstream_connect.observe(ctx.now.saturating_duration_since(started));
     }
-    conn.phase = if connect { Phase::Tunnel } else { Phase::SendRequest };
-    NextStep::Continue
+    Outcome::Ready
 }
 
-fn fail(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, status: u16, why: &str) -> NextStep {
-    conn.abandon_upstream(io, ctx);
-    let r = h1::error_response(status, why);
-    conn.respond(io, ctx, &r, true)
+/// The `Upstream` phase of an HTTP/1 exchange or a tunnel: runs the sub-machine and
+/// goes on to `SendRequest` or `Tunnel` once the origin leg is ready, or answers the
+/// failure with an HTTP/1 error page.
+pub(crate) fn phase(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    match step(conn, io, ctx) {
+        Outcome::Continue => NextStep::Continue,
+        Outcome::Pending => NextStep::Wait,
+        Outcome::Ready => {
+            let connect = conn.ex.as_ref().is_some_and(|e| e.is_connect);
+            conn.phase = if connect { Phase::Tunnel } else { Phase::SendRequest };
+            NextStep::Continue
+        }
+        Outcome::Failed { status, reason } => {
+            conn.abandon_upstream(io, ctx);
+            conn.refuse(io, ctx, status, &reason)
+        }
+    }
 }
 
 /// One step of finding an upstream connection.
-pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
     if conn.origin.dial == Dial::Connecting {
-        return NextStep::Wait;
+        return Outcome::Pending;
     }
-    let Some(ex) = conn.ex.as_mut() else {
-        return NextStep::Close;
+    let Some(ex) = conn.ex.as_ref() else {
+        return failed(500, "no exchange to find an origin for");
     };
-    match &mut ex.upstream_step {
-        UpstreamStep::Start | UpstreamStep::Queued => {
-            let again = matches!(ex.upstream_step, UpstreamStep::Queued);
-            if !ex.is_connect {
-                let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
-                let retryable = ex.method.is_idempotent() && matches!(ex.req_body, super::http1::Body::None);
-                let want = Want { retryable, fresh_only: ex.fresh_only, again };
-                match ctx.upstreams.acquire(&key, ctx.now, want, io.id()) {
-                    Acquired::Pooled(pooled) => {
-                        stats::bump(&ctx.stats.pool_hits, 1);
-                        let Pooled { sock, tls, lease } = pooled;
-                        conn.upstream = Some(UpstreamConn { key, reused: true, abandoned: false, lease: Some(lease) });
-                        conn.origin.sock = Some(sock);
-                        conn.origin.tls = tls;
-                        return resume(conn, ctx);
-                    }
-                    Acquired::Queued => {
-                        // Every connection this worker may open to the origin is busy: wait
-                        // for one (woken by the worker), within the connect deadline.
-                        if !again {
-                            ex.upstream_step = UpstreamStep::Queued;
-                            let t = ctx.cfg.timeouts.upstream_connect;
-                            conn.set_deadline(io, ctx, t);
-                        }
-                        return NextStep::Wait;
-                    }
-                    Acquired::Connect(lease) => {
-                        stats::bump(&ctx.stats.pool_misses, 1);
-                        ex.lease = Some(lease);
-                    }
-                }
-            }
-            ex.upstream_step = UpstreamStep::Resolving;
-            ex.connect_started = Some(ctx.now);
-            if !again {
-                let t = ctx.cfg.timeouts.upstream_connect;
-                conn.set_deadline(io, ctx, t);
-            }
-            NextStep::Continue
-        }
-        UpstreamStep::Resolving => {
-            let host = ex.host.clone();
-            let port = ex.port;
-            match ctx.dns.lookup(&host, io.id(), ctx.now) {
-                Lookup::Pending => NextStep::Wait,
-                Lookup::Failed(e) => {
-                    stats::bump(&ctx.stats.dns_failures, 1);
-                    fail(conn, io, ctx, 502, &e)
-                }
-                Lookup::Ready(ips) => {
-                    // The address this client reached us at is one of our listeners too,
-                    // whatever interface it is on (listeners bound to 0.0.0.0).
-                    let own_addr = conn.client.local_addr();
-                    if !ips.is_empty() && ips.iter().all(|ip| crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip))
-                    {
-                        return fail(conn, io, ctx, 403, "destination address is on the deny list");
-                    }
-                    let ips: Vec<_> = ips
-                        .into_iter()
-                        .filter(|ip| !crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip))
-                        .collect();
-                    let addrs: Vec<SocketAddr> = ips
-                        .into_iter()
-                        .map(|ip| SocketAddr::new(ip, port))
-                        .filter(|a| !is_own_listener(*a, ctx.listeners) && Some(*a) != own_addr)
-                        .collect();
-                    if addrs.is_empty() {
-                        return fail(conn, io, ctx, 508, "the target is this proxy itself");
-                    }
-                    ex.upstream_step = UpstreamStep::Connecting { addrs, next: 0, last_error: None };
-                    NextStep::Continue
-                }
-            }
-        }
+    match ex.upstream_step {
+        UpstreamStep::Start => from_pool(conn, io, ctx, false),
+        UpstreamStep::Queued => from_pool(conn, io, ctx, true),
+        UpstreamStep::Resolving => resolve(conn, io, ctx),
+        UpstreamStep::Connecting { .. } => connect(conn, io, ctx),
         UpstreamStep::TlsHandshake => match super::tls::upstream_handshake(conn, io, ctx) {
             Ok(NextStep::Continue) if conn.origin.tls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
                 conn.clear_deadline();
-                resume(conn, ctx)
+                ready(conn, ctx)
             }
-            Ok(step) => step,
-            Err(why) => fail(conn, io, ctx, 502, &why),
+            Ok(NextStep::Continue) => Outcome::Continue,
+            Ok(NextStep::Wait) => Outcome::Pending,
+            Ok(NextStep::Close) => failed(502, "the origin connection is gone"),
+            Err(why) => failed(502, why),
         },
-        UpstreamStep::Connecting { addrs, next, last_error } => {
-            if let Dial::Done { result } = std::mem::take(&mut conn.origin.dial) {
-                if result == 0 {
-                    if let Some(sock) = &conn.origin.sock {
-                        let _ = sock.set_nodelay(true);
-                    }
-                    match super::tls::after_connect(conn, ctx) {
-                        Ok(true) => return NextStep::Continue,
-                        Ok(false) => {}
-                        Err(why) => return fail(conn, io, ctx, 502, &why),
-                    }
-                    conn.clear_deadline();
-                    return resume(conn, ctx);
+    }
+}
+
+/// A pooled connection to the origin, a turn in its queue, or the go-ahead to dial one
+/// (tunnels always dial). `again`: a queued request that was woken.
+fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool) -> Outcome {
+    let Some(ex) = conn.ex.as_mut() else { return failed(500, "no exchange") };
+    if !ex.is_connect {
+        let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
+        let want = Want { retryable: ex.retryable(), fresh_only: ex.fresh_only, again };
+        match ctx.upstreams.acquire(&key, ctx.now, want, io.id()) {
+            Acquired::Pooled(Pooled { sock, tls, lease }) => {
+                stats::bump(&ctx.stats.pool_hits, 1);
+                conn.upstream = Some(UpstreamConn { key, reused: true, abandoned: false, lease: Some(lease) });
+                conn.origin.sock = Some(sock);
+                conn.origin.tls = tls;
+                return ready(conn, ctx);
+            }
+            Acquired::Queued => {
+                // Every connection this worker may open to the origin is busy: wait for one
+                // (the pool wakes this slot), within the connect deadline.
+                if !again {
+                    ex.upstream_step = UpstreamStep::Queued;
+                    let t = ctx.cfg.timeouts.upstream_connect;
+                    conn.set_deadline(io, ctx, t);
                 }
-                let err = std::io::Error::from_raw_os_error(-result);
-                *last_error = Some(format!("cannot connect to {}: {}", addrs[*next], err));
-                *next += 1;
-                conn.upstream = None;
-                conn.origin.sock = None;
+                return Outcome::Pending;
             }
-            if *next >= addrs.len() {
-                let why = last_error.clone().unwrap_or_else(|| "no address to connect to".into());
-                return fail(conn, io, ctx, 502, &why);
+            Acquired::Connect(lease) => {
+                stats::bump(&ctx.stats.pool_misses, 1);
+                ex.lease = Some(lease);
             }
-            let addr = addrs[*next];
-            let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
-            let sock = match Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)) {
-                Ok(s) => TcpStream::from(s),
-                Err(e) => return fail(conn, io, ctx, 502, &format!("cannot create a socket: {e}")),
-            };
-            let fd = sock.as_raw_fd();
-            conn.upstream = Some(UpstreamConn { key, reused: false, abandoned: false, lease: None });
-            conn.origin.sock = Some(sock);
-            ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
-            conn.origin.dial = Dial::Connecting;
-            NextStep::Wait
         }
     }
+    ex.upstream_step = UpstreamStep::Resolving;
+    ex.connect_started = Some(ctx.now);
+    if !again {
+        let t = ctx.cfg.timeouts.upstream_connect;
+        conn.set_deadline(io, ctx, t);
+    }
+    Outcome::Continue
+}
+
+/// The origin's addresses (the resolver's cache, pins, or an answer to wait for), minus
+/// denied destinations and this proxy's own listeners.
+fn resolve(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
+    // The address this client reached us at is one of our listeners too, whatever
+    // interface it is on (listeners bound to 0.0.0.0).
+    let own_addr = conn.client.local_addr();
+    let Some(ex) = conn.ex.as_mut() else { return failed(500, "no exchange") };
+    let ips = match ctx.dns.lookup(&ex.host, io.id(), ctx.now) {
+        Lookup::Pending => return Outcome::Pending,
+        Lookup::Failed(e) => {
+            stats::bump(&ctx.stats.dns_failures, 1);
+            return failed(502, e);
+        }
+        Lookup::Ready(ips) => ips,
+    };
+    let denied = |ip: &std::net::IpAddr| crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip);
+    if !ips.is_empty() && ips.iter().all(denied) {
+        return failed(403, "destination address is on the deny list");
+    }
+    let addrs: Vec<SocketAddr> = ips
+        .iter()
+        .filter(|ip| !denied(ip))
+        .map(|ip| SocketAddr::new(*ip, ex.port))
+        .filter(|a| !is_own_listener(*a, ctx.listeners) && Some(*a) != own_addr)
+        .collect();
+    if addrs.is_empty() {
+        return failed(508, "the target is this proxy itself");
+    }
+    ex.upstream_step = UpstreamStep::Connecting { addrs, next: 0, last_error: None };
+    Outcome::Continue
+}
+
+/// Takes the last connect's result (the leg is ready, or the next address is tried),
+/// and dials the next address.
+fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
+    let Some(ex) = conn.ex.as_mut() else { return failed(500, "no exchange") };
+    let UpstreamStep::Connecting { addrs, next, last_error } = &mut ex.upstream_step else {
+        return failed(500, "not connecting");
+    };
+    if let Dial::Done { result } = std::mem::take(&mut conn.origin.dial) {
+        if result == 0 {
+            if let Some(sock) = &conn.origin.sock {
+                let _ = sock.set_nodelay(true);
+            }
+            match super::tls::after_connect(conn, ctx) {
+                Ok(true) => return Outcome::Continue,
+                Ok(false) => {}
+                Err(why) => return failed(502, why),
+            }
+            conn.clear_deadline();
+            return ready(conn, ctx);
+        }
+        let err = std::io::Error::from_raw_os_error(-result);
+        *last_error = Some(format!("cannot connect to {}: {}", addrs[*next], err));
+        *next += 1;
+        conn.upstream = None;
+        conn.origin.sock = None;
+    }
+    let Some(&addr) = addrs.get(*next) else {
+        let why = last_error.clone().unwrap_or_else(|| "no address to connect to".into());
+        return failed(502, why);
+    };
+    let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
+    let sock = match Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP)) {
+        Ok(s) => TcpStream::from(s),
+        Err(e) => return failed(502, format!("cannot create a socket: {e}")),
+    };
+    let fd = sock.as_raw_fd();
+    conn.upstream = Some(UpstreamConn { key, reused: false, abandoned: false, lease: None });
+    conn.origin.sock = Some(sock);
+    ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
+    conn.origin.dial = Dial::Connecting;
+    Outcome::Pending
 }
