@@ -7,6 +7,7 @@
 #
 # Scenarios: ka1k browse ka10k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake
 # (all by default). Environment: SLUICE_BIN=PATH uses that binary and skips the build;
+# SLUICE_BASELINE_BIN=PATH measures a second Sluice binary alongside (an A/B of a change);
 # BENCH_LOAD_CPU and BENCH_PROXY_CPU (default 0 and 1) choose the cores; BENCH_DELAY_MS
 # (default 10) paces paced1k; BENCH_KEEP_LOGS=DIR keeps the run's logs there (client output,
 # proxy logs, Sluice's metrics at each stop, nginx error logs). In the capacity scenarios
@@ -22,17 +23,21 @@ TOOLS=$HERE/tools
 PEERS=$HERE/peers
 
 ALL_SCENARIOS=(ka1k browse ka10k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake)
+# SLUICE_BASELINE_BIN=PATH also measures that Sluice binary (proxy `sluice_base`) wherever
+# Sluice runs, in the same rounds: an old-against-new comparison for a change.
+BASE=()
+[[ -n ${SLUICE_BASELINE_BIN:-} ]] && BASE=(sluice_base)
 # TLS scenarios: Sluice intercepts, HAProxy terminates with a static certificate (no nginx peer).
-TLS_PROXIES=(sluice haproxy)
-PROXIES=(sluice haproxy nginx)
+TLS_PROXIES=(sluice "${BASE[@]}" haproxy)
+PROXIES=(sluice "${BASE[@]}" haproxy nginx)
 # ka1k and browse also measure haproxy_tcp, HAProxy in `mode tcp`: a plain relay of the same
 # bytes to the upstream with no HTTP work, the floor an HTTP proxy is compared with.
 FLOOR_SCENARIOS=(ka1k browse)
 proxies_for() { # the proxies a wrk scenario measures, in the order of its first round
     if [[ " ${FLOOR_SCENARIOS[*]} " == *" $1 "* ]]; then
-        echo sluice haproxy haproxy_tcp nginx
+        echo sluice "${BASE[@]}" haproxy haproxy_tcp nginx
     elif [[ $1 == ka10k ]] && ! ka10k_nginx_fits; then
-        echo sluice haproxy
+        echo sluice "${BASE[@]}" haproxy
     else
         echo "${PROXIES[@]}"
     fi
@@ -467,10 +472,11 @@ start_proxy() {
     LOGN=$((LOGN + 1))
     PROXY_LOG=$TMP/logs/$LOGN-$name-$tag.log
     case $name in
-        sluice)
-            local tls_args=()
+        sluice | sluice_base)
+            local tls_args=() bin=$SLUICE_BIN
+            [[ $name == sluice_base ]] && bin=$SLUICE_BASELINE_BIN
             ((PROXY_TLS)) && tls_args=(--upstream-ca "$TLS/ca.pem" --resolve origin.test:127.0.0.1)
-            start_bg "$PROXY_CPU" "$PROXY_LOG" "$SLUICE_BIN" run --listen "127.0.0.1:$PROXY_PORT" \
+            start_bg "$PROXY_CPU" "$PROXY_LOG" "$bin" run --listen "127.0.0.1:$PROXY_PORT" \
                 --admin "127.0.0.1:$ADMIN_PORT" --workers 1 --ca-dir "$TMP/CA" --config "$TMP/sluice.toml" "${tls_args[@]}" ;;
         haproxy)
             local cfg=$TMP/haproxy.cfg
@@ -511,7 +517,7 @@ stop_proxy() {
     local pid=$PROXY_PID rc=0 p
     [[ -n $pid ]] || return 0
     # Sluice's counters (pool hits and misses, evictions, errors...), kept with its log.
-    if [[ $PROXY_NAME == sluice ]]; then
+    if [[ $PROXY_NAME == sluice* ]]; then
         python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
             "http://127.0.0.1:$ADMIN_PORT/metrics" >"$PROXY_LOG.metrics" 2>&1 || true
     fi
@@ -669,10 +675,10 @@ scenario_tunnel() {
     sink_pid=$BG_PID
     python3 "$TOOLS/proc.py" wait-port "$SINK_PORT" 10 || die "tunnel sink did not start"
     for ((r = 1; r <= ROUNDS; r++)); do
-        for name in $(rotate $((r - 1)) sluice haproxy direct); do
+        for name in $(rotate $((r - 1)) sluice "${BASE[@]}" haproxy direct); do
             log "tunnel: round $r/$ROUNDS: $name ($((TUNNEL_BYTES >> 20)) MiB)"
             case $name in
-                sluice) args=(--to "127.0.0.1:$PROXY_PORT" --connect "127.0.0.1:$SINK_PORT") ;;
+                sluice | sluice_base) args=(--to "127.0.0.1:$PROXY_PORT" --connect "127.0.0.1:$SINK_PORT") ;;
                 haproxy) args=(--to "127.0.0.1:$TCP_PORT") ;;
                 direct) args=(--to "127.0.0.1:$SINK_PORT") ;;
             esac
@@ -737,7 +743,7 @@ scenario_idle() {
 # forwards to origin.test (pinned to 127.0.0.1) over TLS; HAProxy terminates with its static
 # certificate and forwards over TLS. Both verify the origin against the run's test CA.
 sluice_cert_counts() { # "MINTED HITS" from Sluice's admin metrics ("- -" for other proxies)
-    [[ $1 == sluice ]] || { echo "- -"; return; }
+    [[ $1 == sluice* ]] || { echo "- -"; return; }
     python3 - "$ADMIN_PORT" <<'EOF' || echo "- -"
 import sys, urllib.request
 m = dict.fromkeys(("sluice_certs_minted_total", "sluice_cert_cache_hits_total"), "-")

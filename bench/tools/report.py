@@ -15,10 +15,11 @@ import math
 import os
 import statistics
 
-PROXIES = ["sluice", "haproxy", "haproxy_tcp", "nginx"]
-NAMES = {"sluice": "Sluice", "haproxy": "HAProxy", "haproxy_tcp": "HAProxy mode tcp", "nginx": "nginx",
-         "direct": "direct loopback"}
-PEERS = ["haproxy", "haproxy_tcp", "nginx"]
+# sluice_base: a second Sluice binary measured alongside (SLUICE_BASELINE_BIN), for an A/B.
+PROXIES = ["sluice", "sluice_base", "haproxy", "haproxy_tcp", "nginx"]
+NAMES = {"sluice": "Sluice", "sluice_base": "Sluice baseline", "haproxy": "HAProxy", "haproxy_tcp": "HAProxy mode tcp",
+         "nginx": "nginx", "direct": "direct loopback"}
+PEERS = ["sluice_base", "haproxy", "haproxy_tcp", "nginx"]
 
 HTTP_SCENARIOS = [
     ("ka1k", "keep-alive, 1 KiB responses, 64 connections; HAProxy mode tcp is the floor: a plain relay of "
@@ -261,7 +262,7 @@ def build(recs, meta, svg_name):
         lines.append("")
         direct = values(recs, "tunnel", "direct", "gib_per_s")
         rows = []
-        for p in ("sluice", "haproxy", "direct"):
+        for p in ("sluice", "sluice_base", "haproxy", "direct"):
             rs = [r for r in recs if r.get("scenario") == "tunnel" and r.get("proxy") == p]
             if not rs:
                 continue
@@ -269,7 +270,8 @@ def build(recs, meta, svg_name):
             vs_direct = "%.2f" % (statistics.median(g) / statistics.median(direct)) if g and direct else "—"
             failed = sum(1 for r in rs if "error" in r and r.get("kind") != "stop")
             rows.append([
-                {"sluice": "Sluice (CONNECT)", "haproxy": "HAProxy (mode tcp)", "direct": "direct loopback"}[p],
+                {"sluice": "Sluice (CONNECT)", "sluice_base": "Sluice baseline (CONNECT)", "haproxy": "HAProxy (mode tcp)",
+                 "direct": "direct loopback"}[p],
                 cell(g, "{:.2f}"),
                 cell(values(recs, "tunnel", p, "cpu_s_per_gib"), "{:.3f}") if p != "direct" else "—",
                 cell(values(recs, "tunnel", p, "cpu_pct"), "{:.0f}") if p != "direct" else "—",
@@ -281,10 +283,13 @@ def build(recs, meta, svg_name):
         lines.append("")
         rt_g = ratio(recs, "tunnel", "sluice", "haproxy", "gib_per_s")
         rt_c = ratio(recs, "tunnel", "sluice", "haproxy", "cpu_s_per_gib")
-        lines.append(md_table(["figure", "better", "Sluice / HAProxy"], [
-            ["GiB/s", "higher", ratio_cell(rt_g)],
-            ["CPU-s/GiB", "lower", ratio_cell(rt_c)],
-        ]))
+        tunnel_rows = [["GiB/s", "higher", ratio_cell(rt_g)], ["CPU-s/GiB", "lower", ratio_cell(rt_c)]]
+        tunnel_heads = ["figure", "better", "Sluice / HAProxy"]
+        if values(recs, "tunnel", "sluice_base", "gib_per_s"):
+            tunnel_heads.append("Sluice / Sluice baseline")
+            for row, key in zip(tunnel_rows, ("gib_per_s", "cpu_s_per_gib")):
+                row.append(ratio_cell(ratio(recs, "tunnel", "sluice", "sluice_base", key)))
+        lines.append(md_table(tunnel_heads, tunnel_rows))
         lines.append("")
         chart.append(("tunnel GiB/s", "higher", {"haproxy": rt_g, "nginx": None}))
         chart.append(("tunnel CPU-s/GiB", "lower", {"haproxy": rt_c, "nginx": None}))
@@ -317,8 +322,12 @@ def build(recs, meta, svg_name):
         lines.append(md_table(["proxy", "bytes/conn", "KiB/conn", "RSS KiB before → after", "clients ok/failed/closed (all rounds)"], rows))
         lines.append("")
         rts = {peer: ratio(recs, "idle", "sluice", peer, "bytes_per_conn") for peer in ("haproxy", "nginx")}
-        lines.append(md_table(["figure", "better", "Sluice / HAProxy", "Sluice / nginx"],
-                              [["bytes/conn", "lower", ratio_cell(rts["haproxy"]), ratio_cell(rts["nginx"])]]))
+        idle_heads = ["figure", "better", "Sluice / HAProxy", "Sluice / nginx"]
+        idle_row = ["bytes/conn", "lower", ratio_cell(rts["haproxy"]), ratio_cell(rts["nginx"])]
+        if values(recs, "idle", "sluice_base", "bytes_per_conn"):
+            idle_heads.append("Sluice / Sluice baseline")
+            idle_row.append(ratio_cell(ratio(recs, "idle", "sluice", "sluice_base", "bytes_per_conn")))
+        lines.append(md_table(idle_heads, [idle_row]))
         lines.append("")
         chart.append(("idle bytes/conn", "lower", rts))
 
@@ -446,7 +455,7 @@ def svg_chart(chart, title):
     left, width, bar_h, gap, top = 250, 520, 11, 10, 70
     rows = [c for c in chart if any(c[2].get(p) for p in PEERS)]
     height = top + sum(sum(1 for p in PEERS if c[2].get(p)) * bar_h + gap for c in rows) + 50
-    colors = {"haproxy": "#3b6fb6", "haproxy_tcp": "#8a5fb0", "nginx": "#3a9a5b"}
+    colors = {"sluice_base": "#999999", "haproxy": "#3b6fb6", "haproxy_tcp": "#8a5fb0", "nginx": "#3a9a5b"}
 
     def x(v):
         v = min(max(v, lo), hi)
@@ -492,7 +501,8 @@ def svg_chart(chart, title):
                        % (left + width + 10, yy + bar_h - 2, colors[peer], v, spread))
         y += len(present) * bar_h + gap
     lx = left
-    for peer in PEERS:
+    # The baseline (an A/B run) is in the legend only when it was measured.
+    for peer in [p for p in PEERS if p != "sluice_base" or any(c[2].get(p) for c in chart)]:
         out.append('<rect x="%d" y="52" width="12" height="10" fill="%s"/>' % (lx, colors[peer]))
         out.append('<text x="%d" y="61">vs %s</text>' % (lx + 16, NAMES[peer]))
         lx += 80 + 7 * len(NAMES[peer])
