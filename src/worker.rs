@@ -7,6 +7,7 @@
 
 use crate::accesslog::AccessLog;
 use crate::config::Config;
+use crate::conn::view::Addr;
 use crate::conn::{self, Connection, Ctx, NextStep, Role};
 use crate::control::Control;
 use crate::stats::{self, WorkerStats};
@@ -178,6 +179,9 @@ pub(crate) struct Worker {
 
 /// The worker thread's body.
 pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
+    // Every diagnostics line of this thread names its worker. At error level so that any
+    // level but `off` keeps it.
+    let _worker = tracing::error_span!("worker", id = setup.index).entered();
     // Marks this worker finished however it leaves, set-up errors included.
     let finished = Finished { control: setup.control.clone(), done: false };
     if let Some(cpu) = setup.cpu {
@@ -470,6 +474,7 @@ fn accept(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, role: Role
     let slots = stats.connection_slots.load(Ordering::Relaxed);
     if role == Role::Proxy && slots >= env.cfg.limits.max_connections_per_worker as u64 {
         stats::bump(&stats.connections_rejected, 1);
+        tracing::debug!(peer = %Addr(stream.peer_addr().ok()), "refused: limits.max_connections_per_worker");
         return None; // dropping the fd closes it
     }
     let peer = stream.peer_addr().ok();
@@ -477,6 +482,7 @@ fn accept(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, role: Role
         if let Some(peer) = peer {
             if !crate::acl::any_contains(&env.cfg.allow_clients, peer.ip()) {
                 stats::bump(&stats.connections_rejected, 1);
+                tracing::debug!(%peer, "refused: not in allow_clients");
                 return None;
             }
         }
@@ -487,6 +493,7 @@ fn accept(conns: &mut Conns<Connection>, env: &mut Env, now: Instant, role: Role
         stats::bump(&stats.connections_active, 1);
     }
     let id = conns.insert(Connection::new(stream, peer, role));
+    tracing::debug!(conn = %id, peer = %Addr(peer), ?role, "accept");
     if role == Role::Proxy {
         stats::bump(&stats.connection_slots, 1);
     }

@@ -23,6 +23,7 @@ mod log;
 mod tls;
 mod tunnel;
 mod upstream;
+pub(crate) mod view;
 
 use crate::config::Config;
 use crate::stats::{self, WorkerStats};
@@ -133,6 +134,27 @@ pub(crate) enum Phase {
     Admin,
     /// Response sent while the client was still sending: drain its bytes, then close.
     Linger,
+}
+
+impl Phase {
+    /// The phase's name, for diagnostics and `/debug/connections`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Phase::AwaitRequest => "AwaitRequest",
+            Phase::Detect => "Detect",
+            Phase::TlsAccept => "TlsAccept",
+            Phase::TlsHandshake => "TlsHandshake",
+            Phase::RequestHead => "RequestHead",
+            Phase::Upstream => "Upstream",
+            Phase::SendRequest => "SendRequest",
+            Phase::ResponseHead => "ResponseHead",
+            Phase::ResponseBody => "ResponseBody",
+            Phase::Tunnel => "Tunnel",
+            Phase::Respond { .. } => "Respond",
+            Phase::Admin => "Admin",
+            Phase::Linger => "Linger",
+        }
+    }
 }
 
 /// The origin connection of the current exchange: where it goes back to. Its socket
@@ -346,6 +368,14 @@ impl Connection {
     /// Releases everything this connection holds and cancels its operations. The worker
     /// then closes the slot, which is freed once the cancelled operations have completed.
     pub fn begin_close(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        tracing::debug!(
+            conn = %io.id(),
+            phase = %self.phase.name(),
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            requests = self.requests,
+            "close"
+        );
         self.drop_timer(ctx);
         // An exchange still open here ended without a clean finish: a tunnel closing, or
         // a client or origin that went away (499 when nothing was answered yet).
@@ -450,6 +480,8 @@ pub fn on_completion(
 /// Runs phase handlers until one waits or closes.
 pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     for _ in 0..LOOP_GUARD {
+        let from = std::mem::discriminant(&conn.phase);
+        let name = conn.phase.name();
         let step = match conn.phase {
             Phase::AwaitRequest => http1::await_request(conn, io, ctx),
             Phase::Detect => tls::detect(conn, io, ctx),
@@ -465,6 +497,9 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
             Phase::Admin => admin::step(conn, io, ctx),
             Phase::Linger => http1::linger_step(conn, io, ctx),
         };
+        if std::mem::discriminant(&conn.phase) != from {
+            tracing::debug!(conn = %io.id(), from = %name, to = %conn.phase.name(), "phase");
+        }
         if step != NextStep::Continue {
             return step;
         }

@@ -56,6 +56,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
                 match ctx.upstreams.acquire(&key, ctx.now, want, io.id()) {
                     Acquired::Pooled(pooled) => {
                         stats::bump(&ctx.stats.pool_hits, 1);
+                        tracing::debug!(conn = %io.id(), host = %key.host, port = key.port, "upstream pool hit");
                         let Pooled { sock, tls, lease } = pooled;
                         conn.upstream = Some(UpstreamConn { key, reused: true, abandoned: false, lease: Some(lease) });
                         conn.origin.sock = Some(sock);
@@ -130,6 +131,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         },
         UpstreamStep::Connecting { addrs, next, last_error } => {
             if let Dial::Done { result } = std::mem::take(&mut conn.origin.dial) {
+                tracing::debug!(conn = %io.id(), addr = %addrs[*next], errno = -result, "upstream connect done");
                 if result == 0 {
                     if let Some(sock) = &conn.origin.sock {
                         let _ = sock.set_nodelay(true);
@@ -161,6 +163,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             let fd = sock.as_raw_fd();
             conn.upstream = Some(UpstreamConn { key, reused: false, abandoned: false, lease: None });
             conn.origin.sock = Some(sock);
+            tracing::debug!(conn = %io.id(), %addr, "upstream connect");
             ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
             conn.origin.dial = Dial::Connecting;
             NextStep::Wait

@@ -602,6 +602,7 @@ pub struct ProxyBuilder {
     workers: usize,
     extra: Vec<String>,
     wrapper: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ProxyBuilder {
@@ -618,6 +619,13 @@ impl ProxyBuilder {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.extra.push(a.to_string());
+        self
+    }
+
+    /// Sets an environment variable of the proxy (`RUST_LOG` is removed unless set here,
+    /// so a developer's own does not change what the tests see).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -659,6 +667,8 @@ impl ProxyBuilder {
             for r in &self.resolve {
                 cmd.arg("--resolve").arg(r);
             }
+            cmd.env_remove("RUST_LOG");
+            cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
             cmd.args(&self.extra).env("RUST_BACKTRACE", "1").stdin(Stdio::null()).stdout(stdout).stderr(stderr);
             let mut child = cmd.spawn().expect("spawn sluice");
             match wait_serving(&mut child, &dir, port) {
@@ -734,6 +744,7 @@ impl Proxy {
             workers: 2,
             extra: Vec::new(),
             wrapper: Vec::new(),
+            env: Vec::new(),
         }
     }
 
