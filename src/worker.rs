@@ -9,7 +9,7 @@ use crate::accesslog::AccessLog;
 use crate::config::Config;
 use crate::conn::view::Addr;
 use crate::conn::{self, Connection, Ctx, NextStep, Role};
-use crate::control::Control;
+use crate::control::{Control, Snapshot};
 use crate::stats::{self, WorkerStats};
 use crate::timers::Timers;
 use crate::upstream::dns::Resolver;
@@ -64,6 +64,7 @@ struct Env {
     wakes: ReadyQueue,
     /// The ids being run from `wakes` (its allocation reused between batches).
     woken: Vec<ConnId>,
+    control: Arc<Control>,
 }
 
 impl Env {
@@ -87,6 +88,8 @@ impl Env {
             upstream_tls: &self.upstream_tls,
             access: self.access.as_mut(),
             wakes: &self.wakes,
+            control: &self.control,
+            worker: self.index,
         }
     }
 
@@ -175,6 +178,8 @@ pub(crate) struct Worker {
     last_sweep: Instant,
     drain_deadline: Option<Instant>,
     deadline_passed: bool,
+    /// The last connections ask this worker answered (`/debug/connections`).
+    view_answered: u64,
 }
 
 /// The worker thread's body.
@@ -226,6 +231,7 @@ impl Worker {
             draining: false,
             wakes: ReadyQueue::new(),
             woken: Vec::new(),
+            control: control.clone(),
             cfg,
         };
         let listeners: Vec<Listener> = setup
@@ -250,6 +256,7 @@ impl Worker {
             last_sweep: Instant::now(),
             drain_deadline: None,
             deadline_passed: false,
+            view_answered: 0,
         })
     }
 
@@ -363,6 +370,7 @@ impl Worker {
         }
         env.flush_log();
         publish_ring_stats(env);
+        answer_views(&mut self.conns, env, &self.control, &mut self.view_answered, now);
         if !more {
             env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
         }
@@ -442,6 +450,35 @@ fn apply_config(env: &mut Env, control: &Control) {
     env.dns.set_pins(&new);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
     env.cfg = new;
+}
+
+/// Most lines one worker puts in a connections view (one 64 KiB answer holds about a
+/// thousand; the view says how many it left out).
+const VIEW_LINES: usize = 2000;
+
+/// `/debug/connections`, on the tick: answers a new ask with this worker's client
+/// connections, then wakes this worker's admin connections whose view is ready.
+fn answer_views(conns: &mut Conns<Connection>, env: &mut Env, control: &Control, answered: &mut u64, now: Instant) {
+    let asked = control.connections_asked();
+    if asked != *answered {
+        *answered = asked;
+        let mut snap = Snapshot { ask: asked, ..Snapshot::default() };
+        for id in conns.ids() {
+            let Some(slot) = conns.get_mut(id) else { continue };
+            if slot.value.is_client() {
+                snap.total += 1;
+                if snap.lines.len() < VIEW_LINES {
+                    snap.lines.push(slot.value.describe(id, now));
+                }
+            }
+        }
+        control.answer_connections(env.index, snap);
+    }
+    let mut ready = Vec::new();
+    control.views_to_wake(env.index, now, |id| conns.get_mut(id).is_some(), &mut ready);
+    for id in ready {
+        env.wakes.wake(id);
+    }
 }
 
 /// Closes connections that sit between requests (drain).

@@ -88,6 +88,10 @@ pub struct Ctx<'a> {
     pub access: Option<&'a mut crate::accesslog::AccessLog>,
     /// Slots the worker runs again after the current batch.
     pub wakes: &'a uring::ReadyQueue,
+    /// Shared with the other workers (`/debug/connections` asks them through it).
+    pub control: &'a crate::control::Control,
+    /// This worker's index.
+    pub worker: usize,
 }
 
 impl Ctx<'_> {
@@ -182,8 +186,9 @@ pub struct Connection {
     pub(crate) accepted_bytes: usize,
     /// The CONNECT authority whose tunnel this connection now carries (interception).
     pub(crate) tunnel_target: Option<Box<(String, u16)>>,
-    /// The server name the client asked for in its ClientHello.
-    pub(crate) sni: Option<String>,
+    /// The server name the client asked for in its ClientHello (boxed: only intercepted
+    /// TLS connections have one, and every connection pays for the field).
+    pub(crate) sni: Option<Box<str>>,
     pub(crate) role: Role,
     /// What the client speaks (metrics labels, the access log's protocol field).
     pub(crate) protocol: crate::protocol::Protocol,
@@ -206,6 +211,8 @@ pub struct Connection {
     /// When this connection's phase times out, if it can.
     deadline: Option<Instant>,
     pub(crate) requests: u32,
+    /// When it was accepted (its age in `/debug/connections`), in 8 bytes.
+    pub(crate) accepted: view::Stamp,
 }
 
 impl Connection {
@@ -233,6 +240,7 @@ impl Connection {
             timer: None,
             deadline: None,
             requests: 0,
+            accepted: view::Stamp::at(Instant::now()),
         }
     }
 

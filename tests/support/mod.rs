@@ -603,6 +603,7 @@ pub struct ProxyBuilder {
     extra: Vec<String>,
     wrapper: Vec<String>,
     env: Vec<(String, String)>,
+    admin_ip: String,
 }
 
 impl ProxyBuilder {
@@ -626,6 +627,13 @@ impl ProxyBuilder {
     /// so a developer's own does not change what the tests see).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The admin listener's IP [default: 127.0.0.1], e.g. `0.0.0.0` to reach it from a
+    /// non-loopback address of this machine.
+    pub fn admin_ip(mut self, ip: &str) -> Self {
+        self.admin_ip = ip.to_string();
         self
     }
 
@@ -659,7 +667,7 @@ impl ProxyBuilder {
                 .arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--admin")
-                .arg(format!("127.0.0.1:{admin_port}"))
+                .arg(format!("{}:{admin_port}", self.admin_ip))
                 .arg("--workers")
                 .arg(self.workers.to_string())
                 .arg("--ca-dir")
@@ -745,6 +753,7 @@ impl Proxy {
             extra: Vec::new(),
             wrapper: Vec::new(),
             env: Vec::new(),
+            admin_ip: "127.0.0.1".to_string(),
         }
     }
 
