@@ -55,7 +55,9 @@ enum CaCommand {
 #[derive(Debug, Default, Clone, Args)]
 #[command(after_help = "Flags override the config file. A repeatable flag (--listen, \
     --quic-listen, --upstream-ca, --resolve, --passthrough, --connect-port) given at least \
-    once REPLACES the file's list for that key; it does not add to it.")]
+    once REPLACES the file's list for that key; it does not add to it.\n\n\
+    The log level: --log-level wins over the file's log_level, which wins over RUST_LOG; \
+    with none of them, info.")]
 pub struct RunArgs {
     /// TOML config file (keys as in the README); without it, the embedded defaults.
     #[arg(long, value_name = "FILE")]
@@ -91,6 +93,11 @@ pub struct RunArgs {
     #[arg(long = "connect-port", value_name = "PORT",
           value_parser = clap::value_parser!(u16).range(1..))]
     pub connect_port: Vec<u16>,
+    /// Diagnostics on stderr: error, warn, info, debug (each connection's lifecycle), trace,
+    /// off, or directives such as `info,sluice::conn=debug`. Wins over the file's `log_level`
+    /// and over RUST_LOG [default: info].
+    #[arg(long = "log-level", value_name = "LEVEL")]
+    pub log_level: Option<String>,
 }
 
 fn parse_workers(s: &str) -> Result<usize, String> {
@@ -133,6 +140,10 @@ impl RunArgs {
             passthrough: list("--passthrough", &self.passthrough, config::parse_passthrough)?,
             intercept_connect: self.intercept_connect.then_some(true),
             connect_ports: (!self.connect_port.is_empty()).then(|| self.connect_port.clone()),
+            log_level: match &self.log_level {
+                Some(l) => Some(config::parse_log_level(l).map_err(|e| ConfigError::flag("--log-level", l, e))?),
+                None => None,
+            },
         })
     }
 
@@ -159,6 +170,9 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
                 Ok(config) => config,
                 Err(e) => return fail(EXIT_CONFIG, &e),
             };
+            if let Err(e) = crate::logging::init(&config) {
+                return fail(EXIT_CONFIG, &e);
+            }
             let reload_args = args.clone();
             let reload: crate::server::Reloader =
                 Box::new(move || reload_args.load_config().map_err(|e| e.to_string()));
@@ -275,6 +289,8 @@ mod tests {
             "--intercept-connect",
             "--connect-port",
             "8443",
+            "--log-level",
+            "info,sluice::conn=debug",
         ]);
         let c = a.load_config().unwrap();
         assert_eq!(c.listen, vec![addr("127.0.0.1:1"), addr("[::1]:2")]);
@@ -293,6 +309,7 @@ mod tests {
         assert_eq!(c.passthrough, vec!["*.apple.com".to_string()]);
         assert!(c.intercept_connect);
         assert_eq!(c.connect_ports, vec![8443]);
+        assert_eq!(c.log_level.as_deref(), Some("info,sluice::conn=debug"));
         // Untouched by flags: still the defaults.
         assert_eq!(c.limits, Config::default().limits);
         assert_eq!(c.timeouts, Config::default().timeouts);
@@ -349,6 +366,8 @@ mod tests {
         assert!(err.to_string().starts_with("--admin \"nope\": "), "{err}");
         let err = parse(&["--passthrough", "a b"]).load_config().unwrap_err();
         assert!(err.to_string().starts_with("--passthrough \"a b\": "), "{err}");
+        let err = parse(&["--log-level", "verbose"]).load_config().unwrap_err();
+        assert!(err.to_string().starts_with("--log-level \"verbose\": expected error, warn, info"), "{err}");
     }
 
     #[test]
@@ -409,6 +428,7 @@ mod tests {
         let run = cmd.find_subcommand_mut("run").unwrap();
         let help = run.render_long_help().to_string();
         assert!(help.contains("REPLACES the file's list"), "{help}");
+        assert!(help.contains("--log-level wins over the file's log_level, which wins over RUST_LOG"), "{help}");
         for flag in [
             "--config",
             "--listen",
@@ -421,6 +441,7 @@ mod tests {
             "--passthrough",
             "--intercept-connect",
             "--connect-port",
+            "--log-level",
         ] {
             assert!(help.contains(flag), "{flag} missing from help");
         }

@@ -49,6 +49,9 @@ pub struct Config {
     pub access_log: Option<String>,
     /// The access log line format.
     pub access_log_format: LogFormat,
+    /// Diagnostics on stderr: a level (`debug`) or filter directives
+    /// (`info,sluice::conn=debug`). `None`: `RUST_LOG`, else `info` (see `crate::logging`).
+    pub log_level: Option<String>,
     /// Client addresses allowed to use the proxy; others are refused. Empty = nobody.
     pub allow_clients: Vec<Cidr>,
     /// Destination addresses never connected to (checked on the resolved address: SSRF
@@ -133,6 +136,7 @@ impl Default for Config {
             cert_cache_size: 1000,
             access_log: None,
             access_log_format: LogFormat::Common,
+            log_level: None,
             allow_clients: crate::acl::default_allow_clients(),
             deny_destinations: crate::acl::default_deny_destinations(),
         }
@@ -305,6 +309,25 @@ pub fn parse_access_log(s: &str) -> Result<Option<String>, String> {
     }
 }
 
+/// Parses a diagnostics level: `error`, `warn`, `info`, `debug`, `trace` or `off`, or
+/// `tracing` filter directives (`info,sluice::conn=debug`). A bare word that is not a
+/// level is refused: the directive syntax would take a typo (`debgu`) for a module name
+/// and silently log nothing.
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    const EXPECTED: &str =
+        "expected error, warn, info, debug, trace, off, or directives such as \"info,sluice::conn=debug\"";
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let s = s.trim();
+    let bare_word = |d: &str| !d.contains('=') && !LEVELS.iter().any(|l| d.eq_ignore_ascii_case(l));
+    if s.is_empty() || s.split(',').map(str::trim).any(|d| d.is_empty() || bare_word(d)) {
+        return Err(EXPECTED.to_string());
+    }
+    match tracing_subscriber::EnvFilter::builder().parse(s) {
+        Ok(_) => Ok(s.to_string()),
+        Err(e) => Err(format!("{EXPECTED}: {e}")),
+    }
+}
+
 /// Checks an access log file path: non-empty text naming a file, not a directory.
 fn check_log_path(path: &str) -> Result<(), String> {
     if path.trim().is_empty() {
@@ -411,6 +434,9 @@ impl Config {
         if let Some(target) = &self.access_log {
             check_log_path(target).map_err(|e| ConfigError::invalid("access_log", e))?;
         }
+        if let Some(level) = &self.log_level {
+            parse_log_level(level).map_err(|e| ConfigError::invalid("log_level", e))?;
+        }
         // allow_clients and deny_destinations: any list is valid (`Cidr` cannot hold a bad
         // block). An empty allow_clients refuses every client, on purpose.
         Ok(())
@@ -473,6 +499,8 @@ pub struct Overrides {
     /// `Some(true)` = `--intercept-connect`.
     pub intercept_connect: Option<bool>,
     pub connect_ports: Option<Vec<u16>>,
+    /// `--log-level`, already checked by [`parse_log_level`].
+    pub log_level: Option<String>,
 }
 
 impl Overrides {
@@ -495,6 +523,9 @@ impl Overrides {
         put(&self.passthrough, &mut config.passthrough);
         put(&self.intercept_connect, &mut config.intercept_connect);
         put(&self.connect_ports, &mut config.connect_ports);
+        if self.log_level.is_some() {
+            config.log_level = self.log_level.clone();
+        }
     }
 
     /// Whether the command line set this config key.
@@ -510,6 +541,7 @@ impl Overrides {
             "passthrough" => self.passthrough.is_some(),
             "intercept_connect" => self.intercept_connect.is_some(),
             "connect_ports" => self.connect_ports.is_some(),
+            "log_level" => self.log_level.is_some(),
             _ => false,
         }
     }
@@ -663,6 +695,7 @@ struct FileConfig {
     cert_cache_size: Option<Spanned<usize>>,
     access_log: Option<Spanned<AccessLogValue>>,
     access_log_format: Option<Spanned<LogFormatValue>>,
+    log_level: Option<Spanned<LogLevelValue>>,
     allow_clients: Option<Spanned<Vec<CidrValue>>>,
     deny_destinations: Option<Spanned<Vec<CidrValue>>>,
     limits: Option<LimitsFile>,
@@ -763,6 +796,9 @@ impl FileConfig {
         if let Some(format) = t.take("access_log_format", self.access_log_format) {
             c.access_log_format = format.0;
         }
+        if let Some(level) = t.take("log_level", self.log_level) {
+            c.log_level = Some(level.0);
+        }
         t.set_list("allow_clients", self.allow_clients, &mut c.allow_clients, |b| b.0);
         t.set_list("deny_destinations", self.deny_destinations, &mut c.deny_destinations, |b| b.0);
 
@@ -814,6 +850,7 @@ string_value!(AdminValue, Option<SocketAddr>, parse_admin);
 string_value!(ResolveValue, (String, IpAddr), parse_resolve);
 string_value!(PassthroughValue, String, parse_passthrough);
 string_value!(AccessLogValue, Option<String>, parse_access_log);
+string_value!(LogLevelValue, String, parse_log_level);
 
 /// Deserializes a string through the type's `FromStr`, whose error already quotes the value.
 macro_rules! from_str_value {
@@ -894,6 +931,7 @@ slabs_per_worker = 2048
 cert_cache_size = 500
 access_log = "/var/log/sluice/access.log"
 access_log_format = "json"
+log_level = "info,sluice::conn=debug"
 allow_clients = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
 deny_destinations = []
 [limits]
@@ -963,6 +1001,7 @@ idle_timeout = 15
             cert_cache_size: 500,
             access_log: Some("/var/log/sluice/access.log".into()),
             access_log_format: LogFormat::Json,
+            log_level: Some("info,sluice::conn=debug".into()),
             allow_clients: vec![cidr("10.0.0.0/8"), cidr("2001:db8::/32"), cidr("192.0.2.7/32")],
             deny_destinations: vec![],
         };
@@ -1270,6 +1309,29 @@ idle_timeout = 15
             "config: access_log_format: expected \"common\" or \"json\", got \"JSON\" (line 3)"
         );
         assert!(err("access_log_format = 1").starts_with("config: access_log_format: invalid type"));
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(Config::default().log_level, None);
+        for ok in ["error", "warn", "info", "debug", "trace", "off", "DEBUG", "info,sluice::conn=debug", " debug "] {
+            assert_eq!(
+                parse_str(&format!("log_level = {ok:?}")).unwrap().log_level.as_deref(),
+                Some(ok.trim()),
+                "{ok}"
+            );
+        }
+        let expected =
+            "expected error, warn, info, debug, trace, off, or directives such as \"info,sluice::conn=debug\"";
+        assert_eq!(err("\nlog_level = \"debgu\""), format!("config: log_level: \"debgu\": {expected} (line 2)"));
+        for bad in ["", "  ", "info,", "info,sluice", "verbose"] {
+            assert!(err(&format!("log_level = {bad:?}")).starts_with("config: log_level: "), "{bad:?} accepted");
+        }
+        assert!(err("log_level = \"sluice=loud\"")
+            .starts_with(&format!("config: log_level: \"sluice=loud\": {expected}: ")));
+        assert!(err("log_level = 3").starts_with("config: log_level: invalid type"));
+        let c = Config { log_level: Some("nope".into()), ..Config::default() };
+        assert_eq!(c.validate().unwrap_err().key(), Some("log_level"));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod config;
 pub mod conn;
 pub mod control;
 pub mod h1;
+pub mod logging;
 pub mod notify;
 pub mod protocol;
 pub mod server;

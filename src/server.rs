@@ -204,6 +204,9 @@ fn signal_loop(mut signals: Signals, control: Arc<Control>, reload: Reloader, no
                         }
                         match open_access_log(&new) {
                             Ok(sink) => {
+                                if let Err(e) = crate::logging::reload(&new) {
+                                    eprintln!("sluice: reload: keeping the log level: {e}");
+                                }
                                 control.set_access_log(sink);
                                 control.publish(Arc::new(new));
                                 eprintln!("sluice: reloaded the configuration");

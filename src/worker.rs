@@ -7,8 +7,9 @@
 
 use crate::accesslog::AccessLog;
 use crate::config::Config;
+use crate::conn::view::Addr;
 use crate::conn::{self, Connection, Ctx, Endpoint, NextStep, Role};
-use crate::control::Control;
+use crate::control::{Control, Snapshot};
 use crate::stats::{self, WorkerStats};
 use crate::timers::Timers;
 use crate::upstream::dns::Resolver;
@@ -63,6 +64,7 @@ struct Env {
     wakes: ReadyQueue,
     /// The ids being run from `wakes` (its allocation reused between batches).
     woken: Vec<ConnId>,
+    control: Arc<Control>,
 }
 
 impl Env {
@@ -86,6 +88,8 @@ impl Env {
             upstream_tls: &self.upstream_tls,
             access: self.access.as_mut(),
             wakes: &self.wakes,
+            control: &self.control,
+            worker: self.index,
         }
     }
 
@@ -176,10 +180,15 @@ pub(crate) struct Worker {
     last_sweep: Instant,
     drain_deadline: Option<Instant>,
     deadline_passed: bool,
+    /// The last connections ask this worker answered (`/debug/connections`).
+    view_answered: u64,
 }
 
 /// The worker thread's body.
 pub fn run(setup: WorkerSetup) -> std::io::Result<()> {
+    // Every diagnostics line of this thread names its worker. At error level so that any
+    // level but `off` keeps it.
+    let _worker = tracing::error_span!("worker", id = setup.index).entered();
     // Marks this worker finished however it leaves, set-up errors included.
     let finished = Finished { control: setup.control.clone(), done: false };
     if let Some(cpu) = setup.cpu {
@@ -224,6 +233,7 @@ impl Worker {
             draining: false,
             wakes: ReadyQueue::new(),
             woken: Vec::new(),
+            control: control.clone(),
             cfg,
         };
         let listeners: Vec<Listener> = setup
@@ -248,6 +258,7 @@ impl Worker {
             last_sweep: Instant::now(),
             drain_deadline: None,
             deadline_passed: false,
+            view_answered: 0,
         })
     }
 
@@ -361,6 +372,7 @@ impl Worker {
         }
         env.flush_log();
         publish_ring_stats(env);
+        answer_views(&mut self.conns, env, &self.control, &mut self.view_answered, now);
         if !more {
             env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
         }
@@ -442,6 +454,35 @@ fn apply_config(env: &mut Env, control: &Control) {
     env.cfg = new;
 }
 
+/// Most lines one worker puts in a connections view (one 64 KiB answer holds about a
+/// thousand; the view says how many it left out).
+const VIEW_LINES: usize = 2000;
+
+/// `/debug/connections`, on the tick: answers a new ask with this worker's client
+/// connections, then wakes this worker's admin connections whose view is ready.
+fn answer_views(conns: &mut Conns<Endpoint>, env: &mut Env, control: &Control, answered: &mut u64, now: Instant) {
+    let asked = control.connections_asked();
+    if asked != *answered {
+        *answered = asked;
+        let mut snap = Snapshot { ask: asked, ..Snapshot::default() };
+        for id in conns.ids() {
+            let Some(slot) = conns.get_mut(id) else { continue };
+            if slot.value.is_client() {
+                snap.total += 1;
+                if snap.lines.len() < VIEW_LINES {
+                    snap.lines.push(slot.value.describe(id, now));
+                }
+            }
+        }
+        control.answer_connections(env.index, snap);
+    }
+    let mut ready = Vec::new();
+    control.views_to_wake(env.index, now, |id| conns.get_mut(id).is_some(), &mut ready);
+    for id in ready {
+        env.wakes.wake(id);
+    }
+}
+
 /// Closes connections that sit between requests (drain).
 fn close_idle(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
     for id in conns.ids() {
@@ -478,6 +519,7 @@ fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, 
     let slots = stats.connection_slots.load(Ordering::Relaxed);
     if role == Role::Proxy && slots >= env.cfg.limits.max_connections_per_worker as u64 {
         stats::bump(&stats.connections_rejected, 1);
+        tracing::debug!(peer = %Addr(stream.peer_addr().ok()), "refused: limits.max_connections_per_worker");
         return None; // dropping the fd closes it
     }
     let peer = stream.peer_addr().ok();
@@ -485,6 +527,7 @@ fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, 
         if let Some(peer) = peer {
             if !crate::acl::any_contains(&env.cfg.allow_clients, peer.ip()) {
                 stats::bump(&stats.connections_rejected, 1);
+                tracing::debug!(%peer, "refused: not in allow_clients");
                 return None;
             }
         }
@@ -495,6 +538,7 @@ fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, 
         stats::bump(&stats.connections_active, 1);
     }
     let id = conns.insert(Endpoint::Client(Connection::new(stream, peer, role)));
+    tracing::debug!(conn = %id, peer = %Addr(peer), ?role, "accept");
     if role == Role::Proxy {
         stats::bump(&stats.connection_slots, 1);
     }

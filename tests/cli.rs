@@ -29,6 +29,11 @@ impl Run {
 
 /// Runs the binary with `args`; kills it if it is still running after `within`.
 fn sluice(args: &[&str], within: Duration) -> Run {
+    sluice_with_env(args, &[], within)
+}
+
+/// [`sluice`] with environment variables set.
+fn sluice_with_env(args: &[&str], env: &[(&str, &str)], within: Duration) -> Run {
     let dir = TempDir::new("cli");
     let out = fs::File::create(dir.join("out")).unwrap();
     let err = fs::File::create(dir.join("err")).unwrap();
@@ -36,6 +41,8 @@ fn sluice(args: &[&str], within: Duration) -> Run {
         .args(args)
         .current_dir(dir.path())
         .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -270,6 +277,34 @@ fn run_with_a_bad_resolve_fails_cleanly() {
     let r = sluice(&args, Duration::from_secs(5));
     assert!(matches!(r.code, Some(c) if c != 0), "bad --resolve accepted: {:?}", r.all());
     assert!(!r.all().contains("panicked"), "{:?}", r.all());
+}
+
+#[test]
+fn a_bad_log_level_is_one_line() {
+    let dir = TempDir::new("cli");
+    let listen = listen_args(&dir);
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut all = args.to_vec();
+        all.extend(listen.iter().map(String::as_str));
+        sluice_with_env(&all, env, Duration::from_secs(5))
+    };
+    // The flag. Broken by not parsing --log-level in RunArgs::overrides.
+    let r = run(&["run", "--log-level", "verbose"], &[]);
+    assert_one_line_failure(
+        &r,
+        &["--log-level \"verbose\"", "expected error, warn, info, debug, trace"],
+        "--log-level",
+    );
+    assert_eq!(r.code, Some(2));
+    // The config key, with its line.
+    let f = dir.write("bad.toml", "\nlog_level = \"debgu\"\n");
+    let r = run(&["run", "--config", f.to_str().unwrap()], &[]);
+    assert_one_line_failure(&r, &["log_level", "\"debgu\"", "(line 2)"], "log_level");
+    assert_eq!(r.code, Some(2));
+    // RUST_LOG, which is read when neither is given. Broken by ignoring a bad RUST_LOG.
+    let r = run(&["run"], &[("RUST_LOG", "verbose")]);
+    assert_one_line_failure(&r, &["RUST_LOG \"verbose\""], "RUST_LOG");
+    assert_eq!(r.code, Some(2));
 }
 
 #[test]

@@ -34,6 +34,24 @@ pub(crate) enum CloseReason {
     Internal,
 }
 
+impl CloseReason {
+    /// A short stable name (diagnostics).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ClientError => "client_error",
+            CloseReason::OriginClosed => "origin_closed",
+            CloseReason::OriginError => "origin_error",
+            CloseReason::Done => "done",
+            CloseReason::Refused => "refused",
+            CloseReason::Timeout => "timeout",
+            CloseReason::TlsFailed => "tls_failed",
+            CloseReason::Drain => "drain",
+            CloseReason::Internal => "internal",
+        }
+    }
+}
+
 impl Connection {
     /// Names the cause of the close about to happen (the first one named wins).
     pub(crate) fn closing(&mut self, reason: CloseReason) {

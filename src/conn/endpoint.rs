@@ -38,6 +38,13 @@ impl Endpoint {
         }
     }
 
+    /// Its line in `/debug/connections`.
+    pub(crate) fn describe(&self, id: uring::ConnId, now: std::time::Instant) -> String {
+        match self {
+            Endpoint::Client(c) => c.describe(id, now),
+        }
+    }
+
     /// True for a proxy client (counted in the client slot gauge).
     pub fn is_client(&self) -> bool {
         match self {

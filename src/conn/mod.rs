@@ -25,6 +25,7 @@ mod log;
 mod tls;
 mod tunnel;
 mod upstream;
+pub(crate) mod view;
 
 use crate::config::Config;
 use crate::stats::{self, WorkerStats};
@@ -91,6 +92,10 @@ pub struct Ctx<'a> {
     pub access: Option<&'a mut crate::accesslog::AccessLog>,
     /// Slots the worker runs again after the current batch.
     pub wakes: &'a uring::ReadyQueue,
+    /// Shared with the other workers (`/debug/connections` asks them through it).
+    pub control: &'a crate::control::Control,
+    /// This worker's index.
+    pub worker: usize,
 }
 
 impl Ctx<'_> {
@@ -139,6 +144,27 @@ pub(crate) enum Phase {
     Linger,
 }
 
+impl Phase {
+    /// The phase's name, for diagnostics and `/debug/connections`.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Phase::AwaitRequest => "AwaitRequest",
+            Phase::Detect => "Detect",
+            Phase::TlsAccept => "TlsAccept",
+            Phase::TlsHandshake => "TlsHandshake",
+            Phase::RequestHead => "RequestHead",
+            Phase::Upstream => "Upstream",
+            Phase::SendRequest => "SendRequest",
+            Phase::ResponseHead => "ResponseHead",
+            Phase::ResponseBody => "ResponseBody",
+            Phase::Tunnel => "Tunnel",
+            Phase::Respond { .. } => "Respond",
+            Phase::Admin => "Admin",
+            Phase::Linger => "Linger",
+        }
+    }
+}
+
 /// The origin connection of the current exchange: where it goes back to. Its socket
 /// and TLS session are the origin [`Leg`].
 #[derive(Debug)]
@@ -164,8 +190,9 @@ pub struct Connection {
     pub(crate) accepted_bytes: usize,
     /// The CONNECT authority whose tunnel this connection now carries (interception).
     pub(crate) tunnel_target: Option<Box<(String, u16)>>,
-    /// The server name the client asked for in its ClientHello.
-    pub(crate) sni: Option<String>,
+    /// The server name the client asked for in its ClientHello (boxed: only intercepted
+    /// TLS connections have one, and every connection pays for the field).
+    pub(crate) sni: Option<Box<str>>,
     pub(crate) role: Role,
     /// What the client speaks (metrics labels, the access log's protocol field).
     pub(crate) protocol: crate::protocol::Protocol,
@@ -190,6 +217,8 @@ pub struct Connection {
     pub(crate) requests: u32,
     /// The cause of the close, when one was named where it happened (`closing`).
     pub(crate) close_reason: Option<CloseReason>,
+    /// When it was accepted (its age in `/debug/connections`), in 8 bytes.
+    pub(crate) accepted: view::Stamp,
 }
 
 impl Connection {
@@ -218,6 +247,7 @@ impl Connection {
             deadline: None,
             requests: 0,
             close_reason: None,
+            accepted: view::Stamp::at(Instant::now()),
         }
     }
 
@@ -370,7 +400,17 @@ impl Connection {
     pub fn begin_close(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         self.drop_timer(ctx);
         // Decided now, from what the legs recorded, unless named where it happened.
-        self.close_reason = Some(self.close_reason());
+        let reason = self.close_reason();
+        self.close_reason = Some(reason);
+        tracing::debug!(
+            conn = %io.id(),
+            phase = %self.phase.name(),
+            reason = reason.name(),
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            requests = self.requests,
+            "close"
+        );
         // An exchange still open here ended without a clean finish: a tunnel closing, or
         // a client or origin that went away (499 when nothing was answered yet).
         let status = self.ex.as_ref().map(|e| if e.status != 0 { e.status } else { 499 }).unwrap_or(0);
@@ -469,6 +509,8 @@ pub fn on_completion(
 /// Runs phase handlers until one waits or closes.
 pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     for _ in 0..LOOP_GUARD {
+        let from = std::mem::discriminant(&conn.phase);
+        let name = conn.phase.name();
         let step = match conn.phase {
             Phase::AwaitRequest => http1::await_request(conn, io, ctx),
             Phase::Detect => tls::detect(conn, io, ctx),
@@ -484,6 +526,9 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
             Phase::Admin => admin::step(conn, io, ctx),
             Phase::Linger => http1::linger_step(conn, io, ctx),
         };
+        if std::mem::discriminant(&conn.phase) != from {
+            tracing::debug!(conn = %io.id(), from = %name, to = %conn.phase.name(), "phase");
+        }
         if step != NextStep::Continue {
             return step;
         }

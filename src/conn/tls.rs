@@ -91,7 +91,7 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
         Ok(Some(accepted)) => {
             conn.acceptor = None;
             let sni = accepted.client_hello().server_name().map(|s| s.to_ascii_lowercase());
-            conn.sni = sni.clone();
+            conn.sni = sni.clone().map(String::into_boxed_str);
             if let Some(name) = sni.as_deref() {
                 if tls::is_passthrough(name, &ctx.cfg.passthrough) {
                     let port = conn.original_dst.map_or(443, |a| a.port());
@@ -232,7 +232,7 @@ pub(crate) fn request_target(conn: &Connection, head: &h1::RequestHead) -> Resul
         return Ok((a.host.clone(), a.port_or(port)));
     }
     if let Some(s) = &conn.sni {
-        return Ok((s.clone(), port));
+        return Ok((s.to_string(), port));
     }
     if let Some(a) = conn.original_dst {
         return Ok((a.ip().to_string(), a.port()));

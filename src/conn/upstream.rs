@@ -103,6 +103,7 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
         match ctx.upstreams.acquire(&key, ctx.now, want, io.id()) {
             Acquired::Pooled(Pooled { sock, tls, lease }) => {
                 stats::bump(&ctx.stats.pool_hits, 1);
+                tracing::debug!(conn = %io.id(), host = %key.host, port = key.port, "upstream pool hit");
                 conn.upstream = Some(UpstreamConn { key, reused: true, abandoned: false, lease: Some(lease) });
                 conn.origin.sock = Some(sock);
                 conn.origin.tls = tls;
@@ -173,6 +174,7 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
         return failed(500, "not connecting");
     };
     if let Dial::Done { result } = std::mem::take(&mut conn.origin.dial) {
+        tracing::debug!(conn = %io.id(), addr = %addrs[*next], errno = -result, "upstream connect done");
         if result == 0 {
             if let Some(sock) = &conn.origin.sock {
                 let _ = sock.set_nodelay(true);
@@ -203,6 +205,7 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
     let fd = sock.as_raw_fd();
     conn.upstream = Some(UpstreamConn { key, reused: false, abandoned: false, lease: None });
     conn.origin.sock = Some(sock);
+    tracing::debug!(conn = %io.id(), %addr, "upstream connect");
     ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
     conn.origin.dial = Dial::Connecting;
     Outcome::Pending

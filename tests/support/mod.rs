@@ -602,6 +602,8 @@ pub struct ProxyBuilder {
     workers: usize,
     extra: Vec<String>,
     wrapper: Vec<String>,
+    env: Vec<(String, String)>,
+    admin_ip: String,
 }
 
 impl ProxyBuilder {
@@ -618,6 +620,20 @@ impl ProxyBuilder {
 
     pub fn arg(mut self, a: &str) -> Self {
         self.extra.push(a.to_string());
+        self
+    }
+
+    /// Sets an environment variable of the proxy (`RUST_LOG` is removed unless set here,
+    /// so a developer's own does not change what the tests see).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// The admin listener's IP [default: 127.0.0.1], e.g. `0.0.0.0` to reach it from a
+    /// non-loopback address of this machine.
+    pub fn admin_ip(mut self, ip: &str) -> Self {
+        self.admin_ip = ip.to_string();
         self
     }
 
@@ -651,7 +667,7 @@ impl ProxyBuilder {
                 .arg("--listen")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--admin")
-                .arg(format!("127.0.0.1:{admin_port}"))
+                .arg(format!("{}:{admin_port}", self.admin_ip))
                 .arg("--workers")
                 .arg(self.workers.to_string())
                 .arg("--ca-dir")
@@ -659,6 +675,8 @@ impl ProxyBuilder {
             for r in &self.resolve {
                 cmd.arg("--resolve").arg(r);
             }
+            cmd.env_remove("RUST_LOG");
+            cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
             cmd.args(&self.extra).env("RUST_BACKTRACE", "1").stdin(Stdio::null()).stdout(stdout).stderr(stderr);
             let mut child = cmd.spawn().expect("spawn sluice");
             match wait_serving(&mut child, &dir, port) {
@@ -734,6 +752,8 @@ impl Proxy {
             workers: 2,
             extra: Vec::new(),
             wrapper: Vec::new(),
+            env: Vec::new(),
+            admin_ip: "127.0.0.1".to_string(),
         }
     }
 

@@ -27,6 +27,18 @@ pub struct ConnId {
     gen: u32,
 }
 
+/// `index.generation`, e.g. `7.3`: how log lines and `/debug/connections` name a slot.
+///
+/// ```
+/// let mut conns: uring::Conns<()> = uring::Conns::new();
+/// assert_eq!(conns.insert(()).to_string(), "0.1");
+/// ```
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.index, self.gen)
+    }
+}
+
 /// The kernel-facing half of a slot: in-flight accounting and parked buffers.
 #[derive(Debug)]
 pub struct Io {
