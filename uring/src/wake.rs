@@ -16,15 +16,25 @@
 //! keeps its capacity); making a waker allocates once, so a connection keeps its waker.
 //! A waker is `Send` like every `Waker`: woken from another thread, the id is queued all
 //! the same and the worker runs it after its next completion (at the latest on its tick).
+//! Asking whether anything is queued takes no lock (one atomic load per turn).
 
 use crate::conns::ConnId;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 
 /// A worker's queue of slots to run again. Cloning shares the queue.
 #[derive(Clone, Default)]
 pub struct ReadyQueue {
-    ids: Arc<Mutex<Vec<ConnId>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    ids: Mutex<Vec<ConnId>>,
+    /// Set (under the lock) when an id is queued, cleared when the queue is drained: the
+    /// worker asks "anything queued?" on every turn without taking the lock.
+    queued: AtomicBool,
 }
 
 impl std::fmt::Debug for ReadyQueue {
@@ -40,7 +50,9 @@ impl ReadyQueue {
 
     /// Asks the worker to run slot `id` again after the current batch.
     pub fn wake(&self, id: ConnId) {
-        self.lock().push(id);
+        let mut ids = self.lock();
+        ids.push(id);
+        self.shared.queued.store(true, Ordering::Release);
     }
 
     /// Slots waiting to run.
@@ -48,14 +60,20 @@ impl ReadyQueue {
         self.lock().len()
     }
 
+    /// True when nothing is queued (no lock taken).
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        !self.shared.queued.load(Ordering::Acquire)
     }
 
     /// Moves the queued ids into `out` (in the order they were woken), leaving the queue
     /// empty; wakes that happen while `out` is processed go to the next drain.
     pub fn drain_into(&self, out: &mut Vec<ConnId>) {
-        out.append(&mut self.lock());
+        if self.is_empty() {
+            return;
+        }
+        let mut ids = self.lock();
+        out.append(&mut ids);
+        self.shared.queued.store(false, Ordering::Release);
     }
 
     /// A `Waker` whose `wake` queues slot `id` here.
@@ -65,7 +83,7 @@ impl ReadyQueue {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ConnId>> {
         // A panic while holding the lock leaves a vector of ids, which is still valid.
-        self.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
