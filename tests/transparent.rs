@@ -437,6 +437,43 @@ struct Resp {
     body: String,
 }
 
+/// `sluice ca init` in `dir`, then Sluice in the gateway namespace `gw` on `listen`
+/// (admin on loopback), trusting the test origins' CA; returns the CA certificate its
+/// forged leaves chain to (and its process index), once it is listening.
+fn start_sluice(lab: &mut Lab, gw: &str, dir: &Path, listen: &str) -> (usize, PathBuf) {
+    let ca_dir = dir.join("sluice-ca");
+    let out = run(Command::new(BIN).args(["ca", "init", "--dir"]).arg(&ca_dir));
+    assert!(out.status.success(), "sluice ca init: {}", text(&out));
+    let sluice_ca = ca_dir.join("ca.pem");
+    assert!(sluice_ca.exists(), "sluice ca init wrote no ca.pem: {}", text(&out));
+    let config = dir.join("sluice.toml");
+    fs::write(&config, "").unwrap();
+    let admin = format!("127.0.0.1:{ADMIN_PORT}");
+    let origin_ca = dir.join("origin-ca.pem");
+    let sluice = lab.spawn_in(
+        gw,
+        &[
+            BIN,
+            "run",
+            "--listen",
+            listen,
+            "--admin",
+            &admin,
+            "--workers",
+            "1",
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--upstream-ca",
+            origin_ca.to_str().unwrap(),
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        "sluice",
+    );
+    lab.wait_for_line(sluice, "sluice.stderr", "listening on", Duration::from_secs(15));
+    (sluice, sluice_ca)
+}
+
 fn parse_resp(raw: &str) -> Option<Resp> {
     // curl -i may print interim 1xx heads first; take the last head.
     let mut rest = raw;
@@ -528,36 +565,8 @@ fn transparent_redirect_routes_by_host_then_original_destination_and_verifies_tl
     }
 
     // Sluice, inside the gateway netns.
-    let ca_dir = dir.join("sluice-ca");
-    let out = run(Command::new(BIN).args(["ca", "init", "--dir"]).arg(&ca_dir));
-    assert!(out.status.success(), "sluice ca init: {}", text(&out));
-    let sluice_ca = ca_dir.join("ca.pem");
-    assert!(sluice_ca.exists(), "sluice ca init wrote no ca.pem: {}", text(&out));
-    let config = dir.join("sluice.toml");
-    fs::write(&config, "").unwrap();
-    let (listen, admin) = (format!("0.0.0.0:{PROXY_PORT}"), format!("127.0.0.1:{ADMIN_PORT}"));
-    let origin_ca = dir.join("origin-ca.pem");
-    let sluice = lab.spawn_in(
-        &gw,
-        &[
-            BIN,
-            "run",
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-            "--workers",
-            "1",
-            "--ca-dir",
-            ca_dir.to_str().unwrap(),
-            "--upstream-ca",
-            origin_ca.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        "sluice",
-    );
-    lab.wait_for_line(sluice, "sluice.stderr", "listening on", Duration::from_secs(15));
+    let listen = format!("0.0.0.0:{PROXY_PORT}");
+    let (sluice, sluice_ca) = start_sluice(&mut lab, &gw, &dir, &listen);
     let ok_before = lab.requests_total("status_class=\"2xx\"");
     let all_before = lab.requests_total("");
     eprintln!("transparent: {cli} -> {gw}, REDIRECT via {firewall}, sluice on {listen}");
@@ -761,35 +770,8 @@ fn transparent_redirect_of_ipv6_clients_uses_the_ipv6_original_destination() {
     let origin = lab.spawn_in(&gw, &args, "origin6");
     lab.wait_for_line(origin, "origin6.stdout", "origin ready", Duration::from_secs(10));
 
-    let ca_dir = dir.join("sluice-ca");
-    let out = run(Command::new(BIN).args(["ca", "init", "--dir"]).arg(&ca_dir));
-    assert!(out.status.success(), "sluice ca init: {}", text(&out));
-    let sluice_ca = ca_dir.join("ca.pem");
-    let config = dir.join("sluice.toml");
-    fs::write(&config, "").unwrap();
-    let (listen, admin) = (format!("[::]:{PROXY_PORT}"), format!("127.0.0.1:{ADMIN_PORT}"));
-    let origin_ca = dir.join("origin-ca.pem");
-    let sluice = lab.spawn_in(
-        &gw,
-        &[
-            BIN,
-            "run",
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-            "--workers",
-            "1",
-            "--ca-dir",
-            ca_dir.to_str().unwrap(),
-            "--upstream-ca",
-            origin_ca.to_str().unwrap(),
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        "sluice",
-    );
-    lab.wait_for_line(sluice, "sluice.stderr", "listening on", Duration::from_secs(15));
+    let listen = format!("[::]:{PROXY_PORT}");
+    let (sluice, sluice_ca) = start_sluice(&mut lab, &gw, &dir, &listen);
     let ok_before = lab.requests_total("status_class=\"2xx\"");
     eprintln!("transparent6: {cli} -> {gw}, REDIRECT via {firewall}, sluice on {listen}");
 
