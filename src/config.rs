@@ -57,6 +57,22 @@ pub struct Config {
     /// Destination addresses never connected to (checked on the resolved address: SSRF
     /// defence). Empty = any destination.
     pub deny_destinations: Vec<Cidr>,
+    /// Who may reach this machine itself (loopback, its interfaces' addresses).
+    pub local_targets: LocalTargets,
+}
+
+/// Who may have the proxy connect to this machine itself: loopback and the addresses of
+/// its own interfaces, where its admin endpoint and other local services listen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LocalTargets {
+    /// Only clients that are themselves on loopback (tools and tests on the box).
+    #[default]
+    LoopbackClients,
+    /// Nobody.
+    Deny,
+    /// Every client (the behaviour of a plain forward proxy; only behind a firewall).
+    Allow,
 }
 
 /// Size and count limits.
@@ -139,6 +155,7 @@ impl Default for Config {
             log_level: None,
             allow_clients: crate::acl::default_allow_clients(),
             deny_destinations: crate::acl::default_deny_destinations(),
+            local_targets: LocalTargets::default(),
         }
     }
 }
@@ -698,6 +715,7 @@ struct FileConfig {
     log_level: Option<Spanned<LogLevelValue>>,
     allow_clients: Option<Spanned<Vec<CidrValue>>>,
     deny_destinations: Option<Spanned<Vec<CidrValue>>>,
+    local_targets: Option<Spanned<LocalTargets>>,
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
     pool: Option<PoolFile>,
@@ -801,6 +819,7 @@ impl FileConfig {
         }
         t.set_list("allow_clients", self.allow_clients, &mut c.allow_clients, |b| b.0);
         t.set_list("deny_destinations", self.deny_destinations, &mut c.deny_destinations, |b| b.0);
+        t.set("local_targets", self.local_targets, &mut c.local_targets);
 
         let l = self.limits.unwrap_or_default();
         t.set("limits.max_header_bytes", l.max_header_bytes, &mut c.limits.max_header_bytes);
@@ -934,6 +953,7 @@ access_log_format = "json"
 log_level = "info,sluice::conn=debug"
 allow_clients = ["10.0.0.0/8", "2001:db8::/32", "192.0.2.7"]
 deny_destinations = []
+local_targets = "allow"
 [limits]
 max_header_bytes = 32768
 max_headers = 50
@@ -1004,6 +1024,7 @@ idle_timeout = 15
             log_level: Some("info,sluice::conn=debug".into()),
             allow_clients: vec![cidr("10.0.0.0/8"), cidr("2001:db8::/32"), cidr("192.0.2.7/32")],
             deny_destinations: vec![],
+            local_targets: LocalTargets::Allow,
         };
         assert_eq!(c, expected);
     }
@@ -1298,6 +1319,18 @@ idle_timeout = 15
             err("access_log = false"),
             "config: access_log: invalid type: boolean `false`, expected a string (line 1)"
         );
+    }
+
+    #[test]
+    fn local_targets_values() {
+        assert_eq!(Config::default().local_targets, LocalTargets::LoopbackClients);
+        assert_eq!(parse_str("local_targets = \"deny\"").unwrap().local_targets, LocalTargets::Deny);
+        assert_eq!(
+            parse_str("local_targets = \"loopback-clients\"").unwrap().local_targets,
+            LocalTargets::LoopbackClients
+        );
+        let e = err("local_targets = \"everyone\"");
+        assert!(e.starts_with("config: local_targets: unknown variant `everyone`"), "{e}");
     }
 
     #[test]

@@ -65,6 +65,8 @@ struct Env {
     /// The ids being run from `wakes` (its allocation reused between batches).
     woken: Vec<ConnId>,
     control: Arc<Control>,
+    /// This machine's own addresses, read again now and then (`local_targets`).
+    local: crate::upstream::local::LocalAddrs,
 }
 
 impl Env {
@@ -88,6 +90,7 @@ impl Env {
             upstream_tls: &self.upstream_tls,
             access: self.access.as_mut(),
             wakes: &self.wakes,
+            local: &self.local,
             control: &self.control,
             worker: self.index,
         }
@@ -233,6 +236,7 @@ impl Worker {
             draining: false,
             wakes: ReadyQueue::new(),
             woken: Vec::new(),
+            local: crate::upstream::local::LocalAddrs::new(Instant::now()),
             control: control.clone(),
             cfg,
         };
@@ -348,6 +352,7 @@ impl Worker {
         fire_deadlines(&mut self.conns, env, now);
         if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
             env.upstreams.sweep(now);
+            env.local.refresh(now);
             env.uring.pool_mut().trim_spares();
             self.last_sweep = now;
         }

@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -248,17 +248,6 @@ fn debug_connections_lists_the_clients_of_every_worker() {
 }
 
 /// An address of this machine that is not loopback (the one its default route uses).
-fn non_loopback_address() -> Option<IpAddr> {
-    ["198.51.100.1:9", "[2001:db8::1]:9"].iter().find_map(|probe| {
-        let target: SocketAddr = probe.parse().ok()?;
-        let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
-        let s = UdpSocket::bind(bind).ok()?;
-        s.connect(target).ok()?;
-        let ip = s.local_addr().ok()?.ip();
-        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
-    })
-}
-
 #[test]
 fn debug_connections_is_refused_to_a_non_loopback_admin_client() {
     let Some(ip) = non_loopback_address() else {

@@ -58,6 +58,14 @@ pub(crate) mod tag {
     pub const SPLICE_TO_CLIENT: OpTag = OpTag(10);
 }
 
+/// What a client is told when no connection to the origin could be made, whatever the
+/// reason (refused, unreachable, timed out): the reason goes to the log only, so the
+/// proxy is no port-scan oracle.
+pub(crate) const CONNECT_FAILED: &str = "cannot connect to the origin";
+
+/// The one text of a refused destination (the deny list, or this machine itself).
+pub(crate) const DESTINATION_DENIED: &str = "destination address is on the deny list";
+
 /// Most state transitions one event may cause.
 const LOOP_GUARD: u32 = 64;
 
@@ -92,6 +100,8 @@ pub struct Ctx<'a> {
     pub access: Option<&'a mut crate::accesslog::AccessLog>,
     /// Slots the worker runs again after the current batch.
     pub wakes: &'a uring::ReadyQueue,
+    /// This machine's own addresses (`local_targets`).
+    pub local: &'a crate::upstream::local::LocalAddrs,
     /// Shared with the other workers (`/debug/connections` asks them through it).
     pub control: &'a crate::control::Control,
     /// This worker's index.
@@ -577,7 +587,9 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             let why = if conn.is_queued_for_upstream() {
                 "no connection to the origin became free in time (pool.max_connections_per_host)"
             } else {
-                "upstream connect timed out"
+                // The same text as a refused connect: a client must not tell a filtered
+                // port from a closed one (the detail is in the log).
+                CONNECT_FAILED
             };
             conn.refuse(io, ctx, 504, why)
         }

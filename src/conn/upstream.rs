@@ -140,6 +140,7 @@ fn resolve(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
     // The address this client reached us at is one of our listeners too, whatever
     // interface it is on (listeners bound to 0.0.0.0).
     let own_addr = conn.client.local_addr();
+    let reach_local = crate::upstream::local::may_reach_local(ctx.cfg.local_targets, conn.peer);
     let Some(ex) = conn.ex.as_mut() else { return failed(500, "no exchange") };
     let ips = match ctx.dns.lookup(&ex.host, io.id(), ctx.now) {
         Lookup::Pending => return Outcome::Pending,
@@ -149,9 +150,14 @@ fn resolve(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
         }
         Lookup::Ready(ips) => ips,
     };
-    let denied = |ip: &std::net::IpAddr| crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip);
+    // The deny list, and this machine itself for clients that may not reach it: one
+    // refusal, one text, whatever the spelling of the address.
+    let denied = |ip: &std::net::IpAddr| {
+        crate::acl::any_contains(&ctx.cfg.deny_destinations, *ip) || (!reach_local && ctx.local.contains(*ip))
+    };
     if !ips.is_empty() && ips.iter().all(denied) {
-        return failed(403, "destination address is on the deny list");
+        tracing::debug!(conn = %io.id(), host = %ex.host, "destination denied");
+        return failed(403, super::DESTINATION_DENIED);
     }
     let addrs: Vec<SocketAddr> = ips
         .iter()
@@ -188,7 +194,8 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
             return ready(conn, ctx);
         }
         let err = std::io::Error::from_raw_os_error(-result);
-        *last_error = Some(format!("cannot connect to {}: {}", addrs[*next], err));
+        tracing::info!(conn = %io.id(), host = %ex.host, addr = %addrs[*next], error = %err, "upstream connect failed");
+        *last_error = Some(super::CONNECT_FAILED.to_string());
         *next += 1;
         conn.upstream = None;
         conn.origin.sock = None;

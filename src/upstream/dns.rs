@@ -100,7 +100,9 @@ impl Resolver {
 
     /// Resolves `name` (lowercase) for `who`.
     pub fn lookup(&mut self, name: &str, who: ConnId, now: Instant) -> Lookup {
-        if let Ok(ip) = name.parse::<IpAddr>() {
+        // Any numeric spelling (`127.1`, `0x7f.1`, `::ffff:10.0.0.1`) is its address,
+        // read here as the system resolver would, without a lookup.
+        if let Some(ip) = crate::upstream::local::numeric_host(name) {
             return Lookup::Ready(vec![ip]);
         }
         if let Some(ips) = self.pins.get(name) {

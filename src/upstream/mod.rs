@@ -2,6 +2,7 @@
 //! idle origin connections, and the rules for which addresses may be dialled.
 
 pub mod dns;
+pub mod local;
 pub mod pool;
 
 use std::net::{IpAddr, SocketAddr};

@@ -574,6 +574,20 @@ impl Client {
 
 /// Connects, writes `request` (write errors ignored: the proxy may close early), and
 /// reads one response within `within`.
+/// An address of this machine that is not loopback (the one it would reach the
+/// internet from), for tests that need a client that is not on loopback; None on a
+/// machine with only `lo`.
+pub fn non_loopback_address() -> Option<std::net::IpAddr> {
+    ["198.51.100.1:9", "[2001:db8::1]:9"].iter().find_map(|probe| {
+        let target: SocketAddr = probe.parse().ok()?;
+        let bind: SocketAddr = if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().ok()?;
+        let s = std::net::UdpSocket::bind(bind).ok()?;
+        s.connect(target).ok()?;
+        let ip = s.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    })
+}
+
 pub fn exchange(addr: SocketAddr, request: &[u8], within: Duration) -> io::Result<Response> {
     let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     let _ = s.set_nodelay(true);
@@ -604,6 +618,7 @@ pub struct ProxyBuilder {
     wrapper: Vec<String>,
     env: Vec<(String, String)>,
     admin_ip: String,
+    listen_ip: String,
 }
 
 impl ProxyBuilder {
@@ -637,6 +652,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// The proxy listener's IP [default: 127.0.0.1], e.g. `0.0.0.0` for clients on a
+    /// non-loopback address of this machine (it still answers on 127.0.0.1).
+    pub fn listen_ip(mut self, ip: &str) -> Self {
+        self.listen_ip = ip.to_string();
+        self
+    }
+
     /// Starts the proxy through `command...` (which must end by exec'ing its arguments,
     /// so the proxy keeps the child's pid), e.g. `unshare --mount -- sh -c '...; exec "$@"' sh`.
     pub fn wrap(mut self, command: &[&str]) -> Self {
@@ -665,7 +687,7 @@ impl ProxyBuilder {
                 .arg("--config")
                 .arg(&cfg)
                 .arg("--listen")
-                .arg(format!("127.0.0.1:{port}"))
+                .arg(format!("{}:{port}", self.listen_ip))
                 .arg("--admin")
                 .arg(format!("{}:{admin_port}", self.admin_ip))
                 .arg("--workers")
@@ -754,6 +776,7 @@ impl Proxy {
             wrapper: Vec::new(),
             env: Vec::new(),
             admin_ip: "127.0.0.1".to_string(),
+            listen_ip: "127.0.0.1".to_string(),
         }
     }
 
