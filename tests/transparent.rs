@@ -437,6 +437,45 @@ struct Resp {
     body: String,
 }
 
+/// A lab whose names are this process's (`tag` is 2 characters): root and the tools
+/// checked, a killed run's leftovers cleared, the gateway namespace made; returns it
+/// with the veth pair's names. None (after `skip`) where a lab cannot be built here.
+fn open_lab(tag: &str, origins: &'static [(&'static str, &'static str)]) -> Option<(Lab, String, String)> {
+    if !is_root() {
+        skip("not root (network namespaces and REDIRECT rules need root)");
+        return None;
+    }
+    for tool in ["ip", "curl", "python3", "openssl"] {
+        if !have(tool) {
+            skip(&format!("{tool} is not installed (.ci/setup installs it)"));
+            return None;
+        }
+    }
+    let pid = std::process::id();
+    let (cli, gw) = (format!("{tag}-cli-{pid}"), format!("{tag}-gw-{pid}"));
+    // Interface names are at most 15 bytes: the tag, one letter and a pid (≤ 7 digits).
+    let (veth_cli, veth_gw) = (format!("{tag}c{pid}"), format!("{tag}g{pid}"));
+    // A leftover from a killed run that had our pid: no live process can own these names.
+    for ns in [&cli, &gw] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
+    }
+    let dir = std::env::temp_dir().join(format!("sluice-test-transparent-{tag}-{pid}"));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let lab = Lab { cli, gw: gw.clone(), children: Vec::new(), dir, origins };
+    let out = run(Command::new("ip").args(["netns", "add", &gw]));
+    if !out.status.success() {
+        skip(&format!("`ip netns add` failed (no CAP_SYS_ADMIN?): {}", String::from_utf8_lossy(&out.stderr)));
+        return None;
+    }
+    let out = run(&mut lab.ns_cmd(&gw, "true"));
+    if !out.status.success() {
+        skip(&format!("`ip netns exec` failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return None;
+    }
+    Some((lab, veth_cli, veth_gw))
+}
+
 /// `sluice ca init` in `dir`, then Sluice in the gateway namespace `gw` on `listen`
 /// (admin on loopback), trusting the test origins' CA; returns the CA certificate its
 /// forged leaves chain to (and its process index), once it is listening.
@@ -447,7 +486,9 @@ fn start_sluice(lab: &mut Lab, gw: &str, dir: &Path, listen: &str) -> (usize, Pa
     let sluice_ca = ca_dir.join("ca.pem");
     assert!(sluice_ca.exists(), "sluice ca init wrote no ca.pem: {}", text(&out));
     let config = dir.join("sluice.toml");
-    fs::write(&config, "").unwrap();
+    // The lab's origins stand in for the internet on the gateway's own loopback, which a
+    // LAN client may not reach by default (`local_targets`): open it here.
+    fs::write(&config, "local_targets = \"allow\"\n").unwrap();
     let admin = format!("127.0.0.1:{ADMIN_PORT}");
     let origin_ca = dir.join("origin-ca.pem");
     let sluice = lab.spawn_in(
@@ -491,37 +532,8 @@ fn parse_resp(raw: &str) -> Option<Resp> {
 #[test]
 fn transparent_redirect_routes_by_host_then_original_destination_and_verifies_tls() {
     let started = Instant::now();
-    if !is_root() {
-        return skip("not root (network namespaces and REDIRECT rules need root)");
-    }
-    for tool in ["ip", "curl", "python3", "openssl"] {
-        if !have(tool) {
-            return skip(&format!("{tool} is not installed (.ci/setup installs it)"));
-        }
-    }
-
-    let pid = std::process::id();
-    let (cli, gw) = (format!("sl-cli-{pid}"), format!("sl-gw-{pid}"));
-    // Interface names are at most 15 bytes: "slc" + a pid (≤ 7 digits).
-    let (veth_cli, veth_gw) = (format!("slc{pid}"), format!("slg{pid}"));
-    // A leftover from a killed run that had our pid: no live process can own these names.
-    for ns in [&cli, &gw] {
-        let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-    }
-    let dir = std::env::temp_dir().join(format!("sluice-test-transparent-{pid}"));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let mut lab =
-        Lab { cli: cli.clone(), gw: gw.clone(), children: Vec::new(), dir: dir.clone(), origins: &ORIGIN_LOGS };
-
-    let out = run(Command::new("ip").args(["netns", "add", &gw]));
-    if !out.status.success() {
-        return skip(&format!("`ip netns add` failed (no CAP_SYS_ADMIN?): {}", String::from_utf8_lossy(&out.stderr)));
-    }
-    let out = run(&mut lab.ns_cmd(&gw, "true"));
-    if !out.status.success() {
-        return skip(&format!("`ip netns exec` failed: {}", String::from_utf8_lossy(&out.stderr)));
-    }
+    let Some((mut lab, veth_cli, veth_gw)) = open_lab("sl", &ORIGIN_LOGS) else { return };
+    let (cli, gw, dir) = (lab.cli.clone(), lab.gw.clone(), lab.dir.clone());
 
     // The veth pair is created directly inside the two namespaces: nothing appears in ours.
     lab.sh(&format!(
@@ -720,30 +732,8 @@ const ORIGIN6_LOGS: [(&str, &str); 1] = [(ORIGIN6, "origin6")];
 /// Host names the bracketed address.
 #[test]
 fn transparent_redirect_of_ipv6_clients_uses_the_ipv6_original_destination() {
-    if !is_root() {
-        return skip("not root (network namespaces and REDIRECT rules need root)");
-    }
-    for tool in ["ip", "curl", "python3", "openssl"] {
-        if !have(tool) {
-            return skip(&format!("{tool} is not installed (.ci/setup installs it)"));
-        }
-    }
-    let pid = std::process::id();
-    let (cli, gw) = (format!("sl6-cli-{pid}"), format!("sl6-gw-{pid}"));
-    let (veth_cli, veth_gw) = (format!("s6c{pid}"), format!("s6g{pid}"));
-    for ns in [&cli, &gw] {
-        let _ = Command::new("ip").args(["netns", "del", ns]).stderr(Stdio::null()).status();
-    }
-    let dir = std::env::temp_dir().join(format!("sluice-test-transparent6-{pid}"));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    let mut lab =
-        Lab { cli: cli.clone(), gw: gw.clone(), children: Vec::new(), dir: dir.clone(), origins: &ORIGIN6_LOGS };
-
-    let out = run(Command::new("ip").args(["netns", "add", &gw]));
-    if !out.status.success() {
-        return skip(&format!("`ip netns add` failed (no CAP_SYS_ADMIN?): {}", String::from_utf8_lossy(&out.stderr)));
-    }
+    let Some((mut lab, veth_cli, veth_gw)) = open_lab("s6", &ORIGIN6_LOGS) else { return };
+    let (cli, gw, dir) = (lab.cli.clone(), lab.gw.clone(), lab.dir.clone());
     // `nodad`: the addresses are usable at once, not after duplicate address detection.
     lab.sh(&format!(
         "ip netns add {cli}
