@@ -542,7 +542,7 @@ fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, 
         stats::bump(&stats.connections_accepted, 1);
         stats::bump(&stats.connections_active, 1);
     }
-    let id = conns.insert(Endpoint::Client(Connection::new(stream, peer, role)));
+    let id = conns.insert(Endpoint::Client(Connection::new(stream, peer, role, now)));
     tracing::debug!(conn = %id, peer = %Addr(peer), ?role, "accept");
     if role == Role::Proxy {
         stats::bump(&stats.connection_slots, 1);

@@ -83,9 +83,10 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
 
 fn respond_admin(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, r: &[u8]) -> NextStep {
     // Admin responses are not proxied requests: keep them out of the request counters.
-    let n = conn.out.fill(ctx.pool, r);
-    conn.write(io, ctx, Side::Client, super::buf::BufId::Out, 0, n);
-    conn.phase = super::Phase::Respond { close: true };
+    if conn.send_own(io, ctx, r).is_none() {
+        return NextStep::Close;
+    }
+    conn.phase = super::Phase::Respond;
     NextStep::Wait
 }
 

@@ -350,11 +350,9 @@ fn intercept_connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, ex: 
     conn.tunnel_target = Some(Box::new((ex.host.clone(), ex.port)));
     ctx.stats.response(conn.protocol, Some(Method::Connect), 200);
     stats::bump(&ctx.stats.tunnels, 1);
-    if conn.out.is_lent() || conn.client.writing.is_some() {
+    if conn.send_own(io, ctx, h1::CONNECT_ESTABLISHED).is_none() {
         return NextStep::Close;
     }
-    let n = conn.out.fill(ctx.pool, h1::CONNECT_ESTABLISHED);
-    conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
     conn.phase = Phase::Detect;
     NextStep::Continue
 }

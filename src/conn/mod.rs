@@ -146,8 +146,8 @@ pub(crate) enum Phase {
     ResponseBody,
     /// Relaying bytes both ways after CONNECT (progress in the exchange).
     Tunnel,
-    /// Writing a response the proxy made itself (`out`), then closing or going on.
-    Respond { close: bool },
+    /// Writing a response the proxy made itself (`out`), then closing.
+    Respond,
     /// Serving the admin endpoint.
     Admin,
     /// Response sent while the client was still sending: drain its bytes, then close.
@@ -168,7 +168,7 @@ impl Phase {
             Phase::ResponseHead => "ResponseHead",
             Phase::ResponseBody => "ResponseBody",
             Phase::Tunnel => "Tunnel",
-            Phase::Respond { .. } => "Respond",
+            Phase::Respond => "Respond",
             Phase::Admin => "Admin",
             Phase::Linger => "Linger",
         }
@@ -233,7 +233,7 @@ pub struct Connection {
 
 impl Connection {
     /// A freshly accepted client.
-    pub fn new(client: TcpStream, peer: Option<SocketAddr>, role: Role) -> Connection {
+    pub fn new(client: TcpStream, peer: Option<SocketAddr>, role: Role, now: Instant) -> Connection {
         let original_dst = if role == Role::Proxy { redirected_from(&client) } else { None };
         Connection {
             role,
@@ -257,7 +257,7 @@ impl Connection {
             deadline: None,
             requests: 0,
             close_reason: None,
-            accepted: view::Stamp::at(Instant::now()),
+            accepted: view::Stamp::at(now),
         }
     }
 
@@ -349,48 +349,41 @@ impl Connection {
     /// `Connection: close`), and closes once it is out. The status is recorded as the
     /// exchange's fact for the log and the counters.
     pub(crate) fn refuse(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, status: u16, why: &str) -> NextStep {
-        let page = match self.protocol {
-            crate::protocol::Protocol::Http1 | crate::protocol::Protocol::H2 | crate::protocol::Protocol::H3 => {
-                crate::h1::error_response(status, why)
-            }
-        };
+        // HTTP/1.1 is the only client protocol yet; an HTTP/2 stream will get a
+        // `:status` HEADERS frame here.
+        let page = crate::h1::error_response(status, why);
         ctx.stats.response(self.protocol, self.ex.as_ref().map(|e| e.method), status);
         ctx.stats.error(status);
         if let Some(ex) = self.ex.as_mut() {
             ex.status = status;
         }
         self.closing(CloseReason::Refused);
-        self.respond(io, ctx, &page, Some(status))
-    }
-
-    /// Queues bytes the proxy wrote itself (`status` when they are a response to log)
-    /// and switches to `Respond`, which closes once they are out.
-    fn respond(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8], status: Option<u16>) -> NextStep {
-        // Something still being written to the client: the response cannot be framed
-        // after it, so the connection ends without it.
-        let blocked = self.out.is_lent() || self.client.writing.is_some();
-        let sent = if blocked {
-            0
-        } else {
-            let n = self.out.fill(ctx.pool, bytes);
-            self.write(io, ctx, Side::Client, BufId::Out, 0, n);
-            n
-        };
+        let sent = self.send_own(io, ctx, &page);
         // Logged once the response is queued, so that its bytes count.
-        if let Some(status) = status {
-            if self.ex.is_some() {
-                log::finish(self, ctx, status);
-            } else if self.role == Role::Proxy {
-                log::refused(self, ctx, status, sent as u64);
-            }
+        if self.ex.is_some() {
+            log::finish(self, ctx, status);
+        } else if self.role == Role::Proxy {
+            log::refused(self, ctx, status, sent.unwrap_or(0) as u64);
         }
-        if blocked {
+        if sent.is_none() {
             return NextStep::Close;
         }
-        self.phase = Phase::Respond { close: true };
+        self.phase = Phase::Respond;
         let idle = ctx.cfg.timeouts.io_idle;
         self.set_deadline(io, ctx, idle);
         NextStep::Wait
+    }
+
+    /// Writes bytes the proxy makes itself (a response, `200 Connection Established`) to
+    /// the client from `out`; returns how many. None, and nothing sent, while something
+    /// is still being written to the client: these bytes could not be framed after it.
+    pub(crate) fn send_own(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, bytes: &[u8]) -> Option<usize> {
+        if self.out.is_lent() || self.client.writing.is_some() {
+            return None;
+        }
+        let n = self.out.fill(ctx.pool, bytes);
+        self.write(io, ctx, Side::Client, BufId::Out, 0, n);
+        Some(n)
     }
 
     /// Gives up on the upstream connection: cancel its operations; it is never pooled.
@@ -532,7 +525,7 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
             Phase::ResponseHead => http1::response_head(conn, io, ctx),
             Phase::ResponseBody => http1::response_body(conn, io, ctx),
             Phase::Tunnel => tunnel::step(conn, io, ctx),
-            Phase::Respond { close } => respond_step(conn, io, ctx, close),
+            Phase::Respond => respond_step(conn),
             Phase::Admin => admin::step(conn, io, ctx),
             Phase::Linger => http1::linger_step(conn, io, ctx),
         };
@@ -548,15 +541,12 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
     NextStep::Close
 }
 
-fn respond_step(conn: &mut Connection, _io: &mut Io, _ctx: &mut Ctx<'_>, close: bool) -> NextStep {
+/// The proxy's own response is on its way: close once it is out.
+fn respond_step(conn: &Connection) -> NextStep {
     if conn.client.writing.is_some() {
         return NextStep::Wait;
     }
-    if conn.client.error.is_some() || close {
-        return NextStep::Close;
-    }
-    conn.phase = Phase::AwaitRequest;
-    NextStep::Continue
+    NextStep::Close
 }
 
 /// A deadline of this connection fired.

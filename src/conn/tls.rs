@@ -146,7 +146,7 @@ pub(crate) fn handshake(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -
         tls_failed(conn, ctx);
         // Send the alert rustls prepared, then close.
         if conn.client.writing.is_none() && conn.flush_tls(io, ctx, Side::Client) {
-            conn.phase = Phase::Respond { close: true };
+            conn.phase = Phase::Respond;
             return NextStep::Wait;
         }
         return NextStep::Close;

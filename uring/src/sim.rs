@@ -137,11 +137,11 @@ impl Sim {
         assert_eq!(p.ring, self.ring, "an operation of another ring");
         let (ptr, room) = p.recv_into.expect("complete_recv on an operation that is not a receive");
         let n = data.len().min(room as usize);
-        // SAFETY: the operation was submitted to this ring (asserted above), whose arena
-        // holds its slot; `ptr..ptr+room` lies inside a slab (range checked by `Ring::lend`) that is
-        // parked in the slot's lane until this operation's completion is decoded, which
-        // happens after this call; the pool leaks rather than frees slabs still lent, so the
-        // memory is valid, and nothing else writes it while it is lent.
+        // The operation was submitted to this ring (asserted above), whose arena holds its
+        // slot; its slab stays parked in the slot's lane until this completion is decoded
+        // (after this call), and the pool leaks rather than frees a slab still lent.
+        // SAFETY: `ptr..ptr+room` lies inside that lent slab (`Ring::lend` checked the
+        // range), n <= room, and nothing else writes a lent slab.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr, n) };
         self.completed.push((p.user_data, n as i32));
         n
