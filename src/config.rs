@@ -59,6 +59,8 @@ pub struct Config {
     pub deny_destinations: Vec<Cidr>,
     /// Who may reach this machine itself (loopback, its interfaces' addresses).
     pub local_targets: LocalTargets,
+    /// What the origin is told about the client (`Forwarded`, `X-Forwarded-For`).
+    pub forwarding: crate::forwarding::Forwarding,
 }
 
 /// Who may have the proxy connect to this machine itself: loopback and the addresses of
@@ -133,7 +135,7 @@ impl Default for Config {
             passthrough: Vec::new(),
             intercept_connect: false,
             connect_ports: vec![443],
-            limits: Limits { max_header_bytes: 64 * 1024, max_headers: 100, max_connections_per_worker: 100_000 },
+            limits: Limits { max_header_bytes: MAX_HEAD_BYTES, max_headers: 100, max_connections_per_worker: 100_000 },
             timeouts: Timeouts {
                 request_head: Duration::from_secs(10),
                 client_idle: Duration::from_secs(60),
@@ -156,6 +158,7 @@ impl Default for Config {
             allow_clients: crate::acl::default_allow_clients(),
             deny_destinations: crate::acl::default_deny_destinations(),
             local_targets: LocalTargets::default(),
+            forwarding: crate::forwarding::Forwarding::default(),
         }
     }
 }
@@ -263,6 +266,9 @@ const MAX_WORKERS: usize = 1024;
 /// io_uring registers at most this many fixed buffers.
 const MAX_SLABS: usize = 16384;
 const MIN_SLABS: usize = 16;
+/// The largest head a connection can hold: one 64 KiB buffer less the room kept in front
+/// for rewriting it (62 KiB). `limits.max_header_bytes` cannot promise more.
+pub const MAX_HEAD_BYTES: usize = uring::SLAB_SIZE - crate::conn::buf::HEADROOM;
 
 /// Parses a listener address `IP:PORT` (`127.0.0.1:8080`, `[::1]:8080`).
 pub fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
@@ -422,7 +428,7 @@ impl Config {
         in_range("slabs_per_worker", self.slabs_per_worker, MIN_SLABS, MAX_SLABS)?;
         in_range("cert_cache_size", self.cert_cache_size, 1, 1_000_000)?;
         let limits = &self.limits;
-        in_range("limits.max_header_bytes", limits.max_header_bytes, 1024, 1024 * 1024)?;
+        in_range("limits.max_header_bytes", limits.max_header_bytes, 1024, MAX_HEAD_BYTES)?;
         in_range("limits.max_headers", limits.max_headers, 1, 1024)?;
         in_range("limits.max_connections_per_worker", limits.max_connections_per_worker, 1, usize::MAX)?;
         let t = &self.timeouts;
@@ -719,6 +725,14 @@ struct FileConfig {
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
     pool: Option<PoolFile>,
+    forwarding: Option<ForwardingFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct ForwardingFile {
+    forwarded: Option<Spanned<crate::forwarding::ForwardMode>>,
+    x_forwarded_for: Option<Spanned<crate::forwarding::ForwardMode>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -820,6 +834,10 @@ impl FileConfig {
         t.set_list("allow_clients", self.allow_clients, &mut c.allow_clients, |b| b.0);
         t.set_list("deny_destinations", self.deny_destinations, &mut c.deny_destinations, |b| b.0);
         t.set("local_targets", self.local_targets, &mut c.local_targets);
+
+        let f = self.forwarding.unwrap_or_default();
+        t.set("forwarding.forwarded", f.forwarded, &mut c.forwarding.forwarded);
+        t.set("forwarding.x_forwarded_for", f.x_forwarded_for, &mut c.forwarding.x_forwarded_for);
 
         let l = self.limits.unwrap_or_default();
         t.set("limits.max_header_bytes", l.max_header_bytes, &mut c.limits.max_header_bytes);
@@ -970,6 +988,9 @@ max_idle_per_host = 4
 max_idle_total = 256
 max_connections_per_host = 100
 idle_timeout = 15
+[forwarding]
+forwarded = "replace"
+x_forwarded_for = "off"
 "#;
 
     #[test]
@@ -1025,6 +1046,10 @@ idle_timeout = 15
             allow_clients: vec![cidr("10.0.0.0/8"), cidr("2001:db8::/32"), cidr("192.0.2.7/32")],
             deny_destinations: vec![],
             local_targets: LocalTargets::Allow,
+            forwarding: crate::forwarding::Forwarding {
+                forwarded: crate::forwarding::ForwardMode::Replace,
+                x_forwarded_for: crate::forwarding::ForwardMode::Off,
+            },
         };
         assert_eq!(c, expected);
     }
@@ -1190,8 +1215,8 @@ idle_timeout = 15
             "config: limits.max_header_bytes: must be at least 1024, got 512 (line 2)"
         );
         assert_eq!(
-            err("[limits]\nmax_header_bytes = 2000000"),
-            "config: limits.max_header_bytes: must be at most 1048576, got 2000000 (line 2)"
+            err("[limits]\nmax_header_bytes = 65536"),
+            "config: limits.max_header_bytes: must be at most 63488, got 65536 (line 2)"
         );
         assert_eq!(err("slabs_per_worker = 15"), "config: slabs_per_worker: must be at least 16, got 15 (line 1)");
         assert_eq!(
@@ -1223,7 +1248,7 @@ idle_timeout = 15
         )
         .unwrap();
         parse_str(
-            "slabs_per_worker = 16384\nconnect_ports = []\n[limits]\nmax_header_bytes = 1048576\n\
+            "slabs_per_worker = 16384\nconnect_ports = []\n[limits]\nmax_header_bytes = 63488\n\
              max_headers = 1024\n[timeouts]\nio_idle = 2592000\n",
         )
         .unwrap();
@@ -1319,6 +1344,15 @@ idle_timeout = 15
             err("access_log = false"),
             "config: access_log: invalid type: boolean `false`, expected a string (line 1)"
         );
+    }
+
+    #[test]
+    fn forwarding_modes() {
+        let c = parse_str("[forwarding]\nx_forwarded_for = \"replace\"").unwrap();
+        assert_eq!(c.forwarding.x_forwarded_for, crate::forwarding::ForwardMode::Replace);
+        assert_eq!(c.forwarding.forwarded, crate::forwarding::ForwardMode::Append);
+        let e = err("[forwarding]\nforwarded = \"trust\"");
+        assert!(e.starts_with("config: forwarding.forwarded: unknown variant `trust`"), "{e}");
     }
 
     #[test]

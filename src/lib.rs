@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod forwarding;
 pub mod h1;
 pub mod logging;
 pub mod notify;

@@ -369,7 +369,13 @@ fn rewrite_request_head(
     n: usize,
 ) -> Result<(), h1::H1Error> {
     ctx.scratch.clear();
-    head.write_upstream(ctx.scratch, ctx.via);
+    let hop = crate::forwarding::Hop {
+        via: ctx.via,
+        rules: ctx.cfg.forwarding,
+        client: conn.peer.map(|p| p.ip()),
+        https: conn.client.tls.is_some(),
+    };
+    head.write_upstream(ctx.scratch, &hop);
     if head.host.is_none() && !matches!(head.target, h1::RequestTarget::Absolute { .. }) {
         // HTTP/1.0 without Host (transparent mode): HTTP/1.1 upstream needs one.
         add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
@@ -512,7 +518,16 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
-    let parsed = h1::parse_response(conn.origin.input.data(ctx.pool), &limits(ctx), ex.method);
+    // Interim heads the client does not get are dropped here, all of them in one step
+    // (an origin may send any number: one transition each would trip the loop guard).
+    let parsed = loop {
+        match h1::parse_response(conn.origin.input.data(ctx.pool), &limits(ctx), ex.method) {
+            Ok(Some((resp, n))) if resp.is_informational() && !relays_interim(ex, &resp) => {
+                conn.origin.input.start += n;
+            }
+            other => break other,
+        }
+    };
     match parsed {
         Ok(Some((resp, n))) if resp.is_informational() => interim_head(conn, io, ctx, resp, n),
         Ok(Some((resp, n))) => {
@@ -557,7 +572,9 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
                 };
                 return upstream_failed(conn, io, ctx, why);
             }
-            if conn.origin.input.has_slab() && conn.origin.input.room() == 0 {
+            // Full only when compacting would not make room (heads already consumed,
+            // such as interim ones, leave room in front).
+            if conn.origin.input.has_slab() && conn.origin.input.room() == 0 && conn.origin.input.start <= HEADROOM {
                 return upstream_failed(conn, io, ctx, "upstream response head too large");
             }
             conn.read(io, ctx, Side::Origin)
@@ -574,12 +591,8 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
 /// said 100-continue, and an HTTP/1.0 client never gets a 1xx.
 fn interim_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, resp: h1::ResponseHead, n: usize) -> NextStep {
     let Some(ex) = conn.ex.as_mut() else { return NextStep::Close };
-    let forward = ex.h1.client_minor == 1 && !(resp.status == 100 && ex.h1.continue_sent);
     let head_end = conn.origin.input.start + n;
     conn.origin.input.start = head_end;
-    if !forward {
-        return NextStep::Continue;
-    }
     ctx.scratch.clear();
     resp.write_client(ctx.scratch, ctx.via, false, ex.h1.client_minor);
     let len = ctx.scratch.len();
@@ -590,6 +603,12 @@ fn interim_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, resp: h1:
     ex.response_started = true;
     conn.write(io, ctx, Side::Client, BufId::In(Side::Origin), at, len);
     NextStep::Wait
+}
+
+/// Whether an interim head goes to the client: not to an HTTP/1.0 client, and not a 100
+/// when the proxy already said 100-continue.
+fn relays_interim(ex: &Exchange, resp: &h1::ResponseHead) -> bool {
+    ex.h1.client_minor == 1 && !(resp.status == 100 && ex.h1.continue_sent)
 }
 
 /// Forwards the response body, then ends the exchange.
@@ -731,7 +750,7 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
 /// The response is out but the client may still be sending a body we will not read:
 /// half-close our side and drain its bytes for a moment, so closing with unread data does
 /// not reset the connection before the client has read the response.
-fn linger(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+pub(crate) fn linger(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     if conn.client.tls.is_none() {
         if let Some(fd) = conn.client_fd() {
             ctx.ring.submit(io, Side::Client.shutdown_tag(), uring::Op::ShutdownWrite { fd }, ctx.pool);

@@ -525,7 +525,7 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
             Phase::ResponseHead => http1::response_head(conn, io, ctx),
             Phase::ResponseBody => http1::response_body(conn, io, ctx),
             Phase::Tunnel => tunnel::step(conn, io, ctx),
-            Phase::Respond => respond_step(conn),
+            Phase::Respond => respond_step(conn, io, ctx),
             Phase::Admin => admin::step(conn, io, ctx),
             Phase::Linger => http1::linger_step(conn, io, ctx),
         };
@@ -541,12 +541,17 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
     NextStep::Close
 }
 
-/// The proxy's own response is on its way: close once it is out.
-fn respond_step(conn: &Connection) -> NextStep {
+/// The proxy's own response is on its way. Once it is out, a cleartext client (or one
+/// whose unread bytes are known) gets the linger: closing with its bytes unread would
+/// reset the connection, and the client could lose the response before reading it.
+fn respond_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     if conn.client.writing.is_some() {
         return NextStep::Wait;
     }
-    NextStep::Close
+    if conn.client.ended() || (conn.client.tls.is_some() && conn.client.input.is_empty()) {
+        return NextStep::Close;
+    }
+    http1::linger(conn, io, ctx)
 }
 
 /// A deadline of this connection fired.
@@ -560,6 +565,10 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             return NextStep::Wait;
         }
         Some(_) => conn.deadline = None,
+    }
+    if matches!(conn.phase, Phase::Linger) {
+        // The linger's planned end, not a timeout: the reason named before it stands.
+        return NextStep::Close;
     }
     conn.closing(CloseReason::Timeout);
     stats::bump(&ctx.stats.timeouts, 1);

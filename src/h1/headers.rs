@@ -55,6 +55,10 @@ pub(crate) enum FieldKind {
     Connection,
     Expect,
     Via,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+    /// `X-Forwarded-For`.
+    XForwardedFor,
     /// Hop-by-hop fields other than Connection and Transfer-Encoding.
     HopByHop,
     /// A name that normalises to Content-Length or Transfer-Encoding when `_` is read as
@@ -72,10 +76,12 @@ pub(crate) fn classify(name: &str) -> FieldKind {
         4 if is("host") => FieldKind::Host,
         6 if is("expect") => FieldKind::Expect,
         7 if is("trailer") || is("upgrade") => FieldKind::HopByHop,
+        9 if is("forwarded") => FieldKind::Forwarded,
         10 if is("connection") => FieldKind::Connection,
         10 if is("keep-alive") => FieldKind::HopByHop,
         14 if is("content-length") => FieldKind::ContentLength,
         14 if underscore_eq(n, b"content-length") => FieldKind::Ambiguous,
+        15 if is("x-forwarded-for") => FieldKind::XForwardedFor,
         16 if is("proxy-connection") => FieldKind::HopByHop,
         17 if is("transfer-encoding") => FieldKind::TransferEncoding,
         17 if underscore_eq(n, b"transfer-encoding") => FieldKind::Ambiguous,
@@ -285,16 +291,39 @@ pub(crate) fn push_status(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(&[b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]);
 }
 
+/// A list element this hop adds to a field: appended to the last forwarded field of its
+/// kind, or sent as a field of its own when there is none.
+#[derive(Clone, Copy)]
+pub(crate) struct Append<'a> {
+    pub kind: FieldKind,
+    pub name: &'static [u8],
+    /// The element, in pieces written one after the other.
+    pub parts: [&'a [u8]; 2],
+}
+
+impl Append<'_> {
+    fn push_element(&self, out: &mut Vec<u8>) {
+        for p in self.parts {
+            out.extend_from_slice(p);
+        }
+    }
+}
+
+/// Our Via hop, `1.1 <token>`.
+pub(crate) fn via_append(via_token: &str) -> Append<'_> {
+    Append { kind: FieldKind::Via, name: b"Via", parts: [b"1.1 ", via_token.as_bytes()] }
+}
+
 /// Writes the forwarded header fields shared by requests and responses: every field
-/// except those whose kind `skip` names and those named in a Connection field. Our Via
-/// hop is appended to the last forwarded Via field; returns false when there was none
-/// (the caller then adds one with `push_via`).
+/// except those whose kind `skip` names and those named in a Connection field. Each of
+/// `appends` joins the last forwarded field of its kind (`Via: a, 1.1 us`); the others
+/// are returned, for the caller to write with `push_unmerged` after its framing field.
 pub(crate) fn push_forwarded_fields(
     out: &mut Vec<u8>,
     headers: &[Header],
-    via_token: &str,
+    appends: &[Append<'_>],
     skip: impl Fn(FieldKind) -> bool,
-) -> bool {
+) -> Unmerged {
     // Field names listed in Connection, gathered once ("close" names nothing and
     // Keep-Alive is dropped anyway, so the usual `Connection: keep-alive` allocates nothing).
     let mut named: Vec<&[u8]> = Vec::new();
@@ -308,33 +337,53 @@ pub(crate) fn push_forwarded_fields(
     let keep = |h: &Header, kind: FieldKind| -> bool {
         !skip(kind) && !named.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
     };
-    let last_via = headers.iter().rposition(|h| {
-        let kind = classify(&h.name);
-        kind == FieldKind::Via && keep(h, kind)
-    });
+    // Where each append goes: the index of the last kept field of its kind.
+    debug_assert!(appends.len() <= 4);
+    let mut last = [None; 4];
+    for (a, at) in appends.iter().zip(last.iter_mut()) {
+        *at = headers.iter().rposition(|h| {
+            let kind = classify(&h.name);
+            kind == a.kind && keep(h, kind)
+        });
+    }
     for (i, h) in headers.iter().enumerate() {
-        if Some(i) == last_via {
+        let kind = classify(&h.name);
+        if let Some(a) = appends.iter().zip(last.iter()).find_map(|(a, at)| (*at == Some(i)).then_some(a)) {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
             out.extend_from_slice(&h.value);
             if !h.value.is_empty() {
                 out.extend_from_slice(b", ");
             }
-            out.extend_from_slice(b"1.1 ");
-            out.extend_from_slice(via_token.as_bytes());
+            a.push_element(out);
             out.extend_from_slice(b"\r\n");
-        } else if keep(h, classify(&h.name)) {
+        } else if keep(h, kind) {
             push_field(out, h.name.as_bytes(), &h.value);
         }
     }
-    last_via.is_some()
+    let mut unmerged = 0u8;
+    for (i, at) in last.iter().take(appends.len()).enumerate() {
+        if at.is_none() {
+            unmerged |= 1 << i;
+        }
+    }
+    Unmerged(unmerged)
 }
 
-/// Appends `Via: 1.1 <token>`.
-pub(crate) fn push_via(out: &mut Vec<u8>, via_token: &str) {
-    out.extend_from_slice(b"Via: 1.1 ");
-    out.extend_from_slice(via_token.as_bytes());
-    out.extend_from_slice(b"\r\n");
+/// The appends `push_forwarded_fields` found no field to join.
+#[must_use = "the unmerged appends still have to be written with push_unmerged"]
+pub(crate) struct Unmerged(u8);
+
+/// Writes each unmerged append as a field of its own.
+pub(crate) fn push_unmerged(out: &mut Vec<u8>, appends: &[Append<'_>], unmerged: Unmerged) {
+    for (i, a) in appends.iter().enumerate() {
+        if unmerged.0 & (1 << i) != 0 {
+            out.extend_from_slice(a.name);
+            out.extend_from_slice(b": ");
+            a.push_element(out);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// Rough size of the forwarded head, for one up-front reservation.

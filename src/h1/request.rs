@@ -7,8 +7,9 @@ use super::error::{H1Error, H1ErrorKind};
 use super::head::{scan_head, with_header_slots, Scan, ScanError};
 use super::headers::{
     classify, connection_options, estimate_len, merge_content_length, push_field, push_forwarded_fields, push_u64,
-    push_via, via_names, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
+    push_unmerged, via_append, via_names, Append, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
 };
+use crate::forwarding::{Field, Hop};
 
 /// The request method. Methods are case-sensitive: `get` is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,7 +203,11 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
             FieldKind::Ambiguous => {
                 return Err(bad("underscore in Content-Length or Transfer-Encoding name"));
             }
-            FieldKind::Via | FieldKind::HopByHop | FieldKind::Other => {}
+            FieldKind::Via
+            | FieldKind::Forwarded
+            | FieldKind::XForwardedFor
+            | FieldKind::HopByHop
+            | FieldKind::Other => {}
         }
         headers.push(Header::new(h.name, h.value));
     }
@@ -267,6 +272,8 @@ fn parse_target(method: Method, raw: &str) -> Result<RequestTarget, H1Error> {
         }
         return Ok(RequestTarget::Authority(authority));
     }
+    // A fragment is the user agent's business and never goes on (RFC 9110 §4.2.4).
+    let raw = raw.split_once('#').map_or(raw, |(before, _)| before);
     if raw.starts_with('/') {
         return Ok(RequestTarget::Origin { path: raw.to_owned() });
     }
@@ -340,9 +347,10 @@ impl RequestHead {
     /// Appends the head to send upstream: `METHOD origin-form HTTP/1.1`, Host first
     /// (the target authority for absolute-form and CONNECT, else the client's value), the
     /// end-to-end fields (hop-by-hop, Connection-named, Expect, Content-Length and
-    /// Transfer-Encoding dropped), the framing field, our Via hop, and the blank line.
-    pub fn write_upstream(&self, out: &mut Vec<u8>, via_token: &str) {
-        out.reserve(estimate_len(&self.headers) + self.method_raw.len() + via_token.len());
+    /// Transfer-Encoding dropped; the client's forwarding fields as `hop` rules), our Via
+    /// hop and forwarding elements, the framing field, and the blank line.
+    pub fn write_upstream(&self, out: &mut Vec<u8>, hop: &Hop<'_>) {
+        out.reserve(estimate_len(&self.headers) + self.method_raw.len() + hop.via.len() + 96);
         out.extend_from_slice(self.method_raw.as_bytes());
         out.push(b' ');
         match &self.target {
@@ -367,8 +375,24 @@ impl RequestHead {
             }
         }
 
-        let via_done = push_forwarded_fields(out, &self.headers, via_token, |kind| {
-            !matches!(kind, FieldKind::Via | FieldKind::Other)
+        let forwarded = hop.element(Field::Forwarded);
+        let xff = hop.element(Field::XForwardedFor);
+        let mut appends = [via_append(hop.via); 3];
+        let mut n = 1;
+        if let Some(e) = &forwarded {
+            appends[n] = Append { kind: FieldKind::Forwarded, name: b"Forwarded", parts: [e.as_bytes(), b""] };
+            n += 1;
+        }
+        if let Some(e) = &xff {
+            appends[n] =
+                Append { kind: FieldKind::XForwardedFor, name: b"X-Forwarded-For", parts: [e.as_bytes(), b""] };
+            n += 1;
+        }
+        let unmerged = push_forwarded_fields(out, &self.headers, &appends[..n], |kind| match kind {
+            FieldKind::Via | FieldKind::Other => false,
+            FieldKind::Forwarded => !hop.keeps_client_field(Field::Forwarded),
+            FieldKind::XForwardedFor => !hop.keeps_client_field(Field::XForwardedFor),
+            _ => true,
         });
 
         match self.framing {
@@ -380,9 +404,7 @@ impl RequestHead {
             BodyFraming::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
             BodyFraming::None | BodyFraming::CloseDelimited => {}
         }
-        if !via_done {
-            push_via(out, via_token);
-        }
+        push_unmerged(out, &appends[..n], unmerged);
         out.extend_from_slice(b"\r\n");
     }
 }
@@ -422,7 +444,7 @@ mod tests {
 
     fn upstream(head: &RequestHead) -> String {
         let mut out = Vec::new();
-        head.write_upstream(&mut out, "sluice");
+        head.write_upstream(&mut out, &Hop::via_only("sluice"));
         String::from_utf8(out).unwrap()
     }
 
@@ -977,7 +999,7 @@ mod tests {
     fn write_upstream_appends() {
         let h = req("GET / HTTP/1.1\r\nHost: a\r\n\r\n");
         let mut out = b"prefix".to_vec();
-        h.write_upstream(&mut out, "p");
+        h.write_upstream(&mut out, &Hop::via_only("p"));
         assert_eq!(out, b"prefixGET / HTTP/1.1\r\nHost: a\r\nVia: 1.1 p\r\n\r\n");
     }
 
@@ -985,7 +1007,7 @@ mod tests {
     fn written_head_parses_back() {
         let h = req("PUT http://a:1/x HTTP/1.1\r\nHost: a:1\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n");
         let mut out = Vec::new();
-        h.write_upstream(&mut out, "sluice");
+        h.write_upstream(&mut out, &Hop::via_only("sluice"));
         let (back, n) = parse(&out).unwrap().unwrap();
         assert_eq!(n, out.len());
         assert_eq!(back.framing, BodyFraming::Chunked);
@@ -1026,7 +1048,7 @@ mod tests {
                 if let Ok(Some((head, n))) = parse_request(&buf, limits) {
                     proptest::prop_assert!(n <= buf.len() && n <= limits.max_bytes);
                     let mut out = Vec::new();
-                    head.write_upstream(&mut out, "sluice");
+                    head.write_upstream(&mut out, &Hop::via_only("sluice"));
                     let _ = head.loops_through("sluice");
                     if head.upstream_target().is_ok() {
                         // what we send upstream is always a valid head again

@@ -5,7 +5,7 @@ use super::error::{H1Error, H1ErrorKind};
 use super::head::{scan_head, with_header_slots, Scan, ScanError};
 use super::headers::{
     classify, connection_options, estimate_len, list_elements, merge_content_length, push_forwarded_fields,
-    push_status, push_u64, push_via, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
+    push_status, push_u64, push_unmerged, via_append, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
 };
 use super::request::Method;
 
@@ -209,7 +209,8 @@ impl ResponseHead {
         out.extend_from_slice(self.reason.as_bytes());
         out.extend_from_slice(b"\r\n");
 
-        let via_done = push_forwarded_fields(out, &self.headers, via_token, |kind| {
+        let via = [via_append(via_token)];
+        let unmerged = push_forwarded_fields(out, &self.headers, &via, |kind| {
             matches!(
                 kind,
                 FieldKind::ContentLength
@@ -243,9 +244,7 @@ impl ResponseHead {
                 }
             }
         }
-        if !via_done {
-            push_via(out, via_token);
-        }
+        push_unmerged(out, &via, unmerged);
         if self.status >= 200 {
             if close {
                 out.extend_from_slice(b"Connection: close\r\n");
