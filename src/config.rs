@@ -85,7 +85,8 @@ pub struct Limits {
     /// Most header fields in one head.
     pub max_headers: usize,
     /// Most client connections a worker holds open at once; over it new ones are closed.
-    pub max_connections_per_worker: usize,
+    /// None: as many as the descriptor limit allows (sized at start, two per client).
+    pub max_connections_per_worker: Option<usize>,
 }
 
 /// Every deadline the proxy enforces.
@@ -135,7 +136,7 @@ impl Default for Config {
             passthrough: Vec::new(),
             intercept_connect: false,
             connect_ports: vec![443],
-            limits: Limits { max_header_bytes: MAX_HEAD_BYTES, max_headers: 100, max_connections_per_worker: 100_000 },
+            limits: Limits { max_header_bytes: MAX_HEAD_BYTES, max_headers: 100, max_connections_per_worker: None },
             timeouts: Timeouts {
                 request_head: Duration::from_secs(10),
                 client_idle: Duration::from_secs(60),
@@ -430,7 +431,9 @@ impl Config {
         let limits = &self.limits;
         in_range("limits.max_header_bytes", limits.max_header_bytes, 1024, MAX_HEAD_BYTES)?;
         in_range("limits.max_headers", limits.max_headers, 1, 1024)?;
-        in_range("limits.max_connections_per_worker", limits.max_connections_per_worker, 1, usize::MAX)?;
+        if let Some(cap) = limits.max_connections_per_worker {
+            in_range("limits.max_connections_per_worker", cap, 1, usize::MAX)?;
+        }
         let t = &self.timeouts;
         for (key, value) in [
             ("timeouts.request_head", t.request_head),
@@ -842,11 +845,9 @@ impl FileConfig {
         let l = self.limits.unwrap_or_default();
         t.set("limits.max_header_bytes", l.max_header_bytes, &mut c.limits.max_header_bytes);
         t.set("limits.max_headers", l.max_headers, &mut c.limits.max_headers);
-        t.set(
-            "limits.max_connections_per_worker",
-            l.max_connections_per_worker,
-            &mut c.limits.max_connections_per_worker,
-        );
+        if let Some(cap) = t.take("limits.max_connections_per_worker", l.max_connections_per_worker) {
+            c.limits.max_connections_per_worker = Some(cap);
+        }
 
         let to = self.timeouts.unwrap_or_default();
         let ct = &mut c.timeouts;
@@ -1023,7 +1024,7 @@ x_forwarded_for = "off"
             passthrough: vec!["bank.example".into(), "*.apple.com".into()],
             intercept_connect: true,
             connect_ports: vec![443, 8443],
-            limits: Limits { max_header_bytes: 32768, max_headers: 50, max_connections_per_worker: 5000 },
+            limits: Limits { max_header_bytes: 32768, max_headers: 50, max_connections_per_worker: Some(5000) },
             timeouts: Timeouts {
                 request_head: Duration::from_millis(500),
                 client_idle: Duration::from_secs(30),

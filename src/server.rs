@@ -86,6 +86,15 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
     let allowed =
         crate::sys::allowed_cpus().map_err(|e| StartError(format!("cannot read the CPU affinity mask: {e}")))?;
     let cpus = plan_cpus(&allowed, config.workers);
+    let nofile = crate::sys::raise_nofile();
+    let fd_clients = crate::sys::clients_per_worker(nofile, cpus.len());
+    if let Some(cap) = config.limits.max_connections_per_worker.filter(|&c| c as u64 > fd_clients) {
+        eprintln!(
+            "sluice: warning: limits.max_connections_per_worker = {cap} cannot be met: RLIMIT_NOFILE {nofile} \
+             for {} workers at 2 descriptors per client leaves room for {fd_clients} each; raise LimitNOFILE",
+            cpus.len()
+        );
+    }
     let mut addrs: Vec<(SocketAddr, Role)> = config.listen.iter().map(|a| (*a, Role::Proxy)).collect();
     if let Some(a) = config.admin {
         addrs.push((a, Role::Admin));
@@ -133,6 +142,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
             control: control.clone(),
             ca: ca.clone(),
             upstream_tls: upstream_tls.clone(),
+            fd_clients,
         };
         let t = std::thread::Builder::new()
             .name(format!("sluice-w{index}"))
@@ -143,7 +153,13 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
     let listening: Vec<String> =
         addrs.iter().map(|(a, r)| format!("{a} ({})", if *r == Role::Admin { "admin" } else { "proxy" })).collect();
     let cpu_list: Vec<String> = cpus.iter().map(|c| c.map_or("-".into(), |c| c.to_string())).collect();
-    eprintln!("sluice: listening on {}; {} workers on CPUs [{}]", listening.join(", "), cpus.len(), cpu_list.join(","));
+    let per_worker = config.limits.max_connections_per_worker.map_or(fd_clients, |c| fd_clients.min(c as u64));
+    eprintln!(
+        "sluice: listening on {}; {} workers on CPUs [{}], up to {per_worker} clients each",
+        listening.join(", "),
+        cpus.len(),
+        cpu_list.join(",")
+    );
     let notifier = Notifier::from_env().unwrap_or_else(|e| {
         eprintln!("sluice: not notifying systemd: {e}");
         Notifier::disabled()

@@ -15,6 +15,11 @@ pub struct WorkerStats {
     pub connections_accepted: AtomicU64,
     pub connections_active: AtomicU64,
     pub connections_rejected: AtomicU64,
+    /// The most client connections this worker takes (configured, or sized from the
+    /// descriptor limit).
+    pub connection_limit: AtomicU64,
+    /// Accepts the kernel failed (out of descriptors or memory, mostly).
+    pub accept_errors: AtomicU64,
     /// Client connection slots not yet freed: closing ones count until the kernel has
     /// completed their last operation and their descriptors are closed.
     pub connection_slots: AtomicU64,
@@ -256,6 +261,18 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Client connections refused (ACL or connection limit).",
             one(sum(|w| &w.connections_rejected)),
+        ),
+        fam(
+            "sluice_connections_limit",
+            G,
+            "Client connections the workers take at most (limits.max_connections_per_worker within RLIMIT_NOFILE).",
+            one(sum(|w| &w.connection_limit)),
+        ),
+        fam(
+            "sluice_accept_errors_total",
+            C,
+            "Accepts that failed (EMFILE/ENFILE: out of descriptors; the listener pauses and retries).",
+            one(sum(|w| &w.accept_errors)),
         ),
         fam("sluice_requests_total", C, "Requests answered, by protocol, method and status class.", by_class),
         fam("sluice_errors_total", C, "Responses the proxy made itself, by kind.", by("kind", &errors)),

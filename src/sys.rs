@@ -120,3 +120,47 @@ mod tests {
         assert!(pin_current_thread(CpuSet::MAX_CPU).is_err());
     }
 }
+
+/// Raises the soft descriptor limit to the hard one (each client costs descriptors, and a
+/// soft limit of 1024 would cap a gateway at a few hundred) and returns the soft limit
+/// now in force (`u64::MAX` when unlimited).
+pub fn raise_nofile() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum || (lim.current.is_some() && lim.maximum.is_none()) {
+        let raised = rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return lim.maximum.unwrap_or(u64::MAX);
+        }
+    }
+    lim.current.unwrap_or(u64::MAX)
+}
+
+/// Descriptors kept aside from clients: listeners, rings, pipes, log files, the admin
+/// endpoint, resolver sockets, plus an eighth of the limit for pooled origin connections
+/// and the pipes of splicing tunnels.
+fn reserved_descriptors(nofile: u64) -> u64 {
+    64 + nofile / 8
+}
+
+/// How many clients each of `workers` workers can hold within `nofile` descriptors, at
+/// two per proxied client (its own and its origin's).
+pub fn clients_per_worker(nofile: u64, workers: usize) -> u64 {
+    nofile.saturating_sub(reserved_descriptors(nofile)) / (workers.max(1) as u64) / 2
+}
+
+#[cfg(test)]
+mod fd_tests {
+    use super::*;
+
+    #[test]
+    fn clients_fit_in_the_descriptor_limit() {
+        // A shipped unit (LimitNOFILE=1048576) on 16 cores: plenty.
+        assert_eq!(clients_per_worker(1_048_576, 16), 28_670);
+        // A soft limit of 1024 and 2 workers: each holds 208 clients, 832 descriptors.
+        assert_eq!(clients_per_worker(1024, 2), 208);
+        // Too few for anything: no clients rather than an underflow.
+        assert_eq!(clients_per_worker(40, 1), 0);
+        assert!(clients_per_worker(u64::MAX, 1) > 1 << 60);
+    }
+}

@@ -23,6 +23,9 @@ use uring::{ConnId, Conns, Event, ReadyQueue, Slot, Uring, WorkerToken};
 
 #[cfg(test)]
 mod harness;
+mod listen;
+
+use listen::{Listener, Rearm, Spare};
 
 const KIND_DNS: u8 = 1;
 const KIND_TICK: u8 = 2;
@@ -41,6 +44,8 @@ pub struct WorkerSetup {
     pub control: Arc<Control>,
     pub ca: Arc<crate::tls::ca::CaMaterial>,
     pub upstream_tls: Arc<rustls::ClientConfig>,
+    /// Clients this worker's share of the descriptor limit holds.
+    pub fd_clients: u64,
 }
 
 /// The worker's state apart from its connections (so both can be borrowed at once).
@@ -67,6 +72,8 @@ struct Env {
     control: Arc<Control>,
     /// This machine's own addresses, read again now and then (`local_targets`).
     local: crate::upstream::local::LocalAddrs,
+    /// Clients this worker's share of the descriptor limit holds.
+    fd_clients: u64,
 }
 
 impl Env {
@@ -100,6 +107,14 @@ impl Env {
         if let Some(a) = self.access.as_mut() {
             a.flush();
         }
+    }
+
+    /// The most client connections this worker takes: the configured cap within what
+    /// the descriptors allow (published as `sluice_connections_limit`).
+    fn client_cap(&self) -> u64 {
+        let cap = self.cfg.limits.max_connections_per_worker.map_or(self.fd_clients, |c| self.fd_clients.min(c as u64));
+        self.stats[self.index].connection_limit.store(cap, Ordering::Relaxed);
+        cap
     }
 
     /// Client connections of this worker open now (admin ones excluded).
@@ -143,13 +158,6 @@ fn drive(
     None
 }
 
-/// A listener and whether it is being shut (drain).
-struct Listener {
-    sock: Option<TcpListener>,
-    role: Role,
-    closing: bool,
-}
-
 /// Tells the other workers this one is done, once: when its drain is over, or when it
 /// stops for any other reason (an error must not leave the others waiting).
 pub(crate) struct Finished {
@@ -185,6 +193,8 @@ pub(crate) struct Worker {
     deadline_passed: bool,
     /// The last connections ask this worker answered (`/debug/connections`).
     view_answered: u64,
+    /// A descriptor kept for the admin listener when the table is full.
+    spare: Spare,
 }
 
 /// The worker thread's body.
@@ -238,13 +248,12 @@ impl Worker {
             woken: Vec::new(),
             local: crate::upstream::local::LocalAddrs::new(Instant::now()),
             control: control.clone(),
+            fd_clients: setup.fd_clients,
             cfg,
         };
-        let listeners: Vec<Listener> = setup
-            .listeners
-            .into_iter()
-            .map(|(sock, role)| Listener { sock: Some(sock), role, closing: false })
-            .collect();
+        env.client_cap();
+        let listeners: Vec<Listener> =
+            setup.listeners.into_iter().map(|(sock, role)| Listener::new(sock, role)).collect();
         for (i, l) in listeners.iter().enumerate() {
             if let Some(sock) = &l.sock {
                 env.uring.ring_mut().accept_multi(sock.as_raw_fd(), i as u32);
@@ -263,6 +272,7 @@ impl Worker {
             drain_deadline: None,
             deadline_passed: false,
             view_answered: 0,
+            spare: Spare::new(),
         })
     }
 
@@ -290,7 +300,7 @@ impl Worker {
             Event::Conn { slot, tag, result, slab, provided, .. } => {
                 drive(slot, env, now, |c, io, ctx| conn::on_completion(c, io, ctx, tag, result, slab, provided))
             }
-            Event::Accepted { listener, fd, more, .. } => self.on_accept(listener, fd, more, now),
+            Event::Accepted { listener, fd, result, more } => self.on_accept(listener, fd, result, more, now),
             Event::Worker { token, more, .. } => {
                 match token.kind {
                     KIND_DNS => {
@@ -321,33 +331,67 @@ impl Worker {
         &mut self,
         listener: u32,
         fd: Option<std::os::fd::OwnedFd>,
+        result: i32,
         more: bool,
         now: Instant,
     ) -> Option<ConnId> {
         let mut close = None;
-        let role = self.listeners.get(listener as usize).map(|l| l.role).unwrap_or(Role::Proxy);
+        let l = self.listeners.get_mut(listener as usize)?;
+        let role = l.role;
+        let mut rearm = Rearm::Now;
         if let Some(fd) = fd {
+            l.accepted();
             // While draining, new proxy clients are turned away (dropping closes).
             if !(self.env.draining && role == Role::Proxy) {
                 close = accept(&mut self.conns, &mut self.env, now, role, TcpStream::from(fd));
             }
+        } else if result < 0 && !l.closing {
+            let errno = -result;
+            stats::bump(&self.env.stats[self.env.index].accept_errors, 1);
+            let (then, warn) = l.failed(errno, now);
+            rearm = then;
+            if role == Role::Admin && rearm == Rearm::Later && self.spare.release() {
+                // The spare descriptor is free now: the admin connection can be accepted.
+                l.paused_until = None;
+                rearm = Rearm::Now;
+            }
+            if warn {
+                tracing::warn!(
+                    error = %std::io::Error::from_raw_os_error(errno),
+                    listener = ?role,
+                    paused = rearm == Rearm::Later,
+                    "accept failed"
+                );
+            }
         }
         if !more {
-            if let Some(l) = self.listeners.get_mut(listener as usize) {
-                if l.closing {
-                    // The cancelled accept is done: nothing refers to the fd now.
-                    l.sock = None;
-                } else if let Some(sock) = &l.sock {
-                    self.env.uring.ring_mut().accept_multi(sock.as_raw_fd(), listener);
-                }
+            let l = &mut self.listeners[listener as usize];
+            if l.closing {
+                // The cancelled accept is done: nothing refers to the fd now.
+                l.sock = None;
+            } else if let (Rearm::Now, Some(sock)) = (rearm, &l.sock) {
+                self.env.uring.ring_mut().accept_multi(sock.as_raw_fd(), listener);
             }
         }
         close
     }
 
+    /// Arms the accepts whose pause is over, and takes the spare descriptor back.
+    fn resume_listeners(&mut self, now: Instant) {
+        self.spare.refill();
+        for (i, l) in self.listeners.iter_mut().enumerate() {
+            if l.resume_due(now) {
+                if let Some(sock) = &l.sock {
+                    self.env.uring.ring_mut().accept_multi(sock.as_raw_fd(), i as u32);
+                }
+            }
+        }
+    }
+
     /// The 100 ms tick: deadlines, the pool sweep, reloads, the drain, log flushing and
     /// the ring's gauges.
     fn on_tick(&mut self, now: Instant, more: bool) {
+        self.resume_listeners(now);
         let env = &mut self.env;
         fire_deadlines(&mut self.conns, env, now);
         if now.duration_since(self.last_sweep) >= Duration::from_secs(1) {
@@ -364,7 +408,10 @@ impl Worker {
             env.draining = true;
             self.drain_deadline = Some(now + env.cfg.timeouts.drain);
             for (i, l) in self.listeners.iter_mut().enumerate() {
-                if let (Role::Proxy, Some(sock)) = (l.role, &l.sock) {
+                if l.role == Role::Proxy && l.paused_until.take().is_some() {
+                    // Paused: no accept in flight to cancel.
+                    l.sock = None;
+                } else if let (Role::Proxy, Some(sock)) = (l.role, &l.sock) {
                     l.closing = true;
                     env.uring
                         .ring_mut()
@@ -522,7 +569,7 @@ fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, 
     // Client slots not yet freed (closing ones still hold descriptors); admin connections
     // do not count against the client limit.
     let slots = stats.connection_slots.load(Ordering::Relaxed);
-    if role == Role::Proxy && slots >= env.cfg.limits.max_connections_per_worker as u64 {
+    if role == Role::Proxy && slots >= env.client_cap() {
         stats::bump(&stats.connections_rejected, 1);
         tracing::debug!(peer = %Addr(stream.peer_addr().ok()), "refused: limits.max_connections_per_worker");
         return None; // dropping the fd closes it

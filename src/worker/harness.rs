@@ -50,6 +50,7 @@ impl Harness {
             control: control.clone(),
             ca: Arc::new(ca),
             upstream_tls: crate::tls::upstream::client_config(&[]).expect("upstream TLS config"),
+            fd_clients: 1000,
         };
         let uring = Uring::in_memory(16).expect("in-memory ring");
         let worker = Worker::new(setup, uring, Finished { control, done: false }).expect("worker");
@@ -182,7 +183,13 @@ fn a_refused_connect_is_rendered_as_an_http1_502() {
     let response = String::from_utf8_lossy(&h.received_by(client)).into_owned();
     assert!(response.starts_with("HTTP/1.1 502 "), "{response}");
     assert!(response.contains("Connection: close\r\n"), "{response}");
-    assert_eq!(h.live_slots(), 0, "closed once the 502 is out");
+    // It lingers, reading what the client may still send, so that closing on unread
+    // bytes does not reset the connection; the client's EOF ends it.
+    assert!(h.has(|op| matches!(op, SimOp::Recv { fd, .. } if *fd == client)), "lingering");
+    let shutdown = h.take("shutdown", |_, op| *op == SimOp::ShutdownWrite { fd: client });
+    h.sim().complete(shutdown, 0);
+    h.send_from(client, b"");
+    assert_eq!(h.live_slots(), 0, "closed once the client is gone");
     assert_eq!(h.slabs_out(), 0);
 }
 
