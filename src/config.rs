@@ -87,6 +87,9 @@ pub struct Limits {
     /// Most client connections a worker holds open at once; over it new ones are closed.
     /// None: as many as the descriptor limit allows (sized at start, two per client).
     pub max_connections_per_worker: Option<usize>,
+    /// I/O buffer memory a worker may lend, in MiB (registered slabs included): past it
+    /// reads that need a new buffer wait and new clients are refused.
+    pub buffer_mib_per_worker: usize,
 }
 
 /// Every deadline the proxy enforces.
@@ -136,7 +139,12 @@ impl Default for Config {
             passthrough: Vec::new(),
             intercept_connect: false,
             connect_ports: vec![443],
-            limits: Limits { max_header_bytes: MAX_HEAD_BYTES, max_headers: 100, max_connections_per_worker: None },
+            limits: Limits {
+                max_header_bytes: MAX_HEAD_BYTES,
+                max_headers: 100,
+                max_connections_per_worker: None,
+                buffer_mib_per_worker: 128,
+            },
             timeouts: Timeouts {
                 request_head: Duration::from_secs(10),
                 client_idle: Duration::from_secs(60),
@@ -434,6 +442,7 @@ impl Config {
         if let Some(cap) = limits.max_connections_per_worker {
             in_range("limits.max_connections_per_worker", cap, 1, usize::MAX)?;
         }
+        in_range("limits.buffer_mib_per_worker", limits.buffer_mib_per_worker, 1, 1 << 20)?;
         let t = &self.timeouts;
         for (key, value) in [
             ("timeouts.request_head", t.request_head),
@@ -744,6 +753,7 @@ struct LimitsFile {
     max_header_bytes: Option<Spanned<usize>>,
     max_headers: Option<Spanned<usize>>,
     max_connections_per_worker: Option<Spanned<usize>>,
+    buffer_mib_per_worker: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -848,6 +858,7 @@ impl FileConfig {
         if let Some(cap) = t.take("limits.max_connections_per_worker", l.max_connections_per_worker) {
             c.limits.max_connections_per_worker = Some(cap);
         }
+        t.set("limits.buffer_mib_per_worker", l.buffer_mib_per_worker, &mut c.limits.buffer_mib_per_worker);
 
         let to = self.timeouts.unwrap_or_default();
         let ct = &mut c.timeouts;
@@ -977,6 +988,7 @@ local_targets = "allow"
 max_header_bytes = 32768
 max_headers = 50
 max_connections_per_worker = 5000
+buffer_mib_per_worker = 64
 [timeouts]
 request_head = 0.5
 client_idle = 30
@@ -1024,7 +1036,12 @@ x_forwarded_for = "off"
             passthrough: vec!["bank.example".into(), "*.apple.com".into()],
             intercept_connect: true,
             connect_ports: vec![443, 8443],
-            limits: Limits { max_header_bytes: 32768, max_headers: 50, max_connections_per_worker: Some(5000) },
+            limits: Limits {
+                max_header_bytes: 32768,
+                max_headers: 50,
+                max_connections_per_worker: Some(5000),
+                buffer_mib_per_worker: 64,
+            },
             timeouts: Timeouts {
                 request_head: Duration::from_millis(500),
                 client_idle: Duration::from_secs(30),

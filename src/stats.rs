@@ -49,6 +49,11 @@ pub struct WorkerStats {
     pub slabs_heap_in_use: AtomicU64,
     /// Heap slabs lent because every registered slab was in use.
     pub slab_heap_lends: AtomicU64,
+    /// The buffer budget (`limits.buffer_mib_per_worker`) in slabs.
+    pub buffer_budget_slabs: AtomicU64,
+    /// Connections waiting for the budget now, and reads that waited since the start.
+    pub buffer_waiting: AtomicU64,
+    pub buffer_waits: AtomicU64,
     pub upstream_retries: AtomicU64,
     pub dns_cache_hits: AtomicU64,
     pub dns_failures: AtomicU64,
@@ -340,6 +345,24 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Heap slabs lent because every registered slab was in use.",
             one(sum(|w| &w.slab_heap_lends)),
+        ),
+        fam(
+            "sluice_buffer_budget_slabs",
+            G,
+            "64 KiB slabs the workers may lend in all (limits.buffer_mib_per_worker).",
+            one(sum(|w| &w.buffer_budget_slabs)),
+        ),
+        fam(
+            "sluice_buffer_waiting",
+            G,
+            "Connections waiting for a buffer because the budget is spent (backpressure).",
+            one(sum(|w| &w.buffer_waiting)),
+        ),
+        fam(
+            "sluice_buffer_waits_total",
+            C,
+            "Reads that waited for a buffer because the budget was spent.",
+            one(sum(|w| &w.buffer_waits)),
         ),
         fam(
             "sluice_upstream_retries_total",

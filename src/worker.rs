@@ -252,6 +252,8 @@ impl Worker {
             cfg,
         };
         env.client_cap();
+        let cfg = env.cfg.clone();
+        set_buffer_budget(&mut env, &cfg);
         let listeners: Vec<Listener> =
             setup.listeners.into_iter().map(|(sock, role)| Listener::new(sock, role)).collect();
         for (i, l) in listeners.iter().enumerate() {
@@ -288,6 +290,8 @@ impl Worker {
             self.on_completion(c, now);
         }
         self.env.uring.ring_mut().recycle(cqes);
+        let env = &mut self.env;
+        env.uring.pool_mut().wake_waiters(&env.wakes);
         wake_queued(&mut self.conns, &mut self.env);
         run_woken(&mut self.conns, &mut self.env, now);
         Ok(!self.drain_progress(now))
@@ -500,10 +504,20 @@ fn wake_queued(conns: &mut Conns<Endpoint>, env: &mut Env) {
 /// Puts a reloaded config in force for everything that is not fixed at start-up.
 fn apply_config(env: &mut Env, control: &Control) {
     let new = control.current();
+    set_buffer_budget(env, &new);
     env.upstreams.set_config(new.pool.clone());
     env.dns.set_pins(&new);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
     env.cfg = new;
+}
+
+/// Slabs per MiB of `limits.buffer_mib_per_worker`.
+const SLABS_PER_MIB: usize = (1 << 20) / uring::SLAB_SIZE;
+
+fn set_buffer_budget(env: &mut Env, cfg: &Config) {
+    let slabs = cfg.limits.buffer_mib_per_worker.saturating_mul(SLABS_PER_MIB);
+    env.uring.pool_mut().set_budget(slabs);
+    env.stats[env.index].buffer_budget_slabs.store(slabs as u64, Ordering::Relaxed);
 }
 
 /// Most lines one worker puts in a connections view (one 64 KiB answer holds about a
@@ -569,6 +583,11 @@ fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, 
     // Client slots not yet freed (closing ones still hold descriptors); admin connections
     // do not count against the client limit.
     let slots = stats.connection_slots.load(Ordering::Relaxed);
+    if role == Role::Proxy && env.uring.pool().at_budget() {
+        stats::bump(&stats.connections_rejected, 1);
+        tracing::debug!(peer = %Addr(stream.peer_addr().ok()), "refused: limits.buffer_mib_per_worker is spent");
+        return None;
+    }
     if role == Role::Proxy && slots >= env.client_cap() {
         stats::bump(&stats.connections_rejected, 1);
         tracing::debug!(peer = %Addr(stream.peer_addr().ok()), "refused: limits.max_connections_per_worker");
@@ -627,6 +646,9 @@ fn publish_ring_stats(env: &Env) {
     w.slabs_registered_in_use.store(registered_in_use as u64, Ordering::Relaxed);
     w.slabs_heap_in_use.store((env.uring.pool().outstanding() - registered_in_use) as u64, Ordering::Relaxed);
     w.slab_heap_lends.store(env.uring.pool().heap_lends(), Ordering::Relaxed);
+    let (waiting, waits) = env.uring.pool().waiters();
+    w.buffer_waiting.store(waiting as u64, Ordering::Relaxed);
+    w.buffer_waits.store(waits, Ordering::Relaxed);
     w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
     // The sink (and its drop count) is shared by all workers: one of them reports it.
     if let (0, Some(a)) = (env.index, &env.access) {

@@ -154,10 +154,26 @@ impl Connection {
         }
     }
 
+    /// True when any buffer of this connection holds a slab.
+    pub(crate) fn holds_slab(&self) -> bool {
+        let leg_holds =
+            |l: &Leg| l.input.has_slab() || l.tls.as_ref().is_some_and(|t| t.raw_in.has_slab() || t.raw_out.has_slab());
+        self.out.has_slab() || leg_holds(&self.client) || leg_holds(&self.origin)
+    }
+
     /// Asks for more bytes from `side` in its `input`. With TLS, plaintext already inside
     /// the session is moved in at once (`Continue`); otherwise a read is submitted (`Wait`).
     pub(crate) fn read(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, side: Side) -> NextStep {
         debug_assert!(!self.leg(side).reading);
+        // A read that needs a new slab waits while the worker's buffer budget is spent
+        // (backpressure: its peer is not read either, so nothing piles up). The admin
+        // endpoint never waits: it must answer while the proxy is saturated.
+        let leg = self.leg(side);
+        let target = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
+        if self.role == super::Role::Proxy && !target.has_slab() && ctx.pool.must_wait(self.holds_slab()) {
+            ctx.pool.wait_for_slab(io.id());
+            return NextStep::Wait;
+        }
         let leg = self.leg_mut(side);
         let Some(fd) = leg.fd() else { return NextStep::Close };
         let (slab, offset, len) = match leg.tls.as_mut() {

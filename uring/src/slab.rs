@@ -55,6 +55,13 @@ pub struct SlabPool {
     heap_lends: u64,
     /// Slabs currently parked in an in-flight operation (the kernel may write them).
     pub(crate) in_kernel: usize,
+    /// The memory budget, in slabs (registered and heap together): past it a connection
+    /// holding no slab waits for one, and past twice it every connection does.
+    budget: usize,
+    /// Connections waiting for the budget, woken in arrival order as slabs come back.
+    waiting: std::collections::VecDeque<crate::ConnId>,
+    /// Reads that had to wait for the budget.
+    waits: u64,
 }
 
 impl SlabPool {
@@ -76,6 +83,9 @@ impl SlabPool {
                 outstanding: 0,
                 heap_lends: 0,
                 in_kernel: 0,
+                budget: usize::MAX,
+                waiting: std::collections::VecDeque::new(),
+                waits: 0,
             });
         }
         let layout = Layout::from_size_align(count * SLAB_SIZE, 4096)
@@ -98,7 +108,55 @@ impl SlabPool {
             outstanding: 0,
             heap_lends: 0,
             in_kernel: 0,
+            budget: usize::MAX,
+            waiting: std::collections::VecDeque::new(),
+            waits: 0,
         })
+    }
+
+    /// Sets the memory budget in slabs (at least one).
+    pub fn set_budget(&mut self, slabs: usize) {
+        self.budget = slabs.max(1);
+    }
+
+    /// The memory budget in slabs.
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    /// True when a connection must wait before it takes a slab: the budget is spent and
+    /// it holds none, or twice the budget is spent (a connection already holding a slab
+    /// may finish what it started with one more, so holders never wait on each other).
+    pub fn must_wait(&self, holds_one: bool) -> bool {
+        let limit = if holds_one { self.budget.saturating_mul(2) } else { self.budget };
+        self.outstanding >= limit
+    }
+
+    /// True when the budget is spent (new connections are refused meanwhile).
+    pub fn at_budget(&self) -> bool {
+        self.outstanding >= self.budget
+    }
+
+    /// Queues connection `id` until slabs come back (a later `wake_waiters`).
+    pub fn wait_for_slab(&mut self, id: crate::ConnId) {
+        self.waits += 1;
+        self.waiting.push_back(id);
+    }
+
+    /// Wakes as many waiting connections as the budget has room for (each re-checks;
+    /// one that closed meanwhile is skipped by the worker).
+    pub fn wake_waiters(&mut self, wakes: &crate::ReadyQueue) {
+        let mut room = self.budget.saturating_sub(self.outstanding);
+        while room > 0 {
+            let Some(id) = self.waiting.pop_front() else { break };
+            wakes.wake(id);
+            room -= 1;
+        }
+    }
+
+    /// Connections waiting for the budget now, and reads that waited since the start.
+    pub fn waiters(&self) -> (usize, u64) {
+        (self.waiting.len(), self.waits)
     }
 
     /// The iovecs to register with a ring, one per registered slab.
@@ -370,5 +428,34 @@ mod tests {
         let b = pool.take();
         assert_eq!(b.index(), i);
         pool.release(b);
+    }
+
+    #[test]
+    fn the_budget_holds_back_new_holders_then_everyone_and_wakes_waiters_as_slabs_return() {
+        let mut pool = SlabPool::new(2).unwrap();
+        pool.set_budget(2);
+        let a = pool.take();
+        assert!(!pool.must_wait(false));
+        let b = pool.take();
+        assert!(pool.at_budget() && pool.must_wait(false) && !pool.must_wait(true));
+        let c = pool.take();
+        let d = pool.take();
+        assert!(pool.must_wait(true), "twice the budget stops everyone");
+        let mut conns: crate::Conns<()> = crate::Conns::new();
+        let (x, y) = (conns.insert(()), conns.insert(()));
+        pool.wait_for_slab(x);
+        pool.wait_for_slab(y);
+        let wakes = crate::ReadyQueue::new();
+        pool.wake_waiters(&wakes);
+        assert!(wakes.is_empty(), "no room yet");
+        for s in [d, c, b] {
+            pool.release(s);
+        }
+        pool.wake_waiters(&wakes);
+        let mut woken = Vec::new();
+        wakes.drain_into(&mut woken);
+        assert_eq!(woken, vec![x], "room for one under the budget: the first waiter");
+        assert_eq!(pool.waiters(), (1, 2));
+        pool.release(a);
     }
 }
