@@ -841,6 +841,42 @@ fn bounded_cert_cache_still_serves_fifty_names() {
 }
 
 #[test]
+fn a_client_hello_larger_than_4k_in_one_piece_is_answered() {
+    // Found by fuzz/tls_detect: rustls reads at most 4 KiB per read_tls, and the proxy
+    // gave it one read per wake-up: a ClientHello that needs more reads than the
+    // connection had wake-ups (two: readiness, then the read) waited for bytes the client
+    // never sends. A rustls client offering 60 ALPN names of 200 bytes (a 12 KB
+    // ClientHello) sends it in one write; the handshake must complete.
+    let s = setup("", &[]);
+    let pem = fs::read(sluice_ca(&s.proxy)).expect("read the Sluice CA");
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("CA PEM")).expect("add the Sluice CA");
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(sluice::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = (0..60u8).map(|i| vec![b'a' + i % 26; 200]).chain([b"http/1.1".to_vec()]).collect();
+    let name = rustls::pki_types::ServerName::try_from("origin.test").unwrap();
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    tls.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 12_000, "ClientHello of {} bytes", hello.len());
+    let mut tcp = TcpStream::connect(s.proxy.addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(&hello).expect("send the ClientHello in one write");
+    while tls.is_handshaking() {
+        if let Err(e) = tls.complete_io(&mut tcp) {
+            panic!("handshake after a {}-byte ClientHello: {e}", hello.len());
+        }
+    }
+    assert_eq!(tls.alpn_protocol(), Some(&b"http/1.1"[..]));
+}
+
+#[test]
 fn partial_client_hellos_do_not_leak_connections() {
     let s = setup("", &[]);
     let base = s.proxy.baseline();

@@ -20,11 +20,6 @@ fn tls_failed(conn: &mut Connection, ctx: &Ctx<'_>) {
     conn.closing(super::CloseReason::TlsFailed);
 }
 
-/// A TLS record header: handshake (0x16), major version 3.
-fn looks_like_tls(bytes: &[u8]) -> bool {
-    bytes.len() >= 2 && bytes[0] == 0x16 && bytes[1] == 0x03
-}
-
 /// First bytes of a connection (or of an intercepted tunnel).
 pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     if conn.client.reading {
@@ -37,7 +32,7 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
         }
         return conn.read(io, ctx, Side::Client);
     }
-    if looks_like_tls(data) {
+    if tls::looks_like_tls(data) {
         conn.acceptor = Some(Box::default());
         conn.accepted_bytes = 0;
         conn.phase = Phase::TlsAccept;
@@ -69,14 +64,8 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
         return NextStep::Close;
     };
     let data = conn.client.input.data(ctx.pool);
-    if conn.accepted_bytes < data.len() {
-        let mut rest = &data[conn.accepted_bytes..];
-        match acceptor.read_tls(&mut rest) {
-            Ok(n) => conn.accepted_bytes += n,
-            Err(_) => return NextStep::Close,
-        }
-    }
-    match acceptor.accept() {
+    match tls::read_client_hello(acceptor, data, &mut conn.accepted_bytes) {
+        Err(tls::HelloError::Unreadable) => NextStep::Close,
         Ok(None) => {
             if conn.client.ended() || conn.client.input.room() == 0 {
                 tls_failed(conn, ctx);
@@ -84,7 +73,7 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
             }
             conn.read(io, ctx, Side::Client)
         }
-        Err(_) => {
+        Err(tls::HelloError::Refused) => {
             tls_failed(conn, ctx);
             NextStep::Close
         }

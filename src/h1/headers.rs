@@ -244,24 +244,35 @@ fn params_well_formed(params: &[u8]) -> bool {
 
 /// Whether a Via field value names `token` as a received-by (pseudonym or host).
 /// Via = #( received-protocol RWS received-by [ RWS comment ] ); commas inside comments
-/// do not separate elements.
+/// do not separate elements. A `(` that is never closed opens no comment: otherwise a
+/// client's `Via: 1.1 x (` would hide the hop the proxy appends after it, and with it
+/// the forwarding loop.
 pub(crate) fn via_names(value: &[u8], token: &[u8]) -> bool {
+    match via_names_in(value, token, true) {
+        (found, false) => found,
+        (found, true) => found || via_names_in(value, token, false).0,
+    }
+}
+
+/// Whether `value` names `token` (with or without taking parentheses as comments), and
+/// whether a comment was left open at the end.
+fn via_names_in(value: &[u8], token: &[u8], comments: bool) -> (bool, bool) {
     let mut depth = 0usize;
     let mut start = 0usize;
     for (i, &b) in value.iter().enumerate() {
         match b {
-            b'(' => depth += 1,
-            b')' => depth = depth.saturating_sub(1),
+            b'(' if comments => depth += 1,
+            b')' if comments => depth = depth.saturating_sub(1),
             b',' if depth == 0 => {
                 if via_element_names(&value[start..i], token) {
-                    return true;
+                    return (true, false);
                 }
                 start = i + 1;
             }
             _ => {}
         }
     }
-    via_element_names(&value[start..], token)
+    (via_element_names(&value[start..], token), depth > 0)
 }
 
 fn via_element_names(element: &[u8], token: &[u8]) -> bool {
@@ -483,6 +494,12 @@ mod tests {
         assert!(via_names(b"HTTP/1.1 a:80,1.1   sluice", b"sluice"));
         assert!(!via_names(b"1.1 sluicer", b"sluice"));
         assert!(!via_names(b"sluice", b"sluice"));
+        // Found by fuzz/request_head: a comment never closed hid the hop appended after
+        // it (`Via: 1.1 x (` + `, 1.1 sluice`), and with it the loop.
+        assert!(via_names(b"1\xdf\x8c\x93\x82\xd6\x96\x9cF(, 1.1 sluice", b"sluice"));
+        assert!(via_names(b"1.1 x (, 1.1 sluice", b"sluice"));
+        // A closed comment still hides what is inside it.
+        assert!(!via_names(b"1.0 x (y, 1.1 sluice ), 1.1 z", b"sluice"));
         assert!(!via_names(b"1.1 a (x, 1.1 sluice)", b"sluice"));
         assert!(!via_names(b"", b"sluice"));
     }

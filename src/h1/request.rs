@@ -1027,6 +1027,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn an_unclosed_comment_in_via_does_not_hide_the_loop() {
+        // Found by fuzz/request_head (fuzz/README.md): our hop, appended to a last Via
+        // whose comment never closes, was read back as part of that comment.
+        let crash: &[u8] = b"&EH / HTTP/1.1\r\nHost: [::1]\r\nVia: \xa21./::1]\r\n\
+              Via: 1\xdf\x8c\x93\x82\xd6\x96\x9cF(\r\nViaia: \xa21\r\n\r\n";
+        let (h, _) = parse_request(crash, &LIMITS).unwrap().unwrap();
+        assert!(!h.loops_through("sluice"));
+        let mut out = Vec::new();
+        h.write_upstream(&mut out, "sluice");
+        let (back, n) = parse_request(&out, &LIMITS).unwrap().unwrap();
+        assert_eq!(n, out.len());
+        assert!(back.loops_through("sluice"), "{:?}", String::from_utf8_lossy(&out));
+    }
+
     const SEEDS: &[&[u8]] = &[
         b"POST http://a:8/x?y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nVia: 1.0 b\r\n\r\n",
         b"GET / HTTP/1.0\r\nConnection: keep-alive, x\r\nContent-Length: 3, 3\r\nx: y\r\n\r\n",

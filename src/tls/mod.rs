@@ -206,6 +206,49 @@ impl TlsLeg {
     }
 }
 
+/// A TLS record header: handshake (0x16), major version 3. The first bytes of a
+/// connection (or of an intercepted tunnel) decide between TLS and HTTP/1 with this.
+pub fn looks_like_tls(bytes: &[u8]) -> bool {
+    bytes.len() >= 2 && bytes[0] == 0x16 && bytes[1] == 0x03
+}
+
+/// Why a client's first TLS bytes give no ClientHello.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloError {
+    /// rustls would not buffer the bytes (a record larger than it allows).
+    Unreadable,
+    /// The bytes are not a ClientHello rustls accepts (the handshake fails).
+    Refused,
+}
+
+/// Feeds the client's bytes `data[*fed..]` to `acceptor`, advancing `fed`, and returns
+/// the ClientHello once it is whole (`Ok(None)`: more bytes are needed). rustls takes at
+/// most 4 KiB per `read_tls`, so this reads until the bytes are used up or the
+/// ClientHello is complete: a larger ClientHello that arrived at once must not wait for
+/// bytes the client will never send.
+pub fn read_client_hello(
+    acceptor: &mut rustls::server::Acceptor,
+    data: &[u8],
+    fed: &mut usize,
+) -> Result<Option<rustls::server::Accepted>, HelloError> {
+    loop {
+        if *fed < data.len() {
+            let mut rest = &data[*fed..];
+            match acceptor.read_tls(&mut rest) {
+                Ok(0) | Err(_) => return Err(HelloError::Unreadable),
+                Ok(n) => *fed += n,
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok(Some(accepted)),
+            // Every read takes at least one byte: this loop ends.
+            Ok(None) if *fed < data.len() => {}
+            Ok(None) => return Ok(None),
+            Err(_) => return Err(HelloError::Refused),
+        }
+    }
+}
+
 /// Whether `name` is on the passthrough list (exact, or `*.suffix`).
 pub fn is_passthrough(name: &str, list: &[String]) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -285,6 +328,49 @@ mod tests {
             }
         }
         panic!("handshake did not finish: {:?} {:?}", client.failed, server.failed);
+    }
+
+    /// The first flight of a client offering `alpn`, for `name`.
+    fn client_hello(name: &str, alpn: Vec<Vec<u8>>) -> Vec<u8> {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn;
+        let name = ServerName::try_from(name.to_string()).unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        client.write_tls(&mut hello).unwrap();
+        hello
+    }
+
+    #[test]
+    fn a_client_hello_is_read_whole_however_it_arrives() {
+        // Found by fuzz/tls_detect: rustls reads at most 4 KiB per read_tls, and a
+        // ClientHello larger than that (here 40 ALPN names of 200 bytes) that arrived at
+        // once was read only in part, then waited for bytes the client never sends.
+        let alpn: Vec<Vec<u8>> = (0..40u8).map(|i| vec![b'a' + i % 26; 200]).collect();
+        for hello in [client_hello("Big.Example", alpn), client_hello("small.example", vec![b"http/1.1".to_vec()])] {
+            for piece in [hello.len(), 1000, 1] {
+                let mut acceptor = rustls::server::Acceptor::default();
+                let mut fed = 0;
+                let mut got = None;
+                for end in (piece..hello.len()).step_by(piece).chain([hello.len()]) {
+                    assert!(got.is_none(), "a ClientHello before its last byte");
+                    got = read_client_hello(&mut acceptor, &hello[..end], &mut fed).unwrap();
+                }
+                let accepted =
+                    got.unwrap_or_else(|| panic!("{} bytes in pieces of {piece}: no ClientHello", hello.len()));
+                assert_eq!(fed, hello.len());
+                let sni = accepted.client_hello().server_name().map(str::to_string);
+                assert!(sni.is_some_and(|s| s.eq_ignore_ascii_case("big.example") || s == "small.example"));
+            }
+        }
+        let garbage = [0x16, 0x03, 0x01, 0x00, 0x05, 0x02, 0x00, 0x00, 0x01, 0x00];
+        let mut fed = 0;
+        let refused = read_client_hello(&mut rustls::server::Acceptor::default(), &garbage, &mut fed);
+        assert_eq!(refused.err(), Some(HelloError::Refused));
     }
 
     fn payload(n: usize) -> Vec<u8> {
