@@ -1036,7 +1036,7 @@ mod tests {
         let (h, _) = parse_request(crash, &LIMITS).unwrap().unwrap();
         assert!(!h.loops_through("sluice"));
         let mut out = Vec::new();
-        h.write_upstream(&mut out, "sluice");
+        h.write_upstream(&mut out, &Hop::via_only("sluice"));
         let (back, n) = parse_request(&out, &LIMITS).unwrap().unwrap();
         assert_eq!(n, out.len());
         assert!(back.loops_through("sluice"), "{:?}", String::from_utf8_lossy(&out));
