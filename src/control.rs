@@ -69,6 +69,8 @@ pub struct Control {
     /// Admin connections waiting for a view (so idle ticks skip the mutex).
     views_waiting: AtomicUsize,
     views: Mutex<Views>,
+    /// Failed proxy-authentication attempts per client address, for every worker.
+    auth_failures: Arc<crate::auth::Failures>,
 }
 
 impl Control {
@@ -83,7 +85,13 @@ impl Control {
             views_asked: AtomicU64::new(0),
             views_waiting: AtomicUsize::new(0),
             views: Mutex::new(Views::default()),
+            auth_failures: Arc::default(),
         }
+    }
+
+    /// The failed-attempt table the workers' authentication gates share.
+    pub fn auth_failures(&self) -> Arc<crate::auth::Failures> {
+        self.auth_failures.clone()
     }
 
     /// How many workers will report `worker_finished`.

@@ -27,6 +27,7 @@ mod harness;
 const KIND_DNS: u8 = 1;
 const KIND_TICK: u8 = 2;
 const KIND_CANCEL: u8 = 3;
+const KIND_AUTH: u8 = 4;
 const TICK: Duration = Duration::from_millis(100);
 const RING_ENTRIES: u32 = 4096;
 
@@ -49,6 +50,8 @@ struct Env {
     uring: Uring,
     cfg: Arc<Config>,
     dns: Resolver,
+    /// Proxy authentication: cached verdicts and the helper thread for the slow hash.
+    auth: crate::auth::Gate,
     upstreams: UpstreamPool,
     timers: Timers,
     stats: Arc<[WorkerStats]>,
@@ -77,6 +80,7 @@ impl Env {
             pool,
             cfg: &self.cfg,
             dns: &mut self.dns,
+            auth: &mut self.auth,
             upstreams: &mut self.upstreams,
             timers: &mut self.timers,
             stats: &self.stats[self.index],
@@ -222,6 +226,7 @@ impl Worker {
         let mut env = Env {
             uring,
             dns: Resolver::new(&cfg, setup.index)?,
+            auth: crate::auth::Gate::new(&cfg.auth, control.auth_failures(), setup.index)?,
             upstreams: UpstreamPool::new(cfg.pool.clone()),
             timers: Timers::default(),
             stats: setup.stats.clone(),
@@ -251,6 +256,7 @@ impl Worker {
             }
         }
         env.uring.ring_mut().poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+        env.uring.ring_mut().poll_worker_fd(env.auth.wake_fd(), WorkerToken { kind: KIND_AUTH, index: 0 });
         env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
         Ok(Worker {
             conns,
@@ -300,6 +306,14 @@ impl Worker {
                         env.uring
                             .ring_mut()
                             .poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+                    }
+                    KIND_AUTH => {
+                        for id in env.auth.on_wake(now) {
+                            env.wakes.wake(id);
+                        }
+                        env.uring
+                            .ring_mut()
+                            .poll_worker_fd(env.auth.wake_fd(), WorkerToken { kind: KIND_AUTH, index: 0 });
                     }
                     KIND_TICK => self.on_tick(now, more),
                     _ => {}
@@ -455,6 +469,7 @@ fn apply_config(env: &mut Env, control: &Control) {
     let new = control.current();
     env.upstreams.set_config(new.pool.clone());
     env.dns.set_pins(&new);
+    env.auth.configure(&new.auth);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
     env.cfg = new;
 }
@@ -581,6 +596,7 @@ fn publish_ring_stats(env: &Env) {
     w.slabs_heap_in_use.store((env.uring.pool().outstanding() - registered_in_use) as u64, Ordering::Relaxed);
     w.slab_heap_lends.store(env.uring.pool().heap_lends(), Ordering::Relaxed);
     w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
+    w.publish_auth(&env.auth.stats);
     // The sink (and its drop count) is shared by all workers: one of them reports it.
     if let (0, Some(a)) = (env.index, &env.access) {
         w.access_log_dropped.store(a.dropped_lines(), Ordering::Relaxed);
