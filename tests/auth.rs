@@ -168,7 +168,10 @@ fn requests_inside_an_intercepted_connect_belong_to_its_user() {
     let proxy = Proxy::builder(&config(&top, &users, ""))
         .workers(1)
         .resolve("origin.test", "127.0.0.1")
+        .resolve("pass.test", "127.0.0.1")
         .arg("--intercept-connect")
+        .arg("--passthrough")
+        .arg("pass.test")
         .arg("--upstream-ca")
         .arg(origin.ca_pem.to_str().unwrap())
         .start();
@@ -184,6 +187,17 @@ fn requests_inside_an_intercepted_connect_belong_to_its_user() {
     assert!(found, "no log line for the request inside the tunnel:\n{text}");
     let line = text.lines().find(|l| l.contains("/inside")).unwrap();
     assert!(line.contains("\"status\":200") && line.contains("\"user\":\"alice\""), "{line}");
+    // A name on the passthrough list: the tunnel is relayed untouched, and is alice's too.
+    let pass = format!("pass.test:{}", origin.port);
+    let r = curl(Some(&proxy), &["-p", "-k", "--proxy-user", "alice:pw-tls", &format!("https://{pass}/raw")]);
+    r.expect_status(200);
+    let found = wait_until(Duration::from_secs(5), || {
+        fs::read_to_string(&log).unwrap_or_default().lines().any(|l| l.contains(&format!("\"target\":\"{pass}\"")))
+    });
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(found, "no log line for the passthrough tunnel:\n{text}");
+    let line = text.lines().find(|l| l.contains(&format!("\"target\":\"{pass}\""))).unwrap();
+    assert!(line.contains("\"user\":\"alice\""), "{line}");
     // Without credentials the CONNECT itself is refused: nothing is intercepted.
     let r = curl(Some(&proxy), &["-p", "--cacert", ca.to_str().unwrap(), &url]);
     assert_ne!(r.exit, 0, "{}", r.describe());
