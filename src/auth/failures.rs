@@ -18,7 +18,8 @@ use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Addresses remembered at most (about 64 bytes each).
+/// Addresses remembered at most (about 100 bytes each, allocated as they come: an idle
+/// table costs nothing).
 pub const MAX_ADDRESSES: NonZeroUsize = NonZeroUsize::new(65_536).unwrap();
 
 #[derive(Debug, Clone, Copy)]
@@ -62,7 +63,7 @@ fn counted_as(ip: IpAddr) -> IpAddr {
 
 impl Failures {
     pub fn with_capacity(capacity: NonZeroUsize) -> Failures {
-        Failures { table: Mutex::new(LruCache::new(capacity)) }
+        Failures { table: Mutex::new(LruCache::sparse(capacity)) }
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, LruCache<IpAddr, Record>> {

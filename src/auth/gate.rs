@@ -38,7 +38,7 @@ use uring::ConnId;
 pub const GOOD_TTL: Duration = Duration::from_secs(120);
 /// How long a refused credential is refused without checking it again.
 pub const BAD_TTL: Duration = Duration::from_secs(30);
-/// Verdicts cached per worker.
+/// Verdicts cached per worker (allocated as they come: with authentication off, nothing).
 pub const CACHE_ENTRIES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// Distinct credentials being checked at once per worker (about 50 ms each).
 pub const MAX_PENDING: usize = 64;
@@ -117,7 +117,7 @@ impl Gate {
             users: None,
             max_failures: config.max_failures,
             lockout: config.lockout,
-            cache: LruCache::new(CACHE_ENTRIES),
+            cache: LruCache::sparse(CACHE_ENTRIES),
             keys: (RandomState::new(), RandomState::new()),
             waiting: HashMap::new(),
             verifier: None,
