@@ -226,7 +226,7 @@ impl Worker {
         let mut env = Env {
             uring,
             dns: Resolver::new(&cfg, setup.index)?,
-            auth: crate::auth::Gate::new(&cfg.auth, control.auth_failures(), setup.index)?,
+            auth: crate::auth::Gate::new(&cfg.auth, control.auth_shared(), setup.index)?,
             upstreams: UpstreamPool::new(cfg.pool.clone()),
             timers: Timers::default(),
             stats: setup.stats.clone(),

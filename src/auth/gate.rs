@@ -4,7 +4,10 @@
 //! - **The cache.** A verified value is remembered for [`GOOD_TTL`], a refused one for
 //!   [`BAD_TTL`], keyed by a keyed 128-bit hash of the header value (never the value
 //!   itself), at most [`CACHE_ENTRIES`] per worker (the entry used least recently makes
-//!   room). A request whose value is cached costs one hash of its header and no lock.
+//!   room). A request whose value is cached costs one hash of its header and no lock. On
+//!   a miss the worker looks in the process-wide cache of verified values
+//!   ([`Shared`]) before anything else, so a credential is hashed once per process,
+//!   not once per worker.
 //! - **The helper thread.** A value not in the cache is parsed, then checked against
 //!   the user's argon2 hash (an unknown user against a decoy hash, so it takes as long) on
 //!   the worker's own helper thread, started the first time it is needed. The asking
@@ -13,19 +16,18 @@
 //!   connection that waited for that value (they ask again and hit the cache). At most
 //!   [`MAX_PENDING`] distinct values wait at once; past that the answer is "busy".
 //! - **Failures** (wrong or malformed credentials) are counted per client address in the
-//!   process-wide [`Failures`] table; a locked address's uncached credentials are refused
-//!   without a check.
+//!   process-wide failure table ([`Shared`]); a locked address's credentials that no
+//!   worker has verified are refused without a check.
 //! - **Reload.** New credentials keep the cached verdicts whose user still has the very
 //!   hash they were checked against; the others are dropped. An answer checked against a
 //!   hash that changed meanwhile is not cached (its waiters ask again).
 
 use super::basic;
-use super::failures::Failures;
+use super::shared::{Key, Known, Shared};
 use super::users::{self, Credentials, DECOY_HASH};
 use super::{AuthConfig, Verdict};
 use lru::LruCache;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
 use std::io::{PipeReader, PipeWriter, Read, Write};
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
@@ -42,17 +44,6 @@ pub const BAD_TTL: Duration = Duration::from_secs(30);
 pub const CACHE_ENTRIES: NonZeroUsize = NonZeroUsize::new(4096).unwrap();
 /// Distinct credentials being checked at once per worker (about 50 ms each).
 pub const MAX_PENDING: usize = 64;
-
-type Key = u128;
-
-/// A cached verdict.
-struct Known {
-    user: Arc<str>,
-    /// The hash it was checked against (None: the user was unknown).
-    hash: Option<Arc<str>>,
-    good: bool,
-    until: Instant,
-}
 
 struct Job {
     key: Key,
@@ -98,32 +89,30 @@ pub struct Gate {
     max_failures: u32,
     lockout: Duration,
     cache: LruCache<Key, Known>,
-    keys: (RandomState, RandomState),
     waiting: HashMap<Key, Vec<ConnId>>,
     verifier: Option<Verifier>,
     wake: PipeReader,
     /// Handed to the helper thread when it starts.
     wake_tx: Option<PipeWriter>,
-    failures: Arc<Failures>,
+    shared: Arc<Shared>,
     worker: usize,
     pub stats: AuthStats,
 }
 
 impl Gate {
     /// A gate for `config`; its helper thread starts when a credential is first checked.
-    pub fn new(config: &AuthConfig, failures: Arc<Failures>, worker: usize) -> std::io::Result<Gate> {
+    pub fn new(config: &AuthConfig, shared: Arc<Shared>, worker: usize) -> std::io::Result<Gate> {
         let (wake, wake_tx) = std::io::pipe()?;
         let mut gate = Gate {
             users: None,
             max_failures: config.max_failures,
             lockout: config.lockout,
             cache: LruCache::sparse(CACHE_ENTRIES),
-            keys: (RandomState::new(), RandomState::new()),
             waiting: HashMap::new(),
             verifier: None,
             wake,
             wake_tx: Some(wake_tx),
-            failures,
+            shared,
             worker,
             stats: AuthStats::default(),
         };
@@ -153,10 +142,6 @@ impl Gate {
         self.wake.as_raw_fd()
     }
 
-    fn key(&self, value: &[u8]) -> Key {
-        (u128::from(self.keys.0.hash_one(value)) << 64) | u128::from(self.keys.1.hash_one(value))
-    }
-
     /// The verdict on a request from `client` whose `Proxy-Authorization` value is `value`
     /// (None: absent). `Pending` parks `who` until the answer is in; it is then woken
     /// (`on_wake`) and asks again.
@@ -168,7 +153,7 @@ impl Gate {
             self.stats.missing += 1;
             return Verdict::Challenge;
         };
-        let key = self.key(value);
+        let key = self.shared.key(value);
         let known = match self.cache.get(&key) {
             Some(k) if k.until > now && k.good => {
                 self.stats.admitted += 1;
@@ -177,7 +162,16 @@ impl Gate {
             Some(k) => k.until > now,
             None => false,
         };
-        if let Some(retry_after) = self.failures.locked_for(client, now) {
+        if !known {
+            // Another worker may have verified it (checked against the users in force here).
+            if let Some(k) = self.shared.verified(key, now).filter(|k| still_valid(&users, &k.user, k.hash.as_ref())) {
+                self.stats.admitted += 1;
+                let user = k.user.clone();
+                self.cache.put(key, k);
+                return Verdict::Admitted { user: Some(user) };
+            }
+        }
+        if let Some(retry_after) = self.shared.failures.locked_for(client, now) {
             self.stats.locked += 1;
             return Verdict::Locked { retry_after };
         }
@@ -213,7 +207,7 @@ impl Gate {
     /// A failed attempt from `client`: counted, and answered with the challenge.
     fn failed(&mut self, client: IpAddr, now: Instant) -> Verdict {
         self.stats.invalid += 1;
-        if self.failures.record(client, now, self.max_failures, self.lockout) {
+        if self.shared.failures.record(client, now, self.max_failures, self.lockout) {
             tracing::warn!(
                 %client,
                 failures = self.max_failures,
@@ -256,7 +250,9 @@ impl Gate {
             // Checked against the hash in force (a reload may have changed it meanwhile).
             if self.users.as_ref().is_some_and(|u| still_valid(u, &a.user, a.hash.as_ref())) {
                 let until = now + if a.good { GOOD_TTL } else { BAD_TTL };
-                self.cache.put(a.key, Known { user: a.user, hash: a.hash, good: a.good, until });
+                let known = Known { user: a.user, hash: a.hash, good: a.good, until };
+                self.shared.remember(a.key, &known);
+                self.cache.put(a.key, known);
             }
         }
         resume
@@ -310,7 +306,7 @@ mod tests {
     }
 
     fn gate(config: &AuthConfig) -> Gate {
-        Gate::new(config, Arc::new(Failures::default()), 0).unwrap()
+        Gate::new(config, Arc::new(Shared::default()), 0).unwrap()
     }
 
     /// Waits for the helper thread's answers; returns the woken ids.
@@ -370,17 +366,42 @@ mod tests {
             assert_eq!(g.check(Some(&bad), CLIENT, now, id[0]), Verdict::Challenge, "refused after the check");
         }
         assert_eq!(g.stats.verifications, 3, "an unknown user costs a check too (the decoy)");
-        assert_eq!(g.failures.locked_for(CLIENT, now), None, "two failures of three");
+        assert_eq!(g.shared.failures.locked_for(CLIENT, now), None, "two failures of three");
         assert_eq!(g.check(Some(b"Basic !!"), CLIENT, now, id[0]), Verdict::Challenge, "malformed: no check");
         assert_eq!(g.stats.verifications, 3);
         assert_eq!(g.stats.invalid, 3);
-        assert_eq!(g.failures.locked_for(CLIENT, now), Some(Duration::from_secs(60)), "the third failure locks");
+        assert_eq!(g.shared.failures.locked_for(CLIENT, now), Some(Duration::from_secs(60)), "the third failure locks");
         let other = basic("alice", "guess");
         assert_eq!(g.check(Some(&other), CLIENT, now, id[0]), Verdict::Locked { retry_after: Duration::from_secs(60) });
         assert_eq!(g.stats.verifications, 3, "a locked address's guesses are never hashed");
         assert_eq!(g.check(Some(&good), CLIENT, now, id[0]), Verdict::Admitted { user: Some("alice".into()) });
         let elsewhere: IpAddr = "192.0.2.8".parse().unwrap();
         assert_eq!(g.check(Some(&other), elsewhere, now, id[0]), Verdict::Pending, "another address is not locked");
+    }
+
+    #[test]
+    fn a_credential_one_worker_verified_is_admitted_by_the_others_even_when_locked() {
+        let cfg = config(&[("alice", "pw1")]);
+        let shared = Arc::new(Shared::default());
+        let mut a = Gate::new(&cfg, shared.clone(), 0).unwrap();
+        let mut b = Gate::new(&cfg, shared.clone(), 1).unwrap();
+        let (_c, id) = ids(1);
+        let v = basic("alice", "pw1");
+        assert_eq!(a.check(Some(&v), CLIENT, Instant::now(), id[0]), Verdict::Pending);
+        answers(&mut a);
+        let now = Instant::now();
+        for _ in 0..3 {
+            shared.failures.record(CLIENT, now, 3, Duration::from_secs(60));
+        }
+        assert!(shared.failures.locked_for(CLIENT, now).is_some());
+        assert_eq!(b.check(Some(&v), CLIENT, now, id[0]), Verdict::Admitted { user: Some("alice".into()) });
+        assert_eq!(b.stats.verifications, 0, "hashed once per process, not per worker");
+        assert!(b.verifier.is_none());
+        // A refusal is not shared: the other worker checks for itself.
+        let wrong = basic("alice", "nope");
+        assert_eq!(a.check(Some(&wrong), "192.0.2.99".parse().unwrap(), now, id[0]), Verdict::Pending);
+        answers(&mut a);
+        assert!(shared.verified(shared.key(&wrong), Instant::now()).is_none());
     }
 
     #[test]

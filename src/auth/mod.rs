@@ -11,7 +11,8 @@
 //! - [`users`]: the credentials file (parse, check, hash, verify, update).
 //! - [`basic`]: the `Basic` scheme (the header value, the challenge).
 //! - [`gate`]: a worker's cache of verdicts and its helper thread.
-//! - [`failures`]: failed attempts per client address, shared by the workers.
+//! - [`failures`]: failed attempts per client address.
+//! - [`shared`]: what the workers' gates share (the failures, verified credentials).
 //! - [`passwd`]: `sluice passwd FILE USER`.
 //!
 //! Which requests must authenticate is the protocol's call (`conn::auth`): explicit-proxy
@@ -22,10 +23,12 @@ pub mod basic;
 pub mod failures;
 pub mod gate;
 pub mod passwd;
+pub mod shared;
 pub mod users;
 
 pub use failures::Failures;
 pub use gate::{AuthStats, Gate};
+pub use shared::Shared;
 pub use users::Credentials;
 
 use std::path::PathBuf;
