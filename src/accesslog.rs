@@ -16,13 +16,14 @@
 //! Formats ([`LogFormat`]):
 //!
 //! ```text
-//! common: 192.0.2.7 - - [10/Oct/2000:13:55:36 +0000] "GET http://example.com/ HTTP/1.1" 200 2326 118 12.345 "example.com:80"
-//!         client     time (UTC)                      "method target protocol"      status bytes_out bytes_in duration_ms "upstream"
-//! json:   {"time":"2000-10-10T13:55:36.123Z","client":"192.0.2.7:51234","method":"GET","target":"http://example.com/","status":200,"bytes_out":2326,"bytes_in":118,"duration_ms":12.345,"upstream":"example.com:80","protocol":"HTTP/1.1"}
+//! common: 192.0.2.7 - alice [10/Oct/2000:13:55:36 +0000] "GET http://example.com/ HTTP/1.1" 200 2326 118 12.345 "example.com:80"
+//!         client    user  time (UTC)                      "method target protocol"      status bytes_out bytes_in duration_ms "upstream"
+//! json:   {"time":"2000-10-10T13:55:36.123Z","client":"192.0.2.7:51234","method":"GET","target":"http://example.com/","status":200,"bytes_out":2326,"bytes_in":118,"duration_ms":12.345,"upstream":"example.com:80","protocol":"HTTP/1.1","user":"alice"}
 //! ```
 //!
-//! Absent values are `-` (common) or `null` (JSON). Peer-supplied text (method, target,
-//! upstream, protocol) is escaped: in the common format `"`, `\`, control bytes and
+//! The user is the one proxy authentication admitted the request as (`auth`). Absent
+//! values are `-` (common) or `null` (JSON). Peer-supplied text (method, target,
+//! upstream, protocol, user) is escaped: in the common format `"`, `\`, control bytes and
 //! non-ASCII bytes become `\xHH` (as nginx does), so a line can never be split or forged;
 //! in JSON it is escaped per RFC 8259.
 
@@ -92,6 +93,8 @@ pub struct AccessEntry<'a> {
     pub upstream: Option<&'a str>,
     /// `HTTP/1.1`, `HTTP/2`, `HTTP/3`, ...
     pub protocol: &'a str,
+    /// The user proxy authentication admitted the request as; `None` when there was none.
+    pub user: Option<&'a str>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -622,8 +625,13 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// Common-format escaping (as nginx's): `"`, `\`, control bytes and bytes ≥ 0x7f become
 /// `\xHH`, so a field can neither end its quotes nor split the line.
 fn push_escaped_common(buf: &mut Vec<u8>, s: &str) {
+    push_escaped_common_but(buf, s, b'"');
+}
+
+/// Like [`push_escaped_common`], escaping `also` too (a space, in an unquoted field).
+fn push_escaped_common_but(buf: &mut Vec<u8>, s: &str, also: u8) {
     for &b in s.as_bytes() {
-        if b == b'"' || b == b'\\' || !(0x20..0x7f).contains(&b) {
+        if b == b'"' || b == b'\\' || b == also || !(0x20..0x7f).contains(&b) {
             buf.extend_from_slice(&[b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
         } else {
             buf.push(b);
@@ -676,7 +684,14 @@ fn format_common(buf: &mut Vec<u8>, cache: &mut TimeCache, e: &AccessEntry<'_>) 
         }
         None => buf.push(b'-'),
     }
-    buf.extend_from_slice(b" - - [");
+    // `host ident authuser [date]`: the user name is the third field.
+    buf.extend_from_slice(b" - ");
+    match e.user {
+        // Unquoted: a space would split the field.
+        Some(u) if !u.is_empty() => push_escaped_common_but(buf, u, b' '),
+        _ => buf.push(b'-'),
+    }
+    buf.extend_from_slice(b" [");
     push_common_time(buf, cache, e.time);
     buf.extend_from_slice(b"] \"");
     push_common_field(buf, e.method);
@@ -735,6 +750,11 @@ fn format_json(buf: &mut Vec<u8>, cache: &mut TimeCache, e: &AccessEntry<'_>) {
     }
     buf.extend_from_slice(b",\"protocol\":");
     push_json_str(buf, e.protocol);
+    buf.extend_from_slice(b",\"user\":");
+    match e.user {
+        Some(u) => push_json_str(buf, u),
+        None => buf.extend_from_slice(b"null"),
+    }
     buf.extend_from_slice(b"}\n");
 }
 
@@ -761,6 +781,7 @@ mod tests {
             duration: Duration::from_micros(12_345),
             upstream: Some("example.com:80"),
             protocol: "HTTP/1.1",
+            user: None,
         }
     }
 
@@ -829,8 +850,18 @@ mod tests {
             "{\"time\":\"2000-10-10T13:55:36.123Z\",\"client\":\"192.0.2.7:51234\",\
              \"method\":\"GET\",\"target\":\"http://example.com/index.html?q=1\",\
              \"status\":200,\"bytes_out\":2326,\"bytes_in\":118,\"duration_ms\":12.345,\
-             \"upstream\":\"example.com:80\",\"protocol\":\"HTTP/1.1\"}\n"
+             \"upstream\":\"example.com:80\",\"protocol\":\"HTTP/1.1\",\"user\":null}\n"
         );
+    }
+
+    #[test]
+    fn the_user_is_the_third_common_field_and_a_json_key() {
+        let mut e = entry();
+        e.user = Some("j\u{f6}rg \"x\"");
+        let c = line(LogFormat::Common, &e);
+        assert!(c.starts_with("192.0.2.7 - j\\xc3\\xb6rg\\x20\\x22x\\x22 [10/Oct/2000"), "{c}");
+        let j = line(LogFormat::Json, &e);
+        assert!(j.ends_with(",\"protocol\":\"HTTP/1.1\",\"user\":\"j\u{f6}rg \\\"x\\\"\"}\n"), "{j}");
     }
 
     #[test]
@@ -853,7 +884,7 @@ mod tests {
             line(LogFormat::Json, &e),
             "{\"time\":\"1970-01-01T00:00:00.000Z\",\"client\":null,\"method\":\"CONNECT\",\
              \"target\":\"example.com:443\",\"status\":403,\"bytes_out\":0,\"bytes_in\":0,\
-             \"duration_ms\":0.000,\"upstream\":null,\"protocol\":\"HTTP/1.1\"}\n"
+             \"duration_ms\":0.000,\"upstream\":null,\"protocol\":\"HTTP/1.1\",\"user\":null}\n"
         );
         e.client = Some("[2001:db8::1]:443".parse().unwrap());
         e.protocol = "HTTP/2";

@@ -1,4 +1,5 @@
-//! The command line: `sluice run` and `sluice check-config`.
+//! The command line: `sluice run`, `sluice check-config`, `sluice ca init` and
+//! `sluice passwd`.
 //!
 //! Everything lives in [`main_with_args`] so tests can drive it; `main.rs` only exits
 //! with its code. Errors an operator can act on are one line on stderr, prefixed
@@ -36,6 +37,19 @@ enum Command {
     /// Manage the interception CA.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Add a user to a proxy-authentication credentials file, or change their password
+    /// (asked twice on the terminal, without echo). The file is written whole, mode 0600.
+    Passwd {
+        /// The credentials file (`auth.file`); created if missing.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The user to add or change.
+        #[arg(value_name = "USER")]
+        user: String,
+        /// Read the password as one line of standard input instead of asking.
+        #[arg(long = "password-stdin")]
+        password_stdin: bool,
+    },
 }
 
 /// `sluice ca ...`
@@ -188,6 +202,16 @@ pub fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
             }
             Err(e) => fail(EXIT_CONFIG, &e),
         },
+        Command::Passwd { file, user, password_stdin } => {
+            use crate::auth::passwd::{run, Source};
+            match run(&file, &user, if password_stdin { Source::Stdin } else { Source::Terminal }) {
+                Ok(done) => {
+                    let _ = writeln!(std::io::stdout(), "{done}");
+                    0
+                }
+                Err(e) => fail(EXIT_CONFIG, &format!("passwd: {e}")),
+            }
+        }
         Command::Ca(CaCommand::Init { dir }) => match crate::tls::ca::init(&dir) {
             Ok(path) => {
                 let _ = writeln!(

@@ -54,6 +54,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Client addresses allowed to use the proxy; others are refused. Empty = nobody.
     pub allow_clients: Vec<Cidr>,
+    /// Proxy authentication (`[auth]`): off unless a credentials file is named.
+    pub auth: crate::auth::AuthConfig,
     /// Destination addresses never connected to (checked on the resolved address: SSRF
     /// defence). Empty = any destination.
     pub deny_destinations: Vec<Cidr>,
@@ -165,6 +167,7 @@ impl Default for Config {
             access_log_format: LogFormat::Common,
             log_level: None,
             allow_clients: crate::acl::default_allow_clients(),
+            auth: crate::auth::AuthConfig::default(),
             deny_destinations: crate::acl::default_deny_destinations(),
             local_targets: LocalTargets::default(),
             forwarding: crate::forwarding::Forwarding::default(),
@@ -472,6 +475,7 @@ impl Config {
         if let Some(level) = &self.log_level {
             parse_log_level(level).map_err(|e| ConfigError::invalid("log_level", e))?;
         }
+        self.auth.validate().map_err(|(key, e)| ConfigError::invalid(key, e))?;
         // allow_clients and deny_destinations: any list is valid (`Cidr` cannot hold a bad
         // block). An empty allow_clients refuses every client, on purpose.
         Ok(())
@@ -588,16 +592,24 @@ impl Overrides {
 
 /// Reads and parses a config file over the defaults, then validates it.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
-    let (config, lines) = read_file(path)?;
+    let (mut config, lines) = read_file(path)?;
     config.validate().map_err(|e| lines.locate(e).in_file(path))?;
+    read_credentials(&mut config).map_err(|e| e.in_file(path))?;
     Ok(config)
 }
 
 /// Parses TOML text over the defaults, then validates it.
 pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
-    let (config, lines) = parse_unvalidated(text)?;
+    let (mut config, lines) = parse_unvalidated(text)?;
     config.validate().map_err(|e| lines.locate(e))?;
+    read_credentials(&mut config)?;
     Ok(config)
+}
+
+/// Reads the credentials file `auth.file` names (at start, on `check-config` and on every
+/// reload, so a changed file is picked up by SIGHUP and a broken one refused).
+fn read_credentials(config: &mut Config) -> Result<(), ConfigError> {
+    config.auth.load_credentials().map_err(|e| ConfigError::invalid("auth.file", e))
 }
 
 /// The whole start-up path: defaults, then the file (if any), then the command-line
@@ -616,6 +628,10 @@ pub fn load(path: Option<&Path>, overrides: &Overrides) -> Result<Config, Config
             Some(path) => lines.locate(err).in_file(path),
             None => err,
         });
+    }
+    match path {
+        Some(path) => read_credentials(&mut config).map_err(|e| e.in_file(path))?,
+        None => read_credentials(&mut config)?,
     }
     Ok(config)
 }
@@ -734,6 +750,7 @@ struct FileConfig {
     allow_clients: Option<Spanned<Vec<CidrValue>>>,
     deny_destinations: Option<Spanned<Vec<CidrValue>>>,
     local_targets: Option<Spanned<LocalTargets>>,
+    auth: Option<AuthFile>,
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
     pool: Option<PoolFile>,
@@ -754,6 +771,15 @@ struct LimitsFile {
     max_headers: Option<Spanned<usize>>,
     max_connections_per_worker: Option<Spanned<usize>>,
     buffer_mib_per_worker: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a table")]
+struct AuthFile {
+    file: Option<Spanned<PathBuf>>,
+    realm: Option<Spanned<String>>,
+    max_failures: Option<Spanned<u32>>,
+    lockout: Option<Spanned<Seconds>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -851,6 +877,14 @@ impl FileConfig {
         let f = self.forwarding.unwrap_or_default();
         t.set("forwarding.forwarded", f.forwarded, &mut c.forwarding.forwarded);
         t.set("forwarding.x_forwarded_for", f.x_forwarded_for, &mut c.forwarding.x_forwarded_for);
+
+        let a = self.auth.unwrap_or_default();
+        if let Some(file) = t.take("auth.file", a.file) {
+            c.auth.file = Some(file);
+        }
+        t.set("auth.realm", a.realm, &mut c.auth.realm);
+        t.set("auth.max_failures", a.max_failures, &mut c.auth.max_failures);
+        t.set_secs("auth.lockout", a.lockout, &mut c.auth.lockout);
 
         let l = self.limits.unwrap_or_default();
         t.set("limits.max_header_bytes", l.max_header_bytes, &mut c.limits.max_header_bytes);
@@ -1062,6 +1096,7 @@ x_forwarded_for = "off"
             access_log_format: LogFormat::Json,
             log_level: Some("info,sluice::conn=debug".into()),
             allow_clients: vec![cidr("10.0.0.0/8"), cidr("2001:db8::/32"), cidr("192.0.2.7/32")],
+            auth: crate::auth::AuthConfig::default(),
             deny_destinations: vec![],
             local_targets: LocalTargets::Allow,
             forwarding: crate::forwarding::Forwarding {
@@ -1078,6 +1113,30 @@ x_forwarded_for = "off"
         let mut expected = Config { workers: Some(3), ..Config::default() };
         expected.timeouts.io_idle = Duration::from_secs(1);
         assert_eq!(c, expected);
+    }
+
+    #[test]
+    fn the_auth_section_reads_its_credentials_file() {
+        let dir = std::env::temp_dir().join(format!("sluice-config-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let users = dir.join("users");
+        let hash = crate::auth::users::hash_password(b"pw").unwrap();
+        std::fs::write(&users, format!("alice:{hash}\n")).unwrap();
+        let text = format!("[auth]\nfile = {users:?}\nrealm = \"Office\"\nmax_failures = 3\nlockout = 2.5\n");
+        let c = parse_str(&text).unwrap();
+        assert_eq!(c.auth.file.as_deref(), Some(users.as_path()));
+        assert_eq!((c.auth.realm.as_str(), c.auth.max_failures), ("Office", 3));
+        assert_eq!(c.auth.lockout, Duration::from_millis(2500));
+        assert!(c.auth.credentials.as_ref().is_some_and(|u| u.hash_of("alice").is_some()));
+        // A broken or missing credentials file refuses the whole config, in one line.
+        std::fs::write(&users, "alice\n").unwrap();
+        let e = parse_str(&text).unwrap_err().to_string();
+        assert_eq!(e, format!("config: auth.file: {}: line 1: expected user:hash", users.display()));
+        let e = err("[auth]\nfile = \"/nonexistent/users\"\n");
+        assert!(e.starts_with("config: auth.file: /nonexistent/users: cannot read: "), "{e}");
+        assert_eq!(err("[auth]\nrealm = \"a\\\"b\"\n").lines().count(), 1);
+        assert!(err("[auth]\nmax_failures = 0\n").starts_with("config: auth.max_failures: must be between 1 and 1000"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct Control {
     /// Admin connections waiting for a view (so idle ticks skip the mutex).
     views_waiting: AtomicUsize,
     views: Mutex<Views>,
+    /// What the workers' proxy-authentication gates share (failures per address,
+    /// verified credentials).
+    auth: Arc<crate::auth::Shared>,
 }
 
 impl Control {
@@ -83,7 +86,13 @@ impl Control {
             views_asked: AtomicU64::new(0),
             views_waiting: AtomicUsize::new(0),
             views: Mutex::new(Views::default()),
+            auth: Arc::default(),
         }
+    }
+
+    /// What the workers' authentication gates share.
+    pub fn auth_shared(&self) -> Arc<crate::auth::Shared> {
+        self.auth.clone()
     }
 
     /// How many workers will report `worker_finished`.

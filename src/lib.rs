@@ -7,6 +7,7 @@
 
 pub mod accesslog;
 pub mod acl;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod conn;

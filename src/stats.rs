@@ -75,7 +75,15 @@ pub struct WorkerStats {
     pub access_log_dropped: AtomicU64,
     /// Refused upstream chains, by the reasons in [`VERIFY_REASONS`].
     pub verify_failures: [AtomicU64; VERIFY_REASONS.len()],
+    /// Proxy authentication: requests admitted on their credentials, refused by
+    /// [`AUTH_FAILURES`], and slow hashes run (copied from the gate on the tick).
+    pub auth_successes: AtomicU64,
+    pub auth_failures: [AtomicU64; AUTH_FAILURES.len()],
+    pub auth_verifications: AtomicU64,
 }
+
+/// Labels of `sluice_auth_failures_total{reason}`.
+pub const AUTH_FAILURES: [&str; 4] = ["missing", "invalid", "locked", "busy"];
 
 /// Method labels of `sluice_requests_total`.
 pub const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "OTHER"];
@@ -154,6 +162,15 @@ pub fn drop_one(c: &AtomicU64) {
 }
 
 impl WorkerStats {
+    /// Copies the worker's authentication counters in.
+    pub fn publish_auth(&self, s: &crate::auth::AuthStats) {
+        self.auth_successes.store(s.admitted, Relaxed);
+        for (slot, v) in self.auth_failures.iter().zip([s.missing, s.invalid, s.locked, s.busy]) {
+            slot.store(v, Relaxed);
+        }
+        self.auth_verifications.store(s.verifications, Relaxed);
+    }
+
     /// Counts a refused upstream certificate chain.
     pub fn verify_failure(&self, reason: &str) {
         let i = VERIFY_REASONS.iter().position(|r| *r == reason).unwrap_or(VERIFY_REASONS.len() - 2);
@@ -241,6 +258,11 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         .iter()
         .enumerate()
         .map(|(i, k)| (*k, workers.iter().map(|w| w.errors[i].load(Relaxed)).sum()))
+        .collect();
+    let auth_failures: Vec<(&str, u64)> = AUTH_FAILURES
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, workers.iter().map(|w| w.auth_failures[i].load(Relaxed)).sum()))
         .collect();
     let verify: Vec<(&str, u64)> = VERIFY_REASONS
         .iter()
@@ -408,6 +430,24 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Upstream certificate chains refused, by reason.",
             by("reason", &verify),
+        ),
+        fam(
+            "sluice_auth_successes_total",
+            C,
+            "Requests admitted on their proxy credentials.",
+            one(sum(|w| &w.auth_successes)),
+        ),
+        fam(
+            "sluice_auth_failures_total",
+            C,
+            "Requests refused by proxy authentication, by reason (missing or invalid credentials: 407; locked address: 429; busy: 503).",
+            by("reason", &auth_failures),
+        ),
+        fam(
+            "sluice_auth_verifications_total",
+            C,
+            "Password hashes checked (credentials not in a worker's cache).",
+            one(sum(|w| &w.auth_verifications)),
         ),
         fam(
             "sluice_access_log_dropped_total",

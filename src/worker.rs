@@ -30,6 +30,7 @@ use listen::{Listener, Rearm, Spare};
 const KIND_DNS: u8 = 1;
 const KIND_TICK: u8 = 2;
 const KIND_CANCEL: u8 = 3;
+const KIND_AUTH: u8 = 4;
 const TICK: Duration = Duration::from_millis(100);
 const RING_ENTRIES: u32 = 4096;
 
@@ -54,6 +55,8 @@ struct Env {
     uring: Uring,
     cfg: Arc<Config>,
     dns: Resolver,
+    /// Proxy authentication: cached verdicts and the helper thread for the slow hash.
+    auth: crate::auth::Gate,
     upstreams: UpstreamPool,
     timers: Timers,
     stats: Arc<[WorkerStats]>,
@@ -84,6 +87,7 @@ impl Env {
             pool,
             cfg: &self.cfg,
             dns: &mut self.dns,
+            auth: &mut self.auth,
             upstreams: &mut self.upstreams,
             timers: &mut self.timers,
             stats: &self.stats[self.index],
@@ -232,6 +236,7 @@ impl Worker {
         let mut env = Env {
             uring,
             dns: Resolver::new(&cfg, setup.index)?,
+            auth: crate::auth::Gate::new(&cfg.auth, control.auth_shared(), setup.index)?,
             upstreams: UpstreamPool::new(cfg.pool.clone()),
             timers: Timers::default(),
             stats: setup.stats.clone(),
@@ -262,6 +267,7 @@ impl Worker {
             }
         }
         env.uring.ring_mut().poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+        env.uring.ring_mut().poll_worker_fd(env.auth.wake_fd(), WorkerToken { kind: KIND_AUTH, index: 0 });
         env.uring.ring_mut().tick(TICK, WorkerToken { kind: KIND_TICK, index: 0 });
         Ok(Worker {
             conns,
@@ -314,6 +320,14 @@ impl Worker {
                         env.uring
                             .ring_mut()
                             .poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+                    }
+                    KIND_AUTH => {
+                        for id in env.auth.on_wake(now) {
+                            env.wakes.wake(id);
+                        }
+                        env.uring
+                            .ring_mut()
+                            .poll_worker_fd(env.auth.wake_fd(), WorkerToken { kind: KIND_AUTH, index: 0 });
                     }
                     KIND_TICK => self.on_tick(now, more),
                     _ => {}
@@ -507,6 +521,7 @@ fn apply_config(env: &mut Env, control: &Control) {
     set_buffer_budget(env, &new);
     env.upstreams.set_config(new.pool.clone());
     env.dns.set_pins(&new);
+    env.auth.configure(&new.auth);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
     env.cfg = new;
 }
@@ -650,6 +665,7 @@ fn publish_ring_stats(env: &Env) {
     w.buffer_waiting.store(waiting as u64, Ordering::Relaxed);
     w.buffer_waits.store(waits, Ordering::Relaxed);
     w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
+    w.publish_auth(&env.auth.stats);
     // The sink (and its drop count) is shared by all workers: one of them reports it.
     if let (0, Some(a)) = (env.index, &env.access) {
         w.access_log_dropped.store(a.dropped_lines(), Ordering::Relaxed);

@@ -31,6 +31,10 @@
 //!    inside that session; `sluice_upstream_verify_failures_total{reason="unknown_issuer"}`
 //!    grows by one and the origin never gets the request.
 //! 9. the same for 10.200.1.3, whose trusted certificate names another IP (`wrong_name`).
+//! 10. proxy authentication is on (`[auth]`), yet none of the redirected requests above
+//!     carried credentials: a transparent client cannot answer a 407, `allow_clients`
+//!     admits it. The same client using Sluice as an explicit proxy (10.200.0.2:3129) gets
+//!     407 without credentials and 200 with them.
 //!
 //! Each forwarded request reaches the origin exactly once (its log), carries Sluice's `Via`,
 //! and `sluice_requests_total{status_class="2xx"}` grows by exactly the forwarded count.
@@ -66,6 +70,9 @@ const ORIGIN_LOGS: [(&str, &str); 3] =
     [(ORIGIN, "origin"), (ORIGIN_UNTRUSTED, "origin-untrusted"), (ORIGIN_WRONG_NAME, "origin-wrong-name")];
 /// Sluice's proxy listener inside the gateway netns (a fresh netns: nothing else binds here).
 const PROXY_PORT: u16 = 3129;
+/// The one user of the lab's credentials file (proxy authentication is on).
+const LAN_USER: &str = "lan";
+const LAN_PASSWORD: &str = "lan-secret";
 const ADMIN_PORT: u16 = 9901;
 
 /// An origin: HTTP on IP:80 and HTTPS on IP:443. Each answer describes the request it got
@@ -486,9 +493,20 @@ fn start_sluice(lab: &mut Lab, gw: &str, dir: &Path, listen: &str) -> (usize, Pa
     let sluice_ca = ca_dir.join("ca.pem");
     assert!(sluice_ca.exists(), "sluice ca init wrote no ca.pem: {}", text(&out));
     let config = dir.join("sluice.toml");
+    // Proxy authentication on: redirected clients are admitted without it (step 10).
+    let users = dir.join("users");
+    let mut passwd = Command::new(BIN)
+        .arg("passwd")
+        .arg(&users)
+        .args([LAN_USER, "--password-stdin"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice passwd");
+    std::io::Write::write_all(&mut passwd.stdin.take().unwrap(), format!("{LAN_PASSWORD}\n").as_bytes()).unwrap();
+    assert!(passwd.wait().unwrap().success(), "sluice passwd");
     // The lab's origins stand in for the internet on the gateway's own loopback, which a
     // LAN client may not reach by default (`local_targets`): open it here.
-    fs::write(&config, "local_targets = \"allow\"\n").unwrap();
+    fs::write(&config, format!("local_targets = \"allow\"\n[auth]\nfile = {:?}\n", users.to_str().unwrap())).unwrap();
     let admin = format!("127.0.0.1:{ADMIN_PORT}");
     let origin_ca = dir.join("origin-ca.pem");
     let sluice = lab.spawn_in(
@@ -704,6 +722,16 @@ fn transparent_redirect_routes_by_host_then_original_destination_and_verifies_tl
     let hits = |log: &str| lab.log(&format!("{log}.stdout")).lines().filter(|l| l.starts_with("request ")).count();
     let seen: Vec<usize> = ORIGIN_LOGS.iter().map(|(_, log)| hits(log)).collect();
     assert_eq!(seen, [5, 1, 0], "requests at {:?}{}", ORIGIN_LOGS.map(|(ip, _)| ip), lab.diag());
+
+    // 10. The same client using Sluice as an explicit proxy must authenticate.
+    let proxy = format!("http://{GATEWAY_ADDR}:{PROXY_PORT}");
+    let r = curl(&lab, &["-x", &proxy, "http://10.200.1.1/explicit"]);
+    assert_eq!(r.status, 407, "explicit proxy request without credentials:\n{}{}", r.head, lab.diag());
+    assert_eq!(lab.hits_anywhere("/explicit"), 0, "a request without credentials reached an origin{}", lab.diag());
+    let creds = format!("{LAN_USER}:{LAN_PASSWORD}");
+    let r = curl(&lab, &["-x", &proxy, "--proxy-user", &creds, "http://10.200.1.1/explicit"]);
+    check(&lab, "explicit proxy request with credentials", &r, ORIGIN, "http", "/explicit", Some(ORIGIN));
+
     assert!(matches!(lab.children[sluice].try_wait(), Ok(None)), "sluice exited{}", lab.diag());
     eprintln!(
         "transparent: ok in {:.1?} (requests_total {all_before} -> {all_after}, 2xx {ok_before} -> {ok_after})",

@@ -265,6 +265,11 @@ pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
 }
 
 fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h1::RequestHead, n: usize) -> NextStep {
+    // Proxy authentication first: a request parked for its check runs all of this again.
+    let admission = match super::auth::admit(conn, io, ctx, &head) {
+        super::auth::Admission::Wait => return NextStep::Wait,
+        admission => admission,
+    };
     conn.requests += 1;
     stats::bump(&ctx.stats.requests, 1);
     if head.loops_through(ctx.via) {
@@ -278,6 +283,14 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         return conn.refuse(io, ctx, 403, "CONNECT to this port is not allowed");
     }
     let mut ex = new_exchange(conn, ctx, &head, host, port, is_connect);
+    match admission {
+        super::auth::Admission::Refuse(refusal) => {
+            conn.ex = Some(ex);
+            return refusal.render(conn, io, ctx);
+        }
+        super::auth::Admission::Admit(user) => ex.facts.user = user,
+        super::auth::Admission::Wait => {}
+    }
     if is_connect {
         conn.client.input.start += n;
         if ctx.cfg.intercept_connect && conn.client.tls.is_none() {
@@ -347,7 +360,8 @@ fn new_exchange(
 /// `intercept_connect`: answer the CONNECT at once, then look at what the client sends
 /// inside the tunnel (TLS to intercept, or anything else to relay).
 fn intercept_connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, ex: &Exchange) -> NextStep {
-    conn.tunnel_target = Some(Box::new((ex.host.clone(), ex.port)));
+    let user = ex.facts.user.clone();
+    conn.tunnel_target = Some(Box::new(super::TunnelTarget { host: ex.host.clone(), port: ex.port, user }));
     ctx.stats.response(conn.protocol, Some(Method::Connect), 200);
     stats::bump(&ctx.stats.tunnels, 1);
     if conn.send_own(io, ctx, h1::CONNECT_ESTABLISHED).is_none() {

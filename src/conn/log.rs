@@ -15,6 +15,8 @@ pub(crate) struct Facts {
     pub bytes_in_at_start: u64,
     pub bytes_out_at_start: u64,
     pub logged: bool,
+    /// The proxy-authentication user (the access log's user field).
+    pub user: Option<std::sync::Arc<str>>,
 }
 
 impl Facts {
@@ -31,6 +33,8 @@ impl Facts {
             bytes_in_at_start: conn.bytes_in.saturating_sub(conn.client.input.len() as u64),
             bytes_out_at_start: conn.bytes_out,
             logged: false,
+            // Inside an admitted CONNECT tunnel: its user (a checked request sets its own).
+            user: conn.tunnel_target.as_ref().and_then(|t| t.user.clone()),
         }
     }
 }
@@ -60,6 +64,7 @@ pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
             duration,
             upstream: Some(&upstream),
             protocol,
+            user: facts.user.as_deref(),
         });
     }
 }
@@ -80,6 +85,7 @@ pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_o
             duration: std::time::Duration::ZERO,
             upstream: None,
             protocol: conn.protocol.log_name(conn.client.tls.is_some()),
+            user: None,
         });
     }
 }

@@ -16,6 +16,7 @@
 //! an operation in flight; an idle keep-alive connection holds none.
 
 mod admin;
+mod auth;
 pub(crate) mod buf;
 mod close;
 mod endpoint;
@@ -86,6 +87,8 @@ pub struct Ctx<'a> {
     pub pool: &'a mut SlabPool,
     pub cfg: &'a Config,
     pub dns: &'a mut Resolver,
+    /// Proxy authentication (`crate::auth`).
+    pub auth: &'a mut crate::auth::Gate,
     pub upstreams: &'a mut UpstreamPool,
     pub timers: &'a mut Timers,
     pub stats: &'a WorkerStats,
@@ -188,6 +191,16 @@ pub(crate) struct UpstreamConn {
     pub lease: Option<crate::upstream::pool::Lease>,
 }
 
+/// The CONNECT an intercepting connection carries the tunnel of.
+#[derive(Debug)]
+pub(crate) struct TunnelTarget {
+    pub host: String,
+    pub port: u16,
+    /// Who the CONNECT authenticated as (proxy authentication): what the tunnel carries
+    /// is theirs.
+    pub user: Option<std::sync::Arc<str>>,
+}
+
 /// One client connection.
 pub struct Connection {
     /// The client's side: its socket, TLS when intercepted, the bytes it sent.
@@ -198,8 +211,8 @@ pub struct Connection {
     pub(crate) acceptor: Option<Box<rustls::server::Acceptor>>,
     /// Bytes of `client.input` already given to the acceptor.
     pub(crate) accepted_bytes: usize,
-    /// The CONNECT authority whose tunnel this connection now carries (interception).
-    pub(crate) tunnel_target: Option<Box<(String, u16)>>,
+    /// The CONNECT whose tunnel this connection now carries (interception).
+    pub(crate) tunnel_target: Option<Box<TunnelTarget>>,
     /// The server name the client asked for in its ClientHello (boxed: only intercepted
     /// TLS connections have one, and every connection pays for the field).
     pub(crate) sni: Option<Box<str>>,
@@ -349,9 +362,22 @@ impl Connection {
     /// `Connection: close`), and closes once it is out. The status is recorded as the
     /// exchange's fact for the log and the counters.
     pub(crate) fn refuse(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, status: u16, why: &str) -> NextStep {
+        self.refuse_with(io, ctx, status, b"", why)
+    }
+
+    /// [`Connection::refuse`] with extra header fields (whole lines, e.g. a 407's
+    /// `Proxy-Authenticate`).
+    pub(crate) fn refuse_with(
+        &mut self,
+        io: &mut Io,
+        ctx: &mut Ctx<'_>,
+        status: u16,
+        fields: &[u8],
+        why: &str,
+    ) -> NextStep {
         // HTTP/1.1 is the only client protocol yet; an HTTP/2 stream will get a
         // `:status` HEADERS frame here.
-        let page = crate::h1::error_response(status, why);
+        let page = crate::h1::error_response_with(status, fields, why);
         ctx.stats.response(self.protocol, self.ex.as_ref().map(|e| e.method), status);
         ctx.stats.error(status);
         if let Some(ex) = self.ex.as_mut() {

@@ -38,7 +38,7 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
         conn.phase = Phase::TlsAccept;
         return NextStep::Continue;
     }
-    if let Some((host, port)) = conn.tunnel_target.as_deref().cloned() {
+    if let Some((host, port)) = conn.tunnel_target.as_deref().map(|t| (t.host.clone(), t.port)) {
         // Not TLS inside an intercepted CONNECT: relay it untouched.
         return start_raw_tunnel(conn, ctx, host, port);
     }
@@ -84,15 +84,17 @@ pub(crate) fn accept(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
             if let Some(name) = sni.as_deref() {
                 if tls::is_passthrough(name, &ctx.cfg.passthrough) {
                     let port = conn.original_dst.map_or(443, |a| a.port());
-                    let (host, port) =
-                        conn.tunnel_target.as_deref().cloned().unwrap_or_else(|| (name.to_string(), port));
+                    let (host, port) = conn
+                        .tunnel_target
+                        .as_deref()
+                        .map_or_else(|| (name.to_string(), port), |t| (t.host.clone(), t.port));
                     crate::stats::bump(&ctx.stats.tls_passthrough, 1);
                     return start_raw_tunnel(conn, ctx, host, port);
                 }
             }
             let cert_name = match (&sni, conn.tunnel_target.as_deref()) {
                 (Some(n), _) => n.clone(),
-                (None, Some((host, _))) => host.clone(),
+                (None, Some(t)) => t.host.clone(),
                 (None, None) if conn.original_dst.is_some() => {
                     conn.original_dst.map(|a| a.ip().to_string()).unwrap_or_default()
                 }
@@ -210,8 +212,8 @@ pub(crate) fn upstream_handshake(conn: &mut Connection, io: &mut Io, ctx: &mut C
 /// The target of a request that arrived over intercepted TLS: the CONNECT authority,
 /// then absolute-form, then Host (port 443 unless given), then SNI.
 pub(crate) fn request_target(conn: &Connection, head: &h1::RequestHead) -> Result<(String, u16), h1::H1Error> {
-    if let Some((h, p)) = conn.tunnel_target.as_deref() {
-        return Ok((h.clone(), *p));
+    if let Some(t) = conn.tunnel_target.as_deref() {
+        return Ok((t.host.clone(), t.port));
     }
     if let h1::RequestTarget::Absolute { authority, https, .. } = &head.target {
         return Ok((authority.host.clone(), authority.port_or(if *https { 443 } else { 80 })));

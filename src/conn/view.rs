@@ -60,7 +60,7 @@ impl Connection {
     pub(crate) fn describe(&self, id: ConnId, now: Instant) -> String {
         let target = match (&self.ex, &self.tunnel_target) {
             (Some(ex), _) if !ex.host.is_empty() => Some((ex.host.as_str(), ex.port)),
-            (_, Some(t)) => Some((t.0.as_str(), t.1)),
+            (_, Some(t)) => Some((t.host.as_str(), t.port)),
             _ => None,
         };
         let target = match target {

@@ -100,6 +100,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        429 => "Too Many Requests",
         414 => "URI Too Long",
         417 => "Expectation Failed",
         421 => "Misdirected Request",
@@ -119,16 +120,24 @@ pub fn reason_phrase(status: u16) -> &'static str {
 /// status line, `Content-Type: text/plain; charset=utf-8`, `Content-Length`,
 /// `Connection: close`, then `detail` and a newline as the body.
 pub fn error_response(status: u16, detail: &str) -> Vec<u8> {
+    error_response_with(status, b"", detail)
+}
+
+/// [`error_response`] with extra header fields (`fields`: whole lines, each ending in
+/// CRLF), e.g. a 407's `Proxy-Authenticate`.
+pub fn error_response_with(status: u16, fields: &[u8], detail: &str) -> Vec<u8> {
     let reason = reason_phrase(status);
     let body_len = detail.len() + 1;
-    let mut out = Vec::with_capacity(128 + reason.len() + 2 * body_len);
+    let mut out = Vec::with_capacity(128 + reason.len() + fields.len() + 2 * body_len);
     out.extend_from_slice(b"HTTP/1.1 ");
     super::headers::push_status(&mut out, status);
     out.push(b' ');
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: ");
     super::headers::push_u64(&mut out, body_len as u64);
-    out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    out.extend_from_slice(b"\r\nConnection: close\r\n");
+    out.extend_from_slice(fields);
+    out.extend_from_slice(b"\r\n");
     out.extend_from_slice(detail.as_bytes());
     out.push(b'\n');
     out
@@ -177,6 +186,17 @@ mod tests {
             "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
              Content-Length: 16\r\nConnection: close\r\n\r\nbare LF in head\n"
         );
+    }
+
+    #[test]
+    fn error_response_with_extra_fields() {
+        let r = error_response_with(407, b"Proxy-Authenticate: Basic realm=\"s\"\r\n", "auth");
+        assert_eq!(
+            std::str::from_utf8(&r).unwrap(),
+            "HTTP/1.1 407 Proxy Authentication Required\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 5\r\nConnection: close\r\nProxy-Authenticate: Basic realm=\"s\"\r\n\r\nauth\n"
+        );
+        assert!(error_response_with(429, b"", "x").starts_with(b"HTTP/1.1 429 Too Many Requests\r\n"));
     }
 
     #[test]
