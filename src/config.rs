@@ -37,6 +37,9 @@ pub struct Config {
     pub intercept_connect: bool,
     /// Ports a CONNECT may target (Squid's default: 443 only).
     pub connect_ports: Vec<u16>,
+    /// Protocols an HTTP/1.1 `Upgrade` may switch to (lower-case names, e.g.
+    /// `websocket`); the Upgrade of any other is stripped. Never `h2c`.
+    pub upgrade_protocols: Vec<String>,
     pub limits: Limits,
     pub timeouts: Timeouts,
     pub pool: PoolConfig,
@@ -141,6 +144,7 @@ impl Default for Config {
             passthrough: Vec::new(),
             intercept_connect: false,
             connect_ports: vec![443],
+            upgrade_protocols: vec!["websocket".to_string()],
             limits: Limits {
                 max_header_bytes: MAX_HEAD_BYTES,
                 max_headers: 100,
@@ -363,6 +367,21 @@ pub fn parse_log_level(s: &str) -> Result<String, String> {
     }
 }
 
+/// Parses a protocol name an Upgrade may switch to (`websocket`): a token without a
+/// version (every version of the name is allowed), lower-cased. `h2c` is refused: HTTP/2
+/// over cleartext is never forwarded as an upgrade.
+pub fn parse_upgrade_protocol(s: &str) -> Result<String, String> {
+    let is_tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if s.is_empty() || !s.chars().all(is_tchar) {
+        return Err(format!("{s:?} is not a protocol name (a token such as \"websocket\", without a version)"));
+    }
+    let name = s.to_ascii_lowercase();
+    if name == crate::h1::H2C {
+        return Err("h2c (HTTP/2 over cleartext) is never forwarded as an upgrade".to_string());
+    }
+    Ok(name)
+}
+
 /// Checks an access log file path: non-empty text naming a file, not a directory.
 fn check_log_path(path: &str) -> Result<(), String> {
     if path.trim().is_empty() {
@@ -436,6 +455,9 @@ impl Config {
         }
         if self.connect_ports.contains(&0) {
             return Err(ConfigError::invalid("connect_ports", "port 0 is not a port"));
+        }
+        for protocol in &self.upgrade_protocols {
+            parse_upgrade_protocol(protocol).map_err(|e| ConfigError::invalid("upgrade_protocols", e))?;
         }
         in_range("slabs_per_worker", self.slabs_per_worker, MIN_SLABS, MAX_SLABS)?;
         in_range("cert_cache_size", self.cert_cache_size, 1, 1_000_000)?;
@@ -742,6 +764,7 @@ struct FileConfig {
     passthrough: Option<Spanned<Vec<PassthroughValue>>>,
     intercept_connect: Option<Spanned<bool>>,
     connect_ports: Option<Spanned<Vec<u16>>>,
+    upgrade_protocols: Option<Spanned<Vec<UpgradeProtocolValue>>>,
     slabs_per_worker: Option<Spanned<usize>>,
     cert_cache_size: Option<Spanned<usize>>,
     access_log: Option<Spanned<AccessLogValue>>,
@@ -859,6 +882,7 @@ impl FileConfig {
         t.set_list("passthrough", self.passthrough, &mut c.passthrough, |p| p.0);
         t.set("intercept_connect", self.intercept_connect, &mut c.intercept_connect);
         t.set("connect_ports", self.connect_ports, &mut c.connect_ports);
+        t.set_list("upgrade_protocols", self.upgrade_protocols, &mut c.upgrade_protocols, |p| p.0);
         t.set("slabs_per_worker", self.slabs_per_worker, &mut c.slabs_per_worker);
         t.set("cert_cache_size", self.cert_cache_size, &mut c.cert_cache_size);
         if let Some(log) = t.take("access_log", self.access_log) {
@@ -934,6 +958,7 @@ string_value!(ResolveValue, (String, IpAddr), parse_resolve);
 string_value!(PassthroughValue, String, parse_passthrough);
 string_value!(AccessLogValue, Option<String>, parse_access_log);
 string_value!(LogLevelValue, String, parse_log_level);
+string_value!(UpgradeProtocolValue, String, parse_upgrade_protocol);
 
 /// Deserializes a string through the type's `FromStr`, whose error already quotes the value.
 macro_rules! from_str_value {
@@ -1010,6 +1035,7 @@ resolve = ["origin.test:127.0.0.5", "v6.test:::1", "v6b.test:[fe80::2]"]
 passthrough = ["bank.example", "*.apple.com"]
 intercept_connect = true
 connect_ports = [443, 8443]
+upgrade_protocols = ["WebSocket", "foo"]
 slabs_per_worker = 2048
 cert_cache_size = 500
 access_log = "/var/log/sluice/access.log"
@@ -1070,6 +1096,7 @@ x_forwarded_for = "off"
             passthrough: vec!["bank.example".into(), "*.apple.com".into()],
             intercept_connect: true,
             connect_ports: vec![443, 8443],
+            upgrade_protocols: vec!["websocket".into(), "foo".into()],
             limits: Limits {
                 max_header_bytes: 32768,
                 max_headers: 50,
@@ -1302,6 +1329,13 @@ x_forwarded_for = "off"
         );
         assert_eq!(err("connect_ports = [443, 0]"), "config: connect_ports: port 0 is not a port (line 1)");
         assert_eq!(
+            err("upgrade_protocols = [\"websocket\", \"h2c\"]"),
+            "config: upgrade_protocols: \"h2c\": h2c (HTTP/2 over cleartext) is never forwarded as an upgrade (line 1)"
+        );
+        assert!(err("upgrade_protocols = [\"websocket/13\"]").contains("is not a protocol name"));
+        assert!(err("upgrade_protocols = [\"\"]").contains("is not a protocol name"));
+        assert!(err("upgrade_protocols = \"websocket\"").starts_with("config: upgrade_protocols: invalid type"));
+        assert_eq!(
             err("listen = [\"127.0.0.1:1\", \"127.0.0.1:1\"]"),
             "config: listen: 127.0.0.1:1 is listed twice (line 1)"
         );
@@ -1524,6 +1558,13 @@ x_forwarded_for = "off"
         c.timeouts.drain = Duration::from_secs(MAX_TIMEOUT_SECS + 1);
         assert_eq!(c.validate().unwrap_err().key(), Some("timeouts.drain"));
         let c = Config { allow_clients: vec![], deny_destinations: vec![], ..Config::default() };
+        c.validate().unwrap();
+        let c = Config { upgrade_protocols: vec!["H2C".into()], ..Config::default() };
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "config: upgrade_protocols: h2c (HTTP/2 over cleartext) is never forwarded as an upgrade"
+        );
+        let c = Config { upgrade_protocols: vec![], ..Config::default() };
         c.validate().unwrap();
     }
 

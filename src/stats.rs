@@ -28,7 +28,10 @@ pub struct WorkerStats {
     pub responses: [[[AtomicU64; 5]; METHODS.len()]; Protocol::ALL.len()],
     /// Responses the proxy made itself, by [`ERROR_KINDS`].
     pub errors: [AtomicU64; ERROR_KINDS.len()],
+    /// CONNECT tunnels established.
     pub tunnels: AtomicU64,
+    /// HTTP/1.1 exchanges an origin's 101 turned into a tunnel (WebSocket, ...).
+    pub upgrades: AtomicU64,
     /// Tunnel directions that went from copying to splicing (bulk transfers).
     pub tunnel_splices: AtomicU64,
     pub bytes_from_clients: AtomicU64,
@@ -303,7 +306,12 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         ),
         fam("sluice_requests_total", C, "Requests answered, by protocol, method and status class.", by_class),
         fam("sluice_errors_total", C, "Responses the proxy made itself, by kind.", by("kind", &errors)),
-        fam("sluice_tunnels_total", C, "CONNECT tunnels established.", one(sum(|w| &w.tunnels))),
+        fam(
+            "sluice_tunnels_total",
+            C,
+            "Tunnels established, by kind (connect: CONNECT; upgrade: an HTTP Upgrade the origin accepted with 101).",
+            by("kind", &[("connect", sum(|w| &w.tunnels)), ("upgrade", sum(|w| &w.upgrades))]),
+        ),
         fam(
             "sluice_tunnel_splices_total",
             C,

@@ -154,6 +154,9 @@ pub(crate) struct H1Framing {
     pub dechunk: bool,
     /// The response began before the request body was all forwarded.
     pub early_response: bool,
+    /// The Upgrade offered to the origin (`websocket`), when one was allowed
+    /// (`conn::upgrade`): a 101 may switch to it, and the origin connection is not pooled.
+    pub upgrade: Option<Box<str>>,
 }
 
 impl Exchange {
@@ -394,6 +397,7 @@ fn rewrite_request_head(
         // HTTP/1.0 without Host (transparent mode): HTTP/1.1 upstream needs one.
         add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
     }
+    ex.h1.upgrade = super::upgrade::offer(ctx.scratch, head, &ctx.cfg.upgrade_protocols);
     let len = ctx.scratch.len();
     let head_end = conn.client.input.start + n;
     let Some(at) = conn.client.input.place_before(ctx.pool, ctx.scratch, head_end) else {
@@ -544,6 +548,7 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     };
     match parsed {
         Ok(Some((resp, n))) if resp.is_informational() => interim_head(conn, io, ctx, resp, n),
+        Ok(Some((resp, n))) if resp.status == 101 => super::upgrade::switch(conn, io, ctx, resp, n),
         Ok(Some((resp, n))) => {
             let body_framing = resp.framing;
             // An HTTP/1.0 client cannot read chunked framing: strip it and end the body
@@ -568,7 +573,9 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             conn.origin.input.start = at;
             ex.h1.resp_head_pending = len;
             ex.h1.resp_body = Body::from_framing(body_framing, ctx.cfg.limits.max_header_bytes);
-            ex.h1.resp_keep_alive = resp.keep_alive;
+            // An origin that was offered an Upgrade and declined it is not trusted with
+            // the next request: it may have acted on the Upgrade anyway.
+            ex.h1.resp_keep_alive = resp.keep_alive && ex.h1.upgrade.is_none();
             ex.h1.close_client = close;
             ex.status = resp.status;
             ctx.stats.response(protocol, Some(ex.method), resp.status);

@@ -8,8 +8,8 @@
 //!
 //! Phases (HTTP/1.1; see docs/ARCHITECTURE.md for the diagram):
 //! `AwaitRequest → RequestHead → Upstream → SendRequest → ResponseHead → ResponseBody →
-//! (keep-alive) AwaitRequest`, with `Tunnel` after a CONNECT, `Respond` for responses
-//! the proxy makes itself, and `Admin` for the admin endpoint.
+//! (keep-alive) AwaitRequest`, with `Tunnel` after a CONNECT or an accepted Upgrade (101),
+//! `Respond` for responses the proxy makes itself, and `Admin` for the admin endpoint.
 //!
 //! Buffers: `client.input` holds bytes read from the client, `origin.input` bytes read from the origin,
 //! `out` responses the proxy writes itself. Each holds a slab only while it has data or
@@ -25,6 +25,7 @@ pub(crate) mod leg;
 mod log;
 mod tls;
 mod tunnel;
+mod upgrade;
 mod upstream;
 pub(crate) mod view;
 
@@ -147,7 +148,7 @@ pub(crate) enum Phase {
     ResponseHead,
     /// Forwarding the response body.
     ResponseBody,
-    /// Relaying bytes both ways after CONNECT (progress in the exchange).
+    /// Relaying bytes both ways after CONNECT or a 101 (progress in the exchange).
     Tunnel,
     /// Writing a response the proxy made itself (`out`), then closing.
     Respond,

@@ -1,4 +1,5 @@
-//! CONNECT tunnels: `200 Connection Established`, then bytes both ways through the ring.
+//! Tunnels: after a CONNECT (`200 Connection Established`) or an accepted HTTP Upgrade,
+//! bytes both ways through the ring.
 //!
 //! Each direction starts as a read-then-write pump on its own slab (`client.input` client→origin,
 //! `origin.input` origin→client). A direction whose read fills a whole slab is carrying bulk data:
@@ -9,8 +10,12 @@
 //! must be cleartext sockets to splice (a TLS leg's bytes go through its session).
 //!
 //! One side's EOF shuts down the other side's write half once every byte read before it
-//! has been written; the tunnel ends when both directions are done, or at once on an
-//! error.
+//! has been written (after a `close_notify` when that side speaks TLS); the tunnel ends
+//! when both directions are done, or at once on an error.
+//!
+//! The same tunnel carries an exchange the origin upgraded (`upgrade.rs`, a 101): then
+//! its first bytes to the client are the 101 head, already in `origin.input`, and on
+//! intercepted TLS both legs relay through their sessions (decrypted, re-encrypted).
 
 use super::buf::{Buf, BufId};
 use super::leg::Side;
@@ -263,6 +268,9 @@ fn copy_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Directi
         return NextStep::Wait;
     }
     if lane.source_eof {
+        if send_close_notify(conn, io, ctx, dir.destination()) {
+            return NextStep::Wait;
+        }
         shut_down_write(conn, io, ctx, dir);
         copy_buf_mut(conn, dir).release_if_empty(ctx.pool);
         return NextStep::Wait;
@@ -276,6 +284,15 @@ fn copy_step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Directi
 /// The direction's source and destination sockets.
 fn ends(conn: &Connection, dir: Direction) -> Option<(i32, i32)> {
     Some((conn.leg(dir.source()).fd()?, conn.leg(dir.destination()).fd()?))
+}
+
+/// A TLS destination (an upgraded exchange on intercepted legs) hears of the end as a
+/// `close_notify` before its socket is half-closed. True while that alert is being sent
+/// (rustls queues it once; the next call finds nothing to send).
+fn send_close_notify(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, side: Side) -> bool {
+    let Some(t) = conn.leg_mut(side).tls.as_mut() else { return false };
+    t.session.send_close_notify();
+    conn.flush_tls(io, ctx, side)
 }
 
 /// The source reached EOF and everything before it is out: half-close the destination.

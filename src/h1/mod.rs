@@ -1,6 +1,7 @@
 //! The sans-I/O HTTP/1.1 codec: parsing and validating request and response heads
 //! (with the request-smuggling defences), deciding body framing, validating chunked bodies,
-//! and serialising the heads the proxy forwards and the error responses it generates.
+//! serialising the heads the proxy forwards and the error responses it generates, and
+//! HTTP Upgrade (which protocols are forwarded, and whether a 101 switched to one).
 //! No I/O: callers hand in bytes and get heads, byte counts and output buffers back.
 
 mod authority;
@@ -12,6 +13,7 @@ mod headers;
 mod mutate;
 mod request;
 mod response;
+mod upgrade;
 
 pub use authority::*;
 pub use chunked::*;
@@ -20,3 +22,4 @@ pub(crate) use headers::push_u64;
 pub use headers::{BodyFraming, HeadLimits, Header};
 pub use request::*;
 pub use response::*;
+pub use upgrade::*;
