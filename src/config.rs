@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod resolver;
+pub use resolver::{parse_nameserver, ResolverConfig};
+
 /// Everything a worker needs to run. Built once at start (and, later, on reload), then
 /// shared read-only (`Arc<Config>`) by the workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +62,8 @@ pub struct Config {
     pub deny_destinations: Vec<Cidr>,
     /// Who may reach this machine itself (loopback, its interfaces' addresses).
     pub local_targets: LocalTargets,
+    /// The name resolver (`[resolver]`).
+    pub resolver: ResolverConfig,
 }
 
 /// Who may have the proxy connect to this machine itself: loopback and the addresses of
@@ -156,6 +161,7 @@ impl Default for Config {
             allow_clients: crate::acl::default_allow_clients(),
             deny_destinations: crate::acl::default_deny_destinations(),
             local_targets: LocalTargets::default(),
+            resolver: ResolverConfig::default(),
         }
     }
 }
@@ -454,6 +460,7 @@ impl Config {
         if let Some(level) = &self.log_level {
             parse_log_level(level).map_err(|e| ConfigError::invalid("log_level", e))?;
         }
+        self.resolver.validate()?;
         // allow_clients and deny_destinations: any list is valid (`Cidr` cannot hold a bad
         // block). An empty allow_clients refuses every client, on purpose.
         Ok(())
@@ -719,6 +726,7 @@ struct FileConfig {
     limits: Option<LimitsFile>,
     timeouts: Option<TimeoutsFile>,
     pool: Option<PoolFile>,
+    resolver: Option<resolver::ResolverFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -844,6 +852,7 @@ impl FileConfig {
         t.set("pool.max_idle_total", p.max_idle_total, &mut c.pool.max_idle_total);
         t.set("pool.max_connections_per_host", p.max_connections_per_host, &mut c.pool.max_connections_per_host);
         t.set_secs("pool.idle_timeout", p.idle_timeout, &mut c.pool.idle_timeout);
+        self.resolver.unwrap_or_default().apply(&mut t, &mut c.resolver);
 
         (c, t.lines)
     }
@@ -1025,6 +1034,7 @@ idle_timeout = 15
             allow_clients: vec![cidr("10.0.0.0/8"), cidr("2001:db8::/32"), cidr("192.0.2.7/32")],
             deny_destinations: vec![],
             local_targets: LocalTargets::Allow,
+            resolver: ResolverConfig::default(),
         };
         assert_eq!(c, expected);
     }

@@ -454,7 +454,7 @@ fn wake_queued(conns: &mut Conns<Endpoint>, env: &mut Env) {
 fn apply_config(env: &mut Env, control: &Control) {
     let new = control.current();
     env.upstreams.set_config(new.pool.clone());
-    env.dns.set_pins(&new);
+    env.dns.set_config(&new);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
     env.cfg = new;
 }
@@ -580,7 +580,7 @@ fn publish_ring_stats(env: &Env) {
     w.slabs_registered_in_use.store(registered_in_use as u64, Ordering::Relaxed);
     w.slabs_heap_in_use.store((env.uring.pool().outstanding() - registered_in_use) as u64, Ordering::Relaxed);
     w.slab_heap_lends.store(env.uring.pool().heap_lends(), Ordering::Relaxed);
-    w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
+    env.dns.publish(w);
     // The sink (and its drop count) is shared by all workers: one of them reports it.
     if let (0, Some(a)) = (env.index, &env.access) {
         w.access_log_dropped.store(a.dropped_lines(), Ordering::Relaxed);
