@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod resolver;
+pub use resolver::{parse_nameserver, ResolverConfig};
+
 /// Everything a worker needs to run. Built once at start (and, later, on reload), then
 /// shared read-only (`Arc<Config>`) by the workers.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +69,8 @@ pub struct Config {
     pub local_targets: LocalTargets,
     /// What the origin is told about the client (`Forwarded`, `X-Forwarded-For`).
     pub forwarding: crate::forwarding::Forwarding,
+    /// The name resolver (`[resolver]`).
+    pub resolver: ResolverConfig,
 }
 
 /// Who may have the proxy connect to this machine itself: loopback and the addresses of
@@ -175,6 +180,7 @@ impl Default for Config {
             deny_destinations: crate::acl::default_deny_destinations(),
             local_targets: LocalTargets::default(),
             forwarding: crate::forwarding::Forwarding::default(),
+            resolver: ResolverConfig::default(),
         }
     }
 }
@@ -498,6 +504,7 @@ impl Config {
             parse_log_level(level).map_err(|e| ConfigError::invalid("log_level", e))?;
         }
         self.auth.validate().map_err(|(key, e)| ConfigError::invalid(key, e))?;
+        self.resolver.validate()?;
         // allow_clients and deny_destinations: any list is valid (`Cidr` cannot hold a bad
         // block). An empty allow_clients refuses every client, on purpose.
         Ok(())
@@ -778,6 +785,7 @@ struct FileConfig {
     timeouts: Option<TimeoutsFile>,
     pool: Option<PoolFile>,
     forwarding: Option<ForwardingFile>,
+    resolver: Option<resolver::ResolverFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -932,6 +940,7 @@ impl FileConfig {
         t.set("pool.max_idle_total", p.max_idle_total, &mut c.pool.max_idle_total);
         t.set("pool.max_connections_per_host", p.max_connections_per_host, &mut c.pool.max_connections_per_host);
         t.set_secs("pool.idle_timeout", p.idle_timeout, &mut c.pool.idle_timeout);
+        self.resolver.unwrap_or_default().apply(&mut t, &mut c.resolver);
 
         (c, t.lines)
     }
@@ -1130,6 +1139,7 @@ x_forwarded_for = "off"
                 forwarded: crate::forwarding::ForwardMode::Replace,
                 x_forwarded_for: crate::forwarding::ForwardMode::Off,
             },
+            resolver: ResolverConfig::default(),
         };
         assert_eq!(c, expected);
     }

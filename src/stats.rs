@@ -59,7 +59,12 @@ pub struct WorkerStats {
     pub buffer_waits: AtomicU64,
     pub upstream_retries: AtomicU64,
     pub dns_cache_hits: AtomicU64,
+    pub dns_cache_misses: AtomicU64,
+    /// Requests whose name did not resolve.
     pub dns_failures: AtomicU64,
+    /// Names being resolved now, and lookups by how they ended ([`DNS_RESULTS`]).
+    pub dns_in_flight: AtomicU64,
+    pub dns_lookups: [AtomicU64; DNS_RESULTS.len()],
     pub ring_submitted: AtomicU64,
     pub ring_completed: AtomicU64,
     pub ring_backlog: AtomicU64,
@@ -109,6 +114,9 @@ fn method_index(m: Option<crate::h1::Method>) -> usize {
         _ => 8,
     }
 }
+
+/// Labels of `sluice_dns_lookups_total{result}` (indexed by `upstream::dns::Ended`).
+pub const DNS_RESULTS: [&str; 6] = ["ok", "not_found", "failed", "timeout", "busy", "abandoned"];
 
 /// Upper bounds (seconds) of the latency histograms' buckets.
 pub const LATENCY_BUCKETS: [f64; 14] =
@@ -267,6 +275,11 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         .enumerate()
         .map(|(i, r)| (*r, workers.iter().map(|w| w.auth_failures[i].load(Relaxed)).sum()))
         .collect();
+    let dns: Vec<(&str, u64)> = DNS_RESULTS
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (*r, workers.iter().map(|w| w.dns_lookups[i].load(Relaxed)).sum()))
+        .collect();
     let verify: Vec<(&str, u64)> = VERIFY_REASONS
         .iter()
         .enumerate()
@@ -406,7 +419,26 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             "Name lookups answered from the worker's cache.",
             one(sum(|w| &w.dns_cache_hits)),
         ),
-        fam("sluice_dns_failures_total", C, "Name lookups that failed.", one(sum(|w| &w.dns_failures))),
+        fam(
+            "sluice_dns_cache_misses_total",
+            C,
+            "Name lookups the worker's cache could not answer.",
+            one(sum(|w| &w.dns_cache_misses)),
+        ),
+        fam("sluice_dns_failures_total", C, "Requests whose name did not resolve.", one(sum(|w| &w.dns_failures))),
+        fam(
+            "sluice_dns_lookups_in_flight",
+            G,
+            "Names being resolved now (DNS queries outstanding).",
+            one(sum(|w| &w.dns_in_flight)),
+        ),
+        fam(
+            "sluice_dns_lookups_total",
+            C,
+            "DNS lookups by how they ended (busy: refused at once, resolver.max_pending names were pending; \
+             abandoned: every client waiting for the name had gone).",
+            by("result", &dns),
+        ),
         fam(
             "sluice_timeouts_total",
             C,

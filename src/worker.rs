@@ -520,7 +520,7 @@ fn apply_config(env: &mut Env, control: &Control) {
     let new = control.current();
     set_buffer_budget(env, &new);
     env.upstreams.set_config(new.pool.clone());
-    env.dns.set_pins(&new);
+    env.dns.set_config(&new);
     env.auth.configure(&new.auth);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
     env.cfg = new;
@@ -664,8 +664,8 @@ fn publish_ring_stats(env: &Env) {
     let (waiting, waits) = env.uring.pool().waiters();
     w.buffer_waiting.store(waiting as u64, Ordering::Relaxed);
     w.buffer_waits.store(waits, Ordering::Relaxed);
-    w.dns_cache_hits.store(env.dns.stats.cache_hits, Ordering::Relaxed);
     w.publish_auth(&env.auth.stats);
+    env.dns.publish(w);
     // The sink (and its drop count) is shared by all workers: one of them reports it.
     if let (0, Some(a)) = (env.index, &env.access) {
         w.access_log_dropped.store(a.dropped_lines(), Ordering::Relaxed);

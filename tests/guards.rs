@@ -7,20 +7,15 @@
 //! - `limits.max_connections_per_worker`: past the cap a new client is closed without a
 //!   response and counted in `sluice_connections_rejected_total`; the held ones keep
 //!   working, and a freed slot admits a new client.
-//! - The resolver's cache: positive answers and failures are both cached (a changed
-//!   /etc/hosts is not seen until they expire; a failure expires after 5 s), cache hits
-//!   and failed lookups are counted. The cache tests run the proxy in its own mount
-//!   namespace with a private /etc/hosts (and `hosts: files` only), so no lookup leaves
-//!   the machine and the test can change what a name resolves to.
+//!
+//! The resolver (its cache, timeouts, hosts file) is tested in `dns.rs`.
 //!
 //! Everything stays on loopback: origins on 127.0.0.1 and 127.0.0.2.
 
 mod support;
 
-use std::io::{self, Write};
+use std::io;
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -217,122 +212,4 @@ fn connections_past_max_connections_per_worker_are_refused() {
     let rejected = proxy.metric("sluice_connections_rejected_total").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(rejected, refusals as f64, "sluice_connections_rejected_total");
     drop(admin);
-}
-
-// ---------------------------------------------------------------------------------------
-// The resolver's cache and its failure counter
-// ---------------------------------------------------------------------------------------
-
-/// For the resolver tests: nothing pooled (a pooled connection to a name is reused
-/// without a lookup), and a lookup that never completes fails in 3 s instead of 10.
-const NO_POOL_SHORT_CONNECT: &str = "[pool]\nmax_idle_per_host = 0\n[timeouts]\nupstream_connect = 3\n";
-
-/// A counter of the proxy's /metrics now, panicking when it is missing.
-fn counter(proxy: &Proxy, family: &str) -> f64 {
-    proxy.metric(family).unwrap_or_else(|e| panic!("{e}"))
-}
-
-#[test]
-fn names_from_etc_hosts_are_cached() {
-    let origin = Origin::start();
-    // One worker: the cache is per worker. No pool: a pooled connection to the name
-    // would be reused without any lookup.
-    let proxy = Proxy::builder(NO_POOL_SHORT_CONNECT).workers(1).start();
-    let url = format!("http://localhost:{}/bytes/3", origin.port());
-    get(&proxy, &url).expect_status(200);
-    // The lookup went to the resolver thread; the parked request then took the answer
-    // from the cache (one hit, published on the worker's tick).
-    let first = proxy
-        .wait_metric("sluice_dns_cache_hits_total", Duration::from_secs(5), |v| v >= 1.0)
-        .unwrap_or_else(|e| panic!("after the first lookup of localhost: {e}"));
-    get(&proxy, &url).expect_status(200);
-    proxy
-        .wait_metric("sluice_dns_cache_hits_total", Duration::from_secs(5), |v| v > first)
-        .unwrap_or_else(|e| panic!("the second lookup of localhost was not a cache hit: {e}"));
-    assert_eq!(counter(&proxy, "sluice_dns_failures_total"), 0.0);
-    assert_eq!((origin.accepts(), origin.requests()), (2, 2), "each request on its own upstream connection");
-}
-
-#[test]
-fn unresolvable_name_is_502_and_counted_as_a_dns_failure() {
-    let proxy = Proxy::builder("").workers(1).start();
-    let url = "http://no-such-host.invalid:8080/";
-    let out = get(&proxy, url);
-    out.expect_status(502);
-    assert!(String::from_utf8_lossy(&out.body).contains("no-such-host.invalid"), "{}", out.describe());
-    // Counted when the lookup failed, before the 502 was written.
-    assert_eq!(counter(&proxy, "sluice_dns_failures_total"), 1.0, "after one failed lookup");
-    // A repeat is answered from the negative cache (see the private-hosts test) and
-    // counted again: the counter counts requests that failed to resolve.
-    get(&proxy, url).expect_status(502);
-    assert_eq!(counter(&proxy, "sluice_dns_failures_total"), 2.0, "after a second failed lookup");
-}
-
-/// Can this process run a command in a new mount namespace and bind-mount over /etc?
-fn can_bind_mount_in_a_namespace() -> bool {
-    Command::new("unshare")
-        .args(["--mount", "--", "sh", "-c", "mount --bind /etc/hostname /etc/hostname"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Rewrites `hosts` in place (same inode: it stays the file bind-mounted on /etc/hosts).
-fn write_hosts(hosts: &Path, lines: &str) {
-    let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(hosts).expect("open the private hosts");
-    f.write_all(format!("127.0.0.1 localhost\n{lines}").as_bytes()).expect("write the private hosts");
-}
-
-#[test]
-fn dns_answers_and_failures_are_cached_until_they_expire() {
-    if !can_bind_mount_in_a_namespace() {
-        return skip("cannot bind-mount a private /etc/hosts in a new mount namespace (`unshare --mount`)");
-    }
-    // The proxy resolves through a private /etc/hosts, files only (no DNS server asked).
-    let dir = TempDir::new("dns");
-    let hosts = dir.write("hosts", "");
-    write_hosts(&hosts, "127.0.0.1 cached.sluice.test\n");
-    let nsswitch = dir.write("nsswitch.conf", "hosts: files\n");
-    let script = format!(
-        "mount --bind {} /etc/hosts && mount --bind {} /etc/nsswitch.conf && exec \"$@\"",
-        hosts.display(),
-        nsswitch.display()
-    );
-    let (second, first) = origins_on_one_port();
-    let port = first.port();
-    let proxy = Proxy::builder(NO_POOL_SHORT_CONNECT)
-        .workers(1)
-        .wrap(&["unshare", "--mount", "--", "sh", "-c", &script, "sh"])
-        .start();
-
-    // Positive: resolved once, then served from the cache even after the name moved.
-    let cached = format!("http://cached.sluice.test:{port}/bytes/3");
-    get(&proxy, &cached).expect_status(200);
-    write_hosts(&hosts, "127.0.0.2 cached.sluice.test\n");
-    get(&proxy, &cached).expect_status(200);
-    assert_eq!(
-        (first.accepts(), first.requests(), second.accepts()),
-        (2, 2, 0),
-        "the second request was not answered from the cache (it saw the name's new address)"
-    );
-
-    // Negative: a name /etc/hosts lacks fails; added, it still fails from the cache.
-    let late = format!("http://late.sluice.test:{port}/bytes/3");
-    let failed_at = Instant::now();
-    get(&proxy, &late).expect_status(502);
-    assert_eq!(counter(&proxy, "sluice_dns_failures_total"), 1.0);
-    write_hosts(&hosts, "127.0.0.2 cached.sluice.test\n127.0.0.1 late.sluice.test\n");
-    let out = get(&proxy, &late);
-    assert_eq!(out.status, 502, "a failure was not cached: {}", out.describe());
-    assert_eq!(counter(&proxy, "sluice_dns_failures_total"), 2.0);
-    // Failures are kept 5 s: after that the name resolves.
-    let negative_ttl = Duration::from_secs(5);
-    let resolved = wait_until(Duration::from_secs(10), || {
-        std::thread::sleep(Duration::from_millis(200));
-        get(&proxy, &late).status == 200
-    });
-    assert!(resolved, "late.sluice.test still fails {:?} after its failed lookup", failed_at.elapsed());
-    assert!(failed_at.elapsed() >= negative_ttl, "a failure was cached for only {:?}", failed_at.elapsed());
-    assert_eq!(second.accepts(), 0);
 }

@@ -414,7 +414,9 @@ impl Connection {
     }
 
     /// Gives up on the upstream connection: cancel its operations; it is never pooled.
+    /// A name it waited for is no longer awaited by it.
     pub(crate) fn abandon_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        upstream::stop_resolving(self, io, ctx);
         if let Some(up) = self.upstream.as_mut() {
             if !up.abandoned {
                 up.abandoned = true;
@@ -429,6 +431,7 @@ impl Connection {
     /// then closes the slot, which is freed once the cancelled operations have completed.
     pub fn begin_close(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         self.drop_timer(ctx);
+        upstream::stop_resolving(self, io, ctx);
         // Decided now, from what the legs recorded, unless named where it happened.
         let reason = self.close_reason();
         self.close_reason = Some(reason);

@@ -172,6 +172,16 @@ fn resolve(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
     Outcome::Continue
 }
 
+/// The exchange no longer waits for its name (it timed out, failed or closed): the
+/// resolver drops a lookup nobody waits for.
+pub(crate) fn stop_resolving(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) {
+    if let (Phase::Upstream, Some(ex)) = (&conn.phase, conn.ex.as_ref()) {
+        if matches!(ex.upstream_step, UpstreamStep::Resolving) {
+            ctx.dns.forget(&ex.host, io.id());
+        }
+    }
+}
+
 /// Takes the last connect's result (the leg is ready, or the next address is tried),
 /// and dials the next address.
 fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
