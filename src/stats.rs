@@ -265,26 +265,18 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             }
         }
     }
-    let errors: Vec<(&str, u64)> = ERROR_KINDS
-        .iter()
-        .enumerate()
-        .map(|(i, k)| (*k, workers.iter().map(|w| w.errors[i].load(Relaxed)).sum()))
-        .collect();
-    let auth_failures: Vec<(&str, u64)> = AUTH_FAILURES
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (*r, workers.iter().map(|w| w.auth_failures[i].load(Relaxed)).sum()))
-        .collect();
-    let dns: Vec<(&str, u64)> = DNS_RESULTS
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (*r, workers.iter().map(|w| w.dns_lookups[i].load(Relaxed)).sum()))
-        .collect();
-    let verify: Vec<(&str, u64)> = VERIFY_REASONS
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (*r, workers.iter().map(|w| w.verify_failures[i].load(Relaxed)).sum()))
-        .collect();
+    // One sample per label: the label's counter summed over the workers.
+    let per_label = |labels: &[&'static str], counter: fn(&WorkerStats) -> &[AtomicU64]| -> Vec<(&'static str, u64)> {
+        labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (*l, workers.iter().map(|w| counter(w)[i].load(Relaxed)).sum()))
+            .collect()
+    };
+    let errors = per_label(&ERROR_KINDS, |w| &w.errors);
+    let auth_failures = per_label(&AUTH_FAILURES, |w| &w.auth_failures);
+    let dns = per_label(&DNS_RESULTS, |w| &w.dns_lookups);
+    let verify = per_label(&VERIFY_REASONS, |w| &w.verify_failures);
     vec![
         fam(
             "sluice_connections_accepted_total",

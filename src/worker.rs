@@ -121,6 +121,15 @@ impl Env {
         cap
     }
 
+    /// A helper thread (resolver, password checks) answered: the connections it answered
+    /// run again, and its wake pipe is polled anew.
+    fn resume_waiters(&mut self, ids: Vec<ConnId>, wake_fd: std::os::fd::RawFd, kind: u8) {
+        for id in ids {
+            self.wakes.wake(id);
+        }
+        self.uring.ring_mut().poll_worker_fd(wake_fd, WorkerToken { kind, index: 0 });
+    }
+
     /// Client connections of this worker open now (admin ones excluded).
     fn proxy_connections(&self) -> u64 {
         self.stats[self.index].connections_active.load(Ordering::Relaxed)
@@ -314,20 +323,12 @@ impl Worker {
             Event::Worker { token, more, .. } => {
                 match token.kind {
                     KIND_DNS => {
-                        for id in env.dns.on_wake(now) {
-                            env.wakes.wake(id);
-                        }
-                        env.uring
-                            .ring_mut()
-                            .poll_worker_fd(env.dns.wake_fd(), WorkerToken { kind: KIND_DNS, index: 0 });
+                        let (ids, fd) = (env.dns.on_wake(now), env.dns.wake_fd());
+                        env.resume_waiters(ids, fd, KIND_DNS);
                     }
                     KIND_AUTH => {
-                        for id in env.auth.on_wake(now) {
-                            env.wakes.wake(id);
-                        }
-                        env.uring
-                            .ring_mut()
-                            .poll_worker_fd(env.auth.wake_fd(), WorkerToken { kind: KIND_AUTH, index: 0 });
+                        let (ids, fd) = (env.auth.on_wake(now), env.auth.wake_fd());
+                        env.resume_waiters(ids, fd, KIND_AUTH);
                     }
                     KIND_TICK => self.on_tick(now, more),
                     _ => {}
