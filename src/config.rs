@@ -102,6 +102,14 @@ pub struct Limits {
     pub buffer_mib_per_worker: usize,
 }
 
+impl Limits {
+    /// The client cap in force: `max_connections_per_worker` within the `fd_clients` a
+    /// worker's share of the descriptor limit holds.
+    pub fn client_cap(&self, fd_clients: u64) -> u64 {
+        self.max_connections_per_worker.map_or(fd_clients, |c| fd_clients.min(c as u64))
+    }
+}
+
 /// Every deadline the proxy enforces.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Timeouts {

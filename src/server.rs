@@ -153,7 +153,7 @@ pub fn run(config: Config, reload: Reloader) -> Result<(), StartError> {
     let listening: Vec<String> =
         addrs.iter().map(|(a, r)| format!("{a} ({})", if *r == Role::Admin { "admin" } else { "proxy" })).collect();
     let cpu_list: Vec<String> = cpus.iter().map(|c| c.map_or("-".into(), |c| c.to_string())).collect();
-    let per_worker = config.limits.max_connections_per_worker.map_or(fd_clients, |c| fd_clients.min(c as u64));
+    let per_worker = config.limits.client_cap(fd_clients);
     eprintln!(
         "sluice: listening on {}; {} workers on CPUs [{}], up to {per_worker} clients each",
         listening.join(", "),

@@ -77,6 +77,8 @@ struct Env {
     local: crate::upstream::local::LocalAddrs,
     /// Clients this worker's share of the descriptor limit holds.
     fd_clients: u64,
+    /// The most client connections this worker takes (`set_client_cap`).
+    client_cap: u64,
 }
 
 impl Env {
@@ -113,12 +115,11 @@ impl Env {
         }
     }
 
-    /// The most client connections this worker takes: the configured cap within what
-    /// the descriptors allow (published as `sluice_connections_limit`).
-    fn client_cap(&self) -> u64 {
-        let cap = self.cfg.limits.max_connections_per_worker.map_or(self.fd_clients, |c| self.fd_clients.min(c as u64));
-        self.stats[self.index].connection_limit.store(cap, Ordering::Relaxed);
-        cap
+    /// Works out the client cap after a (re)load and publishes it
+    /// (`sluice_connections_limit`): accepts read `client_cap`, nothing more.
+    fn set_client_cap(&mut self) {
+        self.client_cap = self.cfg.limits.client_cap(self.fd_clients);
+        self.stats[self.index].connection_limit.store(self.client_cap, Ordering::Relaxed);
     }
 
     /// A helper thread (resolver, password checks) answered: the connections it answered
@@ -263,9 +264,10 @@ impl Worker {
             local: crate::upstream::local::LocalAddrs::new(Instant::now()),
             control: control.clone(),
             fd_clients: setup.fd_clients,
+            client_cap: 0,
             cfg,
         };
-        env.client_cap();
+        env.set_client_cap();
         let cfg = env.cfg.clone();
         set_buffer_budget(&mut env, &cfg);
         let listeners: Vec<Listener> =
@@ -525,6 +527,7 @@ fn apply_config(env: &mut Env, control: &Control) {
     env.auth.configure(&new.auth);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
     env.cfg = new;
+    env.set_client_cap();
 }
 
 /// Slabs per MiB of `limits.buffer_mib_per_worker`.
@@ -604,7 +607,7 @@ fn accept(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant, role: Role, 
         tracing::debug!(peer = %Addr(stream.peer_addr().ok()), "refused: limits.buffer_mib_per_worker is spent");
         return None;
     }
-    if role == Role::Proxy && slots >= env.client_cap() {
+    if role == Role::Proxy && slots >= env.client_cap {
         stats::bump(&stats.connections_rejected, 1);
         tracing::debug!(peer = %Addr(stream.peer_addr().ok()), "refused: limits.max_connections_per_worker");
         return None; // dropping the fd closes it
