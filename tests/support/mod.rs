@@ -720,8 +720,10 @@ pub fn wait_serving(child: &mut Child, dir: &TempDir, port: u16) -> Result<(), S
         if let Ok(Some(status)) = child.try_wait() {
             let log = fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
             let err = format!("sluice exited before listening ({status}): {log}");
-            if log.to_lowercase().contains("in use") {
-                return Err(err); // lost a port race: try fresh ports
+            // Lost a port race (taken meanwhile, or the same free port drawn for the proxy
+            // and the admin listener): try fresh ports.
+            if log.to_lowercase().contains("in use") || log.contains("is also a listen address") {
+                return Err(err);
             }
             panic!("{err}");
         }
