@@ -126,6 +126,10 @@ pub struct Timeouts {
     /// On SIGTERM/SIGINT: how long in-flight requests may take to finish before what is
     /// left is closed. Zero closes everything at once.
     pub drain: Duration,
+    /// While reads wait for the buffer budget: a connection holding buffers whose writes
+    /// have not moved for this long is closed (oldest first), so stuck readers cannot hold
+    /// the budget until `io_idle`.
+    pub buffer_stall: Duration,
 }
 
 /// The per-worker upstream connection pool.
@@ -170,6 +174,7 @@ impl Default for Config {
                 upstream_connect: Duration::from_secs(10),
                 upstream_response: Duration::from_secs(60),
                 io_idle: Duration::from_secs(300),
+                buffer_stall: Duration::from_secs(10),
                 drain: Duration::from_secs(30),
             },
             pool: PoolConfig {
@@ -489,6 +494,7 @@ impl Config {
             ("timeouts.upstream_connect", t.upstream_connect),
             ("timeouts.upstream_response", t.upstream_response),
             ("timeouts.io_idle", t.io_idle),
+            ("timeouts.buffer_stall", t.buffer_stall),
             ("pool.idle_timeout", self.pool.idle_timeout),
         ] {
             if value < MIN_TIMEOUT || value > Duration::from_secs(MAX_TIMEOUT_SECS) {
@@ -830,6 +836,7 @@ struct TimeoutsFile {
     upstream_response: Option<Spanned<Seconds>>,
     io_idle: Option<Spanned<Seconds>>,
     drain: Option<Spanned<Seconds>>,
+    buffer_stall: Option<Spanned<Seconds>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -942,6 +949,7 @@ impl FileConfig {
         t.set_secs("timeouts.upstream_response", to.upstream_response, &mut ct.upstream_response);
         t.set_secs("timeouts.io_idle", to.io_idle, &mut ct.io_idle);
         t.set_secs("timeouts.drain", to.drain, &mut ct.drain);
+        t.set_secs("timeouts.buffer_stall", to.buffer_stall, &mut ct.buffer_stall);
 
         let p = self.pool.unwrap_or_default();
         t.set("pool.max_idle_per_host", p.max_idle_per_host, &mut c.pool.max_idle_per_host);
@@ -1073,6 +1081,7 @@ upstream_connect = 5
 upstream_response = 45.25
 io_idle = 600
 drain = 2.5
+buffer_stall = 3
 [pool]
 max_idle_per_host = 4
 max_idle_total = 256
@@ -1127,6 +1136,7 @@ x_forwarded_for = "off"
                 upstream_response: Duration::from_millis(45250),
                 io_idle: Duration::from_secs(600),
                 drain: Duration::from_millis(2500),
+                buffer_stall: Duration::from_secs(3),
             },
             pool: PoolConfig {
                 max_idle_per_host: 4,

@@ -57,6 +57,9 @@ pub struct WorkerStats {
     /// Connections waiting for the budget now, and reads that waited since the start.
     pub buffer_waiting: AtomicU64,
     pub buffer_waits: AtomicU64,
+    /// Connections closed because they held buffers others waited for and did not move
+    /// (`timeouts.buffer_stall`).
+    pub buffer_stall_closes: AtomicU64,
     pub upstream_retries: AtomicU64,
     pub dns_cache_hits: AtomicU64,
     pub dns_cache_misses: AtomicU64,
@@ -398,6 +401,12 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Reads that waited for a buffer because the budget was spent.",
             one(sum(|w| &w.buffer_waits)),
+        ),
+        fam(
+            "sluice_buffer_stall_closes_total",
+            C,
+            "Connections closed because their writes had not moved for timeouts.buffer_stall while reads waited for the buffer budget.",
+            one(sum(|w| &w.buffer_stall_closes)),
         ),
         fam(
             "sluice_upstream_retries_total",

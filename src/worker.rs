@@ -24,6 +24,7 @@ use uring::{ConnId, Conns, Event, ReadyQueue, Slot, Uring, WorkerToken};
 #[cfg(test)]
 mod harness;
 mod listen;
+mod stall;
 
 use listen::{Listener, Rearm, Spare};
 
@@ -209,6 +210,8 @@ pub(crate) struct Worker {
     view_answered: u64,
     /// A descriptor kept for the admin listener when the table is full.
     spare: Spare,
+    /// Connections that hold buffers and do not move, while reads wait for the budget.
+    stalls: stall::StallWatch,
 }
 
 /// The worker thread's body.
@@ -292,6 +295,7 @@ impl Worker {
             deadline_passed: false,
             view_answered: 0,
             spare: Spare::new(),
+            stalls: stall::StallWatch::default(),
         })
     }
 
@@ -419,6 +423,7 @@ impl Worker {
             env.upstreams.sweep(now);
             env.local.refresh(now);
             env.uring.pool_mut().trim_spares();
+            self.stalls.sweep(&mut self.conns, env, now);
             self.last_sweep = now;
         }
         if self.control.generation() != self.config_gen {

@@ -72,3 +72,47 @@ fn slow_readers_wait_for_the_budget_and_every_byte_arrives() {
     assert_eq!(proxy.metric("sluice_buffer_waiting").unwrap(), 0.0);
     assert!(proxy.metric("sluice_buffer_waits_total").unwrap() > 0.0);
 }
+
+/// Readers that read nothing cannot keep the budget from a client that would read: while
+/// reads wait, the oldest connections whose writes have not moved for
+/// `timeouts.buffer_stall` are closed, and the waiting client is served.
+#[test]
+fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
+    let origin = Origin::start();
+    let proxy =
+        Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n[timeouts]\nbuffer_stall = 1\n").workers(1).start();
+    let host = origin.host();
+    // Connected while the budget is free: it holds no buffer until it asks.
+    let mut patient = TcpStream::connect(proxy.addr()).unwrap();
+    let mut stuck: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 21.0).unwrap();
+    for c in &mut stuck {
+        c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+    }
+    proxy
+        .wait_metric("sluice_buffer_waiting", Duration::from_secs(10), |v| v > 0.0)
+        .expect("reads past the budget wait");
+    patient
+        .write_all(format!("GET /bytes/1000 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    // Without the stall sweep it would wait for timeouts.io_idle (300 s).
+    patient.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    patient.read_to_end(&mut got).expect("the waiting client is served");
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&got[..got.len().min(80)]));
+    assert!(got.ends_with(&pattern(1000)));
+    assert!(proxy.metric("sluice_buffer_stall_closes_total").unwrap() >= 1.0);
+    // The oldest stuck reader went first: it finds its connection closed short of the body.
+    let oldest = &mut stuck[0];
+    oldest.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut partial = Vec::new();
+    let end = oldest.read_to_end(&mut partial);
+    assert!(
+        end.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset) || partial.len() < BODY,
+        "the oldest stuck reader kept its connection ({} bytes)",
+        partial.len()
+    );
+    drop(stuck);
+    proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v == 0.0).expect("buffers come back");
+}

@@ -30,6 +30,9 @@ pub(crate) enum CloseReason {
     TlsFailed,
     /// The proxy is draining: an idle connection, or whatever was left at the deadline.
     Drain,
+    /// Its buffers were wanted by connections waiting for the budget, and its writes had
+    /// not moved for `timeouts.buffer_stall` (a stuck reader).
+    BufferStall,
     /// The state machine could not go on (the loop guard, an inconsistent state).
     Internal,
 }
@@ -47,6 +50,7 @@ impl CloseReason {
             CloseReason::Timeout => "timeout",
             CloseReason::TlsFailed => "tls_failed",
             CloseReason::Drain => "drain",
+            CloseReason::BufferStall => "buffer_stall",
             CloseReason::Internal => "internal",
         }
     }

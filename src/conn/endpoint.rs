@@ -45,6 +45,14 @@ impl Endpoint {
         }
     }
 
+    /// When it was accepted and its progress marks, if it holds buffers while a write
+    /// is in flight (the buffer-stall sweep's candidates).
+    pub(crate) fn stall_probe(&self) -> Option<(super::view::Stamp, super::leg::Progress)> {
+        match self {
+            Endpoint::Client(c) => Some((c.accepted, c.write_progress()?)),
+        }
+    }
+
     /// True for a proxy client (counted in the client slot gauge).
     pub fn is_client(&self) -> bool {
         match self {

@@ -54,6 +54,24 @@ pub(crate) struct WriteJob {
     pub len: u32,
 }
 
+/// Where a write is: a partial send moves it.
+type WriteMark = (u32, u32);
+
+impl WriteJob {
+    fn mark(self) -> WriteMark {
+        (self.offset, self.len)
+    }
+}
+
+/// A connection's progress marks ([`Connection::write_progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Progress {
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The client's and the origin's write in flight.
+    writes: (Option<WriteMark>, Option<WriteMark>),
+}
+
 /// One side of the connection.
 #[derive(Debug, Default)]
 pub(crate) struct Leg {
@@ -159,6 +177,17 @@ impl Connection {
         let leg_holds =
             |l: &Leg| l.input.has_slab() || l.tls.as_ref().is_some_and(|t| t.raw_in.has_slab() || t.raw_out.has_slab());
         self.out.has_slab() || leg_holds(&self.client) || leg_holds(&self.origin)
+    }
+
+    /// For a proxy connection that holds buffers while a write is in flight: marks that
+    /// change whenever one of its bytes moves (a read or write submitted, a write partly
+    /// done). The buffer-stall sweep compares them a while apart. None otherwise.
+    pub(crate) fn write_progress(&self) -> Option<Progress> {
+        let writes = (self.client.writing.map(WriteJob::mark), self.origin.writing.map(WriteJob::mark));
+        if self.role != super::Role::Proxy || writes == (None, None) || !self.holds_slab() {
+            return None;
+        }
+        Some(Progress { bytes_in: self.bytes_in, bytes_out: self.bytes_out, writes })
     }
 
     /// Asks for more bytes from `side` in its `input`. With TLS, plaintext already inside

@@ -21,7 +21,7 @@ use uring::ConnId;
 
 /// A moment as milliseconds since the first stamp this process took: a connection's
 /// accept time in 8 bytes where an `Instant` takes 16 (see `an_idle_connection_stays_small`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Stamp(u64);
 
 static EPOCH: OnceLock<Instant> = OnceLock::new();
