@@ -7,6 +7,7 @@
 mod authority;
 mod chunked;
 mod error;
+mod fields;
 mod head;
 mod headers;
 #[cfg(test)]
@@ -18,8 +19,9 @@ mod upgrade;
 pub use authority::*;
 pub use chunked::*;
 pub use error::*;
+pub use fields::{Header, Headers, INLINE_FIELDS};
 pub(crate) use headers::push_u64;
-pub use headers::{BodyFraming, HeadLimits, Header};
+pub use headers::{BodyFraming, HeadLimits};
 pub use request::*;
 pub use response::*;
 pub use upgrade::*;
