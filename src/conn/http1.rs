@@ -106,7 +106,9 @@ pub(crate) struct TunnelState {
 #[derive(Debug)]
 pub(crate) struct Exchange {
     pub method: Method,
-    pub host: String,
+    /// The origin's host: the exchange outlives the head it came from (whose bytes the
+    /// rewritten head overwrites). The upstream pool's key shares it.
+    pub host: std::rc::Rc<str>,
     pub port: u16,
     pub is_connect: bool,
     /// A response byte (interim or final) went to the client: a failure can no longer
