@@ -4,6 +4,8 @@
 //! HTTP Upgrade (which protocols are forwarded, and whether a 101 switched to one).
 //! No I/O: callers hand in bytes and get heads, byte counts and output buffers back.
 
+#[cfg(test)]
+mod alloc_guard;
 mod authority;
 mod chunked;
 mod error;
