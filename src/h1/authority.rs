@@ -156,6 +156,14 @@ mod tests {
     }
 
     #[test]
+    fn a_lowercase_host_is_borrowed() {
+        let raw = b"example.com:8080";
+        assert!(matches!(Authority::parse(raw).map(|a| a.host), Ok(Cow::Borrowed("example.com"))));
+        assert!(matches!(Authority::parse(b"Example.com").map(|a| a.host), Ok(Cow::Owned(h)) if h == "example.com"));
+        assert!(matches!(Authority::parse(b"[::1]").map(|a| a.host), Ok(Cow::Owned(h)) if h == "::1"));
+    }
+
+    #[test]
     fn host_and_port() {
         let a = ok("example.com:8080");
         assert_eq!(a.host, "example.com");
