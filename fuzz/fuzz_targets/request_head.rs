@@ -54,7 +54,7 @@ fn prefixes(n: usize) -> impl Iterator<Item = usize> {
     (0..n).step_by(step).chain(std::iter::once(n - 1))
 }
 
-fn round_trip(head: &RequestHead) {
+fn round_trip(head: &RequestHead<'_>) {
     let Ok(dest) = head.upstream_target() else {
         // An HTTP/1.0 origin-form request without Host: the proxy answers 400 itself.
         return;
@@ -74,7 +74,7 @@ fn round_trip(head: &RequestHead) {
     assert!(!back.expect_continue, "Expect is forwarded");
     assert!(back.loops_through(VIA), "our Via hop is missing");
     let expected_target = match &head.target {
-        RequestTarget::Absolute { path, .. } => RequestTarget::Origin { path: path.clone() },
+        RequestTarget::Absolute { path, .. } => RequestTarget::Origin { path: path.as_ref() },
         other => other.clone(),
     };
     assert_eq!(back.target, expected_target);
@@ -94,9 +94,8 @@ fn round_trip(head: &RequestHead) {
         .expect("second upstream head parses")
         .expect("second upstream head is complete")
         .0;
-    let no_via =
-        |h: &RequestHead| h.headers.iter().filter(|f| !f.name.eq_ignore_ascii_case("via")).cloned().collect::<Vec<_>>();
-    assert_eq!(no_via(&again), no_via(&back));
+    let not_via = |f: &&sluice::h1::Header<'_>| !f.name.eq_ignore_ascii_case("via");
+    assert!(again.headers.iter().filter(not_via).eq(back.headers.iter().filter(not_via)));
     assert_eq!(again.target, back.target);
     assert_eq!(again.framing, back.framing);
 }

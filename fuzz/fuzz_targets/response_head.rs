@@ -46,7 +46,7 @@ fn check(data: &[u8], limits: &HeadLimits, method: Method) {
     }
 }
 
-fn round_trip(head: &ResponseHead, method: Method, close: bool, client_minor: u8) {
+fn round_trip(head: &ResponseHead<'_>, method: Method, close: bool, client_minor: u8) {
     let mut out = Vec::new();
     head.write_client(&mut out, VIA, close, client_minor);
     let roomy = HeadLimits { max_bytes: out.len() + 1, max_headers: head.headers.len() + 4 };

@@ -10,9 +10,11 @@
 //! for a locked address, or a 503 when too many checks wait; the connection then closes.
 
 use super::{Connection, Ctx, NextStep};
-use crate::auth::Verdict;
+use crate::auth::{Gate, Verdict};
+use crate::config::Config;
 use crate::h1::RequestHead;
 use std::sync::Arc;
+use std::time::Instant;
 use uring::Io;
 
 /// What becomes of a request.
@@ -34,9 +36,17 @@ pub(crate) struct Refusal {
     why: &'static str,
 }
 
-/// Asks the gate about `head` (when this request must authenticate).
-pub(crate) fn admit(conn: &Connection, io: &Io, ctx: &mut Ctx<'_>, head: &RequestHead) -> Admission {
-    if !ctx.auth.enabled() || conn.original_dst.is_some() {
+/// Asks the gate about `head` (when this request must authenticate). Takes the gate and
+/// the config rather than the whole `Ctx`: the head still borrows the slab pool.
+pub(crate) fn admit(
+    conn: &Connection,
+    io: &Io,
+    gate: &mut Gate,
+    cfg: &Config,
+    now: Instant,
+    head: &RequestHead<'_>,
+) -> Admission {
+    if !gate.enabled() || conn.original_dst.is_some() {
         return Admission::Admit(None);
     }
     if let Some(t) = &conn.tunnel_target {
@@ -45,17 +55,17 @@ pub(crate) fn admit(conn: &Connection, io: &Io, ctx: &mut Ctx<'_>, head: &Reques
     let mut values = head.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("proxy-authorization"));
     // Two values are malformed credentials: nobody's, whichever would be read.
     let value = match (values.next(), values.next()) {
-        (Some(v), None) => Some(v.value.as_slice()),
+        (Some(v), None) => Some(v.value),
         (Some(_), Some(_)) => Some(&b""[..]),
         (None, _) => None,
     };
     let client = conn.peer.map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |p| p.ip());
-    match ctx.auth.check(value, client, ctx.now, io.id()) {
+    match gate.check(value, client, now, io.id()) {
         Verdict::Admitted { user } => Admission::Admit(user),
         Verdict::Pending => Admission::Wait,
         Verdict::Challenge => Admission::Refuse(Refusal {
             status: 407,
-            fields: crate::auth::basic::challenge_field(&ctx.cfg.auth.realm),
+            fields: crate::auth::basic::challenge_field(&cfg.auth.realm),
             why: "proxy authentication required",
         }),
         Verdict::Locked { retry_after } => Admission::Refuse(Refusal {

@@ -13,6 +13,7 @@ use super::tunnel::PerDirection;
 use super::{Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::h1::{self, BodyFraming, ChunkedDecoder, HeadLimits, Method};
 use crate::stats;
+use std::borrow::Cow;
 use uring::Io;
 
 /// How much of a message body is still to come.
@@ -105,7 +106,9 @@ pub(crate) struct TunnelState {
 #[derive(Debug)]
 pub(crate) struct Exchange {
     pub method: Method,
-    pub host: String,
+    /// The origin's host: the exchange outlives the head it came from (whose bytes the
+    /// rewritten head overwrites). The upstream pool's key shares it.
+    pub host: std::rc::Rc<str>,
     pub port: u16,
     pub is_connect: bool,
     /// A response byte (interim or final) went to the client: a failure can no longer
@@ -162,10 +165,10 @@ pub(crate) struct H1Framing {
 impl Exchange {
     /// A raw tunnel to host:port (CONNECT, passthrough, or non-TLS bytes in an
     /// intercepted tunnel).
-    pub(crate) fn tunnel(host: String, port: u16, tunnel: TunnelState, facts: super::log::Facts) -> Exchange {
+    pub(crate) fn tunnel(host: &str, port: u16, tunnel: TunnelState, facts: super::log::Facts) -> Exchange {
         Exchange {
             method: Method::Connect,
-            host,
+            host: host.into(),
             port,
             is_connect: true,
             response_started: true,
@@ -240,36 +243,24 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     NextStep::Wait
 }
 
-/// Reads until a whole head is in `client.input`, then validates and routes it.
+/// Reads until a whole head is in `client.input`, then validates and routes it, and
+/// rewrites it for the origin.
+///
+/// The parsed head borrows `client.input` (and the pool) until its rewritten form is in
+/// `ctx.scratch`: until then the connection is only read, but for fields apart from
+/// `client` (`requests`, `ex`), and of `ctx` only other fields than the pool are written.
 pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     if conn.client.reading {
         return NextStep::Wait;
     }
-    let parsed = h1::parse_request(conn.client.input.data(ctx.pool), &limits(ctx));
-    match parsed {
-        Ok(Some((head, n))) => start_exchange(conn, io, ctx, head, n),
-        Ok(None) => {
-            if conn.client.error.is_some() {
-                return NextStep::Close;
-            }
-            if conn.client.eof {
-                if conn.client.input.is_empty() {
-                    return NextStep::Close;
-                }
-                return conn.refuse(io, ctx, 400, "connection closed in the middle of a request head");
-            }
-            if conn.client.input.room() == 0 && conn.client.input.start <= HEADROOM {
-                return conn.refuse(io, ctx, 431, "request head too large");
-            }
-            conn.read(io, ctx, Side::Client)
-        }
-        Err(e) => conn.refuse(io, ctx, e.status(), e.detail()),
-    }
-}
-
-fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h1::RequestHead, n: usize) -> NextStep {
+    let limits = limits(ctx);
+    let (head, n) = match h1::parse_request(conn.client.input.data(ctx.pool), &limits) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return incomplete_request_head(conn, io, ctx),
+        Err(e) => return conn.refuse(io, ctx, e.status(), e.detail()),
+    };
     // Proxy authentication first: a request parked for its check runs all of this again.
-    let admission = match super::auth::admit(conn, io, ctx, &head) {
+    let admission = match super::auth::admit(conn, io, ctx.auth, ctx.cfg, ctx.now, &head) {
         super::auth::Admission::Wait => return NextStep::Wait,
         admission => admission,
     };
@@ -285,7 +276,7 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
     if is_connect && !ctx.cfg.connect_ports.contains(&port) {
         return conn.refuse(io, ctx, 403, "CONNECT to this port is not allowed");
     }
-    let mut ex = new_exchange(conn, ctx, &head, host, port, is_connect);
+    let mut ex = new_exchange(conn, ctx, &head, &host, port, is_connect);
     match admission {
         super::auth::Admission::Refuse(refusal) => {
             conn.ex = Some(ex);
@@ -299,32 +290,66 @@ fn start_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, head: h
         if ctx.cfg.intercept_connect && conn.client.tls.is_none() {
             return intercept_connect(conn, io, ctx, &ex);
         }
-    } else if let Err(e) = rewrite_request_head(conn, ctx, &head, &mut ex, n) {
-        return conn.refuse(io, ctx, e.status(), e.detail());
+    } else {
+        let hop = crate::forwarding::Hop {
+            via: ctx.via,
+            rules: ctx.cfg.forwarding,
+            client: conn.peer.map(|p| p.ip()),
+            https: conn.client.tls.is_some(),
+        };
+        ctx.scratch.clear();
+        head.write_upstream(ctx.scratch, &hop);
+        if head.host.is_none() && !matches!(head.target, h1::RequestTarget::Absolute { .. }) {
+            // HTTP/1.0 without Host (transparent mode): HTTP/1.1 upstream needs one.
+            add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
+        }
+        ex.h1.upgrade = super::upgrade::offer(ctx.scratch, &head, &ctx.cfg.upgrade_protocols);
+        if let Err(e) = place_request_head(conn, ctx, &mut ex, n) {
+            return conn.refuse(io, ctx, e.status(), e.detail());
+        }
     }
     conn.ex = Some(ex);
     conn.phase = Phase::Upstream;
     NextStep::Continue
 }
 
+/// Not a whole head yet: read more, or answer why there will not be one.
+fn incomplete_request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.client.error.is_some() {
+        return NextStep::Close;
+    }
+    if conn.client.eof {
+        if conn.client.input.is_empty() {
+            return NextStep::Close;
+        }
+        return conn.refuse(io, ctx, 400, "connection closed in the middle of a request head");
+    }
+    if conn.client.input.room() == 0 && conn.client.input.start <= HEADROOM {
+        return conn.refuse(io, ctx, 431, "request head too large");
+    }
+    conn.read(io, ctx, Side::Client)
+}
+
 /// Where a request goes: host, port, and whether it is a CONNECT. Over intercepted TLS
 /// the CONNECT authority or SNI decide (`tls::request_target`); in transparent mode a
 /// request without Host goes where the client was headed.
-fn route(conn: &Connection, head: &h1::RequestHead) -> Result<(String, u16, bool), h1::H1Error> {
+fn route<'a>(conn: &'a Connection, head: &'a h1::RequestHead<'_>) -> Result<(Cow<'a, str>, u16, bool), h1::H1Error> {
     if conn.client.tls.is_some() && head.method != Method::Connect {
         return super::tls::request_target(conn, head).map(|(h, p)| (h, p, false));
     }
     match (head.upstream_target(), conn.original_dst) {
-        (Err(_), Some(dst)) if head.method != Method::Connect => Ok((dst.ip().to_string(), dst.port(), false)),
-        (t, _) => t,
+        (Err(_), Some(dst)) if head.method != Method::Connect => {
+            Ok((Cow::Owned(dst.ip().to_string()), dst.port(), false))
+        }
+        (t, _) => t.map(|(h, p, c)| (Cow::Borrowed(h), p, c)),
     }
 }
 
 fn new_exchange(
     conn: &Connection,
     ctx: &Ctx<'_>,
-    head: &h1::RequestHead,
-    host: String,
+    head: &h1::RequestHead<'_>,
+    host: &str,
     port: u16,
     is_connect: bool,
 ) -> Box<Exchange> {
@@ -334,7 +359,7 @@ fn new_exchange(
     let log_target = if logging { describe_target(head, conn.client.tls.is_some()) } else { String::new() };
     Box::new(Exchange {
         method: head.method,
-        host,
+        host: host.into(),
         port,
         is_connect,
         response_started: false,
@@ -347,7 +372,7 @@ fn new_exchange(
         upstream_tls: conn.client.tls.is_some()
             || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
         status: 0,
-        facts: super::log::Facts::new(conn, ctx.now, if logging { &head.method_raw } else { "" }, log_target),
+        facts: super::log::Facts::new(conn, ctx.now, if logging { head.method_raw } else { "" }, log_target),
         connect_started: None,
         h1: H1Framing {
             client_minor: head.minor_version,
@@ -364,7 +389,7 @@ fn new_exchange(
 /// inside the tunnel (TLS to intercept, or anything else to relay).
 fn intercept_connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, ex: &Exchange) -> NextStep {
     let user = ex.facts.user.clone();
-    conn.tunnel_target = Some(Box::new(super::TunnelTarget { host: ex.host.clone(), port: ex.port, user }));
+    conn.tunnel_target = Some(Box::new(super::TunnelTarget { host: ex.host.to_string(), port: ex.port, user }));
     ctx.stats.response(conn.protocol, Some(Method::Connect), 200);
     stats::bump(&ctx.stats.tunnels, 1);
     if conn.send_own(io, ctx, h1::CONNECT_ESTABLISHED).is_none() {
@@ -374,30 +399,16 @@ fn intercept_connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, ex: 
     NextStep::Continue
 }
 
-/// Rewrites the request head for the origin in place, right before its first body byte
-/// (`n` bytes of head at `client.input.start`), and checks a chunked body's first bytes
-/// before anything reaches the origin, so a malformed chunk size is refused without the
-/// origin ever seeing the request.
-fn rewrite_request_head(
+/// Puts the rewritten request head (in `ctx.scratch`) in place of the client's (`n` bytes
+/// at `client.input.start`), right before its first body byte, and checks a chunked
+/// body's first bytes before anything reaches the origin, so a malformed chunk size is
+/// refused without the origin ever seeing the request.
+fn place_request_head(
     conn: &mut Connection,
     ctx: &mut Ctx<'_>,
-    head: &h1::RequestHead,
     ex: &mut Exchange,
     n: usize,
 ) -> Result<(), h1::H1Error> {
-    ctx.scratch.clear();
-    let hop = crate::forwarding::Hop {
-        via: ctx.via,
-        rules: ctx.cfg.forwarding,
-        client: conn.peer.map(|p| p.ip()),
-        https: conn.client.tls.is_some(),
-    };
-    head.write_upstream(ctx.scratch, &hop);
-    if head.host.is_none() && !matches!(head.target, h1::RequestTarget::Absolute { .. }) {
-        // HTTP/1.0 without Host (transparent mode): HTTP/1.1 upstream needs one.
-        add_host(ctx.scratch, &ex.host, ex.port, ex.upstream_tls);
-    }
-    ex.h1.upgrade = super::upgrade::offer(ctx.scratch, head, &ctx.cfg.upgrade_protocols);
     let len = ctx.scratch.len();
     let head_end = conn.client.input.start + n;
     let Some(at) = conn.client.input.place_before(ctx.pool, ctx.scratch, head_end) else {
@@ -526,7 +537,8 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
     conn.refuse(io, ctx, 502, why)
 }
 
-/// Reads and rewrites the response head.
+/// Reads and rewrites the response head. The parsed head borrows `origin.input` (and the
+/// pool) until its rewritten form is in `ctx.scratch`, as in `request_head`.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // An interim (1xx) head may still be on its way to the client from `origin.input`.
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
@@ -536,86 +548,92 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
+    let limits = limits(ctx);
     // Interim heads the client does not get are dropped here, all of them in one step
     // (an origin may send any number: one transition each would trip the loop guard).
     let parsed = loop {
-        match h1::parse_response(conn.origin.input.data(ctx.pool), &limits(ctx), ex.method) {
+        match h1::parse_response(conn.origin.input.data(ctx.pool), &limits, ex.method) {
             Ok(Some((resp, n))) if resp.is_informational() && !relays_interim(ex, &resp) => {
                 conn.origin.input.start += n;
             }
             other => break other,
         }
     };
-    match parsed {
-        Ok(Some((resp, n))) if resp.is_informational() => interim_head(conn, io, ctx, resp, n),
-        Ok(Some((resp, n))) if resp.status == 101 => super::upgrade::switch(conn, io, ctx, resp, n),
-        Ok(Some((resp, n))) => {
-            let body_framing = resp.framing;
-            // An HTTP/1.0 client cannot read chunked framing: strip it and end the body
-            // by closing (RFC 9112 §6.1).
-            ex.h1.dechunk = ex.h1.client_minor == 0 && body_framing == BodyFraming::Chunked;
-            let mut resp = resp;
-            if ex.h1.dechunk {
-                resp.framing = BodyFraming::CloseDelimited;
-                resp.headers.retain(|h| !h.name.eq_ignore_ascii_case("transfer-encoding"));
-            }
-            let close = !ex.h1.client_keep_alive
-                || resp.framing == BodyFraming::CloseDelimited
-                || !ctx.ready
-                || ex.h1.early_response;
-            ctx.scratch.clear();
-            resp.write_client(ctx.scratch, ctx.via, close, ex.h1.client_minor);
-            let len = ctx.scratch.len();
-            let head_end = conn.origin.input.start + n;
-            let Some(at) = conn.origin.input.place_before(ctx.pool, ctx.scratch, head_end) else {
-                return upstream_failed(conn, io, ctx, "response head too large after rewriting");
-            };
-            conn.origin.input.start = at;
-            ex.h1.resp_head_pending = len;
-            ex.h1.resp_body = Body::from_framing(body_framing, ctx.cfg.limits.max_header_bytes);
-            // An origin that was offered an Upgrade and declined it is not trusted with
-            // the next request: it may have acted on the Upgrade anyway.
-            ex.h1.resp_keep_alive = resp.keep_alive && ex.h1.upgrade.is_none();
-            ex.h1.close_client = close;
-            ex.status = resp.status;
-            ctx.stats.response(protocol, Some(ex.method), resp.status);
-            conn.phase = Phase::ResponseBody;
-            let t = ctx.cfg.timeouts.io_idle;
-            conn.set_deadline(io, ctx, t);
-            NextStep::Continue
-        }
-        Ok(None) => {
-            if conn.origin.ended() {
-                let why = if conn.origin.input.is_empty() {
-                    "upstream closed the connection without answering"
-                } else {
-                    "upstream closed the connection in the middle of the response head"
-                };
-                return upstream_failed(conn, io, ctx, why);
-            }
-            // Full only when compacting would not make room (heads already consumed,
-            // such as interim ones, leave room in front).
-            if conn.origin.input.has_slab() && conn.origin.input.room() == 0 && conn.origin.input.start <= HEADROOM {
-                return upstream_failed(conn, io, ctx, "upstream response head too large");
-            }
-            conn.read(io, ctx, Side::Origin)
-        }
+    let (mut resp, n) = match parsed {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return incomplete_response_head(conn, io, ctx),
         Err(e) => {
             conn.abandon_upstream(io, ctx);
-            conn.refuse(io, ctx, 502, &format!("bad response from upstream: {}", e.detail()))
+            return conn.refuse(io, ctx, 502, &format!("bad response from upstream: {}", e.detail()));
         }
+    };
+    if resp.is_informational() {
+        ctx.scratch.clear();
+        resp.write_client(ctx.scratch, ctx.via, false, ex.h1.client_minor);
+        return interim_head(conn, io, ctx, n);
     }
+    if resp.status == 101 {
+        let rewritten = super::upgrade::rewrite_101(ex, &resp, ctx.scratch, ctx.via);
+        return super::upgrade::switch(conn, io, ctx, rewritten, n);
+    }
+    let body_framing = resp.framing;
+    // An HTTP/1.0 client cannot read chunked framing: strip it and end the body
+    // by closing (RFC 9112 §6.1).
+    ex.h1.dechunk = ex.h1.client_minor == 0 && body_framing == BodyFraming::Chunked;
+    if ex.h1.dechunk {
+        resp.dechunk();
+    }
+    let close =
+        !ex.h1.client_keep_alive || resp.framing == BodyFraming::CloseDelimited || !ctx.ready || ex.h1.early_response;
+    ctx.scratch.clear();
+    resp.write_client(ctx.scratch, ctx.via, close, ex.h1.client_minor);
+    let (status, keep_alive) = (resp.status, resp.keep_alive);
+    let len = ctx.scratch.len();
+    let head_end = conn.origin.input.start + n;
+    let Some(at) = conn.origin.input.place_before(ctx.pool, ctx.scratch, head_end) else {
+        return upstream_failed(conn, io, ctx, "response head too large after rewriting");
+    };
+    conn.origin.input.start = at;
+    ex.h1.resp_head_pending = len;
+    ex.h1.resp_body = Body::from_framing(body_framing, ctx.cfg.limits.max_header_bytes);
+    // An origin that was offered an Upgrade and declined it is not trusted with
+    // the next request: it may have acted on the Upgrade anyway.
+    ex.h1.resp_keep_alive = keep_alive && ex.h1.upgrade.is_none();
+    ex.h1.close_client = close;
+    ex.status = status;
+    ctx.stats.response(protocol, Some(ex.method), status);
+    conn.phase = Phase::ResponseBody;
+    let t = ctx.cfg.timeouts.io_idle;
+    conn.set_deadline(io, ctx, t);
+    NextStep::Continue
 }
 
-/// An interim head (103 Early Hints, ...): relayed to HTTP/1.1 clients (RFC 9110 §15.2)
-/// from where it was read, rewritten in place. A 100 is dropped when the proxy already
-/// said 100-continue, and an HTTP/1.0 client never gets a 1xx.
-fn interim_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, resp: h1::ResponseHead, n: usize) -> NextStep {
+/// Not a whole response head yet: read more, or fail the exchange.
+fn incomplete_response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if conn.origin.ended() {
+        let why = if conn.origin.input.is_empty() {
+            "upstream closed the connection without answering"
+        } else {
+            "upstream closed the connection in the middle of the response head"
+        };
+        return upstream_failed(conn, io, ctx, why);
+    }
+    // Full only when compacting would not make room (heads already consumed,
+    // such as interim ones, leave room in front).
+    if conn.origin.input.has_slab() && conn.origin.input.room() == 0 && conn.origin.input.start <= HEADROOM {
+        return upstream_failed(conn, io, ctx, "upstream response head too large");
+    }
+    conn.read(io, ctx, Side::Origin)
+}
+
+/// An interim head (103 Early Hints, ...), rewritten in `ctx.scratch`: relayed to
+/// HTTP/1.1 clients (RFC 9110 §15.2) from where it was read (`n` bytes at
+/// `origin.input.start`). A 100 is dropped when the proxy already said 100-continue, and
+/// an HTTP/1.0 client never gets a 1xx.
+fn interim_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, n: usize) -> NextStep {
     let Some(ex) = conn.ex.as_mut() else { return NextStep::Close };
     let head_end = conn.origin.input.start + n;
     conn.origin.input.start = head_end;
-    ctx.scratch.clear();
-    resp.write_client(ctx.scratch, ctx.via, false, ex.h1.client_minor);
     let len = ctx.scratch.len();
     // One that cannot be rewritten in place is dropped: interim responses are advisory.
     let Some(at) = conn.origin.input.place_before(ctx.pool, ctx.scratch, head_end) else {
@@ -628,7 +646,7 @@ fn interim_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, resp: h1:
 
 /// Whether an interim head goes to the client: not to an HTTP/1.0 client, and not a 100
 /// when the proxy already said 100-continue.
-fn relays_interim(ex: &Exchange, resp: &h1::ResponseHead) -> bool {
+fn relays_interim(ex: &Exchange, resp: &h1::ResponseHead<'_>) -> bool {
     ex.h1.client_minor == 1 && !(resp.status == 100 && ex.h1.continue_sent)
 }
 
@@ -801,7 +819,7 @@ fn describe_target(head: &h1::RequestHead, tls: bool) -> String {
     match &head.target {
         h1::RequestTarget::Origin { path } => match &head.host {
             Some(h) => format!("{}://{}{}", if tls { "https" } else { "http" }, h, path),
-            None => path.clone(),
+            None => path.to_string(),
         },
         h1::RequestTarget::Absolute { https, authority, path } => {
             format!("{}://{}{}", if *https { "https" } else { "http" }, authority, path)

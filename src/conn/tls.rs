@@ -12,6 +12,7 @@ use super::{Connection, Ctx, NextStep, Phase};
 use crate::h1;
 use crate::tls::{self, TlsLeg};
 use rustls::pki_types::ServerName;
+use std::borrow::Cow;
 use uring::Io;
 
 /// The client's TLS handshake failed: counted, and named as the close reason.
@@ -50,7 +51,7 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
 fn start_raw_tunnel(conn: &mut Connection, ctx: &Ctx<'_>, host: String, port: u16) -> NextStep {
     let facts = super::log::Facts::new(conn, ctx.now, "TUNNEL", format!("{host}:{port}"));
     let tunnel = TunnelState { established_sent: true, ..Default::default() };
-    conn.ex = Some(Box::new(Exchange::tunnel(host, port, tunnel, facts)));
+    conn.ex = Some(Box::new(Exchange::tunnel(&host, port, tunnel, facts)));
     conn.phase = Phase::Upstream;
     NextStep::Continue
 }
@@ -211,24 +212,27 @@ pub(crate) fn upstream_handshake(conn: &mut Connection, io: &mut Io, ctx: &mut C
 
 /// The target of a request that arrived over intercepted TLS: the CONNECT authority,
 /// then absolute-form, then Host (port 443 unless given), then SNI.
-pub(crate) fn request_target(conn: &Connection, head: &h1::RequestHead) -> Result<(String, u16), h1::H1Error> {
+pub(crate) fn request_target<'a>(
+    conn: &'a Connection,
+    head: &'a h1::RequestHead<'_>,
+) -> Result<(Cow<'a, str>, u16), h1::H1Error> {
     if let Some(t) = conn.tunnel_target.as_deref() {
-        return Ok((t.host.clone(), t.port));
+        return Ok((Cow::Borrowed(&t.host), t.port));
     }
     if let h1::RequestTarget::Absolute { authority, https, .. } = &head.target {
-        return Ok((authority.host.clone(), authority.port_or(if *https { 443 } else { 80 })));
+        return Ok((Cow::Borrowed(&authority.host), authority.port_or(if *https { 443 } else { 80 })));
     }
     let port = conn.original_dst.map_or(443, |a| a.port());
     if let Some(a) = &head.host {
-        return Ok((a.host.clone(), a.port_or(port)));
+        return Ok((Cow::Borrowed(&a.host), a.port_or(port)));
     }
     if let Some(s) = &conn.sni {
-        return Ok((s.to_string(), port));
+        return Ok((Cow::Borrowed(s), port));
     }
     if let Some(a) = conn.original_dst {
-        return Ok((a.ip().to_string(), a.port()));
+        return Ok((Cow::Owned(a.ip().to_string()), a.port()));
     }
-    head.upstream_target().map(|(h, p, _)| (h, p))
+    head.upstream_target().map(|(h, p, _)| (Cow::Borrowed(h), p))
 }
 
 /// For `UpstreamStep` users: the step after a TCP connect when the origin needs TLS.

@@ -13,6 +13,7 @@
 //!
 //! The codec side (which protocols go, whether a 101 is acceptable) is `h1::upgrade`.
 
+use super::http1::Exchange;
 use super::{Connection, Ctx, NextStep, Phase};
 use crate::h1::{self, UpgradeOffer};
 use crate::stats;
@@ -22,7 +23,7 @@ use uring::Io;
 /// blank line) when the operator allows one of its protocols; returns the Upgrade value
 /// offered to the origin. An Upgrade that is not allowed is left out: the request goes
 /// on as a plain one.
-pub(crate) fn offer(rewritten: &mut Vec<u8>, head: &h1::RequestHead, allowed: &[String]) -> Option<Box<str>> {
+pub(crate) fn offer(rewritten: &mut Vec<u8>, head: &h1::RequestHead<'_>, allowed: &[String]) -> Option<Box<str>> {
     match h1::offer(head, allowed) {
         UpgradeOffer::None => None,
         UpgradeOffer::Stripped => {
@@ -36,36 +37,48 @@ pub(crate) fn offer(rewritten: &mut Vec<u8>, head: &h1::RequestHead, allowed: &[
     }
 }
 
-fn upgrade_values(head: &h1::RequestHead) -> Vec<String> {
+fn upgrade_values(head: &h1::RequestHead<'_>) -> Vec<String> {
     head.headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-        .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+        .map(|h| String::from_utf8_lossy(h.value).into_owned())
         .collect()
 }
 
+/// Checks a 101 against the Upgrade that was offered and writes its head for the client
+/// into `out` (with the Upgrade fields of the protocols it switched to). Returns those
+/// protocols, or why the switch cannot be relayed.
+pub(crate) fn rewrite_101(
+    ex: &Exchange,
+    resp: &h1::ResponseHead<'_>,
+    out: &mut Vec<u8>,
+    via: &str,
+) -> Result<String, &'static str> {
+    let protocols = match ex.h1.upgrade.as_deref() {
+        Some(offered) => h1::switched_to(resp, offered)?,
+        None => return Err("the origin switched protocols without an Upgrade request"),
+    };
+    out.clear();
+    resp.write_client(out, via, false, ex.h1.client_minor);
+    h1::push_upgrade_fields(out, &protocols);
+    Ok(protocols)
+}
+
 /// The origin answered `101 Switching Protocols` (`n` bytes of head at
-/// `origin.input.start`): relay it and turn the exchange into a tunnel, or refuse a
-/// switch nobody asked for (502).
+/// `origin.input.start`), rewritten by [`rewrite_101`] into `ctx.scratch`: relay it and
+/// turn the exchange into a tunnel, or refuse a switch nobody asked for (502).
 pub(crate) fn switch(
     conn: &mut Connection,
     io: &mut Io,
     ctx: &mut Ctx<'_>,
-    resp: h1::ResponseHead,
+    rewritten: Result<String, &'static str>,
     n: usize,
 ) -> NextStep {
-    let Some(ex) = conn.ex.as_mut() else { return NextStep::Close };
-    let switched = match ex.h1.upgrade.as_deref() {
-        Some(offered) => h1::switched_to(&resp, offered),
-        None => Err("the origin switched protocols without an Upgrade request"),
-    };
-    let protocols = match switched {
+    let protocols = match rewritten {
         Ok(p) => p,
         Err(why) => return refuse(conn, io, ctx, why),
     };
-    ctx.scratch.clear();
-    resp.write_client(ctx.scratch, ctx.via, false, ex.h1.client_minor);
-    h1::push_upgrade_fields(ctx.scratch, &protocols);
+    let Some(ex) = conn.ex.as_mut() else { return NextStep::Close };
     let head_end = conn.origin.input.start + n;
     let Some(at) = conn.origin.input.place_before(ctx.pool, ctx.scratch, head_end) else {
         return refuse(conn, io, ctx, "response head too large after rewriting");

@@ -59,7 +59,7 @@ impl Connection {
     /// from and sent to the client.
     pub(crate) fn describe(&self, id: ConnId, now: Instant) -> String {
         let target = match (&self.ex, &self.tunnel_target) {
-            (Some(ex), _) if !ex.host.is_empty() => Some((ex.host.as_str(), ex.port)),
+            (Some(ex), _) if !ex.host.is_empty() => Some((&*ex.host, ex.port)),
             (_, Some(t)) => Some((t.host.as_str(), t.port)),
             _ => None,
         };

@@ -1,15 +1,18 @@
 //! `Authority`: a `host[:port]` as found in a Host header, an absolute-form target or a
 //! CONNECT target; parsing (strict: no userinfo, no spaces or CTLs, valid port) and display.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::Ipv6Addr;
 
 use super::error::H1Error;
 
 /// A parsed `host[:port]`. The host is lowercased; an IPv6 literal is kept without brackets.
+/// The host borrows the parsed bytes when they are already in that form (the usual case),
+/// and is owned otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authority {
-    pub host: String,
+pub struct Authority<'a> {
+    pub host: Cow<'a, str>,
     pub port: Option<u16>,
 }
 
@@ -19,11 +22,11 @@ const ERR_CHAR: H1Error = H1Error::bad_request("invalid character in host");
 const ERR_PORT: H1Error = H1Error::bad_request("invalid port");
 const ERR_IPV6: H1Error = H1Error::bad_request("invalid IPv6 literal");
 
-impl Authority {
+impl<'a> Authority<'a> {
     /// Parses `host`, `host:port`, `[v6]`, `[v6]:port`. Rejects userinfo (`@`), an empty
     /// host, a missing / non-numeric / zero / out-of-range port, spaces, CTLs, non-ASCII
     /// bytes and characters that cannot appear in a DNS name or IP literal.
-    pub fn parse(raw: &[u8]) -> Result<Authority, H1Error> {
+    pub fn parse(raw: &'a [u8]) -> Result<Authority<'a>, H1Error> {
         if raw.is_empty() {
             return Err(ERR_EMPTY);
         }
@@ -42,7 +45,7 @@ impl Authority {
                 _ => return Err(ERR_CHAR),
             };
             // Canonical (lowercase, compressed) form.
-            return Ok(Authority { host: addr.to_string(), port });
+            return Ok(Authority { host: Cow::Owned(addr.to_string()), port });
         }
         let (host, port) = match raw.iter().position(|&b| b == b':') {
             Some(i) => (&raw[..i], Some(&raw[i + 1..])),
@@ -52,14 +55,15 @@ impl Authority {
             return Err(ERR_EMPTY);
         }
         let port = port.map(parse_port).transpose()?;
-        let mut lower = String::with_capacity(host.len());
-        for &b in host {
-            if !is_host_byte(b) {
-                return Err(ERR_CHAR);
-            }
-            lower.push(b.to_ascii_lowercase() as char);
+        if !host.iter().all(|&b| is_host_byte(b)) {
+            return Err(ERR_CHAR);
         }
-        Ok(Authority { host: lower, port })
+        // All ASCII now: a str either way.
+        let host = match std::str::from_utf8(host) {
+            Ok(h) if !h.bytes().any(|b| b.is_ascii_uppercase()) => Cow::Borrowed(h),
+            _ => Cow::Owned(String::from_utf8_lossy(host).to_ascii_lowercase()),
+        };
+        Ok(Authority { host, port })
     }
 
     /// The explicit port, or `default` when none was given.
@@ -96,7 +100,7 @@ fn parse_port(digits: &[u8]) -> Result<u16, H1Error> {
     }
 }
 
-impl fmt::Display for Authority {
+impl fmt::Display for Authority<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_ipv6() {
             write!(f, "[{}]", self.host)?;
@@ -110,7 +114,7 @@ impl fmt::Display for Authority {
     }
 }
 
-impl Authority {
+impl Authority<'_> {
     /// Appends the Display form to `out` without going through `fmt`.
     pub(crate) fn write_to(&self, out: &mut Vec<u8>) {
         if self.is_ipv6() {
@@ -131,7 +135,7 @@ impl Authority {
 mod tests {
     use super::*;
 
-    fn ok(raw: &str) -> Authority {
+    fn ok(raw: &str) -> Authority<'_> {
         Authority::parse(raw.as_bytes()).unwrap_or_else(|e| panic!("{raw:?}: {e}"))
     }
 
@@ -149,6 +153,14 @@ mod tests {
         assert_eq!(a.port, None);
         assert_eq!(a.port_or(80), 80);
         assert_eq!(a.to_string(), "example.com");
+    }
+
+    #[test]
+    fn a_lowercase_host_is_borrowed() {
+        let raw = b"example.com:8080";
+        assert!(matches!(Authority::parse(raw).map(|a| a.host), Ok(Cow::Borrowed("example.com"))));
+        assert!(matches!(Authority::parse(b"Example.com").map(|a| a.host), Ok(Cow::Owned(h)) if h == "example.com"));
+        assert!(matches!(Authority::parse(b"[::1]").map(|a| a.host), Ok(Cow::Owned(h)) if h == "::1"));
     }
 
     #[test]

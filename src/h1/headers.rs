@@ -1,7 +1,9 @@
-//! Header fields and the rules shared by requests and responses: `Header`, `HeadLimits`,
+//! Header fields and the rules shared by requests and responses: `HeadLimits`,
 //! `BodyFraming`, field-name classification (hop-by-hop, framing fields), comma-list
 //! splitting, Content-Length / Transfer-Encoding / Connection / Via interpretation, and the
 //! small writers used to serialise heads without going through `fmt`.
+
+use super::fields::Header;
 
 /// Limits on a message head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,20 +18,6 @@ pub struct HeadLimits {
 impl Default for HeadLimits {
     fn default() -> Self {
         HeadLimits { max_bytes: 16 * 1024, max_headers: 100 }
-    }
-}
-
-/// One header field. The name is kept as received (case preserved); the value has its
-/// surrounding whitespace removed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: Vec<u8>,
-}
-
-impl Header {
-    pub fn new(name: &str, value: &[u8]) -> Header {
-        Header { name: name.to_owned(), value: value.to_vec() }
     }
 }
 
@@ -331,45 +319,45 @@ pub(crate) fn via_append(via_token: &str) -> Append<'_> {
 /// are returned, for the caller to write with `push_unmerged` after its framing field.
 pub(crate) fn push_forwarded_fields(
     out: &mut Vec<u8>,
-    headers: &[Header],
+    headers: &[Header<'_>],
     appends: &[Append<'_>],
     skip: impl Fn(FieldKind) -> bool,
 ) -> Unmerged {
     // Field names listed in Connection, gathered once ("close" names nothing and
-    // Keep-Alive is dropped anyway, so the usual `Connection: keep-alive` allocates nothing).
-    let mut named: Vec<&[u8]> = Vec::new();
+    // Keep-Alive is dropped anyway).
+    let mut named = NamedFields::default();
     for h in headers {
-        if classify(&h.name) == FieldKind::Connection {
-            named.extend(list_elements(&h.value).filter(|t| {
-                !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive")
-            }));
+        if classify(h.name) == FieldKind::Connection {
+            for t in list_elements(h.value) {
+                if !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive") {
+                    named.push(t);
+                }
+            }
         }
     }
-    let keep = |h: &Header, kind: FieldKind| -> bool {
-        !skip(kind) && !named.iter().any(|t| t.eq_ignore_ascii_case(h.name.as_bytes()))
-    };
+    let keep = |h: &Header<'_>, kind: FieldKind| -> bool { !skip(kind) && !named.names(h.name.as_bytes()) };
     // Where each append goes: the index of the last kept field of its kind.
     debug_assert!(appends.len() <= 4);
     let mut last = [None; 4];
     for (a, at) in appends.iter().zip(last.iter_mut()) {
         *at = headers.iter().rposition(|h| {
-            let kind = classify(&h.name);
+            let kind = classify(h.name);
             kind == a.kind && keep(h, kind)
         });
     }
     for (i, h) in headers.iter().enumerate() {
-        let kind = classify(&h.name);
+        let kind = classify(h.name);
         if let Some(a) = appends.iter().zip(last.iter()).find_map(|(a, at)| (*at == Some(i)).then_some(a)) {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
-            out.extend_from_slice(&h.value);
+            out.extend_from_slice(h.value);
             if !h.value.is_empty() {
                 out.extend_from_slice(b", ");
             }
             a.push_element(out);
             out.extend_from_slice(b"\r\n");
         } else if keep(h, kind) {
-            push_field(out, h.name.as_bytes(), &h.value);
+            push_field(out, h.name.as_bytes(), h.value);
         }
     }
     let mut unmerged = 0u8;
@@ -379,6 +367,32 @@ pub(crate) fn push_forwarded_fields(
         }
     }
     Unmerged(unmerged)
+}
+
+/// The field names a message's Connection fields list (RFC 9110 §7.6.1): the first few
+/// in place (a client names one or two: `Upgrade`, `TE`), more in a Vec.
+#[derive(Default)]
+struct NamedFields<'a> {
+    inline: [&'a [u8]; 8],
+    len: usize,
+    more: Vec<&'a [u8]>,
+}
+
+impl<'a> NamedFields<'a> {
+    fn push(&mut self, name: &'a [u8]) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = name;
+                self.len += 1;
+            }
+            None => self.more.push(name),
+        }
+    }
+
+    /// Whether `name` is one of them (case-insensitive).
+    fn names(&self, name: &[u8]) -> bool {
+        self.inline[..self.len].iter().chain(&self.more).any(|t| t.eq_ignore_ascii_case(name))
+    }
 }
 
 /// The appends `push_forwarded_fields` found no field to join.
@@ -398,7 +412,7 @@ pub(crate) fn push_unmerged(out: &mut Vec<u8>, appends: &[Append<'_>], unmerged:
 }
 
 /// Rough size of the forwarded head, for one up-front reservation.
-pub(crate) fn estimate_len(headers: &[Header]) -> usize {
+pub(crate) fn estimate_len(headers: &[Header<'_>]) -> usize {
     headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum::<usize>() + 128
 }
 

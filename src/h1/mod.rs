@@ -4,9 +4,12 @@
 //! HTTP Upgrade (which protocols are forwarded, and whether a 101 switched to one).
 //! No I/O: callers hand in bytes and get heads, byte counts and output buffers back.
 
+#[cfg(test)]
+mod alloc_guard;
 mod authority;
 mod chunked;
 mod error;
+mod fields;
 mod head;
 mod headers;
 #[cfg(test)]
@@ -18,8 +21,9 @@ mod upgrade;
 pub use authority::*;
 pub use chunked::*;
 pub use error::*;
+pub use fields::{Header, Headers, INLINE_FIELDS};
 pub(crate) use headers::push_u64;
-pub use headers::{BodyFraming, HeadLimits, Header};
+pub use headers::{BodyFraming, HeadLimits};
 pub use request::*;
 pub use response::*;
 pub use upgrade::*;

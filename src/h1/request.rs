@@ -1,15 +1,20 @@
 //! Requests: `Method`, `RequestTarget`, `RequestHead`, `parse_request` with the
 //! request-smuggling defences (framing, Host, version, target form), the upstream target,
 //! loop detection, and serialising the head sent upstream.
+//!
+//! A parsed head borrows the buffer it was parsed from (method, target, fields, Host):
+//! parsing and rewriting a head of up to `INLINE_FIELDS` fields allocates nothing.
 
 use super::authority::Authority;
 use super::error::{H1Error, H1ErrorKind};
+use super::fields::Headers;
 use super::head::{scan_head, with_header_slots, Scan, ScanError};
 use super::headers::{
     classify, connection_options, estimate_len, merge_content_length, push_field, push_forwarded_fields, push_u64,
-    push_unmerged, via_append, via_names, Append, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
+    push_unmerged, via_append, via_names, Append, BodyFraming, FieldKind, HeadLimits, TransferCodings,
 };
 use crate::forwarding::{Field, Hop};
+use std::borrow::Cow;
 
 /// The request method. Methods are case-sensitive: `get` is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,26 +55,27 @@ impl Method {
 
 /// The request-target, by form (RFC 9112 §3.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestTarget {
+pub enum RequestTarget<'a> {
     /// `/path?query`
-    Origin { path: String },
-    /// `http://host:port/path?query`; `path` is the origin-form part (`/` when empty).
-    Absolute { https: bool, authority: Authority, path: String },
+    Origin { path: &'a str },
+    /// `http://host:port/path?query`; `path` is the origin-form part (`/` when empty; owned
+    /// only when the `/` has to be added in front of a query).
+    Absolute { https: bool, authority: Authority<'a>, path: Cow<'a, str> },
     /// `host:port` (CONNECT only).
-    Authority(Authority),
+    Authority(Authority<'a>),
     /// `*` (OPTIONS only).
     Asterisk,
 }
 
-/// A parsed, validated request head.
+/// A parsed, validated request head, borrowing the bytes it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestHead {
+pub struct RequestHead<'a> {
     pub method: Method,
-    pub method_raw: String,
-    pub target: RequestTarget,
+    pub method_raw: &'a str,
+    pub target: RequestTarget<'a>,
     /// 0 or 1.
     pub minor_version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers<'a>,
     /// `None`, `Length` or `Chunked` (never `CloseDelimited`).
     pub framing: BodyFraming,
     /// The client asked for a persistent connection: HTTP/1.1 unless `Connection: close`;
@@ -78,7 +84,7 @@ pub struct RequestHead {
     /// `Expect: 100-continue` on an HTTP/1.1 request.
     pub expect_continue: bool,
     /// The Host header, parsed.
-    pub host: Option<Authority>,
+    pub host: Option<Authority<'a>>,
 }
 
 const fn bad(detail: &'static str) -> H1Error {
@@ -129,7 +135,7 @@ fn version_error(head: &[u8]) -> H1Error {
 /// `Ok(None)`: the head is not complete yet and `buf.len() < limits.max_bytes`.
 /// `Ok(Some((head, n)))`: `n` bytes of `buf` are the head, leading empty lines and the
 /// final CRLFCRLF included.
-pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<(RequestHead, usize)>, H1Error> {
+pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<(RequestHead<'a>, usize)>, H1Error> {
     match scan_head(buf, limits.max_bytes).map_err(scan_error)? {
         Scan::Partial { start } => {
             // Not complete: still let httparse reject a bad start line or field early.
@@ -157,7 +163,7 @@ pub fn parse_request(buf: &[u8], limits: &HeadLimits) -> Result<Option<(RequestH
     }
 }
 
-fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
+fn build<'a>(req: &httparse::Request<'_, 'a>) -> Result<RequestHead<'a>, H1Error> {
     let (Some(method_raw), Some(path), Some(minor_version)) = (req.method, req.path, req.version) else {
         return Err(bad("malformed request line"));
     };
@@ -175,7 +181,6 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
     let mut conn_close = false;
     let mut conn_keep_alive = false;
     let mut expect_continue = false;
-    let mut headers = Vec::with_capacity(req.headers.len());
 
     for h in req.headers.iter() {
         match classify(h.name) {
@@ -209,7 +214,6 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
             | FieldKind::HopByHop
             | FieldKind::Other => {}
         }
-        headers.push(Header::new(h.name, h.value));
     }
 
     let framing = if has_te {
@@ -250,10 +254,10 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
     let keep_alive = !conn_close && (minor_version == 1 || conn_keep_alive);
     Ok(RequestHead {
         method,
-        method_raw: method_raw.to_owned(),
+        method_raw,
         target,
         minor_version,
-        headers,
+        headers: Headers::from_parsed(req.headers),
         framing,
         keep_alive,
         expect_continue: expect_continue && minor_version == 1,
@@ -261,7 +265,7 @@ fn build(req: &httparse::Request<'_, '_>) -> Result<RequestHead, H1Error> {
     })
 }
 
-fn parse_target(method: Method, raw: &str) -> Result<RequestTarget, H1Error> {
+fn parse_target(method: Method, raw: &str) -> Result<RequestTarget<'_>, H1Error> {
     if method == Method::Connect {
         if raw.starts_with('/') || raw == "*" || raw.contains("://") {
             return Err(bad("CONNECT requires an authority-form target"));
@@ -275,7 +279,7 @@ fn parse_target(method: Method, raw: &str) -> Result<RequestTarget, H1Error> {
     // A fragment is the user agent's business and never goes on (RFC 9110 §4.2.4).
     let raw = raw.split_once('#').map_or(raw, |(before, _)| before);
     if raw.starts_with('/') {
-        return Ok(RequestTarget::Origin { path: raw.to_owned() });
+        return Ok(RequestTarget::Origin { path: raw });
     }
     if raw == "*" {
         return if method == Method::Options {
@@ -298,14 +302,14 @@ fn parse_target(method: Method, raw: &str) -> Result<RequestTarget, H1Error> {
         let (authority, path) = rest.split_at(authority_end);
         let authority = Authority::parse(authority.as_bytes())?;
         let path = if path.is_empty() {
-            "/".to_owned()
+            Cow::Borrowed("/")
         } else if path.starts_with('/') {
-            path.to_owned()
+            Cow::Borrowed(path)
         } else {
             let mut p = String::with_capacity(path.len() + 1);
             p.push('/');
             p.push_str(path);
-            p
+            Cow::Owned(p)
         };
         return Ok(RequestTarget::Absolute { https, authority, path });
     }
@@ -315,21 +319,21 @@ fn parse_target(method: Method, raw: &str) -> Result<RequestTarget, H1Error> {
     Err(bad("invalid request target"))
 }
 
-impl RequestHead {
+impl RequestHead<'_> {
     /// Where to connect: the CONNECT authority (port required); the absolute-form
     /// authority (default port 80, or 443 for https); else the Host header (default port
     /// 80); else 400 "no Host". Returns `(host, port, is_connect)`.
-    pub fn upstream_target(&self) -> Result<(String, u16, bool), H1Error> {
+    pub fn upstream_target(&self) -> Result<(&str, u16, bool), H1Error> {
         match &self.target {
             RequestTarget::Authority(a) => match a.port {
-                Some(port) => Ok((a.host.clone(), port, true)),
+                Some(port) => Ok((&a.host, port, true)),
                 None => Err(bad("CONNECT target without port")),
             },
             RequestTarget::Absolute { https, authority, .. } => {
-                Ok((authority.host.clone(), authority.port_or(if *https { 443 } else { 80 }), false))
+                Ok((&authority.host, authority.port_or(if *https { 443 } else { 80 }), false))
             }
             RequestTarget::Origin { .. } | RequestTarget::Asterisk => match &self.host {
-                Some(h) => Ok((h.host.clone(), h.port_or(80), false)),
+                Some(h) => Ok((&h.host, h.port_or(80), false)),
                 None => Err(bad("no Host")),
             },
         }
@@ -340,8 +344,8 @@ impl RequestHead {
     pub fn loops_through(&self, via_token: &str) -> bool {
         self.headers
             .iter()
-            .filter(|h| classify(&h.name) == FieldKind::Via)
-            .any(|h| via_names(&h.value, via_token.as_bytes()))
+            .filter(|h| classify(h.name) == FieldKind::Via)
+            .any(|h| via_names(h.value, via_token.as_bytes()))
     }
 
     /// Appends the head to send upstream: `METHOD origin-form HTTP/1.1`, Host first
@@ -354,9 +358,8 @@ impl RequestHead {
         out.extend_from_slice(self.method_raw.as_bytes());
         out.push(b' ');
         match &self.target {
-            RequestTarget::Origin { path } | RequestTarget::Absolute { path, .. } => {
-                out.extend_from_slice(path.as_bytes())
-            }
+            RequestTarget::Origin { path } => out.extend_from_slice(path.as_bytes()),
+            RequestTarget::Absolute { path, .. } => out.extend_from_slice(path.as_bytes()),
             RequestTarget::Authority(a) => a.write_to(out),
             RequestTarget::Asterisk => out.push(b'*'),
         }
@@ -369,8 +372,8 @@ impl RequestHead {
                 out.extend_from_slice(b"\r\n");
             }
             RequestTarget::Origin { .. } | RequestTarget::Asterisk => {
-                if let Some(h) = self.headers.iter().find(|h| classify(&h.name) == FieldKind::Host) {
-                    push_field(out, b"Host", &h.value);
+                if let Some(h) = self.headers.iter().find(|h| classify(h.name) == FieldKind::Host) {
+                    push_field(out, b"Host", h.value);
                 }
             }
         }
@@ -412,14 +415,19 @@ impl RequestHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::Header;
+
+    fn field<'a>(name: &'a str, value: &'a [u8]) -> Header<'a> {
+        Header { name, value }
+    }
 
     const LIMITS: HeadLimits = HeadLimits { max_bytes: 8192, max_headers: 64 };
 
-    fn parse(raw: &[u8]) -> Result<Option<(RequestHead, usize)>, H1Error> {
+    fn parse(raw: &[u8]) -> Result<Option<(RequestHead<'_>, usize)>, H1Error> {
         parse_request(raw, &LIMITS)
     }
 
-    fn req(raw: &str) -> RequestHead {
+    fn req(raw: &str) -> RequestHead<'_> {
         match parse(raw.as_bytes()) {
             Ok(Some((head, n))) => {
                 assert_eq!(n, raw.len(), "consumed for {raw:?}");
@@ -454,9 +462,9 @@ mod tests {
         let h = req(raw);
         assert_eq!(h.method, Method::Get);
         assert_eq!(h.method_raw, "GET");
-        assert_eq!(h.target, RequestTarget::Origin { path: "/a/b?c=d".into() });
+        assert_eq!(h.target, RequestTarget::Origin { path: "/a/b?c=d" });
         assert_eq!(h.minor_version, 1);
-        assert_eq!(h.headers, vec![Header::new("Host", b"Example.com"), Header::new("User-Agent", b"t")]);
+        assert_eq!(*h.headers, [field("Host", b"Example.com"), field("User-Agent", b"t")]);
         assert_eq!(h.framing, BodyFraming::None);
         assert!(h.keep_alive);
         assert!(!h.expect_continue);
@@ -467,8 +475,8 @@ mod tests {
     fn header_names_keep_case_and_values_are_trimmed() {
         let h = req("GET / HTTP/1.1\r\nhOsT: a\r\nX-Thing:   spaced out \t\r\nX-Empty:\r\n\r\n");
         assert_eq!(h.headers[0].name, "hOsT");
-        assert_eq!(h.headers[1], Header::new("X-Thing", b"spaced out"));
-        assert_eq!(h.headers[2], Header::new("X-Empty", b""));
+        assert_eq!(h.headers[1], field("X-Thing", b"spaced out"));
+        assert_eq!(h.headers[2], field("X-Empty", b""));
         // obs-text is allowed in values
         let h = req("GET / HTTP/1.1\r\nHost: a\r\nX: caf\u{e9}\r\n\r\n");
         assert_eq!(h.headers[1].value, "caf\u{e9}".as_bytes());
@@ -493,9 +501,9 @@ mod tests {
         let raw = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
         let (h, n) = parse(raw).unwrap().unwrap();
         assert_eq!(n, raw.len() / 2);
-        assert_eq!(h.target, RequestTarget::Origin { path: "/1".into() });
+        assert_eq!(h.target, RequestTarget::Origin { path: "/1" });
         let (h, _) = parse(&raw[n..]).unwrap().unwrap();
-        assert_eq!(h.target, RequestTarget::Origin { path: "/2".into() });
+        assert_eq!(h.target, RequestTarget::Origin { path: "/2" });
     }
 
     #[test]
@@ -630,7 +638,8 @@ mod tests {
             ("PROPFIND", Method::Other, false),
             ("get", Method::Other, false),
         ] {
-            let h = req(&format!("{token} / HTTP/1.1\r\nHost: a\r\n\r\n"));
+            let raw = format!("{token} / HTTP/1.1\r\nHost: a\r\n\r\n");
+            let h = req(&raw);
             assert_eq!(h.method, method, "{token}");
             assert_eq!(h.method_raw, token);
             assert_eq!(h.method.is_idempotent(), idempotent, "{token}");
@@ -762,9 +771,9 @@ mod tests {
         let h = req("CONNECT Example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
         assert_eq!(h.method, Method::Connect);
         assert_eq!(h.target, RequestTarget::Authority(Authority { host: "example.com".into(), port: Some(443) }));
-        assert_eq!(h.upstream_target(), Ok(("example.com".into(), 443, true)));
+        assert_eq!(h.upstream_target(), Ok(("example.com", 443, true)));
         let h = req("CONNECT [::1]:22 HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert_eq!(h.upstream_target(), Ok(("::1".into(), 22, true)));
+        assert_eq!(h.upstream_target(), Ok(("::1", 22, true)));
         bad_request("CONNECT example.com HTTP/1.1\r\nHost: a\r\n\r\n", "CONNECT target without port");
         let d = "CONNECT requires an authority-form target";
         bad_request("CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n", d);
@@ -783,7 +792,7 @@ mod tests {
     fn asterisk_targets() {
         let h = req("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n");
         assert_eq!(h.target, RequestTarget::Asterisk);
-        assert_eq!(h.upstream_target(), Ok(("a".into(), 80, false)));
+        assert_eq!(h.upstream_target(), Ok(("a", 80, false)));
         bad_request("GET * HTTP/1.1\r\nHost: a\r\n\r\n", "asterisk-form target only allowed with OPTIONS");
         bad_request("GET a*b HTTP/1.1\r\nHost: a\r\n\r\n", "invalid request target");
         bad_request("GET ?x HTTP/1.1\r\nHost: a\r\n\r\n", "invalid request target");
@@ -800,19 +809,19 @@ mod tests {
                 path: "/a?b".into()
             }
         );
-        assert_eq!(h.upstream_target(), Ok(("example.com".into(), 8080, false)));
+        assert_eq!(h.upstream_target(), Ok(("example.com", 8080, false)));
         let h = req("GET HTTPS://h HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(matches!(
             &h.target,
             RequestTarget::Absolute { https: true, path, .. } if path == "/"
         ));
-        assert_eq!(h.upstream_target(), Ok(("h".into(), 443, false)));
+        assert_eq!(h.upstream_target(), Ok(("h", 443, false)));
         let h = req("GET http://h HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(h.upstream_target(), Ok(("h".into(), 80, false)));
+        assert_eq!(h.upstream_target(), Ok(("h", 80, false)));
         let h = req("GET http://h?x=1 HTTP/1.1\r\nHost: h\r\n\r\n");
         assert!(matches!(&h.target, RequestTarget::Absolute { path, .. } if path == "/?x=1"));
         let h = req("OPTIONS http://[::1]:9/ HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert_eq!(h.upstream_target(), Ok(("::1".into(), 9, false)));
+        assert_eq!(h.upstream_target(), Ok(("::1", 9, false)));
         bad_request("GET ftp://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "unsupported URI scheme");
         bad_request("GET ://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "unsupported URI scheme");
         bad_request("GET httpx://h/ HTTP/1.1\r\nHost: h\r\n\r\n", "unsupported URI scheme");
@@ -888,7 +897,7 @@ mod tests {
         let many = HeadLimits { max_bytes: 1 << 16, max_headers: 200 };
         let (h, _) = parse_request(&big, &many).unwrap().unwrap();
         assert_eq!(h.headers.len(), 200);
-        assert_eq!(h.headers[200 - 1], Header::new("X-198", b"198"));
+        assert_eq!(h.headers[200 - 1], field("X-198", b"198"));
         let fewer = HeadLimits { max_bytes: 1 << 16, max_headers: 199 };
         assert_eq!(parse_request(&big, &fewer).unwrap_err().kind, H1ErrorKind::HeadTooLarge);
         let none = HeadLimits { max_bytes: 1024, max_headers: 0 };
@@ -908,9 +917,9 @@ mod tests {
         assert_eq!(e.status(), 400);
         assert_eq!(e.detail, "no Host");
         let h = req("GET / HTTP/1.1\r\nHost: b:8081\r\n\r\n");
-        assert_eq!(h.upstream_target(), Ok(("b".into(), 8081, false)));
+        assert_eq!(h.upstream_target(), Ok(("b", 8081, false)));
         let h = req("GET / HTTP/1.1\r\nHost: B\r\n\r\n");
-        assert_eq!(h.upstream_target(), Ok(("b".into(), 80, false)));
+        assert_eq!(h.upstream_target(), Ok(("b", 80, false)));
     }
 
     #[test]
@@ -1011,7 +1020,7 @@ mod tests {
         let (back, n) = parse(&out).unwrap().unwrap();
         assert_eq!(n, out.len());
         assert_eq!(back.framing, BodyFraming::Chunked);
-        assert_eq!(back.target, RequestTarget::Origin { path: "/x".into() });
+        assert_eq!(back.target, RequestTarget::Origin { path: "/x" });
         assert!(back.loops_through("sluice"));
     }
 

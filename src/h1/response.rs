@@ -1,27 +1,32 @@
 //! Responses: `ResponseHead`, `parse_response` (validation and body framing per
 //! RFC 9112 §6.3, upstream connection reuse) and serialising the head sent to the client.
+//! A parsed head borrows the buffer it was parsed from, as a request head does.
 
 use super::error::{H1Error, H1ErrorKind};
+use super::fields::Headers;
 use super::head::{scan_head, with_header_slots, Scan, ScanError};
 use super::headers::{
     classify, connection_options, estimate_len, list_elements, merge_content_length, push_forwarded_fields,
-    push_status, push_u64, push_unmerged, via_append, BodyFraming, FieldKind, HeadLimits, Header, TransferCodings,
+    push_status, push_u64, push_unmerged, via_append, BodyFraming, FieldKind, HeadLimits, TransferCodings,
 };
 use super::request::Method;
 
-/// A parsed, validated response head.
+/// A parsed, validated response head, borrowing the bytes it was parsed from.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseHead {
+pub struct ResponseHead<'a> {
     pub status: u16,
-    pub reason: String,
+    pub reason: &'a str,
     pub minor_version: u8,
-    pub headers: Vec<Header>,
+    pub headers: Headers<'a>,
     pub framing: BodyFraming,
     /// The upstream connection can be reused after this response: HTTP/1.1 unless
     /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`; never when the
     /// body is close-delimited or the framing was suspect (Transfer-Encoding together
     /// with Content-Length, or on HTTP/1.0), nor after a tunnel or protocol switch.
     pub keep_alive: bool,
+    /// The origin's Transfer-Encoding is not the client's business any more
+    /// ([`ResponseHead::dechunk`]).
+    codings_dropped: bool,
 }
 
 const fn bad(detail: &'static str) -> H1Error {
@@ -56,11 +61,11 @@ fn httparse_error(e: httparse::Error) -> H1Error {
 ///
 /// Errors are `BadResponse`, or `HeadTooLarge` when over the limits (the caller answers
 /// the client with 502 for both).
-pub fn parse_response(
-    buf: &[u8],
+pub fn parse_response<'a>(
+    buf: &'a [u8],
     limits: &HeadLimits,
     request_method: Method,
-) -> Result<Option<(ResponseHead, usize)>, H1Error> {
+) -> Result<Option<(ResponseHead<'a>, usize)>, H1Error> {
     match scan_head(buf, limits.max_bytes).map_err(scan_error)? {
         Scan::Partial { start } => {
             let rest = buf.get(start..).unwrap_or_default();
@@ -87,7 +92,7 @@ pub fn parse_response(
     }
 }
 
-fn build(resp: &httparse::Response<'_, '_>, request_method: Method) -> Result<ResponseHead, H1Error> {
+fn build<'a>(resp: &httparse::Response<'_, 'a>, request_method: Method) -> Result<ResponseHead<'a>, H1Error> {
     let (Some(minor_version), Some(status)) = (resp.version, resp.code) else {
         return Err(bad("malformed status line"));
     };
@@ -103,7 +108,6 @@ fn build(resp: &httparse::Response<'_, '_>, request_method: Method) -> Result<Re
     let mut codings = TransferCodings::default();
     let mut conn_close = false;
     let mut conn_keep_alive = false;
-    let mut headers = Vec::with_capacity(resp.headers.len());
 
     for h in resp.headers.iter() {
         match classify(h.name) {
@@ -123,7 +127,6 @@ fn build(resp: &httparse::Response<'_, '_>, request_method: Method) -> Result<Re
             }
             _ => {}
         }
-        headers.push(Header::new(h.name, h.value));
     }
 
     let mut keep_alive = !conn_close && (minor_version == 1 || conn_keep_alive);
@@ -176,18 +179,27 @@ fn build(resp: &httparse::Response<'_, '_>, request_method: Method) -> Result<Re
 
     Ok(ResponseHead {
         status,
-        reason: resp.reason.unwrap_or("").to_owned(),
+        reason: resp.reason.unwrap_or(""),
         minor_version,
-        headers,
+        headers: Headers::from_parsed(resp.headers),
         framing,
         keep_alive,
+        codings_dropped: false,
     })
 }
 
-impl ResponseHead {
+impl ResponseHead<'_> {
     /// 1xx other than 101: an interim response followed by the final one.
     pub fn is_informational(&self) -> bool {
         (100..200).contains(&self.status) && self.status != 101
+    }
+
+    /// For an HTTP/1.0 client, which cannot read chunked framing: the body goes on
+    /// without it and ends when the connection closes (RFC 9112 §6.1), and the origin's
+    /// Transfer-Encoding is left out of the head.
+    pub fn dechunk(&mut self) {
+        self.framing = BodyFraming::CloseDelimited;
+        self.codings_dropped = true;
     }
 
     /// Appends the head for the client: `HTTP/1.1 <status> <reason>`, the end-to-end
@@ -257,9 +269,12 @@ impl ResponseHead {
 
     fn codings(&self) -> TransferCodings {
         let mut codings = TransferCodings::default();
-        for h in &self.headers {
-            if classify(&h.name) == FieldKind::TransferEncoding {
-                codings.add_field(&h.value);
+        if self.codings_dropped {
+            return codings;
+        }
+        for h in self.headers.iter() {
+            if classify(h.name) == FieldKind::TransferEncoding {
+                codings.add_field(h.value);
             }
         }
         codings
@@ -269,10 +284,10 @@ impl ResponseHead {
     /// Transfer-Encoding.
     fn origin_content_length(&self) -> Option<u64> {
         let mut value = None;
-        for h in &self.headers {
-            match classify(&h.name) {
+        for h in self.headers.iter() {
+            match classify(h.name) {
                 FieldKind::TransferEncoding => return None,
-                FieldKind::ContentLength => value = merge_content_length(value, &h.value).ok()?,
+                FieldKind::ContentLength => value = merge_content_length(value, h.value).ok()?,
                 _ => {}
             }
         }
@@ -283,9 +298,9 @@ impl ResponseHead {
     fn push_transfer_encoding(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"Transfer-Encoding: ");
         let mut first = true;
-        for h in &self.headers {
-            if classify(&h.name) == FieldKind::TransferEncoding {
-                for coding in list_elements(&h.value).filter(|c| !c.is_empty()) {
+        for h in self.headers.iter() {
+            if classify(h.name) == FieldKind::TransferEncoding {
+                for coding in list_elements(h.value).filter(|c| !c.is_empty()) {
                     if !first {
                         out.extend_from_slice(b", ");
                     }
@@ -307,14 +322,19 @@ fn push_content_length(out: &mut Vec<u8>, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::Header;
+
+    fn field<'a>(name: &'a str, value: &'a [u8]) -> Header<'a> {
+        Header { name, value }
+    }
 
     const LIMITS: HeadLimits = HeadLimits { max_bytes: 8192, max_headers: 64 };
 
-    fn parse_for(raw: &[u8], method: Method) -> Result<Option<(ResponseHead, usize)>, H1Error> {
+    fn parse_for(raw: &[u8], method: Method) -> Result<Option<(ResponseHead<'_>, usize)>, H1Error> {
         parse_response(raw, &LIMITS, method)
     }
 
-    fn resp_for(raw: &str, method: Method) -> ResponseHead {
+    fn resp_for(raw: &str, method: Method) -> ResponseHead<'_> {
         match parse_for(raw.as_bytes(), method) {
             Ok(Some((head, n))) => {
                 assert_eq!(n, raw.len(), "consumed for {raw:?}");
@@ -324,7 +344,7 @@ mod tests {
         }
     }
 
-    fn resp(raw: &str) -> ResponseHead {
+    fn resp(raw: &str) -> ResponseHead<'_> {
         resp_for(raw, Method::Get)
     }
 
@@ -351,7 +371,7 @@ mod tests {
         assert_eq!(h.status, 200);
         assert_eq!(h.reason, "OK");
         assert_eq!(h.minor_version, 1);
-        assert_eq!(h.headers, vec![Header::new("Content-Length", b"5"), Header::new("Content-Type", b"text/plain")]);
+        assert_eq!(*h.headers, [field("Content-Length", b"5"), field("Content-Type", b"text/plain")]);
         assert_eq!(h.framing, BodyFraming::Length(5));
         assert!(h.keep_alive);
         assert!(!h.is_informational());
@@ -416,7 +436,8 @@ mod tests {
     #[test]
     fn informational() {
         for (status, informational) in [(100, true), (101, false), (103, true), (199, true), (200, false)] {
-            let h = resp(&format!("HTTP/1.1 {status} X\r\n\r\n"));
+            let raw = format!("HTTP/1.1 {status} X\r\n\r\n");
+            let h = resp(&raw);
             assert_eq!(h.is_informational(), informational, "{status}");
         }
         let h = resp("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");

@@ -46,11 +46,11 @@ fn is_protocol(element: &[u8]) -> bool {
 }
 
 /// The Upgrade fields' protocols, as offered (empty elements and malformed ones left out).
-fn protocols(headers: &[super::Header]) -> impl Iterator<Item = &[u8]> {
+fn protocols<'a>(headers: &'a [super::Header<'a>]) -> impl Iterator<Item = &'a [u8]> {
     headers
         .iter()
         .filter(|h| h.name.eq_ignore_ascii_case("upgrade"))
-        .flat_map(|h| list_elements(&h.value))
+        .flat_map(|h| list_elements(h.value))
         .filter(|p| is_protocol(p))
 }
 
@@ -70,8 +70,8 @@ pub fn offer(head: &RequestHead, allowed: &[String]) -> UpgradeOffer {
     let option_named = head
         .headers
         .iter()
-        .filter(|h| classify(&h.name) == FieldKind::Connection)
-        .flat_map(|h| list_elements(&h.value))
+        .filter(|h| classify(h.name) == FieldKind::Connection)
+        .flat_map(|h| list_elements(h.value))
         .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     if head.minor_version != 1 || !option_named {
         return UpgradeOffer::Stripped;
@@ -110,8 +110,7 @@ pub fn switched_to(resp: &ResponseHead, offered: &str) -> Result<String, &'stati
     }
     let offered: Vec<&[u8]> = list_elements(offered.as_bytes()).map(protocol_name).collect();
     let mut chosen = Vec::new();
-    for p in
-        resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("upgrade")).flat_map(|h| list_elements(&h.value))
+    for p in resp.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("upgrade")).flat_map(|h| list_elements(h.value))
     {
         if p.is_empty() {
             continue;
@@ -135,11 +134,11 @@ mod tests {
     use super::*;
     use crate::h1::{parse_request, parse_response, HeadLimits, Method};
 
-    fn req(raw: &str) -> RequestHead {
+    fn req(raw: &str) -> RequestHead<'_> {
         parse_request(raw.as_bytes(), &HeadLimits::default()).unwrap().unwrap().0
     }
 
-    fn resp(raw: &str) -> ResponseHead {
+    fn resp(raw: &str) -> ResponseHead<'_> {
         parse_response(raw.as_bytes(), &HeadLimits::default(), Method::Get).unwrap().unwrap().0
     }
 

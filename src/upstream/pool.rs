@@ -39,7 +39,8 @@ pub const PURGE_EVERY: Duration = Duration::from_secs(5);
 /// Which origin a pooled connection talks to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
-    pub host: String,
+    /// The exchange's host, shared with it (a key costs no allocation per request).
+    pub host: Rc<str>,
     pub port: u16,
     pub tls: bool,
 }
