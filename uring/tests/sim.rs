@@ -122,10 +122,7 @@ fn a_multishot_receive_takes_provided_buffers_until_none_is_free_or_it_is_cancel
     submit(&mut uring, &mut conns, RECV, Op::RecvMulti { fd: 9 });
     // Six bytes fill two buffers of four: two completions, both with more to come.
     assert_eq!(uring.ring_mut().sim().unwrap().deliver(9, b"abcdef"), 6);
-    assert_eq!(
-        batch(&mut uring, &mut conns),
-        vec![(4, true, Some(b"abcd".to_vec())), (2, true, Some(b"ef".to_vec()))]
-    );
+    assert_eq!(batch(&mut uring, &mut conns), vec![(4, true, Some(b"abcd".to_vec())), (2, true, Some(b"ef".to_vec()))]);
     assert_eq!(conns.get_mut(id).unwrap().io().inflight(), 1, "still armed");
     // Two arrivals before the worker gives any buffer back: the second runs out of them
     // and ends the receive.
