@@ -168,12 +168,13 @@ fn a_request_sent_before_the_response_is_written_is_kept_and_served() {
     assert_eq!(first_line(&h.received_by(origin)), "GET /1 HTTP/1.1");
     h.send_from(origin, RESPONSE);
     // The response is being written to the client when its next request arrives.
-    let write = h.take("response to the client", |_, op| matches!(op, SimOp::Send { fd, .. } if *fd == client));
+    assert!(h.has(|op| matches!(op, SimOp::Send { fd, .. } if *fd == client)));
     assert_eq!(h.sim().deliver(client, &get("/2", 0)), get("/2", 0).len());
     h.turn();
     h.turn();
     assert!(!multishot_on(&mut h, client), "bytes the exchange cannot take stop the receive");
     // Cancelling the receive did not touch the write in flight on the same socket.
+    let write = h.take("response to the client", |_, op| matches!(op, SimOp::Send { fd, .. } if *fd == client));
     let SimOp::Send { bytes, .. } = &write.op else { unreachable!() };
     let n = bytes.len() as i32;
     h.sim().complete(write, n);
