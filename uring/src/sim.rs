@@ -100,6 +100,8 @@ pub struct Pending {
     pub op: SimOp,
     /// Where a receive's bytes go: inside a slab parked in the slot's lane.
     recv_into: Option<(*mut u8, u32)>,
+    /// A deferred cancel's target (`Sim::defer_cancels`).
+    cancel_target: Option<u64>,
 }
 
 /// `IORING_CQE_F_BUFFER`, `IORING_CQE_F_MORE` and `IORING_CQE_BUFFER_SHIFT`
@@ -126,6 +128,8 @@ pub struct Sim {
     /// `(user_data, result, flags)` in completion order.
     completed: Vec<(u64, i32, u32)>,
     provided: Option<Provided>,
+    /// Cancels by tag wait as pending operations until the test completes them.
+    defer_cancels: bool,
     /// Worker-level operations submitted (accept, tick, wake polls): never completed.
     pub worker_ops: u64,
 }
@@ -178,15 +182,8 @@ impl Sim {
         (op, recv_into): (SimOp, Option<(*mut u8, u32)>),
         cancel_target: Option<u64>,
     ) {
-        if let (SimOp::Cancel { .. }, Some(target)) = (&op, cancel_target) {
-            let result = match self.pending.iter().position(|p| p.user_data == target) {
-                Some(i) => {
-                    let p = self.pending.remove(i);
-                    self.completed.push((p.user_data, -libc::ECANCELED, 0));
-                    0
-                }
-                None => -libc::ENOENT,
-            };
+        if let (SimOp::Cancel { .. }, Some(target), false) = (&op, cancel_target, self.defer_cancels) {
+            let result = self.cancel_one(target);
             self.completed.push((user_data, result, 0));
             return;
         }
@@ -205,7 +202,29 @@ impl Sim {
             self.completed.push((user_data, if cancelled > 0 { cancelled } else { -libc::ENOENT }, 0));
             return;
         }
-        self.pending.push(Pending { ring: self.ring, user_data, tag, op, recv_into });
+        self.pending.push(Pending { ring: self.ring, user_data, tag, op, recv_into, cancel_target });
+    }
+
+    /// Completes the pending operation `target` with `-ECANCELED`: 0, or `-ENOENT` when
+    /// it is not pending.
+    fn cancel_one(&mut self, target: u64) -> i32 {
+        match self.pending.iter().position(|p| p.user_data == target) {
+            Some(i) => {
+                let p = self.pending.remove(i);
+                self.completed.push((p.user_data, -libc::ECANCELED, 0));
+                0
+            }
+            None => -libc::ENOENT,
+        }
+    }
+
+    /// From now on a cancel by tag (`Op::Cancel`) is not acted on when it is submitted:
+    /// it waits as a pending [`SimOp::Cancel`], and its target completes with
+    /// `-ECANCELED` only when the test completes it (with any result: the cancel's own
+    /// result is then 0, or `-ENOENT`). Until then the target can still complete, as in
+    /// the kernel, where a cancel takes effect only when the ring gets to it.
+    pub fn defer_cancels(&mut self) {
+        self.defer_cancels = true;
     }
 
     pub(crate) fn take_completed(&mut self) -> std::vec::Drain<'_, (u64, i32, u32)> {
@@ -226,6 +245,10 @@ impl Sim {
     /// Completes an operation with `result` (a count, or a negated errno).
     pub fn complete(&mut self, p: Pending, result: i32) {
         assert_eq!(p.ring, self.ring, "an operation of another ring");
+        let result = match p.cancel_target {
+            Some(target) => self.cancel_one(target),
+            None => result,
+        };
         self.completed.push((p.user_data, result, 0));
     }
 

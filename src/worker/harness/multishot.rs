@@ -149,14 +149,53 @@ fn an_upload_to_a_slow_origin_stops_the_receive_until_the_origin_takes_the_body(
     h.sim().complete_recv(recv, &body[9000..]);
     h.turn();
     at_origin.extend(h.received_by(origin));
-    let mut want = head.replacen("http://192.0.2.10/up", "/up", 1).into_bytes();
-    want.extend_from_slice(&body);
-    let head_end = at_origin.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
-    assert_eq!(first_line(&at_origin), "POST /up HTTP/1.1");
-    assert_eq!(at_origin.len() - head_end, body.len(), "the whole body reached the origin");
-    assert!(at_origin[head_end..] == body[..], "the body reached the origin in order");
+    assert_body(&at_origin, &body);
     let response = answer(&mut h, client, origin);
     assert!(response.ends_with(b"\r\n\r\nhi"));
+    assert!(multishot_on(&mut h, client), "armed again once the exchange is over");
+}
+
+/// What the origin got is `POST /up` with exactly `body` after its head.
+fn assert_body(at_origin: &[u8], body: &[u8]) {
+    let head_end = at_origin.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    assert_eq!(first_line(at_origin), "POST /up HTTP/1.1");
+    assert_eq!(at_origin.len() - head_end, body.len(), "the whole body reached the origin");
+    assert!(at_origin[head_end..] == body[..], "the body reached the origin in order");
+}
+
+#[test]
+fn the_body_is_read_only_once_the_cancelled_receive_has_ended() {
+    let mut h = harness();
+    // Cancels take effect when the test says, as in the kernel, where a cancel acts only
+    // once the ring gets to it: meanwhile the receive can still deliver.
+    h.sim().defer_cancels();
+    let (client, _) = armed_client(&mut h);
+    let body = pattern_bytes(12_000);
+    let mut first = b"POST http://192.0.2.10/up HTTP/1.1\r\nHost: 192.0.2.10\r\nContent-Length: 12000\r\n\r\n".to_vec();
+    first.extend_from_slice(&body[..1000]);
+    h.send_from(client, &first);
+    let origin = origin_of_request(&mut h);
+    // The origin takes the head and the first bytes; the body's next bytes are read at the
+    // origin's pace, by a receive of the connection's own: the multishot one is cancelled.
+    let mut at_origin = h.received_by(origin);
+    assert!(h.has(|op| matches!(op, SimOp::Cancel { .. })), "the multishot receive is being cancelled");
+    let own_receive = |h: &mut Harness| h.has(|op| matches!(op, SimOp::Recv { fd, .. } if *fd == client));
+    assert!(!own_receive(&mut h), "no receive of its own while the cancelled one may still deliver");
+    assert_eq!(h.sim().deliver(client, &body[1000..5000]), 4000);
+    h.turn();
+    at_origin.extend(h.received_by(origin));
+    assert!(!own_receive(&mut h), "still none: its bytes would overtake the cancelled receive's");
+    // The cancel takes effect: the receive ends, and the rest is read the ordinary way.
+    let cancel = h.take("the cancel", |_, op| matches!(op, SimOp::Cancel { .. }));
+    h.sim().complete(cancel, 0);
+    h.turn();
+    assert!(!multishot_on(&mut h, client));
+    let recv = h.take("the body's next receive", |_, op| matches!(op, SimOp::Recv { fd, .. } if *fd == client));
+    h.sim().complete_recv(recv, &body[5000..]);
+    h.turn();
+    at_origin.extend(h.received_by(origin));
+    assert_body(&at_origin, &body);
+    assert!(answer(&mut h, client, origin).ends_with(b"\r\n\r\nhi"));
     assert!(multishot_on(&mut h, client), "armed again once the exchange is over");
 }
 
