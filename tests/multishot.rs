@@ -108,11 +108,14 @@ fn an_upload_to_a_slow_origin_arrives_whole_and_in_order() {
     let armed = multishot(&proxy, "armed");
     let mut c = keep_alive_client(&proxy, &host);
     wait_armed(&proxy, armed, 1.0);
-    // The client sends its 6 MiB as fast as it can, the origin reads at its own pace.
+    // The client sends the head and its 6 MiB as fast as it can (the head and the first
+    // body bytes in one segment: several provided buffers' worth arrive while the head
+    // is being written to the origin); the origin reads at its own pace.
     const LEN: usize = 6 << 20;
-    c.send_str(&format!("POST /up HTTP/1.1\r\nHost: {host}\r\nContent-Length: {LEN}\r\n\r\n"));
+    let mut upload = format!("POST /up HTTP/1.1\r\nHost: {host}\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
+    upload.extend_from_slice(&pattern(LEN));
     let mut writer = c.stream().try_clone().unwrap();
-    let body = thread::spawn(move || writer.write_all(&pattern(LEN)));
+    let body = thread::spawn(move || writer.write_all(&upload));
     let r = c.response();
     body.join().unwrap().expect("the whole body was sent");
     assert_eq!(r.text(), format!("{LEN} ok"), "the origin got the body whole and in order");
