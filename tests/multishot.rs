@@ -181,3 +181,33 @@ fn many_connections_bursting_at_once_get_through_a_provided_buffer_shortage() {
     }
     wait_armed(&proxy, armed, 128.0);
 }
+
+#[test]
+fn a_connect_after_a_keep_alive_request_tunnels_every_byte_in_order() {
+    let origin = Origin::start();
+    let echo = EchoServer::start();
+    let proxy = Proxy::builder(&format!("connect_ports = [{}]\n", echo.port())).workers(1).start();
+    let armed = multishot(&proxy, "armed");
+    let c = keep_alive_client(&proxy, &origin.host());
+    wait_armed(&proxy, armed, 1.0);
+    // The CONNECT arrives through the multishot receive with the first tunnel bytes
+    // behind it; the tunnel takes over the client's reads (a bulk direction splices from
+    // its socket) only once that receive has ended.
+    const N: usize = 4 << 20;
+    let target = format!("127.0.0.1:{}", echo.port());
+    let mut stream = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").into_bytes();
+    stream.extend_from_slice(&pattern(N));
+    let mut writer = c.stream().try_clone().unwrap();
+    let w = thread::spawn(move || {
+        writer.write_all(&stream).expect("write into the tunnel");
+        writer.shutdown(std::net::Shutdown::Write).expect("shutdown(Write)");
+    });
+    let mut c = c;
+    let head = c.conn.read_head(1 << 16).unwrap().expect("the CONNECT's answer");
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    let got = c.conn.read_to_end_vec().expect("the echoed bytes, then EOF");
+    w.join().unwrap();
+    assert_bytes_eq(&got, &pattern(N), "4 MiB echoed through the tunnel");
+    let spliced = proxy.metric("sluice_tunnel_splices_total").unwrap_or(0.0);
+    assert!(spliced >= 1.0, "the bulk tunnel spliced ({spliced} directions)");
+}
