@@ -197,6 +197,11 @@ fn limits(ctx: &Ctx<'_>) -> HeadLimits {
 pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // The first bytes of a connection go through detection (TLS or HTTP/1).
     let next = if conn.requests == 0 && conn.client.tls.is_none() { Phase::Detect } else { Phase::RequestHead };
+    // Bytes the multishot receive could not put in `client.input` during the exchange
+    // come first (no exchange now: they may move to the front of the buffer).
+    if conn.client_stash.is_some() {
+        conn.drain_stash(ctx, true);
+    }
     if conn.client.input.is_empty() && conn.client.wait != ClientWait::Poll {
         if let Some(t) = conn.client.tls.as_mut() {
             // Decrypted bytes may already wait inside the TLS session (pipelining).

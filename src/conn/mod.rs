@@ -552,7 +552,8 @@ pub fn on_completion(
         tag::SPLICE_TO_CLIENT => tunnel::splice_done(conn, io, ctx, tunnel::Direction::ToClient, result),
         _ => {}
     }
-    // Only a client poll selects a provided buffer; whatever else carries one gives it back.
+    // Only a client poll or the multishot receive selects a provided buffer; whatever else
+    // carries one gives it back.
     if let Some(p) = provided {
         ctx.ring.recycle_provided(p);
     }

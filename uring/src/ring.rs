@@ -65,7 +65,8 @@ impl Completion {
     }
 }
 
-/// A provided buffer the kernel filled for a `RecvSelect`: a one-use token. Read it with
+/// A provided buffer the kernel filled for a `RecvSelect` or one completion of a
+/// `RecvMulti`: a one-use token. Read it with
 /// [`Ring::provided_bytes`]; [`Ring::recycle_provided`] consumes it and gives the buffer
 /// back to the kernel. It cannot be made, copied or recycled twice by safe code.
 ///
@@ -370,7 +371,7 @@ impl Ring {
         Some(ProvidedBuf { ring: self.id, bid, len })
     }
 
-    /// The bytes a `RecvSelect` completion put in its provided buffer.
+    /// The bytes a `RecvSelect` or `RecvMulti` completion put in its provided buffer.
     pub fn provided_bytes(&self, p: &ProvidedBuf) -> &[u8] {
         assert_eq!(p.ring, self.id, "a provided buffer of another ring");
         match (&self.backend, &self.buf_ring) {
