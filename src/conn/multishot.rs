@@ -22,9 +22,9 @@
 //!
 //! Bytes from completions after that decision still go to the leg: appended to
 //! `client.input` (to the TLS session's `raw_in` once one took over), or, while that
-//! buffer is lent to a write or full, to a heap `stash` that is moved in, ahead of any
-//! later byte, as soon as there is room. The stash is bounded by what the kernel delivers
-//! between the decision and the cancel (one batch). A receive that ends by itself (EOF,
+//! buffer is lent to a write or full, to `Connection::client_stash` (on the heap), which
+//! is moved in, ahead of any later byte, as soon as there is room. The stash holds at most
+//! what the kernel delivers between the decision and the cancel (one batch). A receive that ends by itself (EOF,
 //! an error, `-ENOBUFS` when no provided buffer is free) is not re-armed at once: the
 //! phase reads the ordinary way, and the next keep-alive wait arms a new one. The
 //! receive counts as one operation in flight until its last completion (no "more"
