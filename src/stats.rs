@@ -71,6 +71,13 @@ pub struct WorkerStats {
     pub ring_submitted: AtomicU64,
     pub ring_completed: AtomicU64,
     pub ring_backlog: AtomicU64,
+    /// `io_uring_enter` calls (submit and wait, and flushes of a full queue).
+    pub ring_enter_calls: AtomicU64,
+    /// The client leg's multishot receive (`conn::multishot`): armed, cancelled to take
+    /// back control of reads, and ended by a provided-buffer shortage (`-ENOBUFS`).
+    pub multishot_arms: AtomicU64,
+    pub multishot_cancels: AtomicU64,
+    pub multishot_nobufs: AtomicU64,
     pub timeouts: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
@@ -498,6 +505,26 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         ),
         fam("sluice_ring_submissions_total", C, "io_uring submissions, per worker.", per_worker(|w| &w.ring_submitted)),
         fam("sluice_ring_completions_total", C, "io_uring completions, per worker.", per_worker(|w| &w.ring_completed)),
+        fam(
+            "sluice_ring_enter_calls_total",
+            C,
+            "io_uring_enter calls, per worker.",
+            per_worker(|w| &w.ring_enter_calls),
+        ),
+        fam(
+            "sluice_client_multishot_total",
+            C,
+            "Multishot receives on keep-alive client connections, by event (armed; cancelled: \
+             the connection took back control of its reads; nobufs: ended for want of a provided buffer).",
+            by(
+                "event",
+                &[
+                    ("armed", sum(|w| &w.multishot_arms)),
+                    ("cancelled", sum(|w| &w.multishot_cancels)),
+                    ("nobufs", sum(|w| &w.multishot_nobufs)),
+                ],
+            ),
+        ),
         fam(
             "sluice_ring_backlog",
             G,

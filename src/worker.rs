@@ -322,8 +322,8 @@ impl Worker {
         let (conns, env) = (&mut self.conns, &mut self.env);
         let (ring, pool) = env.uring.parts();
         let to_close = match conns.complete(c, ring, pool) {
-            Event::Conn { slot, tag, result, slab, provided, .. } => {
-                drive(slot, env, now, |c, io, ctx| conn::on_completion(c, io, ctx, tag, result, slab, provided))
+            Event::Conn { slot, tag, result, more, slab, provided } => {
+                drive(slot, env, now, |c, io, ctx| conn::on_completion(c, io, ctx, tag, result, more, slab, provided))
             }
             Event::Accepted { listener, fd, result, more } => self.on_accept(listener, fd, result, more, now),
             Event::Worker { token, more, .. } => {
@@ -661,6 +661,7 @@ fn publish_ring_stats(env: &Env) {
     w.ring_submitted.store(s.submitted, Ordering::Relaxed);
     w.ring_completed.store(s.completed, Ordering::Relaxed);
     w.ring_backlog.store(s.backlog_now as u64, Ordering::Relaxed);
+    w.ring_enter_calls.store(s.enter_calls, Ordering::Relaxed);
     w.pool_evictions.store(env.upstreams.stats.evictions, Ordering::Relaxed);
     w.pool_purged.store(env.upstreams.stats.purged, Ordering::Relaxed);
     w.upstream_queued.store(env.upstreams.stats.queued, Ordering::Relaxed);

@@ -163,3 +163,44 @@ fn many_clients_come_and_go() {
     wait_active(&proxy, "after 200 short-lived clients", |v| v == 0.0, Duration::from_secs(5));
     proxy.assert_released(&base, "200 short-lived clients");
 }
+
+/// `sluice_client_multishot_total{event="armed"}` now.
+fn multishot_armed(proxy: &Proxy) -> f64 {
+    let text = proxy.metrics().unwrap_or_else(|e| panic!("{e}"));
+    let prefix = "sluice_client_multishot_total{event=\"armed\"} ";
+    text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[test]
+fn keep_alive_clients_closed_with_their_multishot_receive_armed_are_released() {
+    let origin = Origin::start();
+    let proxy = Proxy::start("[timeouts]\nclient_idle = 1\n");
+    let base = proxy.baseline();
+    let armed = multishot_armed(&proxy);
+    // Keep-alive clients between requests: each waits with its multishot receive armed.
+    let mut clients: Vec<Client> = (0..20)
+        .map(|i| {
+            let mut c = proxy.client();
+            for j in 0..2 {
+                assert_eq!(c.get(&origin.host(), &format!("/bytes/{}", i * 2 + j)).status, 200);
+            }
+            c
+        })
+        .collect();
+    let ok = wait_until(Duration::from_secs(10), || multishot_armed(&proxy) >= armed + 20.0);
+    assert!(ok, "20 keep-alive clients armed {} multishot receives", multishot_armed(&proxy) - armed);
+    // Half leave (their EOF ends the receive); the proxy closes the others at client_idle,
+    // cancelling their receives; one asks to be closed after its next response.
+    let staying = clients.split_off(10);
+    drop(clients);
+    let mut staying = staying;
+    let mut last = staying.pop().unwrap();
+    last.send_str(&format!("GET /bytes/3 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", origin.host()));
+    assert_eq!(last.response().body, pattern(3));
+    last.wait_closed(Duration::from_secs(5)).expect("closed after its Connection: close response");
+    for c in &mut staying {
+        c.wait_closed(Duration::from_secs(5)).expect("closed at client_idle");
+    }
+    drop(staying);
+    proxy.assert_released(&base, "keep-alive clients closed with their multishot receive armed");
+}

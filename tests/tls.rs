@@ -726,6 +726,53 @@ fn intercept_connect_forges_the_certificate_for_curl_p() {
 }
 
 #[test]
+fn intercept_connect_after_a_keep_alive_request_with_the_client_hello_in_the_same_write() {
+    // The CONNECT follows a plain request on the same connection, so it arrives through
+    // the client's multishot receive (src/conn/multishot.rs), the ClientHello right
+    // behind it: the receive is cancelled when the tunnel's TLS begins, and the hello's
+    // bytes, whichever completion brings them, reach the TLS session whole and in order.
+    let plain = Origin::start();
+    let s = setup_workers(1, "", &["--intercept-connect"]);
+    let mut c = s.proxy.client();
+    assert_eq!(c.get(&plain.host(), "/bytes/10").body, pattern(10));
+    let pem = fs::read(sluice_ca(&s.proxy)).expect("read the Sluice CA");
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("CA PEM")).expect("add the Sluice CA");
+    }
+    let config = rustls::ClientConfig::builder_with_provider(sluice::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from("origin.test").unwrap();
+    let mut tls = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut first = b"CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n".to_vec();
+    tls.write_tls(&mut first).unwrap();
+    c.send(&first).unwrap();
+    let head = c.conn.read_head(1 << 16).unwrap().expect("the CONNECT's answer");
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    // Whatever of the handshake came with the 200 is already in the test client's buffer.
+    let mut early = c.conn.buffered();
+    while !early.is_empty() {
+        tls.read_tls(&mut early).unwrap();
+        tls.process_new_packets().expect("the proxy's handshake");
+    }
+    let mut tcp = c.conn.inner.try_clone().unwrap();
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).unwrap_or_else(|e| panic!("handshake inside the tunnel: {e}"));
+    }
+    let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+    stream.write_all(b"GET /kept HTTP/1.1\r\nHost: origin.test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("hello from origin.test /kept\n"), "{answer}");
+}
+
+#[test]
 fn intercept_connect_refuses_untrusted_and_wrong_name_origins_with_502_inside_the_tunnel() {
     let trusted = Pki::new("Origin Test CA");
     let (cert, key) = trusted.leaf("origin", &["origin.test"]);

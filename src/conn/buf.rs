@@ -96,6 +96,27 @@ impl Buf {
         self.slab.as_mut().map(|s| &mut pool.bytes_mut(s)[end..])
     }
 
+    /// Appends `bytes` after the valid ones without moving anything (bytes before `start`
+    /// stay where they are: an exchange may send them again), taking a slab when there is
+    /// none. Returns how many fit (none while the slab is lent).
+    pub fn append(&mut self, pool: &mut SlabPool, bytes: &[u8]) -> usize {
+        if self.lent {
+            return 0;
+        }
+        if self.slab.is_none() {
+            self.slab = Some(pool.take());
+            self.start = HEADROOM;
+            self.end = HEADROOM;
+        }
+        let end = self.end;
+        let n = bytes.len().min(SLAB_SIZE - end);
+        if let Some(s) = self.slab.as_mut() {
+            pool.bytes_mut(s)[end..end + n].copy_from_slice(&bytes[..n]);
+        }
+        self.end += n;
+        n
+    }
+
     /// Makes sure a slab is held and empties it (for output buffers).
     pub fn clear_or_take(&mut self, pool: &mut SlabPool) {
         if self.lent {

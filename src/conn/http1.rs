@@ -8,7 +8,7 @@
 //! leave in one write.
 
 use super::buf::{BufId, HEADROOM};
-use super::leg::Side;
+use super::leg::{ClientWait, Side};
 use super::tunnel::PerDirection;
 use super::{Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::h1::{self, BodyFraming, ChunkedDecoder, HeadLimits, Method};
@@ -200,7 +200,12 @@ fn limits(ctx: &Ctx<'_>) -> HeadLimits {
 pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // The first bytes of a connection go through detection (TLS or HTTP/1).
     let next = if conn.requests == 0 && conn.client.tls.is_none() { Phase::Detect } else { Phase::RequestHead };
-    if conn.client.input.is_empty() && !conn.client.polling {
+    // Bytes the multishot receive could not put in `client.input` during the exchange
+    // come first (no exchange now: they may move to the front of the buffer).
+    if conn.client_stash.is_some() {
+        conn.drain_stash(ctx, true);
+    }
+    if conn.client.input.is_empty() && conn.client.wait != ClientWait::Poll {
         if let Some(t) = conn.client.tls.as_mut() {
             // Decrypted bytes may already wait inside the TLS session (pipelining).
             match t.take_plaintext(&mut conn.client.input, ctx.pool) {
@@ -232,12 +237,16 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         }
         return NextStep::Continue;
     }
-    if conn.client.polling {
+    if conn.client.wait == ClientWait::Poll {
         return NextStep::Wait;
     }
     conn.client.input.release_if_empty(ctx.pool);
     conn.origin.input.release_if_empty(ctx.pool);
-    conn.poll_client(io, ctx);
+    // A multishot receive still armed from the last request brings the next one; one
+    // being cancelled completes first, and the next wait arms a new one.
+    if !conn.client.wait.multishot() {
+        conn.poll_client(io, ctx);
+    }
     let t = if conn.requests == 0 { ctx.cfg.timeouts.request_head } else { ctx.cfg.timeouts.client_idle };
     conn.set_deadline(io, ctx, t);
     NextStep::Wait

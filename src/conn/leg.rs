@@ -90,12 +90,35 @@ pub(crate) struct Leg {
     pub eof: bool,
     /// The socket failed (errno), or the TLS session did (`EPROTO`).
     pub error: Option<NonZeroI32>,
-    /// Client leg: waiting for readability (or the first bytes) between requests.
-    pub polling: bool,
+    /// Client leg: the receive that waits on its socket between requests (a one-shot
+    /// poll, or the multishot receive that stays armed across them).
+    pub wait: ClientWait,
     /// Client leg: the poll said readable and nothing has read yet.
     pub readable: bool,
     /// Origin leg: where its connect is.
     pub dial: Dial,
+}
+
+/// What waits on the client socket for the next request.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ClientWait {
+    /// Nothing.
+    #[default]
+    Idle,
+    /// A one-shot wait (`RecvSelect` or `PollIn`, `CLIENT_POLL`).
+    Poll,
+    /// The multishot receive (`CLIENT_RECV`, `conn::multishot`): armed, bytes arrive
+    /// through it.
+    Multishot,
+    /// The multishot receive was cancelled; its last completion has not come back.
+    Cancelling,
+}
+
+impl ClientWait {
+    /// True while a multishot receive is in flight (armed or cancelled, not completed).
+    pub(crate) fn multishot(self) -> bool {
+        matches!(self, ClientWait::Multishot | ClientWait::Cancelling)
+    }
 }
 
 /// The connect of an origin leg.
@@ -194,6 +217,14 @@ impl Connection {
     /// the session is moved in at once (`Continue`); otherwise a read is submitted (`Wait`).
     pub(crate) fn read(&mut self, io: &mut Io, ctx: &mut Ctx<'_>, side: Side) -> NextStep {
         debug_assert!(!self.leg(side).reading);
+        // The client's multishot receive delivers while a phase waits for a request, and
+        // is cancelled before any other read of the client (two receives on one socket
+        // could hand over bytes out of order); stashed bytes come first.
+        if side == Side::Client {
+            if let Some(step) = self.multishot_gate(io, ctx) {
+                return step;
+            }
+        }
         // A read that needs a new slab waits while the worker's buffer budget is spent
         // (backpressure: its peer is not read either, so nothing piles up). The admin
         // endpoint never waits: it must answer while the proxy is saturated.

@@ -139,7 +139,10 @@ struct CopyLane<'a> {
 
 fn copy_lane(conn: &Connection, dir: Direction) -> CopyLane<'_> {
     let (src, dst) = (conn.leg(dir.source()), conn.leg(dir.destination()));
-    CopyLane { buf: &src.input, reading: src.reading, writing: dst.writing.is_some(), source_eof: src.eof }
+    // The client's multishot receive (cancelled when the tunnel starts) counts as its read
+    // until its last completion is back.
+    let reading = src.reading || src.wait.multishot();
+    CopyLane { buf: &src.input, reading, writing: dst.writing.is_some(), source_eof: src.eof }
 }
 
 fn copy_buf_mut(conn: &mut Connection, dir: Direction) -> &mut Buf {
@@ -147,12 +150,17 @@ fn copy_buf_mut(conn: &mut Connection, dir: Direction) -> &mut Buf {
 }
 
 pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    let Some(ex) = conn.ex.as_mut() else {
+    if conn.ex.is_none() {
         return NextStep::Close;
-    };
+    }
     if conn.client.error.is_some() || conn.origin.error.is_some() {
         return NextStep::Close;
     }
+    // The tunnel reads the client at its own pace (and may splice from its socket).
+    conn.stop_multishot(io, ctx);
+    let Some(ex) = conn.ex.as_mut() else {
+        return NextStep::Close;
+    };
     if !ex.tunnel.established_sent {
         if conn.client.writing.is_some() {
             return NextStep::Wait;
@@ -216,6 +224,7 @@ fn ready_to_splice(conn: &Connection, dir: Direction) -> bool {
         && !lane.reading
         && !lane.writing
         && !lane.source_eof
+        && !(dir.source() == Side::Client && conn.client_stash.is_some())
         && conn.client.tls.is_none()
         && conn.origin.tls.is_none()
         && conn.upstream.is_some()

@@ -16,6 +16,8 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use uring::{sim::Pending, OpTag, Sim, SimOp, Uring};
 
+mod multishot;
+
 struct Harness {
     worker: Worker,
     /// The far ends of the client sockets (kept open; never used).
@@ -91,12 +93,25 @@ impl Harness {
     }
 
     /// The client (or origin) behind `fd` sends `data`: completes the pending readiness
-    /// poll first if that is what waits, then the receive.
+    /// poll first if that is what waits, then the receive (a receive into a provided
+    /// buffer, or the multishot receive, takes all of `data` at once).
     fn send_from(&mut self, fd: RawFd, data: &[u8]) {
         if self.has(|op| *op == SimOp::PollIn { fd }) {
             let poll = self.take("poll", |_, op| *op == SimOp::PollIn { fd });
             self.sim().complete(poll, libc::POLLIN as i32);
             self.turn();
+        }
+        if self.has(|op| *op == SimOp::RecvMulti { fd }) {
+            assert_eq!(self.sim().deliver(fd, data), data.len(), "provided buffers ran out");
+            self.turn();
+            return;
+        }
+        if self.has(|op| *op == SimOp::RecvSelect { fd }) {
+            let recv = self.take("receive", |_, op| *op == SimOp::RecvSelect { fd });
+            let n = self.sim().complete_provided(recv, data);
+            assert_eq!(n, data.len() as i32, "one provided buffer holds it");
+            self.turn();
+            return;
         }
         let recv = self.take("receive", |_, op| matches!(op, SimOp::Recv { fd: f, .. } if *f == fd));
         self.sim().complete_recv(recv, data);

@@ -113,7 +113,8 @@ pub enum Event<'a, T> {
         more: bool,
         /// The slab the operation used, handed back.
         slab: Option<Slab>,
-        /// The provided buffer a `RecvSelect` filled (recycle it when its bytes are taken).
+        /// The provided buffer a `RecvSelect` or `RecvMulti` filled (recycle it when its
+        /// bytes are taken).
         provided: Option<ProvidedBuf>,
     },
     /// Multishot accept produced a socket (or an error in `result`).

@@ -65,7 +65,8 @@ impl Completion {
     }
 }
 
-/// A provided buffer the kernel filled for a `RecvSelect`: a one-use token. Read it with
+/// A provided buffer the kernel filled for a `RecvSelect` or one completion of a
+/// `RecvMulti`: a one-use token. Read it with
 /// [`Ring::provided_bytes`]; [`Ring::recycle_provided`] consumes it and gives the buffer
 /// back to the kernel. It cannot be made, copied or recycled twice by safe code.
 ///
@@ -167,6 +168,16 @@ pub enum Op {
     RecvSelect { fd: RawFd },
     /// Wait until the fd is writable (or in error).
     PollOut { fd: RawFd },
+    /// A multishot receive on the provided-buffer ring: it stays armed and completes once
+    /// per buffer the kernel fills (flagged `more`), until it is cancelled ([`Op::Cancel`])
+    /// or ends by itself (EOF, an error, `-ENOBUFS` when no buffer is free: a completion
+    /// without `more`, the one that ends its in-flight count). Every completion with bytes
+    /// carries a [`ProvidedBuf`] to give back.
+    RecvMulti { fd: RawFd },
+    /// Cancels this slot's operation with that tag (by its `user_data`; completes with 0,
+    /// or `-ENOENT` when it already ended). Unlike [`Op::CancelFd`], the slot's other
+    /// operations on the same descriptor go on.
+    Cancel { tag: OpTag },
     /// Move up to `len` bytes from `fd_in` to `fd_out`, one of which is a pipe, without
     /// copying them through user space. Never blocks: completes with `-EAGAIN` when there
     /// is nothing to move (poll, then try again). io_uring runs splices on its worker
@@ -202,6 +213,8 @@ pub struct Ring {
 const BUF_GROUP: u16 = 1;
 /// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, 5.19+): arm the poll before trying.
 const RECVSEND_POLL_FIRST: u16 = 1;
+/// `IORING_RECV_MULTISHOT` (linux/io_uring.h, 6.0+): the receive stays armed.
+const RECV_MULTISHOT: u16 = 1 << 1;
 const PROVIDED_BUFFERS: u16 = 512;
 const PROVIDED_SIZE: u32 = 4096;
 /// io_uring worker threads per ring: bounded (regular files; unused) and unbounded
@@ -337,9 +350,13 @@ impl Ring {
         }
     }
 
-    /// True when receives can pick from the provided-buffer ring.
+    /// True when receives can pick from the provided-buffer ring (in memory: once the test
+    /// gave the [`Sim`] its buffers).
     pub fn has_buf_ring(&self) -> bool {
-        self.buf_ring.is_some()
+        match &self.backend {
+            Backend::Memory(sim) => sim.has_provided(),
+            Backend::Kernel(_) => self.buf_ring.is_some(),
+        }
     }
 
     /// This ring's identity.
@@ -354,19 +371,22 @@ impl Ring {
         Some(ProvidedBuf { ring: self.id, bid, len })
     }
 
-    /// The bytes a `RecvSelect` completion put in its provided buffer.
+    /// The bytes a `RecvSelect` or `RecvMulti` completion put in its provided buffer.
     pub fn provided_bytes(&self, p: &ProvidedBuf) -> &[u8] {
         assert_eq!(p.ring, self.id, "a provided buffer of another ring");
-        match &self.buf_ring {
-            Some(b) => b.bytes(p.bid, p.len as usize),
-            None => &[],
+        match (&self.backend, &self.buf_ring) {
+            (Backend::Memory(sim), _) => sim.provided_bytes(p.bid, p.len as usize),
+            (Backend::Kernel(_), Some(b)) => b.bytes(p.bid, p.len as usize),
+            (Backend::Kernel(_), None) => &[],
         }
     }
 
     /// Gives a provided buffer back to the kernel (the token is used up).
     pub fn recycle_provided(&mut self, p: ProvidedBuf) {
         assert_eq!(p.ring, self.id, "a provided buffer of another ring");
-        if let Some(b) = self.buf_ring.as_mut() {
+        if let Backend::Memory(sim) = &mut self.backend {
+            sim.recycle_provided(p.bid);
+        } else if let Some(b) = self.buf_ring.as_mut() {
             b.recycle(p.bid);
         }
     }
@@ -389,11 +409,15 @@ impl Ring {
         debug_assert!(!io.is_closing(), "op submitted on a closing slot");
         let user_data = encode_conn(io.addr(), io.gen(), tag);
         if let Backend::Memory(_) = self.backend {
+            let cancel_target = match op {
+                Op::Cancel { tag: target } => Some(encode_conn(io.addr(), io.gen(), target)),
+                _ => None,
+            };
             let recorded = self.record(io, tag, op, pool);
             io.started();
             self.stats.submitted += 1;
             if let Backend::Memory(sim) = &mut self.backend {
-                sim.submitted(user_data, tag, recorded);
+                sim.submitted(user_data, tag, recorded, cancel_target);
             }
             return;
         }
@@ -440,6 +464,22 @@ impl Ring {
                     .build()
                     .flags(squeue::Flags::BUFFER_SELECT)
             }
+            Op::RecvMulti { fd } => {
+                let bgid = match &self.buf_ring {
+                    Some(b) => b.bgid(),
+                    None => panic!("RecvMulti without a provided-buffer ring (check has_buf_ring)"),
+                };
+                // `opcode::RecvMulti` with poll-first: it is armed on an idle connection.
+                // Length 0: each completion takes up to one whole provided buffer.
+                opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+                    .buf_group(bgid)
+                    .ioprio(RECV_MULTISHOT | RECVSEND_POLL_FIRST)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+            }
+            // The user_data of the slot's operation with that tag is only a key the kernel
+            // compares: it names nothing that could be freed.
+            Op::Cancel { tag: target } => opcode::AsyncCancel::new(encode_conn(io.addr(), io.gen(), target)).build(),
         };
         io.started();
         self.push(entry.user_data(user_data));
@@ -463,7 +503,9 @@ impl Ring {
             Op::Connect { fd, addr } => (SimOp::Connect { fd, addr }, None),
             Op::ShutdownWrite { fd } => (SimOp::ShutdownWrite { fd }, None),
             Op::CancelFd { fd } => (SimOp::CancelFd { fd }, None),
-            Op::RecvSelect { .. } => panic!("RecvSelect without a provided-buffer ring (check has_buf_ring)"),
+            Op::RecvSelect { fd } => (SimOp::RecvSelect { fd }, None),
+            Op::RecvMulti { fd } => (SimOp::RecvMulti { fd }, None),
+            Op::Cancel { tag } => (SimOp::Cancel { tag }, None),
             Op::Splice { fd_in, fd_out, len } => (SimOp::Splice { fd_in, fd_out, len }, None),
         }
     }
@@ -572,8 +614,8 @@ impl Ring {
         let id = self.id;
         if let Backend::Memory(sim) = &mut self.backend {
             // Nothing blocks in memory: the completions a test injected are the batch.
-            for (user_data, result) in sim.take_completed() {
-                self.cqes.push(Completion { ring: id, user_data, result, flags: 0 });
+            for (user_data, result, flags) in sim.take_completed() {
+                self.cqes.push(Completion { ring: id, user_data, result, flags });
             }
             self.stats.completed += self.cqes.len() as u64;
             return Ok(());

@@ -88,3 +88,58 @@ fn an_operation_completes_only_on_its_own_ring() {
     // that ring's arena as one of its slots.
     other.ring_mut().sim().unwrap().complete(op, 1);
 }
+
+#[test]
+fn a_multishot_receive_takes_provided_buffers_until_none_is_free_or_it_is_cancelled() {
+    const RECV: OpTag = OpTag(11);
+    let mut uring = Uring::in_memory(0).unwrap();
+    assert!(!uring.ring().has_buf_ring(), "no provided buffers until the test gives some");
+    uring.ring_mut().sim().unwrap().provide_buffers(2, 4);
+    assert!(uring.ring().has_buf_ring());
+    let mut conns: Conns<()> = Conns::bound_to(uring.ring_mut());
+    let id = conns.insert(());
+    let submit = |uring: &mut Uring, conns: &mut Conns<()>, tag, op| {
+        let (ring, pool) = uring.parts();
+        ring.submit(conns.get_mut(id).unwrap().split().1, tag, op, pool);
+    };
+    // Collects (result, more, bytes) of the batch, giving each buffer back at once.
+    let batch = |uring: &mut Uring, conns: &mut Conns<()>| {
+        let (ring, pool) = uring.parts();
+        ring.submit_and_wait(1).unwrap();
+        let mut seen = Vec::new();
+        for c in &ring.completions() {
+            if let Event::Conn { result, more, provided, .. } = conns.complete(c, ring, pool) {
+                let bytes = provided.map(|p| {
+                    let b = ring.provided_bytes(&p).to_vec();
+                    ring.recycle_provided(p);
+                    b
+                });
+                seen.push((result, more, bytes));
+            }
+        }
+        seen
+    };
+    submit(&mut uring, &mut conns, RECV, Op::RecvMulti { fd: 9 });
+    // Six bytes fill two buffers of four: two completions, both with more to come.
+    assert_eq!(uring.ring_mut().sim().unwrap().deliver(9, b"abcdef"), 6);
+    assert_eq!(batch(&mut uring, &mut conns), vec![(4, true, Some(b"abcd".to_vec())), (2, true, Some(b"ef".to_vec()))]);
+    assert_eq!(conns.get_mut(id).unwrap().io().inflight(), 1, "still armed");
+    // Two arrivals before the worker gives any buffer back: the second runs out of them
+    // and ends the receive.
+    let sim = uring.ring_mut().sim().unwrap();
+    assert_eq!(sim.deliver(9, b"gh"), 2);
+    assert_eq!(sim.deliver(9, b"ijklmn"), 4, "one buffer left: four bytes, then -ENOBUFS");
+    assert_eq!(sim.free_buffers(), 0);
+    let seen = batch(&mut uring, &mut conns);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(seen[2], (-libc::ENOBUFS, false, None), "the receive ends for want of a buffer");
+    assert_eq!(conns.get_mut(id).unwrap().io().inflight(), 0);
+    assert_eq!(uring.ring_mut().sim().unwrap().free_buffers(), 2, "every buffer is back");
+    // Armed again, then cancelled by its tag: it ends with -ECANCELED, the cancel with 0.
+    submit(&mut uring, &mut conns, RECV, Op::RecvMulti { fd: 9 });
+    submit(&mut uring, &mut conns, CANCEL, Op::Cancel { tag: RECV });
+    assert_eq!(batch(&mut uring, &mut conns), vec![(-libc::ECANCELED, false, None), (0, false, None)]);
+    submit(&mut uring, &mut conns, CANCEL, Op::Cancel { tag: RECV });
+    assert_eq!(batch(&mut uring, &mut conns), vec![(-libc::ENOENT, false, None)], "nothing left to cancel");
+    assert_eq!(conns.get_mut(id).unwrap().io().inflight(), 0);
+}
