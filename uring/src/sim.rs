@@ -75,6 +75,8 @@ pub struct Pending {
     user_data: u64,
     pub tag: OpTag,
     pub op: SimOp,
+    /// The registered-table slot the operation named instead of its socket's fd, if any.
+    pub fixed: Option<u32>,
     /// Where a receive's bytes go: inside a slab parked in the slot's lane.
     recv_into: Option<(*mut u8, u32)>,
 }
@@ -91,7 +93,13 @@ pub struct Sim {
 }
 
 impl Sim {
-    pub(crate) fn submitted(&mut self, user_data: u64, tag: OpTag, (op, recv_into): (SimOp, Option<(*mut u8, u32)>)) {
+    pub(crate) fn submitted(
+        &mut self,
+        user_data: u64,
+        tag: OpTag,
+        (op, recv_into): (SimOp, Option<(*mut u8, u32)>),
+        fixed: Option<u32>,
+    ) {
         if let SimOp::CancelFd { fd } = op {
             let mut cancelled = 0;
             let mut i = 0;
@@ -107,7 +115,7 @@ impl Sim {
             self.completed.push((user_data, if cancelled > 0 { cancelled } else { -libc::ENOENT }));
             return;
         }
-        self.pending.push(Pending { ring: self.ring, user_data, tag, op, recv_into });
+        self.pending.push(Pending { ring: self.ring, user_data, tag, op, fixed, recv_into });
     }
 
     pub(crate) fn take_completed(&mut self) -> std::vec::Drain<'_, (u64, i32)> {
