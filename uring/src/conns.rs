@@ -286,7 +286,7 @@ impl<T> Conns<T> {
         // owner drops the value).
         for f in slot.io.files.iter().filter(|f| !f.is_empty()) {
             debug_assert_eq!(f.ops, 0, "a table slot with an operation in flight");
-            self.returns.borrow_mut().push(f.index);
+            self.returns.borrow_mut().push(f.index as u32);
         }
         self.free.push(index);
         self.live -= 1;

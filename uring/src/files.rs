@@ -45,10 +45,11 @@ use std::rc::Rc;
 
 /// Table slots one connection slot may hold at once (its two legs).
 pub const FILES_PER_IO: usize = 2;
-/// The largest table a ring registers (per worker): 512 KiB of kernel memory.
-pub const MAX_FILES: u32 = 1 << 16;
-/// `index` of an empty [`FileUse`].
-const NONE: u32 = u32::MAX;
+/// The largest table a ring registers (per worker): 512 KiB of kernel memory, and indices
+/// that fit a `u16` in every connection slot.
+pub const MAX_FILES: u32 = u16::MAX as u32;
+/// `index` of an empty [`FileUse`] (no table index reaches it).
+const NONE: u16 = u16::MAX;
 /// `fd` of a slot released late (no new operation maps to it).
 const RELEASED: RawFd = -1;
 
@@ -60,7 +61,7 @@ pub(crate) type Returns = Rc<RefCell<Vec<u32>>>;
 /// of its operations in flight.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FileUse {
-    pub(crate) index: u32,
+    pub(crate) index: u16,
     pub(crate) fd: RawFd,
     pub(crate) ops: u16,
 }
@@ -99,18 +100,21 @@ pub struct FixedFile {
 
 impl FixedFile {
     /// Gives the index up without returning it (it moves into a connection slot).
-    pub(crate) fn into_index(self) -> u32 {
-        let index = self.index;
-        std::mem::forget(self);
-        index
+    pub(crate) fn into_index(mut self) -> u32 {
+        std::mem::replace(&mut self.index, MOVED)
     }
 }
+
+/// `FixedFile::index` once the slot moved into a connection slot.
+const MOVED: u32 = u32::MAX;
 
 impl Drop for FixedFile {
     fn drop(&mut self) {
         // The socket is closing (or going elsewhere without its slot): empty the slot at the
         // ring's next submission, after anything already queued.
-        self.returns.borrow_mut().push(self.index);
+        if self.index != MOVED {
+            self.returns.borrow_mut().push(self.index);
+        }
     }
 }
 
@@ -277,7 +281,8 @@ impl Ring {
                 index
             }
         };
-        *entry = FileUse { index, fd, ops: 0 };
+        // index < the table's size <= MAX_FILES: it fits, and is never NONE.
+        *entry = FileUse { index: index as u16, fd, ops: 0 };
         true
     }
 
@@ -291,7 +296,7 @@ impl Ring {
             entry.fd = RELEASED;
             return None;
         }
-        let index = std::mem::take(entry).index;
+        let index = std::mem::take(entry).index as u32;
         Some(FixedFile { ring: self.id(), index, fd, returns: self.returns.clone() })
     }
 
@@ -326,7 +331,7 @@ impl Ring {
             }
             f.ops &= !bit;
             if f.ops == 0 && f.fd == RELEASED {
-                let index = std::mem::take(f).index;
+                let index = std::mem::take(f).index as u32;
                 self.release_index(index);
             }
         }
@@ -373,7 +378,7 @@ fn file_of(io: &mut Io, tag: OpTag, fd: RawFd) -> File {
     match io.files.iter_mut().find(|f| f.fd == fd && fd != RELEASED && !f.is_empty()) {
         Some(f) if f.ops & bit == 0 => {
             f.ops |= bit;
-            File::Fixed(f.index)
+            File::Fixed(f.index as u32)
         }
         _ => File::Fd(fd),
     }
