@@ -78,6 +78,9 @@ pub struct WorkerStats {
     pub multishot_arms: AtomicU64,
     pub multishot_cancels: AtomicU64,
     pub multishot_nobufs: AtomicU64,
+    /// Sockets in the ring's registered file table now (legs addressed by table slot).
+    pub ring_fixed_files: AtomicU64,
+    pub ring_file_update_errors: AtomicU64,
     pub timeouts: AtomicU64,
     pub tls_handshakes: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
@@ -530,6 +533,18 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             G,
             "Submissions waiting for room in the queue, per worker.",
             per_worker(|w| &w.ring_backlog),
+        ),
+        fam(
+            "sluice_ring_fixed_files",
+            G,
+            "Sockets in the ring's registered file table (their operations skip the descriptor lookup), per worker.",
+            per_worker(|w| &w.ring_fixed_files),
+        ),
+        fam(
+            "sluice_ring_file_update_errors_total",
+            C,
+            "Registered file table updates the kernel refused, per worker.",
+            per_worker(|w| &w.ring_file_update_errors),
         ),
     ]
 }

@@ -273,6 +273,11 @@ impl Worker {
         env.set_client_cap();
         let cfg = env.cfg.clone();
         set_buffer_budget(&mut env, &cfg);
+        // A table slot per client leg and origin leg at the client cap, the idle pool and
+        // a margin (capped in `uring`): a later reload's larger cap, or a table the kernel
+        // refuses, leaves the extra legs on plain fds.
+        let slots = env.client_cap.saturating_mul(2).saturating_add(cfg.pool.max_idle_total as u64 + 64);
+        env.uring.ring_mut().register_files(slots.min(u32::MAX as u64) as u32);
         let listeners: Vec<Listener> =
             setup.listeners.into_iter().map(|(sock, role)| Listener::new(sock, role)).collect();
         for (i, l) in listeners.iter().enumerate() {
@@ -662,6 +667,8 @@ fn publish_ring_stats(env: &Env) {
     w.ring_completed.store(s.completed, Ordering::Relaxed);
     w.ring_backlog.store(s.backlog_now as u64, Ordering::Relaxed);
     w.ring_enter_calls.store(s.enter_calls, Ordering::Relaxed);
+    w.ring_fixed_files.store(s.fixed_files as u64, Ordering::Relaxed);
+    w.ring_file_update_errors.store(s.file_update_errors, Ordering::Relaxed);
     w.pool_evictions.store(env.upstreams.stats.evictions, Ordering::Relaxed);
     w.pool_purged.store(env.upstreams.stats.purged, Ordering::Relaxed);
     w.upstream_queued.store(env.upstreams.stats.queued, Ordering::Relaxed);

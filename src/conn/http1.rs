@@ -531,7 +531,7 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         ex.upstream_step = UpstreamStep::Start;
         conn.client.input.start = ex.h1.head_at;
         conn.upstream = None;
-        conn.origin.sock = None;
+        drop(conn.origin.detach(io, ctx.ring));
         conn.origin.drop_tls(ctx.pool);
         conn.origin.forget_outcome();
         stats::bump(&ctx.stats.upstream_retries, 1);
@@ -770,14 +770,14 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     }
     let tls_clean =
         conn.origin.tls.as_ref().is_none_or(|t| t.raw_in.is_empty() && !t.raw_out.is_lent() && t.failed.is_none());
-    if let (Some(up), Some(sock)) = (conn.upstream.take(), conn.origin.sock.take()) {
+    if let (Some(up), Some((sock, fixed))) = (conn.upstream.take(), conn.origin.detach(io, ctx.ring)) {
         let UpstreamConn { key, abandoned, lease, .. } = up;
         if let (true, false, true, Some(lease)) = (reusable, abandoned, tls_clean, lease) {
             let tls = conn.origin.tls.take().map(|mut t| {
                 t.release(ctx.pool);
                 t
             });
-            ctx.upstreams.put(key, crate::upstream::pool::Pooled { sock, tls, lease }, ctx.now);
+            ctx.upstreams.put(key, crate::upstream::pool::Pooled { sock, tls, lease, fixed }, ctx.now);
         }
     }
     conn.origin.drop_tls(ctx.pool);
@@ -791,6 +791,7 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     if ex.h1.close_client {
         return NextStep::Close;
     }
+    conn.keep_client_fixed(io, ctx);
     conn.phase = Phase::AwaitRequest;
     NextStep::Continue
 }

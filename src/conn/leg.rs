@@ -14,7 +14,7 @@ use crate::tls::{Plain, TlsLeg};
 use std::net::TcpStream;
 use std::num::NonZeroI32;
 use std::os::fd::{AsRawFd, RawFd};
-use uring::{Io, Op, OpTag, Slab};
+use uring::{FixedFile, Io, Op, OpTag, Slab};
 
 /// Which leg.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +146,23 @@ impl Leg {
 
     pub(crate) fn fd(&self) -> Option<RawFd> {
         self.sock.as_ref().map(|s| s.as_raw_fd())
+    }
+
+    /// Puts `sock` in this leg. Its operations name a slot of the ring's registered file
+    /// table from now on (`kept`, the slot it comes back from the pool with, or a free
+    /// one), or its fd when none is free.
+    pub(crate) fn attach(&mut self, io: &mut Io, ring: &mut uring::Ring, sock: TcpStream, kept: Option<FixedFile>) {
+        ring.attach_file(io, sock.as_raw_fd(), kept);
+        self.sock = Some(sock);
+    }
+
+    /// Takes the socket out of this leg (to the pool, or to be closed on drop) with its
+    /// table slot, when no operation names the slot any more; otherwise the slot goes back
+    /// once they complete. Every socket leaves a leg through here (or with the whole slot).
+    pub(crate) fn detach(&mut self, io: &mut Io, ring: &mut uring::Ring) -> Option<(TcpStream, Option<FixedFile>)> {
+        let sock = self.sock.take()?;
+        let fixed = ring.detach_file(io, sock.as_raw_fd());
+        Some((sock, fixed))
     }
 
     /// The peer is gone or the socket failed: no more bytes will come.

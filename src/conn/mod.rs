@@ -351,6 +351,16 @@ impl Connection {
         ctx.timers.clear(self.timer.take());
     }
 
+    /// A client that keeps its connection for another request gets a slot in the ring's
+    /// registered file table (kept until the slot is freed), so its operations skip the
+    /// kernel's descriptor lookup. Not before: a one-request connection would pay a table
+    /// install and removal for the two or three operations it has.
+    pub(crate) fn keep_client_fixed(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
+        if let Some(fd) = self.client_fd().filter(|fd| !io.uses_fixed(*fd)) {
+            ctx.ring.attach_file(io, fd, None);
+        }
+    }
+
     /// Waits for the client to become readable without holding a slab.
     pub(crate) fn poll_client(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         debug_assert_eq!(self.client.wait, leg::ClientWait::Idle);

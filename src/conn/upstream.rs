@@ -101,11 +101,11 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
         let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
         let want = Want { retryable: ex.retryable(), fresh_only: ex.fresh_only, again };
         match ctx.upstreams.acquire(&key, ctx.now, want, io.id()) {
-            Acquired::Pooled(Pooled { sock, tls, lease }) => {
+            Acquired::Pooled(Pooled { sock, tls, lease, fixed }) => {
                 stats::bump(&ctx.stats.pool_hits, 1);
                 tracing::debug!(conn = %io.id(), host = %key.host, port = key.port, "upstream pool hit");
                 conn.upstream = Some(UpstreamConn { key, reused: true, abandoned: false, lease: Some(lease) });
-                conn.origin.sock = Some(sock);
+                conn.origin.attach(io, ctx.ring, sock, fixed);
                 conn.origin.tls = tls;
                 return ready(conn, ctx);
             }
@@ -208,7 +208,7 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
         *last_error = Some(super::CONNECT_FAILED.to_string());
         *next += 1;
         conn.upstream = None;
-        conn.origin.sock = None;
+        drop(conn.origin.detach(io, ctx.ring));
     }
     let Some(&addr) = addrs.get(*next) else {
         let why = last_error.clone().unwrap_or_else(|| "no address to connect to".into());
@@ -221,7 +221,7 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
     };
     let fd = sock.as_raw_fd();
     conn.upstream = Some(UpstreamConn { key, reused: false, abandoned: false, lease: None });
-    conn.origin.sock = Some(sock);
+    conn.origin.attach(io, ctx.ring, sock, None);
     tracing::debug!(conn = %io.id(), %addr, "upstream connect");
     ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
     conn.origin.dial = Dial::Connecting;

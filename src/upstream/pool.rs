@@ -83,6 +83,9 @@ pub struct Pooled {
     pub sock: TcpStream,
     pub tls: Option<Box<crate::tls::TlsLeg>>,
     pub lease: Lease,
+    /// The socket's slot in the worker ring's registered file table, kept while parked so
+    /// that reusing it costs no table update (dropped with the socket: the slot goes back).
+    pub fixed: Option<uring::FixedFile>,
 }
 
 /// What a request gets from the pool.
@@ -375,7 +378,7 @@ mod tests {
     fn plain(pool: &mut UpstreamPool, host: &str, sock: TcpStream) -> Pooled {
         let want = Want { fresh_only: true, ..Want::default() };
         match pool.acquire(&key(host), Instant::now(), want, someone()) {
-            Acquired::Connect(lease) => Pooled { sock, tls: None, lease },
+            Acquired::Connect(lease) => Pooled { sock, tls: None, lease, fixed: None },
             _ => panic!("no room for a new connection to {host}"),
         }
     }

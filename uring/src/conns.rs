@@ -15,10 +15,11 @@
 //!    is `Box::from_raw`'d, once, and its value handed back to the owner ([`Event::Freed`]
 //!    or the return of `close`), who drops it: its fds close in `T`'s destructor.
 
+use crate::files::{FileUse, Returns, FILES_PER_IO};
 use crate::ring::{Completion, ProvidedBuf, Ring, SockAddrRaw};
 use crate::slab::{Slab, SlabPool};
-use crate::token::{decode, Decoded, OpTag, WorkerToken, ACCEPT_KIND};
-use std::os::fd::{FromRawFd, OwnedFd};
+use crate::token::{decode, Decoded, OpTag, WorkerToken, ACCEPT_KIND, FILES_KIND};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 /// A checked reference to a slot, for worker-level bookkeeping (timers, DNS replies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +50,9 @@ pub struct Io {
     closing: bool,
     pub(crate) lanes: [Option<Slab>; OpTag::SLAB_LANES as usize],
     pub(crate) connect_addr: Option<(OpTag, Box<SockAddrRaw>)>,
+    /// Registered-table slots of this connection's sockets (`files`), given back when the
+    /// slot is freed.
+    pub(crate) files: [FileUse; FILES_PER_IO],
 }
 
 impl Io {
@@ -67,6 +71,11 @@ impl Io {
     /// True while an operation with this slab-carrying tag is in flight.
     pub fn lane_busy(&self, tag: OpTag) -> bool {
         self.lanes.get(tag.0 as usize).is_some_and(|l| l.is_some())
+    }
+    /// True while operations on `fd` name its registered-table slot
+    /// ([`Ring::attach_file`]).
+    pub fn uses_fixed(&self, fd: RawFd) -> bool {
+        fd >= 0 && self.files.iter().any(|f| !f.is_empty() && f.fd == fd)
     }
     pub(crate) fn addr(&self) -> u64 {
         self as *const Io as u64
@@ -149,6 +158,8 @@ pub struct Conns<T> {
     free: Vec<u32>,
     live: usize,
     freed_total: u64,
+    /// Where a freed slot's table slots go back to its ring (`files`).
+    returns: Returns,
 }
 
 impl<T> Default for Conns<T> {
@@ -161,7 +172,7 @@ impl<T> Conns<T> {
     /// An arena bound to no ring: ids for bookkeeping and tests; its slots cannot be
     /// submitted to any ring.
     pub fn new() -> Self {
-        Conns { ring: 0, entries: Vec::new(), free: Vec::new(), live: 0, freed_total: 0 }
+        Conns { ring: 0, entries: Vec::new(), free: Vec::new(), live: 0, freed_total: 0, returns: Returns::default() }
     }
 
     /// The arena of `ring`: the only one whose slots the ring accepts operations for and
@@ -172,6 +183,7 @@ impl<T> Conns<T> {
         ring.arena_bound = true;
         let mut conns = Conns::new();
         conns.ring = ring.id();
+        conns.returns = ring.returns.clone();
         conns
     }
 
@@ -202,7 +214,15 @@ impl<T> Conns<T> {
         entry.gen = entry.gen.wrapping_add(1);
         let id = ConnId { index, gen: entry.gen };
         let slot = Box::new(Slot {
-            io: Io { id, ring: self.ring, inflight: 0, closing: false, lanes: Default::default(), connect_addr: None },
+            io: Io {
+                id,
+                ring: self.ring,
+                inflight: 0,
+                closing: false,
+                lanes: Default::default(),
+                connect_addr: None,
+                files: Default::default(),
+            },
             value,
         });
         entry.ptr = Box::into_raw(slot);
@@ -262,6 +282,13 @@ impl<T> Conns<T> {
         // user_data naming it: this is the one and only place it is turned back into a Box.
         let slot = unsafe { Box::from_raw(ptr) };
         debug_assert!(slot.io.lanes.iter().all(|l| l.is_none()));
+        // Nothing is in flight, so no operation names its table slots any more: they go
+        // back to the ring (emptied at its next submission; the sockets close when the
+        // owner drops the value).
+        for f in slot.io.files.iter().filter(|f| !f.is_empty()) {
+            debug_assert_eq!(f.ops, 0, "a table slot with an operation in flight");
+            self.returns.borrow_mut().push(f.index as u32);
+        }
         self.free.push(index);
         self.live -= 1;
         self.freed_total += 1;
@@ -285,7 +312,13 @@ impl<T> Conns<T> {
                 };
                 Event::Accepted { listener: token.index, fd, result, more }
             }
-            Decoded::Worker(token) => Event::Worker { token, result, more },
+            Decoded::Worker(token) => {
+                if token.kind == FILES_KIND {
+                    // A table update failed (successes post nothing).
+                    ring.table_update_failed();
+                }
+                Event::Worker { token, result, more }
+            }
             Decoded::Conn { addr, gen16, tag } => {
                 let ptr = addr as *mut Slot<T>;
                 // The slot is freed only when its in-flight count (incremented by the
@@ -306,6 +339,9 @@ impl<T> Conns<T> {
                     }
                     if slot.io.connect_addr.as_ref().is_some_and(|(t, _)| *t == tag) {
                         slot.io.connect_addr = None;
+                    }
+                    if slot.io.files.iter().any(|f| f.ops != 0) {
+                        ring.op_done(&mut slot.io, tag);
                     }
                 }
                 let provided = ring.provided_of(c);

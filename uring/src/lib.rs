@@ -11,6 +11,10 @@
 //!   `Box::into_raw`'d on insert; each completion of that ring is turned back into `&mut`
 //!   of it; it is freed exactly once, when it is closing and no operation of it is in
 //!   flight, and a closing slot is never handed out again.
+//! - [`files`]: the registered file table: sockets installed once and named by slot
+//!   (`IOSQE_FIXED_FILE`), each slot owned by one connection slot (or, parked in the
+//!   upstream pool, by a [`FixedFile`] token) and reused only after the kernel is done with
+//!   every operation that named it.
 //! - [`wake`]: the worker's ready queue and a `std::task::Waker` per slot, so one slot
 //!   can wake another and futures (the `h2` crate's) are polled with no runtime.
 //! - [`sim`]: the in-memory backend of a ring, for driving state machines in tests with
@@ -24,6 +28,8 @@
 
 mod bufring;
 pub mod conns;
+#[macro_use]
+pub mod files;
 pub mod pipe;
 pub mod ring;
 pub mod sim;
@@ -33,6 +39,7 @@ pub mod token;
 pub mod wake;
 
 pub use conns::{ConnId, Conns, Event, Io, Slot};
+pub use files::FixedFile;
 pub use pipe::Pipe;
 pub use ring::{Completion, Op, ProvidedBuf, Ring, RingStats, Uring};
 pub use sim::{Sim, SimOp};

@@ -14,9 +14,10 @@
 
 use crate::bufring::BufRing;
 use crate::conns::Io;
+use crate::files::{FileTable, Returns};
 use crate::sim::{Sim, SimOp};
 use crate::slab::{Slab, SlabPool};
-use crate::token::{encode_conn, encode_worker, OpTag, WorkerToken, ACCEPT_KIND};
+use crate::token::{encode_conn, encode_worker, OpTag, WorkerToken, ACCEPT_KIND, FILES_KIND};
 use io_uring::{opcode, squeue, types, IoUring};
 use std::collections::VecDeque;
 use std::io;
@@ -106,6 +107,11 @@ pub struct RingStats {
     pub backlogged: u64,
     pub backlog_now: usize,
     pub enter_calls: u64,
+    /// Sockets held in the registered file table now (legs whose operations name a
+    /// table slot instead of an fd).
+    pub fixed_files: usize,
+    /// Table installs or removals the kernel refused (their operations fail with EBADF).
+    pub file_update_errors: u64,
 }
 
 /// A socket address in the layout the kernel reads for `connect`.
@@ -188,14 +194,14 @@ pub enum Op {
 /// Where a ring's operations go: the kernel, or (tests) the in-memory [`Sim`].
 // The kernel ring is the hot case and lives inline; the test backend is boxed.
 #[allow(clippy::large_enum_variant)]
-enum Backend {
+pub(crate) enum Backend {
     Kernel(IoUring),
     Memory(Box<Sim>),
 }
 
 /// A worker's ring.
 pub struct Ring {
-    backend: Backend,
+    pub(crate) backend: Backend,
     /// This ring's identity, stamped into its completions and provided buffers.
     id: u32,
     /// The pool whose slabs were offered for registration: the only one it takes.
@@ -205,9 +211,13 @@ pub struct Ring {
     backlog: VecDeque<squeue::Entry>,
     cqes: Vec<Completion>,
     tick: Box<types::Timespec>,
-    stats: RingStats,
+    pub(crate) stats: RingStats,
     fixed_buffers: bool,
     buf_ring: Option<BufRing>,
+    /// The registered file table, once `register_files` made one (`files`).
+    pub(crate) files: Option<FileTable>,
+    /// Table slots let go of outside the ring (dropped tokens, freed connection slots).
+    pub(crate) returns: Returns,
 }
 
 const BUF_GROUP: u16 = 1;
@@ -338,6 +348,8 @@ impl Ring {
             tick: Box::new(types::Timespec::new()),
             stats: RingStats::default(),
             fixed_buffers,
+            files: None,
+            returns: Returns::default(),
         }
     }
 
@@ -398,7 +410,8 @@ impl Ring {
 
     /// Counters so far.
     pub fn stats(&self) -> RingStats {
-        RingStats { backlog_now: self.backlog.len(), ..self.stats }
+        let fixed_files = self.files.as_ref().map_or(0, |t| t.in_use);
+        RingStats { backlog_now: self.backlog.len(), fixed_files, ..self.stats }
     }
 
     /// Submits a connection operation. A slab it carries parks in the slot until the
@@ -408,6 +421,8 @@ impl Ring {
         assert_eq!(pool.id(), self.pool_id, "slabs of a pool not registered with this ring");
         debug_assert!(!io.is_closing(), "op submitted on a closing slot");
         let user_data = encode_conn(io.addr(), io.gen(), tag);
+        // The registered-table slot each socket of the op uses, or its fd (`files`).
+        let (file, file_out) = self.files_of(io, tag, &op);
         if let Backend::Memory(_) = self.backend {
             let cancel_target = match op {
                 Op::Cancel { tag: target } => Some(encode_conn(io.addr(), io.gen(), target)),
@@ -417,65 +432,73 @@ impl Ring {
             io.started();
             self.stats.submitted += 1;
             if let Backend::Memory(sim) = &mut self.backend {
-                sim.submitted(user_data, tag, recorded, cancel_target);
+                sim.submitted(user_data, tag, recorded, cancel_target, file.index().or(file_out.index()));
             }
             return;
         }
         let entry = match op {
-            Op::Recv { fd, slab, offset, len } => {
+            Op::Recv { slab, offset, len, .. } => {
                 let (buf, len, fixed) = self.lend(io, tag, slab, offset, len, pool);
                 match fixed {
-                    Some(index) => opcode::ReadFixed::new(types::Fd(fd), buf, len, index).build(),
-                    None => opcode::Recv::new(types::Fd(fd), buf, len).build(),
+                    Some(index) => on_file!(file, |f| opcode::ReadFixed::new(f, buf, len, index).build()),
+                    None => on_file!(file, |f| opcode::Recv::new(f, buf, len).build()),
                 }
             }
-            Op::Send { fd, slab, offset, len } => {
+            Op::Send { slab, offset, len, .. } => {
                 let (buf, len, fixed) = self.lend(io, tag, slab, offset, len, pool);
                 match fixed {
-                    Some(index) => opcode::WriteFixed::new(types::Fd(fd), buf, len, index).build(),
-                    None => opcode::Send::new(types::Fd(fd), buf, len).flags(libc::MSG_NOSIGNAL).build(),
+                    Some(index) => on_file!(file, |f| opcode::WriteFixed::new(f, buf, len, index).build()),
+                    None => on_file!(file, |f| opcode::Send::new(f, buf, len).flags(libc::MSG_NOSIGNAL).build()),
                 }
             }
-            Op::PollIn { fd } => opcode::PollAdd::new(types::Fd(fd), (libc::POLLIN | libc::POLLRDHUP) as u32).build(),
-            Op::PollOut { fd } => opcode::PollAdd::new(types::Fd(fd), libc::POLLOUT as u32).build(),
-            Op::Splice { fd_in, fd_out, len } => opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
-                .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
-                .build(),
-            Op::Connect { fd, addr } => {
+            Op::PollIn { .. } => {
+                on_file!(file, |f| opcode::PollAdd::new(f, (libc::POLLIN | libc::POLLRDHUP) as u32).build())
+            }
+            Op::PollOut { .. } => on_file!(file, |f| opcode::PollAdd::new(f, libc::POLLOUT as u32).build()),
+            // A fixed `fd_in` sets SPLICE_F_FD_IN_FIXED, a fixed `fd_out` IOSQE_FIXED_FILE.
+            Op::Splice { len, .. } => {
+                on_file!(file, |fin| on_file!(file_out, |fout| opcode::Splice::new(fin, -1, fout, -1, len)
+                    .flags(libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE)
+                    .build()))
+            }
+            Op::Connect { addr, .. } => {
                 assert!(io.connect_addr.is_none(), "one connect at a time per slot");
                 let raw = Box::new(SockAddrRaw::new(addr));
                 let (ptr, len) = raw.as_ptr();
                 // The box moves into the slot; its heap address (ptr) does not change.
                 io.connect_addr = Some((tag, raw));
-                opcode::Connect::new(types::Fd(fd), ptr, len).build()
+                on_file!(file, |f| opcode::Connect::new(f, ptr, len).build())
             }
-            Op::ShutdownWrite { fd } => opcode::Shutdown::new(types::Fd(fd), libc::SHUT_WR).build(),
+            Op::ShutdownWrite { .. } => on_file!(file, |f| opcode::Shutdown::new(f, libc::SHUT_WR).build()),
+            // By fd, always: the kernel matches the file the fd names, so this also cancels
+            // the fd's operations that went through its table slot.
             Op::CancelFd { fd } => opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build(),
-            Op::RecvSelect { fd } => {
+            Op::RecvSelect { .. } => {
                 let (bgid, size) = match &self.buf_ring {
                     Some(b) => (b.bgid(), b.size()),
                     None => panic!("RecvSelect without a provided-buffer ring (check has_buf_ring)"),
                 };
                 // Poll first: the connection is idle, so an immediate receive attempt
                 // would almost always find nothing and only cost a socket lock.
-                opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), size)
+                on_file!(file, |f| opcode::Recv::new(f, std::ptr::null_mut(), size)
                     .buf_group(bgid)
                     .ioprio(RECVSEND_POLL_FIRST)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .build())
+                .flags(squeue::Flags::BUFFER_SELECT)
             }
-            Op::RecvMulti { fd } => {
+            Op::RecvMulti { .. } => {
                 let bgid = match &self.buf_ring {
                     Some(b) => b.bgid(),
                     None => panic!("RecvMulti without a provided-buffer ring (check has_buf_ring)"),
                 };
                 // `opcode::RecvMulti` with poll-first: it is armed on an idle connection.
-                // Length 0: each completion takes up to one whole provided buffer.
-                opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+                // Length 0: each completion takes up to one whole provided buffer. Its table
+                // slot (if any) stays in use until the final completion (no `more` flag).
+                on_file!(file, |f| opcode::Recv::new(f, std::ptr::null_mut(), 0)
                     .buf_group(bgid)
                     .ioprio(RECV_MULTISHOT | RECVSEND_POLL_FIRST)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .build())
+                .flags(squeue::Flags::BUFFER_SELECT)
             }
             // The user_data of the slot's operation with that tag is only a key the kernel
             // compares: it names nothing that could be freed.
@@ -543,7 +566,7 @@ impl Ring {
 
     /// Waits for a worker-level fd (the wake pipe) to become readable.
     pub fn poll_worker_fd(&mut self, fd: RawFd, token: WorkerToken) {
-        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
+        assert!(token.kind != ACCEPT_KIND && token.kind != FILES_KIND, "worker kinds 0 and 15 are the ring's own");
         let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build().user_data(encode_worker(token));
         self.push(entry);
     }
@@ -551,7 +574,7 @@ impl Ring {
     /// Cancels every operation on a worker-level fd (a listener being closed); the
     /// cancelled operations complete with `-ECANCELED`, this one with a count.
     pub fn cancel_worker_fd(&mut self, fd: RawFd, token: WorkerToken) {
-        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
+        assert!(token.kind != ACCEPT_KIND && token.kind != FILES_KIND, "worker kinds 0 and 15 are the ring's own");
         let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
             .build()
             .user_data(encode_worker(token));
@@ -560,7 +583,7 @@ impl Ring {
 
     /// Arms a multishot timer that completes every `every` (re-arm when `more` is clear).
     pub fn tick(&mut self, every: Duration, token: WorkerToken) {
-        assert!(token.kind != ACCEPT_KIND, "worker kind 0 is the ring's accept");
+        assert!(token.kind != ACCEPT_KIND && token.kind != FILES_KIND, "worker kinds 0 and 15 are the ring's own");
         *self.tick = types::Timespec::from(every);
         let ts: *const types::Timespec = &*self.tick;
         let entry =
@@ -568,7 +591,7 @@ impl Ring {
         self.push(entry);
     }
 
-    fn push(&mut self, entry: squeue::Entry) {
+    pub(crate) fn push(&mut self, entry: squeue::Entry) {
         if let Backend::Memory(sim) = &mut self.backend {
             // Worker-level operations (accept, tick, wake polls) never complete in memory.
             sim.worker_ops += 1;
@@ -586,6 +609,11 @@ impl Ring {
         // SAFETY: every entry built here names memory that outlives the operation: slabs
         // parked in the slot's lane, the connect address boxed in the slot, the tick
         // timespec owned by this ring, and slots freed only after their final completion.
+        // A file-table update names one word: the static -1 of a removal, or the ring's
+        // `FileTable::values` entry of its index, which lives (unmoved) as long as the ring
+        // and is rewritten only by a later install of that index, queued after the
+        // index's removal and so after this update (the queue is FIFO). Table indices name
+        // no memory.
         if unsafe { ring.submission().push(entry) }.is_ok() {
             return true;
         }
@@ -610,6 +638,8 @@ impl Ring {
     /// Submits everything queued and waits for at least `want` completions, then moves
     /// every available completion into an internal buffer returned by [`Ring::completions`].
     pub fn submit_and_wait(&mut self, want: usize) -> io::Result<()> {
+        // Table slots let go of since the last batch are emptied in this one.
+        self.take_returns();
         self.cqes.clear();
         let id = self.id;
         if let Backend::Memory(sim) = &mut self.backend {

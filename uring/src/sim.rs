@@ -98,6 +98,8 @@ pub struct Pending {
     user_data: u64,
     pub tag: OpTag,
     pub op: SimOp,
+    /// The registered-table slot the operation named instead of its socket's fd, if any.
+    pub fixed: Option<u32>,
     /// Where a receive's bytes go: inside a slab parked in the slot's lane.
     recv_into: Option<(*mut u8, u32)>,
     /// A deferred cancel's target (`Sim::defer_cancels`).
@@ -181,6 +183,7 @@ impl Sim {
         tag: OpTag,
         (op, recv_into): (SimOp, Option<(*mut u8, u32)>),
         cancel_target: Option<u64>,
+        fixed: Option<u32>,
     ) {
         if let (SimOp::Cancel { .. }, Some(target), false) = (&op, cancel_target, self.defer_cancels) {
             let result = self.cancel_one(target);
@@ -202,7 +205,7 @@ impl Sim {
             self.completed.push((user_data, if cancelled > 0 { cancelled } else { -libc::ENOENT }, 0));
             return;
         }
-        self.pending.push(Pending { ring: self.ring, user_data, tag, op, recv_into, cancel_target });
+        self.pending.push(Pending { ring: self.ring, user_data, tag, op, fixed, recv_into, cancel_target });
     }
 
     /// Completes the pending operation `target` with `-ECANCELED`: 0, or `-ENOENT` when

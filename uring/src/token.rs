@@ -21,14 +21,17 @@ impl OpTag {
 }
 
 const WORKER_TAG: u64 = 15;
-/// Worker kind 0 is the ring's own multishot accept; the proxy uses kinds 1..16.
+/// Worker kind 0 is the ring's own multishot accept; the proxy uses kinds 1..=14.
 pub(crate) const ACCEPT_KIND: u8 = 0;
+/// Worker kind 15 is the ring's registered-file-table updates (a completion only when one
+/// fails); the proxy's kinds stay below it.
+pub(crate) const FILES_KIND: u8 = 15;
 const PTR_MASK: u64 = 0x0000_ffff_ffff_fff0;
 
 /// A worker-level operation: not tied to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerToken {
-    /// What kind of worker op (the proxy's numbering, 0..16).
+    /// What kind of worker op (the proxy's numbering, 1..=14).
     pub kind: u8,
     /// Which one (listener index, ...).
     pub index: u32,
