@@ -606,14 +606,15 @@ impl Ring {
 
     fn try_push(&mut self, entry: &squeue::Entry) -> bool {
         let Backend::Kernel(ring) = &mut self.backend else { return true };
-        // SAFETY: every entry built here names memory that outlives the operation: slabs
-        // parked in the slot's lane, the connect address boxed in the slot, the tick
-        // timespec owned by this ring, and slots freed only after their final completion.
-        // A file-table update names one word: the static -1 of a removal, or the ring's
+        // Every entry built here names memory that outlives the operation: slabs parked
+        // in the slot's lane, the connect address boxed in the slot, the tick timespec
+        // owned by this ring, and slots freed only after their final completion. A
+        // file-table update names one word: the static -1 of a removal, or the ring's
         // `FileTable::values` entry of its index, which lives (unmoved) as long as the ring
         // and is rewritten only by a later install of that index, queued after the
         // index's removal and so after this update (the queue is FIFO). Table indices name
         // no memory.
+        // SAFETY: the entry's memory outlives the operation (above).
         if unsafe { ring.submission().push(entry) }.is_ok() {
             return true;
         }
