@@ -11,7 +11,7 @@
 use super::buf::BufId;
 use super::leg::Side;
 use super::{CloseReason, Connection, Ctx, NextStep, Phase};
-use crate::http2::floods::{FloodLimits, FloodWatch};
+use crate::http2::floods::{FloodLimits, FloodWatch, Verdict};
 use crate::http2::session::{Ending, NewStream, Session};
 use crate::stats;
 use uring::Io;
@@ -157,19 +157,30 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
         return false;
     }
     let n = h2.session.feed(data);
-    let flood = h2.floods.scan(&data[..n], ctx.now);
+    let verdict = h2.floods.scan(&data[..n], ctx.now);
     conn.client.input.start += n;
     conn.client.input.release_if_empty(ctx.pool);
-    let Some(flood) = flood else { return false };
-    ctx.stats.h2_flood(flood);
-    tracing::info!(conn = %io.id(), kind = flood.label(), "HTTP/2 flood: GOAWAY ENHANCE_YOUR_CALM");
-    h2.session.abort(h2::Reason::ENHANCE_YOUR_CALM);
+    let reason = match verdict {
+        None => return false,
+        Some(Verdict::Flood(flood)) => {
+            ctx.stats.h2_flood(flood);
+            tracing::info!(conn = %io.id(), kind = flood.label(), "HTTP/2 flood: GOAWAY ENHANCE_YOUR_CALM");
+            h2::Reason::ENHANCE_YOUR_CALM
+        }
+        Some(Verdict::FirstFrameNotSettings) => {
+            tracing::debug!(conn = %io.id(), "HTTP/2 client's first frame is not SETTINGS: GOAWAY PROTOCOL_ERROR");
+            h2::Reason::PROTOCOL_ERROR
+        }
+    };
+    ctx.stats.h2_goaway(true, reason);
+    h2.session.abort(reason);
     true
 }
 
 fn record_ending(conn: &mut Connection, ctx: &Ctx<'_>, ending: &Ending) {
     match ending {
         Ending::Closed => conn.closing(CloseReason::Done),
+        Ending::Aborted { .. } => conn.closing(CloseReason::Refused),
         Ending::Failed { reason, ours, detail } => {
             ctx.stats.h2_goaway(*ours, *reason);
             tracing::debug!(reason = ?reason, ours, detail = %detail, "HTTP/2 connection error");

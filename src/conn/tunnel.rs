@@ -307,7 +307,8 @@ fn send_close_notify(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, side
 
 /// The source reached EOF and everything before it is out: half-close the destination.
 fn shut_down_write(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direction) {
-    if let Some((_, dst)) = ends(conn, dir) {
+    // (The destination's socket alone: an HTTP/2 stream's tunnel has no client socket.)
+    if let Some(dst) = conn.leg(dir.destination()).fd() {
         ctx.ring.submit(io, dir.destination().shutdown_tag(), Op::ShutdownWrite { fd: dst }, ctx.pool);
     } else if dir.destination() == Side::Client {
         // An HTTP/2 stream's tunnel: END_STREAM towards the client.

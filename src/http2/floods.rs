@@ -33,6 +33,15 @@ impl Flood {
     pub const ALL: [Flood; 5] = [Flood::Ping, Flood::Settings, Flood::EmptyData, Flood::Reset, Flood::Continuation];
 }
 
+/// What the watch found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Too many frames of a kind: GOAWAY ENHANCE_YOUR_CALM.
+    Flood(Flood),
+    /// The client's first frame is not SETTINGS (RFC 9113 §3.4): GOAWAY PROTOCOL_ERROR.
+    FirstFrameNotSettings,
+}
+
 /// Limits per second (and CONTINUATION frames per header block).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FloodLimits {
@@ -64,6 +73,8 @@ pub struct FloodWatch {
     payload_left: usize,
     /// CONTINUATION frames in the current header block.
     continuations: u32,
+    /// No frame header read yet: the first must be SETTINGS (RFC 9113 §3.4).
+    first: bool,
     window_start: Option<Instant>,
     counts: [u32; 4],
 }
@@ -77,13 +88,14 @@ impl FloodWatch {
             header_len: 0,
             payload_left: 0,
             continuations: 0,
+            first: true,
             window_start: None,
             counts: [0; 4],
         }
     }
 
-    /// Looks at the next inbound bytes; the first flood found, if any.
-    pub fn scan(&mut self, mut bytes: &[u8], now: Instant) -> Option<Flood> {
+    /// Looks at the next inbound bytes; the first flood or violation found, if any.
+    pub fn scan(&mut self, mut bytes: &[u8], now: Instant) -> Option<Verdict> {
         match self.window_start {
             Some(t) if now.duration_since(t) < Duration::from_secs(1) => {}
             _ => {
@@ -112,8 +124,11 @@ impl FloodWatch {
             let h = self.header;
             let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
             self.payload_left = len;
+            if std::mem::take(&mut self.first) && (h[3] != 0x4 || h[4] & 0x1 != 0) {
+                return Some(Verdict::FirstFrameNotSettings);
+            }
             if let Some(f) = self.count(h[3], h[4], len) {
-                return Some(f);
+                return Some(Verdict::Flood(f));
             }
         }
         None
@@ -164,6 +179,7 @@ mod tests {
         let mut w = FloodWatch::new(FloodLimits::default());
         let now = Instant::now();
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame(0x4, 0, &[]));
         for _ in 0..101 {
             bytes.extend(frame(0x6, 0, &[0; 8]));
         }
@@ -171,14 +187,14 @@ mod tests {
         for b in bytes.chunks(1) {
             found = found.or(w.scan(b, now));
         }
-        assert_eq!(found, Some(Flood::Ping));
+        assert_eq!(found, Some(Verdict::Flood(Flood::Ping)));
     }
 
     #[test]
     fn acks_and_ordinary_traffic_are_not_floods_and_the_count_restarts_each_second() {
         let mut w = FloodWatch::new(FloodLimits::default());
         let t0 = Instant::now();
-        let mut bytes = Vec::new();
+        let mut bytes = frame(0x4, 0, &[]); // the client's SETTINGS comes first
         for _ in 0..150 {
             bytes.extend(frame(0x6, 0x1, &[0; 8])); // PING ACK
             bytes.extend(frame(0x0, 0, &[1; 100])); // DATA with bytes
@@ -189,7 +205,19 @@ mod tests {
         assert_eq!(w.scan(&[0; 24], t0), None);
         assert_eq!(w.scan(&bytes, t0), None);
         assert_eq!(w.scan(&bytes, t0 + Duration::from_millis(1500)), None, "a new second, a new count");
-        assert_eq!(w.scan(&bytes, t0 + Duration::from_millis(1600)), Some(Flood::Settings));
+        assert_eq!(w.scan(&bytes, t0 + Duration::from_millis(1600)), Some(Verdict::Flood(Flood::Settings)));
+    }
+
+    #[test]
+    fn a_first_frame_other_than_settings_is_a_protocol_error() {
+        let mut w = FloodWatch::new(FloodLimits::default());
+        let now = Instant::now();
+        assert_eq!(w.scan(&[0; 24], now), None);
+        assert_eq!(w.scan(&frame(0x6, 0, &[0; 8]), now), Some(Verdict::FirstFrameNotSettings));
+        let mut ok = FloodWatch::new(FloodLimits::default());
+        assert_eq!(ok.scan(&[0; 24], now), None);
+        assert_eq!(ok.scan(&frame(0x4, 0, &[]), now), None);
+        assert_eq!(ok.scan(&frame(0x6, 0, &[0; 8]), now), None, "PING after SETTINGS is fine");
     }
 
     #[test]
@@ -197,6 +225,7 @@ mod tests {
         let mut w = FloodWatch::new(FloodLimits::default());
         let now = Instant::now();
         assert_eq!(w.scan(&[0; 24], now), None);
+        assert_eq!(w.scan(&frame(0x4, 0, &[]), now), None);
         let mut bytes = frame(0x1, 0, b"x");
         for _ in 0..10 {
             bytes.extend(frame(0x9, 0, b"y"));
@@ -207,6 +236,6 @@ mod tests {
         for _ in 0..40 {
             flood.extend(frame(0x9, 0, b""));
         }
-        assert_eq!(w.scan(&flood, now), Some(Flood::Continuation));
+        assert_eq!(w.scan(&flood, now), Some(Verdict::Flood(Flood::Continuation)));
     }
 }

@@ -280,11 +280,12 @@ fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<
         .body(())
         .map_err(|_| "bad request")?;
     let headers = req.headers_mut();
+    // We relay trailers (chunked to HTTP/1.1 clients, HEADERS to HTTP/2 ones), so the
+    // origin may send them; gRPC servers refuse a request without it. The client's own TE
+    // is hop-by-hop and was dropped by the exchange.
+    headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     for h in head.headers.iter() {
-        if connection_specific(h.name) {
-            continue;
-        }
-        if h.name.eq_ignore_ascii_case("te") && !h.value.eq_ignore_ascii_case(b"trailers") {
+        if connection_specific(h.name) || h.name.eq_ignore_ascii_case("te") {
             continue;
         }
         let (Ok(name), Ok(value)) =

@@ -42,6 +42,8 @@ pub enum Ending {
     Closed,
     /// A connection error; its GOAWAY (if ours) is in the outbound queue.
     Failed { reason: Reason, ours: bool, detail: String },
+    /// We ended it ([`Session::abort`]: its GOAWAY was counted where it was decided).
+    Aborted { reason: Reason },
 }
 
 /// A new stream the caller gives an exchange to.
@@ -162,8 +164,9 @@ impl Session {
         } else {
             // Before the handshake finished: a GOAWAY of our own, then done.
             self.pipe.with(|q| q.outbound.extend_from_slice(&goaway_frame(0, reason)));
-            self.finish(Ending::Failed { reason, ours: true, detail: "refused before the handshake".into() });
+            self.state = State::Finished;
         }
+        self.ending = Some(Ending::Aborted { reason });
     }
 
     fn finish(&mut self, ending: Ending) {
