@@ -315,7 +315,7 @@ def mode_connect(args):
     while not st.ended and st.reset is None and time.monotonic() < deadline:
         if not c.pump(0.2):
             break
-    say(f"extra={len(st.data) - sum(len(x) for x in rounds)}")
+    say(f"extra {len(st.data) - sum(len(x) for x in rounds)}")
     say(st.line())
     return 0
 
