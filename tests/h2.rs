@@ -403,18 +403,9 @@ fn rss(pid: u32) -> u64 {
     kb * 1024
 }
 
-#[test]
-fn a_slow_h2_reader_of_50mib_keeps_the_proxy_rss_bounded() {
-    if !ready(&[]) {
-        return;
-    }
-    const BODY: u64 = 50 << 20;
-    let origin = Origin::start();
-    let proxy = Proxy::builder("").workers(1).start();
-    let connect = format!("127.0.0.1:{}", proxy.port);
-    let host = origin.host();
-    let warm = probe(&["get", "--connect", &connect, "--req", "GET", &host, "/bytes/100000"]);
-    assert!(warm.stdout.contains("done ok=1"), "{}", warm.describe());
+/// Runs `f` while sampling the proxy's VmRSS every 20 ms; returns (RSS before, peak
+/// growth) in bytes.
+fn rss_growth_during<T>(proxy: &Proxy, f: impl FnOnce() -> T) -> (u64, u64, T) {
     let base = rss(proxy.pid());
     let peak = Arc::new(AtomicU64::new(base));
     let stop = Arc::new(AtomicBool::new(false));
@@ -427,35 +418,165 @@ fn a_slow_h2_reader_of_50mib_keeps_the_proxy_rss_bounded() {
             }
         })
     };
+    let out = f();
+    stop.store(true, Ordering::SeqCst);
+    sampler.join().unwrap();
+    (base, peak.load(Ordering::SeqCst).saturating_sub(base), out)
+}
+
+const BIG: u64 = 50 << 20;
+
+#[test]
+fn a_slow_h2_reader_of_50mib_keeps_the_proxy_rss_bounded() {
+    if !ready(&[]) {
+        return;
+    }
+    let origin = Origin::start();
+    let proxy = Proxy::builder("").workers(1).start();
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    let host = origin.host();
+    let warm = probe(&["get", "--connect", &connect, "--req", "GET", &host, "/bytes/100000"]);
+    assert!(warm.stdout.contains("done ok=1"), "{}", warm.describe());
     let dir = TempDir::new("h2slow");
     // A 64 KiB stream window, and no WINDOW_UPDATE for 3 s once 1 MiB came: a proxy that
     // sends DATA without reserving capacity would read the whole body from the local
     // origin into memory meanwhile.
-    let out = probe(&[
-        "get",
-        "--connect",
-        &connect,
-        "--req",
-        "GET",
-        &host,
-        &format!("/bytes/{BODY}"),
-        "--window",
-        "65535",
-        "--stall-at",
-        "1048576",
-        "--stall-secs",
-        "3",
-        "--out",
-        dir.path().to_str().unwrap(),
-        "--timeout",
-        "120",
-    ]);
-    stop.store(true, Ordering::SeqCst);
-    sampler.join().unwrap();
+    let (base, grew, out) = rss_growth_during(&proxy, || {
+        probe(&[
+            "get",
+            "--connect",
+            &connect,
+            "--req",
+            "GET",
+            &host,
+            &format!("/bytes/{BIG}"),
+            "--window",
+            "65535",
+            "--stall-at",
+            "1048576",
+            "--stall-secs",
+            "3",
+            "--out",
+            dir.path().to_str().unwrap(),
+            "--timeout",
+            "120",
+        ])
+    });
     assert!(out.stdout.contains("stall end"), "{}", out.describe());
     assert!(out.stdout.contains("done ok=1"), "{}", out.describe());
-    check_pattern_file(&dir.join("0"), BODY).unwrap_or_else(|e| panic!("50 MiB through a slow h2 reader: {e}"));
-    let grew = peak.load(Ordering::SeqCst).saturating_sub(base);
-    eprintln!("RSS {} MiB at the start, grew by {} KiB at the peak", base >> 20, grew >> 10);
+    check_pattern_file(&dir.join("0"), BIG).unwrap_or_else(|e| panic!("50 MiB through a slow h2 reader: {e}"));
+    eprintln!("download: RSS {} MiB at the start, grew by {} KiB at the peak", base >> 20, grew >> 10);
     assert!(grew < 32 << 20, "the proxy's RSS grew by {} MiB for one slow 50 MiB stream", grew >> 20);
+}
+
+/// A one-shot origin that reads a request head, reads nothing more for `stall`, then
+/// reads the body (Content-Length or chunked), checks it against the payload pattern and
+/// answers `ok N` or `bad: ...`.
+fn stalling_sink(stall: Duration) -> (std::net::SocketAddr, thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let h = thread::spawn(move || {
+        let Ok((s, _)) = listener.accept() else { return };
+        let mut w = s.try_clone().unwrap();
+        let mut c = BufConn::new(s);
+        let Ok(Some(raw)) = c.read_head(1 << 20) else { return };
+        let head = parse_head(&raw).unwrap();
+        thread::sleep(stall); // the scenario: an origin that stops reading
+        let body = if head.has_token("transfer-encoding", "chunked") {
+            c.read_chunked().map(|(b, _)| b)
+        } else {
+            let n: usize = head.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            c.read_exact_vec(n)
+        };
+        let verdict = match body {
+            Ok(b) if b.len() as u64 == BIG && first_mismatch(&b, &pattern(b.len())).is_none() => {
+                format!("ok {}", b.len())
+            }
+            Ok(b) => format!("bad: {} bytes, first difference at {:?}", b.len(), first_mismatch(&b, &pattern(b.len()))),
+            Err(e) => format!("bad: {e}"),
+        };
+        let _ = std::io::Write::write_all(
+            &mut w,
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{verdict}", verdict.len())
+                .as_bytes(),
+        );
+    });
+    (addr, h)
+}
+
+#[test]
+fn a_50mib_upload_to_a_stalled_origin_keeps_the_proxy_rss_bounded() {
+    if !ready(&[]) {
+        return;
+    }
+    let (sink, sink_thread) = stalling_sink(Duration::from_secs(3));
+    // Small windows: what the client may send before the proxy has passed bytes on.
+    let proxy = Proxy::builder("[h2]\ninitial_stream_window = 1048576\ninitial_connection_window = 1048576\n")
+        .workers(1)
+        .start();
+    let dir = TempDir::new("h2up");
+    let payload = dir.join("payload");
+    write_pattern_file(&payload, BIG);
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    let host = sink.to_string();
+    let (base, grew, out) = rss_growth_during(&proxy, || {
+        probe(&[
+            "get",
+            "--connect",
+            &connect,
+            "--req",
+            "POST",
+            &host,
+            "/upload",
+            "--body-file",
+            payload.to_str().unwrap(),
+            "--print-body",
+            "--timeout",
+            "120",
+        ])
+    });
+    sink_thread.join().unwrap();
+    assert!(out.stdout.contains("done ok=1"), "{}", out.describe());
+    // Breaks when DATA is lost or reordered on the way up.
+    assert!(out.stdout.contains(&format!("body 0 'ok {BIG}'")), "{}", out.describe());
+    eprintln!("upload: RSS {} MiB at the start, grew by {} KiB at the peak", base >> 20, grew >> 10);
+    // Breaks when the proxy grants window for bytes the origin has not taken.
+    assert!(grew < 32 << 20, "the proxy's RSS grew by {} MiB for one 50 MiB upload to a stalled origin", grew >> 20);
+}
+
+#[test]
+fn max_concurrent_streams_is_announced_and_streams_past_it_still_succeed() {
+    if !ready(&[]) {
+        return;
+    }
+    let origin = Origin::start();
+    let proxy = Proxy::start("[h2]\nmax_concurrent_streams = 7\n");
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    let host = origin.host();
+    let mut args = vec!["get".to_string(), "--connect".into(), connect];
+    for i in 0..30 {
+        args.extend(["--req".into(), "GET".into(), host.clone(), format!("/bytes/{}", 100 + i)]);
+    }
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let out = probe(&refs);
+    // Breaks when the key is not applied to SETTINGS_MAX_CONCURRENT_STREAMS.
+    assert_eq!(out.line("settings"), Some("max_concurrent=7"), "{}", out.describe());
+    assert_eq!(out.line("open_max"), Some("7"), "{}", out.describe());
+    assert!(out.stdout.contains("done ok=30 of=30"), "{}", out.describe());
+}
+
+#[test]
+fn with_h2_disabled_alpn_offers_only_http11_and_the_preface_is_refused() {
+    if !ready(&["curl"]) {
+        return;
+    }
+    let origin = Origin::start();
+    let (_front, proxy) = intercepting(&origin, "[h2]\nenabled = false\n", 2);
+    let dir = TempDir::new("h2off");
+    let (exit, code, version, err) = curl_h2_tls(&proxy, "/bytes/5000", &dir.join("body"));
+    assert_eq!((exit, code, version.as_str()), (0, 200, "1.1"), "curl --http2 with [h2] enabled = false: {err}");
+    check_pattern_file(&dir.join("body"), 5000).unwrap_or_else(|e| panic!("{e}"));
+    let (_, code, _, _) = curl_h2c(&proxy, &origin, "/bytes/10", &[], &dir.join("c"));
+    assert_ne!(code, 200, "a cleartext preface was served with h2 disabled");
+    assert_eq!(origin.requests(), 1, "{:?}", origin.heads());
 }
