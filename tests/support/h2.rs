@@ -153,8 +153,13 @@ pub struct Background {
 
 impl Background {
     pub fn start(args: &[&str]) -> Background {
+        Background::start_script(PROBE, args)
+    }
+
+    /// Another python3 script (e.g. a server that prints `ready`) run the same way.
+    pub fn start_script(script: &str, args: &[&str]) -> Background {
         let mut child = Command::new("python3")
-            .arg(PROBE)
+            .arg(script)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -359,6 +364,78 @@ impl TlsFront {
 }
 
 impl Drop for TlsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// nghttpd: a real HTTP/2 origin over TLS
+// ---------------------------------------------------------------------------------------
+
+/// `nghttpd -v --echo-upload` on `IP:443` (certificate for `name` from a per-run test CA)
+/// serving `docroot`; its verbose log tells how many HTTP/2 sessions it had. Killed on
+/// drop.
+pub struct Nghttpd {
+    child: Child,
+    pub ip: String,
+    pub ca_pem: std::path::PathBuf,
+    log: std::path::PathBuf,
+    _dir: TempDir,
+}
+
+impl Nghttpd {
+    pub fn start(name: &str, docroot: &std::path::Path) -> Nghttpd {
+        let dir = TempDir::new("nghttpd");
+        let (ca_pem, leaf, key) = make_test_pki(&dir, name);
+        let log = dir.join("nghttpd.log");
+        for _ in 0..5 {
+            let ip = fresh_front_ip();
+            let mut child = Command::new("nghttpd")
+                .args(["-v", "--echo-upload", "-a", &ip, "-d"])
+                .arg(docroot)
+                .arg("443")
+                .arg(&key)
+                .arg(&leaf)
+                .stdin(Stdio::null())
+                .stdout(fs::File::create(&log).expect("nghttpd log"))
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nghttpd");
+            let addr: SocketAddr = format!("{ip}:443").parse().unwrap();
+            let up = wait_until(Duration::from_secs(10), || {
+                matches!(child.try_wait(), Ok(Some(_)))
+                    || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            });
+            if up && matches!(child.try_wait(), Ok(None)) {
+                return Nghttpd { child, ip, ca_pem, log, _dir: dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("nghttpd did not start");
+    }
+
+    /// HTTP/2 sessions nghttpd has seen (the distinct `[id=N]` of its log; the probe
+    /// connect of [`Nghttpd::start`] never got as far as a session).
+    pub fn sessions(&self) -> usize {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let mut ids: Vec<&str> =
+            text.lines().filter_map(|l| l.strip_prefix("[id=")).filter_map(|r| r.split(']').next()).collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+
+    /// `:path` values of the requests nghttpd received, in order.
+    pub fn paths(&self) -> Vec<String> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter_map(|l| l.split_once(":path: ")).map(|(_, p)| p.trim().to_string()).collect()
+    }
+}
+
+impl Drop for Nghttpd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
