@@ -19,12 +19,42 @@ const FRAME_SIZE_ERROR: u32 = 6;
 const COMPRESSION_ERROR: u32 = 9;
 const ENHANCE_YOUR_CALM: u32 = 11;
 
+/// The `code` label of `sluice_h2_goaways_total` for each RFC 9113 error code.
+const CODE_NAMES: [&str; 14] = [
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+];
+
 /// What an offender may get: a GOAWAY with one of `codes` and then the close; or, where
 /// `http1_answer_ok`, an HTTP/1.1 error answer and the close (a mangled preface is not a
 /// preface: the proxy may take it for an HTTP/1.1 request line and refuse it).
+/// `flood`: the `kind` label of `sluice_h2_flood_closes_total` that must count it, for the
+/// floods only Sluice's own watch catches (h2's own limits may catch the others first).
 struct Expect {
     codes: &'static [u32],
     http1_answer_ok: bool,
+    flood: Option<&'static str>,
+}
+
+/// The sum of the samples of `family` whose labels include every one of `labels`.
+fn labelled(proxy: &Proxy, family: &str, labels: &[&str]) -> f64 {
+    let text = proxy.metrics().unwrap_or_else(|e| panic!("{e}"));
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Runs flood `kind` (`count` units) on one connection while a steady h2 client on the
@@ -89,6 +119,24 @@ fn flood_while_another_is_served(kind: &str, count: usize, expect: Expect) -> Pr
             );
         }
     }
+    if let Some((code, _)) = out.goaway() {
+        // Counted once, under the code the client got.
+        let label = format!("code=\"{}\"", CODE_NAMES.get(code as usize).copied().unwrap_or("?"));
+        let family = "sluice_h2_goaways_total";
+        let mut sent = 0.0;
+        wait_until(Duration::from_secs(5), || {
+            sent = labelled(&proxy, family, &["direction=\"sent\"", &label]);
+            sent >= 1.0
+        });
+        assert_eq!(sent, 1.0, "{kind}: sluice_h2_goaways_total{{direction=\"sent\",{label}}}");
+    }
+    if let Some(flood) = expect.flood {
+        let label = format!("kind=\"{flood}\"");
+        // Breaks when the watch does not name the flood it closed the connection for.
+        wait_until(Duration::from_secs(5), || labelled(&proxy, "sluice_h2_flood_closes_total", &[&label]) >= 1.0);
+        assert_eq!(labelled(&proxy, "sluice_h2_flood_closes_total", &[&label]), 1.0, "{kind}: {label}");
+        assert_eq!(labelled(&proxy, "sluice_h2_flood_closes_total", &[]), 1.0, "{kind}: one flood close in all");
+    }
     assert!(proxy.alive(), "the proxy died");
     proxy.assert_serves(&origin);
     out
@@ -105,21 +153,33 @@ fn ready() -> bool {
 #[test]
 fn a_mangled_preface_is_refused_and_closed() {
     if ready() {
-        flood_while_another_is_served("bad-preface", 1, Expect { codes: &[PROTOCOL_ERROR], http1_answer_ok: true });
+        flood_while_another_is_served(
+            "bad-preface",
+            1,
+            Expect { codes: &[PROTOCOL_ERROR], http1_answer_ok: true, flood: None },
+        );
     }
 }
 
 #[test]
 fn a_first_frame_that_is_not_settings_gets_protocol_error() {
     if ready() {
-        flood_while_another_is_served("not-settings", 1, Expect { codes: &[PROTOCOL_ERROR], http1_answer_ok: false });
+        flood_while_another_is_served(
+            "not-settings",
+            1,
+            Expect { codes: &[PROTOCOL_ERROR], http1_answer_ok: false, flood: None },
+        );
     }
 }
 
 #[test]
 fn a_bad_first_settings_gets_protocol_error() {
     if ready() {
-        flood_while_another_is_served("bad-settings", 1, Expect { codes: &[PROTOCOL_ERROR], http1_answer_ok: false });
+        flood_while_another_is_served(
+            "bad-settings",
+            1,
+            Expect { codes: &[PROTOCOL_ERROR], http1_answer_ok: false, flood: None },
+        );
     }
 }
 
@@ -129,7 +189,7 @@ fn an_oversized_frame_gets_frame_size_error() {
         flood_while_another_is_served(
             "oversized-frame",
             1,
-            Expect { codes: &[FRAME_SIZE_ERROR], http1_answer_ok: false },
+            Expect { codes: &[FRAME_SIZE_ERROR], http1_answer_ok: false, flood: None },
         );
     }
 }
@@ -141,7 +201,7 @@ fn a_rapid_reset_burst_gets_enhance_your_calm() {
         flood_while_another_is_served(
             "rapid-reset",
             1000,
-            Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false },
+            Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false, flood: None },
         );
     }
 }
@@ -153,7 +213,7 @@ fn a_continuation_flood_gets_goaway() {
         flood_while_another_is_served(
             "continuation",
             10_000,
-            Expect { codes: &[ENHANCE_YOUR_CALM, COMPRESSION_ERROR], http1_answer_ok: false },
+            Expect { codes: &[ENHANCE_YOUR_CALM, COMPRESSION_ERROR], http1_answer_ok: false, flood: None },
         );
     }
 }
@@ -161,7 +221,11 @@ fn a_continuation_flood_gets_goaway() {
 #[test]
 fn a_ping_flood_gets_enhance_your_calm() {
     if ready() {
-        flood_while_another_is_served("ping", 100_000, Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false });
+        flood_while_another_is_served(
+            "ping",
+            100_000,
+            Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false, flood: Some("ping") },
+        );
     }
 }
 
@@ -171,7 +235,7 @@ fn a_settings_flood_gets_enhance_your_calm() {
         flood_while_another_is_served(
             "settings",
             100_000,
-            Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false },
+            Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false, flood: Some("settings") },
         );
     }
 }
@@ -182,7 +246,7 @@ fn an_empty_data_flood_gets_enhance_your_calm() {
         flood_while_another_is_served(
             "empty-data",
             100_000,
-            Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false },
+            Expect { codes: &[ENHANCE_YOUR_CALM], http1_answer_ok: false, flood: Some("empty_data") },
         );
     }
 }
