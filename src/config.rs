@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 
+mod h2;
 mod resolver;
+pub use h2::H2Config;
 pub use resolver::{parse_nameserver, ResolverConfig};
 
 /// Everything a worker needs to run. Built once at start (and, later, on reload), then
@@ -71,6 +73,8 @@ pub struct Config {
     pub forwarding: crate::forwarding::Forwarding,
     /// The name resolver (`[resolver]`).
     pub resolver: ResolverConfig,
+    /// HTTP/2 on the client leg (`[h2]`).
+    pub h2: H2Config,
 }
 
 /// Who may have the proxy connect to this machine itself: loopback and the addresses of
@@ -194,6 +198,7 @@ impl Default for Config {
             local_targets: LocalTargets::default(),
             forwarding: crate::forwarding::Forwarding::default(),
             resolver: ResolverConfig::default(),
+            h2: H2Config::default(),
         }
     }
 }
@@ -519,6 +524,7 @@ impl Config {
         }
         self.auth.validate().map_err(|(key, e)| ConfigError::invalid(key, e))?;
         self.resolver.validate()?;
+        self.h2.validate()?;
         // allow_clients and deny_destinations: any list is valid (`Cidr` cannot hold a bad
         // block). An empty allow_clients refuses every client, on purpose.
         Ok(())
@@ -800,6 +806,7 @@ struct FileConfig {
     pool: Option<PoolFile>,
     forwarding: Option<ForwardingFile>,
     resolver: Option<resolver::ResolverFile>,
+    h2: Option<h2::H2File>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -957,6 +964,7 @@ impl FileConfig {
         t.set("pool.max_connections_per_host", p.max_connections_per_host, &mut c.pool.max_connections_per_host);
         t.set_secs("pool.idle_timeout", p.idle_timeout, &mut c.pool.idle_timeout);
         self.resolver.unwrap_or_default().apply(&mut t, &mut c.resolver);
+        self.h2.unwrap_or_default().apply(&mut t, &mut c.h2);
 
         (c, t.lines)
     }
@@ -1158,6 +1166,7 @@ x_forwarded_for = "off"
                 x_forwarded_for: crate::forwarding::ForwardMode::Off,
             },
             resolver: ResolverConfig::default(),
+            h2: H2Config::default(),
         };
         assert_eq!(c, expected);
     }

@@ -14,6 +14,7 @@ pub mod conn;
 pub mod control;
 pub mod forwarding;
 pub mod h1;
+pub mod http2;
 pub mod logging;
 pub mod notify;
 pub mod protocol;

@@ -101,7 +101,33 @@ pub struct WorkerStats {
     pub auth_successes: AtomicU64,
     pub auth_failures: [AtomicU64; AUTH_FAILURES.len()],
     pub auth_verifications: AtomicU64,
+    /// HTTP/2 client connections (`conn::http2`), their streams since the start and now.
+    pub h2_connections: AtomicU64,
+    pub h2_streams: AtomicU64,
+    pub h2_streams_active: AtomicU64,
+    /// HTTP/2 connections closed for a flood, by [`crate::http2::floods::Flood::ALL`].
+    pub h2_floods: [AtomicU64; 5],
+    /// GOAWAYs ending a connection with an error, sent (0) and received (1), by code.
+    pub h2_goaways: [[AtomicU64; H2_CODES.len()]; 2],
 }
+
+/// HTTP/2 error codes (RFC 9113 §7), the `code` label of `sluice_h2_goaways_total`.
+pub const H2_CODES: [&str; 14] = [
+    "NO_ERROR",
+    "PROTOCOL_ERROR",
+    "INTERNAL_ERROR",
+    "FLOW_CONTROL_ERROR",
+    "SETTINGS_TIMEOUT",
+    "STREAM_CLOSED",
+    "FRAME_SIZE_ERROR",
+    "REFUSED_STREAM",
+    "CANCEL",
+    "COMPRESSION_ERROR",
+    "CONNECT_ERROR",
+    "ENHANCE_YOUR_CALM",
+    "INADEQUATE_SECURITY",
+    "HTTP_1_1_REQUIRED",
+];
 
 /// Labels of `sluice_auth_failures_total{reason}`.
 pub const AUTH_FAILURES: [&str; 4] = ["missing", "invalid", "locked", "busy"];
@@ -208,6 +234,19 @@ impl WorkerStats {
     }
 
     /// Counts a response the proxy made itself (an error of some kind).
+    /// An HTTP/2 connection closed for a flood of `kind`; its GOAWAY is counted too.
+    pub fn h2_flood(&self, kind: crate::http2::floods::Flood) {
+        if let Some(i) = crate::http2::floods::Flood::ALL.iter().position(|k| *k == kind) {
+            bump(&self.h2_floods[i], 1);
+        }
+    }
+
+    /// An HTTP/2 connection ended with GOAWAY `reason`, sent by us (`ours`) or the client.
+    pub fn h2_goaway(&self, ours: bool, reason: h2::Reason) {
+        let code = (u32::from(reason) as usize).min(H2_CODES.len() - 1);
+        bump(&self.h2_goaways[usize::from(!ours)][code], 1);
+    }
+
     pub fn error(&self, status: u16) {
         let kind = match status {
             400 | 411 | 413 | 414 | 417 | 431 | 501 | 505 => 0,
@@ -290,6 +329,17 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
     let auth_failures = per_label(&AUTH_FAILURES, |w| &w.auth_failures);
     let dns = per_label(&DNS_RESULTS, |w| &w.dns_lookups);
     let verify = per_label(&VERIFY_REASONS, |w| &w.verify_failures);
+    let flood_kinds = crate::http2::floods::Flood::ALL.map(|f| f.label());
+    let floods = per_label(&flood_kinds, |w| &w.h2_floods);
+    let mut goaways = Vec::new();
+    for (d, direction) in ["sent", "received"].iter().enumerate() {
+        for (c, code) in H2_CODES.iter().enumerate() {
+            let v: u64 = workers.iter().map(|w| w.h2_goaways[d][c].load(Relaxed)).sum();
+            if v > 0 {
+                goaways.push((vec![("direction", direction.to_string()), ("code", code.to_string())], v));
+            }
+        }
+    }
     vec![
         fam(
             "sluice_connections_accepted_total",
@@ -546,6 +596,11 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             "Registered file table updates the kernel refused, per worker.",
             per_worker(|w| &w.ring_file_update_errors),
         ),
+        fam("sluice_h2_connections_total", C, "HTTP/2 client connections.", one(sum(|w| &w.h2_connections))),
+        fam("sluice_h2_streams_total", C, "HTTP/2 streams proxied (each its own exchange).", one(sum(|w| &w.h2_streams))),
+        fam("sluice_h2_streams_active", G, "HTTP/2 streams open now.", one(sum(|w| &w.h2_streams_active))),
+        fam("sluice_h2_flood_closes_total", C, "HTTP/2 connections closed for a flood, by kind.", by("kind", &floods)),
+        fam("sluice_h2_goaways_total", C, "HTTP/2 connections ended by a GOAWAY with an error, by direction and code.", goaways),
     ]
 }
 

@@ -71,6 +71,10 @@ struct Env {
     draining: bool,
     /// Slots to run again after the current batch (`Ctx::wake`, the resolver, the pool).
     wakes: ReadyQueue,
+    /// The links between HTTP/2 sessions and their streams' exchanges.
+    links: crate::http2::links::Links,
+    /// Exchanges of new HTTP/2 streams, put in slots after the handler that made them.
+    spawned: Vec<Connection>,
     /// The ids being run from `wakes` (its allocation reused between batches).
     woken: Vec<ConnId>,
     control: Arc<Control>,
@@ -103,6 +107,8 @@ impl Env {
             minter: &mut self.minter,
             upstream_tls: &self.upstream_tls,
             access: self.access.as_mut(),
+            links: &mut self.links,
+            spawn: &mut self.spawned,
             wakes: &self.wakes,
             local: &self.local,
             control: &self.control,
@@ -263,6 +269,8 @@ impl Worker {
             access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
             draining: false,
             wakes: ReadyQueue::new(),
+            links: Default::default(),
+            spawned: Vec::new(),
             woken: Vec::new(),
             local: crate::upstream::local::LocalAddrs::new(Instant::now()),
             control: control.clone(),
@@ -271,6 +279,7 @@ impl Worker {
             cfg,
         };
         env.set_client_cap();
+        env.minter.offer_h2(env.cfg.h2.enabled);
         let cfg = env.cfg.clone();
         set_buffer_budget(&mut env, &cfg);
         // A table slot per client leg and origin leg at the client cap, the idle pool and
@@ -308,7 +317,7 @@ impl Worker {
     /// every completion's state machine, then the woken slots. False once the worker is
     /// done (drained, and every other worker too).
     pub(crate) fn turn(&mut self) -> std::io::Result<bool> {
-        let want = if self.env.wakes.is_empty() { 1 } else { 0 };
+        let want = if self.env.wakes.is_empty() && self.env.spawned.is_empty() { 1 } else { 0 };
         self.env.uring.ring_mut().submit_and_wait(want)?;
         let now = Instant::now();
         let cqes = self.env.uring.ring_mut().completions();
@@ -488,6 +497,7 @@ const WAKE_ROUNDS: usize = 8;
 /// Runs the slots woken during this batch (by the resolver, the pool, or each other).
 fn run_woken(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
     for _ in 0..WAKE_ROUNDS {
+        insert_spawned(conns, env);
         let mut ids = std::mem::take(&mut env.woken);
         env.wakes.drain_into(&mut ids);
         if ids.is_empty() {
@@ -497,6 +507,22 @@ fn run_woken(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
         resume(conns, env, now, &ids);
         ids.clear();
         env.woken = ids;
+    }
+    // Exchanges made in the last round run on the next turn (their wakes are queued).
+    insert_spawned(conns, env);
+}
+
+/// Puts the exchanges of new HTTP/2 streams in slots of their own and wakes them (their
+/// first run starts on the request their session wrote into their link).
+fn insert_spawned(conns: &mut Conns<Endpoint>, env: &mut Env) {
+    for conn in env.spawned.drain(..) {
+        let link = conn.link();
+        let id = conns.insert(Endpoint::Client(conn));
+        if let Some(l) = link.and_then(|l| env.links.get(l)) {
+            l.exchange = Some(id);
+        }
+        stats::bump(&env.stats[env.index].h2_streams_active, 1);
+        env.wakes.wake(id);
     }
 }
 
@@ -536,6 +562,7 @@ fn apply_config(env: &mut Env, control: &Control) {
     env.dns.set_config(&new);
     env.auth.configure(&new.auth);
     env.access = control.access_log().map(|sink| AccessLog::new(new.access_log_format, sink));
+    env.minter.offer_h2(new.h2.enabled);
     env.cfg = new;
     env.set_client_cap();
 }
@@ -582,6 +609,11 @@ fn answer_views(conns: &mut Conns<Endpoint>, env: &mut Env, control: &Control, a
 fn close_idle(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
     for id in conns.ids() {
         let Some(slot) = conns.get_mut(id) else { continue };
+        if slot.value.speaks_h2() {
+            // An HTTP/2 session drains itself (GOAWAY, then its open streams finish).
+            env.wakes.wake(id);
+            continue;
+        }
         if !slot.value.is_idle() {
             continue;
         }

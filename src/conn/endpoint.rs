@@ -53,6 +53,13 @@ impl Endpoint {
         }
     }
 
+    /// True for an HTTP/2 client connection (a drain wakes it to send its GOAWAY).
+    pub fn speaks_h2(&self) -> bool {
+        match self {
+            Endpoint::Client(c) => c.h2.is_some(),
+        }
+    }
+
     /// True for a proxy client (counted in the client slot gauge).
     pub fn is_client(&self) -> bool {
         match self {

@@ -199,6 +199,17 @@ fn limits(ctx: &Ctx<'_>) -> HeadLimits {
 /// Between requests: hold no slab, wait until the client has something to say.
 pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // The first bytes of a connection go through detection (TLS or HTTP/1).
+    // An HTTP/2 stream's exchange serves its one request.
+    if conn.stream.is_some() {
+        if conn.requests > 0 {
+            conn.closing(super::CloseReason::Done);
+            return NextStep::Close;
+        }
+        conn.phase = Phase::RequestHead;
+        let t = ctx.cfg.timeouts.request_head;
+        conn.set_deadline(io, ctx, t);
+        return NextStep::Continue;
+    }
     let next = if conn.requests == 0 && conn.client.tls.is_none() { Phase::Detect } else { Phase::RequestHead };
     // Bytes the multishot receive could not put in `client.input` during the exchange
     // come first (no exchange now: they may move to the front of the buffer).
@@ -296,7 +307,7 @@ pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     }
     if is_connect {
         conn.client.input.start += n;
-        if ctx.cfg.intercept_connect && conn.client.tls.is_none() {
+        if ctx.cfg.intercept_connect && conn.client.tls.is_none() && conn.stream.is_none() {
             return intercept_connect(conn, io, ctx, &ex);
         }
     } else {
@@ -304,7 +315,7 @@ pub(crate) fn request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
             via: ctx.via,
             rules: ctx.cfg.forwarding,
             client: conn.peer.map(|p| p.ip()),
-            https: conn.client.tls.is_some(),
+            https: conn.intercepted(),
         };
         ctx.scratch.clear();
         head.write_upstream(ctx.scratch, &hop);
@@ -343,7 +354,7 @@ fn incomplete_request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
 /// the CONNECT authority or SNI decide (`tls::request_target`); in transparent mode a
 /// request without Host goes where the client was headed.
 fn route<'a>(conn: &'a Connection, head: &'a h1::RequestHead<'_>) -> Result<(Cow<'a, str>, u16, bool), h1::H1Error> {
-    if conn.client.tls.is_some() && head.method != Method::Connect {
+    if conn.intercepted() && head.method != Method::Connect {
         return super::tls::request_target(conn, head).map(|(h, p)| (h, p, false));
     }
     match (head.upstream_target(), conn.original_dst) {
@@ -365,7 +376,7 @@ fn new_exchange(
     // Log facts own their strings only when the access log is on (no per-request
     // allocation otherwise).
     let logging = ctx.access.is_some();
-    let log_target = if logging { describe_target(head, conn.client.tls.is_some()) } else { String::new() };
+    let log_target = if logging { describe_target(head, conn.intercepted()) } else { String::new() };
     Box::new(Exchange {
         method: head.method,
         host: host.into(),
@@ -378,8 +389,7 @@ fn new_exchange(
         lease: None,
         tunnel: TunnelState::default(),
         // Over intercepted TLS, or an absolute-form https:// target from a cleartext client.
-        upstream_tls: conn.client.tls.is_some()
-            || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
+        upstream_tls: conn.intercepted() || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
         status: 0,
         facts: super::log::Facts::new(conn, ctx.now, if logging { head.method_raw } else { "" }, log_target),
         connect_started: None,

@@ -251,6 +251,9 @@ impl Connection {
             ctx.pool.wait_for_slab(io.id());
             return NextStep::Wait;
         }
+        if let Some(link) = self.link().filter(|_| side == Side::Client) {
+            return self.read_link(ctx, link);
+        }
         let leg = self.leg_mut(side);
         let Some(fd) = leg.fd() else { return NextStep::Close };
         let (slab, offset, len) = match leg.tls.as_mut() {
@@ -291,6 +294,10 @@ impl Connection {
         if side == Side::Client {
             self.bytes_out += len as u64;
             stats::bump(&ctx.stats.bytes_to_clients, len as u64);
+        }
+        if let Some(link) = self.link().filter(|_| side == Side::Client) {
+            self.write_link(io, ctx, link, src, offset, len);
+            return;
         }
         if self.leg(side).tls.is_some() {
             self.encrypt_from(ctx, src, offset, len, side);

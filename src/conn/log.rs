@@ -42,7 +42,7 @@ impl Facts {
 /// Records the exchange in progress (if any, and not yet recorded) with `status`.
 pub(crate) fn finish(conn: &mut Connection, ctx: &mut Ctx<'_>, status: u16) {
     let (bytes_in, bytes_out, peer) = (conn.bytes_in, conn.bytes_out, conn.peer);
-    let protocol = conn.protocol.log_name(conn.client.tls.is_some());
+    let protocol = conn.protocol.log_name(conn.intercepted());
     let Some(ex) = conn.ex.as_mut() else { return };
     let facts = &mut ex.facts;
     if facts.logged {
@@ -84,7 +84,7 @@ pub(crate) fn refused(conn: &Connection, ctx: &mut Ctx<'_>, status: u16, bytes_o
             bytes_in,
             duration: std::time::Duration::ZERO,
             upstream: None,
-            protocol: conn.protocol.log_name(conn.client.tls.is_some()),
+            protocol: conn.protocol.log_name(conn.intercepted()),
             user: None,
         });
     }

@@ -43,6 +43,14 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
         // Not TLS inside an intercepted CONNECT: relay it untouched.
         return start_raw_tunnel(conn, ctx, host, port);
     }
+    if ctx.cfg.h2.enabled && data[0] == b'P' {
+        // Cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3): its preface.
+        match crate::http2::preface_state(data) {
+            Some(true) => return super::http2::start(conn, io, ctx),
+            None if !conn.client.ended() => return conn.read(io, ctx, Side::Client),
+            _ => {}
+        }
+    }
     conn.phase = Phase::RequestHead;
     NextStep::Continue
 }
@@ -154,6 +162,9 @@ pub(crate) fn handshake(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -
             return NextStep::Wait;
         }
         crate::stats::bump(&ctx.stats.tls_handshakes, 1);
+        if t.session.alpn_protocol() == Some(b"h2") {
+            return super::http2::start(conn, io, ctx);
+        }
         conn.phase = Phase::RequestHead;
         let t = ctx.cfg.timeouts.request_head;
         conn.set_deadline(io, ctx, t);

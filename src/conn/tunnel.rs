@@ -226,6 +226,7 @@ fn ready_to_splice(conn: &Connection, dir: Direction) -> bool {
         && !lane.source_eof
         && !(dir.source() == Side::Client && conn.client_stash.is_some())
         && conn.client.tls.is_none()
+        && conn.stream.is_none()
         && conn.origin.tls.is_none()
         && conn.upstream.is_some()
 }
@@ -308,6 +309,9 @@ fn send_close_notify(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, side
 fn shut_down_write(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, dir: Direction) {
     if let Some((_, dst)) = ends(conn, dir) {
         ctx.ring.submit(io, dir.destination().shutdown_tag(), Op::ShutdownWrite { fd: dst }, ctx.pool);
+    } else if dir.destination() == Side::Client {
+        // An HTTP/2 stream's tunnel: END_STREAM towards the client.
+        conn.end_link(ctx);
     }
     if let Some(ex) = conn.ex.as_mut() {
         *ex.tunnel.done.get_mut(dir) = true;

@@ -139,7 +139,7 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
 fn resolve(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
     // The address this client reached us at is one of our listeners too, whatever
     // interface it is on (listeners bound to 0.0.0.0).
-    let own_addr = conn.client.local_addr();
+    let own_addr = conn.client.local_addr().or_else(|| conn.stream.as_ref().and_then(|s| s.local));
     let reach_local = crate::upstream::local::may_reach_local(ctx.cfg.local_targets, conn.peer);
     let Some(ex) = conn.ex.as_mut() else { return failed(500, "no exchange") };
     let ips = match ctx.dns.lookup(&ex.host, io.id(), ctx.now) {

@@ -71,7 +71,7 @@ impl Connection {
         format!(
             "{id} {} {target} {} {} {:.1} {} {}",
             Addr(self.peer),
-            self.protocol.log_name(self.client.tls.is_some()),
+            self.protocol.log_name(self.intercepted()),
             self.phase.name(),
             self.accepted.seconds_until(now),
             self.bytes_in,

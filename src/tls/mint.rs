@@ -81,6 +81,16 @@ impl Minter {
         })
     }
 
+    /// Offers `h2` before `http/1.1` in ALPN when `on` (`h2.enabled`); configs cached
+    /// with the other offer are dropped.
+    pub fn offer_h2(&mut self, on: bool) {
+        let alpn = if on { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        if alpn != self.alpn {
+            self.alpn = alpn;
+            self.cache.clear();
+        }
+    }
+
     /// Names cached now.
     pub fn cached(&self) -> usize {
         self.cache.len()

@@ -1,0 +1,136 @@
+//! The `H2` phase: a client connection that speaks HTTP/2 (ALPN `h2` on intercepted TLS,
+//! or the cleartext preface). Its client leg carries the frames; each stream is proxied by
+//! an exchange slot of its own (`conn::stream`), linked to this one (`http2::links`).
+//!
+//! One run of the phase: client plaintext goes into the session (watched for floods),
+//! the session is driven (new streams get exchanges, bytes move between streams and
+//! links), its frames go out on the client leg, and the client is read again while the
+//! session has room. It ends when `h2` is done with the connection and the last frames
+//! (a GOAWAY) are out.
+
+use super::buf::BufId;
+use super::leg::Side;
+use super::{CloseReason, Connection, Ctx, NextStep, Phase};
+use crate::http2::floods::{FloodLimits, FloodWatch};
+use crate::http2::session::{Ending, NewStream, Session};
+use crate::stats;
+use uring::Io;
+
+/// A connection's HTTP/2 side.
+#[derive(Debug)]
+pub(crate) struct H2Client {
+    session: Session,
+    floods: FloodWatch,
+    /// New streams the last drive opened, waiting for their exchange slots.
+    new: Vec<NewStream>,
+}
+
+impl H2Client {
+    /// The connection closes: every stream's exchange stops.
+    pub(crate) fn abandon(&mut self, ctx: &mut Ctx<'_>) {
+        let wakes = ctx.wakes;
+        self.session.abandon(ctx.links, &|id| wakes.wake(id));
+    }
+}
+
+/// Turns `conn` into an HTTP/2 connection (its preface may already be in `client.input`).
+pub(crate) fn start(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    let settings = crate::http2::Settings { config: ctx.cfg.h2.clone() };
+    let session = Session::new(&settings, ctx.wakes.waker(io.id()));
+    conn.h2 = Some(Box::new(H2Client { session, floods: FloodWatch::new(FloodLimits::default()), new: Vec::new() }));
+    conn.protocol = crate::protocol::Protocol::H2;
+    stats::bump(&ctx.stats.h2_connections, 1);
+    conn.phase = Phase::H2;
+    let idle = ctx.cfg.timeouts.request_head;
+    conn.set_deadline(io, ctx, idle);
+    NextStep::Continue
+}
+
+/// One run of the phase.
+pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    if feed(conn, io, ctx) {
+        conn.closing(CloseReason::Refused);
+    }
+    let Some(h2) = conn.h2.as_mut() else { return NextStep::Close };
+    if conn.client.ended() && conn.client.input.is_empty() {
+        h2.session.feed_end();
+    }
+    if !ctx.ready {
+        h2.session.shut_down();
+    }
+    let wakes = ctx.wakes;
+    h2.session.drive(ctx.links, io.id(), &|id| wakes.wake(id), &mut h2.new);
+    let mut new = std::mem::take(&mut h2.new);
+    for s in new.drain(..) {
+        ctx.spawn.push(super::stream::exchange_for(conn, s.link, ctx.now));
+        stats::bump(&ctx.stats.h2_streams, 1);
+    }
+    let Some(h2) = conn.h2.as_mut() else { return NextStep::Close };
+    h2.new = new;
+    let streams = h2.session.streams();
+    let finished = h2.session.ending().cloned();
+    // Frames out, one slab at a time.
+    if conn.client.writing.is_none() && h2.session.has_outbound() && !conn.out.is_lent() {
+        let (out, pool) = (&mut conn.out, &mut *ctx.pool);
+        let n = h2.session.outbound(|bytes| {
+            let n = out.fill(pool, &bytes[..bytes.len().min(uring::SLAB_SIZE)]);
+            (n, n)
+        });
+        if n > 0 {
+            conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
+        }
+    }
+    let Some(h2) = conn.h2.as_ref() else { return NextStep::Close };
+    if let Some(ending) = finished {
+        if conn.client.writing.is_some() || h2.session.has_outbound() {
+            return NextStep::Wait;
+        }
+        record_ending(conn, ctx, &ending);
+        return NextStep::Close;
+    }
+    if conn.client.error.is_some() {
+        return NextStep::Close;
+    }
+    let wants_input = h2.session.wants_input();
+    // Idle (no stream): the client's keep-alive deadline; busy: each stream has its own.
+    if streams == 0 {
+        let t = ctx.cfg.timeouts.client_idle;
+        conn.refresh_deadline(io, ctx, t);
+    } else {
+        conn.clear_deadline();
+    }
+    if !conn.client.reading && !conn.client.ended() && wants_input && conn.client.input.is_empty() {
+        return conn.read(io, ctx, Side::Client);
+    }
+    NextStep::Wait
+}
+
+/// Client plaintext into the session, as much as it takes now, watched for floods. True
+/// when the client flooded (the session then ends with GOAWAY ENHANCE_YOUR_CALM).
+fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
+    let Some(h2) = conn.h2.as_mut() else { return false };
+    let data = conn.client.input.data(ctx.pool);
+    if data.is_empty() {
+        return false;
+    }
+    let n = h2.session.feed(data);
+    let flood = h2.floods.scan(&data[..n], ctx.now);
+    conn.client.input.start += n;
+    conn.client.input.release_if_empty(ctx.pool);
+    let Some(flood) = flood else { return false };
+    ctx.stats.h2_flood(flood);
+    tracing::info!(conn = %io.id(), kind = flood.label(), "HTTP/2 flood: GOAWAY ENHANCE_YOUR_CALM");
+    h2.session.abort(h2::Reason::ENHANCE_YOUR_CALM);
+    true
+}
+
+fn record_ending(conn: &mut Connection, ctx: &Ctx<'_>, ending: &Ending) {
+    match ending {
+        Ending::Closed => conn.closing(CloseReason::Done),
+        Ending::Failed { reason, ours, detail } => {
+            ctx.stats.h2_goaway(*ours, *reason);
+            tracing::debug!(reason = ?reason, ours, detail = %detail, "HTTP/2 connection error");
+            conn.closing(if *ours { CloseReason::Refused } else { CloseReason::ClientError });
+        }
+    }
+}

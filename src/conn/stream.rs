@@ -1,0 +1,154 @@
+//! The exchange of one HTTP/2 stream: a connection slot whose client leg is a link to its
+//! session (`http2::links`) instead of a socket, running the same HTTP/1.1 state machine
+//! as any client, so every rule of that machine (access, authentication, forwarding
+//! headers, the upstream pool, retries, timeouts, tunnels and upgrades, the access log)
+//! applies to every stream unchanged.
+//!
+//! The client leg's I/O goes through the link: a read takes the request bytes the session
+//! translated (or waits: the session wakes this slot when it adds some); a write hands
+//! the response bytes to the session and completes once the link has room for more, which
+//! is how a slow HTTP/2 reader slows the origin. The exchange serves one request, then
+//! closes; closing tells the session (and frees the link when the session let go first).
+
+use super::buf::BufId;
+use super::leg::WriteJob;
+use super::{Connection, Ctx, NextStep};
+use crate::http2::links::{Link, LinkId};
+use std::time::Instant;
+use uring::Io;
+
+/// The client side of a stream's exchange.
+#[derive(Debug)]
+pub(crate) struct StreamSide {
+    pub link: LinkId,
+    /// The HTTP/2 connection is intercepted TLS.
+    pub tls: bool,
+    /// Where the client reached this proxy (one of our own addresses, never a target).
+    pub local: Option<std::net::SocketAddr>,
+}
+
+/// The exchange slot for a new stream of `session`: it inherits what the client
+/// connection knows (peer, the transparent destination, the SNI and CONNECT target of an
+/// intercepted session).
+pub(crate) fn exchange_for(session: &Connection, link: LinkId, now: Instant) -> Connection {
+    let mut c = Connection::detached(session.role, session.peer, now);
+    c.protocol = crate::protocol::Protocol::H2;
+    c.original_dst = session.original_dst;
+    c.sni = session.sni.clone();
+    c.tunnel_target = session.tunnel_target.as_deref().map(|t| Box::new(t.clone()));
+    c.stream = Some(Box::new(StreamSide { link, tls: session.intercepted(), local: session.client.local_addr() }));
+    c
+}
+
+impl Connection {
+    /// The link of a stream's exchange, if this is one.
+    pub(crate) fn link(&self) -> Option<LinkId> {
+        self.stream.as_ref().map(|s| s.link)
+    }
+
+    /// A read of the client leg of a stream's exchange: the request bytes waiting in the
+    /// link (`Continue`), its end, or `Wait` until the session wakes this slot.
+    pub(crate) fn read_link(&mut self, ctx: &mut Ctx<'_>, link: LinkId) -> NextStep {
+        let Some(l) = ctx.links.get(link).filter(|l| !l.cancelled) else {
+            self.client.fail(libc::ECONNRESET);
+            return NextStep::Continue;
+        };
+        let pending = l.pending_request();
+        if pending.is_empty() {
+            if l.request_end {
+                self.client.eof = true;
+                return NextStep::Continue;
+            }
+            return NextStep::Wait;
+        }
+        let Some(room) = self.client.input.room_mut(ctx.pool) else { return NextStep::Wait };
+        let n = room.len().min(pending.len());
+        room[..n].copy_from_slice(&pending[..n]);
+        self.client.input.filled(n);
+        l.take_request(n);
+        self.bytes_in += n as u64;
+        wake_session(l, ctx.wakes);
+        NextStep::Continue
+    }
+
+    /// A write to the client leg of a stream's exchange: the bytes go into the link now;
+    /// the write completes (`link_progress`) once the session has room again.
+    pub(crate) fn write_link(
+        &mut self,
+        io: &Io,
+        ctx: &mut Ctx<'_>,
+        link: LinkId,
+        src: BufId,
+        offset: usize,
+        len: usize,
+    ) {
+        let bytes = match src {
+            BufId::Out => self.out.slab_bytes(ctx.pool),
+            BufId::In(side) => self.leg(side).input.slab_bytes(ctx.pool),
+            BufId::RawOut(_) => None,
+        };
+        let Some(l) = ctx.links.get(link) else {
+            self.client.fail(libc::EPIPE);
+            ctx.wake(io.id());
+            self.client.writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
+            return;
+        };
+        if let Some(b) = bytes.and_then(|b| b.get(offset..offset + len)) {
+            l.to_session.extend_from_slice(b);
+        }
+        wake_session(l, ctx.wakes);
+        self.client.writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
+        // Completed on this slot's next run, when the link has room.
+        ctx.wake(io.id());
+    }
+
+    /// On every run of a stream's exchange: completes its client write once the link has
+    /// room (or is gone), as a socket's write completion would.
+    pub(crate) fn link_progress(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = self.link() else { return };
+        let Some(job) = self.client.writing else { return };
+        let room = match ctx.links.get(link) {
+            Some(l) if l.cancelled => {
+                self.client.fail(libc::EPIPE);
+                true
+            }
+            Some(l) => l.response_room() > 0,
+            None => true,
+        };
+        if !room {
+            return;
+        }
+        self.client.writing = None;
+        if job.src == BufId::Out {
+            self.out.release(ctx.pool);
+        }
+    }
+
+    /// The exchange half-closes its side towards the client (a tunnel's origin finished).
+    pub(crate) fn end_link(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = self.link() else { return };
+        if let Some(l) = ctx.links.get(link) {
+            l.response_end = true;
+            wake_session(l, ctx.wakes);
+        }
+    }
+
+    /// The exchange's slot closes: the session learns it; the link is freed when the
+    /// session let go of it already.
+    pub(crate) fn leave_link(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = self.link() else { return };
+        let Some(l) = ctx.links.get(link) else { return };
+        l.exchange_gone = true;
+        if l.session.is_none() {
+            ctx.links.free(link);
+        } else {
+            wake_session(l, ctx.wakes);
+        }
+    }
+}
+
+fn wake_session(l: &Link, wakes: &uring::ReadyQueue) {
+    if let Some(s) = l.session {
+        wakes.wake(s);
+    }
+}

@@ -1,0 +1,212 @@
+//! Our own watch over what a client sends, on top of `h2`'s defences: frame headers are
+//! read as the bytes go by (nothing is buffered), and a client that sends too many frames
+//! of a kind that costs us work without giving any (PING, SETTINGS, empty DATA, resets of
+//! streams, endless CONTINUATION) is told GOAWAY ENHANCE_YOUR_CALM and closed.
+//!
+//! Rates are counted per second of the worker's clock; a well-behaved client stays far
+//! below every limit (browsers send a handful of each per connection).
+
+use std::time::{Duration, Instant};
+
+/// What a client flooded us with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flood {
+    Ping,
+    Settings,
+    EmptyData,
+    Reset,
+    Continuation,
+}
+
+impl Flood {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Flood::Ping => "ping",
+            Flood::Settings => "settings",
+            Flood::EmptyData => "empty_data",
+            Flood::Reset => "rst_stream",
+            Flood::Continuation => "continuation",
+        }
+    }
+
+    pub const ALL: [Flood; 5] = [Flood::Ping, Flood::Settings, Flood::EmptyData, Flood::Reset, Flood::Continuation];
+}
+
+/// Limits per second (and CONTINUATION frames per header block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FloodLimits {
+    pub pings: u32,
+    pub settings: u32,
+    pub empty_data: u32,
+    pub resets: u32,
+    pub continuations: u32,
+}
+
+impl Default for FloodLimits {
+    fn default() -> Self {
+        FloodLimits { pings: 100, settings: 100, empty_data: 200, resets: 200, continuations: 32 }
+    }
+}
+
+const PREFACE_LEN: usize = 24;
+const FRAME_HEADER: usize = 9;
+
+/// The watch over one connection's inbound bytes.
+#[derive(Debug)]
+pub struct FloodWatch {
+    limits: FloodLimits,
+    /// Preface bytes still to skip.
+    preface_left: usize,
+    header: [u8; FRAME_HEADER],
+    header_len: usize,
+    /// Payload bytes of the current frame still to skip.
+    payload_left: usize,
+    /// CONTINUATION frames in the current header block.
+    continuations: u32,
+    window_start: Option<Instant>,
+    counts: [u32; 4],
+}
+
+impl FloodWatch {
+    pub fn new(limits: FloodLimits) -> FloodWatch {
+        FloodWatch {
+            limits,
+            preface_left: PREFACE_LEN,
+            header: [0; FRAME_HEADER],
+            header_len: 0,
+            payload_left: 0,
+            continuations: 0,
+            window_start: None,
+            counts: [0; 4],
+        }
+    }
+
+    /// Looks at the next inbound bytes; the first flood found, if any.
+    pub fn scan(&mut self, mut bytes: &[u8], now: Instant) -> Option<Flood> {
+        match self.window_start {
+            Some(t) if now.duration_since(t) < Duration::from_secs(1) => {}
+            _ => {
+                self.window_start = Some(now);
+                self.counts = [0; 4];
+            }
+        }
+        let skip = self.preface_left.min(bytes.len());
+        self.preface_left -= skip;
+        bytes = &bytes[skip..];
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (FRAME_HEADER - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
+            self.header_len += n;
+            bytes = &bytes[n..];
+            if self.header_len < FRAME_HEADER {
+                break;
+            }
+            self.header_len = 0;
+            let h = self.header;
+            let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            self.payload_left = len;
+            if let Some(f) = self.count(h[3], h[4], len) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    fn count(&mut self, kind: u8, flags: u8, len: usize) -> Option<Flood> {
+        const ACK: u8 = 0x1;
+        const END_STREAM: u8 = 0x1;
+        const END_HEADERS: u8 = 0x4;
+        let (slot, limit, flood) = match kind {
+            0x0 if len == 0 && flags & END_STREAM == 0 => (0, self.limits.empty_data, Flood::EmptyData),
+            0x3 => (1, self.limits.resets, Flood::Reset),
+            0x4 if flags & ACK == 0 => (2, self.limits.settings, Flood::Settings),
+            0x6 if flags & ACK == 0 => (3, self.limits.pings, Flood::Ping),
+            0x1 => {
+                self.continuations = 0;
+                return None;
+            }
+            0x9 => {
+                self.continuations += 1;
+                if flags & END_HEADERS != 0 {
+                    self.continuations = 0;
+                } else if self.continuations > self.limits.continuations {
+                    return Some(Flood::Continuation);
+                }
+                return None;
+            }
+            _ => return None,
+        };
+        self.counts[slot] += 1;
+        (self.counts[slot] > limit).then_some(flood)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len();
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 1];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn a_ping_flood_is_found_even_when_frames_arrive_byte_by_byte() {
+        let mut w = FloodWatch::new(FloodLimits::default());
+        let now = Instant::now();
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for _ in 0..101 {
+            bytes.extend(frame(0x6, 0, &[0; 8]));
+        }
+        let mut found = None;
+        for b in bytes.chunks(1) {
+            found = found.or(w.scan(b, now));
+        }
+        assert_eq!(found, Some(Flood::Ping));
+    }
+
+    #[test]
+    fn acks_and_ordinary_traffic_are_not_floods_and_the_count_restarts_each_second() {
+        let mut w = FloodWatch::new(FloodLimits::default());
+        let t0 = Instant::now();
+        let mut bytes = Vec::new();
+        for _ in 0..150 {
+            bytes.extend(frame(0x6, 0x1, &[0; 8])); // PING ACK
+            bytes.extend(frame(0x0, 0, &[1; 100])); // DATA with bytes
+        }
+        for _ in 0..90 {
+            bytes.extend(frame(0x4, 0, &[])); // SETTINGS
+        }
+        assert_eq!(w.scan(&[0; 24], t0), None);
+        assert_eq!(w.scan(&bytes, t0), None);
+        assert_eq!(w.scan(&bytes, t0 + Duration::from_millis(1500)), None, "a new second, a new count");
+        assert_eq!(w.scan(&bytes, t0 + Duration::from_millis(1600)), Some(Flood::Settings));
+    }
+
+    #[test]
+    fn an_endless_header_block_is_a_continuation_flood() {
+        let mut w = FloodWatch::new(FloodLimits::default());
+        let now = Instant::now();
+        assert_eq!(w.scan(&[0; 24], now), None);
+        let mut bytes = frame(0x1, 0, b"x");
+        for _ in 0..10 {
+            bytes.extend(frame(0x9, 0, b"y"));
+        }
+        bytes.extend(frame(0x9, 0x4, b"z"));
+        assert_eq!(w.scan(&bytes, now), None, "a block that ends is fine");
+        let mut flood = frame(0x1, 0, b"x");
+        for _ in 0..40 {
+            flood.extend(frame(0x9, 0, b""));
+        }
+        assert_eq!(w.scan(&flood, now), Some(Flood::Continuation));
+    }
+}

@@ -1,0 +1,166 @@
+//! Links: the in-memory pipes between an HTTP/2 session and the exchanges of its streams.
+//!
+//! Every stream a client opens is proxied by an exchange of its own: a slot in the
+//! worker's arena running the HTTP/1.1 state machine (`conn::stream`), whose client leg
+//! is not a socket but one [`Link`] of this table. The session writes the stream's
+//! request into the link as HTTP/1.1 bytes (`to_exchange`) and reads the exchange's
+//! HTTP/1.1 response back (`to_session`), translating both ways; each side wakes the other
+//! through the worker's ready queue when it put something in or took something out.
+//!
+//! Both directions are bounded ([`LINK_BYTES`]): the session pulls DATA from the client
+//! (and releases flow-control window) only while `to_exchange` has room, and the exchange's
+//! write of the response completes only once `to_session` has room again. A slow reader
+//! on either side therefore slows the other instead of growing a buffer.
+//!
+//! A link is named by a [`LinkId`] (index and generation), so a stale id of a freed link
+//! finds nothing instead of another stream's pipe. The table belongs to the worker; every
+//! handler reaches it through `Ctx`.
+
+use uring::ConnId;
+
+/// Most bytes waiting in one direction of a link before its writer waits.
+pub const LINK_BYTES: usize = 64 * 1024;
+
+/// Names one link (index and generation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkId {
+    index: u32,
+    generation: u32,
+}
+
+/// One stream's pipe.
+#[derive(Debug, Default)]
+pub struct Link {
+    /// The session's slot.
+    pub session: Option<ConnId>,
+    /// The exchange's slot, once the worker inserted it.
+    pub exchange: Option<ConnId>,
+    /// HTTP/1.1 request bytes (head, then body) for the exchange.
+    pub to_exchange: Vec<u8>,
+    /// Bytes of `to_exchange` already taken.
+    taken: usize,
+    /// The request is complete: no byte will follow `to_exchange`.
+    pub request_end: bool,
+    /// HTTP/1.1 response bytes from the exchange, not translated yet.
+    pub to_session: Vec<u8>,
+    /// The exchange half-closed its side (a tunnel's origin finished).
+    pub response_end: bool,
+    /// The exchange's slot is gone (it closed): nothing more will come.
+    pub exchange_gone: bool,
+    /// The stream was reset or its session went away: the exchange stops.
+    pub cancelled: bool,
+    generation: u32,
+    live: bool,
+}
+
+impl Link {
+    /// Request bytes not taken yet.
+    pub fn pending_request(&self) -> &[u8] {
+        &self.to_exchange[self.taken..]
+    }
+
+    /// Room left for request bytes.
+    pub fn request_room(&self) -> usize {
+        LINK_BYTES.saturating_sub(self.to_exchange.len() - self.taken)
+    }
+
+    /// Marks `n` request bytes taken by the exchange; the vector is compacted once empty.
+    pub fn take_request(&mut self, n: usize) {
+        self.taken = (self.taken + n).min(self.to_exchange.len());
+        if self.taken == self.to_exchange.len() {
+            self.to_exchange.clear();
+            self.taken = 0;
+        }
+    }
+
+    /// Room left for response bytes.
+    pub fn response_room(&self) -> usize {
+        LINK_BYTES.saturating_sub(self.to_session.len())
+    }
+}
+
+/// A worker's links.
+#[derive(Debug, Default)]
+pub struct Links {
+    slots: Vec<Link>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl Links {
+    /// A new link whose session is `session`.
+    pub fn open(&mut self, session: ConnId) -> LinkId {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Link::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        let generation = slot.generation.wrapping_add(1);
+        *slot = Link { session: Some(session), generation, live: true, ..Link::default() };
+        self.live += 1;
+        LinkId { index, generation }
+    }
+
+    /// The link `id` names, unless it was freed.
+    pub fn get(&mut self, id: LinkId) -> Option<&mut Link> {
+        self.slots.get_mut(id.index as usize).filter(|l| l.live && l.generation == id.generation)
+    }
+
+    /// Frees the link (both sides are done with it); its buffers go with it.
+    pub fn free(&mut self, id: LinkId) {
+        if let Some(l) = self.get(id) {
+            let generation = l.generation;
+            *l = Link { generation, ..Link::default() };
+            self.free.push(id.index);
+            self.live -= 1;
+        }
+    }
+
+    /// Links open now.
+    pub fn live(&self) -> usize {
+        self.live
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (ConnId, ConnId) {
+        let mut conns: uring::Conns<()> = uring::Conns::new();
+        (conns.insert(()), conns.insert(()))
+    }
+
+    #[test]
+    fn a_freed_link_is_not_found_by_its_old_id_even_when_its_index_is_reused() {
+        let (one, two) = ids();
+        let mut links = Links::default();
+        let a = links.open(one);
+        links.get(a).unwrap().to_exchange.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        links.free(a);
+        assert!(links.get(a).is_none());
+        let b = links.open(two);
+        assert!(links.get(a).is_none(), "the stale id must not reach the new link");
+        let l = links.get(b).unwrap();
+        assert!(l.to_exchange.is_empty(), "a reused link starts empty");
+        assert_eq!(l.session, Some(two));
+        assert_eq!(links.live(), 1);
+    }
+
+    #[test]
+    fn request_bytes_are_taken_in_order_and_room_comes_back() {
+        let mut links = Links::default();
+        let a = links.open(ids().0);
+        let l = links.get(a).unwrap();
+        l.to_exchange.extend_from_slice(b"abcdef");
+        assert_eq!(l.request_room(), LINK_BYTES - 6);
+        l.take_request(2);
+        assert_eq!(l.pending_request(), b"cdef");
+        l.take_request(4);
+        assert!(l.pending_request().is_empty());
+        assert_eq!(l.request_room(), LINK_BYTES);
+    }
+}

@@ -1,0 +1,74 @@
+//! HTTP/2 on the client leg, behind a small facade of ours so that the `h2` crate (framing,
+//! HPACK, flow control, stream states) could be replaced by our own framing later.
+//!
+//! - [`session`]: one client connection's `h2` server, driven by the worker with no
+//!   runtime (feed bytes / drive / take frames).
+//! - [`links`]: the in-memory pipes between a session and the exchanges of its streams.
+//! - [`request`] / [`response`]: the translation between HTTP/2 streams and the HTTP/1.1
+//!   messages the exchanges speak.
+//! - [`pipe`]: the `h2` crate's transport over the session's byte queues.
+//! - [`floods`]: our own per-connection rate limits on frames that cost work.
+
+pub mod floods;
+pub mod links;
+pub mod pipe;
+pub mod request;
+pub mod response;
+pub mod session;
+
+use crate::config::H2Config;
+use std::time::Duration;
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How `h2` is set up for a client connection.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: H2Config,
+}
+
+impl Settings {
+    /// The server builder with our windows and limits, and `h2`'s own defences switched
+    /// on explicitly (not left to its defaults, which change between versions).
+    pub fn builder(&self) -> h2::server::Builder {
+        let c = &self.config;
+        let mut b = h2::server::Builder::new();
+        b.max_concurrent_streams(c.max_concurrent_streams)
+            .initial_window_size(c.initial_stream_window)
+            .initial_connection_window_size(c.initial_connection_window)
+            .max_header_list_size(c.max_header_list_size)
+            .max_frame_size(c.max_frame_size)
+            // Rapid reset (CVE-2023-44487): streams the client resets before we accept
+            // them, and resets we had to send for its errors, are capped.
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(Some(256))
+            .max_concurrent_reset_streams(64)
+            .reset_stream_duration(Duration::from_secs(1))
+            // What one stream may queue for sending beyond its granted window.
+            .max_send_buffer_size(64 * 1024)
+            .enable_connect_protocol();
+        b
+    }
+}
+
+/// True when `data` starts like the preface (so far as it goes): `Some(true)` once all
+/// 24 bytes match, `None` while it matches but is shorter, `Some(false)` otherwise.
+pub fn preface_state(data: &[u8]) -> Option<bool> {
+    let n = data.len().min(PREFACE.len());
+    if data[..n] != PREFACE[..n] {
+        return Some(false);
+    }
+    (n == PREFACE.len()).then_some(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_preface_is_recognised_from_its_first_bytes() {
+        assert_eq!(super::preface_state(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"), Some(true));
+        assert_eq!(super::preface_state(b"PRI * HT"), None);
+        assert_eq!(super::preface_state(b"PRI / HTTP/1.1\r\n"), Some(false));
+        assert_eq!(super::preface_state(b"GET / HTTP/1.1\r\n"), Some(false));
+    }
+}
