@@ -27,6 +27,10 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the proxy (on embedded defaults when given no config file and no flags).
+    ///
+    /// Clients speak HTTP/1.1, or HTTP/2: ALPN `h2` on intercepted TLS, or the cleartext
+    /// preface (prior knowledge) on any proxy listener; `[h2]` in the config file sets its
+    /// windows and limits (`h2.enabled = false` turns it off). Origins get HTTP/1.1.
     Run(Box<RunArgs>),
     /// Validate a config file: prints `FILE: ok`, or the error and exits 2.
     CheckConfig {

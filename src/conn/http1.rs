@@ -389,7 +389,9 @@ fn new_exchange(
         lease: None,
         tunnel: TunnelState::default(),
         // Over intercepted TLS, or an absolute-form https:// target from a cleartext client.
-        upstream_tls: conn.intercepted() || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
+        // (A CONNECT over an intercepted HTTP/2 session opens a raw tunnel.)
+        upstream_tls: (conn.intercepted() && !is_connect)
+            || matches!(head.target, h1::RequestTarget::Absolute { https: true, .. }),
         status: 0,
         facts: super::log::Facts::new(conn, ctx.now, if logging { head.method_raw } else { "" }, log_target),
         connect_started: None,
