@@ -37,6 +37,8 @@ pub struct StreamLine {
     pub ended: bool,
     /// RST_STREAM code received, if any.
     pub reset: Option<u32>,
+    /// 1xx statuses received before the final one.
+    pub interim: Vec<u16>,
     pub trailers: Vec<(String, String)>,
     /// Response fields (only with `--headers`).
     pub headers: Vec<(String, String)>,
@@ -100,6 +102,7 @@ impl ProbeOut {
                         "bytes" => s.bytes = v.parse().unwrap_or(0),
                         "end" => s.ended = v == "1",
                         "reset" => s.reset = v.parse().ok(),
+                        "interim" => s.interim = v.split(',').filter_map(|x| x.parse().ok()).collect(),
                         "trailers" => {
                             s.trailers = v
                                 .split(';')

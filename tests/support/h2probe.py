@@ -11,7 +11,7 @@ Modes:
            (up to the peer's MAX_CONCURRENT_STREAMS), optionally with a body from
            --body-file and request trailers (--trailer NAME:VALUE); --window / --stall-*
            make a slow reader (a small stream window; no WINDOW_UPDATE for a while).
-  connect  CONNECT over HTTP/2 (RFC 9113 8.5) to --authority, two rounds of bytes, the
+  connect  CONNECT over HTTP/2 (RFC 9113 8.5; RFC 8441 with --protocol) to --authority, two rounds of bytes, the
            second ending the stream, then the echo and the peer's END_STREAM.
   steady   a well-behaved client: one GET (--req) at a time on one connection until
            its stdin closes; prints how many were served and the slowest.
@@ -78,13 +78,15 @@ class Stream:
         self.bytes = 0
         self.ended = False
         self.reset = None
+        self.interim = []
         self.data = bytearray()
 
     def line(self):
         tr = ";".join(f"{n}:{v}" for n, v in self.trailers)
         reset = "-" if self.reset is None else str(self.reset)
+        interim = ",".join(self.interim) or "-"
         return (f"stream {self.idx} sid={self.sid} status={self.status} bytes={self.bytes} "
-                f"end={int(self.ended)} reset={reset} trailers={tr}")
+                f"end={int(self.ended)} reset={reset} interim={interim} trailers={tr}")
 
 
 class Client:
@@ -149,7 +151,7 @@ class Client:
             st.headers = [(n, v) for n, v in ev.headers]
             st.status = int(dict(st.headers).get(":status", "0"))
         elif isinstance(ev, h2.events.InformationalResponseReceived) and st:
-            pass
+            st.interim.append(dict(ev.headers).get(":status", "?"))
         elif isinstance(ev, h2.events.DataReceived):
             if st:
                 st.bytes += len(ev.data)
@@ -238,6 +240,8 @@ def mode_get(args):
             st.sid = c.conn.get_next_available_stream_id()
             c.by_sid[st.sid] = st
             extra = [("content-length", str(len(body)))] if body and not trailers else []
+            if args.content_length is not None:
+                extra = [("content-length", str(args.content_length))]
             if trailers:
                 extra.append(("te", "trailers"))
             has_body = bool(body) or bool(trailers)
@@ -289,7 +293,14 @@ def mode_connect(args):
     st = Stream(0, None)
     st.sid = c.conn.get_next_available_stream_id()
     c.by_sid[st.sid] = st
-    c.conn.send_headers(st.sid, [(":method", "CONNECT"), (":authority", args.authority)])
+    if args.protocol:
+        # RFC 8441 extended CONNECT (the peer must have sent SETTINGS_ENABLE_CONNECT_PROTOCOL).
+        say(f"enable_connect_protocol={c.conn.remote_settings.enable_connect_protocol}")
+        hdrs = [(":method", "CONNECT"), (":protocol", args.protocol), (":scheme", "http"),
+                (":path", args.path), (":authority", args.authority), ("sec-websocket-version", "13")]
+    else:
+        hdrs = [(":method", "CONNECT"), (":authority", args.authority)]
+    c.conn.send_headers(st.sid, hdrs)
     c.flush()
     deadline = time.monotonic() + args.timeout
     while not st.status and not st.ended and st.reset is None and time.monotonic() < deadline:
@@ -511,8 +522,11 @@ def main():
     p.add_argument("--req", nargs=3, action="append", default=[], metavar=("METHOD", "AUTHORITY", "PATH"))
     p.add_argument("--authority", help="connect: the CONNECT target")
     p.add_argument("--size", type=int, default=100000, help="connect: bytes per round")
+    p.add_argument("--protocol", help="connect: extended CONNECT with this :protocol (RFC 8441)")
+    p.add_argument("--path", default="/", help="connect: :path of an extended CONNECT")
     p.add_argument("--body-file")
     p.add_argument("--trailer", action="append", default=[])
+    p.add_argument("--content-length", type=int, help="get: announce this content-length, whatever the body")
     p.add_argument("--out", help="get: write stream I's body to OUT/I")
     p.add_argument("--headers", action="store_true", help="get: print each response's fields")
     p.add_argument("--print-body", action="store_true")
