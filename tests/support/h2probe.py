@@ -409,6 +409,9 @@ class RawConn:
         self.first_bytes = b""
         self.frames = 0
         self.read_error = None
+        # Set once the peer's SETTINGS is ACKed: the floods start only then, so the ACK
+        # never lands inside a header block (HEADERS ... CONTINUATION must be contiguous).
+        self.acked = threading.Event()
         self.reader = threading.Thread(target=self.read_loop, daemon=True)
         self.reader.start()
 
@@ -444,6 +447,7 @@ class RawConn:
                             self.send(SettingsFrame(0, flags=["ACK"]).serialize())
                         except OSError:
                             pass
+                        self.acked.set()
         except OSError as e:
             self.read_error = e
         self.closed.set()
@@ -475,6 +479,8 @@ def flood(args):
             raw.send(b"".join(make_one(sent + k) for k in range(min(per, total - sent))))
             sent += min(per, total - sent)
 
+    if kind not in ("bad-preface", "not-settings", "bad-settings") and not raw.acked.wait(args.timeout):
+        say("error no SETTINGS from the peer")
     try:
         if kind in ("bad-preface", "not-settings", "bad-settings"):
             sent = 1
