@@ -191,3 +191,25 @@ fn draining_sends_goaway_and_lets_the_open_stream_finish() {
     // With nothing left open, the drain ends long before timeouts.drain (30 s).
     assert!(wait_until(Duration::from_secs(10), || !proxy.alive()), "the proxy still runs after its last stream");
 }
+
+#[test]
+fn streams_one_after_another_reuse_one_pooled_origin_connection() {
+    if !ready(&[]) {
+        return;
+    }
+    let origin = Origin::start();
+    let proxy = Proxy::builder("").workers(1).start();
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    let mut args = vec!["get".to_string(), "--connect".into(), connect, "--serial".into()];
+    for i in 0..10 {
+        args.extend(["--req".into(), "GET".into(), origin.host(), format!("/bytes/{}", 100 + i)]);
+    }
+    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    // Ten streams on one connection, each opened once the previous one ended.
+    let out = probe(&refs);
+    assert!(out.stdout.contains("done ok=10 of=10"), "{}", out.describe());
+    assert_eq!(out.line("open_max"), Some("1"), "{}", out.describe());
+    assert_eq!(origin.requests(), 10);
+    // Breaks when a stream's exchange neither takes a pooled connection nor gives its own back.
+    assert_eq!(origin.accepts(), 1, "10 streams one after another used {} origin connections", origin.accepts());
+}

@@ -235,7 +235,8 @@ def mode_get(args):
     stall_end = None
     while time.monotonic() < deadline:
         live = [s for s, *_ in streams if s.sid and not s.ended and s.reset is None]
-        while pending and len(live) < c.max_concurrent() and c.goaway is None:
+        limit = 1 if args.serial else c.max_concurrent()
+        while pending and len(live) < limit and c.goaway is None:
             st, method, authority, path = pending.pop(0)
             st.sid = c.conn.get_next_available_stream_id()
             c.by_sid[st.sid] = st
@@ -535,6 +536,7 @@ def main():
     p.add_argument("--content-length", type=int, help="get: announce this content-length, whatever the body")
     p.add_argument("--out", help="get: write stream I's body to OUT/I")
     p.add_argument("--headers", action="store_true", help="get: print each response's fields")
+    p.add_argument("--serial", action="store_true", help="get: one stream at a time")
     p.add_argument("--print-body", action="store_true")
     p.add_argument("--window", type=int, help="get: SETTINGS_INITIAL_WINDOW_SIZE to announce")
     p.add_argument("--stall-at", type=int, default=0, help="get: stall once this many bytes came")
