@@ -105,6 +105,9 @@ pub struct WorkerStats {
     pub h2_connections: AtomicU64,
     pub h2_streams: AtomicU64,
     pub h2_streams_active: AtomicU64,
+    /// HTTP/2 sessions to origins open now, and made since the start.
+    pub h2_origin_sessions_active: AtomicU64,
+    pub h2_origin_sessions: AtomicU64,
     /// HTTP/2 connections closed for a flood, by [`crate::http2::floods::Flood::ALL`].
     pub h2_floods: [AtomicU64; 5],
     /// GOAWAYs ending a connection with an error, sent (0) and received (1), by code.
@@ -335,7 +338,9 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
     for (d, direction) in ["sent", "received"].iter().enumerate() {
         for (c, code) in H2_CODES.iter().enumerate() {
             let v: u64 = workers.iter().map(|w| w.h2_goaways[d][c].load(Relaxed)).sum();
-            if v > 0 {
+            // Codes that never happened stay out (2 x 14 rows, mostly zeros); one row is
+            // always there so that the family exists from the start.
+            if v > 0 || (d == 0 && c == 1) {
                 goaways.push((vec![("direction", direction.to_string()), ("code", code.to_string())], v));
             }
         }
@@ -599,6 +604,18 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         fam("sluice_h2_connections_total", C, "HTTP/2 client connections.", one(sum(|w| &w.h2_connections))),
         fam("sluice_h2_streams_total", C, "HTTP/2 streams proxied (each its own exchange).", one(sum(|w| &w.h2_streams))),
         fam("sluice_h2_streams_active", G, "HTTP/2 streams open now.", one(sum(|w| &w.h2_streams_active))),
+        fam(
+            "sluice_h2_origin_sessions_active",
+            G,
+            "HTTP/2 sessions to origins open now (each carries the requests of many clients).",
+            one(sum(|w| &w.h2_origin_sessions_active)),
+        ),
+        fam(
+            "sluice_h2_origin_sessions_total",
+            C,
+            "HTTP/2 sessions to origins opened.",
+            one(sum(|w| &w.h2_origin_sessions)),
+        ),
         fam("sluice_h2_flood_closes_total", C, "HTTP/2 connections closed for a flood, by kind.", by("kind", &floods)),
         fam("sluice_h2_goaways_total", C, "HTTP/2 connections ended by a GOAWAY with an error, by direction and code.", goaways),
     ]

@@ -67,6 +67,9 @@ struct Env {
     listen_addrs: Vec<SocketAddr>,
     minter: crate::tls::mint::Minter,
     upstream_tls: Arc<rustls::ClientConfig>,
+    upstream_tls_h1: Arc<rustls::ClientConfig>,
+    /// HTTP/2 sessions to origins, by origin.
+    origins: crate::http2::origin::Origins,
     access: Option<AccessLog>,
     draining: bool,
     /// Slots to run again after the current batch (`Ctx::wake`, the resolver, the pool).
@@ -106,6 +109,8 @@ impl Env {
             ready: !self.draining,
             minter: &mut self.minter,
             upstream_tls: &self.upstream_tls,
+            upstream_tls_h1: &self.upstream_tls_h1,
+            origins: &mut self.origins,
             access: self.access.as_mut(),
             links: &mut self.links,
             spawn: &mut self.spawned,
@@ -266,6 +271,8 @@ impl Worker {
             minter: crate::tls::mint::Minter::new(&setup.ca, cfg.cert_cache_size)
                 .map_err(|e| std::io::Error::other(format!("worker {}: {e}", setup.index)))?,
             upstream_tls: setup.upstream_tls.clone(),
+            upstream_tls_h1: crate::tls::upstream::http1_only(&setup.upstream_tls),
+            origins: Default::default(),
             access: control.access_log().map(|sink| AccessLog::new(cfg.access_log_format, sink)),
             draining: false,
             wakes: ReadyQueue::new(),
@@ -515,13 +522,27 @@ fn run_woken(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {
 /// Puts the exchanges of new HTTP/2 streams in slots of their own and wakes them (their
 /// first run starts on the request their session wrote into their link).
 fn insert_spawned(conns: &mut Conns<Endpoint>, env: &mut Env) {
+    let stats = &env.stats[env.index];
     for conn in env.spawned.drain(..) {
         let link = conn.link();
+        let origin = conn.origin_session_start();
         let id = conns.insert(Endpoint::Client(conn));
         if let Some(l) = link.and_then(|l| env.links.get(l)) {
             l.exchange = Some(id);
+            stats::bump(&stats.h2_streams_active, 1);
         }
-        stats::bump(&env.stats[env.index].h2_streams_active, 1);
+        if let Some((key, first)) = origin {
+            // A new origin session: its first stream's link learns its slot, and the
+            // registry offers it to the next exchanges to that origin.
+            for l in &first {
+                if let Some(l) = env.links.get(*l) {
+                    l.session = Some(id);
+                }
+            }
+            env.origins.register(key, id, first.len());
+            stats::bump(&stats.h2_origin_sessions_active, 1);
+            stats::bump(&stats.h2_origin_sessions, 1);
+        }
         env.wakes.wake(id);
     }
 }

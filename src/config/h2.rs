@@ -22,6 +22,9 @@ pub struct H2Config {
     pub max_header_list_size: u32,
     /// SETTINGS_MAX_FRAME_SIZE.
     pub max_frame_size: u32,
+    /// Offer `h2` to TLS origins too (one session per origin and worker, shared by the
+    /// requests of every client).
+    pub origins: bool,
 }
 
 impl Default for H2Config {
@@ -33,6 +36,7 @@ impl Default for H2Config {
             initial_connection_window: 16 << 20,
             max_header_list_size: 64 << 10,
             max_frame_size: 16 << 10,
+            origins: true,
         }
     }
 }
@@ -69,6 +73,7 @@ pub(super) struct H2File {
     initial_connection_window: Option<Spanned<u32>>,
     max_header_list_size: Option<Spanned<u32>>,
     max_frame_size: Option<Spanned<u32>>,
+    origins: Option<Spanned<bool>>,
 }
 
 impl H2File {
@@ -79,6 +84,7 @@ impl H2File {
         t.set("h2.initial_connection_window", self.initial_connection_window, &mut c.initial_connection_window);
         t.set("h2.max_header_list_size", self.max_header_list_size, &mut c.max_header_list_size);
         t.set("h2.max_frame_size", self.max_frame_size, &mut c.max_frame_size);
+        t.set("h2.origins", self.origins, &mut c.origins);
     }
 }
 
@@ -91,7 +97,8 @@ mod tests {
     fn every_h2_key_is_parsed_and_an_empty_table_is_the_default() {
         let c = parse_str(
             "[h2]\nenabled = false\nmax_concurrent_streams = 10\ninitial_stream_window = 65535\n\
-             initial_connection_window = 1048576\nmax_header_list_size = 8192\nmax_frame_size = 32768\n",
+             initial_connection_window = 1048576\nmax_header_list_size = 8192\nmax_frame_size = 32768\n\
+             origins = false\n",
         )
         .unwrap();
         let expected = H2Config {
@@ -101,6 +108,7 @@ mod tests {
             initial_connection_window: 1 << 20,
             max_header_list_size: 8192,
             max_frame_size: 32768,
+            origins: false,
         };
         assert_eq!(c.h2, expected);
         assert_eq!(parse_str("[h2]\n").unwrap().h2, H2Config::default());

@@ -132,6 +132,8 @@ pub(crate) struct Exchange {
     pub connect_started: Option<std::time::Instant>,
     /// How the request and response are framed on HTTP/1.1.
     pub h1: H1Framing,
+    /// The origin leg is a stream of an HTTP/2 origin session (`conn::origin_session`).
+    pub origin_link: Option<crate::http2::links::LinkId>,
 }
 
 /// The HTTP/1.1 side of an exchange: both messages' framing and where their heads are.
@@ -181,6 +183,7 @@ impl Exchange {
             status: 200,
             facts,
             connect_started: None,
+            origin_link: None,
             h1: H1Framing { client_minor: 1, close_client: true, ..H1Framing::default() },
         }
     }
@@ -395,6 +398,7 @@ fn new_exchange(
         status: 0,
         facts: super::log::Facts::new(conn, ctx.now, if logging { head.method_raw } else { "" }, log_target),
         connect_started: None,
+        origin_link: None,
         h1: H1Framing {
             client_minor: head.minor_version,
             client_keep_alive: head.keep_alive,
@@ -543,6 +547,7 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         ex.upstream_step = UpstreamStep::Start;
         conn.client.input.start = ex.h1.head_at;
         conn.upstream = None;
+        conn.drop_origin_link(ctx);
         drop(conn.origin.detach(io, ctx.ring));
         conn.origin.drop_tls(ctx.pool);
         conn.origin.forget_outcome();
@@ -764,6 +769,8 @@ fn should_wait_for_small_body(body: &Body, have: usize, room: usize) -> bool {
 fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     let status = conn.ex.as_ref().map_or(0, |e| e.status);
     super::log::finish(conn, ctx, status);
+    // A stream of an HTTP/2 origin session ends here; the session stays.
+    conn.drop_origin_link(ctx);
     let Some(ex) = conn.ex.take() else {
         return NextStep::Close;
     };

@@ -16,7 +16,49 @@ use crate::http2::session::{Ending, NewStream, Session};
 use crate::stats;
 use uring::Io;
 
-/// A connection's HTTP/2 side.
+/// A connection's HTTP/2 side: the server of a client connection, or the client of an
+/// origin session slot (`conn::origin_session`).
+/// (Boxed whole in the connection; an origin session slot, one per origin and worker,
+/// pays the client side's size, which is not worth a second box on every client.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum H2 {
+    Client(H2Client),
+    Origin(super::origin_session::OriginSide),
+}
+
+impl H2 {
+    pub(crate) fn client_mut(&mut self) -> Option<&mut H2Client> {
+        match self {
+            H2::Client(c) => Some(c),
+            H2::Origin(_) => None,
+        }
+    }
+
+    pub(crate) fn origin(&self) -> Option<&super::origin_session::OriginSide> {
+        match self {
+            H2::Origin(o) => Some(o),
+            H2::Client(_) => None,
+        }
+    }
+
+    pub(crate) fn origin_mut(&mut self) -> Option<&mut super::origin_session::OriginSide> {
+        match self {
+            H2::Origin(o) => Some(o),
+            H2::Client(_) => None,
+        }
+    }
+
+    /// The slot closes: every stream's exchange stops (or sees its origin fail).
+    pub(crate) fn abandon(&mut self, me: uring::ConnId, ctx: &mut Ctx<'_>) {
+        match self {
+            H2::Client(c) => c.abandon(ctx),
+            H2::Origin(o) => super::origin_session::close_session(o, me, ctx),
+        }
+    }
+}
+
+/// A client connection's HTTP/2 side.
 #[derive(Debug)]
 pub(crate) struct H2Client {
     session: Session,
@@ -37,7 +79,8 @@ impl H2Client {
 pub(crate) fn start(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     let settings = crate::http2::Settings { config: ctx.cfg.h2.clone() };
     let session = Session::new(&settings, ctx.wakes.waker(io.id()));
-    conn.h2 = Some(Box::new(H2Client { session, floods: FloodWatch::new(FloodLimits::default()), new: Vec::new() }));
+    let client = H2Client { session, floods: FloodWatch::new(FloodLimits::default()), new: Vec::new() };
+    conn.h2 = Some(Box::new(H2::Client(client)));
     conn.protocol = crate::protocol::Protocol::H2;
     stats::bump(&ctx.stats.h2_connections, 1);
     conn.phase = Phase::H2;
@@ -51,7 +94,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     if feed(conn, io, ctx) {
         conn.closing(CloseReason::Refused);
     }
-    let Some(h2) = conn.h2.as_mut() else { return NextStep::Close };
+    let Some(h2) = conn.h2.as_mut().and_then(|h| h.client_mut()) else { return NextStep::Close };
     if conn.client.ended() && conn.client.input.is_empty() {
         h2.session.feed_end();
     }
@@ -65,7 +108,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         ctx.spawn.push(super::stream::exchange_for(conn, s.link, ctx.now));
         stats::bump(&ctx.stats.h2_streams, 1);
     }
-    let Some(h2) = conn.h2.as_mut() else { return NextStep::Close };
+    let Some(h2) = conn.h2.as_mut().and_then(|h| h.client_mut()) else { return NextStep::Close };
     h2.new = new;
     let streams = h2.session.streams();
     let finished = h2.session.ending().cloned();
@@ -80,7 +123,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
         }
     }
-    let Some(h2) = conn.h2.as_ref() else { return NextStep::Close };
+    let Some(h2) = conn.h2.as_mut().and_then(|h| h.client_mut()) else { return NextStep::Close };
     if let Some(ending) = finished {
         if conn.client.writing.is_some() || h2.session.has_outbound() {
             return NextStep::Wait;
@@ -108,7 +151,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
 /// Client plaintext into the session, as much as it takes now, watched for floods. True
 /// when the client flooded (the session then ends with GOAWAY ENHANCE_YOUR_CALM).
 fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
-    let Some(h2) = conn.h2.as_mut() else { return false };
+    let Some(h2) = conn.h2.as_mut().and_then(|h| h.client_mut()) else { return false };
     let data = conn.client.input.data(ctx.pool);
     if data.is_empty() {
         return false;

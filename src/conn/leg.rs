@@ -254,6 +254,9 @@ impl Connection {
         if let Some(link) = self.link().filter(|_| side == Side::Client) {
             return self.read_link(ctx, link);
         }
+        if let Some(link) = self.origin_link().filter(|_| side == Side::Origin) {
+            return self.read_origin_link(ctx, link);
+        }
         let leg = self.leg_mut(side);
         let Some(fd) = leg.fd() else { return NextStep::Close };
         let (slab, offset, len) = match leg.tls.as_mut() {
@@ -297,6 +300,10 @@ impl Connection {
         }
         if let Some(link) = self.link().filter(|_| side == Side::Client) {
             self.write_link(io, ctx, link, src, offset, len);
+            return;
+        }
+        if let Some(link) = self.origin_link().filter(|_| side == Side::Origin) {
+            self.write_origin_link(io, ctx, link, src, offset, len);
             return;
         }
         if self.leg(side).tls.is_some() {

@@ -25,6 +25,7 @@ mod http2;
 pub(crate) mod leg;
 mod log;
 mod multishot;
+mod origin_session;
 mod stream;
 mod tls;
 mod tunnel;
@@ -111,6 +112,11 @@ pub struct Ctx<'a> {
     pub links: &'a mut crate::http2::links::Links,
     /// Exchanges of new HTTP/2 streams, for the worker to put in slots of their own.
     pub spawn: &'a mut Vec<Connection>,
+    /// The worker's HTTP/2 origin sessions, by origin.
+    pub origins: &'a mut crate::http2::origin::Origins,
+    /// The upstream TLS config offering only `http/1.1` (requests that offer an Upgrade,
+    /// or `h2.origins = false`).
+    pub upstream_tls_h1: &'a std::sync::Arc<rustls::ClientConfig>,
     /// Slots the worker runs again after the current batch.
     pub wakes: &'a uring::ReadyQueue,
     /// This machine's own addresses (`local_targets`).
@@ -168,6 +174,9 @@ pub(crate) enum Phase {
     /// An HTTP/2 connection: frames on the client leg, each stream an exchange of its own
     /// (`conn::http2`).
     H2,
+    /// An HTTP/2 session to an origin, serving the exchanges linked to it
+    /// (`conn::origin_session`).
+    H2Origin,
 }
 
 impl Phase {
@@ -188,6 +197,7 @@ impl Phase {
             Phase::Admin => "Admin",
             Phase::Linger => "Linger",
             Phase::H2 => "H2",
+            Phase::H2Origin => "H2Origin",
         }
     }
 }
@@ -262,7 +272,7 @@ pub struct Connection {
     #[allow(clippy::box_collection)]
     pub(crate) client_stash: Option<Box<Vec<u8>>>,
     /// The HTTP/2 session, once the client speaks HTTP/2 (`Phase::H2`).
-    pub(crate) h2: Option<Box<http2::H2Client>>,
+    pub(crate) h2: Option<Box<http2::H2>>,
     /// For the exchange of an HTTP/2 stream: its link to the session, which stands in
     /// for a client socket (`conn::stream`).
     pub(crate) stream: Option<Box<stream::StreamSide>>,
@@ -327,7 +337,12 @@ impl Connection {
     /// True for a proxy client (not an admin endpoint connection, nor the exchange of an
     /// HTTP/2 stream, whose client is its session's).
     pub fn is_client(&self) -> bool {
-        self.role == Role::Proxy && self.stream.is_none()
+        self.role == Role::Proxy && self.stream.is_none() && !self.is_origin_session()
+    }
+
+    /// True for an HTTP/2 origin session slot.
+    pub(crate) fn is_origin_session(&self) -> bool {
+        self.h2.as_ref().is_some_and(|h| h.origin().is_some())
     }
 
     /// True while the exchange waits in its origin's queue for a connection.
@@ -475,6 +490,7 @@ impl Connection {
     /// A name it waited for is no longer awaited by it.
     pub(crate) fn abandon_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         upstream::stop_resolving(self, io, ctx);
+        self.drop_origin_link(ctx);
         if let Some(up) = self.upstream.as_mut() {
             if !up.abandoned {
                 up.abandoned = true;
@@ -524,8 +540,12 @@ impl Connection {
             }
         }
         if let Some(h2) = self.h2.as_mut() {
-            h2.abandon(ctx);
+            h2.abandon(io.id(), ctx);
+            if self.is_origin_session() {
+                stats::drop_one(&ctx.stats.h2_origin_sessions_active);
+            }
         }
+        self.drop_origin_link(ctx);
         if self.stream.is_some() {
             self.leave_link(ctx);
             stats::drop_one(&ctx.stats.h2_streams_active);
@@ -619,6 +639,7 @@ pub fn on_completion(
 pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     // A stream's exchange: its client write completes once the link has room.
     conn.link_progress(ctx);
+    conn.origin_link_progress(ctx);
     for _ in 0..LOOP_GUARD {
         let from = std::mem::discriminant(&conn.phase);
         let name = conn.phase.name();
@@ -637,6 +658,7 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
             Phase::Admin => admin::step(conn, io, ctx),
             Phase::Linger => http1::linger_step(conn, io, ctx),
             Phase::H2 => http2::step(conn, io, ctx),
+            Phase::H2Origin => origin_session::step(conn, io, ctx),
         };
         if std::mem::discriminant(&conn.phase) != from {
             tracing::debug!(conn = %io.id(), from = %name, to = %conn.phase.name(), "phase");

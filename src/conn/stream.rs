@@ -53,9 +53,9 @@ impl Connection {
             self.client.fail(libc::ECONNRESET);
             return NextStep::Continue;
         };
-        let pending = l.pending_request();
+        let pending = l.pending_for_exchange();
         if pending.is_empty() {
-            if l.request_end {
+            if l.to_exchange_end {
                 self.client.eof = true;
                 return NextStep::Continue;
             }
@@ -65,7 +65,7 @@ impl Connection {
         let n = room.len().min(pending.len());
         room[..n].copy_from_slice(&pending[..n]);
         self.client.input.filled(n);
-        l.take_request(n);
+        l.taken_by_exchange(n);
         self.bytes_in += n as u64;
         wake_session(l, ctx.wakes);
         NextStep::Continue
@@ -112,7 +112,7 @@ impl Connection {
                 self.client.fail(libc::EPIPE);
                 true
             }
-            Some(l) => l.response_room() > 0,
+            Some(l) => l.room_for_session() > 0,
             None => true,
         };
         if !room {
@@ -128,7 +128,7 @@ impl Connection {
     pub(crate) fn end_link(&mut self, ctx: &mut Ctx<'_>) {
         let Some(link) = self.link() else { return };
         if let Some(l) = ctx.links.get(link) {
-            l.response_end = true;
+            l.to_session_end = true;
             wake_session(l, ctx.wakes);
         }
     }

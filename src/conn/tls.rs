@@ -184,7 +184,11 @@ pub(crate) fn handshake(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -
 pub(crate) fn start_upstream(conn: &mut Connection, ctx: &mut Ctx<'_>, host: &str) -> Result<(), String> {
     let name =
         ServerName::try_from(host.to_string()).map_err(|_| format!("{host:?} is not a valid TLS server name"))?;
-    let client = rustls::ClientConnection::new(ctx.upstream_tls.clone(), name).map_err(|e| e.to_string())?;
+    // `h2` is offered unless the request offers an Upgrade (HTTP/1.1 carries it) or the
+    // operator turned HTTP/2 towards origins off.
+    let upgrade = conn.ex.as_ref().is_some_and(|e| e.h1.upgrade.is_some() || e.is_connect);
+    let config = if ctx.cfg.h2.origins && !upgrade { ctx.upstream_tls } else { ctx.upstream_tls_h1 };
+    let client = rustls::ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
     conn.origin.tls = Some(Box::new(TlsLeg::new(rustls::Connection::Client(client))));
     Ok(())
 }

@@ -83,6 +83,10 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
         UpstreamStep::TlsHandshake => match super::tls::upstream_handshake(conn, io, ctx) {
             Ok(NextStep::Continue) if conn.origin.tls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
                 conn.clear_deadline();
+                let h2 = conn.origin.tls.as_ref().is_some_and(|t| t.session.alpn_protocol() == Some(b"h2"));
+                if h2 && !super::origin_session::become_session(conn, io, ctx) {
+                    return failed(502, "the origin chose HTTP/2 and its connection could not be handed over");
+                }
                 ready(conn, ctx)
             }
             Ok(NextStep::Continue) => Outcome::Continue,
@@ -96,6 +100,18 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
 /// A pooled connection to the origin, a turn in its queue, or the go-ahead to dial one
 /// (tunnels always dial). `again`: a queued request that was woken.
 fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool) -> Outcome {
+    // An HTTP/2 session to this origin with a free stream comes before the pool (not for a
+    // retry, which wants a fresh connection, nor for an Upgrade, which HTTP/1.1 carries).
+    let shared = conn.ex.as_ref().and_then(|ex| {
+        let may_share = ex.upstream_tls && !ex.is_connect && !ex.fresh_only && ex.h1.upgrade.is_none();
+        may_share.then(|| PoolKey { host: ex.host.clone(), port: ex.port, tls: true })
+    });
+    if let Some(key) = shared {
+        if super::origin_session::attach(conn, io, ctx, &key) {
+            tracing::debug!(conn = %io.id(), host = %key.host, port = key.port, "stream on an HTTP/2 origin session");
+            return ready(conn, ctx);
+        }
+    }
     let Some(ex) = conn.ex.as_mut() else { return failed(500, "no exchange") };
     if !ex.is_connect {
         let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };

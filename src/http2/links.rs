@@ -40,11 +40,11 @@ pub struct Link {
     /// Bytes of `to_exchange` already taken.
     taken: usize,
     /// The request is complete: no byte will follow `to_exchange`.
-    pub request_end: bool,
+    pub to_exchange_end: bool,
     /// HTTP/1.1 response bytes from the exchange, not translated yet.
     pub to_session: Vec<u8>,
     /// The exchange half-closed its side (a tunnel's origin finished).
-    pub response_end: bool,
+    pub to_session_end: bool,
     /// The exchange's slot is gone (it closed): nothing more will come.
     pub exchange_gone: bool,
     /// The stream was reset or its session went away: the exchange stops.
@@ -55,17 +55,17 @@ pub struct Link {
 
 impl Link {
     /// Request bytes not taken yet.
-    pub fn pending_request(&self) -> &[u8] {
+    pub fn pending_for_exchange(&self) -> &[u8] {
         &self.to_exchange[self.taken..]
     }
 
     /// Room left for request bytes.
-    pub fn request_room(&self) -> usize {
+    pub fn room_for_exchange(&self) -> usize {
         LINK_BYTES.saturating_sub(self.to_exchange.len() - self.taken)
     }
 
     /// Marks `n` request bytes taken by the exchange; the vector is compacted once empty.
-    pub fn take_request(&mut self, n: usize) {
+    pub fn taken_by_exchange(&mut self, n: usize) {
         self.taken = (self.taken + n).min(self.to_exchange.len());
         if self.taken == self.to_exchange.len() {
             self.to_exchange.clear();
@@ -74,7 +74,7 @@ impl Link {
     }
 
     /// Room left for response bytes.
-    pub fn response_room(&self) -> usize {
+    pub fn room_for_session(&self) -> usize {
         LINK_BYTES.saturating_sub(self.to_session.len())
     }
 }
@@ -90,6 +90,10 @@ pub struct Links {
 impl Links {
     /// A new link whose session is `session`.
     pub fn open(&mut self, session: ConnId) -> LinkId {
+        self.open_with(Some(session))
+    }
+
+    fn open_with(&mut self, session: Option<ConnId>) -> LinkId {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -99,9 +103,15 @@ impl Links {
         };
         let slot = &mut self.slots[index as usize];
         let generation = slot.generation.wrapping_add(1);
-        *slot = Link { session: Some(session), generation, live: true, ..Link::default() };
+        *slot = Link { session, generation, live: true, ..Link::default() };
         self.live += 1;
         LinkId { index, generation }
+    }
+
+    /// A new link whose session slot does not exist yet (it is set when the worker puts
+    /// the session in its slot).
+    pub fn open_unowned(&mut self) -> LinkId {
+        self.open_with(None)
     }
 
     /// The link `id` names, unless it was freed.
@@ -156,11 +166,11 @@ mod tests {
         let a = links.open(ids().0);
         let l = links.get(a).unwrap();
         l.to_exchange.extend_from_slice(b"abcdef");
-        assert_eq!(l.request_room(), LINK_BYTES - 6);
-        l.take_request(2);
-        assert_eq!(l.pending_request(), b"cdef");
-        l.take_request(4);
-        assert!(l.pending_request().is_empty());
-        assert_eq!(l.request_room(), LINK_BYTES);
+        assert_eq!(l.room_for_exchange(), LINK_BYTES - 6);
+        l.taken_by_exchange(2);
+        assert_eq!(l.pending_for_exchange(), b"cdef");
+        l.taken_by_exchange(4);
+        assert!(l.pending_for_exchange().is_empty());
+        assert_eq!(l.room_for_exchange(), LINK_BYTES);
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod floods;
 pub mod links;
+pub mod origin;
 pub mod pipe;
 pub mod request;
 pub mod response;

@@ -74,6 +74,18 @@ impl ResponseReader {
         ResponseReader { state: State::Head, method }
     }
 
+    /// A reader of a body alone, framed as `framing` (an HTTP/1.1 request body on its way
+    /// to an HTTP/2 origin): `Data`, `Trailers` and `End` events only.
+    pub fn for_body(framing: BodyFraming) -> ResponseReader {
+        let state = match framing {
+            BodyFraming::None | BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(left) => State::Length { left },
+            BodyFraming::Chunked => State::ChunkSize,
+            BodyFraming::CloseDelimited => State::UntilEnd,
+        };
+        ResponseReader { state, method: Method::Post }
+    }
+
     /// True before the final head was read.
     pub fn before_head(&self) -> bool {
         self.state == State::Head

@@ -174,7 +174,7 @@ impl Session {
     /// The connection is closing: every stream's exchange is told to stop.
     pub fn abandon(&mut self, links: &mut Links, wake: &dyn Fn(uring::ConnId)) {
         for s in self.streams.drain(..) {
-            release(links, s.link, wake);
+            release(links, s.link, wake, true);
         }
     }
 
@@ -197,7 +197,7 @@ impl Session {
             }
             self.streams.retain(|s| {
                 if s.done() {
-                    release(links, s.link, wake);
+                    release(links, s.link, wake, false);
                 }
                 !s.done()
             });
@@ -208,7 +208,7 @@ impl Session {
         if self.ending.is_some() {
             // The connection is over: every stream's exchange stops.
             for s in self.streams.drain(..) {
-                release(links, s.link, wake);
+                release(links, s.link, wake, true);
             }
         }
     }
@@ -294,7 +294,7 @@ fn accept(
     let link = links.open(me);
     let l = links.get(link)?;
     l.to_exchange = head;
-    l.request_end = matches!(body, RequestBody::None);
+    l.to_exchange_end = matches!(body, RequestBody::None);
     new.push(NewStream { link });
     let method = Method::from_token(parts.method.as_str());
     let method = if protocol.is_some() { Method::Get } else { method };
@@ -310,16 +310,18 @@ fn accept(
     })
 }
 
-/// Lets go of a stream's link: freed when its exchange is gone too, else the exchange is
-/// told to stop (it frees the link when it closes).
-fn release(links: &mut Links, link: LinkId, wake: &dyn Fn(uring::ConnId)) {
+/// Lets go of a stream's link: freed when its exchange is gone too, else the exchange
+/// frees it when it closes. `cancel`: the exchange must stop (the connection is going
+/// away); a stream that simply finished lets its exchange finish too (and pool its
+/// origin connection).
+fn release(links: &mut Links, link: LinkId, wake: &dyn Fn(uring::ConnId), cancel: bool) {
     let Some(l) = links.get(link) else { return };
     if l.exchange_gone {
         links.free(link);
         return;
     }
     l.session = None;
-    l.cancelled = true;
+    l.cancelled |= cancel;
     if let Some(x) = l.exchange {
         wake(x);
     }
@@ -337,7 +339,7 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
     let mut woke = false;
     // Request body: DATA into the link while it has room; the window reopens only then.
     while let Some(recv) = s.recv.as_mut() {
-        if l.request_room() == 0 {
+        if l.room_for_exchange() == 0 {
             break;
         }
         match recv.poll_data(cx) {
@@ -361,7 +363,7 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
                         Poll::Pending => break,
                     }
                 }
-                l.request_end = true;
+                l.to_exchange_end = true;
                 s.recv = None;
                 s.request_done = true;
                 moved = true;
@@ -401,7 +403,7 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
     // Response: the exchange's HTTP/1.1 bytes, as HTTP/2 frames.
     while !s.response_done {
         let (event, used) = match s.reader.next(&l.to_session) {
-            Ok((Event::More, 0)) if l.to_session.is_empty() && (l.exchange_gone || l.response_end) => {
+            Ok((Event::More, 0)) if l.to_session.is_empty() && (l.exchange_gone || l.to_session_end) => {
                 match s.reader.end_of_input() {
                     Ok(ev) => (ev, 0),
                     Err(_) => {

@@ -29,8 +29,16 @@ pub fn client_config(extra: &[PathBuf]) -> Result<Arc<ClientConfig>, String> {
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// The same config offering only `http/1.1` (for requests that offer an Upgrade, or when
+/// `h2.origins` is off).
+pub fn http1_only(cfg: &ClientConfig) -> Arc<ClientConfig> {
+    let mut cfg = cfg.clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
 }
 
 /// A short, stable label for a refused upstream chain (metrics) and a sentence for the

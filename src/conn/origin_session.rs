@@ -1,0 +1,264 @@
+//! HTTP/2 origin sessions as slots of their own (`Phase::H2Origin`), and the exchange's
+//! side of them: an origin leg that is a link instead of a socket.
+//!
+//! An exchange to an https origin asks the worker's registry (`http2::origin::Origins`)
+//! for a session with a free stream before the pool. With none, it dials as before,
+//! offering `h2` and `http/1.1`; when the origin picks `h2`, the exchange hands its socket
+//! and TLS session to a new session slot (`become_session`) and talks to it through a
+//! link from then on. The session slot runs `h2`'s client over the origin leg exactly as
+//! a client session runs its server over the client leg (`conn::http2`).
+
+use super::buf::BufId;
+use super::leg::{Leg, Side, WriteJob};
+use super::{CloseReason, Connection, Ctx, NextStep, Phase, UpstreamConn};
+use crate::http2::links::LinkId;
+use crate::http2::origin::OriginSession;
+use crate::stats;
+use crate::upstream::pool::PoolKey;
+use uring::Io;
+
+/// An origin session slot's state.
+#[derive(Debug)]
+pub(crate) struct OriginSide {
+    pub session: OriginSession,
+}
+
+/// Before the pool: a stream on an open HTTP/2 session to this origin, if one has room.
+/// True when the exchange's origin leg is now a link to it.
+pub(crate) fn attach(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>, key: &PoolKey) -> bool {
+    let Some(session) = ctx.origins.find(key) else { return false };
+    let link = ctx.links.open(session);
+    if let Some(l) = ctx.links.get(link) {
+        l.exchange = Some(io.id());
+    }
+    ctx.origins.give(key, session, link);
+    ctx.wake(session);
+    if let Some(ex) = conn.ex.as_mut() {
+        ex.origin_link = Some(link);
+    }
+    conn.upstream = Some(UpstreamConn { key: key.clone(), reused: true, abandoned: false, lease: None });
+    stats::bump(&ctx.stats.pool_hits, 1);
+    true
+}
+
+/// The origin picked `h2` on this exchange's fresh connection: the socket, its TLS session
+/// and its lease go to a new session slot, and the exchange's origin leg becomes a link
+/// to it. False (nothing changed) while an operation still names the socket.
+pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> bool {
+    let Some(ex) = conn.ex.as_mut() else { return false };
+    let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: true };
+    if conn.origin.busy() {
+        return false;
+    }
+    let Some((sock, _fixed)) = conn.origin.detach(io, ctx.ring) else { return false };
+    let tls = conn.origin.tls.take();
+    let lease = ex.lease.take().or_else(|| conn.upstream.as_mut().and_then(|u| u.lease.take()));
+    // The session's first stream is this exchange's; its session id is filled in when the
+    // worker inserts the slot.
+    let link = ctx.links.open_unowned();
+    if let Some(l) = ctx.links.get(link) {
+        l.exchange = Some(io.id());
+    }
+    ex.origin_link = Some(link);
+    conn.upstream = Some(UpstreamConn { key: key.clone(), reused: false, abandoned: false, lease: None });
+    let mut slot = Connection::detached(super::Role::Proxy, None, ctx.now);
+    slot.origin = Leg::on(sock);
+    slot.origin.tls = tls;
+    slot.upstream = Some(UpstreamConn { key: key.clone(), reused: false, abandoned: false, lease });
+    slot.phase = Phase::H2Origin;
+    let window = ctx.cfg.h2.initial_stream_window;
+    // The waker names the slot once it has one: made on its first run.
+    let session = OriginSession::new(key, link, window, futures_noop_waker(), ctx.now);
+    slot.h2 = Some(Box::new(super::http2::H2::Origin(OriginSide { session })));
+    ctx.spawn.push(slot);
+    true
+}
+
+/// A waker for the moment before the slot exists; replaced on the session's first run.
+fn futures_noop_waker() -> std::task::Waker {
+    std::task::Waker::noop().clone()
+}
+
+/// One run of an origin session slot.
+pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    let Some(side) = conn.h2.as_mut().and_then(|h| h.origin_mut()) else { return NextStep::Close };
+    let me = io.id();
+    side.session.set_waker(ctx.wakes.waker(me));
+    for link in ctx.origins.take_inbox(&side.session.key, me) {
+        side.session.add(link);
+    }
+    // Origin plaintext into the session.
+    let data = conn.origin.input.data(ctx.pool);
+    if !data.is_empty() {
+        let n = side.session.pipe().with(|q| {
+            let n = q.inbound_room().min(data.len());
+            q.inbound.extend_from_slice(&data[..n]);
+            n
+        });
+        conn.origin.input.start += n;
+        conn.origin.input.release_if_empty(ctx.pool);
+    }
+    if conn.origin.ended() && conn.origin.input.is_empty() {
+        side.session.pipe().with(|q| q.inbound_end = true);
+    }
+    let wakes = ctx.wakes;
+    side.session.drive(ctx.links, &|id| wakes.wake(id));
+    let accepting = side.session.accepting(ctx.now) && ctx.ready;
+    let (streams, max) = (side.session.streams(), side.session.max_streams());
+    ctx.origins.update(&side.session.key, me, streams, max, accepting);
+    let finished = side.session.finished();
+    // Frames out.
+    let has_out = side.session.pipe().with(|q| !q.outbound.is_empty());
+    if conn.origin.writing.is_none() && has_out && !conn.out.is_lent() {
+        let (out, pool) = (&mut conn.out, &mut *ctx.pool);
+        let n = side.session.pipe().with(|q| {
+            let n = out.fill(pool, &q.outbound[..q.outbound.len().min(uring::SLAB_SIZE)]);
+            q.outbound.drain(..n);
+            n
+        });
+        if n > 0 {
+            conn.write(io, ctx, Side::Origin, BufId::Out, 0, n);
+        }
+    }
+    if finished || conn.origin.error.is_some() {
+        conn.closing(CloseReason::OriginClosed);
+        return NextStep::Close;
+    }
+    // Idle: closed after the pool's idle timeout; busy: no deadline of its own.
+    if streams == 0 {
+        if !accepting {
+            conn.closing(CloseReason::Done);
+            return NextStep::Close;
+        }
+        let t = ctx.cfg.pool.idle_timeout;
+        conn.refresh_deadline(io, ctx, t);
+    } else {
+        conn.clear_deadline();
+    }
+    let room = side_room(conn);
+    if !conn.origin.reading && !conn.origin.ended() && room && conn.origin.input.is_empty() {
+        return conn.read(io, ctx, Side::Origin);
+    }
+    NextStep::Wait
+}
+
+fn side_room(conn: &Connection) -> bool {
+    conn.h2.as_ref().and_then(|h| h.origin()).is_some_and(|s| s.session.pipe().with(|q| q.inbound_room() > 0))
+}
+
+/// The session slot closes: its streams' exchanges see their origin fail, and it leaves
+/// the registry (links handed to it and not taken fail too).
+pub(crate) fn close_session(side: &mut OriginSide, me: uring::ConnId, ctx: &mut Ctx<'_>) {
+    let wakes = ctx.wakes;
+    for link in ctx.origins.remove(&side.session.key, me) {
+        side.session.add(link);
+    }
+    side.session.abandon(ctx.links, &|id| wakes.wake(id));
+}
+
+impl Connection {
+    /// For a new origin session slot: its origin and the links it starts with.
+    pub(crate) fn origin_session_start(&self) -> Option<(PoolKey, Vec<LinkId>)> {
+        let side = self.h2.as_ref()?.origin()?;
+        Some((side.session.key.clone(), side.session.waiting_links().to_vec()))
+    }
+
+    /// The link that stands in for this exchange's origin leg, if any.
+    pub(crate) fn origin_link(&self) -> Option<LinkId> {
+        self.ex.as_ref().and_then(|e| e.origin_link)
+    }
+
+    /// A read of the origin leg through its link: the response bytes the session wrote.
+    pub(crate) fn read_origin_link(&mut self, ctx: &mut Ctx<'_>, link: LinkId) -> NextStep {
+        let Some(l) = ctx.links.get(link) else {
+            self.origin.fail(libc::ECONNRESET);
+            return NextStep::Continue;
+        };
+        if l.cancelled {
+            self.origin.fail(libc::ECONNRESET);
+            return NextStep::Continue;
+        }
+        let pending = l.pending_for_exchange();
+        if pending.is_empty() {
+            if l.to_exchange_end {
+                self.origin.eof = true;
+                return NextStep::Continue;
+            }
+            return NextStep::Wait;
+        }
+        let Some(room) = self.origin.input.room_mut(ctx.pool) else { return NextStep::Wait };
+        let n = room.len().min(pending.len());
+        room[..n].copy_from_slice(&pending[..n]);
+        self.origin.input.filled(n);
+        l.taken_by_exchange(n);
+        if let Some(s) = l.session {
+            ctx.wakes.wake(s);
+        }
+        NextStep::Continue
+    }
+
+    /// A write to the origin leg through its link; completes once the link has room.
+    pub(crate) fn write_origin_link(
+        &mut self,
+        io: &Io,
+        ctx: &mut Ctx<'_>,
+        link: LinkId,
+        src: BufId,
+        offset: usize,
+        len: usize,
+    ) {
+        let bytes = match src {
+            BufId::Out => self.out.slab_bytes(ctx.pool),
+            BufId::In(side) => self.leg(side).input.slab_bytes(ctx.pool),
+            BufId::RawOut(_) => None,
+        };
+        match ctx.links.get(link) {
+            Some(l) => {
+                if let Some(b) = bytes.and_then(|b| b.get(offset..offset + len)) {
+                    l.to_session.extend_from_slice(b);
+                }
+                if let Some(s) = l.session {
+                    ctx.wakes.wake(s);
+                }
+            }
+            None => self.origin.fail(libc::EPIPE),
+        }
+        self.origin.writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
+        ctx.wake(io.id());
+    }
+
+    /// Completes an origin write through the link once it has room (see `link_progress`).
+    pub(crate) fn origin_link_progress(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = self.origin_link() else { return };
+        let Some(job) = self.origin.writing else { return };
+        let room = match ctx.links.get(link) {
+            Some(l) if l.cancelled => {
+                self.origin.fail(libc::EPIPE);
+                true
+            }
+            Some(l) => l.room_for_session() > 0,
+            None => true,
+        };
+        if !room {
+            return;
+        }
+        self.origin.writing = None;
+        if job.src == BufId::Out {
+            self.out.release(ctx.pool);
+        }
+    }
+
+    /// The exchange is done with its origin link (response complete, retry, give-up,
+    /// close): the session learns it; the link is freed when the session let go first.
+    pub(crate) fn drop_origin_link(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(link) = self.ex.as_mut().and_then(|e| e.origin_link.take()) else { return };
+        self.origin.forget_outcome();
+        self.origin.writing = None;
+        let Some(l) = ctx.links.get(link) else { return };
+        l.exchange_gone = true;
+        match l.session {
+            None => ctx.links.free(link),
+            Some(s) => ctx.wakes.wake(s),
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! HTTP/2 towards an origin: one session per origin and worker (a slot of its own,
+//! `conn::origin_session`), carrying the requests of many exchanges, each through a link
+//! of the same kind as a client stream's (`links`), with the directions swapped: the
+//! exchange writes its HTTP/1.1 request into `to_session` and reads the origin's response,
+//! rendered as HTTP/1.1, from `to_exchange`.
+//!
+//! The session parses each request head (already rewritten for the origin by the
+//! exchange), sends it as HEADERS once `h2` says the origin's MAX_CONCURRENT_STREAMS has
+//! room (`poll_ready`), streams the body with reserved capacity, and writes the response
+//! head (content-length kept, else chunked), body and trailers back. Received DATA is
+//! released only once its bytes are in the link (bounded), so a slow exchange slows the
+//! origin's stream.
+//!
+//! [`Origins`] is the worker's registry of sessions by origin: an exchange to an https
+//! origin first asks it for a session with a free stream; the first exchange whose TLS
+//! handshake picked `h2` makes the session (and hands it its socket).
+
+use super::links::{LinkId, Links};
+use super::pipe::Pipe;
+use super::response::{Event, ResponseReader};
+use crate::h1::{self, BodyFraming, HeadLimits};
+use crate::upstream::pool::PoolKey;
+use bytes::Bytes;
+use h2::client::{self, ResponseFuture, SendRequest};
+use h2::{Reason, RecvStream, SendStream};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+use uring::ConnId;
+
+/// Most rounds of polling and pumping per `drive`.
+const DRIVE_ROUNDS: usize = 16;
+
+/// A session takes no new stream after this long (then closes once idle): connections
+/// are renewed now and then (DNS changes, origin rebalancing).
+pub const MAX_AGE: Duration = Duration::from_secs(600);
+
+type Handshake =
+    Pin<Box<dyn Future<Output = Result<(SendRequest<Bytes>, client::Connection<Pipe, Bytes>), h2::Error>>>>;
+
+enum State {
+    Handshaking(Handshake),
+    Open { send: SendRequest<Bytes>, conn: Box<client::Connection<Pipe, Bytes>> },
+    Finished,
+}
+
+/// Where one request is.
+enum Request {
+    /// Waiting for the whole HTTP/1.1 head in the link.
+    Head,
+    /// Head parsed; waiting for room in the origin's streams.
+    Ready { req: http::Request<()>, end: bool, body: ResponseReader },
+    /// Sent; the body (if any) streams through `send`.
+    Sent { send: SendStream<Bytes>, body: ResponseReader, done: bool },
+}
+
+struct Stream {
+    link: LinkId,
+    request: Request,
+    response: Option<ResponseFuture>,
+    recv: Option<RecvStream>,
+    /// The response body is chunked for the exchange.
+    chunked: bool,
+    head_request: bool,
+    done: bool,
+}
+
+/// One origin session.
+pub struct OriginSession {
+    state: State,
+    pipe: Pipe,
+    waker: Waker,
+    pub key: PoolKey,
+    streams: Vec<Stream>,
+    inbox: Vec<LinkId>,
+    started: Instant,
+    pub ending: Option<String>,
+}
+
+impl std::fmt::Debug for OriginSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OriginSession").field("key", &self.key).field("streams", &self.streams.len()).finish()
+    }
+}
+
+impl OriginSession {
+    /// A session to `key` whose first stream is `first`; `h2` wakes `waker`.
+    pub fn new(key: PoolKey, first: LinkId, window: u32, waker: Waker, now: Instant) -> OriginSession {
+        let pipe = Pipe::default();
+        let io = pipe.clone();
+        let mut b = client::Builder::new();
+        b.initial_window_size(window)
+            .initial_connection_window_size(window.saturating_mul(2).min((1 << 31) - 1))
+            .max_header_list_size(256 << 10)
+            .max_send_buffer_size(64 * 1024)
+            .enable_push(false);
+        let handshake: Handshake = Box::pin(async move { b.handshake::<Pipe, Bytes>(io).await });
+        OriginSession {
+            state: State::Handshaking(handshake),
+            pipe,
+            waker,
+            key,
+            streams: Vec::new(),
+            inbox: vec![first],
+            started: now,
+            ending: None,
+        }
+    }
+
+    /// The slot's own waker, once it has a slot.
+    pub fn set_waker(&mut self, waker: Waker) {
+        if !self.waker.will_wake(&waker) {
+            self.waker = waker;
+        }
+    }
+
+    /// Links given to the session and not opened as streams yet.
+    pub fn waiting_links(&self) -> &[LinkId] {
+        &self.inbox
+    }
+
+    /// A new exchange's link to open a stream for.
+    pub fn add(&mut self, link: LinkId) {
+        self.inbox.push(link);
+    }
+
+    pub fn pipe(&self) -> &Pipe {
+        &self.pipe
+    }
+
+    /// Streams open (or waiting to open) now.
+    pub fn streams(&self) -> usize {
+        self.streams.len() + self.inbox.len()
+    }
+
+    /// The origin's limit on concurrent streams as last announced.
+    pub fn max_streams(&self) -> usize {
+        match &self.state {
+            State::Open { conn, .. } => conn.max_concurrent_send_streams(),
+            _ => 100,
+        }
+    }
+
+    /// True while new streams may be added.
+    pub fn accepting(&self, now: Instant) -> bool {
+        self.ending.is_none() && now.duration_since(self.started) < MAX_AGE
+    }
+
+    /// Ends the session: every stream's exchange sees its origin fail.
+    pub fn abandon(&mut self, links: &mut Links, wake: &dyn Fn(ConnId)) {
+        for link in self.inbox.drain(..).chain(self.streams.drain(..).map(|s| s.link)) {
+            cancel(links, link, wake);
+        }
+    }
+
+    /// Polls `h2`, opens streams for new links, moves bytes both ways.
+    pub fn drive(&mut self, links: &mut Links, wake: &dyn Fn(ConnId)) {
+        let waker = self.waker.clone();
+        let mut cx = Context::from_waker(&waker);
+        for _ in 0..DRIVE_ROUNDS {
+            let mut moved = self.poll_connection(&mut cx);
+            if let State::Open { send, .. } = &mut self.state {
+                for link in self.inbox.drain(..) {
+                    self.streams.push(Stream {
+                        link,
+                        request: Request::Head,
+                        response: None,
+                        recv: None,
+                        chunked: false,
+                        head_request: false,
+                        done: false,
+                    });
+                    moved = true;
+                }
+                for s in &mut self.streams {
+                    moved |= pump(s, &self.key, send, &mut cx, links, wake);
+                }
+            }
+            self.streams.retain(|s| {
+                if s.done {
+                    leave(links, s.link, wake);
+                }
+                !s.done
+            });
+            if !moved {
+                break;
+            }
+        }
+        if self.ending.is_some() {
+            self.abandon(links, wake);
+        }
+    }
+
+    fn poll_connection(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.state {
+            State::Handshaking(hs) => match hs.as_mut().poll(cx) {
+                Poll::Ready(Ok((send, conn))) => {
+                    self.state = State::Open { send, conn: Box::new(conn) };
+                    true
+                }
+                Poll::Ready(Err(e)) => {
+                    self.ending = Some(e.to_string());
+                    self.state = State::Finished;
+                    true
+                }
+                Poll::Pending => false,
+            },
+            State::Open { conn, .. } => match Pin::new(&mut **conn).poll(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.ending = Some("the origin closed the connection".into());
+                    self.state = State::Finished;
+                    true
+                }
+                Poll::Ready(Err(e)) => {
+                    self.ending = Some(e.to_string());
+                    self.state = State::Finished;
+                    true
+                }
+                Poll::Pending => false,
+            },
+            State::Finished => false,
+        }
+    }
+
+    /// Asks the origin to end the session (idle, too old, draining): GOAWAY, then close
+    /// once the streams finished.
+    pub fn finished(&self) -> bool {
+        matches!(self.state, State::Finished)
+    }
+}
+
+/// The exchange is done with the link or the session is: tell the other side.
+fn leave(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId)) {
+    let Some(l) = links.get(link) else { return };
+    if l.exchange_gone {
+        links.free(link);
+        return;
+    }
+    l.session = None;
+    l.to_exchange_end = true;
+    if let Some(x) = l.exchange {
+        wake(x);
+    }
+}
+
+fn cancel(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId)) {
+    if let Some(l) = links.get(link) {
+        l.cancelled = true;
+    }
+    leave(links, link, wake);
+}
+
+const LIMITS: HeadLimits = HeadLimits { max_bytes: 256 * 1024, max_headers: 512 };
+
+/// Fields of an HTTP/1.1 request that HTTP/2 does not carry (RFC 9113 §8.2.2).
+fn connection_specific(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(n.as_str(), "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "host")
+}
+
+/// The HTTP/2 request for an HTTP/1.1 head the exchange wrote for the origin.
+fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<()>, &'static str> {
+    let path = match &head.target {
+        h1::RequestTarget::Origin { path } => *path,
+        h1::RequestTarget::Absolute { path, .. } => path.as_ref(),
+        h1::RequestTarget::Asterisk => "*",
+        h1::RequestTarget::Authority(_) => return Err("CONNECT does not go to an HTTP/2 origin"),
+    };
+    let authority = match &head.host {
+        Some(a) => a.to_string(),
+        None if key.port == 443 => key.host.to_string(),
+        None => format!("{}:{}", key.host, key.port),
+    };
+    let uri = http::Uri::builder().scheme("https").authority(authority).path_and_query(path).build();
+    let mut req = http::Request::builder()
+        .method(http::Method::from_bytes(head.method_raw.as_bytes()).map_err(|_| "bad method")?)
+        .uri(uri.map_err(|_| "bad request target")?)
+        .body(())
+        .map_err(|_| "bad request")?;
+    let headers = req.headers_mut();
+    for h in head.headers.iter() {
+        if connection_specific(h.name) {
+            continue;
+        }
+        if h.name.eq_ignore_ascii_case("te") && !h.value.eq_ignore_ascii_case(b"trailers") {
+            continue;
+        }
+        let (Ok(name), Ok(value)) =
+            (http::HeaderName::from_bytes(h.name.as_bytes()), http::HeaderValue::from_bytes(h.value))
+        else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    Ok(req)
+}
+
+/// The HTTP/1.1 head of an origin's response, for the exchange.
+fn render_head(resp: &http::response::Parts, head_request: bool, end: bool, out: &mut Vec<u8>) -> bool {
+    let status = resp.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &resp.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = head_request || status.is_informational() || status == 204 || status == 304;
+    let has_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+    let chunked = !bodiless && !has_length && !end;
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    } else if !bodiless && !has_length {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+/// Moves one stream's bytes; true when anything moved.
+fn pump(
+    s: &mut Stream,
+    key: &PoolKey,
+    sender: &mut SendRequest<Bytes>,
+    cx: &mut Context<'_>,
+    links: &mut Links,
+    wake: &dyn Fn(ConnId),
+) -> bool {
+    let Some(l) = links.get(s.link) else {
+        s.done = true;
+        return true;
+    };
+    let exchange = l.exchange;
+    if l.cancelled || l.exchange_gone {
+        // The exchange gave up (its client left, a deadline): the stream is reset.
+        if let Request::Sent { send, .. } = &mut s.request {
+            send.send_reset(Reason::CANCEL);
+        }
+        s.done = true;
+        return true;
+    }
+    let mut moved = false;
+    let mut woke = false;
+    let mut fail = false;
+    // The request head, once whole.
+    if let Request::Head = s.request {
+        match h1::parse_request(&l.to_session, &LIMITS) {
+            Ok(Some((head, n))) => {
+                s.head_request = head.method == h1::Method::Head;
+                let framing = head.framing;
+                match translate(&head, key) {
+                    Ok(req) => {
+                        let end = matches!(framing, BodyFraming::None | BodyFraming::Length(0));
+                        s.request = Request::Ready { req, end, body: ResponseReader::for_body(framing) };
+                    }
+                    Err(_) => fail = true,
+                }
+                l.to_session.drain(..n);
+                moved = true;
+                woke = true;
+            }
+            Ok(None) => {}
+            Err(_) => fail = true,
+        }
+    }
+    // Sent once the origin has room for another stream.
+    if let Request::Ready { .. } = s.request {
+        match sender.poll_ready(cx) {
+            Poll::Ready(Ok(())) => {
+                if let Request::Ready { req, end, body } = std::mem::replace(&mut s.request, Request::Head) {
+                    match sender.send_request(req, end) {
+                        Ok((response, send)) => {
+                            s.response = Some(response);
+                            s.request = Request::Sent { send, body, done: end };
+                            moved = true;
+                        }
+                        Err(_) => fail = true,
+                    }
+                }
+            }
+            Poll::Ready(Err(_)) => fail = true,
+            Poll::Pending => {}
+        }
+    }
+    // The request body, with capacity reserved before each DATA.
+    if let Request::Sent { send, body, done } = &mut s.request {
+        while !*done && !fail {
+            let (event, used) = match body.next(&l.to_session) {
+                Ok(r) => r,
+                Err(_) => {
+                    fail = true;
+                    break;
+                }
+            };
+            match event {
+                Event::More if used == 0 => break,
+                Event::Data(range) => {
+                    let want = range.len();
+                    if send.capacity() < want {
+                        send.reserve_capacity(want);
+                    }
+                    let granted = match send.poll_capacity(cx) {
+                        Poll::Ready(Some(Ok(n))) => n.min(want),
+                        Poll::Ready(_) => {
+                            fail = true;
+                            break;
+                        }
+                        Poll::Pending => send.capacity().min(want),
+                    };
+                    if granted < want {
+                        body.unread(want - granted);
+                    }
+                    if granted == 0 {
+                        break;
+                    }
+                    let _ = send.send_data(Bytes::copy_from_slice(&l.to_session[..granted]), false);
+                    l.to_session.drain(..granted);
+                    moved = true;
+                    woke = true;
+                    continue;
+                }
+                Event::Trailers(t) => {
+                    let _ = send.send_trailers(t);
+                    *done = true;
+                }
+                Event::End => {
+                    let _ = send.send_data(Bytes::new(), true);
+                    *done = true;
+                }
+                Event::More | Event::Interim { .. } | Event::Head { .. } => {}
+            }
+            l.to_session.drain(..used);
+            moved = true;
+            woke = true;
+        }
+    }
+    // The response head.
+    if let Some(future) = s.response.as_mut() {
+        match Pin::new(future).poll(cx) {
+            Poll::Ready(Ok(resp)) => {
+                let (parts, recv) = resp.into_parts();
+                let end = recv.is_end_stream();
+                s.chunked = render_head(&parts, s.head_request, end, &mut l.to_exchange);
+                s.response = None;
+                if end || s.head_request {
+                    s.done = true;
+                } else {
+                    s.recv = Some(recv);
+                }
+                moved = true;
+                woke = true;
+            }
+            Poll::Ready(Err(_)) => fail = true,
+            Poll::Pending => {}
+        }
+    }
+    // The response body, while the link has room; the window reopens only then.
+    while let Some(recv) = s.recv.as_mut() {
+        if l.room_for_exchange() == 0 || fail {
+            break;
+        }
+        match recv.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                if s.chunked {
+                    super::request::push_chunk(&mut l.to_exchange, &data);
+                } else {
+                    l.to_exchange.extend_from_slice(&data);
+                }
+                let _ = recv.flow_control().release_capacity(data.len());
+                moved = true;
+                woke = true;
+            }
+            Poll::Ready(None) => {
+                if s.chunked {
+                    match recv.poll_trailers(cx) {
+                        Poll::Ready(Ok(t)) => super::request::push_last_chunk(&mut l.to_exchange, t.as_ref()),
+                        Poll::Ready(Err(_)) => {
+                            fail = true;
+                            break;
+                        }
+                        Poll::Pending => break,
+                    }
+                }
+                s.recv = None;
+                s.done = true;
+                moved = true;
+                woke = true;
+            }
+            Poll::Ready(Some(Err(_))) => fail = true,
+            Poll::Pending => break,
+        }
+    }
+    if fail {
+        // The exchange sees its origin fail (and retries when it may).
+        if let Request::Sent { send, .. } = &mut s.request {
+            send.send_reset(Reason::CANCEL);
+        }
+        l.cancelled = true;
+        s.done = true;
+        moved = true;
+        woke = true;
+    }
+    if woke {
+        if let Some(x) = exchange {
+            wake(x);
+        }
+    }
+    moved
+}
+
+/// The worker's HTTP/2 origin sessions, by origin.
+#[derive(Debug, Default)]
+pub struct Origins {
+    by_key: HashMap<PoolKey, Vec<Entry>>,
+}
+
+/// What the registry knows of one session (updated by the session on each run).
+#[derive(Debug, Clone)]
+struct Entry {
+    id: ConnId,
+    streams: usize,
+    max: usize,
+    accepting: bool,
+    inbox: Vec<LinkId>,
+}
+
+impl Origins {
+    /// A session to `key` with room for one more stream: its stream count is taken.
+    pub fn find(&mut self, key: &PoolKey) -> Option<ConnId> {
+        let e = self.by_key.get_mut(key)?.iter_mut().find(|e| e.accepting && e.streams < e.max)?;
+        e.streams += 1;
+        Some(e.id)
+    }
+
+    /// Hands `link` to the session `id` (after `find`); the session takes it on its next run.
+    pub fn give(&mut self, key: &PoolKey, id: ConnId, link: LinkId) {
+        if let Some(e) = self.by_key.get_mut(key).and_then(|v| v.iter_mut().find(|e| e.id == id)) {
+            e.inbox.push(link);
+        }
+    }
+
+    /// Links handed to `id` since its last run.
+    pub fn take_inbox(&mut self, key: &PoolKey, id: ConnId) -> Vec<LinkId> {
+        self.by_key
+            .get_mut(key)
+            .and_then(|v| v.iter_mut().find(|e| e.id == id))
+            .map(|e| std::mem::take(&mut e.inbox))
+            .unwrap_or_default()
+    }
+
+    /// A new session.
+    pub fn register(&mut self, key: PoolKey, id: ConnId, streams: usize) {
+        let e = Entry { id, streams, max: 100, accepting: true, inbox: Vec::new() };
+        self.by_key.entry(key).or_default().push(e);
+    }
+
+    /// The session's own view, after each of its runs.
+    pub fn update(&mut self, key: &PoolKey, id: ConnId, streams: usize, max: usize, accepting: bool) {
+        if let Some(e) = self.by_key.get_mut(key).and_then(|v| v.iter_mut().find(|e| e.id == id)) {
+            e.streams = streams + e.inbox.len();
+            e.max = max;
+            e.accepting = accepting;
+        }
+    }
+
+    /// The session closed; links handed to it and not taken yet come back.
+    pub fn remove(&mut self, key: &PoolKey, id: ConnId) -> Vec<LinkId> {
+        let Some(v) = self.by_key.get_mut(key) else { return Vec::new() };
+        let mut orphans = Vec::new();
+        v.retain_mut(|e| {
+            if e.id == id {
+                orphans.append(&mut e.inbox);
+            }
+            e.id != id
+        });
+        if v.is_empty() {
+            self.by_key.remove(key);
+        }
+        orphans
+    }
+
+    /// Sessions open now.
+    pub fn sessions(&self) -> usize {
+        self.by_key.values().map(Vec::len).sum()
+    }
+}
