@@ -10,7 +10,7 @@ mod support;
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::h2::{have_python_h2, Background, Nghttpd};
+use support::h2::{have_python_h2, probe, Background, Nghttpd};
 use support::*;
 
 const GRPC_PAIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/grpc_pair.py");
@@ -116,6 +116,43 @@ fn http11_clients_share_one_h2_session_to_the_origin() {
     // Breaks when each client request opens its own origin connection.
     assert_eq!(ng.sessions(), 1, "nghttpd saw {} sessions for 5 requests", ng.sessions());
     assert_eq!(ng.paths().len(), 5);
+}
+
+#[test]
+fn te_trailers_and_request_trailers_reach_an_h2_origin() {
+    if !ready(Some("h2")) {
+        return;
+    }
+    let (_docroot, ng, proxy) = setup(&[], 1);
+    let dir = TempDir::new("h2te");
+    let body = dir.write("body", b"hello");
+    let ca = proxy.dir.join("ca").join("ca.pem");
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    // The probe sends `te: trailers` with a body and then trailers (as gRPC clients do).
+    let out = probe(&[
+        "get",
+        "--connect",
+        &connect,
+        "--tls",
+        "origin.test",
+        "--cafile",
+        ca.to_str().unwrap(),
+        "--req",
+        "POST",
+        "origin.test",
+        "/echo",
+        "--body-file",
+        body.to_str().unwrap(),
+        "--trailer",
+        "x-req-trailer:one",
+        "--print-body",
+    ]);
+    assert!(out.stdout.contains("done ok=1") && out.stdout.contains("body 0 'hello'"), "{}", out.describe());
+    let fields = ng.received_fields();
+    assert!(fields.iter().any(|f| f == "x-req-trailer: 1" || f == "x-req-trailer: one"), "trailers lost: {fields:?}");
+    // Breaks when TE is stripped as a hop-by-hop field: RFC 9113 §8.2.2 keeps `te: trailers`,
+    // and gRPC servers refuse a request without it.
+    assert!(fields.iter().any(|f| f == "te: trailers"), "the origin did not get `te: trailers`: {fields:?}");
 }
 
 #[test]

@@ -420,15 +420,31 @@ impl Nghttpd {
         panic!("nghttpd did not start");
     }
 
-    /// HTTP/2 sessions nghttpd has seen (the distinct `[id=N]` of its log; the probe
-    /// connect of [`Nghttpd::start`] never got as far as a session).
+    /// HTTP/2 sessions nghttpd has seen (the distinct `[id=N]` of its log that received
+    /// a SETTINGS frame).
     pub fn sessions(&self) -> usize {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let mut ids: Vec<&str> =
-            text.lines().filter_map(|l| l.strip_prefix("[id=")).filter_map(|r| r.split(']').next()).collect();
+        // Only connections that got as far as the client's SETTINGS: the readiness check of
+        // `start` (a bare TCP connect) is logged as a session that `closed`.
+        let mut ids: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("recv SETTINGS frame"))
+            .filter_map(|l| l.strip_prefix("[id="))
+            .filter_map(|r| r.split(']').next())
+            .collect();
         ids.sort();
         ids.dedup();
         ids.len()
+    }
+
+    /// Header fields nghttpd received (`name: value`), all streams, in order.
+    pub fn received_fields(&self) -> Vec<String> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once("recv (stream_id="))
+            .filter_map(|(_, r)| r.split_once(") "))
+            .map(|(_, f)| f.to_string())
+            .collect()
     }
 
     /// `:path` values of the requests nghttpd received, in order.
