@@ -108,6 +108,9 @@ pub struct WorkerStats {
     /// HTTP/2 sessions to origins open now, and made since the start.
     pub h2_origin_sessions_active: AtomicU64,
     pub h2_origin_sessions: AtomicU64,
+    /// Fresh origin connections closed right after their handshake because a session to
+    /// that origin had room by then (a burst of first requests to an origin).
+    pub h2_origin_surplus: AtomicU64,
     /// HTTP/2 connections closed for a flood, by [`crate::http2::floods::Flood::ALL`].
     pub h2_floods: [AtomicU64; 5],
     /// GOAWAYs ending a connection with an error, sent (0) and received (1), by code.
@@ -615,6 +618,12 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "HTTP/2 sessions to origins opened.",
             one(sum(|w| &w.h2_origin_sessions)),
+        ),
+        fam(
+            "sluice_h2_origin_surplus_connections_total",
+            C,
+            "Fresh origin connections closed after their handshake because an HTTP/2 session to the origin had room by then.",
+            one(sum(|w| &w.h2_origin_surplus)),
         ),
         fam("sluice_h2_flood_closes_total", C, "HTTP/2 connections closed for a flood, by kind.", by("kind", &floods)),
         fam("sluice_h2_goaways_total", C, "HTTP/2 connections ended by a GOAWAY with an error, by direction and code.", goaways),

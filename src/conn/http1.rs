@@ -454,7 +454,9 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     // The origin may answer before it has the whole body (401, 413, ...): relay that at
     // once; the rest of the body is not forwarded and both connections end after it.
     if !conn.origin.input.is_empty() && conn.ex.as_ref().is_some_and(|e| e.h1.head_pending == 0) {
-        if let Some(ex) = conn.ex.as_mut() {
+        // (A stream of an HTTP/2 origin session is full duplex: its body goes on.)
+        let duplex = conn.origin_link().is_some();
+        if let Some(ex) = conn.ex.as_mut().filter(|_| !duplex) {
             ex.h1.early_response = true;
         }
         conn.phase = Phase::ResponseHead;
@@ -566,6 +568,7 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
 /// Reads and rewrites the response head. The parsed head borrows `origin.input` (and the
 /// pool) until its rewritten form is in `ctx.scratch`, as in `request_head`.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    pump_request_body(conn, io, ctx);
     // An interim (1xx) head may still be on its way to the client from `origin.input`.
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
         return NextStep::Wait;
@@ -678,6 +681,7 @@ fn relays_interim(ex: &Exchange, resp: &h1::ResponseHead<'_>) -> bool {
 
 /// Forwards the response body, then ends the exchange.
 pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
+    pump_request_body(conn, io, ctx);
     if conn.client.writing.is_some() {
         return NextStep::Wait;
     }
@@ -747,6 +751,42 @@ pub(crate) fn response_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
         return NextStep::Close;
     }
     conn.read(io, ctx, Side::Origin)
+}
+
+/// Full duplex, for a stream of an HTTP/2 origin session (gRPC's bidirectional calls send
+/// while they receive): while the response is read and relayed, the rest of the request
+/// body keeps going to the origin, one write at a time. Its completions run the response
+/// phase again, which calls this again.
+fn pump_request_body(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) {
+    if conn.origin_link().is_none() {
+        return;
+    }
+    for _ in 0..2 {
+        let Some(ex) = conn.ex.as_mut() else { return };
+        if ex.h1.req_body.finished() || ex.h1.head_pending > 0 || ex.h1.early_response {
+            return;
+        }
+        if conn.origin.writing.is_some() || conn.client.input.is_lent() {
+            return;
+        }
+        let data = conn.client.input.data(ctx.pool);
+        match ex.h1.req_body.take(data) {
+            Ok(0) => {}
+            Ok(n) => {
+                let start = conn.client.input.start;
+                conn.client.input.start += n;
+                conn.write(io, ctx, Side::Origin, BufId::In(Side::Client), start, n);
+                return;
+            }
+            Err(_) => return,
+        }
+        if conn.client.reading || conn.client.ended() {
+            return;
+        }
+        if conn.read(io, ctx, Side::Client) != NextStep::Continue {
+            return;
+        }
+    }
 }
 
 /// The largest response body the proxy waits for before sending the head (see

@@ -52,6 +52,18 @@ pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'
     }
     let Some((sock, _fixed)) = conn.origin.detach(io, ctx.ring) else { return false };
     let tls = conn.origin.tls.take();
+    // Exchanges that dialled at the same time as the one that made a session (a burst to
+    // an origin not known yet) join that session: one session per origin and worker, and
+    // the new connection is closed.
+    if ctx.origins.has_room(&key) {
+        drop((sock, tls));
+        ex.lease = None;
+        if let Some(up) = conn.upstream.as_mut() {
+            up.lease = None;
+        }
+        stats::bump(&ctx.stats.h2_origin_surplus, 1);
+        return attach(conn, io, ctx, &key);
+    }
     let lease = ex.lease.take().or_else(|| conn.upstream.as_mut().and_then(|u| u.lease.take()));
     // The session's first stream is this exchange's; its session id is filled in when the
     // worker inserts the slot.

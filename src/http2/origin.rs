@@ -538,6 +538,11 @@ impl Origins {
         Some(e.id)
     }
 
+    /// True when a session to `key` has room for one more stream.
+    pub fn has_room(&self, key: &PoolKey) -> bool {
+        self.by_key.get(key).is_some_and(|v| v.iter().any(|e| e.accepting && e.streams < e.max))
+    }
+
     /// Hands `link` to the session `id` (after `find`); the session takes it on its next run.
     pub fn give(&mut self, key: &PoolKey, id: ConnId, link: LinkId) {
         if let Some(e) = self.by_key.get_mut(key).and_then(|v| v.iter_mut().find(|e| e.id == id)) {

@@ -46,10 +46,17 @@ pub struct FakeDns {
 impl FakeDns {
     /// A server that answers each query with what `behave` returns (nothing: silence).
     pub fn start(behave: impl Fn(&Message, Transport) -> Vec<Out> + Send + Sync + 'static) -> FakeDns {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = udp.local_addr().unwrap();
-        // The TCP listener on the same port (a retry of a truncated answer goes there).
-        let tcp = TcpListener::bind(addr).unwrap();
+        // A UDP port the kernel picked, and the TCP listener on the same port (a retry of a
+        // truncated answer goes there). That port may be in use for TCP (another test's
+        // client connection has it as its source port): then pick another.
+        let (udp, tcp, addr) = (0..100)
+            .find_map(|_| {
+                let udp = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let addr = udp.local_addr().ok()?;
+                let tcp = TcpListener::bind(addr).ok()?;
+                Some((udp, tcp, addr))
+            })
+            .expect("a port free for both UDP and TCP");
         udp.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         tcp.set_nonblocking(true).unwrap();
         let behave: Arc<Behaviour> = Arc::new(behave);
