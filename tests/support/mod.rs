@@ -16,6 +16,7 @@
 //! - [`skip`]: a test that cannot run says so (and fails in CI unless allowed: `skips`).
 #![allow(dead_code)]
 
+pub mod h2;
 pub mod skips;
 #[allow(unused_imports)]
 pub use skips::skip;

@@ -1,0 +1,188 @@
+//! HTTP/2 on the origin leg (issue 14, point 2), end to end: intercepted clients (HTTP/2
+//! and HTTP/1.1) in front of origins that pick `h2` in ALPN: nghttpd (a real HTTP/2
+//! server, which refuses HTTP/1.1 outright, so any answer proves the origin leg spoke h2)
+//! and a grpcio server. Bodies are the suite's payload pattern, compared byte for byte.
+//!
+//! These need the origin leg, which lands after the client leg: until then they fail
+//! with a 502 (the upstream handshake offers only http/1.1).
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::h2::{have_python_h2, probe, Background, Nghttpd};
+use support::*;
+
+const GRPC_PAIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/grpc_pair.py");
+
+fn ready(python_module: Option<&str>) -> bool {
+    if !have("nghttpd") || !have("curl") {
+        skip("nghttpd or curl is not installed (run .ci/setup)");
+        return false;
+    }
+    if let Some(m) = python_module {
+        let ok = Command::new("python3").args(["-c", &format!("import {m}")]).status().is_ok_and(|s| s.success());
+        if !ok || !have_python_h2() {
+            skip(&format!("python3 cannot import {m} (run .ci/setup)"));
+            return false;
+        }
+    }
+    true
+}
+
+/// nghttpd for `origin.test` serving `files` (name, size) of payload bytes, and a proxy
+/// that resolves `origin.test` to it and trusts its CA.
+fn setup(files: &[(&str, u64)], workers: usize) -> (TempDir, Nghttpd, Proxy) {
+    let docroot = TempDir::new("h2docroot");
+    for (name, size) in files {
+        write_pattern_file(&docroot.join(name), *size);
+    }
+    let ng = Nghttpd::start("origin.test", docroot.path());
+    let proxy = Proxy::builder("")
+        .workers(workers)
+        .resolve("origin.test", &ng.ip)
+        .arg("--upstream-ca")
+        .arg(ng.ca_pem.to_str().expect("utf-8 temp path"))
+        .start();
+    (docroot, ng, proxy)
+}
+
+/// curl `--http2` or `--http1.1` to `https://origin.test/path` through interception;
+/// returns (exit, http_code, http_version, stderr).
+fn curl_tls(
+    proxy: &Proxy,
+    version: &str,
+    extra: &[&str],
+    path: &str,
+    body: &std::path::Path,
+) -> (i32, u16, String, String) {
+    let ca = proxy.dir.join("ca").join("ca.pem");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "60", version, "--cacert"])
+        .arg(&ca)
+        .arg("--connect-to")
+        .arg(format!("origin.test:443:127.0.0.1:{}", proxy.port))
+        .arg("-o")
+        .arg(body)
+        .args(["-w", "%{http_code} %{http_version}"])
+        .args(extra)
+        .arg(format!("https://origin.test{path}"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    let w = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut it = w.split_whitespace();
+    let code = it.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    let v = it.next().unwrap_or("").to_string();
+    (out.status.code().unwrap_or(-1), code, v, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn curl_http2_through_interception_to_an_h2_origin_both_ways() {
+    if !ready(None) {
+        return;
+    }
+    let n = 2_000_000;
+    let (_docroot, ng, proxy) = setup(&[("big", n)], 2);
+    let dir = TempDir::new("h2o");
+    let (exit, code, version, err) = curl_tls(&proxy, "--http2", &[], "/big", &dir.join("body"));
+    // Breaks when the upstream handshake does not offer h2 (nghttpd refuses: 502).
+    assert_eq!((exit, code, version.as_str()), (0, 200, "2"), "h2 client, h2 origin: {err}");
+    check_pattern_file(&dir.join("body"), n).unwrap_or_else(|e| panic!("body from nghttpd: {e}"));
+    // An HTTP/1.1 client gets the same origin over h2 too, and a POST is echoed.
+    write_pattern_file(&dir.join("payload"), 1 << 20);
+    let data = format!("@{}", dir.join("payload").display());
+    let (exit, code, version, err) =
+        curl_tls(&proxy, "--http1.1", &["--data-binary", &data], "/echo", &dir.join("echo"));
+    assert_eq!((exit, code, version.as_str()), (0, 200, "1.1"), "h1 client, h2 origin: {err}");
+    check_pattern_file(&dir.join("echo"), 1 << 20).unwrap_or_else(|e| panic!("POST echoed by nghttpd: {e}"));
+    assert_eq!(ng.paths(), vec!["/big", "/echo"]);
+}
+
+#[test]
+fn http11_clients_share_one_h2_session_to_the_origin() {
+    if !ready(None) {
+        return;
+    }
+    let (_docroot, ng, proxy) = setup(&[("f", 10_000)], 1);
+    let dir = TempDir::new("h2share");
+    // Five HTTP/1.1 client connections, one after another: one pooled session serves all.
+    for i in 0..5 {
+        let body = dir.join(&format!("b{i}"));
+        let (exit, code, version, err) = curl_tls(&proxy, "--http1.1", &[], "/f", &body);
+        assert_eq!((exit, code, version.as_str()), (0, 200, "1.1"), "request {i}: {err}");
+        check_pattern_file(&body, 10_000).unwrap_or_else(|e| panic!("request {i}: {e}"));
+    }
+    // Breaks when each client request opens its own origin connection.
+    assert_eq!(ng.sessions(), 1, "nghttpd saw {} sessions for 5 requests", ng.sessions());
+    assert_eq!(ng.paths().len(), 5);
+}
+
+#[test]
+fn te_trailers_and_request_trailers_reach_an_h2_origin() {
+    if !ready(Some("h2")) {
+        return;
+    }
+    let (_docroot, ng, proxy) = setup(&[], 1);
+    let dir = TempDir::new("h2te");
+    let body = dir.write("body", b"hello");
+    let ca = proxy.dir.join("ca").join("ca.pem");
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    // The probe sends `te: trailers` with a body and then trailers (as gRPC clients do).
+    let out = probe(&[
+        "get",
+        "--connect",
+        &connect,
+        "--tls",
+        "origin.test",
+        "--cafile",
+        ca.to_str().unwrap(),
+        "--req",
+        "POST",
+        "origin.test",
+        "/echo",
+        "--body-file",
+        body.to_str().unwrap(),
+        "--trailer",
+        "x-req-trailer:one",
+        "--print-body",
+    ]);
+    assert!(out.stdout.contains("done ok=1") && out.stdout.contains("body 0 'hello'"), "{}", out.describe());
+    let fields = ng.received_fields();
+    assert!(fields.iter().any(|f| f == "x-req-trailer: 1" || f == "x-req-trailer: one"), "trailers lost: {fields:?}");
+    // Breaks when TE is stripped as a hop-by-hop field: RFC 9113 §8.2.2 keeps `te: trailers`,
+    // and gRPC servers refuse a request without it.
+    assert!(fields.iter().any(|f| f == "te: trailers"), "the origin did not get `te: trailers`: {fields:?}");
+}
+
+#[test]
+fn a_grpc_bidi_stream_crosses_the_proxy_while_open() {
+    if !ready(Some("grpc")) {
+        return;
+    }
+    let dir = TempDir::new("grpc");
+    let (ca, leaf, key) = make_test_pki(&dir, "grpc.test");
+    let ip = format!("127.79.{}.{}", std::process::id() % 250 + 1, 2);
+    let mut server =
+        Background::start_script(GRPC_PAIR, &["server", &ip, leaf.to_str().unwrap(), key.to_str().unwrap()]);
+    server.wait_line("ready", Duration::from_secs(20)).unwrap_or_else(|e| panic!("grpc server: {e}"));
+    let proxy = Proxy::builder("").resolve("grpc.test", &ip).arg("--upstream-ca").arg(ca.to_str().unwrap()).start();
+    let sluice_ca = proxy.dir.join("ca").join("ca.pem");
+    let out = Command::new("python3")
+        .args([
+            GRPC_PAIR,
+            "client",
+            &format!("127.0.0.1:{}", proxy.port),
+            "grpc.test",
+            sluice_ca.to_str().unwrap(),
+            "20",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the grpc client");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(text.contains("unary ok"), "unary call: {text}{err}");
+    // Breaks when a stream's body is buffered until END_STREAM (reply 0 would never come).
+    assert!(text.contains("bidi ok 20"), "bidi stream: {text}{err}");
+}
