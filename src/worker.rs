@@ -531,15 +531,15 @@ fn insert_spawned(conns: &mut Conns<Endpoint>, env: &mut Env) {
             l.exchange = Some(id);
             stats::bump(&stats.h2_streams_active, 1);
         }
-        if let Some((key, first)) = origin {
-            // A new origin session: its first stream's link learns its slot, and the
-            // registry offers it to the next exchanges to that origin.
+        if let Some((key, token, mut first)) = origin {
+            // A new origin session: the links of the exchanges that joined it before it
+            // had a slot (its first, and any of the same burst) learn its slot.
+            first.extend(env.origins.activate(&key, token, id));
             for l in &first {
                 if let Some(l) = env.links.get(*l) {
                     l.session = Some(id);
                 }
             }
-            env.origins.register(key, id, first.len());
             stats::bump(&stats.h2_origin_sessions_active, 1);
             stats::bump(&stats.h2_origin_sessions, 1);
         }

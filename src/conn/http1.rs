@@ -569,6 +569,11 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
 /// pool) until its rewritten form is in `ctx.scratch`, as in `request_head`.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     pump_request_body(conn, io, ctx);
+    // A stream's exchange has nothing more in its request buffer once the request is
+    // out (no pipelining on a stream): its slab goes back while the origin thinks.
+    if conn.stream.is_some() && conn.ex.as_ref().is_some_and(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) {
+        conn.client.input.release_if_empty(ctx.pool);
+    }
     // An interim (1xx) head may still be on its way to the client from `origin.input`.
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
         return NextStep::Wait;

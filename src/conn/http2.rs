@@ -9,7 +9,7 @@
 //! (a GOAWAY) are out.
 
 use super::buf::BufId;
-use super::leg::Side;
+use super::leg::{ClientWait, Side};
 use super::{CloseReason, Connection, Ctx, NextStep, Phase};
 use crate::http2::floods::{FloodLimits, FloodWatch, Verdict};
 use crate::http2::session::{Ending, NewStream, Session};
@@ -50,10 +50,10 @@ impl H2 {
     }
 
     /// The slot closes: every stream's exchange stops (or sees its origin fail).
-    pub(crate) fn abandon(&mut self, me: uring::ConnId, ctx: &mut Ctx<'_>) {
+    pub(crate) fn abandon(&mut self, ctx: &mut Ctx<'_>) {
         match self {
             H2::Client(c) => c.abandon(ctx),
-            H2::Origin(o) => super::origin_session::close_session(o, me, ctx),
+            H2::Origin(o) => super::origin_session::close_session(o, ctx),
         }
     }
 }
@@ -135,6 +135,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         return NextStep::Close;
     }
     let wants_input = h2.session.wants_input();
+    let quiet = streams == 0 && !h2.session.has_outbound() && conn.client.writing.is_none();
     // Idle (no stream): the client's keep-alive deadline; busy: each stream has its own.
     if streams == 0 {
         let t = ctx.cfg.timeouts.client_idle;
@@ -142,10 +143,54 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     } else {
         conn.clear_deadline();
     }
-    if !conn.client.reading && !conn.client.ended() && wants_input && conn.client.input.is_empty() {
+    let can_read = !conn.client.reading && conn.client.wait == ClientWait::Idle && !conn.client.ended();
+    if can_read && wants_input && conn.client.input.is_empty() {
+        if quiet && !conn.client.readable {
+            match plaintext_waiting(conn, ctx) {
+                Waiting::Plaintext => return NextStep::Continue,
+                Waiting::Ciphertext => {
+                    conn.client.readable = false;
+                    return conn.read(io, ctx, Side::Client);
+                }
+                Waiting::Nothing => {}
+            }
+            // Nothing to do until the client speaks: wait without holding a slab, as an
+            // idle HTTP/1.1 client does (a receive on the provided-buffer ring in
+            // cleartext, readiness under TLS).
+            conn.client.input.release_if_empty(ctx.pool);
+            conn.poll_client(io, ctx);
+            return NextStep::Wait;
+        }
+        conn.client.readable = false;
         return conn.read(io, ctx, Side::Client);
     }
     NextStep::Wait
+}
+
+/// What a quiet TLS client already sent that the session holds.
+enum Waiting {
+    /// Plaintext, now in `client.input` (or the session's end, or its failure, recorded).
+    Plaintext,
+    /// Ciphertext not decrypted yet: read on.
+    Ciphertext,
+    Nothing,
+}
+
+fn plaintext_waiting(conn: &mut Connection, ctx: &mut Ctx<'_>) -> Waiting {
+    let Some(t) = conn.client.tls.as_mut() else { return Waiting::Nothing };
+    match t.take_plaintext(&mut conn.client.input, ctx.pool) {
+        crate::tls::Plain::Got(_) | crate::tls::Plain::Full => Waiting::Plaintext,
+        crate::tls::Plain::Eof => {
+            conn.client.eof = true;
+            Waiting::Plaintext
+        }
+        crate::tls::Plain::Error => {
+            conn.client.fail(libc::EPROTO);
+            Waiting::Plaintext
+        }
+        crate::tls::Plain::Empty if !t.raw_in.is_empty() || t.raw_in.is_lent() => Waiting::Ciphertext,
+        crate::tls::Plain::Empty => Waiting::Nothing,
+    }
 }
 
 /// Client plaintext into the session, as much as it takes now, watched for floods. True

@@ -244,18 +244,19 @@ impl Connection {
         }
         // A read that needs a new slab waits while the worker's buffer budget is spent
         // (backpressure: its peer is not read either, so nothing piles up). The admin
-        // endpoint never waits: it must answer while the proxy is saturated.
+        // endpoint never waits: it must answer while the proxy is saturated. A read through
+        // a link moves bytes already in memory (and sees a cancelled stream at once): it
+        // waits only at the hard limit, so that streams never wait on each other.
+        let link = self.link_of(side);
         let leg = self.leg(side);
         let target = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
-        if self.role == super::Role::Proxy && !target.has_slab() && ctx.pool.must_wait(self.holds_slab()) {
+        let holds = self.holds_slab() || link.is_some();
+        if self.role == super::Role::Proxy && !target.has_slab() && ctx.pool.must_wait(holds) {
             ctx.pool.wait_for_slab(io.id());
             return NextStep::Wait;
         }
-        if let Some(link) = self.link().filter(|_| side == Side::Client) {
-            return self.read_link(ctx, link);
-        }
-        if let Some(link) = self.origin_link().filter(|_| side == Side::Origin) {
-            return self.read_origin_link(ctx, link);
+        if let Some(link) = link {
+            return self.read_via_link(ctx, side, link);
         }
         let leg = self.leg_mut(side);
         let Some(fd) = leg.fd() else { return NextStep::Close };
@@ -298,12 +299,8 @@ impl Connection {
             self.bytes_out += len as u64;
             stats::bump(&ctx.stats.bytes_to_clients, len as u64);
         }
-        if let Some(link) = self.link().filter(|_| side == Side::Client) {
-            self.write_link(io, ctx, link, src, offset, len);
-            return;
-        }
-        if let Some(link) = self.origin_link().filter(|_| side == Side::Origin) {
-            self.write_origin_link(io, ctx, link, src, offset, len);
+        if let Some(link) = self.link_of(side) {
+            self.write_via_link(io, ctx, side, link, src, offset, len);
             return;
         }
         if self.leg(side).tls.is_some() {

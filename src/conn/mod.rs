@@ -540,7 +540,7 @@ impl Connection {
             }
         }
         if let Some(h2) = self.h2.as_mut() {
-            h2.abandon(io.id(), ctx);
+            h2.abandon(ctx);
             if self.is_origin_session() {
                 stats::drop_one(&ctx.stats.h2_origin_sessions_active);
             }
@@ -637,9 +637,8 @@ pub fn on_completion(
 
 /// Runs phase handlers until one waits or closes.
 pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
-    // A stream's exchange: its client write completes once the link has room.
+    // An exchange writing through a link: the write completes once the link has room.
     conn.link_progress(ctx);
-    conn.origin_link_progress(ctx);
     for _ in 0..LOOP_GUARD {
         let from = std::mem::discriminant(&conn.phase);
         let name = conn.phase.name();

@@ -9,7 +9,7 @@
 //! a client session runs its server over the client leg (`conn::http2`).
 
 use super::buf::BufId;
-use super::leg::{Leg, Side, WriteJob};
+use super::leg::{Leg, Side};
 use super::{CloseReason, Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::http2::links::LinkId;
 use crate::http2::origin::OriginSession;
@@ -26,13 +26,20 @@ pub(crate) struct OriginSide {
 /// Before the pool: a stream on an open HTTP/2 session to this origin, if one has room.
 /// True when the exchange's origin leg is now a link to it.
 pub(crate) fn attach(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>, key: &PoolKey) -> bool {
-    let Some(session) = ctx.origins.find(key) else { return false };
-    let link = ctx.links.open(session);
+    let Some((token, session)) = ctx.origins.find(key) else { return false };
+    // A session decided in this turn has no slot yet: the worker names it in the link
+    // when it inserts it.
+    let link = match session {
+        Some(s) => ctx.links.open(s),
+        None => ctx.links.open_unowned(),
+    };
     if let Some(l) = ctx.links.get(link) {
         l.exchange = Some(io.id());
     }
-    ctx.origins.give(key, session, link);
-    ctx.wake(session);
+    ctx.origins.give(key, token, link);
+    if let Some(s) = session {
+        ctx.wake(s);
+    }
     if let Some(ex) = conn.ex.as_mut() {
         ex.origin_link = Some(link);
     }
@@ -80,7 +87,8 @@ pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'
     slot.phase = Phase::H2Origin;
     let window = ctx.cfg.h2.initial_stream_window;
     // The waker names the slot once it has one: made on its first run.
-    let session = OriginSession::new(key, link, window, futures_noop_waker(), ctx.now);
+    let token = ctx.origins.reserve(key.clone());
+    let session = OriginSession::new(key, token, link, window, futures_noop_waker(), ctx.now);
     slot.h2 = Some(Box::new(super::http2::H2::Origin(OriginSide { session })));
     ctx.spawn.push(slot);
     true
@@ -96,7 +104,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     let Some(side) = conn.h2.as_mut().and_then(|h| h.origin_mut()) else { return NextStep::Close };
     let me = io.id();
     side.session.set_waker(ctx.wakes.waker(me));
-    for link in ctx.origins.take_inbox(&side.session.key, me) {
+    for link in ctx.origins.take_inbox(&side.session.key, side.session.token) {
         side.session.add(link);
     }
     // Origin plaintext into the session.
@@ -117,7 +125,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     side.session.drive(ctx.links, &|id| wakes.wake(id));
     let accepting = side.session.accepting(ctx.now) && ctx.ready;
     let (streams, max) = (side.session.streams(), side.session.max_streams());
-    ctx.origins.update(&side.session.key, me, streams, max, accepting);
+    ctx.origins.update(&side.session.key, side.session.token, streams, max, accepting);
     let finished = side.session.finished();
     // Frames out.
     let has_out = side.session.pipe().with(|q| !q.outbound.is_empty());
@@ -160,104 +168,25 @@ fn side_room(conn: &Connection) -> bool {
 
 /// The session slot closes: its streams' exchanges see their origin fail, and it leaves
 /// the registry (links handed to it and not taken fail too).
-pub(crate) fn close_session(side: &mut OriginSide, me: uring::ConnId, ctx: &mut Ctx<'_>) {
+pub(crate) fn close_session(side: &mut OriginSide, ctx: &mut Ctx<'_>) {
     let wakes = ctx.wakes;
-    for link in ctx.origins.remove(&side.session.key, me) {
+    for link in ctx.origins.remove(&side.session.key, side.session.token) {
         side.session.add(link);
     }
     side.session.abandon(ctx.links, &|id| wakes.wake(id));
 }
 
 impl Connection {
-    /// For a new origin session slot: its origin and the links it starts with.
-    pub(crate) fn origin_session_start(&self) -> Option<(PoolKey, Vec<LinkId>)> {
+    /// For a new origin session slot: its origin, its registry token and the links it
+    /// starts with.
+    pub(crate) fn origin_session_start(&self) -> Option<(PoolKey, crate::http2::origin::Token, Vec<LinkId>)> {
         let side = self.h2.as_ref()?.origin()?;
-        Some((side.session.key.clone(), side.session.waiting_links().to_vec()))
+        Some((side.session.key.clone(), side.session.token, side.session.waiting_links().to_vec()))
     }
 
     /// The link that stands in for this exchange's origin leg, if any.
     pub(crate) fn origin_link(&self) -> Option<LinkId> {
         self.ex.as_ref().and_then(|e| e.origin_link)
-    }
-
-    /// A read of the origin leg through its link: the response bytes the session wrote.
-    pub(crate) fn read_origin_link(&mut self, ctx: &mut Ctx<'_>, link: LinkId) -> NextStep {
-        let Some(l) = ctx.links.get(link) else {
-            self.origin.fail(libc::ECONNRESET);
-            return NextStep::Continue;
-        };
-        if l.cancelled {
-            self.origin.fail(libc::ECONNRESET);
-            return NextStep::Continue;
-        }
-        let pending = l.pending_for_exchange();
-        if pending.is_empty() {
-            if l.to_exchange_end {
-                self.origin.eof = true;
-                return NextStep::Continue;
-            }
-            return NextStep::Wait;
-        }
-        let Some(room) = self.origin.input.room_mut(ctx.pool) else { return NextStep::Wait };
-        let n = room.len().min(pending.len());
-        room[..n].copy_from_slice(&pending[..n]);
-        self.origin.input.filled(n);
-        l.taken_by_exchange(n);
-        if let Some(s) = l.session {
-            ctx.wakes.wake(s);
-        }
-        NextStep::Continue
-    }
-
-    /// A write to the origin leg through its link; completes once the link has room.
-    pub(crate) fn write_origin_link(
-        &mut self,
-        io: &Io,
-        ctx: &mut Ctx<'_>,
-        link: LinkId,
-        src: BufId,
-        offset: usize,
-        len: usize,
-    ) {
-        let bytes = match src {
-            BufId::Out => self.out.slab_bytes(ctx.pool),
-            BufId::In(side) => self.leg(side).input.slab_bytes(ctx.pool),
-            BufId::RawOut(_) => None,
-        };
-        match ctx.links.get(link) {
-            Some(l) => {
-                if let Some(b) = bytes.and_then(|b| b.get(offset..offset + len)) {
-                    l.to_session.extend_from_slice(b);
-                }
-                if let Some(s) = l.session {
-                    ctx.wakes.wake(s);
-                }
-            }
-            None => self.origin.fail(libc::EPIPE),
-        }
-        self.origin.writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
-        ctx.wake(io.id());
-    }
-
-    /// Completes an origin write through the link once it has room (see `link_progress`).
-    pub(crate) fn origin_link_progress(&mut self, ctx: &mut Ctx<'_>) {
-        let Some(link) = self.origin_link() else { return };
-        let Some(job) = self.origin.writing else { return };
-        let room = match ctx.links.get(link) {
-            Some(l) if l.cancelled => {
-                self.origin.fail(libc::EPIPE);
-                true
-            }
-            Some(l) => l.room_for_session() > 0,
-            None => true,
-        };
-        if !room {
-            return;
-        }
-        self.origin.writing = None;
-        if job.src == BufId::Out {
-            self.out.release(ctx.pool);
-        }
     }
 
     /// The exchange is done with its origin link (response complete, retry, give-up,

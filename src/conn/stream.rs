@@ -11,7 +11,7 @@
 //! closes; closing tells the session (and frees the link when the session let go first).
 
 use super::buf::BufId;
-use super::leg::WriteJob;
+use super::leg::{Side, WriteJob};
 use super::{Connection, Ctx, NextStep};
 use crate::http2::links::{Link, LinkId};
 use std::time::Instant;
@@ -46,37 +46,56 @@ impl Connection {
         self.stream.as_ref().map(|s| s.link)
     }
 
-    /// A read of the client leg of a stream's exchange: the request bytes waiting in the
-    /// link (`Continue`), its end, or `Wait` until the session wakes this slot.
-    pub(crate) fn read_link(&mut self, ctx: &mut Ctx<'_>, link: LinkId) -> NextStep {
+    /// The link standing in for `side`'s socket, if one does: a stream's exchange reads
+    /// its request from (and writes its response to) its session through `link()`; an
+    /// exchange on an HTTP/2 origin session does the same with its origin through
+    /// `origin_link()`. Either way the exchange reads `to_exchange` and writes `to_session`.
+    pub(crate) fn link_of(&self, side: Side) -> Option<LinkId> {
+        match side {
+            Side::Client => self.link(),
+            Side::Origin => self.origin_link(),
+        }
+    }
+
+    /// A read of `side` through its link: the bytes waiting in it (`Continue`), its end,
+    /// or `Wait` until the session wakes this slot.
+    pub(crate) fn read_via_link(&mut self, ctx: &mut Ctx<'_>, side: Side, link: LinkId) -> NextStep {
         let Some(l) = ctx.links.get(link).filter(|l| !l.cancelled) else {
-            self.client.fail(libc::ECONNRESET);
+            self.leg_mut(side).fail(libc::ECONNRESET);
             return NextStep::Continue;
         };
         let pending = l.pending_for_exchange();
         if pending.is_empty() {
             if l.to_exchange_end {
-                self.client.eof = true;
+                self.leg_mut(side).eof = true;
                 return NextStep::Continue;
             }
             return NextStep::Wait;
         }
-        let Some(room) = self.client.input.room_mut(ctx.pool) else { return NextStep::Wait };
+        let leg = match side {
+            Side::Client => &mut self.client,
+            Side::Origin => &mut self.origin,
+        };
+        let Some(room) = leg.input.room_mut(ctx.pool) else { return NextStep::Wait };
         let n = room.len().min(pending.len());
         room[..n].copy_from_slice(&pending[..n]);
-        self.client.input.filled(n);
+        leg.input.filled(n);
         l.taken_by_exchange(n);
-        self.bytes_in += n as u64;
+        if side == Side::Client {
+            self.bytes_in += n as u64;
+        }
         wake_session(l, ctx.wakes);
         NextStep::Continue
     }
 
-    /// A write to the client leg of a stream's exchange: the bytes go into the link now;
-    /// the write completes (`link_progress`) once the session has room again.
-    pub(crate) fn write_link(
+    /// A write to `side` through its link: the bytes go into the link now; the write
+    /// completes (`link_progress`) once the session has room again.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn write_via_link(
         &mut self,
         io: &Io,
         ctx: &mut Ctx<'_>,
+        side: Side,
         link: LinkId,
         src: BufId,
         offset: usize,
@@ -84,43 +103,44 @@ impl Connection {
     ) {
         let bytes = match src {
             BufId::Out => self.out.slab_bytes(ctx.pool),
-            BufId::In(side) => self.leg(side).input.slab_bytes(ctx.pool),
+            BufId::In(s) => self.leg(s).input.slab_bytes(ctx.pool),
             BufId::RawOut(_) => None,
         };
-        let Some(l) = ctx.links.get(link) else {
-            self.client.fail(libc::EPIPE);
-            ctx.wake(io.id());
-            self.client.writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
-            return;
-        };
-        if let Some(b) = bytes.and_then(|b| b.get(offset..offset + len)) {
-            l.to_session.extend_from_slice(b);
+        match ctx.links.get(link) {
+            Some(l) => {
+                if let Some(b) = bytes.and_then(|b| b.get(offset..offset + len)) {
+                    l.to_session.extend_from_slice(b);
+                }
+                wake_session(l, ctx.wakes);
+            }
+            None => self.leg_mut(side).fail(libc::EPIPE),
         }
-        wake_session(l, ctx.wakes);
-        self.client.writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
+        self.leg_mut(side).writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
         // Completed on this slot's next run, when the link has room.
         ctx.wake(io.id());
     }
 
-    /// On every run of a stream's exchange: completes its client write once the link has
+    /// On every run of an exchange: completes a write through a link once the link has
     /// room (or is gone), as a socket's write completion would.
     pub(crate) fn link_progress(&mut self, ctx: &mut Ctx<'_>) {
-        let Some(link) = self.link() else { return };
-        let Some(job) = self.client.writing else { return };
-        let room = match ctx.links.get(link) {
-            Some(l) if l.cancelled => {
-                self.client.fail(libc::EPIPE);
-                true
+        for side in [Side::Client, Side::Origin] {
+            let Some(link) = self.link_of(side) else { continue };
+            let Some(job) = self.leg(side).writing else { continue };
+            let room = match ctx.links.get(link) {
+                Some(l) if l.cancelled => {
+                    self.leg_mut(side).fail(libc::EPIPE);
+                    true
+                }
+                Some(l) => l.room_for_session() > 0,
+                None => true,
+            };
+            if !room {
+                continue;
             }
-            Some(l) => l.room_for_session() > 0,
-            None => true,
-        };
-        if !room {
-            return;
-        }
-        self.client.writing = None;
-        if job.src == BufId::Out {
-            self.out.release(ctx.pool);
+            self.leg_mut(side).writing = None;
+            if job.src == BufId::Out {
+                self.out.release(ctx.pool);
+            }
         }
     }
 

@@ -77,6 +77,8 @@ pub struct OriginSession {
     inbox: Vec<LinkId>,
     started: Instant,
     pub ending: Option<String>,
+    /// Its name in the worker's registry.
+    pub token: Token,
 }
 
 impl std::fmt::Debug for OriginSession {
@@ -87,7 +89,7 @@ impl std::fmt::Debug for OriginSession {
 
 impl OriginSession {
     /// A session to `key` whose first stream is `first`; `h2` wakes `waker`.
-    pub fn new(key: PoolKey, first: LinkId, window: u32, waker: Waker, now: Instant) -> OriginSession {
+    pub fn new(key: PoolKey, token: Token, first: LinkId, window: u32, waker: Waker, now: Instant) -> OriginSession {
         let pipe = Pipe::default();
         let io = pipe.clone();
         let mut b = client::Builder::new();
@@ -106,6 +108,7 @@ impl OriginSession {
             inbox: vec![first],
             started: now,
             ending: None,
+            token,
         }
     }
 
@@ -519,24 +522,36 @@ fn pump(
 #[derive(Debug, Default)]
 pub struct Origins {
     by_key: HashMap<PoolKey, Vec<Entry>>,
+    next_token: u64,
 }
+
+/// Names a session in the registry from the moment it is decided, before its slot exists.
+pub type Token = u64;
 
 /// What the registry knows of one session (updated by the session on each run).
 #[derive(Debug, Clone)]
 struct Entry {
-    id: ConnId,
+    token: Token,
+    /// Its slot, once the worker inserted it.
+    id: Option<ConnId>,
     streams: usize,
     max: usize,
     accepting: bool,
+    /// Links handed over and not taken by the session yet.
     inbox: Vec<LinkId>,
 }
 
 impl Origins {
-    /// A session to `key` with room for one more stream: its stream count is taken.
-    pub fn find(&mut self, key: &PoolKey) -> Option<ConnId> {
+    fn entry(&mut self, key: &PoolKey, token: Token) -> Option<&mut Entry> {
+        self.by_key.get_mut(key)?.iter_mut().find(|e| e.token == token)
+    }
+
+    /// A session to `key` with room for one more stream (its stream count is taken): its
+    /// token, and its slot when it has one already.
+    pub fn find(&mut self, key: &PoolKey) -> Option<(Token, Option<ConnId>)> {
         let e = self.by_key.get_mut(key)?.iter_mut().find(|e| e.accepting && e.streams < e.max)?;
         e.streams += 1;
-        Some(e.id)
+        Some((e.token, e.id))
     }
 
     /// True when a session to `key` has room for one more stream.
@@ -544,31 +559,43 @@ impl Origins {
         self.by_key.get(key).is_some_and(|v| v.iter().any(|e| e.accepting && e.streams < e.max))
     }
 
-    /// Hands `link` to the session `id` (after `find`); the session takes it on its next run.
-    pub fn give(&mut self, key: &PoolKey, id: ConnId, link: LinkId) {
-        if let Some(e) = self.by_key.get_mut(key).and_then(|v| v.iter_mut().find(|e| e.id == id)) {
+    /// Hands `link` to the session (after `find`); it takes it on its next run.
+    pub fn give(&mut self, key: &PoolKey, token: Token, link: LinkId) {
+        if let Some(e) = self.entry(key, token) {
             e.inbox.push(link);
         }
     }
 
-    /// Links handed to `id` since its last run.
-    pub fn take_inbox(&mut self, key: &PoolKey, id: ConnId) -> Vec<LinkId> {
-        self.by_key
-            .get_mut(key)
-            .and_then(|v| v.iter_mut().find(|e| e.id == id))
-            .map(|e| std::mem::take(&mut e.inbox))
-            .unwrap_or_default()
+    /// Links handed to the session since its last run.
+    pub fn take_inbox(&mut self, key: &PoolKey, token: Token) -> Vec<LinkId> {
+        self.entry(key, token).map(|e| std::mem::take(&mut e.inbox)).unwrap_or_default()
     }
 
-    /// A new session.
-    pub fn register(&mut self, key: PoolKey, id: ConnId, streams: usize) {
-        let e = Entry { id, streams, max: 100, accepting: true, inbox: Vec::new() };
+    /// A session just decided (its slot comes after the current handler): exchanges
+    /// dialling the same origin from now on join it instead of making their own.
+    pub fn reserve(&mut self, key: PoolKey) -> Token {
+        self.next_token += 1;
+        let token = self.next_token;
+        let e = Entry { token, id: None, streams: 1, max: 100, accepting: true, inbox: Vec::new() };
         self.by_key.entry(key).or_default().push(e);
+        token
+    }
+
+    /// The session's slot exists: the links handed to it meanwhile (their session id is
+    /// to be filled in).
+    pub fn activate(&mut self, key: &PoolKey, token: Token, id: ConnId) -> Vec<LinkId> {
+        match self.entry(key, token) {
+            Some(e) => {
+                e.id = Some(id);
+                e.inbox.clone()
+            }
+            None => Vec::new(),
+        }
     }
 
     /// The session's own view, after each of its runs.
-    pub fn update(&mut self, key: &PoolKey, id: ConnId, streams: usize, max: usize, accepting: bool) {
-        if let Some(e) = self.by_key.get_mut(key).and_then(|v| v.iter_mut().find(|e| e.id == id)) {
+    pub fn update(&mut self, key: &PoolKey, token: Token, streams: usize, max: usize, accepting: bool) {
+        if let Some(e) = self.entry(key, token) {
             e.streams = streams + e.inbox.len();
             e.max = max;
             e.accepting = accepting;
@@ -576,14 +603,14 @@ impl Origins {
     }
 
     /// The session closed; links handed to it and not taken yet come back.
-    pub fn remove(&mut self, key: &PoolKey, id: ConnId) -> Vec<LinkId> {
+    pub fn remove(&mut self, key: &PoolKey, token: Token) -> Vec<LinkId> {
         let Some(v) = self.by_key.get_mut(key) else { return Vec::new() };
         let mut orphans = Vec::new();
         v.retain_mut(|e| {
-            if e.id == id {
+            if e.token == token {
                 orphans.append(&mut e.inbox);
             }
-            e.id != id
+            e.token != token
         });
         if v.is_empty() {
             self.by_key.remove(key);
@@ -594,5 +621,36 @@ impl Origins {
     /// Sessions open now.
     pub fn sessions(&self) -> usize {
         self.by_key.values().map(Vec::len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> PoolKey {
+        PoolKey { host: "origin.test".into(), port: 443, tls: true }
+    }
+
+    #[test]
+    fn a_reserved_session_takes_streams_before_its_slot_exists_and_hands_them_over() {
+        let mut links = Links::default();
+        let mut conns: uring::Conns<()> = uring::Conns::new();
+        let mut o = Origins::default();
+        assert!(o.find(&key()).is_none());
+        let token = o.reserve(key());
+        // A burst: the next exchanges join the reserved session.
+        let (t, id) = o.find(&key()).expect("room in the reserved session");
+        assert_eq!((t, id), (token, None));
+        let link = links.open_unowned();
+        o.give(&key(), token, link);
+        let slot = conns.insert(());
+        assert_eq!(o.activate(&key(), token, slot), vec![link]);
+        assert_eq!(o.find(&key()), Some((token, Some(slot))));
+        assert_eq!(o.take_inbox(&key(), token), vec![link]);
+        o.update(&key(), token, 2, 2, true);
+        assert!(o.find(&key()).is_none(), "full at the origin's limit");
+        assert!(o.remove(&key(), token).is_empty());
+        assert_eq!(o.sessions(), 0);
     }
 }
