@@ -187,6 +187,8 @@ def main():
             rec["cpu_pct"] = 100.0 * rec["cpu_s"] / span
         if rec.get("bytes"):
             rec["cpu_s_per_gib"] = rec["cpu_s"] / (rec["bytes"] / (1 << 30))
+        if args.h2load_bulk:
+            rec.pop("cpu_us_per_req", None)  # one request: CPU per GiB is the figure
     if args.error:
         rec["error"] = args.error
     if args.log and ("error" in rec or rec.get("errors") or rec.get("failed") or rec.get("closed")):
