@@ -899,6 +899,18 @@ scenario_tls_handshake() {
 # the static certificate and forward over TLS. PORT is the origin's HTTP/1.1 TLS listener,
 # or its h2 listener in h2h2 (h2 on both legs). h2load checks ALPN: a run that did not speak
 # h2 to the proxy is recorded as failed (record.py --expect-alpn).
+sluice_h2_set() { # sluice_h2_set NAME: --set arguments with Sluice's origin-session and refusal counters
+    [[ $1 == sluice* ]] || return 0
+    python3 - "$ADMIN_PORT" <<'EOF' || true
+import sys, urllib.request
+keys = {"sluice_h2_origin_sessions_total": "h2_origin_sessions", "sluice_connections_rejected_total": "clients_refused"}
+for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode().splitlines():
+    k, _, v = line.partition(" ")
+    if k in keys:
+        print("--set %s=%s" % (keys[k], v.split(".")[0]), end=" ")
+EOF
+}
+
 run_h2mux() { # run_h2mux SECONDS OUTFILE LOGFILE URL: h2load -c10 -m100 through the proxy
     local logargs=()
     [[ -n $3 ]] && logargs=(--log-file="$3")
@@ -908,7 +920,9 @@ run_h2mux() { # run_h2mux SECONDS OUTFILE LOGFILE URL: h2load -c10 -m100 through
 
 # h2tls / h2h2: 10 clients × 100 concurrent streams, 1 KiB responses, capped like the other
 # capacity rows; CPU µs per request, req/s, latencies from h2load's --log-file, and the
-# upstream's request and connection counters (snapreq) for the origin connections opened.
+# upstream's request and connection counters (snapreq) for the origin connections opened;
+# for Sluice also the origin h2 sessions it opened and the clients it refused since it
+# started (warm-up included: a session shared per origin and worker makes that 1 in h2h2).
 scenario_h2mux() {
     local sc=$1 r name out c0 c1 st m0 m1 url proxies
     PROXY_TLS=1
@@ -935,7 +949,8 @@ scenario_h2mux() {
                 if ! proxy_died "$sc" "$name" "$r"; then
                     # shellcheck disable=SC2046
                     record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --snap "$c0" "$c1" \
-                        --h2load "$out" --h2load-log "$out.log" --expect-alpn h2 --log "$PROXY_LOG" $(certs_set "$name" "$m0" "$m1")
+                        --h2load "$out" --h2load-log "$out.log" --expect-alpn h2 --log "$PROXY_LOG" $(certs_set "$name" "$m0" "$m1") \
+                        $(sluice_h2_set "$name")
                 fi
             fi
             rm -f "$out.log"

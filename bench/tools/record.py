@@ -83,6 +83,7 @@ def parse_h2load(text, log_path=None):
     if not m2:
         raise ValueError("no 'requests:' line in h2load output")
     out["requests"] = int(m2.group(4))
+    out["started"] = int(m2.group(2))
     out["rps"] = out["requests"] / out["seconds"] if out["seconds"] else float(m.group(2))
     errors = int(m2.group(5))
     m3 = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
@@ -147,6 +148,9 @@ def main():
         if args.h2load:
             with open(args.h2load) as f:
                 rec.update(parse_h2load(f.read(), args.h2load_log))
+            if not rec.get("requests"):
+                raise ValueError("h2load completed no request (%s started): the proxy refused its connections "
+                                 "or answered none of their streams" % rec.get("started"))
             if args.expect_alpn and rec.get("alpn") != args.expect_alpn:
                 raise ValueError("h2load negotiated %s, not %s" % (rec.get("alpn"), args.expect_alpn))
             if args.h2load_bulk:
@@ -223,6 +227,8 @@ def summary(rec):
         parts.append("%.3f CPU-s/GiB" % rec["cpu_s_per_gib"])
     if "bytes_per_conn" in rec and rec["bytes_per_conn"] is not None:
         parts.append("%.0f bytes/idle conn (%d ok, %d failed, %d closed)" % (rec["bytes_per_conn"], rec["ok"], rec["failed"], rec["closed"]))
+    if "h2_origin_sessions" in rec:
+        parts.append("%d origin h2 sessions opened, %d clients refused" % (rec["h2_origin_sessions"], rec.get("clients_refused", 0)))
     if "certs_minted" in rec:
         parts.append("%d certs minted, %d cache hits" % (rec["certs_minted"], rec.get("cert_cache_hits", 0)))
     if rec.get("errors"):

@@ -240,6 +240,15 @@ def build(recs, meta, svg_name):
         lines.append("")
         lines.append(md_table(["scenario", "figure", "better"] + ["Sluice / %s" % NAMES[p] for p in peers_run], ratio_rows))
         lines.append("")
+    h2s = [(sc, r) for sc in ("h2tls", "h2h2") for r in recs
+           if r.get("scenario") == sc and r.get("proxy") == "sluice" and "h2_origin_sessions" in r]
+    if h2s:
+        lines.append("Sluice's origin HTTP/2 sessions opened and clients refused (`sluice_h2_origin_sessions_total`, "
+                     "`sluice_connections_rejected_total`, since its start, warm-up included; one session per origin "
+                     "and worker is the design, so 1 in `h2h2`, 0 in `h2tls`): "
+                     + "; ".join("`%s` round %s: %s sessions, %s refused" % (sc, r.get("round"), r["h2_origin_sessions"],
+                                                                          r.get("clients_refused", "?")) for sc, r in h2s) + ".")
+        lines.append("")
     if "ka10k" in scenarios_run and "ka1k" in scenarios_run:
         lines.append("From 64 to %s busy clients: each proxy's CPU µs/req in `ka10k` over its own in `ka1k` "
                      "(round r over round r; 1.00 = no cost of size: timers, pools, buffers and the event loop "
