@@ -2,7 +2,7 @@
 """Memory per idle HTTP/2 client connection, for the h2idle scenario of bench/run.sh.
 
     h2idle.py --target 127.0.0.1:PORT --sni origin.test --count N --pids P1,P2
-              [--threads 16] [--sources 40] [--settle 1.0]
+              [--threads 16] [--sources 40] [--settle 1.0] [--cleartext]
 
 Like idle.py, over TLS with ALPN h2 (the proxy's certificate is not verified: Sluice's is
 forged by its own CA, HAProxy's is the run's static one):
@@ -12,7 +12,8 @@ forged by its own CA, HAProxy's is the run's static one):
    127.0.0.(1+--sources)). Each: TLS handshake (ALPN must be h2), the client preface and an
    empty SETTINGS frame, then reads until the proxy's SETTINGS has arrived (acknowledged at
    once) and its acknowledgement of ours; whatever else it sent at the start (WINDOW_UPDATE)
-   is read too. Then it stays open and silent: no stream is opened.
+   is read too. Then it stays open and silent: no stream is opened. --cleartext skips TLS
+   (prior knowledge, as `h2load http://...`): what the HTTP/2 state costs without TLS's.
 4. After --settle seconds, VmRSS again, and a check that the proxy has closed none of them
    (EOF, an error or a GOAWAY frame count as closed). Prints one JSON object: count, ok,
    failed, closed, rss_before_kib, rss_after_kib, bytes_per_conn = (after - before) / ok.
@@ -59,12 +60,12 @@ def open_one(args, ctx, i):
             raw.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
             raw.bind(("127.0.0.%d" % (2 + i % args.sources), 0))
         raw.connect((host, int(port)))
-        s = ctx.wrap_socket(raw, server_hostname=args.sni)
+        s = raw if args.cleartext else ctx.wrap_socket(raw, server_hostname=args.sni)
     except (OSError, ssl.SSLError):
         raw.close()
         raise
     try:
-        if s.selected_alpn_protocol() != "h2":
+        if not args.cleartext and s.selected_alpn_protocol() != "h2":
             raise OSError("ALPN %r, not h2" % s.selected_alpn_protocol())
         s.sendall(PREFACE + frame(SETTINGS, 0))
         buf, got_settings, got_ack = b"", False, False
@@ -127,6 +128,7 @@ def main():
     p.add_argument("--sources", type=int, default=40, help="source addresses 127.0.0.2.. (0: default)")
     p.add_argument("--settle", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=20.0)
+    p.add_argument("--cleartext", action="store_true", help="HTTP/2 with prior knowledge, no TLS")
     p.add_argument("--verbose", action="store_true")
     args = p.parse_args()
     pids = [int(x) for x in args.pids.split(",") if x]
