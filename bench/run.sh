@@ -55,7 +55,7 @@ proxies_for() { # the proxies a wrk scenario measures, in the order of its first
 ka10k_nginx_fits() { ((NOFILE >= 2 * KA10K_CONNS + 2000)); }
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
