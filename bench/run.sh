@@ -6,15 +6,15 @@
 #                [--cpu-cap PERCENT] [--out DIR] [--no-build]
 #
 # Scenarios: ka1k browse ka10k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake
-# (all by default). Environment: SLUICE_BIN=PATH uses that binary and skips the build;
+# h2tls h2h2 h2bulk h2idle (all by default). Environment: SLUICE_BIN=PATH uses that binary and skips the build;
 # SLUICE_BASELINE_BIN=PATH measures a second Sluice binary alongside (an A/B of a change);
 # BENCH_LOAD_CPU and BENCH_PROXY_CPU (default 0 and 1) choose the cores; BENCH_DELAY_MS
 # (default 10) paces paced1k; BENCH_KEEP_LOGS=DIR keeps the run's logs there (client output,
 # proxy logs, Sluice's metrics at each stop, nginx error logs). In the capacity scenarios
-# (ka1k browse ka10k ka64k close1k post1m tls_ka1k) each proxy runs in a cgroup with a CPU
-# quota of PERCENT of one core (10 ms periods; default 50), so that the proxy rather than the
-# load generator is the bottleneck; --cpu-cap 0 runs them uncapped. paced1k, tunnel, idle and
-# tls_handshake always run uncapped.
+# (ka1k browse ka10k ka64k close1k post1m tls_ka1k h2tls h2h2) each proxy runs in a cgroup with
+# a CPU quota of PERCENT of one core (10 ms periods; default 50), so that the proxy rather than
+# the load generator is the bottleneck; --cpu-cap 0 runs them uncapped. paced1k, tunnel, idle,
+# tls_handshake, h2bulk and h2idle always run uncapped.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,13 +22,18 @@ ROOT=$(dirname "$HERE")
 TOOLS=$HERE/tools
 PEERS=$HERE/peers
 
-ALL_SCENARIOS=(ka1k browse ka10k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake)
+ALL_SCENARIOS=(ka1k browse ka10k ka64k close1k post1m paced1k tunnel idle tls_ka1k tls_handshake h2tls h2h2 h2bulk h2idle)
 # SLUICE_BASELINE_BIN=PATH also measures that Sluice binary (proxy `sluice_base`) wherever
 # Sluice runs, in the same rounds: an old-against-new comparison for a change.
 BASE=()
 [[ -n ${SLUICE_BASELINE_BIN:-} ]] && BASE=(sluice_base)
 # TLS scenarios: Sluice intercepts, HAProxy terminates with a static certificate (no nginx peer).
 TLS_PROXIES=(sluice "${BASE[@]}" haproxy)
+# HTTP/2 scenarios: the client speaks h2 over TLS to every proxy. nginx terminates h2 too,
+# but its proxy module speaks only HTTP/1.x to origins: it is in h2tls only. h2bulk compares
+# with the direct transfer (the same client straight to the origin's h2 listener).
+H2_PROXIES=(sluice "${BASE[@]}" haproxy nginx)
+H2_ORIGIN_PROXIES=(sluice "${BASE[@]}" haproxy)
 PROXIES=(sluice "${BASE[@]}" haproxy nginx)
 # ka1k and browse also measure haproxy_tcp, HAProxy in `mode tcp`: a plain relay of the same
 # bytes to the upstream with no HTTP work, the floor an HTTP proxy is compared with.
@@ -50,7 +55,7 @@ proxies_for() { # the proxies a wrk scenario measures, in the order of its first
 ka10k_nginx_fits() { ((NOFILE >= 2 * KA10K_CONNS + 2000)); }
 
 usage() {
-    sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
@@ -66,7 +71,7 @@ DEFAULT_CPU_CAP=50
 # Scenarios that measure capacity (CPU per request and req/s with the proxy as the
 # bottleneck). tls_handshake is not one: its Python client is slower than any proxy, and
 # a quota would only throttle the peer whose handshakes cost more.
-CAPPED_SCENARIOS=(ka1k browse ka10k ka64k close1k post1m tls_ka1k)
+CAPPED_SCENARIOS=(ka1k browse ka10k ka64k close1k post1m tls_ka1k h2tls h2h2)
 [[ -n "${SLUICE_BIN:-}" ]] && BUILD=0
 while (($#)); do
     case $1 in
@@ -90,13 +95,17 @@ if [[ $MODE == quick ]]; then
     TUNNEL_BYTES=$((1 << 30))
     IDLE_COUNT=2000
     KA10K_CONNS=10000
+    H2IDLE_COUNT=1000
 else
     : "${ROUNDS:=3}" "${DURATION:=8}"
     WARMUP=1
     TUNNEL_BYTES=$((3 << 30))
     IDLE_COUNT=10000
     KA10K_CONNS=10000
+    H2IDLE_COUNT=5000
 fi
+# h2bulk: one download of this size over one h2 stream (the issue's 1 GiB in both modes).
+H2BULK_BYTES=$((1 << 30))
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "bench: --rounds must be a positive integer" >&2; exit 2; }
 [[ $DURATION =~ ^[1-9][0-9]*$ ]] || { echo "bench: --duration must be whole seconds" >&2; exit 2; }
 [[ -z $CPU_CAP || ($CPU_CAP =~ ^[0-9]+$ && CPU_CAP -le 100) ]] || { echo "bench: --cpu-cap must be a percentage, 0 (off) to 100" >&2; exit 2; }
@@ -104,7 +113,7 @@ CAP_ASKED=${CPU_CAP:+1}
 : "${CPU_CAP:=$DEFAULT_CPU_CAP}"
 [[ $CPU_CAP == 0 ]] && CPU_CAP=
 # Shorter runs get a proportionally smaller tunnel transfer (the smoke test uses 2 s).
-if ((DURATION < 3)); then TUNNEL_BYTES=$((256 << 20)); IDLE_COUNT=500; fi
+if ((DURATION < 3)); then TUNNEL_BYTES=$((256 << 20)); IDLE_COUNT=500; H2IDLE_COUNT=250; H2BULK_BYTES=$((256 << 20)); fi
 
 SCENARIOS=()
 if [[ -n $ONLY ]]; then
@@ -162,7 +171,7 @@ cleanup() {
     [[ -n $CGROUP && -d $CGROUP ]] && { rmdir "$CGROUP" 2>/dev/null || echo "bench: warning: could not remove $CGROUP" >&2; }
     if [[ -n ${BENCH_KEEP_LOGS:-} && -n $TMP && -d $TMP/logs ]]; then
         mkdir -p "$BENCH_KEEP_LOGS" && cp -r "$TMP/logs/." "$BENCH_KEEP_LOGS/" &&
-            for f in upstream nginx-proxy; do [[ -f $TMP/$f/error.log ]] && cp "$TMP/$f/error.log" "$BENCH_KEEP_LOGS/$f-error.log"; done
+            for f in upstream nginx-proxy nginx-h2; do [[ -f $TMP/$f/error.log ]] && cp "$TMP/$f/error.log" "$BENCH_KEEP_LOGS/$f-error.log"; done
         echo "bench: logs kept in $BENCH_KEEP_LOGS" >&2
     fi
     [[ -n $TMP && -d $TMP ]] && rm -rf "$TMP"
@@ -286,9 +295,9 @@ fi
 # ------------------------------------------------------------------------------------
 if [[ -d /dev/shm && -w /dev/shm ]]; then TMP=$(mktemp -d /dev/shm/sluice-bench.XXXXXX); else TMP=$(mktemp -d); fi
 chmod 755 "$TMP" # nginx workers run as an unprivileged user and read the bodies from here
-mkdir -p "$TMP/www" "$TMP/upstream" "$TMP/nginx-proxy" "$TMP/logs" "$TMP/run" "$TMP/CA" "$TMP/tls"
-read -r UP_PORT PROXY_PORT ADMIN_PORT TCP_PORT SINK_PORT ORIGIN_TLS_PORT < <(python3 "$TOOLS/proc.py" ports 6)
-PORTS=("$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$TCP_PORT" "$SINK_PORT" "$ORIGIN_TLS_PORT")
+mkdir -p "$TMP/www" "$TMP/upstream" "$TMP/nginx-proxy" "$TMP/nginx-h2" "$TMP/logs" "$TMP/run" "$TMP/CA" "$TMP/tls"
+read -r UP_PORT PROXY_PORT ADMIN_PORT TCP_PORT SINK_PORT ORIGIN_TLS_PORT ORIGIN_H2_PORT < <(python3 "$TOOLS/proc.py" ports 7)
+PORTS=("$UP_PORT" "$PROXY_PORT" "$ADMIN_PORT" "$TCP_PORT" "$SINK_PORT" "$ORIGIN_TLS_PORT" "$ORIGIN_H2_PORT")
 
 # TLS material for the tls_* scenarios, made fresh for every run (EC P-256, like the
 # certificates Sluice forges): a test CA; the origin's certificate, signed by it, for
@@ -307,11 +316,14 @@ make_tls() {
 }
 make_tls >"$TMP/logs/openssl.log" 2>&1 || { cat "$TMP/logs/openssl.log" >&2; die "could not make the TLS test certificates"; }
 
-render() { # render TEMPLATE > OUTPUT, replacing @NAME@ placeholders
-    sed -e "s#@TMP@#$TMP#g" -e "s/@UPSTREAM_PORT@/$UP_PORT/g" -e "s/@PROXY_PORT@/$PROXY_PORT/g" \
+render() { # render TEMPLATE OUTPUT [SED-EXPRESSION...]: replaces the @NAME@ placeholders
+    local extra=() e
+    for e in "${@:3}"; do extra+=(-e "$e"); done
+    sed "${extra[@]}" -e "s#@TMP@#$TMP#g" -e "s/@UPSTREAM_PORT@/$UP_PORT/g" -e "s/@PROXY_PORT@/$PROXY_PORT/g" \
         -e "s/@TCP_PORT@/$TCP_PORT/g" -e "s/@SINK_PORT@/$SINK_PORT/g" -e "s/@NOFILE@/$NOFILE/g" \
         -e "s/@WORKER_CONNECTIONS@/$((NOFILE - 100))/g" -e "s#@WWW@#$TMP/www#g" \
-        -e "s/@ORIGIN_TLS_PORT@/$ORIGIN_TLS_PORT/g" -e "s#@TLS@#$TLS#g" "$1" >"$2"
+        -e "s/@ORIGIN_TLS_PORT@/$ORIGIN_TLS_PORT/g" -e "s/@ORIGIN_H2_PORT@/$ORIGIN_H2_PORT/g" \
+        -e "s#@TLS@#$TLS#g" "$1" >"$2"
     if grep -q '@[A-Z_]*@' "$2"; then die "unrendered placeholder in $2: $(grep -o '@[A-Z_]*@' "$2" | head -1)"; fi
 }
 render "$HERE/upstream/nginx.conf.tmpl" "$TMP/upstream.conf"
@@ -319,6 +331,12 @@ render "$PEERS/haproxy.cfg.tmpl" "$TMP/haproxy.cfg"
 render "$PEERS/haproxy-tcp.cfg.tmpl" "$TMP/haproxy-tcp.cfg"
 render "$PEERS/haproxy-tls.cfg.tmpl" "$TMP/haproxy-tls.cfg"
 render "$PEERS/nginx-proxy.conf.tmpl" "$TMP/nginx-proxy.conf"
+# HTTP/2 peers: HAProxy towards the HTTP/1.1 TLS origin (h2tls, h2bulk, h2idle) and towards
+# the origin's h2 listener (h2h2); nginx towards the HTTP/1.1 TLS origin (h2tls).
+render "$PEERS/haproxy-h2.cfg.tmpl" "$TMP/haproxy-h2.cfg" "s/@H2_ORIGIN_PORT@/$ORIGIN_TLS_PORT/g" "s/ @H2_ORIGIN_ALPN@//g"
+render "$PEERS/haproxy-h2.cfg.tmpl" "$TMP/haproxy-h2h2.cfg" "s/@H2_ORIGIN_PORT@/$ORIGIN_H2_PORT/g" "s/@H2_ORIGIN_ALPN@/alpn h2/g" \
+    "s#haproxy-h2.pid#haproxy-h2h2.pid#"
+render "$PEERS/nginx-h2.conf.tmpl" "$TMP/nginx-h2.conf"
 render "$PEERS/sluice.toml.tmpl" "$TMP/sluice.toml"
 
 # Bodies: 1 KiB and 64 KiB of printable bytes; the browse scenario's site: 20 resources of
@@ -355,6 +373,10 @@ EOF
 chmod -R a+rX "$TMP/www"
 TUNNEL_SRC=$TMP/tunnel.src
 head -c $((64 << 20)) /dev/urandom >"$TUNNEL_SRC"
+# h2bulk's download and warm-up: sparse files (zeros; TLS encrypts them like any bytes, and
+# the upstream reads them without sendfile over TLS), so /dev/shm holds no 1 GiB.
+truncate -s "$H2BULK_BYTES" "$TMP/www/bulk"
+truncate -s $((256 << 20)) "$TMP/www/bulk-warmup"
 
 # ------------------------------------------------------------------------------------
 # Output files, run metadata.
@@ -373,6 +395,8 @@ META=$TMP/meta.txt
     echo "warmup=$WARMUP"
     echo "tunnel_bytes=$TUNNEL_BYTES"
     echo "idle_count=$IDLE_COUNT"
+    echo "h2idle_count=$H2IDLE_COUNT"
+    echo "h2bulk_bytes=$H2BULK_BYTES"
     echo "ka10k_conns=$KA10K_CONNS"
     echo "delay_ms=$DELAY_MS"
     echo "load_cpu=$LOAD_CPU"
@@ -432,6 +456,22 @@ print(data.split(b" ")[1].decode(), len(data.split(b"\r\n\r\n", 1)[1]))
 EOF
     ) || die "upstream nginx answers wrongly over TLS"
     [[ $got == "200 1024" ]] || die "upstream nginx answers wrongly over TLS: $got"
+    # The HTTP/2 origin picks h2 in ALPN (and the HTTP/1.1 one does not); h2bulk's file is there.
+    got=$(python3 - "$ORIGIN_TLS_PORT" "$ORIGIN_H2_PORT" "$TLS/ca.pem" "$UP_PORT" <<'EOF'
+import http.client, socket, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[3])
+ctx.set_alpn_protocols(["h2", "http/1.1"])
+alpn = []
+for port in sys.argv[1:3]:
+    with socket.create_connection(("127.0.0.1", int(port))) as raw, ctx.wrap_socket(raw, server_hostname="origin.test") as s:
+        alpn.append(s.selected_alpn_protocol() or "none")
+c = http.client.HTTPConnection("127.0.0.1", int(sys.argv[4]), timeout=5)
+c.request("HEAD", "/bulk")
+r = c.getresponse()
+print(*alpn, r.status, r.getheader("Content-Length"))
+EOF
+    ) || die "upstream nginx answers wrongly (HTTP/2 listener)"
+    [[ $got == "http/1.1 h2 200 $H2BULK_BYTES" ]] || die "upstream nginx answers wrongly (ALPN of the TLS and h2 listeners, /bulk): $got"
     # The browse site: every resource at its size, with the static-asset headers; and the
     # request counter ka10k reads.
     got=$(python3 - "$UP_PORT" "$BROWSE_LIST" <<'EOF'
@@ -465,7 +505,8 @@ PROXY_PID=""
 PROXY_PIDS=() # the proxy's process and its children (nginx's workers)
 PROXY_NAME=""
 PROXY_LOG=""
-PROXY_TLS=0 # 1 in the tls_* scenarios: Sluice gets the origin's CA and name, HAProxy its TLS config
+PROXY_TLS=0 # 1 in the tls_* and h2* scenarios: Sluice gets the origin's CA and name, HAProxy its TLS config
+PROXY_H2="" # h1origin or h2origin in the h2* scenarios: HAProxy and nginx get their HTTP/2 configs
 start_proxy() {
     local name=$1 tag=$2
     PROXY_NAME=$name
@@ -481,11 +522,17 @@ start_proxy() {
         haproxy)
             local cfg=$TMP/haproxy.cfg
             ((PROXY_TLS)) && cfg=$TMP/haproxy-tls.cfg
+            [[ $PROXY_H2 == h1origin ]] && cfg=$TMP/haproxy-h2.cfg
+            [[ $PROXY_H2 == h2origin ]] && cfg=$TMP/haproxy-h2h2.cfg
             start_bg "$PROXY_CPU" "$PROXY_LOG" haproxy -f "$cfg" -db ;;
         haproxy_tcp)
             start_bg "$PROXY_CPU" "$PROXY_LOG" haproxy -f "$TMP/haproxy-tcp.cfg" -db ;;
         nginx)
-            start_bg "$PROXY_CPU" "$PROXY_LOG" nginx -c "$TMP/nginx-proxy.conf" -p "$TMP/nginx-proxy" ;;
+            if [[ -n $PROXY_H2 ]]; then
+                start_bg "$PROXY_CPU" "$PROXY_LOG" nginx -c "$TMP/nginx-h2.conf" -p "$TMP/nginx-h2"
+            else
+                start_bg "$PROXY_CPU" "$PROXY_LOG" nginx -c "$TMP/nginx-proxy.conf" -p "$TMP/nginx-proxy"
+            fi ;;
     esac
     PROXY_PID=$BG_PID
     PROXY_PIDS=("$BG_PID")
@@ -844,6 +891,145 @@ scenario_tls_handshake() {
     PROXY_TLS=0
 }
 
+# HTTP/2 scenarios. The client speaks h2 over TLS (ALPN h2) to the proxy, asking for
+# https://origin.test:PORT/... (SNI origin.test, :authority origin.test:PORT): Sluice
+# intercepts with a forged certificate and forwards each stream to the origin it names
+# (origin.test pinned with --resolve, verified with --upstream-ca, as in the tls_* rows);
+# HAProxy (peers/haproxy-h2.cfg.tmpl) and nginx (peers/nginx-h2.conf.tmpl) terminate with
+# the static certificate and forward over TLS. PORT is the origin's HTTP/1.1 TLS listener,
+# or its h2 listener in h2h2 (h2 on both legs). h2load checks ALPN: a run that did not speak
+# h2 to the proxy is recorded as failed (record.py --expect-alpn).
+sluice_h2_set() { # sluice_h2_set NAME: --set arguments with Sluice's origin-session and refusal counters
+    [[ $1 == sluice* ]] || return 0
+    python3 - "$ADMIN_PORT" <<'EOF' || true
+import sys, urllib.request
+keys = {"sluice_h2_origin_sessions_total": "h2_origin_sessions", "sluice_connections_rejected_total": "clients_refused"}
+for line in urllib.request.urlopen("http://127.0.0.1:%s/metrics" % sys.argv[1], timeout=5).read().decode().splitlines():
+    k, _, v = line.partition(" ")
+    if k in keys:
+        print("--set %s=%s" % (keys[k], v.split(".")[0]), end=" ")
+EOF
+}
+
+run_h2mux() { # run_h2mux SECONDS OUTFILE LOGFILE URL: h2load -c10 -m100 through the proxy
+    local logargs=()
+    [[ -n $3 ]] && logargs=(--log-file="$3")
+    run_fg taskset -c "$LOAD_CPU" h2load -c10 -m100 -t1 -D"$1" "${logargs[@]}" \
+        --connect-to="127.0.0.1:$PROXY_PORT" "$4" >"$2" 2>&1
+}
+
+# h2tls / h2h2: 10 clients × 100 concurrent streams, 1 KiB responses, capped like the other
+# capacity rows; CPU µs per request, req/s, latencies from h2load's --log-file, and the
+# upstream's request and connection counters (snapreq) for the origin connections opened;
+# for Sluice also the origin h2 sessions it opened and the clients it refused since it
+# started (warm-up included: a session shared per origin and worker makes that 1 in h2h2).
+scenario_h2mux() {
+    local sc=$1 r name out c0 c1 st m0 m1 url proxies
+    PROXY_TLS=1
+    if [[ $sc == h2h2 ]]; then
+        PROXY_H2=h2origin url="https://origin.test:$ORIGIN_H2_PORT/1k" proxies=("${H2_ORIGIN_PROXIES[@]}")
+    else
+        PROXY_H2=h1origin url="https://origin.test:$ORIGIN_TLS_PORT/1k" proxies=("${H2_PROXIES[@]}")
+    fi
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) "${proxies[@]}"); do
+            log "$sc: round $r/$ROUNDS: $name"
+            start_measured "$name" "$sc" "$r" || continue
+            out=$TMP/logs/$LOGN-$name-$sc-r$r.h2load
+            run_h2mux "$WARMUP" "$out.warmup" "" "$url" || true
+            if proxy_died "$sc" "$name" "$r"; then continue; fi
+            m0=$(sluice_cert_counts "$name")
+            c0=$(snapreq "${PROXY_PIDS[@]}")
+            if ! run_h2mux "$DURATION" "$out" "$out.log" "$url"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                    --error "h2load failed: $(tail -3 "$out" | tr '\n' ' ')"
+            else
+                c1=$(snapreq "${PROXY_PIDS[@]}")
+                m1=$(sluice_cert_counts "$name")
+                if ! proxy_died "$sc" "$name" "$r"; then
+                    # shellcheck disable=SC2046
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --snap "$c0" "$c1" \
+                        --h2load "$out" --h2load-log "$out.log" --expect-alpn h2 --log "$PROXY_LOG" $(certs_set "$name" "$m0" "$m1") \
+                        $(sluice_h2_set "$name")
+                fi
+            fi
+            rm -f "$out.log"
+            st=0; stop_proxy || st=$?
+            after_stop "$sc" "$name" "$r" "$st"
+        done
+    done
+    PROXY_TLS=0 PROXY_H2=""
+}
+
+# h2bulk: one download of H2BULK_BYTES over one h2 stream (h2load -n1 -c1 -m1, its windows
+# 2^30-1), through the proxy from the HTTP/1.1 TLS origin, or (direct) the same client
+# straight to the origin's h2 listener. After a 256 MiB warm-up on the same path. Uncapped,
+# like tunnel: GiB/s from h2load's data bytes over its time, proxy CPU-s per GiB.
+run_h2bulk() { # run_h2bulk NAME PATH OUTFILE
+    local to=127.0.0.1:$PROXY_PORT url=https://origin.test:$ORIGIN_TLS_PORT$2
+    [[ $1 == direct ]] && to=127.0.0.1:$ORIGIN_H2_PORT url=https://origin.test:$ORIGIN_H2_PORT$2
+    run_fg taskset -c "$LOAD_CPU" h2load -n1 -c1 -m1 -t1 --connect-to="$to" "$url" >"$3" 2>&1
+}
+
+scenario_h2bulk() {
+    local sc=h2bulk r name out c0 c1 st
+    PROXY_TLS=1 PROXY_H2=h1origin
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) "${H2_ORIGIN_PROXIES[@]}" direct); do
+            log "$sc: round $r/$ROUNDS: $name ($((H2BULK_BYTES >> 20)) MiB)"
+            PROXY_PIDS=() PROXY_LOG=/dev/null
+            if [[ $name != direct ]] && ! start_measured "$name" "$sc" "$r"; then continue; fi
+            out=$TMP/logs/$LOGN-$name-$sc-r$r.h2load
+            run_h2bulk "$name" /bulk-warmup "$out.warmup" || true
+            if [[ $name != direct ]] && proxy_died "$sc" "$name" "$r"; then continue; fi
+            c0=$(snap "${PROXY_PIDS[@]}")
+            if run_h2bulk "$name" /bulk "$out"; then
+                c1=$(snap "${PROXY_PIDS[@]}")
+                if [[ $name == direct ]] || ! proxy_died "$sc" "$name" "$r"; then
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --snap "$c0" "$c1" \
+                        --h2load "$out" --h2load-bulk "$H2BULK_BYTES" --expect-alpn h2 --log "$PROXY_LOG"
+                fi
+            elif [[ $name == direct ]] || ! proxy_died "$sc" "$name" "$r"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                    --error "h2load failed: $(tail -3 "$out" | tr '\n' ' ')"
+            fi
+            if [[ $name != direct ]]; then
+                st=0; stop_proxy || st=$?
+                after_stop "$sc" "$name" "$r" "$st"
+            fi
+        done
+    done
+    PROXY_TLS=0 PROXY_H2=""
+}
+
+# h2idle: memory per idle HTTP/2 client connection (tools/h2idle.py): H2IDLE_COUNT TLS
+# connections with ALPN h2 send the preface and SETTINGS, acknowledge the proxy's SETTINGS,
+# wait for the proxy's acknowledgement of theirs, and then stay silent; VmRSS before and after.
+scenario_h2idle() {
+    local sc=h2idle r name out st
+    PROXY_TLS=1 PROXY_H2=h1origin
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for name in $(rotate $((r - 1)) "${H2_ORIGIN_PROXIES[@]}"); do
+            log "$sc: round $r/$ROUNDS: $name ($H2IDLE_COUNT clients)"
+            start_measured "$name" "$sc" "$r" || continue
+            out=$TMP/logs/$LOGN-$name-$sc-r$r.json
+            if run_fg taskset -c "$LOAD_CPU" python3 "$TOOLS/h2idle.py" --target "127.0.0.1:$PROXY_PORT" \
+                --sni origin.test --count "$H2IDLE_COUNT" \
+                --pids "$(IFS=,; echo "${PROXY_PIDS[*]}")" >"$out" 2>"$out.err"; then
+                if ! proxy_died "$sc" "$name" "$r"; then
+                    record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --json "$out" --log "$PROXY_LOG"
+                fi
+            elif ! proxy_died "$sc" "$name" "$r"; then
+                record --set "scenario=$sc" --set "proxy=$name" --set "round=$r" --log "$PROXY_LOG" \
+                    --error "h2 idle client failed: $(tail -2 "$out.err" | tr '\n' ' ')"
+            fi
+            st=0; stop_proxy || st=$?
+            after_stop "$sc" "$name" "$r" "$st"
+        done
+    done
+    PROXY_TLS=0 PROXY_H2=""
+}
+
 # browse_check: one second of tools/browse.lua straight at the upstream, with the heads
 # printed (`-- print`): the script works, every answer is a 200, and the run's metadata gets
 # the size of the request heads and the number of response headers.
@@ -887,6 +1073,9 @@ for sc in "${SCENARIOS[@]}"; do
         idle) scenario_idle ;;
         tls_ka1k) scenario_tls_ka1k ;;
         tls_handshake) scenario_tls_handshake ;;
+        h2tls | h2h2) scenario_h2mux "$sc" ;;
+        h2bulk) scenario_h2bulk ;;
+        h2idle) scenario_h2idle ;;
         *) scenario_wrk "$sc" ;;
     esac
 done

@@ -35,7 +35,8 @@ python3 - "${raw[0]}" "$SCENARIO" <<'EOF'
 import json, sys
 raw, scenario = sys.argv[1], sys.argv[2]
 recs = [json.loads(l) for l in open(raw) if l.strip()]
-# The proxies run.sh measures in each scenario (proxies_for, TLS_PROXIES, the tunnel's paths);
+# The proxies run.sh measures in each scenario (proxies_for, TLS_PROXIES, H2_ORIGIN_PROXIES,
+# the tunnel's and h2bulk's paths);
 # ka10k has an nginx row only when the open-files limit leaves nginx room for it.
 expected = {
     "ka1k": {"sluice", "haproxy", "haproxy_tcp", "nginx"},
@@ -43,6 +44,9 @@ expected = {
     "ka10k": {"sluice", "haproxy"},
     "tunnel": {"sluice", "haproxy", "direct"},
     "tls_ka1k": {"sluice", "haproxy"},
+    "h2h2": {"sluice", "haproxy"},
+    "h2bulk": {"sluice", "haproxy", "direct"},
+    "h2idle": {"sluice", "haproxy"},
 }.get(scenario, {"sluice", "haproxy", "nginx"})
 optional = {"ka10k": {"nginx"}}.get(scenario, set())
 ok = {r["proxy"] for r in recs if r.get("scenario") == scenario and "error" not in r and r.get("kind") != "stop"}

@@ -5,12 +5,17 @@
               [--snap SNAP_BEFORE SNAP_AFTER | --cpu TICKS_BEFORE TICKS_AFTER] \\
               [--clk-tck 100] [--wrk WRK_OUTPUT_FILE] [--json JSON_FILE] \\
               [--h2load H2LOAD_OUTPUT_FILE [--h2load-log H2LOAD_LOG_FILE]] \\
+              [--h2load-bulk BYTES] [--expect-alpn PROTOCOL] \\
               [--error MESSAGE] [--log PROXY_LOG]
 
 --wrk parses wrk's output (run with --latency): requests, seconds, rps, p50_us, p99_us,
 errors (socket errors + non-2xx/3xx responses). --h2load does the same for h2load's
 output (errors: failed requests + 4xx/5xx), with p50_us and p99_us computed from its
---log-file (tab-separated: start, status, microseconds) given as --h2load-log. --json merges a tool's JSON object
+--log-file (tab-separated: start, status, microseconds) given as --h2load-log; it also records
+the protocol h2load negotiated (alpn), and --expect-alpn h2 makes any other one an error (a
+proxy that answered in HTTP/1.1 measured the wrong thing). --h2load-bulk BYTES reads a
+one-request download (h2bulk): bytes (h2load's data bytes, which must be BYTES) and gib_per_s
+over h2load's time. --json merges a tool's JSON object
 (tunnel.py, idle.py). --snap takes two `proc.py snap` lines taken around the run: the
 proxy's CPU ticks, both cores' busy ticks and the wall clock; it adds wall_seconds,
 load_core_busy_pct, proxy_core_busy_pct and implies --cpu. Two `proc.py snapreq` lines
@@ -78,6 +83,7 @@ def parse_h2load(text, log_path=None):
     if not m2:
         raise ValueError("no 'requests:' line in h2load output")
     out["requests"] = int(m2.group(4))
+    out["started"] = int(m2.group(2))
     out["rps"] = out["requests"] / out["seconds"] if out["seconds"] else float(m.group(2))
     errors = int(m2.group(5))
     m3 = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
@@ -85,6 +91,12 @@ def parse_h2load(text, log_path=None):
         out["non_2xx"] = int(m3.group(3)) + int(m3.group(4))
         errors += out["non_2xx"]
     out["errors"] = errors
+    m4 = re.search(r"^Application protocol: (\S+)", text, re.M)
+    out["alpn"] = m4.group(1) if m4 else None
+    # traffic: 1.00GB (1073742003) total, 143B (143) headers (space savings 0.00%), 1.00GB (1073741824) data
+    m5 = re.search(r"^traffic: .*?\((\d+)\) total, .*?\((\d+)\) headers .*?, .*?\((\d+)\) data", text, re.M)
+    if m5:
+        out["data_bytes"] = int(m5.group(3))
     if log_path:
         lat = []
         with open(log_path) as f:
@@ -113,6 +125,8 @@ def main():
     p.add_argument("--json")
     p.add_argument("--h2load")
     p.add_argument("--h2load-log")
+    p.add_argument("--h2load-bulk", type=int, metavar="BYTES")
+    p.add_argument("--expect-alpn")
     p.add_argument("--error")
     p.add_argument("--log", help="proxy log; its tail is kept when the measurement had errors")
     args = p.parse_args()
@@ -134,6 +148,17 @@ def main():
         if args.h2load:
             with open(args.h2load) as f:
                 rec.update(parse_h2load(f.read(), args.h2load_log))
+            if not rec.get("requests"):
+                raise ValueError("h2load completed no request (%s started): the proxy refused its connections "
+                                 "or answered none of their streams" % rec.get("started"))
+            if args.expect_alpn and rec.get("alpn") != args.expect_alpn:
+                raise ValueError("h2load negotiated %s, not %s" % (rec.get("alpn"), args.expect_alpn))
+            if args.h2load_bulk:
+                if rec.get("requests") != 1 or rec.get("data_bytes") != args.h2load_bulk:
+                    raise ValueError("download incomplete: %s requests succeeded, %s of %d bytes"
+                                     % (rec.get("requests"), rec.get("data_bytes"), args.h2load_bulk))
+                rec["bytes"] = rec["data_bytes"]
+                rec["gib_per_s"] = rec["bytes"] / (1 << 30) / rec["seconds"]
         if args.json:
             with open(args.json) as f:
                 rec.update(json.loads(f.read().strip().splitlines()[-1]))
@@ -166,6 +191,8 @@ def main():
             rec["cpu_pct"] = 100.0 * rec["cpu_s"] / span
         if rec.get("bytes"):
             rec["cpu_s_per_gib"] = rec["cpu_s"] / (rec["bytes"] / (1 << 30))
+        if args.h2load_bulk:
+            rec.pop("cpu_us_per_req", None)  # one request: CPU per GiB is the figure
     if args.error:
         rec["error"] = args.error
     if args.log and ("error" in rec or rec.get("errors") or rec.get("failed") or rec.get("closed")):
@@ -200,6 +227,8 @@ def summary(rec):
         parts.append("%.3f CPU-s/GiB" % rec["cpu_s_per_gib"])
     if "bytes_per_conn" in rec and rec["bytes_per_conn"] is not None:
         parts.append("%.0f bytes/idle conn (%d ok, %d failed, %d closed)" % (rec["bytes_per_conn"], rec["ok"], rec["failed"], rec["closed"]))
+    if "h2_origin_sessions" in rec:
+        parts.append("%d origin h2 sessions opened, %d clients refused" % (rec["h2_origin_sessions"], rec.get("clients_refused", 0)))
     if "certs_minted" in rec:
         parts.append("%d certs minted, %d cache hits" % (rec["certs_minted"], rec.get("cert_cache_hits", 0)))
     if rec.get("errors"):

@@ -36,6 +36,11 @@ HTTP_SCENARIOS = [
     ("paced1k", "keep-alive 1 KiB at a fixed offered load (64 connections, {delay} ms pause between requests)"),
     ("tls_ka1k", "TLS keep-alive, 1 KiB responses, 64 connections (`h2load --h1`; Sluice intercepts with a forged "
                  "certificate, HAProxy terminates with a static one; both forward over TLS to the origin; no nginx peer)"),
+    ("h2tls", "HTTP/2 over TLS (ALPN h2), 10 connections × 100 concurrent streams, 1 KiB responses (`h2load -c10 -m100`); "
+              "Sluice intercepts, HAProxy and nginx terminate with a static certificate; all forward over TLS to the "
+              "HTTP/1.1 origin"),
+    ("h2h2", "the same towards the origin's HTTP/2 listener: h2 on both legs (Sluice and HAProxy; nginx cannot "
+             "proxy to an HTTP/2 origin)"),
 ]
 
 # (key, label, unit scale, format, which way is better)
@@ -222,7 +227,7 @@ def build(recs, meta, svg_name):
             if key != "p50_us":
                 chart.append(("%s %s" % (sc, label), better, rts))
     if http_rows:
-        lines.append("## HTTP/1.1 through the proxy")
+        lines.append("## HTTP through the proxy (HTTP/1.1; HTTP/2 on the client leg in `h2tls`, `h2h2`)")
         lines.append("")
         for sc, desc in HTTP_SCENARIOS:
             if sc in scenarios_run:
@@ -234,6 +239,15 @@ def build(recs, meta, svg_name):
         lines.append("Ratios Sluice / peer (below 1 is better for Sluice where lower is better, above 1 where higher is):")
         lines.append("")
         lines.append(md_table(["scenario", "figure", "better"] + ["Sluice / %s" % NAMES[p] for p in peers_run], ratio_rows))
+        lines.append("")
+    h2s = [(sc, r) for sc in ("h2tls", "h2h2") for r in recs
+           if r.get("scenario") == sc and r.get("proxy") == "sluice" and "h2_origin_sessions" in r]
+    if h2s:
+        lines.append("Sluice's origin HTTP/2 sessions opened and clients refused (`sluice_h2_origin_sessions_total`, "
+                     "`sluice_connections_rejected_total`, since its start, warm-up included; one session per origin "
+                     "and worker is the design, so 1 in `h2h2`, 0 in `h2tls`): "
+                     + "; ".join("`%s` round %s: %s sessions, %s refused" % (sc, r.get("round"), r["h2_origin_sessions"],
+                                                                          r.get("clients_refused", "?")) for sc, r in h2s) + ".")
         lines.append("")
     if "ka10k" in scenarios_run and "ka1k" in scenarios_run:
         lines.append("From 64 to %s busy clients: each proxy's CPU µs/req in `ka10k` over its own in `ka1k` "
@@ -331,6 +345,76 @@ def build(recs, meta, svg_name):
         lines.append("")
         chart.append(("idle bytes/conn", "lower", rts))
 
+    # ---------------------------------------------------------------- HTTP/2 bulk download
+    if "h2bulk" in scenarios_run:
+        lines.append("## One HTTP/2 download over one stream")
+        lines.append("")
+        lines.append(
+            "%.2f GiB in one h2 stream over TLS (`h2load -n1 -c1 -m1`, its windows 2^30−1, on CPU %s): through the "
+            "proxy from the HTTP/1.1 TLS origin (Sluice intercepting, HAProxy terminating), or direct: the same client "
+            "straight to the origin's h2 listener. GiB/s is the body bytes over h2load's time; uncapped."
+            % (int(meta.get("h2bulk_bytes", "0")) / (1 << 30), meta.get("load_cpu", "?"))
+        )
+        lines.append("")
+        direct = values(recs, "h2bulk", "direct", "gib_per_s")
+        rows = []
+        for p in ("sluice", "sluice_base", "haproxy", "direct"):
+            rs = [r for r in recs if r.get("scenario") == "h2bulk" and r.get("proxy") == p]
+            if not rs:
+                continue
+            g = values(recs, "h2bulk", p, "gib_per_s")
+            vs_direct = "%.2f" % (statistics.median(g) / statistics.median(direct)) if g and direct else "—"
+            failed = sum(1 for r in rs if "error" in r and r.get("kind") != "stop")
+            rows.append([
+                NAMES[p], cell(g, "{:.2f}"),
+                cell(values(recs, "h2bulk", p, "cpu_s_per_gib"), "{:.3f}") if p != "direct" else "—",
+                cell(values(recs, "h2bulk", p, "cpu_pct"), "{:.0f}") if p != "direct" else "—",
+                busy_cell(recs, "h2bulk", p), vs_direct,
+                ("**%d run%s failed**" % (failed, "" if failed == 1 else "s")) if failed else "",
+            ])
+        lines.append(md_table(["path", "GiB/s", "proxy CPU-s/GiB", "proxy CPU %", "cores busy % load / proxy", "throughput / direct", "problems"], rows))
+        lines.append("")
+        rt_g = ratio(recs, "h2bulk", "sluice", "haproxy", "gib_per_s")
+        rt_c = ratio(recs, "h2bulk", "sluice", "haproxy", "cpu_s_per_gib")
+        lines.append(md_table(["figure", "better", "Sluice / HAProxy"],
+                              [["GiB/s", "higher", ratio_cell(rt_g)], ["CPU-s/GiB", "lower", ratio_cell(rt_c)]]))
+        lines.append("")
+        chart.append(("h2bulk GiB/s", "higher", {"haproxy": rt_g, "nginx": None}))
+        chart.append(("h2bulk CPU-s/GiB", "lower", {"haproxy": rt_c, "nginx": None}))
+
+    # ---------------------------------------------------------------- HTTP/2 idle memory
+    if "h2idle" in scenarios_run:
+        lines.append("## Memory per idle HTTP/2 client connection")
+        lines.append("")
+        lines.append(
+            "RSS delta (VmRSS of the proxy's processes) over %s TLS connections with ALPN h2 that sent the preface "
+            "and SETTINGS, exchanged the SETTINGS acknowledgements and then stayed silent (no stream), divided by "
+            "the connections (`tools/h2idle.py`). TLS state included: Sluice holds a forged-certificate session, "
+            "HAProxy an OpenSSL one." % meta.get("h2idle_count", "?")
+        )
+        lines.append("")
+        rows = []
+        for p in PROXIES:
+            rs = [r for r in recs if r.get("scenario") == "h2idle" and r.get("proxy") == p]
+            if not rs:
+                continue
+            g = good(recs, "h2idle", p)
+            failed = sum(1 for r in rs if "error" in r and r.get("kind") != "stop")
+            b = values(recs, "h2idle", p, "bytes_per_conn")
+            rss = "%s → %s" % (
+                cell([r["rss_before_kib"] for r in g], "{:.0f}"), cell([r["rss_after_kib"] for r in g], "{:.0f}")
+            ) if g else "—"
+            okc = "/".join(str(sum(r.get(k, 0) for r in g)) for k in ("ok", "failed", "closed")) if g else "—"
+            if failed:
+                okc += " · **%d run%s failed**" % (failed, "" if failed == 1 else "s")
+            rows.append([NAMES[p], cell(b, "{:.0f}"), cell(b, "{:.2f}", 1 / 1024), rss, okc])
+        lines.append(md_table(["proxy", "bytes/conn", "KiB/conn", "RSS KiB before → after", "clients ok/failed/closed (all rounds)"], rows))
+        lines.append("")
+        rt = ratio(recs, "h2idle", "sluice", "haproxy", "bytes_per_conn")
+        lines.append(md_table(["figure", "better", "Sluice / HAProxy"], [["bytes/conn", "lower", ratio_cell(rt)]]))
+        lines.append("")
+        chart.append(("h2idle bytes/conn", "lower", {"haproxy": rt, "nginx": None}))
+
     # ---------------------------------------------------------------- TLS handshakes
     hs = [sc for sc in ("tls_hs_hit", "tls_hs_miss") if sc in scenarios_run]
     if hs:
@@ -411,8 +495,20 @@ def build(recs, meta, svg_name):
     target("TLS handshake CPU/conn (hit), Sluice / HAProxy", ratio(recs, "tls_hs_hit", "sluice", "haproxy", "cpu_us_per_req"), 0.6, "<=", 3)
     target("TLS handshake CPU/conn (miss), Sluice / HAProxy", ratio(recs, "tls_hs_miss", "sluice", "haproxy", "cpu_us_per_req"), 0.6, "<=", 3)
     target("tunnel throughput, Sluice / HAProxy", ratio(recs, "tunnel", "sluice", "haproxy", "gib_per_s"), 1.2, ">=", 3)
+    target("CPU/req HTTP/2 over TLS (h2tls), Sluice / HAProxy", ratio(recs, "h2tls", "sluice", "haproxy", "cpu_us_per_req"), 0.8, "<=", 14)
+    target("CPU/req HTTP/2 on both legs (h2h2), Sluice / HAProxy", ratio(recs, "h2h2", "sluice", "haproxy", "cpu_us_per_req"), 0.8, "<=", 14)
+    g, d = values(recs, "h2bulk", "sluice", "gib_per_s"), values(recs, "h2bulk", "direct", "gib_per_s")
+    if g and d:
+        target("one h2 stream download (h2bulk), Sluice / direct", (statistics.median(g) / statistics.median(d), []), 0.7, ">=", 14)
+    for sc, name in (("h2bulk", "one h2 stream download (h2bulk) GiB/s"), ):
+        rt = ratio(recs, sc, "sluice", "haproxy", "gib_per_s")
+        if rt is not None:
+            targets.append(["%s, Sluice / HAProxy" % name, "reported", "%.2f" % rt[0], "—", "14"])
+    rt = ratio(recs, "h2idle", "sluice", "haproxy", "bytes_per_conn")
+    if rt is not None:
+        targets.append(["memory per idle HTTP/2 client (h2idle), Sluice / HAProxy", "reported", "%.2f" % rt[0], "—", "14"])
     if targets:
-        lines.append("## Targets of issues 3 and 11, on this run")
+        lines.append("## Targets of issues 3, 11 and 14, on this run")
         lines.append("")
         lines.append(md_table(["target", "goal", "measured", "met", "issue"], targets))
         lines.append("")
