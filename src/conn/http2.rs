@@ -212,9 +212,9 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
             tracing::info!(conn = %io.id(), kind = flood.label(), "HTTP/2 flood: GOAWAY ENHANCE_YOUR_CALM");
             h2::Reason::ENHANCE_YOUR_CALM
         }
-        Some(Verdict::FirstFrameNotSettings) => {
-            tracing::debug!(conn = %io.id(), "HTTP/2 client's first frame is not SETTINGS: GOAWAY PROTOCOL_ERROR");
-            h2::Reason::PROTOCOL_ERROR
+        Some(Verdict::Violation(reason)) => {
+            tracing::debug!(conn = %io.id(), ?reason, "HTTP/2 connection error in a frame header");
+            reason
         }
     };
     ctx.stats.h2_goaway(true, reason);

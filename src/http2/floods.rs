@@ -38,8 +38,11 @@ impl Flood {
 pub enum Verdict {
     /// Too many frames of a kind: GOAWAY ENHANCE_YOUR_CALM.
     Flood(Flood),
-    /// The client's first frame is not SETTINGS (RFC 9113 §3.4): GOAWAY PROTOCOL_ERROR.
-    FirstFrameNotSettings,
+    /// A connection error the frame header alone shows (RFC 9113): the client's first
+    /// frame is not SETTINGS (§3.4, PROTOCOL_ERROR), or a frame of fixed size has another
+    /// (§6.3, §6.4, §6.5, §6.7, §6.9: FRAME_SIZE_ERROR). Checked here because the `h2`
+    /// crate answers some of them with another code.
+    Violation(h2::Reason),
 }
 
 /// Limits per second (and CONTINUATION frames per header block).
@@ -125,7 +128,10 @@ impl FloodWatch {
             let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
             self.payload_left = len;
             if std::mem::take(&mut self.first) && (h[3] != 0x4 || h[4] & 0x1 != 0) {
-                return Some(Verdict::FirstFrameNotSettings);
+                return Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR));
+            }
+            if let Some(reason) = bad_size(h[3], h[4], len) {
+                return Some(Verdict::Violation(reason));
             }
             if let Some(f) = self.count(h[3], h[4], len) {
                 return Some(Verdict::Flood(f));
@@ -161,6 +167,21 @@ impl FloodWatch {
         self.counts[slot] += 1;
         (self.counts[slot] > limit).then_some(flood)
     }
+}
+
+/// A frame whose length its type fixes, with another length.
+fn bad_size(kind: u8, flags: u8, len: usize) -> Option<h2::Reason> {
+    const ACK: u8 = 0x1;
+    let bad = match kind {
+        0x2 => len != 5,                     // PRIORITY
+        0x3 => len != 4,                     // RST_STREAM
+        0x4 if flags & ACK != 0 => len != 0, // SETTINGS ACK
+        0x4 => !len.is_multiple_of(6),       // SETTINGS
+        0x6 => len != 8,                     // PING
+        0x8 => len != 4,                     // WINDOW_UPDATE
+        _ => false,
+    };
+    bad.then_some(h2::Reason::FRAME_SIZE_ERROR)
 }
 
 #[cfg(test)]
@@ -213,11 +234,28 @@ mod tests {
         let mut w = FloodWatch::new(FloodLimits::default());
         let now = Instant::now();
         assert_eq!(w.scan(&[0; 24], now), None);
-        assert_eq!(w.scan(&frame(0x6, 0, &[0; 8]), now), Some(Verdict::FirstFrameNotSettings));
+        assert_eq!(w.scan(&frame(0x6, 0, &[0; 8]), now), Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR)));
         let mut ok = FloodWatch::new(FloodLimits::default());
         assert_eq!(ok.scan(&[0; 24], now), None);
         assert_eq!(ok.scan(&frame(0x4, 0, &[]), now), None);
         assert_eq!(ok.scan(&frame(0x6, 0, &[0; 8]), now), None, "PING after SETTINGS is fine");
+    }
+
+    #[test]
+    fn frames_of_fixed_size_with_another_size_are_frame_size_errors() {
+        let now = Instant::now();
+        let size_error = Some(Verdict::Violation(h2::Reason::FRAME_SIZE_ERROR));
+        for (kind, flags, payload) in
+            [(0x6u8, 0u8, &[0u8; 6][..]), (0x8, 0, &[0; 3]), (0x3, 0, &[0; 5]), (0x2, 0, &[0; 4]), (0x4, 1, &[0; 6])]
+        {
+            let mut w = FloodWatch::new(FloodLimits::default());
+            assert_eq!(w.scan(&[0; 24], now), None);
+            assert_eq!(w.scan(&frame(0x4, 0, &[]), now), None);
+            assert_eq!(w.scan(&frame(kind, flags, payload), now), size_error, "frame type {kind:#x}");
+        }
+        let mut w = FloodWatch::new(FloodLimits::default());
+        assert_eq!(w.scan(&[0; 24], now), None);
+        assert_eq!(w.scan(&frame(0x4, 0, &[0; 7]), now), size_error, "SETTINGS of 7 bytes");
     }
 
     #[test]
