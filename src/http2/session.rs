@@ -61,6 +61,10 @@ struct Stream {
     respond: Option<SendResponse<Bytes>>,
     send: Option<SendStream<Bytes>>,
     reader: ResponseReader,
+    /// Request DATA taken out of `h2` and not in the link yet (at most the window).
+    spill: Vec<u8>,
+    /// `h2` has no more request DATA (trailers may follow).
+    data_ended: bool,
     response_done: bool,
     request_done: bool,
 }
@@ -308,6 +312,8 @@ fn accept(
         respond: Some(respond),
         send: None,
         reader: ResponseReader::new(method),
+        spill: Vec::new(),
+        data_ended: false,
         response_done: false,
         request_done: end_of_stream,
     })
@@ -340,50 +346,62 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
     let exchange = l.exchange;
     let mut moved = false;
     let mut woke = false;
-    // Request body: DATA into the link while it has room; the window reopens only then.
+    // Request body: DATA is copied out of `h2` as soon as it arrives (a received frame
+    // held in `h2` pins a part of its read buffer several times its size), into `spill`,
+    // and from there into the link as it has room. The window reopens only when bytes
+    // reach the link, so `spill` never holds more than the stream's window.
     while let Some(recv) = s.recv.as_mut() {
-        if l.room_for_exchange() == 0 {
+        let room = l.room_for_exchange();
+        if !s.spill.is_empty() && room > 0 {
+            let n = room.min(s.spill.len());
+            match s.body {
+                RequestBody::Chunked => request::push_chunk(&mut l.to_exchange, &s.spill[..n]),
+                _ => l.to_exchange.extend_from_slice(&s.spill[..n]),
+            }
+            s.spill.drain(..n);
+            let _ = recv.flow_control().release_capacity(n);
+            moved = true;
+            woke = true;
+            continue;
+        }
+        if !s.data_ended {
+            match recv.poll_data(cx) {
+                Poll::Ready(Some(Ok(data))) => {
+                    s.spill.extend_from_slice(&data);
+                    moved = true;
+                    continue;
+                }
+                Poll::Ready(None) => s.data_ended = true,
+                Poll::Ready(Some(Err(_))) => {
+                    // Reset by the client, or a stream error (content-length mismatch):
+                    // the exchange stops, nothing more is forwarded.
+                    l.cancelled = true;
+                    s.recv = None;
+                    s.request_done = true;
+                    s.response_done = true;
+                    woke = true;
+                    moved = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        if !s.spill.is_empty() {
             break;
         }
-        match recv.poll_data(cx) {
-            Poll::Ready(Some(Ok(data))) => {
-                let n = data.len();
-                match s.body {
-                    RequestBody::Chunked => request::push_chunk(&mut l.to_exchange, &data),
-                    _ => l.to_exchange.extend_from_slice(&data),
-                }
-                let _ = recv.flow_control().release_capacity(n);
-                moved = true;
-                woke = true;
+        // All of the body is in the link: its end (trailers for a chunked one).
+        if s.body == RequestBody::Chunked {
+            match recv.poll_trailers(cx) {
+                Poll::Ready(Ok(t)) => request::push_last_chunk(&mut l.to_exchange, t.as_ref()),
+                Poll::Ready(Err(_)) => l.cancelled = true,
+                Poll::Pending => break,
             }
-            Poll::Ready(None) => {
-                if s.body == RequestBody::Chunked {
-                    match recv.poll_trailers(cx) {
-                        Poll::Ready(Ok(t)) => request::push_last_chunk(&mut l.to_exchange, t.as_ref()),
-                        Poll::Ready(Err(_)) => {
-                            l.cancelled = true;
-                        }
-                        Poll::Pending => break,
-                    }
-                }
-                l.to_exchange_end = true;
-                s.recv = None;
-                s.request_done = true;
-                moved = true;
-                woke = true;
-            }
-            Poll::Ready(Some(Err(_))) => {
-                // Reset by the client, or a stream error (content-length mismatch): the
-                // exchange stops, nothing more is forwarded.
-                l.cancelled = true;
-                s.recv = None;
-                s.request_done = true;
-                s.response_done = true;
-                woke = true;
-                moved = true;
-            }
-            Poll::Pending => break,
         }
+        l.to_exchange_end = true;
+        s.recv = None;
+        s.request_done = true;
+        moved = true;
+        woke = true;
     }
     // The client may reset a stream whose request is complete.
     if !s.response_done {
