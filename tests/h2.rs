@@ -17,23 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
-use support::h2::{have_python_h2, probe, TlsFront};
+use support::h2::{probe, ready, TlsFront};
 use support::*;
-
-/// Skips (see `support::skip`) unless python3 with `h2` and the given tools are here.
-fn ready(tools: &[&str]) -> bool {
-    if !have_python_h2() {
-        skip("python3 cannot import h2 (run .ci/setup)");
-        return false;
-    }
-    for t in tools {
-        if !have(t) {
-            skip(&format!("{t} is not installed (run .ci/setup)"));
-            return false;
-        }
-    }
-    true
-}
 
 /// curl with `ARGS`, the body to `body`; returns (exit, http_code, http_version, stderr).
 fn curl_h2(args: &[&str], body: &std::path::Path) -> (i32, u16, String, String) {

@@ -9,22 +9,8 @@ mod support;
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::h2::{have_python_h2, probe, Background};
+use support::h2::{probe, ready, Background};
 use support::*;
-
-fn ready(tools: &[&str]) -> bool {
-    if !have_python_h2() {
-        skip("python3 cannot import h2 (run .ci/setup)");
-        return false;
-    }
-    for t in tools {
-        if !have(t) {
-            skip(&format!("{t} is not installed (run .ci/setup)"));
-            return false;
-        }
-    }
-    true
-}
 
 #[test]
 fn early_hints_are_relayed_before_the_final_response() {

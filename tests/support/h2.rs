@@ -460,3 +460,18 @@ impl Drop for Nghttpd {
         let _ = self.child.wait();
     }
 }
+
+/// Skips (see `support::skip`) unless python3 with `h2` and the given tools are here.
+pub fn ready(tools: &[&str]) -> bool {
+    if !have_python_h2() {
+        super::skip("python3 cannot import h2 (run .ci/setup)");
+        return false;
+    }
+    for t in tools {
+        if !super::have(t) {
+            super::skip(&format!("{t} is not installed (run .ci/setup)"));
+            return false;
+        }
+    }
+    true
+}
