@@ -20,22 +20,7 @@ const COMPRESSION_ERROR: u32 = 9;
 const ENHANCE_YOUR_CALM: u32 = 11;
 
 /// The `code` label of `sluice_h2_goaways_total` for each RFC 9113 error code.
-const CODE_NAMES: [&str; 14] = [
-    "NO_ERROR",
-    "PROTOCOL_ERROR",
-    "INTERNAL_ERROR",
-    "FLOW_CONTROL_ERROR",
-    "SETTINGS_TIMEOUT",
-    "STREAM_CLOSED",
-    "FRAME_SIZE_ERROR",
-    "REFUSED_STREAM",
-    "CANCEL",
-    "COMPRESSION_ERROR",
-    "CONNECT_ERROR",
-    "ENHANCE_YOUR_CALM",
-    "INADEQUATE_SECURITY",
-    "HTTP_1_1_REQUIRED",
-];
+const CODE_NAMES: [&str; 14] = sluice::stats::H2_CODES;
 
 /// What an offender may get: a GOAWAY with one of `codes` and then the close; or, where
 /// `http1_answer_ok`, an HTTP/1.1 error answer and the close (a mangled preface is not a

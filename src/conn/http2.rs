@@ -12,6 +12,7 @@ use super::buf::BufId;
 use super::leg::{ClientWait, Side};
 use super::{CloseReason, Connection, Ctx, NextStep, Phase};
 use crate::http2::floods::{FloodLimits, FloodWatch, Verdict};
+use crate::http2::pipe::Pipe;
 use crate::http2::session::{Ending, NewStream, Session};
 use crate::stats;
 use uring::Io;
@@ -112,17 +113,8 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     h2.new = new;
     let streams = h2.session.streams();
     let finished = h2.session.ending().cloned();
-    // Frames out, one slab at a time.
-    if conn.client.writing.is_none() && h2.session.has_outbound() && !conn.out.is_lent() {
-        let (out, pool) = (&mut conn.out, &mut *ctx.pool);
-        let n = h2.session.outbound(|bytes| {
-            let n = out.fill(pool, &bytes[..bytes.len().min(uring::SLAB_SIZE)]);
-            (n, n)
-        });
-        if n > 0 {
-            conn.write(io, ctx, Side::Client, BufId::Out, 0, n);
-        }
-    }
+    let pipe = h2.session.pipe().clone();
+    send_frames(conn, io, ctx, Side::Client, &pipe);
     let Some(h2) = conn.h2.as_mut().and_then(|h| h.client_mut()) else { return NextStep::Close };
     if let Some(ending) = finished {
         if conn.client.writing.is_some() || h2.session.has_outbound() {
@@ -190,6 +182,23 @@ fn plaintext_waiting(conn: &mut Connection, ctx: &mut Ctx<'_>) -> Waiting {
         }
         crate::tls::Plain::Empty if !t.raw_in.is_empty() || t.raw_in.is_lent() => Waiting::Ciphertext,
         crate::tls::Plain::Empty => Waiting::Nothing,
+    }
+}
+
+/// The frames `h2` queued go out on `side` (the client's, or an origin session's), one
+/// slab at a time, when nothing is being written there.
+pub(crate) fn send_frames(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, side: Side, pipe: &Pipe) {
+    if conn.leg(side).writing.is_some() || conn.out.is_lent() {
+        return;
+    }
+    let (out, pool) = (&mut conn.out, &mut *ctx.pool);
+    let n = pipe.with(|q| {
+        let n = out.fill(pool, &q.outbound[..q.outbound.len().min(uring::SLAB_SIZE)]);
+        q.outbound.drain(..n);
+        n
+    });
+    if n > 0 {
+        conn.write(io, ctx, side, BufId::Out, 0, n);
     }
 }
 

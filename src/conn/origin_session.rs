@@ -8,7 +8,6 @@
 //! link from then on. The session slot runs `h2`'s client over the origin leg exactly as
 //! a client session runs its server over the client leg (`conn::http2`).
 
-use super::buf::BufId;
 use super::leg::{Leg, Side};
 use super::{CloseReason, Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::http2::links::LinkId;
@@ -86,17 +85,12 @@ pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'
     slot.upstream = Some(UpstreamConn { key: key.clone(), reused: false, abandoned: false, lease });
     slot.phase = Phase::H2Origin;
     let window = ctx.cfg.h2.initial_stream_window;
-    // The waker names the slot once it has one: made on its first run.
     let token = ctx.origins.reserve(key.clone());
-    let session = OriginSession::new(key, token, link, window, futures_noop_waker(), ctx.now);
+    // The waker names the slot once it has one: it is set on the session's first run.
+    let session = OriginSession::new(key, token, link, window, std::task::Waker::noop().clone(), ctx.now);
     slot.h2 = Some(Box::new(super::http2::H2::Origin(OriginSide { session })));
     ctx.spawn.push(slot);
     true
-}
-
-/// A waker for the moment before the slot exists; replaced on the session's first run.
-fn futures_noop_waker() -> std::task::Waker {
-    std::task::Waker::noop().clone()
 }
 
 /// One run of an origin session slot.
@@ -127,19 +121,8 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     let (streams, max) = (side.session.streams(), side.session.max_streams());
     ctx.origins.update(&side.session.key, side.session.token, streams, max, accepting);
     let finished = side.session.finished();
-    // Frames out.
-    let has_out = side.session.pipe().with(|q| !q.outbound.is_empty());
-    if conn.origin.writing.is_none() && has_out && !conn.out.is_lent() {
-        let (out, pool) = (&mut conn.out, &mut *ctx.pool);
-        let n = side.session.pipe().with(|q| {
-            let n = out.fill(pool, &q.outbound[..q.outbound.len().min(uring::SLAB_SIZE)]);
-            q.outbound.drain(..n);
-            n
-        });
-        if n > 0 {
-            conn.write(io, ctx, Side::Origin, BufId::Out, 0, n);
-        }
-    }
+    let pipe = side.session.pipe().clone();
+    super::http2::send_frames(conn, io, ctx, Side::Origin, &pipe);
     if finished || conn.origin.error.is_some() {
         conn.closing(CloseReason::OriginClosed);
         return NextStep::Close;

@@ -23,6 +23,7 @@ pub use chunked::*;
 pub use error::*;
 pub use fields::{Header, Headers, INLINE_FIELDS};
 pub(crate) use headers::push_u64;
+pub(crate) use headers::{classify, FieldKind};
 pub use headers::{BodyFraming, HeadLimits};
 pub use request::*;
 pub use response::*;

@@ -20,6 +20,42 @@ pub mod session;
 use crate::config::H2Config;
 use std::time::Duration;
 
+/// True for a field HTTP/2 does not carry (RFC 9113 §8.2.2): Connection, the fields it
+/// may name and the other hop-by-hop ones (TE among them: callers that keep `te:
+/// trailers` check it first), Transfer-Encoding, and `Host`, which `:authority` replaces.
+/// The HTTP/1.1 codec's own classification (`h1::classify`), any case.
+pub(crate) fn not_for_http2(name: &str) -> bool {
+    use crate::h1::FieldKind;
+    matches!(
+        crate::h1::classify(name),
+        FieldKind::Connection | FieldKind::TransferEncoding | FieldKind::HopByHop | FieldKind::Host
+    )
+}
+
+/// One DATA frame's worth of `bytes` on `send`, as much as its flow-control window grants
+/// now (capacity is reserved first: `send_data` without it buffers without bound).
+/// `Ok(0)`: no window yet (`h2` wakes the slot when there is); `Err`: the stream is gone.
+pub(crate) fn send_granted(
+    send: &mut h2::SendStream<bytes::Bytes>,
+    cx: &mut std::task::Context<'_>,
+    bytes: &[u8],
+) -> Result<usize, ()> {
+    use std::task::Poll;
+    let want = bytes.len();
+    if send.capacity() < want {
+        send.reserve_capacity(want);
+    }
+    let granted = match send.poll_capacity(cx) {
+        Poll::Ready(Some(Ok(n))) => n.min(want),
+        Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return Err(()),
+        Poll::Pending => send.capacity().min(want),
+    };
+    if granted > 0 {
+        send.send_data(bytes::Bytes::copy_from_slice(&bytes[..granted]), false).map_err(|_| ())?;
+    }
+    Ok(granted)
+}
+
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

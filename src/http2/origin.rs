@@ -227,8 +227,7 @@ impl OriginSession {
         }
     }
 
-    /// Asks the origin to end the session (idle, too old, draining): GOAWAY, then close
-    /// once the streams finished.
+    /// True once `h2` is done with the connection (closed, failed, or never opened).
     pub fn finished(&self) -> bool {
         matches!(self.state, State::Finished)
     }
@@ -257,12 +256,6 @@ fn cancel(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId)) {
 
 const LIMITS: HeadLimits = HeadLimits { max_bytes: 256 * 1024, max_headers: 512 };
 
-/// Fields of an HTTP/1.1 request that HTTP/2 does not carry (RFC 9113 §8.2.2).
-fn connection_specific(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    matches!(n.as_str(), "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "host")
-}
-
 /// The HTTP/2 request for an HTTP/1.1 head the exchange wrote for the origin.
 fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<()>, &'static str> {
     let path = match &head.target {
@@ -288,7 +281,7 @@ fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<
     // is hop-by-hop and was dropped by the exchange.
     headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     for h in head.headers.iter() {
-        if connection_specific(h.name) || h.name.eq_ignore_ascii_case("te") {
+        if super::not_for_http2(h.name) {
             continue;
         }
         let (Ok(name), Ok(value)) =
@@ -406,24 +399,14 @@ fn pump(
                 Event::More if used == 0 => break,
                 Event::Data(range) => {
                     let want = range.len();
-                    if send.capacity() < want {
-                        send.reserve_capacity(want);
-                    }
-                    let granted = match send.poll_capacity(cx) {
-                        Poll::Ready(Some(Ok(n))) => n.min(want),
-                        Poll::Ready(_) => {
-                            fail = true;
-                            break;
-                        }
-                        Poll::Pending => send.capacity().min(want),
+                    let Ok(granted) = super::send_granted(send, cx, &l.to_session[range]) else {
+                        fail = true;
+                        break;
                     };
-                    if granted < want {
-                        body.unread(want - granted);
-                    }
+                    body.unread(want - granted);
                     if granted == 0 {
                         break;
                     }
-                    let _ = send.send_data(Bytes::copy_from_slice(&l.to_session[..granted]), false);
                     l.to_session.drain(..granted);
                     moved = true;
                     woke = true;

@@ -30,10 +30,7 @@ pub type Refusal = &'static str;
 /// Fields that never cross from HTTP/2 into the HTTP/1.1 head: `host` (`:authority`
 /// wins), the framing the translation decides, and connection-specific ones.
 fn skipped(name: &str) -> bool {
-    matches!(
-        name,
-        "host" | "content-length" | "transfer-encoding" | "connection" | "keep-alive" | "proxy-connection" | "upgrade"
-    )
+    name == "content-length" || super::not_for_http2(name)
 }
 
 /// The HTTP/1.1 head for `parts`. `end_of_stream`: the HEADERS frame ended the stream.
@@ -150,7 +147,8 @@ pub fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
     if data.is_empty() {
         return;
     }
-    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    use std::io::Write;
+    let _ = write!(out, "{:x}\r\n", data.len());
     out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }

@@ -59,15 +59,6 @@ pub struct Malformed(pub &'static str);
 
 const LIMITS: HeadLimits = HeadLimits { max_bytes: 256 * 1024, max_headers: 512 };
 
-/// Fields that do not exist in HTTP/2 (RFC 9113 §8.2.2), and the WebSocket handshake's
-/// accept key, which RFC 8441 leaves out.
-fn connection_specific(name: &str) -> bool {
-    matches!(
-        name,
-        "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" | "sec-websocket-accept"
-    )
-}
-
 impl ResponseReader {
     /// A reader for the response to a `method` request.
     pub fn new(method: Method) -> ResponseReader {
@@ -99,6 +90,9 @@ impl ResponseReader {
     /// Gives back the last `n` body bytes a `Data` event reported: they were not sent
     /// (no flow-control window), and come again from the next call.
     pub fn unread(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         let n = n as u64;
         self.state = match self.state {
             State::Length { left } => State::Length { left: left + n },
@@ -236,14 +230,17 @@ fn more_unless_long(buf: &[u8]) -> Result<(Event, usize), Malformed> {
 }
 
 /// HTTP/2 fields from HTTP/1.1 ones: names lower-cased, connection-specific ones and
-/// anything HTTP/2 cannot carry left out.
+/// anything HTTP/2 cannot carry left out (`Host` included: a response has none that
+/// matters, a request's becomes `:authority`).
 fn to_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a [u8])>) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in fields {
-        let Ok(name) = HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) else { continue };
-        if connection_specific(name.as_str()) {
+        // Connection-specific fields (RFC 9113 §8.2.2), and the WebSocket handshake's
+        // accept key, which RFC 8441 leaves out. (`HeaderName` lower-cases the name.)
+        if super::not_for_http2(name) || name.eq_ignore_ascii_case("sec-websocket-accept") {
             continue;
         }
+        let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { continue };
         if let Ok(value) = HeaderValue::from_bytes(value) {
             map.append(name, value);
         }

@@ -125,13 +125,9 @@ impl Session {
         !matches!(self.state, State::Finished) && self.pipe.with(|q| q.inbound_room() > 0)
     }
 
-    /// Frames for the client: the caller copies at most `max` bytes and says how many.
-    pub fn outbound<R>(&self, f: impl FnOnce(&[u8]) -> (usize, R)) -> R {
-        self.pipe.with(|q| {
-            let (n, r) = f(&q.outbound);
-            q.outbound.drain(..n);
-            r
-        })
+    /// The queues `h2` reads from and writes to.
+    pub fn pipe(&self) -> &Pipe {
+        &self.pipe
     }
 
     pub fn has_outbound(&self) -> bool {
@@ -198,7 +194,7 @@ impl Session {
         let waker = self.waker.clone();
         let mut cx = Context::from_waker(&waker);
         for _ in 0..DRIVE_ROUNDS {
-            let mut moved = self.poll_connection(&mut cx, links, me, wake, new);
+            let mut moved = self.poll_connection(&mut cx, links, me, new);
             for s in &mut self.streams {
                 moved |= pump(s, &mut cx, links, wake);
             }
@@ -226,7 +222,6 @@ impl Session {
         cx: &mut Context<'_>,
         links: &mut Links,
         me: uring::ConnId,
-        wake: &dyn Fn(uring::ConnId),
         new: &mut Vec<NewStream>,
     ) -> bool {
         let mut moved = false;
@@ -271,7 +266,6 @@ impl Session {
                 Poll::Pending => break,
             }
         }
-        let _ = wake;
         moved
     }
 }
@@ -469,29 +463,17 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
                     break;
                 };
                 let want = range.len();
-                if send.capacity() < want {
-                    send.reserve_capacity(want);
-                }
-                let granted = match send.poll_capacity(cx) {
-                    Poll::Ready(Some(Ok(n))) => n.min(want),
-                    Poll::Ready(Some(Err(_))) | Poll::Ready(None) => {
-                        s.response_done = true;
-                        l.cancelled = true;
-                        break;
-                    }
-                    Poll::Pending => send.capacity().min(want),
+                let Ok(granted) = super::send_granted(send, cx, &l.to_session[range]) else {
+                    s.response_done = true;
+                    l.cancelled = true;
+                    break;
                 };
+                // The bytes not sent (no window yet) are read again next time.
+                s.reader.unread(want - granted);
                 if granted == 0 {
-                    // Give back the bytes the reader counted: re-read them next time.
-                    s.reader.unread(want);
                     break;
                 }
-                if granted < want {
-                    s.reader.unread(want - granted);
-                }
-                let _ =
-                    send.send_data(Bytes::copy_from_slice(&l.to_session[range.start..range.start + granted]), false);
-                l.to_session.drain(..range.start + granted);
+                l.to_session.drain(..granted);
                 woke = true;
                 moved = true;
                 continue;
