@@ -11,8 +11,9 @@
 use super::buf::BufId;
 use super::leg::{ClientWait, Side};
 use super::{CloseReason, Connection, Ctx, NextStep, Phase};
-use crate::http2::floods::{FloodLimits, FloodWatch, Verdict};
+use crate::http2::floods::{FloodLimits, FrameWatch, Verdict};
 use crate::http2::pipe::Pipe;
+use crate::http2::rules::StreamRules;
 use crate::http2::session::{Ending, NewStream, Session};
 use crate::stats;
 use uring::Io;
@@ -63,7 +64,7 @@ impl H2 {
 #[derive(Debug)]
 pub(crate) struct H2Client {
     session: Session,
-    floods: FloodWatch,
+    floods: FrameWatch,
     /// New streams the last drive opened, waiting for their exchange slots.
     new: Vec<NewStream>,
 }
@@ -80,7 +81,8 @@ impl H2Client {
 pub(crate) fn start(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     let settings = crate::http2::Settings { config: ctx.cfg.h2.clone() };
     let session = Session::new(&settings, ctx.wakes.waker(io.id()));
-    let client = H2Client { session, floods: FloodWatch::new(FloodLimits::default()), new: Vec::new() };
+    let rules = StreamRules::new(ctx.cfg.h2.max_frame_size, ctx.cfg.h2.max_concurrent_streams);
+    let client = H2Client { session, floods: FrameWatch::new(FloodLimits::default(), rules), new: Vec::new() };
     conn.h2 = Some(Box::new(H2::Client(client)));
     conn.protocol = crate::protocol::Protocol::H2;
     stats::bump(&ctx.stats.h2_connections, 1);
@@ -210,8 +212,13 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
     if data.is_empty() {
         return false;
     }
-    let n = h2.session.feed(data);
-    let verdict = h2.floods.scan(&data[..n], ctx.now);
+    let n = data.len().min(h2.session.inbound_room());
+    let session = &mut h2.session;
+    let verdict = h2.floods.filter(&data[..n], ctx.now, &mut |kept| session.feed(kept));
+    if let Some(code) = h2.floods.goaway_received() {
+        ctx.stats.h2_goaway(false, code);
+        tracing::debug!(conn = %io.id(), ?code, "HTTP/2 GOAWAY from the client");
+    }
     conn.client.input.start += n;
     conn.client.input.release_if_empty(ctx.pool);
     let reason = match verdict {

@@ -47,6 +47,9 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
         // Cleartext HTTP/2 with prior knowledge (RFC 9113 §3.3): its preface.
         match crate::http2::preface_state(data) {
             Some(true) => return super::http2::start(conn, io, ctx),
+            // `PRI * HTTP/2.0` then something else: an HTTP/2 client with a broken
+            // preface, answered by `h2` (GOAWAY PROTOCOL_ERROR), not as HTTP/1.1.
+            Some(false) if crate::http2::claims_http2(data) => return super::http2::start(conn, io, ctx),
             None if !conn.client.ended() => return conn.read(io, ctx, Side::Client),
             _ => {}
         }

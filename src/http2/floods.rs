@@ -1,11 +1,14 @@
-//! Our own watch over what a client sends, on top of `h2`'s defences: frame headers are
-//! read as the bytes go by (nothing is buffered), and a client that sends too many frames
-//! of a kind that costs us work without giving any (PING, SETTINGS, empty DATA, resets of
-//! streams, endless CONTINUATION) is told GOAWAY ENHANCE_YOUR_CALM and closed.
+//! Our own watch over what a client sends, on top of `h2`'s defences: frames are read as
+//! the bytes go by (nothing is buffered), and a client that sends too many frames of a
+//! kind that costs us work without giving any (PING, SETTINGS, empty DATA, resets of
+//! streams, endless CONTINUATION) is told GOAWAY ENHANCE_YOUR_CALM and closed. The same
+//! pass applies the stream rules of [`super::rules`] (RFC 9113 errors `h2` answers with
+//! another code, or not at all).
 //!
 //! Rates are counted per second of the worker's clock; a well-behaved client stays far
 //! below every limit (browsers send a handful of each per connection).
 
+use super::rules::StreamRules;
 use std::time::{Duration, Instant};
 
 /// What a client flooded us with.
@@ -38,10 +41,10 @@ impl Flood {
 pub enum Verdict {
     /// Too many frames of a kind: GOAWAY ENHANCE_YOUR_CALM.
     Flood(Flood),
-    /// A connection error the frame header alone shows (RFC 9113): the client's first
-    /// frame is not SETTINGS (§3.4, PROTOCOL_ERROR), or a frame of fixed size has another
-    /// (§6.3, §6.4, §6.5, §6.7, §6.9: FRAME_SIZE_ERROR). Checked here because the `h2`
-    /// crate answers some of them with another code.
+    /// A connection error (RFC 9113): the client's first frame is not SETTINGS (§3.4,
+    /// PROTOCOL_ERROR), a frame of fixed size has another (§6.3, §6.4, §6.5, §6.7, §6.9:
+    /// FRAME_SIZE_ERROR), or a stream rule of [`StreamRules`] is broken. Checked here
+    /// because the `h2` crate answers them with another code, or not at all.
     Violation(h2::Reason),
 }
 
@@ -63,10 +66,30 @@ impl Default for FloodLimits {
 
 const PREFACE_LEN: usize = 24;
 const FRAME_HEADER: usize = 9;
+const GOAWAY: u8 = 0x7;
+
+/// The first 8 bytes of a client's GOAWAY payload (last stream id, error code).
+#[derive(Debug, Default)]
+struct GoawayFrame {
+    head: [u8; 8],
+    have: usize,
+}
+
+impl GoawayFrame {
+    fn take(&mut self, bytes: &[u8]) {
+        let n = (self.head.len() - self.have).min(bytes.len());
+        self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+        self.have += n;
+    }
+
+    fn code(&self) -> u32 {
+        u32::from_be_bytes([self.head[4], self.head[5], self.head[6], self.head[7]])
+    }
+}
 
 /// The watch over one connection's inbound bytes.
 #[derive(Debug)]
-pub struct FloodWatch {
+pub struct FrameWatch {
     limits: FloodLimits,
     /// Preface bytes still to skip.
     preface_left: usize,
@@ -80,11 +103,20 @@ pub struct FloodWatch {
     first: bool,
     window_start: Option<Instant>,
     counts: [u32; 4],
+    rules: StreamRules,
+    /// The client's GOAWAY being read (not passed on).
+    goaway: Option<GoawayFrame>,
+    /// The code of the last GOAWAY read, until [`FrameWatch::goaway_received`] takes it.
+    goaway_code: Option<u32>,
 }
 
-impl FloodWatch {
-    pub fn new(limits: FloodLimits) -> FloodWatch {
-        FloodWatch {
+impl FrameWatch {
+    /// `rules`: the stream rules for the connection's settings.
+    pub fn new(limits: FloodLimits, rules: StreamRules) -> FrameWatch {
+        FrameWatch {
+            rules,
+            goaway: None,
+            goaway_code: None,
             limits,
             preface_left: PREFACE_LEN,
             header: [0; FRAME_HEADER],
@@ -97,8 +129,11 @@ impl FloodWatch {
         }
     }
 
-    /// Looks at the next inbound bytes; the first flood or violation found, if any.
-    pub fn scan(&mut self, mut bytes: &[u8], now: Instant) -> Option<Verdict> {
+    /// Looks at the next inbound bytes, passing on to `keep` those `h2` is to read: all
+    /// but the client's GOAWAY frames (see [`FrameWatch::goaway_received`]) and the bytes
+    /// of a frame header not complete yet (passed on once it is). The first flood or
+    /// violation found, if any (the bytes after it are not passed on).
+    pub fn filter(&mut self, mut bytes: &[u8], now: Instant, keep: &mut dyn FnMut(&[u8])) -> Option<Verdict> {
         match self.window_start {
             Some(t) if now.duration_since(t) < Duration::from_secs(1) => {}
             _ => {
@@ -107,13 +142,35 @@ impl FloodWatch {
             }
         }
         let skip = self.preface_left.min(bytes.len());
+        let at = PREFACE_LEN - self.preface_left;
+        if bytes[..skip] != super::PREFACE[at..at + skip] {
+            // RFC 9113 §3.4: an invalid preface is a PROTOCOL_ERROR.
+            return Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR));
+        }
         self.preface_left -= skip;
+        if skip > 0 {
+            keep(&bytes[..skip]);
+        }
         bytes = &bytes[skip..];
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
+                let payload = &bytes[..n];
+                let mut found = None;
+                if let Some(g) = &mut self.goaway {
+                    g.take(payload);
+                } else {
+                    found = self.rules.payload(payload);
+                    keep(payload);
+                }
                 self.payload_left -= n;
                 bytes = &bytes[n..];
+                if self.payload_left == 0 {
+                    found = found.or_else(|| self.frame_end());
+                }
+                if let Some(reason) = found {
+                    return Some(Verdict::Violation(reason));
+                }
                 continue;
             }
             let n = (FRAME_HEADER - self.header_len).min(bytes.len());
@@ -133,11 +190,51 @@ impl FloodWatch {
             if let Some(reason) = bad_size(h[3], h[4], len) {
                 return Some(Verdict::Violation(reason));
             }
+            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+            if let Some(reason) = self.rules.frame(h[3], h[4], stream, len) {
+                return Some(Verdict::Violation(reason));
+            }
+            if h[3] == GOAWAY {
+                if stream != 0 {
+                    return Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR));
+                }
+                self.goaway = Some(GoawayFrame::default());
+            } else {
+                keep(&h);
+            }
             if let Some(f) = self.count(h[3], h[4], len) {
                 return Some(Verdict::Flood(f));
             }
+            if len == 0 {
+                if let Some(reason) = self.frame_end() {
+                    return Some(Verdict::Violation(reason));
+                }
+            }
         }
         None
+    }
+
+    /// [`FrameWatch::filter`], dropping what it keeps (for tests of the verdicts).
+    #[cfg(test)]
+    pub fn scan(&mut self, bytes: &[u8], now: Instant) -> Option<Verdict> {
+        self.filter(bytes, now, &mut |_| {})
+    }
+
+    /// The error code of a GOAWAY the client sent since the last call. The frame is not
+    /// passed on: a client's GOAWAY only tells a server not to push (we never do) and
+    /// why the client is leaving, and `h2` would close at once on it, where RFC 9113
+    /// §6.8 lets the connection finish what is in flight and answer a PING meanwhile.
+    /// The client closing its side ends the connection as usual.
+    pub fn goaway_received(&mut self) -> Option<h2::Reason> {
+        self.goaway_code.take().map(h2::Reason::from)
+    }
+
+    fn frame_end(&mut self) -> Option<h2::Reason> {
+        if let Some(g) = self.goaway.take() {
+            self.goaway_code = Some(g.code());
+            return None;
+        }
+        self.rules.frame_end()
     }
 
     fn count(&mut self, kind: u8, flags: u8, len: usize) -> Option<Flood> {
@@ -178,6 +275,7 @@ fn bad_size(kind: u8, flags: u8, len: usize) -> Option<h2::Reason> {
         0x4 if flags & ACK != 0 => len != 0, // SETTINGS ACK
         0x4 => !len.is_multiple_of(6),       // SETTINGS
         0x6 => len != 8,                     // PING
+        GOAWAY => len < 8,                   // GOAWAY (and its debug data)
         0x8 => len != 4,                     // WINDOW_UPDATE
         _ => false,
     };
@@ -188,16 +286,34 @@ fn bad_size(kind: u8, flags: u8, len: usize) -> Option<h2::Reason> {
 mod tests {
     use super::*;
 
+    use crate::http2::PREFACE;
+
+    #[test]
+    fn a_mangled_preface_is_a_protocol_error() {
+        let mut w = watch();
+        let now = Instant::now();
+        assert_eq!(w.scan(&PREFACE[..16], now), None);
+        assert_eq!(w.scan(b"\r\nXX", now), Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR)));
+    }
+
+    fn watch() -> FrameWatch {
+        FrameWatch::new(FloodLimits::default(), StreamRules::new(16_384, 100))
+    }
+
     fn frame(kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        frame_on(1, kind, flags, payload)
+    }
+
+    fn frame_on(stream: u8, kind: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
         let len = payload.len();
-        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, 1];
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags, 0, 0, 0, stream];
         f.extend_from_slice(payload);
         f
     }
 
     #[test]
     fn a_ping_flood_is_found_even_when_frames_arrive_byte_by_byte() {
-        let mut w = FloodWatch::new(FloodLimits::default());
+        let mut w = watch();
         let now = Instant::now();
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         bytes.extend(frame(0x4, 0, &[]));
@@ -213,7 +329,7 @@ mod tests {
 
     #[test]
     fn acks_and_ordinary_traffic_are_not_floods_and_the_count_restarts_each_second() {
-        let mut w = FloodWatch::new(FloodLimits::default());
+        let mut w = watch();
         let t0 = Instant::now();
         let mut bytes = frame(0x4, 0, &[]); // the client's SETTINGS comes first
         for _ in 0..150 {
@@ -223,7 +339,7 @@ mod tests {
         for _ in 0..90 {
             bytes.extend(frame(0x4, 0, &[])); // SETTINGS
         }
-        assert_eq!(w.scan(&[0; 24], t0), None);
+        assert_eq!(w.scan(PREFACE, t0), None);
         assert_eq!(w.scan(&bytes, t0), None);
         assert_eq!(w.scan(&bytes, t0 + Duration::from_millis(1500)), None, "a new second, a new count");
         assert_eq!(w.scan(&bytes, t0 + Duration::from_millis(1600)), Some(Verdict::Flood(Flood::Settings)));
@@ -231,12 +347,12 @@ mod tests {
 
     #[test]
     fn a_first_frame_other_than_settings_is_a_protocol_error() {
-        let mut w = FloodWatch::new(FloodLimits::default());
+        let mut w = watch();
         let now = Instant::now();
-        assert_eq!(w.scan(&[0; 24], now), None);
+        assert_eq!(w.scan(PREFACE, now), None);
         assert_eq!(w.scan(&frame(0x6, 0, &[0; 8]), now), Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR)));
-        let mut ok = FloodWatch::new(FloodLimits::default());
-        assert_eq!(ok.scan(&[0; 24], now), None);
+        let mut ok = watch();
+        assert_eq!(ok.scan(PREFACE, now), None);
         assert_eq!(ok.scan(&frame(0x4, 0, &[]), now), None);
         assert_eq!(ok.scan(&frame(0x6, 0, &[0; 8]), now), None, "PING after SETTINGS is fine");
     }
@@ -248,31 +364,56 @@ mod tests {
         for (kind, flags, payload) in
             [(0x6u8, 0u8, &[0u8; 6][..]), (0x8, 0, &[0; 3]), (0x3, 0, &[0; 5]), (0x2, 0, &[0; 4]), (0x4, 1, &[0; 6])]
         {
-            let mut w = FloodWatch::new(FloodLimits::default());
-            assert_eq!(w.scan(&[0; 24], now), None);
+            let mut w = watch();
+            assert_eq!(w.scan(PREFACE, now), None);
             assert_eq!(w.scan(&frame(0x4, 0, &[]), now), None);
             assert_eq!(w.scan(&frame(kind, flags, payload), now), size_error, "frame type {kind:#x}");
         }
-        let mut w = FloodWatch::new(FloodLimits::default());
-        assert_eq!(w.scan(&[0; 24], now), None);
+        let mut w = watch();
+        assert_eq!(w.scan(PREFACE, now), None);
         assert_eq!(w.scan(&frame(0x4, 0, &[0; 7]), now), size_error, "SETTINGS of 7 bytes");
     }
 
     #[test]
-    fn an_endless_header_block_is_a_continuation_flood() {
-        let mut w = FloodWatch::new(FloodLimits::default());
+    fn everything_but_the_clients_goaway_is_passed_on_in_order() {
+        let mut w = watch();
         let now = Instant::now();
-        assert_eq!(w.scan(&[0; 24], now), None);
-        assert_eq!(w.scan(&frame(0x4, 0, &[]), now), None);
-        let mut bytes = frame(0x1, 0, b"x");
-        for _ in 0..10 {
-            bytes.extend(frame(0x9, 0, b"y"));
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(frame_on(0, 0x4, 0, &[]));
+        let goaway = frame_on(0, GOAWAY, 0, &[0, 0, 0, 0, 0, 0, 0, 0x2a]);
+        let ping = frame_on(0, 0x6, 0, &[7; 8]);
+        let mut wanted = bytes.clone();
+        wanted.extend(&ping);
+        bytes.extend(&goaway);
+        bytes.extend(&ping);
+        let mut kept = Vec::new();
+        for chunk in bytes.chunks(5) {
+            assert_eq!(w.filter(chunk, now, &mut |k| kept.extend_from_slice(k)), None);
         }
-        bytes.extend(frame(0x9, 0x4, b"z"));
+        assert_eq!(kept, wanted, "the GOAWAY is dropped, split headers are passed on whole");
+        assert_eq!(w.goaway_received(), Some(h2::Reason::from(0x2a)));
+        assert_eq!(w.goaway_received(), None, "reported once");
+        let mut w = watch();
+        assert_eq!(w.scan(&bytes[..33], now), None);
+        assert_eq!(w.scan(&frame_on(1, GOAWAY, 0, &[0; 8]), now), Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR)));
+    }
+
+    #[test]
+    fn an_endless_header_block_is_a_continuation_flood() {
+        let mut w = watch();
+        let now = Instant::now();
+        assert_eq!(w.scan(PREFACE, now), None);
+        assert_eq!(w.scan(&frame(0x4, 0, &[]), now), None);
+        // Each fragment one indexed field line (:method GET, :path /, :scheme http).
+        let mut bytes = frame_on(1, 0x1, 0, b"\x82");
+        for _ in 0..10 {
+            bytes.extend(frame_on(1, 0x9, 0, b"\x84"));
+        }
+        bytes.extend(frame_on(1, 0x9, 0x4, b"\x86"));
         assert_eq!(w.scan(&bytes, now), None, "a block that ends is fine");
-        let mut flood = frame(0x1, 0, b"x");
+        let mut flood = frame_on(3, 0x1, 0, b"\x82");
         for _ in 0..40 {
-            flood.extend(frame(0x9, 0, b""));
+            flood.extend(frame_on(3, 0x9, 0, b""));
         }
         assert_eq!(w.scan(&flood, now), Some(Verdict::Flood(Flood::Continuation)));
     }

@@ -7,14 +7,18 @@
 //! - [`request`] / [`response`]: the translation between HTTP/2 streams and the HTTP/1.1
 //!   messages the exchanges speak.
 //! - [`pipe`]: the `h2` crate's transport over the session's byte queues.
-//! - [`floods`]: our own per-connection rate limits on frames that cost work.
+//! - [`floods`]: our own per-connection rate limits on frames that cost work, in one pass
+//!   with [`rules`] (stream-state and framing errors `h2` answers with another code) and
+//!   [`field_block`] (the structure of HPACK blocks).
 
+pub mod field_block;
 pub mod floods;
 pub mod links;
 pub mod origin;
 pub mod pipe;
 pub mod request;
 pub mod response;
+pub mod rules;
 pub mod session;
 
 use crate::config::H2Config;
@@ -99,8 +103,20 @@ pub fn preface_state(data: &[u8]) -> Option<bool> {
     (n == PREFACE.len()).then_some(true)
 }
 
+/// True when `data` starts with the preface's request line (`PRI * HTTP/2.0`): no
+/// HTTP/1.1 request does, so the client speaks HTTP/2 even if the rest is wrong.
+pub fn claims_http2(data: &[u8]) -> bool {
+    data.starts_with(&PREFACE[..16])
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_broken_preface_still_claims_http2() {
+        assert!(super::claims_http2(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"));
+        assert!(!super::claims_http2(b"PRI /x HTTP/1.1\r\n"));
+    }
+
     #[test]
     fn the_preface_is_recognised_from_its_first_bytes() {
         assert_eq!(super::preface_state(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0"), Some(true));

@@ -24,7 +24,8 @@ pub enum RequestBody {
     Tunnel,
 }
 
-/// Why a request cannot be translated (the stream gets a 400).
+/// Why a request cannot be translated: it is malformed (RFC 9113 §8.1.1), and its stream
+/// is reset with PROTOCOL_ERROR.
 pub type Refusal = &'static str;
 
 /// Fields that never cross from HTTP/2 into the HTTP/1.1 head: `host` (`:authority`
@@ -41,12 +42,23 @@ pub fn to_h1(
     protocol: Option<&str>,
     out: &mut Vec<u8>,
 ) -> Result<RequestBody, Refusal> {
-    let authority = match parts.uri.authority() {
-        Some(a) => a.as_str(),
-        None => parts.headers.get("host").and_then(|h| h.to_str().ok()).ok_or("request without :authority")?,
+    let host = parts.headers.get(http::header::HOST).map(|h| h.to_str().map_err(|_| "invalid host"));
+    let authority = match (parts.uri.authority(), host) {
+        // RFC 9113 §8.3.1: a Host naming another entity than :authority is malformed.
+        (Some(a), Some(h)) if !a.as_str().eq_ignore_ascii_case(h?) => return Err("host differs from :authority"),
+        (Some(a), _) => a.as_str(),
+        // §8.5: a CONNECT names its target in :authority, nowhere else.
+        (None, _) if parts.method == Method::CONNECT => return Err("CONNECT without :authority"),
+        (None, Some(h)) => h?,
+        (None, None) => return Err("request without :authority"),
     };
     if authority.is_empty() || authority.bytes().any(|b| b <= b' ' || b == 0x7f) {
         return Err("invalid :authority");
+    }
+    // §8.2.1: a field value starts and ends with a visible character.
+    let blank = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
+    if parts.headers.values().any(|v| blank(v.as_bytes().first()) || blank(v.as_bytes().last())) {
+        return Err("field value with leading or trailing whitespace");
     }
     let body = if parts.method == Method::CONNECT {
         match protocol {
@@ -261,5 +273,20 @@ mod tests {
     fn a_request_without_authority_or_host_is_refused() {
         let p = parts(http::Request::get("/x").body(()).unwrap());
         assert!(to_h1(&p, true, None, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        let refused = |req: http::Request<()>| to_h1(&parts(req), true, None, &mut Vec::new()).err();
+        let other_host = http::Request::get("http://a.test/").header("host", "b.test").body(()).unwrap();
+        assert_eq!(refused(other_host), Some("host differs from :authority"));
+        let same_host = http::Request::get("http://a.test/").header("host", "A.test").body(()).unwrap();
+        assert_eq!(refused(same_host), None);
+        let connect = http::Request::connect("/").header("host", "a.test:443").body(()).unwrap();
+        assert_eq!(refused(connect), Some("CONNECT without :authority"));
+        for value in [" x", "x\t", "\tx "] {
+            let req = http::Request::get("http://a.test/").header("x-v", value).body(()).unwrap();
+            assert_eq!(refused(req), Some("field value with leading or trailing whitespace"), "{value:?}");
+        }
     }
 }

@@ -106,13 +106,15 @@ impl Session {
         }
     }
 
-    /// Client plaintext in; returns how many bytes were taken (the rest waits).
-    pub fn feed(&mut self, bytes: &[u8]) -> usize {
-        self.pipe.with(|q| {
-            let n = q.inbound_room().min(bytes.len());
-            q.inbound.extend_from_slice(&bytes[..n]);
-            n
-        })
+    /// How many client bytes `feed` may take now.
+    pub fn inbound_room(&self) -> usize {
+        self.pipe.with(|q| q.inbound_room())
+    }
+
+    /// Client plaintext in (at most [`Session::inbound_room`] bytes, counted over the
+    /// calls since the room was asked for: the watch before us may hold back a few).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.pipe.with(|q| q.inbound.extend_from_slice(bytes));
     }
 
     /// The client closed its side.
@@ -285,10 +287,9 @@ fn accept(
     let body = match request::to_h1(&parts, end_of_stream, protocol.as_deref(), &mut head) {
         Ok(b) => b,
         Err(why) => {
-            let resp = http::Response::builder().status(400).header("content-type", "text/plain").body(()).ok()?;
-            if let Ok(mut send) = respond.send_response(resp, false) {
-                let _ = send.send_data(Bytes::from(format!("{why}\n")), true);
-            }
+            // Malformed (RFC 9113 §8.1.1): a stream error, no response.
+            tracing::debug!(conn = %me, stream = ?respond.stream_id(), why, "malformed HTTP/2 request: RST_STREAM PROTOCOL_ERROR");
+            respond.send_reset(Reason::PROTOCOL_ERROR);
             return None;
         }
     };

@@ -229,13 +229,21 @@ impl Drop for Background {
 // A TLS front for the plain test origin
 // ---------------------------------------------------------------------------------------
 
+/// A byte relay with TLS on one side. `server IP CERT KEY BACKEND`: a TLS listener on
+/// IP:443 (ALPN http/1.1) relaying to a plain BACKEND. `client IP CA NAME BACKEND`: a
+/// plain listener on IP:443 relaying to a TLS BACKEND (server name NAME verified against
+/// CA, ALPN h2). Half-closes cross over.
 const FRONT_PY: &str = r#"
 import select, socket, ssl, sys, threading
-ip, cert, key, backend = sys.argv[1:5]
+mode, ip, a, b, backend = sys.argv[1:6]
 bhost, bport = backend.rsplit(":", 1)
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-ctx.load_cert_chain(cert, key)
-ctx.set_alpn_protocols(["http/1.1"])
+if mode == "server":
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(a, b)
+    ctx.set_alpn_protocols(["http/1.1"])
+else:
+    ctx = ssl.create_default_context(cafile=a)
+    ctx.set_alpn_protocols(["h2"])
 ls = socket.socket()
 ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 ls.bind((ip, 443))
@@ -244,8 +252,12 @@ ls.listen(256)
 def relay(c):
     try:
         c.settimeout(30)
-        t = ctx.wrap_socket(c, server_side=True)
-        b = socket.create_connection((bhost, int(bport)), timeout=30)
+        if mode == "server":
+            t = ctx.wrap_socket(c, server_side=True)
+            b = socket.create_connection((bhost, int(bport)), timeout=30)
+        else:
+            t = ctx.wrap_socket(socket.create_connection((bhost, int(bport)), timeout=30), server_hostname=sys.argv[4])
+            b = c
     except Exception:
         c.close()
         return
@@ -336,33 +348,63 @@ impl TlsFront {
     pub fn start(name: &str, backend: SocketAddr) -> TlsFront {
         let dir = TempDir::new("tlsfront");
         let (ca_pem, leaf, key) = make_test_pki(&dir, name);
-        let script = dir.join("front.py");
-        fs::write(&script, FRONT_PY).expect("write front.py");
-        for _ in 0..5 {
-            let ip = fresh_front_ip();
-            let mut child = Command::new("python3")
-                .arg(&script)
-                .arg(&ip)
-                .arg(&leaf)
-                .arg(&key)
-                .arg(backend.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn python3 TLS front");
-            let addr: SocketAddr = format!("{ip}:443").parse().unwrap();
-            let up = wait_until(Duration::from_secs(10), || {
-                matches!(child.try_wait(), Ok(Some(_)))
-                    || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            });
-            if up && matches!(child.try_wait(), Ok(None)) {
-                return TlsFront { child, ip, ca_pem, name: name.to_string(), _dir: dir };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let (child, ip) = spawn_relay(&dir, "server", &[leaf.as_os_str(), key.as_os_str()], backend);
+        TlsFront { child, ip, ca_pem, name: name.to_string(), _dir: dir }
+    }
+}
+
+/// Starts the relay script on a fresh `IP:443`: `mode`, then `args`, then `backend`.
+fn spawn_relay(dir: &TempDir, mode: &str, args: &[&std::ffi::OsStr], backend: SocketAddr) -> (Child, String) {
+    let script = dir.join("relay.py");
+    fs::write(&script, FRONT_PY).expect("write relay.py");
+    for _ in 0..5 {
+        let ip = fresh_front_ip();
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .arg(mode)
+            .arg(&ip)
+            .args(args)
+            .arg(backend.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn python3 TLS relay");
+        let addr: SocketAddr = format!("{ip}:443").parse().unwrap();
+        let up = wait_until(Duration::from_secs(10), || {
+            matches!(child.try_wait(), Ok(Some(_)))
+                || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        if up && matches!(child.try_wait(), Ok(None)) {
+            return (child, ip);
         }
-        panic!("python3 TLS front did not start");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    panic!("python3 TLS relay did not start");
+}
+
+/// A plain listener on `IP:443` whose connections go on over TLS (ALPN `h2`, server name
+/// `name` verified against `ca_pem`) to `backend`: lets a cleartext-only HTTP/2 client
+/// (the conformance suite) talk to the proxy's intercepting TLS listener. Killed on drop.
+pub struct TlsBridge {
+    child: Child,
+    pub ip: String,
+    _dir: TempDir,
+}
+
+impl TlsBridge {
+    pub fn start(name: &str, ca_pem: &std::path::Path, backend: SocketAddr) -> TlsBridge {
+        let dir = TempDir::new("tlsbridge");
+        let (child, ip) = spawn_relay(&dir, "client", &[ca_pem.as_os_str(), std::ffi::OsStr::new(name)], backend);
+        TlsBridge { child, ip, _dir: dir }
+    }
+}
+
+impl Drop for TlsBridge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
