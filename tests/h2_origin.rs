@@ -186,3 +186,30 @@ fn a_grpc_bidi_stream_crosses_the_proxy_while_open() {
     // Breaks when a stream's body is buffered until END_STREAM (reply 0 would never come).
     assert!(text.contains("bidi ok 20"), "bidi stream: {text}{err}");
 }
+
+const HINTS_ORIGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/h2_hints_origin.py");
+
+#[test]
+fn early_hints_from_an_h2_origin_reach_http2_and_http11_clients() {
+    if !ready(Some("h2")) {
+        return;
+    }
+    let dir = TempDir::new("hints");
+    let (ca, leaf, key) = make_test_pki(&dir, "origin.test");
+    let ip = format!("127.79.{}.{}", std::process::id() % 250 + 1, 3);
+    let mut server = Background::start_script(HINTS_ORIGIN, &[&ip, leaf.to_str().unwrap(), key.to_str().unwrap()]);
+    server.wait_line("ready", Duration::from_secs(20)).unwrap_or_else(|e| panic!("hints origin: {e}"));
+    let proxy = Proxy::builder("").resolve("origin.test", &ip).arg("--upstream-ca").arg(ca.to_str().unwrap()).start();
+    for version in ["--http2", "--http1.1"] {
+        let heads = dir.join("heads");
+        let body = dir.join("body");
+        let (exit, code, _, err) = curl_tls(&proxy, version, &["-D", heads.to_str().unwrap()], "/", &body);
+        assert_eq!((exit, code), (0, 200), "{version}: {err}");
+        assert_eq!(std::fs::read(&body).unwrap(), b"hinted\n", "{version}");
+        // Breaks when the origin leg drops interim responses (h2's poll_informational unread).
+        let heads = std::fs::read_to_string(&heads).unwrap().to_ascii_lowercase();
+        let hint = heads.find(" 103").unwrap_or_else(|| panic!("{version}: no 103 before the 200:\n{heads}"));
+        assert!(heads[hint..].contains("link: </style.css>; rel=preload"), "{version}: {heads}");
+        assert!(hint < heads.find(" 200").unwrap(), "{version}: 103 after 200:\n{heads}");
+    }
+}

@@ -427,8 +427,23 @@ fn pump(
             woke = true;
         }
     }
+    // Interim heads (103 Early Hints...), in order, before the final one.
+    while let Some(future) = s.response.as_mut() {
+        match future.poll_informational(cx) {
+            Poll::Ready(Some(Ok(interim))) => {
+                render_head(&interim.into_parts().0, false, true, &mut l.to_exchange);
+                moved = true;
+                woke = true;
+            }
+            Poll::Ready(Some(Err(_))) => {
+                fail = true;
+                break;
+            }
+            Poll::Ready(None) | Poll::Pending => break,
+        }
+    }
     // The response head.
-    if let Some(future) = s.response.as_mut() {
+    if let Some(future) = s.response.as_mut().filter(|_| !fail) {
         match Pin::new(future).poll(cx) {
             Poll::Ready(Ok(resp)) => {
                 let (parts, recv) = resp.into_parts();
