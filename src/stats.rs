@@ -115,10 +115,13 @@ pub struct WorkerStats {
     pub h2_floods: [AtomicU64; 5],
     /// GOAWAYs ending a connection with an error, sent (0) and received (1), by code.
     pub h2_goaways: [[AtomicU64; H2_CODES.len()]; 2],
+    /// RST_STREAM frames by leg (client 0, origin 1), direction (sent 0, received 1), code.
+    pub h2_resets: [[[AtomicU64; H2_CODES.len()]; 2]; 2],
 }
 
-/// HTTP/2 error codes (RFC 9113 §7), the `code` label of `sluice_h2_goaways_total`.
-pub const H2_CODES: [&str; 14] = [
+/// HTTP/2 error codes (RFC 9113 §7), then any other: the `code` label of
+/// `sluice_h2_goaways_total` and `sluice_h2_resets_total`.
+pub const H2_CODES: [&str; crate::http2::tally::CODES] = [
     "NO_ERROR",
     "PROTOCOL_ERROR",
     "INTERNAL_ERROR",
@@ -133,6 +136,7 @@ pub const H2_CODES: [&str; 14] = [
     "ENHANCE_YOUR_CALM",
     "INADEQUATE_SECURITY",
     "HTTP_1_1_REQUIRED",
+    "UNKNOWN",
 ];
 
 /// Labels of `sluice_auth_failures_total{reason}`.
@@ -253,6 +257,14 @@ impl WorkerStats {
         bump(&self.h2_goaways[usize::from(!ours)][code], 1);
     }
 
+    /// Resets counted by a [`crate::http2::tally::ResetTally`]: `origin` leg or client,
+    /// `sent` by us or received.
+    pub fn h2_resets(&self, origin: bool, sent: bool, counts: &[u32; H2_CODES.len()]) {
+        for (code, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+            bump(&self.h2_resets[usize::from(origin)][usize::from(!sent)][code], u64::from(n));
+        }
+    }
+
     pub fn error(&self, status: u16) {
         let kind = match status {
             400 | 411 | 413 | 414 | 417 | 431 | 501 | 505 => 0,
@@ -337,6 +349,23 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
     let verify = per_label(&VERIFY_REASONS, |w| &w.verify_failures);
     let flood_kinds = crate::http2::floods::Flood::ALL.map(|f| f.label());
     let floods = per_label(&flood_kinds, |w| &w.h2_floods);
+    let mut resets = Vec::new();
+    for (l, leg) in ["client", "origin"].iter().enumerate() {
+        for (d, direction) in ["sent", "received"].iter().enumerate() {
+            for (c, code) in H2_CODES.iter().enumerate() {
+                let v: u64 = workers.iter().map(|w| w.h2_resets[l][d][c].load(Relaxed)).sum();
+                // As for GOAWAYs: rows that happened, and one so the family always exists.
+                if v > 0 || (l == 0 && d == 0 && c == 8) {
+                    let labels = vec![
+                        ("leg", leg.to_string()),
+                        ("direction", direction.to_string()),
+                        ("code", code.to_string()),
+                    ];
+                    resets.push((labels, v));
+                }
+            }
+        }
+    }
     let mut goaways = Vec::new();
     for (d, direction) in ["sent", "received"].iter().enumerate() {
         for (c, code) in H2_CODES.iter().enumerate() {
@@ -627,6 +656,12 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
         ),
         fam("sluice_h2_flood_closes_total", C, "HTTP/2 connections closed for a flood, by kind.", by("kind", &floods)),
         fam("sluice_h2_goaways_total", C, "HTTP/2 connections ended by a GOAWAY with an error, by direction and code.", goaways),
+        fam(
+            "sluice_h2_resets_total",
+            C,
+            "HTTP/2 streams reset (RST_STREAM frames), by leg (client, origin), direction (sent, received) and code.",
+            resets,
+        ),
     ]
 }
 

@@ -113,6 +113,13 @@ fn the_cleartext_listener_passes_the_http2_conformance_suite() {
     let origin = Origin::start_on(format!("{}:80", front.ip).parse().unwrap());
     let outcome = run_httpwg(proxy.addr());
     assert_all_pass(&outcome, "h2c listener", &proxy);
+    // The suite resets streams (with codes of its own numbering) and sends malformed ones
+    // we reset (PROTOCOL_ERROR): breaks when RST_STREAM frames are not counted each way.
+    let resets = |labels: &[&str]| proxy.metric_labelled("sluice_h2_resets_total", labels);
+    let received = resets(&["leg=\"client\"", "direction=\"received\""]);
+    assert!(received >= 5.0, "client resets not counted ({received}):\n{:?}", proxy.metrics());
+    let sent = resets(&["leg=\"client\"", "direction=\"sent\"", "code=\"PROTOCOL_ERROR\""]);
+    assert!(sent >= 5.0, "our resets not counted ({sent}):\n{:?}", proxy.metrics());
     assert!(origin.requests() > 0, "no case reached the origin: the suite did not test proxying");
     proxy.assert_serves(&origin);
 }

@@ -20,7 +20,7 @@ const COMPRESSION_ERROR: u32 = 9;
 const ENHANCE_YOUR_CALM: u32 = 11;
 
 /// The `code` label of `sluice_h2_goaways_total` for each RFC 9113 error code.
-const CODE_NAMES: [&str; 14] = sluice::stats::H2_CODES;
+const CODE_NAMES: [&str; 15] = sluice::stats::H2_CODES;
 
 /// What an offender may get: a GOAWAY with one of `codes` and then the close; or, where
 /// `http1_answer_ok`, an HTTP/1.1 error answer and the close (a mangled preface is not a
@@ -34,14 +34,6 @@ struct Expect {
 }
 
 /// The sum of the samples of `family` whose labels include every one of `labels`.
-fn labelled(proxy: &Proxy, family: &str, labels: &[&str]) -> f64 {
-    let text = proxy.metrics().unwrap_or_else(|e| panic!("{e}"));
-    text.lines()
-        .filter(|l| l.starts_with(&format!("{family}{{")) && labels.iter().all(|x| l.contains(x)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Runs flood `kind` (`count` units) on one connection while a steady h2 client on the
 /// same worker requests `/bytes/1000` every 20 ms; returns the flooder's output.
 fn flood_while_another_is_served(kind: &str, count: usize, expect: Expect) -> ProbeOut {
@@ -110,7 +102,7 @@ fn flood_while_another_is_served(kind: &str, count: usize, expect: Expect) -> Pr
         let family = "sluice_h2_goaways_total";
         let mut sent = 0.0;
         wait_until(Duration::from_secs(5), || {
-            sent = labelled(&proxy, family, &["direction=\"sent\"", &label]);
+            sent = proxy.metric_labelled(family, &["direction=\"sent\"", &label]);
             sent >= 1.0
         });
         assert_eq!(sent, 1.0, "{kind}: sluice_h2_goaways_total{{direction=\"sent\",{label}}}");
@@ -118,9 +110,9 @@ fn flood_while_another_is_served(kind: &str, count: usize, expect: Expect) -> Pr
     if let Some(flood) = expect.flood {
         let label = format!("kind=\"{flood}\"");
         // Breaks when the watch does not name the flood it closed the connection for.
-        wait_until(Duration::from_secs(5), || labelled(&proxy, "sluice_h2_flood_closes_total", &[&label]) >= 1.0);
-        assert_eq!(labelled(&proxy, "sluice_h2_flood_closes_total", &[&label]), 1.0, "{kind}: {label}");
-        assert_eq!(labelled(&proxy, "sluice_h2_flood_closes_total", &[]), 1.0, "{kind}: one flood close in all");
+        wait_until(Duration::from_secs(5), || proxy.metric_labelled("sluice_h2_flood_closes_total", &[&label]) >= 1.0);
+        assert_eq!(proxy.metric_labelled("sluice_h2_flood_closes_total", &[&label]), 1.0, "{kind}: {label}");
+        assert_eq!(proxy.metric_labelled("sluice_h2_flood_closes_total", &[]), 1.0, "{kind}: one flood close in all");
     }
     assert!(proxy.alive(), "the proxy died");
     proxy.assert_serves(&origin);

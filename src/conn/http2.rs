@@ -194,11 +194,15 @@ pub(crate) fn send_frames(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
         return;
     }
     let (out, pool) = (&mut conn.out, &mut *ctx.pool);
-    let n = pipe.with(|q| {
+    let (n, received, sent) = pipe.with(|q| {
         let n = out.fill(pool, &q.outbound[..q.outbound.len().min(uring::SLAB_SIZE)]);
+        q.resets_out.scan(&q.outbound[..n]);
         q.outbound.drain(..n);
-        n
+        (n, q.resets_in.take(), q.resets_out.take())
     });
+    let origin = side == Side::Origin;
+    ctx.stats.h2_resets(origin, false, &received);
+    ctx.stats.h2_resets(origin, true, &sent);
     if n > 0 {
         conn.write(io, ctx, side, BufId::Out, 0, n);
     }
@@ -216,7 +220,9 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
     let session = &mut h2.session;
     let verdict = h2.floods.filter(&data[..n], ctx.now, &mut |kept| session.feed(kept));
     if let Some(code) = h2.floods.goaway_received() {
-        ctx.stats.h2_goaway(false, code);
+        if code != h2::Reason::NO_ERROR {
+            ctx.stats.h2_goaway(false, code);
+        }
         tracing::debug!(conn = %io.id(), ?code, "HTTP/2 GOAWAY from the client");
     }
     conn.client.input.start += n;

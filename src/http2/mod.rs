@@ -6,7 +6,8 @@
 //! - [`links`]: the in-memory pipes between a session and the exchanges of its streams.
 //! - [`request`] / [`response`]: the translation between HTTP/2 streams and the HTTP/1.1
 //!   messages the exchanges speak.
-//! - [`pipe`]: the `h2` crate's transport over the session's byte queues.
+//! - [`pipe`]: the `h2` crate's transport over the session's byte queues, where
+//!   [`tally`] counts the RST_STREAM frames passing each way.
 //! - [`floods`]: our own per-connection rate limits on frames that cost work, in one pass
 //!   with [`rules`] (stream-state and framing errors `h2` answers with another code) and
 //!   [`field_block`] (the structure of HPACK blocks).
@@ -20,6 +21,7 @@ pub mod request;
 pub mod response;
 pub mod rules;
 pub mod session;
+pub mod tally;
 
 use crate::config::H2Config;
 use std::time::Duration;

@@ -91,6 +91,7 @@ impl OriginSession {
     /// A session to `key` whose first stream is `first`; `h2` wakes `waker`.
     pub fn new(key: PoolKey, token: Token, first: LinkId, window: u32, waker: Waker, now: Instant) -> OriginSession {
         let pipe = Pipe::default();
+        pipe.with(|q| q.resets_out = super::tally::ResetTally::after_preface());
         let io = pipe.clone();
         let mut b = client::Builder::new();
         b.initial_window_size(window)

@@ -8,6 +8,7 @@
 //! `Pending` until the leg took them. Neither side registers a waker: the session polls
 //! `h2` after every event of its slot, which is when these queues change.
 
+use super::tally::ResetTally;
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -32,6 +33,9 @@ pub struct Queues {
     pub inbound_end: bool,
     /// Frames `h2` wrote, for the client.
     pub outbound: Vec<u8>,
+    /// RST_STREAM frames in what was put in `inbound`, and taken from `outbound`.
+    pub resets_in: ResetTally,
+    pub resets_out: ResetTally,
 }
 
 impl Queues {

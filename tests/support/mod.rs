@@ -840,6 +840,16 @@ impl Proxy {
     }
 
     /// Polls `family` until `pred` holds; Err(last value / error) after `within`.
+    /// The sum of `family`'s samples whose labels include every one of `labels` (each
+    /// written as in the exposition, `name="value"`).
+    pub fn metric_labelled(&self, family: &str, labels: &[&str]) -> f64 {
+        let text = self.metrics().unwrap_or_else(|e| panic!("{e}"));
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{")) && labels.iter().all(|x| l.contains(x)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn wait_metric(&self, family: &str, within: Duration, pred: impl Fn(f64) -> bool) -> Result<f64, String> {
         let deadline = Instant::now() + within;
         loop {
