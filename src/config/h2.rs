@@ -3,8 +3,9 @@
 //! (6.25 MB in flight: a 65,535-byte window is what makes HTTP/2 downloads crawl), and
 //! cap header lists at 64 KiB instead of the `h2` crate's 16 MiB.
 
-use super::{ConfigError, Taker};
+use super::{ConfigError, Seconds, Taker};
 use serde::Deserialize;
+use std::time::Duration;
 use toml::Spanned;
 
 /// HTTP/2 settings.
@@ -25,6 +26,12 @@ pub struct H2Config {
     /// Offer `h2` to TLS origins too (one session per origin and worker, shared by the
     /// requests of every client).
     pub origins: bool,
+    /// Keep-alive PING to a client connection silent this long (zero: never).
+    pub client_ping_interval: Duration,
+    /// Keep-alive PING to an origin session silent this long (zero: never).
+    pub origin_ping_interval: Duration,
+    /// A PING unanswered this long (nothing at all received) ends the connection.
+    pub ping_timeout: Duration,
 }
 
 impl Default for H2Config {
@@ -37,6 +44,9 @@ impl Default for H2Config {
             max_header_list_size: 64 << 10,
             max_frame_size: 16 << 10,
             origins: true,
+            client_ping_interval: Duration::ZERO,
+            origin_ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -59,6 +69,20 @@ impl H2Config {
         range("h2.initial_connection_window", self.initial_connection_window, 65_535, MAX_WINDOW)?;
         range("h2.max_header_list_size", self.max_header_list_size, 1024, 16 << 20)?;
         range("h2.max_frame_size", self.max_frame_size, MIN_FRAME, MAX_FRAME)?;
+        for (key, v, zero_ok) in [
+            ("h2.client_ping_interval", self.client_ping_interval, true),
+            ("h2.origin_ping_interval", self.origin_ping_interval, true),
+            ("h2.ping_timeout", self.ping_timeout, false),
+        ] {
+            let ok = (zero_ok && v.is_zero()) || (Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&v);
+            if !ok {
+                let zero = if zero_ok { "0 (off) or " } else { "" };
+                return Err(ConfigError::invalid(
+                    key,
+                    format!("must be {zero}between 1 and 86400 seconds, got {}", v.as_secs_f64()),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -74,6 +98,9 @@ pub(super) struct H2File {
     max_header_list_size: Option<Spanned<u32>>,
     max_frame_size: Option<Spanned<u32>>,
     origins: Option<Spanned<bool>>,
+    client_ping_interval: Option<Spanned<Seconds>>,
+    origin_ping_interval: Option<Spanned<Seconds>>,
+    ping_timeout: Option<Spanned<Seconds>>,
 }
 
 impl H2File {
@@ -85,6 +112,9 @@ impl H2File {
         t.set("h2.max_header_list_size", self.max_header_list_size, &mut c.max_header_list_size);
         t.set("h2.max_frame_size", self.max_frame_size, &mut c.max_frame_size);
         t.set("h2.origins", self.origins, &mut c.origins);
+        t.set_secs("h2.client_ping_interval", self.client_ping_interval, &mut c.client_ping_interval);
+        t.set_secs("h2.origin_ping_interval", self.origin_ping_interval, &mut c.origin_ping_interval);
+        t.set_secs("h2.ping_timeout", self.ping_timeout, &mut c.ping_timeout);
     }
 }
 
@@ -98,7 +128,7 @@ mod tests {
         let c = parse_str(
             "[h2]\nenabled = false\nmax_concurrent_streams = 10\ninitial_stream_window = 65535\n\
              initial_connection_window = 1048576\nmax_header_list_size = 8192\nmax_frame_size = 32768\n\
-             origins = false\n",
+             origins = false\nclient_ping_interval = 20\norigin_ping_interval = 0\nping_timeout = 5\n",
         )
         .unwrap();
         let expected = H2Config {
@@ -109,6 +139,9 @@ mod tests {
             max_header_list_size: 8192,
             max_frame_size: 32768,
             origins: false,
+            client_ping_interval: Duration::from_secs(20),
+            origin_ping_interval: Duration::ZERO,
+            ping_timeout: Duration::from_secs(5),
         };
         assert_eq!(c.h2, expected);
         assert_eq!(parse_str("[h2]\n").unwrap().h2, H2Config::default());
@@ -121,5 +154,9 @@ mod tests {
         let e = parse_str("[h2]\ninitial_stream_window = 4294967295\n").unwrap_err().to_string();
         assert!(e.contains("h2.initial_stream_window"), "{e}");
         assert!(parse_str("[h2]\nwindow = 1\n").is_err(), "unknown keys are refused");
+        let e = parse_str("[h2]\nping_timeout = 0\n").unwrap_err().to_string();
+        assert!(e.contains("h2.ping_timeout") && e.contains("between 1 and"), "{e}");
+        let e = parse_str("[h2]\norigin_ping_interval = 0.5\n").unwrap_err().to_string();
+        assert!(e.contains("h2.origin_ping_interval") && e.contains("0 (off) or"), "{e}");
     }
 }

@@ -12,10 +12,12 @@ use super::buf::BufId;
 use super::leg::{ClientWait, Side};
 use super::{CloseReason, Connection, Ctx, NextStep, Phase};
 use crate::http2::floods::{FloodLimits, FrameWatch, Verdict};
+use crate::http2::keepalive::{Due, KeepAlive};
 use crate::http2::pipe::Pipe;
 use crate::http2::rules::StreamRules;
 use crate::http2::session::{Ending, NewStream, Session};
 use crate::stats;
+use std::time::Instant;
 use uring::Io;
 
 /// A connection's HTTP/2 side: the server of a client connection, or the client of an
@@ -67,6 +69,8 @@ pub(crate) struct H2Client {
     floods: FrameWatch,
     /// New streams the last drive opened, waiting for their exchange slots.
     new: Vec<NewStream>,
+    /// Since when the connection has had no stream (its idle timeout counts from there).
+    idle_since: Option<Instant>,
 }
 
 impl H2Client {
@@ -80,9 +84,11 @@ impl H2Client {
 /// Turns `conn` into an HTTP/2 connection (its preface may already be in `client.input`).
 pub(crate) fn start(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     let settings = crate::http2::Settings { config: ctx.cfg.h2.clone() };
-    let session = Session::new(&settings, ctx.wakes.waker(io.id()));
+    let mut session = Session::new(&settings, ctx.wakes.waker(io.id()));
+    session.keepalive = KeepAlive::new(ctx.cfg.h2.client_ping_interval, ctx.cfg.h2.ping_timeout, ctx.now);
     let rules = StreamRules::new(ctx.cfg.h2.max_frame_size, ctx.cfg.h2.max_concurrent_streams);
-    let client = H2Client { session, floods: FrameWatch::new(FloodLimits::default(), rules), new: Vec::new() };
+    let floods = FrameWatch::new(FloodLimits::default(), rules);
+    let client = H2Client { session, floods, new: Vec::new(), idle_since: None };
     conn.h2 = Some(Box::new(H2::Client(client)));
     conn.protocol = crate::protocol::Protocol::H2;
     stats::bump(&ctx.stats.h2_connections, 1);
@@ -131,12 +137,15 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     let wants_input = h2.session.wants_input();
     let quiet = streams == 0 && !h2.session.has_outbound() && conn.client.writing.is_none();
     // Idle (no stream): the client's keep-alive deadline; busy: each stream has its own.
-    if streams == 0 {
-        let t = ctx.cfg.timeouts.client_idle;
-        conn.refresh_deadline(io, ctx, t);
+    // Either way, the next keep-alive PING or its timeout if those are on.
+    let idle_end = if streams == 0 {
+        Some(*h2.idle_since.get_or_insert(ctx.now) + ctx.cfg.timeouts.client_idle)
     } else {
-        conn.clear_deadline();
-    }
+        h2.idle_since = None;
+        None
+    };
+    let ping_due = h2.session.keepalive.as_ref().map(KeepAlive::next_due);
+    conn.set_deadline_at(io, ctx, earliest(idle_end, ping_due));
     let can_read = !conn.client.reading && conn.client.wait == ClientWait::Idle && !conn.client.ended();
     if can_read && wants_input && conn.client.input.is_empty() {
         if quiet && !conn.client.readable {
@@ -216,6 +225,9 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
     if data.is_empty() {
         return false;
     }
+    if let Some(k) = h2.session.keepalive.as_mut() {
+        k.heard(ctx.now);
+    }
     let n = data.len().min(h2.session.inbound_room());
     let session = &mut h2.session;
     let verdict = h2.floods.filter(&data[..n], ctx.now, &mut |kept| session.feed(kept));
@@ -242,6 +254,36 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
     ctx.stats.h2_goaway(true, reason);
     h2.session.abort(reason);
     true
+}
+
+/// The earlier of two optional instants.
+pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// A deadline of an HTTP/2 session (client or origin) fired: a keep-alive PING is due
+/// (sent: the step runs and writes it), or the peer left one unanswered (the session
+/// ends, `Timeout`). `None`: it is the session's idle timeout, handled as any timeout.
+pub(crate) fn keepalive_due(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> Option<NextStep> {
+    let (keepalive, idle_end) = match conn.h2.as_deref_mut()? {
+        H2::Client(c) => (c.session.keepalive.as_mut(), c.idle_since.map(|t| t + ctx.cfg.timeouts.client_idle)),
+        H2::Origin(o) => (o.session.keepalive.as_mut(), o.idle_since.map(|t| t + ctx.cfg.pool.idle_timeout)),
+    };
+    if idle_end.is_some_and(|end| end <= ctx.now) {
+        return None;
+    }
+    if keepalive.map(|k| k.on_due(ctx.now)) == Some(Due::Dead) {
+        let timeout = ctx.cfg.h2.ping_timeout;
+        tracing::info!(conn = %io.id(), ?timeout, "HTTP/2 peer silent: no answer to a PING, closing");
+        stats::bump(&ctx.stats.timeouts, 1);
+        conn.closing(CloseReason::Timeout);
+        return Some(NextStep::Close);
+    }
+    // A PING to write, or an early entry: the step runs and arms the next deadline.
+    Some(NextStep::Continue)
 }
 
 fn record_ending(conn: &mut Connection, ctx: &Ctx<'_>, ending: &Ending) {

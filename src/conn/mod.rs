@@ -387,6 +387,14 @@ impl Connection {
         }
     }
 
+    /// The deadline at `at`, or none.
+    pub(crate) fn set_deadline_at(&mut self, io: &Io, ctx: &mut Ctx<'_>, at: Option<Instant>) {
+        match at {
+            Some(at) => self.set_deadline(io, ctx, at.saturating_duration_since(ctx.now)),
+            None => self.clear_deadline(),
+        }
+    }
+
     /// No deadline any more; an armed entry stays and is dropped when it fires.
     pub(crate) fn clear_deadline(&mut self) {
         self.deadline = None;
@@ -695,6 +703,11 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             return NextStep::Wait;
         }
         Some(_) => conn.deadline = None,
+    }
+    if matches!(conn.phase, Phase::H2 | Phase::H2Origin) {
+        if let Some(step) = http2::keepalive_due(conn, io, ctx) {
+            return step;
+        }
     }
     if matches!(conn.phase, Phase::Linger) {
         // The linger's planned end, not a timeout: the reason named before it stands.

@@ -10,6 +10,7 @@
 
 use super::leg::{Leg, Side};
 use super::{CloseReason, Connection, Ctx, NextStep, Phase, UpstreamConn};
+use crate::http2::keepalive::KeepAlive;
 use crate::http2::links::LinkId;
 use crate::http2::origin::OriginSession;
 use crate::stats;
@@ -20,6 +21,8 @@ use uring::Io;
 #[derive(Debug)]
 pub(crate) struct OriginSide {
     pub session: OriginSession,
+    /// Since when the session has had no stream (`pool.idle_timeout` counts from there).
+    pub idle_since: Option<std::time::Instant>,
 }
 
 /// Before the pool: a stream on an open HTTP/2 session to this origin, if one has room.
@@ -87,8 +90,10 @@ pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'
     let window = ctx.cfg.h2.initial_stream_window;
     let token = ctx.origins.reserve(key.clone());
     // The waker names the slot once it has one: it is set on the session's first run.
-    let session = OriginSession::new(key, token, link, window, std::task::Waker::noop().clone(), ctx.now);
-    slot.h2 = Some(Box::new(super::http2::H2::Origin(OriginSide { session })));
+    let mut session = OriginSession::new(key, token, link, window, std::task::Waker::noop().clone(), ctx.now);
+    let h2 = &ctx.cfg.h2;
+    session.keepalive = KeepAlive::new(h2.origin_ping_interval, h2.ping_timeout, ctx.now);
+    slot.h2 = Some(Box::new(super::http2::H2::Origin(OriginSide { session, idle_since: None })));
     ctx.spawn.push(slot);
     true
 }
@@ -104,6 +109,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     // Origin plaintext into the session.
     let data = conn.origin.input.data(ctx.pool);
     if !data.is_empty() {
+        if let Some(k) = side.session.keepalive.as_mut() {
+            k.heard(ctx.now);
+        }
         let n = side.session.pipe().with(|q| {
             let n = q.inbound_room().min(data.len());
             q.resets_in.scan(&data[..n]);
@@ -128,17 +136,21 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         conn.closing(CloseReason::OriginClosed);
         return NextStep::Close;
     }
-    // Idle: closed after the pool's idle timeout; busy: no deadline of its own.
-    if streams == 0 {
-        if !accepting {
-            conn.closing(CloseReason::Done);
-            return NextStep::Close;
-        }
-        let t = ctx.cfg.pool.idle_timeout;
-        conn.refresh_deadline(io, ctx, t);
-    } else {
-        conn.clear_deadline();
+    // Idle: closed after the pool's idle timeout; busy: no deadline of its own. Either
+    // way, the next keep-alive PING or its timeout if those are on.
+    if streams == 0 && !accepting {
+        conn.closing(CloseReason::Done);
+        return NextStep::Close;
     }
+    let Some(side) = conn.h2.as_mut().and_then(|h| h.origin_mut()) else { return NextStep::Close };
+    let idle_end = if streams == 0 {
+        Some(*side.idle_since.get_or_insert(ctx.now) + ctx.cfg.pool.idle_timeout)
+    } else {
+        side.idle_since = None;
+        None
+    };
+    let ping_due = side.session.keepalive.as_ref().map(KeepAlive::next_due);
+    conn.set_deadline_at(io, ctx, super::http2::earliest(idle_end, ping_due));
     let room = side_room(conn);
     if !conn.origin.reading && !conn.origin.ended() && room && conn.origin.input.is_empty() {
         return conn.read(io, ctx, Side::Origin);

@@ -6,6 +6,7 @@
 //! - [`links`]: the in-memory pipes between a session and the exchanges of its streams.
 //! - [`request`] / [`response`]: the translation between HTTP/2 streams and the HTTP/1.1
 //!   messages the exchanges speak.
+//! - [`keepalive`]: PINGs to a silent peer, and the end of one that stays silent.
 //! - [`pipe`]: the `h2` crate's transport over the session's byte queues, where
 //!   [`tally`] counts the RST_STREAM frames passing each way.
 //! - [`floods`]: our own per-connection rate limits on frames that cost work, in one pass
@@ -14,6 +15,7 @@
 
 pub mod field_block;
 pub mod floods;
+pub mod keepalive;
 pub mod links;
 pub mod origin;
 pub mod pipe;

@@ -79,6 +79,8 @@ pub struct OriginSession {
     pub ending: Option<String>,
     /// Its name in the worker's registry.
     pub token: Token,
+    /// PINGs to a silent origin (`h2.origin_ping_interval`), set by the connection.
+    pub keepalive: Option<super::keepalive::KeepAlive>,
 }
 
 impl std::fmt::Debug for OriginSession {
@@ -110,6 +112,7 @@ impl OriginSession {
             started: now,
             ending: None,
             token,
+            keepalive: None,
         }
     }
 
@@ -163,6 +166,9 @@ impl OriginSession {
     pub fn drive(&mut self, links: &mut Links, wake: &dyn Fn(ConnId)) {
         let waker = self.waker.clone();
         let mut cx = Context::from_waker(&waker);
+        if let Some(k) = self.keepalive.as_mut() {
+            k.poll(&mut cx);
+        }
         for _ in 0..DRIVE_ROUNDS {
             let mut moved = self.poll_connection(&mut cx);
             if let State::Open { send, .. } = &mut self.state {
@@ -200,7 +206,10 @@ impl OriginSession {
     fn poll_connection(&mut self, cx: &mut Context<'_>) -> bool {
         match &mut self.state {
             State::Handshaking(hs) => match hs.as_mut().poll(cx) {
-                Poll::Ready(Ok((send, conn))) => {
+                Poll::Ready(Ok((send, mut conn))) => {
+                    if let Some(k) = self.keepalive.as_mut() {
+                        k.attach(conn.ping_pong());
+                    }
                     self.state = State::Open { send, conn: Box::new(conn) };
                     true
                 }

@@ -12,6 +12,7 @@
 //! so a stream reserves capacity and sends only what was granted; received DATA is
 //! released (window reopened) only once its bytes are in the link, whose size is bounded.
 
+use super::keepalive::KeepAlive;
 use super::links::{LinkId, Links};
 use super::pipe::Pipe;
 use super::request::{self, RequestBody};
@@ -84,6 +85,8 @@ pub struct Session {
     streams: Vec<Stream>,
     ending: Option<Ending>,
     shutting_down: bool,
+    /// PINGs to a silent client (`h2.client_ping_interval`), set by the connection.
+    pub keepalive: Option<KeepAlive>,
 }
 
 impl std::fmt::Debug for Session {
@@ -105,6 +108,7 @@ impl Session {
             streams: Vec::new(),
             ending: None,
             shutting_down: false,
+            keepalive: None,
         }
     }
 
@@ -200,6 +204,9 @@ impl Session {
     ) {
         let waker = self.waker.clone();
         let mut cx = Context::from_waker(&waker);
+        if let Some(k) = self.keepalive.as_mut() {
+            k.poll(&mut cx);
+        }
         for _ in 0..DRIVE_ROUNDS {
             let mut moved = self.poll_connection(&mut cx, links, me, new);
             for s in &mut self.streams {
@@ -234,7 +241,10 @@ impl Session {
         let mut moved = false;
         if let State::Handshaking(hs) = &mut self.state {
             match Pin::new(hs).poll(cx) {
-                Poll::Ready(Ok(c)) => {
+                Poll::Ready(Ok(mut c)) => {
+                    if let Some(k) = self.keepalive.as_mut() {
+                        k.attach(c.ping_pong());
+                    }
                     self.state = State::Open(c);
                     moved = true;
                     if self.shutting_down {

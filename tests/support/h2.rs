@@ -494,6 +494,11 @@ impl Nghttpd {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().filter_map(|l| l.split_once(":path: ")).map(|(_, p)| p.trim().to_string()).collect()
     }
+
+    /// Its process id (to stop it with SIGSTOP: an origin that goes silent).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Nghttpd {
