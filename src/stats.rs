@@ -257,7 +257,7 @@ impl WorkerStats {
         bump(&self.h2_goaways[usize::from(!ours)][code], 1);
     }
 
-    /// Resets counted by a [`crate::http2::tally::ResetTally`]: `origin` leg or client,
+    /// Resets counted by a [`crate::http2::tally::FrameTally`]: `origin` leg or client,
     /// `sent` by us or received.
     pub fn h2_resets(&self, origin: bool, sent: bool, counts: &[u32; H2_CODES.len()]) {
         for (code, &n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {

@@ -187,19 +187,32 @@ fn a_grpc_bidi_stream_crosses_the_proxy_while_open() {
     assert!(text.contains("bidi ok 20"), "bidi stream: {text}{err}");
 }
 
-const HINTS_ORIGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/h2_hints_origin.py");
+const SCRIPTED_ORIGIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/h2_scripted_origin.py");
+
+/// `h2_scripted_origin.py MODE` for `origin.test` on its own address, and a proxy that
+/// resolves `origin.test` to it and trusts its CA.
+fn scripted_origin(mode: &str, n: u32) -> (TempDir, Background, Proxy) {
+    let dir = TempDir::new("scripted");
+    let (ca, leaf, key) = make_test_pki(&dir, "origin.test");
+    let ip = format!("127.79.{}.{}", std::process::id() % 250 + 1, n);
+    let mut server =
+        Background::start_script(SCRIPTED_ORIGIN, &[mode, &ip, leaf.to_str().unwrap(), key.to_str().unwrap()]);
+    server.wait_line("ready", Duration::from_secs(20)).unwrap_or_else(|e| panic!("{mode} origin: {e}"));
+    let proxy = Proxy::builder("")
+        .workers(1)
+        .resolve("origin.test", &ip)
+        .arg("--upstream-ca")
+        .arg(ca.to_str().unwrap())
+        .start();
+    (dir, server, proxy)
+}
 
 #[test]
 fn early_hints_from_an_h2_origin_reach_http2_and_http11_clients() {
     if !ready(Some("h2")) {
         return;
     }
-    let dir = TempDir::new("hints");
-    let (ca, leaf, key) = make_test_pki(&dir, "origin.test");
-    let ip = format!("127.79.{}.{}", std::process::id() % 250 + 1, 3);
-    let mut server = Background::start_script(HINTS_ORIGIN, &[&ip, leaf.to_str().unwrap(), key.to_str().unwrap()]);
-    server.wait_line("ready", Duration::from_secs(20)).unwrap_or_else(|e| panic!("hints origin: {e}"));
-    let proxy = Proxy::builder("").resolve("origin.test", &ip).arg("--upstream-ca").arg(ca.to_str().unwrap()).start();
+    let (dir, _server, proxy) = scripted_origin("hints", 3);
     for version in ["--http2", "--http1.1"] {
         let heads = dir.join("heads");
         let body = dir.join("body");
@@ -212,4 +225,24 @@ fn early_hints_from_an_h2_origin_reach_http2_and_http11_clients() {
         assert!(heads[hint..].contains("link: </style.css>; rel=preload"), "{version}: {heads}");
         assert!(hint < heads.find(" 200").unwrap(), "{version}: 103 after 200:\n{heads}");
     }
+}
+
+#[test]
+fn a_request_above_the_origins_goaway_is_sent_again_whatever_its_method() {
+    if !ready(Some("h2")) {
+        return;
+    }
+    let (dir, _server, proxy) = scripted_origin("goaway", 4);
+    let body = dir.join("body");
+    let (exit, code, _, err) = curl_tls(&proxy, "--http1.1", &[], "/first", &body);
+    assert_eq!((exit, code), (0, 200), "first request: {err}");
+    // The second stream on that session is above the origin's GOAWAY (last stream 1): the
+    // origin never saw it, so even a POST goes out again, on a new session.
+    let (exit, code, _, err) = curl_tls(&proxy, "--http1.1", &["-X", "POST"], "/second", &body);
+    // Breaks when an unprocessed request is treated as failed (a 502 for a POST).
+    assert_eq!((exit, code), (0, 200), "a POST the origin never processed: {err}\n{}", proxy.stderr_log());
+    assert_eq!(std::fs::read(&body).unwrap(), b"served\n");
+    let m = |f: &str| proxy.metric(f).unwrap();
+    let seen = (m("sluice_upstream_retries_total"), m("sluice_h2_origin_sessions_total"));
+    assert_eq!(seen, (1.0, 2.0), "(retries, origin sessions)\n{}", proxy.stderr_log());
 }

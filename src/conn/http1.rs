@@ -531,14 +531,16 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
 
 /// The origin failed before a response byte reached the client.
 fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &str) -> NextStep {
+    // An HTTP/2 origin that never processed the request (refused stream, GOAWAY below
+    // it): safe to send again whatever the method (RFC 9113 §8.7).
+    let unprocessed = conn.origin_link().and_then(|l| ctx.links.get(l)).is_some_and(|l| l.unprocessed);
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
     let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
-    let retryable = reused
+    let retryable = ((reused && ex.method.is_idempotent()) || unprocessed)
         && !ex.retried
         && !ex.response_started
-        && ex.method.is_idempotent()
         && matches!(ex.h1.req_body, Body::None)
         && conn.origin.input.is_empty()
         && !conn.client.input.is_lent();

@@ -205,9 +205,9 @@ pub(crate) fn send_frames(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
     let (out, pool) = (&mut conn.out, &mut *ctx.pool);
     let (n, received, sent) = pipe.with(|q| {
         let n = out.fill(pool, &q.outbound[..q.outbound.len().min(uring::SLAB_SIZE)]);
-        q.resets_out.scan(&q.outbound[..n]);
+        q.tally_out.scan(&q.outbound[..n]);
         q.outbound.drain(..n);
-        (n, q.resets_in.take(), q.resets_out.take())
+        (n, q.tally_in.take(), q.tally_out.take())
     });
     let origin = side == Side::Origin;
     ctx.stats.h2_resets(origin, false, &received);

@@ -114,7 +114,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         }
         let n = side.session.pipe().with(|q| {
             let n = q.inbound_room().min(data.len());
-            q.resets_in.scan(&data[..n]);
+            q.tally_in.scan(&data[..n]);
             q.inbound.extend_from_slice(&data[..n]);
             n
         });

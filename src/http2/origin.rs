@@ -93,7 +93,7 @@ impl OriginSession {
     /// A session to `key` whose first stream is `first`; `h2` wakes `waker`.
     pub fn new(key: PoolKey, token: Token, first: LinkId, window: u32, waker: Waker, now: Instant) -> OriginSession {
         let pipe = Pipe::default();
-        pipe.with(|q| q.resets_out = super::tally::ResetTally::after_preface());
+        pipe.with(|q| q.tally_out = super::tally::FrameTally::after_preface());
         let io = pipe.clone();
         let mut b = client::Builder::new();
         b.initial_window_size(window)
@@ -157,8 +157,17 @@ impl OriginSession {
 
     /// Ends the session: every stream's exchange sees its origin fail.
     pub fn abandon(&mut self, links: &mut Links, wake: &dyn Fn(ConnId)) {
-        for link in self.inbox.drain(..).chain(self.streams.drain(..).map(|s| s.link)) {
-            cancel(links, link, wake);
+        // Requests never sent, or sent above the origin's GOAWAY, were not processed.
+        let goaway_last = self.pipe.with(|q| q.tally_in.goaway_last_stream());
+        for link in self.inbox.drain(..) {
+            cancel(links, link, wake, true);
+        }
+        for s in self.streams.drain(..) {
+            let unprocessed = match &s.request {
+                Request::Head | Request::Ready { .. } => true,
+                Request::Sent { send, .. } => goaway_last.is_some_and(|last| u32::from(send.stream_id()) > last),
+            };
+            cancel(links, s.link, wake, unprocessed);
         }
     }
 
@@ -171,6 +180,8 @@ impl OriginSession {
         }
         for _ in 0..DRIVE_ROUNDS {
             let mut moved = self.poll_connection(&mut cx);
+            // Streams above the origin's GOAWAY were never processed (RFC 9113 §6.8).
+            let goaway_last = self.pipe.with(|q| q.tally_in.goaway_last_stream());
             if let State::Open { send, .. } = &mut self.state {
                 for link in self.inbox.drain(..) {
                     self.streams.push(Stream {
@@ -185,7 +196,7 @@ impl OriginSession {
                     moved = true;
                 }
                 for s in &mut self.streams {
-                    moved |= pump(s, &self.key, send, &mut cx, links, wake);
+                    moved |= pump(s, &self.key, send, &mut cx, links, wake, goaway_last);
                 }
             }
             self.streams.retain(|s| {
@@ -257,9 +268,12 @@ fn leave(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId)) {
     }
 }
 
-fn cancel(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId)) {
+/// The stream is over without a response: its exchange sees its origin fail, and may send
+/// the request again anywhere when `unprocessed` (see `Link::unprocessed`).
+fn cancel(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId), unprocessed: bool) {
     if let Some(l) = links.get(link) {
         l.cancelled = true;
+        l.unprocessed = unprocessed;
     }
     leave(links, link, wake);
 }
@@ -338,6 +352,7 @@ fn pump(
     cx: &mut Context<'_>,
     links: &mut Links,
     wake: &dyn Fn(ConnId),
+    goaway_last: Option<u32>,
 ) -> bool {
     let Some(l) = links.get(s.link) else {
         s.done = true;
@@ -355,6 +370,8 @@ fn pump(
     let mut moved = false;
     let mut woke = false;
     let mut fail = false;
+    // The failure left the request unprocessed by the origin (see `Link::unprocessed`).
+    let mut unprocessed = false;
     // The request head, once whole.
     if let Request::Head = s.request {
         match h1::parse_request(&l.to_session, &LIMITS) {
@@ -387,11 +404,12 @@ fn pump(
                             s.request = Request::Sent { send, body, done: end };
                             moved = true;
                         }
-                        Err(_) => fail = true,
+                        Err(_) => (fail, unprocessed) = (true, true),
                     }
                 }
             }
-            Poll::Ready(Err(_)) => fail = true,
+            // The session is going away before this request went out.
+            Poll::Ready(Err(_)) => (fail, unprocessed) = (true, true),
             Poll::Pending => {}
         }
     }
@@ -454,6 +472,7 @@ fn pump(
     }
     // The response head.
     if let Some(future) = s.response.as_mut().filter(|_| !fail) {
+        let id = u32::from(future.stream_id());
         match Pin::new(future).poll(cx) {
             Poll::Ready(Ok(resp)) => {
                 let (parts, recv) = resp.into_parts();
@@ -468,7 +487,10 @@ fn pump(
                 moved = true;
                 woke = true;
             }
-            Poll::Ready(Err(_)) => fail = true,
+            Poll::Ready(Err(e)) => {
+                fail = true;
+                unprocessed = e.reason() == Some(Reason::REFUSED_STREAM) || goaway_last.is_some_and(|last| id > last);
+            }
             Poll::Pending => {}
         }
     }
@@ -514,6 +536,7 @@ fn pump(
             send.send_reset(Reason::CANCEL);
         }
         l.cancelled = true;
+        l.unprocessed = unprocessed;
         s.done = true;
         moved = true;
         woke = true;

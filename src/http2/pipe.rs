@@ -8,7 +8,7 @@
 //! `Pending` until the leg took them. Neither side registers a waker: the session polls
 //! `h2` after every event of its slot, which is when these queues change.
 
-use super::tally::ResetTally;
+use super::tally::FrameTally;
 use std::cell::RefCell;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -34,8 +34,8 @@ pub struct Queues {
     /// Frames `h2` wrote, for the client.
     pub outbound: Vec<u8>,
     /// RST_STREAM frames in what was put in `inbound`, and taken from `outbound`.
-    pub resets_in: ResetTally,
-    pub resets_out: ResetTally,
+    pub tally_in: FrameTally,
+    pub tally_out: FrameTally,
 }
 
 impl Queues {

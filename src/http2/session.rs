@@ -17,7 +17,7 @@ use super::links::{LinkId, Links};
 use super::pipe::Pipe;
 use super::request::{self, RequestBody};
 use super::response::{Event, ResponseReader};
-use super::tally::ResetTally;
+use super::tally::FrameTally;
 use super::Settings;
 use crate::h1::Method;
 use bytes::Bytes;
@@ -99,7 +99,7 @@ impl Session {
     /// A session whose `h2` wakes `waker` (the slot's own).
     pub fn new(settings: &Settings, waker: Waker) -> Session {
         let pipe = Pipe::default();
-        pipe.with(|q| q.resets_in = ResetTally::after_preface());
+        pipe.with(|q| q.tally_in = FrameTally::after_preface());
         let handshake = settings.builder().handshake(pipe.clone());
         Session {
             state: State::Handshaking(handshake),
@@ -121,7 +121,7 @@ impl Session {
     /// calls since the room was asked for: the watch before us may hold back a few).
     pub fn feed(&mut self, bytes: &[u8]) {
         self.pipe.with(|q| {
-            q.resets_in.scan(bytes);
+            q.tally_in.scan(bytes);
             q.inbound.extend_from_slice(bytes);
         });
     }

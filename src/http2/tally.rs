@@ -1,33 +1,39 @@
-//! RST_STREAM frames counted by error code as the bytes of one direction of an HTTP/2
-//! connection pass through its pipe (frame headers and the 4-byte code only; nothing
-//! is buffered). Both legs, both directions: what `h2` sends on its own (REFUSED_STREAM
-//! past the stream limit, PROTOCOL_ERROR for a malformed stream...) is counted as surely
-//! as what we ask for, and what a peer sends as surely as what `h2` tells us.
+//! RST_STREAM frames counted by error code, and the last stream id of a GOAWAY, as the
+//! bytes of one direction of an HTTP/2 connection pass through its pipe (frame headers
+//! and a few payload bytes only; nothing is buffered). Both legs, both directions: what
+//! `h2` sends on its own (REFUSED_STREAM past the stream limit, PROTOCOL_ERROR for a
+//! malformed stream...) is counted as surely as what we ask for, and what a peer sends
+//! as surely as what `h2` tells us. The GOAWAY's last stream id tells which requests an
+//! origin never processed (RFC 9113 §6.8), which `h2` does not say.
 
 /// Buckets: the error codes of RFC 9113 §7 (0x0..=0xd), then one for every other code.
 pub const CODES: usize = 15;
 
 const FRAME_HEADER: usize = 9;
 const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
 const PREFACE_LEN: usize = 24;
 
 /// The counter over one direction.
 #[derive(Debug, Clone, Default)]
-pub struct ResetTally {
+pub struct FrameTally {
     preface_left: usize,
     header: [u8; FRAME_HEADER],
     header_len: usize,
     payload_left: usize,
-    /// The code of the RST_STREAM being read: its bytes so far.
-    code: Option<([u8; 4], usize)>,
-    /// Resets seen since the last [`ResetTally::take`], by code.
+    /// The first 4 payload bytes of the RST_STREAM (its code) or GOAWAY (its last
+    /// stream id) being read, and how many are in.
+    word: Option<(u8, [u8; 4], usize)>,
+    /// Resets seen since the last [`FrameTally::take`], by code.
     counts: [u32; CODES],
+    /// The last stream id of the latest GOAWAY.
+    goaway_last_stream: Option<u32>,
 }
 
-impl ResetTally {
+impl FrameTally {
     /// For bytes that start with the client preface (a client's frames).
-    pub fn after_preface() -> ResetTally {
-        ResetTally { preface_left: PREFACE_LEN, ..ResetTally::default() }
+    pub fn after_preface() -> FrameTally {
+        FrameTally { preface_left: PREFACE_LEN, ..FrameTally::default() }
     }
 
     /// The next bytes of the direction.
@@ -38,14 +44,18 @@ impl ResetTally {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
-                if let Some((code, have)) = &mut self.code {
+                if let Some((kind, word, have)) = &mut self.word {
                     let k = (4 - *have).min(n);
-                    code[*have..*have + k].copy_from_slice(&bytes[..k]);
+                    word[*have..*have + k].copy_from_slice(&bytes[..k]);
                     *have += k;
                     if *have == 4 {
-                        let c = u32::from_be_bytes(*code) as usize;
-                        self.counts[c.min(CODES - 1)] += 1;
-                        self.code = None;
+                        let value = u32::from_be_bytes(*word);
+                        if *kind == RST_STREAM {
+                            self.counts[(value as usize).min(CODES - 1)] += 1;
+                        } else {
+                            self.goaway_last_stream = Some(value & 0x7fff_ffff);
+                        }
+                        self.word = None;
                     }
                 }
                 self.payload_left -= n;
@@ -63,8 +73,15 @@ impl ResetTally {
             let h = self.header;
             self.payload_left = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
             // A RST_STREAM of another size is a FRAME_SIZE_ERROR, not a reset.
-            self.code = (h[3] == RST_STREAM && self.payload_left == 4).then_some(([0; 4], 0));
+            let wanted = (h[3] == RST_STREAM && self.payload_left == 4) || (h[3] == GOAWAY && self.payload_left >= 8);
+            self.word = wanted.then_some((h[3], [0; 4], 0));
         }
+    }
+
+    /// The last stream id of the latest GOAWAY seen, if any: streams above it were not
+    /// processed.
+    pub fn goaway_last_stream(&self) -> Option<u32> {
+        self.goaway_last_stream
     }
 
     /// The resets counted since the last call, by code.
@@ -85,6 +102,16 @@ mod tests {
     }
 
     #[test]
+    fn a_goaway_tells_its_last_stream() {
+        let mut t = FrameTally::default();
+        let goaway = frame(GOAWAY, &[0x80, 0, 0, 5, 0, 0, 0, 0, b'x']);
+        for b in goaway.chunks(2) {
+            t.scan(b);
+        }
+        assert_eq!(t.goaway_last_stream(), Some(5), "the reserved bit is not part of the id");
+    }
+
+    #[test]
     fn resets_are_counted_by_code_whatever_the_chunking() {
         let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         bytes.extend(frame(0x4, &[]));
@@ -94,7 +121,7 @@ mod tests {
         bytes.extend(frame(RST_STREAM, &[0, 0, 0, 8]));
         bytes.extend(frame(RST_STREAM, &[0, 0, 1, 0])); // unknown code 256
         for chunk in [1, 3, 7, bytes.len()] {
-            let mut t = ResetTally::after_preface();
+            let mut t = FrameTally::after_preface();
             for c in bytes.chunks(chunk) {
                 t.scan(c);
             }
@@ -102,6 +129,7 @@ mod tests {
             assert_eq!((counts[8], counts[7], counts[CODES - 1]), (2, 1, 1), "chunks of {chunk}");
             assert_eq!(counts.iter().sum::<u32>(), 4);
             assert_eq!(t.take(), [0; CODES], "taken once");
+            assert_eq!(t.goaway_last_stream(), None);
         }
     }
 }
