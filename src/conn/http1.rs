@@ -546,7 +546,9 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         && !conn.client.input.is_lent();
     if retryable && !conn.origin.reading && conn.origin.writing.is_none() {
         ex.retried = true;
-        ex.fresh_only = true;
+        // A request the origin did not process may share a session again; after any
+        // other failure, only a fresh connection is trusted.
+        ex.fresh_only = !unprocessed;
         ex.h1.head_pending = ex.h1.head_len;
         ex.upstream_step = UpstreamStep::Start;
         conn.client.input.start = ex.h1.head_at;

@@ -193,6 +193,7 @@ impl Connection {
         self.origin.writing = None;
         let Some(l) = ctx.links.get(link) else { return };
         l.exchange_gone = true;
+        l.session_news = true;
         match l.session {
             None => ctx.links.free(link),
             Some(s) => ctx.wakes.wake(s),

@@ -167,7 +167,8 @@ impl Connection {
     }
 }
 
-fn wake_session(l: &Link, wakes: &uring::ReadyQueue) {
+fn wake_session(l: &mut Link, wakes: &uring::ReadyQueue) {
+    l.session_news = true;
     if let Some(s) = l.session {
         wakes.wake(s);
     }

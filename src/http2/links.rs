@@ -49,6 +49,8 @@ pub struct Link {
     pub exchange_gone: bool,
     /// The stream was reset or its session went away: the exchange stops.
     pub cancelled: bool,
+    /// The exchange changed the link since the session last looked (see `super::news`).
+    pub session_news: bool,
     /// With `cancelled`: the origin never processed the request (it was never sent, the
     /// origin refused the stream, or its GOAWAY's last stream is below it: RFC 9113
     /// §8.7), so it may be sent again whatever its method.

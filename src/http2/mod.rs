@@ -4,6 +4,7 @@
 //! - [`session`]: one client connection's `h2` server, driven by the worker with no
 //!   runtime (feed bytes / drive / take frames).
 //! - [`links`]: the in-memory pipes between a session and the exchanges of its streams.
+//! - [`news`]: a waker per stream, so that a session pumps only the streams with news.
 //! - [`request`] / [`response`]: the translation between HTTP/2 streams and the HTTP/1.1
 //!   messages the exchanges speak.
 //! - [`keepalive`]: PINGs to a silent peer, and the end of one that stays silent.
@@ -17,6 +18,7 @@ pub mod field_block;
 pub mod floods;
 pub mod keepalive;
 pub mod links;
+pub mod news;
 pub mod origin;
 pub mod pipe;
 pub mod request;

@@ -16,6 +16,7 @@
 //! handshake picked `h2` makes the session (and hands it its socket).
 
 use super::links::{LinkId, Links};
+use super::news::StreamNews;
 use super::pipe::Pipe;
 use super::response::{Event, ResponseReader};
 use crate::h1::{self, BodyFraming, HeadLimits};
@@ -58,6 +59,8 @@ enum Request {
 
 struct Stream {
     link: LinkId,
+    /// Its waker: `h2` and its exchange say when it has something to do.
+    news: StreamNews,
     request: Request,
     response: Option<ResponseFuture>,
     recv: Option<RecvStream>,
@@ -100,6 +103,9 @@ impl OriginSession {
             .initial_connection_window_size(window.saturating_mul(2).min((1 << 31) - 1))
             .max_header_list_size(256 << 10)
             .max_send_buffer_size(64 * 1024)
+            // Until the origin's SETTINGS say otherwise, as many streams as RFC 9113 §6.5.2
+            // asks any server to allow (h2 assumes no limit, and a burst gets refused).
+            .initial_max_send_streams(100)
             .enable_push(false);
         let handshake: Handshake = Box::pin(async move { b.handshake::<Pipe, Bytes>(io).await });
         OriginSession {
@@ -186,6 +192,7 @@ impl OriginSession {
                 for link in self.inbox.drain(..) {
                     self.streams.push(Stream {
                         link,
+                        news: StreamNews::new(&waker),
                         request: Request::Head,
                         response: None,
                         recv: None,
@@ -195,8 +202,21 @@ impl OriginSession {
                     });
                     moved = true;
                 }
+                // `poll_ready` keeps one waker: the streams waiting for the origin's room
+                // are tried in order each run, up to the first that still has to wait.
+                let mut room = true;
                 for s in &mut self.streams {
-                    moved |= pump(s, &self.key, send, &mut cx, links, wake, goaway_last);
+                    let link_news = links.get(s.link).is_some_and(|l| std::mem::take(&mut l.session_news));
+                    let waits_for_room = matches!(s.request, Request::Ready { .. });
+                    if !(s.news.take() | link_news || (waits_for_room && room)) {
+                        continue;
+                    }
+                    let waker = s.news.waker().clone();
+                    if pump(s, &self.key, send, &mut Context::from_waker(&waker), links, wake, goaway_last) {
+                        s.news.mark();
+                        moved = true;
+                    }
+                    room &= !matches!(s.request, Request::Ready { .. });
                 }
             }
             self.streams.retain(|s| {

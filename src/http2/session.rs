@@ -14,6 +14,7 @@
 
 use super::keepalive::KeepAlive;
 use super::links::{LinkId, Links};
+use super::news::StreamNews;
 use super::pipe::Pipe;
 use super::request::{self, RequestBody};
 use super::response::{Event, ResponseReader};
@@ -57,6 +58,8 @@ pub struct NewStream {
 /// One client stream.
 struct Stream {
     link: LinkId,
+    /// Its waker: `h2` and its exchange say when it has something to do.
+    news: StreamNews,
     body: RequestBody,
     /// The request body still to be read (None once it ended or for bodiless requests).
     recv: Option<RecvStream>,
@@ -210,7 +213,14 @@ impl Session {
         for _ in 0..DRIVE_ROUNDS {
             let mut moved = self.poll_connection(&mut cx, links, me, new);
             for s in &mut self.streams {
-                moved |= pump(s, &mut cx, links, wake);
+                let link_news = links.get(s.link).is_some_and(|l| std::mem::take(&mut l.session_news));
+                if s.news.take() | link_news {
+                    let waker = s.news.waker().clone();
+                    if pump(s, &mut Context::from_waker(&waker), links, wake) {
+                        s.news.mark();
+                        moved = true;
+                    }
+                }
             }
             self.streams.retain(|s| {
                 if s.done() {
@@ -264,7 +274,7 @@ impl Session {
             match c.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     moved = true;
-                    if let Some(s) = accept(req, respond, links, me, new) {
+                    if let Some(s) = accept(req, respond, links, me, new, &self.waker) {
                         self.streams.push(s);
                     }
                 }
@@ -294,6 +304,7 @@ fn accept(
     links: &mut Links,
     me: uring::ConnId,
     new: &mut Vec<NewStream>,
+    slot: &Waker,
 ) -> Option<Stream> {
     let (parts, recv) = req.into_parts();
     let protocol = parts.extensions.get::<h2::ext::Protocol>().map(|p| p.as_str().to_string());
@@ -317,6 +328,7 @@ fn accept(
     let method = if protocol.is_some() { Method::Get } else { method };
     Some(Stream {
         link,
+        news: StreamNews::new(slot),
         body,
         recv: (!end_of_stream).then_some(recv),
         respond: Some(respond),
