@@ -74,7 +74,7 @@ mod tests {
         let n = StreamNews::new(&slot);
         assert!(n.take(), "a new stream has news");
         assert!(!n.take(), "taken once");
-        n.waker().clone().wake();
+        n.waker().wake_by_ref();
         assert!(slot_woken.load(Relaxed), "the session's slot is woken");
         assert!(n.take());
         n.mark();
