@@ -1,10 +1,13 @@
 //! The `[h2]` table: HTTP/2 on the client leg: whether it is offered, its windows and its
 //! limits. The defaults let one stream fill a 1 Gbit/s path with 50 ms of round trip
 //! (6.25 MB in flight: a 65,535-byte window is what makes HTTP/2 downloads crawl), and
-//! cap header lists at 64 KiB instead of the `h2` crate's 16 MiB.
+//! cap header lists at 64 KiB instead of the `h2` crate's 16 MiB. It also says which
+//! origins get HTTP/2: TLS origins that pick it in ALPN (`origins`), and the cleartext
+//! destinations listed in `cleartext_origins` (prior knowledge, RFC 9113 §3.3).
 
 use super::{ConfigError, Taker};
-use serde::Deserialize;
+use serde::{de, Deserialize, Deserializer};
+use std::fmt;
 use toml::Spanned;
 
 /// HTTP/2 settings.
@@ -25,6 +28,62 @@ pub struct H2Config {
     /// Offer `h2` to TLS origins too (one session per origin and worker, shared by the
     /// requests of every client).
     pub origins: bool,
+    /// Cleartext destinations spoken to in HTTP/2 with prior knowledge (h2c), shared the
+    /// same way; every other cleartext origin gets HTTP/1.1.
+    pub cleartext_origins: Vec<CleartextOrigin>,
+}
+
+/// One `h2.cleartext_origins` entry: a host (exact name or IP address, or `*.suffix`) and
+/// a port, both required to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleartextOrigin {
+    /// Lower-cased; an IPv6 address without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl CleartextOrigin {
+    /// Parses `host:port`, `*.suffix:port` or `[v6]:port`.
+    pub fn parse(s: &str) -> Result<CleartextOrigin, String> {
+        const EXPECTED: &str = "expected HOST:PORT, *.SUFFIX:PORT or [IPv6]:PORT";
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!("{EXPECTED} (the port is required)"));
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("{EXPECTED}: {port:?} is not a port")),
+        };
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => match v6.parse::<std::net::Ipv6Addr>() {
+                Ok(addr) => addr.to_string(),
+                Err(_) => return Err(format!("{EXPECTED}: {v6:?} is not an IPv6 address")),
+            },
+            None if host.contains(':') => return Err(format!("{EXPECTED} (an IPv6 address goes in brackets)")),
+            None => super::parse_passthrough(host).map_err(|e| format!("{EXPECTED}: {e}"))?,
+        };
+        Ok(CleartextOrigin { host, port })
+    }
+
+    /// Whether a request to `host:port` (host as the request named it) is for this origin.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.port == port && super::name_matches(host, &self.host)
+    }
+}
+
+impl fmt::Display for CleartextOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CleartextOrigin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CleartextOrigin::parse(&s).map_err(|e| de::Error::custom(format!("{s:?}: {e}")))
+    }
 }
 
 impl Default for H2Config {
@@ -37,6 +96,7 @@ impl Default for H2Config {
             max_header_list_size: 64 << 10,
             max_frame_size: 16 << 10,
             origins: true,
+            cleartext_origins: Vec::new(),
         }
     }
 }
@@ -47,6 +107,11 @@ const MIN_FRAME: u32 = 1 << 14;
 const MAX_FRAME: u32 = (1 << 24) - 1;
 
 impl H2Config {
+    /// Whether requests to the cleartext origin `host:port` go over HTTP/2 (h2c).
+    pub fn speaks_h2c(&self, host: &str, port: u16) -> bool {
+        self.cleartext_origins.iter().any(|o| o.matches(host, port))
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let range = |key: &'static str, v: u32, lo: u32, hi: u32| {
             if v < lo || v > hi {
@@ -59,6 +124,11 @@ impl H2Config {
         range("h2.initial_connection_window", self.initial_connection_window, 65_535, MAX_WINDOW)?;
         range("h2.max_header_list_size", self.max_header_list_size, 1024, 16 << 20)?;
         range("h2.max_frame_size", self.max_frame_size, MIN_FRAME, MAX_FRAME)?;
+        for origin in &self.cleartext_origins {
+            // Built by `parse` from the file; checked again for configs built in code.
+            CleartextOrigin::parse(&origin.to_string())
+                .map_err(|e| ConfigError::invalid("h2.cleartext_origins", format!("{origin}: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -74,6 +144,7 @@ pub(super) struct H2File {
     max_header_list_size: Option<Spanned<u32>>,
     max_frame_size: Option<Spanned<u32>>,
     origins: Option<Spanned<bool>>,
+    cleartext_origins: Option<Spanned<Vec<CleartextOrigin>>>,
 }
 
 impl H2File {
@@ -85,6 +156,7 @@ impl H2File {
         t.set("h2.max_header_list_size", self.max_header_list_size, &mut c.max_header_list_size);
         t.set("h2.max_frame_size", self.max_frame_size, &mut c.max_frame_size);
         t.set("h2.origins", self.origins, &mut c.origins);
+        t.set("h2.cleartext_origins", self.cleartext_origins, &mut c.cleartext_origins);
     }
 }
 
@@ -98,7 +170,7 @@ mod tests {
         let c = parse_str(
             "[h2]\nenabled = false\nmax_concurrent_streams = 10\ninitial_stream_window = 65535\n\
              initial_connection_window = 1048576\nmax_header_list_size = 8192\nmax_frame_size = 32768\n\
-             origins = false\n",
+             origins = false\ncleartext_origins = [\"Api.Test:8080\", \"*.h2c.test:80\", \"[::1]:81\"]\n",
         )
         .unwrap();
         let expected = H2Config {
@@ -109,6 +181,11 @@ mod tests {
             max_header_list_size: 8192,
             max_frame_size: 32768,
             origins: false,
+            cleartext_origins: vec![
+                CleartextOrigin { host: "api.test".into(), port: 8080 },
+                CleartextOrigin { host: "*.h2c.test".into(), port: 80 },
+                CleartextOrigin { host: "::1".into(), port: 81 },
+            ],
         };
         assert_eq!(c.h2, expected);
         assert_eq!(parse_str("[h2]\n").unwrap().h2, H2Config::default());
@@ -121,5 +198,39 @@ mod tests {
         let e = parse_str("[h2]\ninitial_stream_window = 4294967295\n").unwrap_err().to_string();
         assert!(e.contains("h2.initial_stream_window"), "{e}");
         assert!(parse_str("[h2]\nwindow = 1\n").is_err(), "unknown keys are refused");
+    }
+
+    #[test]
+    fn cleartext_origins_match_host_and_port() {
+        let c = parse_str(
+            "[h2]\ncleartext_origins = [\"api.test:8080\", \"*.h2c.test:80\", \"127.0.0.5:80\", \"[::1]:81\"]\n",
+        )
+        .unwrap()
+        .h2;
+        assert!(c.speaks_h2c("api.test", 8080));
+        assert!(c.speaks_h2c("API.test.", 8080), "case and a trailing dot do not matter");
+        assert!(!c.speaks_h2c("api.test", 80), "the port must match");
+        assert!(c.speaks_h2c("a.h2c.test", 80) && c.speaks_h2c("b.a.h2c.test", 80));
+        assert!(!c.speaks_h2c("h2c.test", 80) && !c.speaks_h2c("xh2c.test", 80));
+        assert!(c.speaks_h2c("127.0.0.5", 80) && !c.speaks_h2c("127.0.0.6", 80));
+        assert!(c.speaks_h2c("::1", 81));
+        assert!(!H2Config::default().speaks_h2c("api.test", 8080), "off by default");
+    }
+
+    #[test]
+    fn a_bad_cleartext_origin_is_one_line_naming_the_key_and_the_entry() {
+        for (entry, why) in [
+            ("api.test", "port is required"),
+            ("api.test:0", "not a port"),
+            ("api.test:http", "not a port"),
+            ("bad name:80", "not allowed"),
+            ("::1:80", "brackets"),
+            ("[nope]:80", "not an IPv6 address"),
+            ("*:80", "expected"),
+        ] {
+            let e = parse_str(&format!("[h2]\ncleartext_origins = [{entry:?}]\n")).unwrap_err().to_string();
+            assert!(e.contains("h2.cleartext_origins") && e.contains(entry) && e.contains(why), "{entry}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 }
