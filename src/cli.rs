@@ -30,7 +30,8 @@ enum Command {
     ///
     /// Clients speak HTTP/1.1, or HTTP/2: ALPN `h2` on intercepted TLS, or the cleartext
     /// preface (prior knowledge) on any proxy listener; `[h2]` in the config file sets its
-    /// windows and limits (`h2.enabled = false` turns it off). TLS origins are offered `h2` too (`h2.origins`).
+    /// windows and limits (`h2.enabled = false` turns it off). TLS origins are offered `h2` too (`h2.origins`);
+    /// cleartext origins get HTTP/1.1 unless listed in `h2.cleartext_origins` (h2c, prior knowledge).
     Run(Box<RunArgs>),
     /// Validate a config file: prints `FILE: ok`, or the error and exits 2.
     CheckConfig {

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 mod h2;
 mod resolver;
-pub use h2::H2Config;
+pub use h2::{CleartextOrigin, H2Config};
 pub use resolver::{parse_nameserver, ResolverConfig};
 
 /// Everything a worker needs to run. Built once at start (and, later, on reload), then
@@ -360,6 +360,20 @@ pub fn parse_passthrough(s: &str) -> Result<String, String> {
     check_name(name)
         .map(|name| format!("{wildcard}{name}"))
         .map_err(|e| format!("expected a server name or *.suffix: {e}"))
+}
+
+/// Whether `name` (as a request named it: any case, maybe a trailing dot) matches a
+/// pattern `parse_passthrough` accepted: the same name, or a subdomain of a `*.suffix`.
+pub fn name_matches(name: &str, pattern: &str) -> bool {
+    let name = name.trim_end_matches('.').as_bytes();
+    match pattern.strip_prefix("*.").map(str::as_bytes) {
+        Some(suffix) => {
+            name.len() > suffix.len() + 1
+                && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                && name[name.len() - suffix.len() - 1] == b'.'
+        }
+        None => name.eq_ignore_ascii_case(pattern.as_bytes()),
+    }
 }
 
 /// Parses the access log target: `off` (no access log), `stdout` (or `-`, the same), or a

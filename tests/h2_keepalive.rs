@@ -45,7 +45,7 @@ fn an_origin_session_to_a_frozen_origin_is_pinged_closed_and_replaced() {
         .workers(1)
         .resolve("origin.test", &ng.ip)
         .arg("--upstream-ca")
-        .arg(ng.ca_pem.to_str().unwrap())
+        .arg(ng.ca_pem.as_deref().and_then(|p| p.to_str()).expect("nghttpd over TLS has a CA"))
         .start();
     assert_eq!(fetch(&proxy), 200);
     assert_eq!(proxy.metric("sluice_h2_origin_sessions_active").unwrap(), 1.0);

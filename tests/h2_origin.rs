@@ -42,7 +42,7 @@ fn setup(files: &[(&str, u64)], workers: usize) -> (TempDir, Nghttpd, Proxy) {
         .workers(workers)
         .resolve("origin.test", &ng.ip)
         .arg("--upstream-ca")
-        .arg(ng.ca_pem.to_str().expect("utf-8 temp path"))
+        .arg(ng.ca_pem.as_deref().and_then(|p| p.to_str()).expect("a TLS nghttpd, utf-8 temp path"))
         .start();
     (docroot, ng, proxy)
 }
@@ -245,4 +245,98 @@ fn a_request_above_the_origins_goaway_is_sent_again_whatever_its_method() {
     let m = |f: &str| proxy.metric(f).unwrap();
     let seen = (m("sluice_upstream_retries_total"), m("sluice_h2_origin_sessions_total"));
     assert_eq!(seen, (1.0, 2.0), "(retries, origin sessions)\n{}", proxy.stderr_log());
+}
+
+// ---------------------------------------------------------------------------------------
+// h2c: cleartext origins listed in `h2.cleartext_origins` (prior knowledge)
+// ---------------------------------------------------------------------------------------
+
+/// nghttpd in cleartext (`h2c.test:80`, HTTP/2 with prior knowledge only) serving `f`
+/// (`size` bytes), and a proxy with `config` that resolves `h2c.test` to it.
+fn setup_h2c(config: &str, size: u64) -> (TempDir, Nghttpd, Proxy) {
+    let docroot = TempDir::new("h2cdocroot");
+    write_pattern_file(&docroot.join("f"), size);
+    let ng = Nghttpd::start_cleartext(docroot.path());
+    let proxy = Proxy::builder(config).workers(1).resolve("h2c.test", &ng.ip).start();
+    (docroot, ng, proxy)
+}
+
+/// One curl run of `urls` (each `(url, output file)`) at once (`--parallel`), with
+/// `args`; returns each transfer's `http_code http_version` and curl's stderr.
+fn curl_parallel(args: &[&str], urls: &[(String, std::path::PathBuf)]) -> (Vec<String>, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--max-time",
+        "60",
+        "--parallel",
+        "--parallel-immediate",
+        "-w",
+        "%{http_code} %{http_version}\\n",
+    ]);
+    cmd.args(args);
+    for (url, out) in urls {
+        cmd.arg("-o").arg(out).arg(url);
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run curl");
+    let lines = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    (lines, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_listed_cleartext_origin_gets_every_client_over_one_h2c_session() {
+    if !ready(None) {
+        return;
+    }
+    let n = 300_000;
+    let (_docroot, ng, proxy) = setup_h2c("[h2]\ncleartext_origins = [\"h2c.test:80\"]\n", n);
+    let dir = TempDir::new("h2c-origin");
+    // HTTP/1.1 clients through the explicit proxy: five connections at once.
+    let h1: Vec<_> = (0..5).map(|i| ("http://h2c.test/f".to_string(), dir.join(&format!("h1-{i}")))).collect();
+    let (codes, err) = curl_parallel(&["--http1.1", "-x", &proxy.url()], &h1);
+    // Breaks when the listed origin gets HTTP/1.1 (nghttpd reads it as a bad preface: 502).
+    assert_eq!(codes, vec!["200 1.1"; 5], "HTTP/1.1 clients: {err}");
+    // From now on the session is known: every request takes a stream on it before the
+    // pool, without dialling (a burst before it existed may dial and join it: surplus).
+    let surplus = proxy.metric("sluice_h2_origin_surplus_connections_total").expect("metrics");
+    // HTTP/2 clients with prior knowledge: one connection, five streams at once.
+    let connect_to = format!("h2c.test:80:127.0.0.1:{}", proxy.port);
+    let h2: Vec<_> = (0..5).map(|i| (format!("http://h2c.test/f?s={i}"), dir.join(&format!("h2-{i}")))).collect();
+    let (codes, err) = curl_parallel(&["--http2-prior-knowledge", "--connect-to", &connect_to], &h2);
+    assert_eq!(codes, vec!["200 2"; 5], "h2c clients: {err}");
+    for (_, body) in h1.iter().chain(&h2) {
+        check_pattern_file(body, n).unwrap_or_else(|e| panic!("{}: {e}", body.display()));
+    }
+    // A POST is echoed by the origin.
+    write_pattern_file(&dir.join("payload"), 1 << 20);
+    let data = format!("@{}", dir.join("payload").display());
+    let echo = [("http://h2c.test/echo".to_string(), dir.join("echo"))];
+    let (codes, err) = curl_parallel(&["--http1.1", "-x", &proxy.url(), "--data-binary", &data], &echo);
+    assert_eq!(codes, vec!["200 1.1"], "POST: {err}");
+    check_pattern_file(&dir.join("echo"), 1 << 20).unwrap_or_else(|e| panic!("POST echoed by nghttpd: {e}"));
+    assert_eq!(ng.paths().len(), 11, "{:?}", ng.paths());
+    // Breaks when a known h2c session is not looked up before dialling.
+    assert_eq!(proxy.metric("sluice_h2_origin_surplus_connections_total"), Ok(surplus), "dialled a known h2c origin");
+    // Breaks when requests do not share the session (one origin connection each).
+    assert_eq!(ng.sessions(), 1, "nghttpd saw {} sessions for 11 requests", ng.sessions());
+    assert_eq!(proxy.metric("sluice_h2_origin_sessions_total"), Ok(1.0));
+}
+
+#[test]
+fn cleartext_origins_get_http11_unless_listed() {
+    if !ready(None) {
+        return;
+    }
+    // By default, and with a list that names other destinations (another port, other
+    // names), the request goes out in HTTP/1.1, which this origin refuses.
+    for config in ["", "[h2]\ncleartext_origins = [\"h2c.test:8080\", \"*.h2c.test:80\", \"127.0.0.1:80\"]\n"] {
+        let (_docroot, ng, proxy) = setup_h2c(config, 1000);
+        let dir = TempDir::new("h2c-off");
+        let url = [("http://h2c.test/f".to_string(), dir.join("body"))];
+        let (codes, err) = curl_parallel(&["--http1.1", "-x", &proxy.url()], &url);
+        // Breaks when h2c is on by default, or an entry matches more than its host and port.
+        assert_eq!(codes, vec!["502 1.1"], "config {config:?}: {err}");
+        assert_eq!(ng.sessions(), 0, "config {config:?}");
+        assert_eq!(proxy.metric("sluice_h2_origin_sessions_total"), Ok(0.0), "config {config:?}");
+    }
 }

@@ -8,8 +8,9 @@
 //! switch, a protocol the operator does not allow and `h2c` stripped (and `h2c` refused
 //! by `check-config`), a declined Upgrade answered as a normal response whose origin
 //! connection is not pooled, a 101 nobody asked for (or to another protocol) refused
-//! with 502, the idle timeout closing an idle upgraded tunnel, and one access-log line
-//! with status 101 and the bytes both ways.
+//! with 502, the idle timeout closing an idle upgraded tunnel, one access-log line with
+//! status 101 and the bytes both ways, and an Upgrade to an origin listed in
+//! `h2.cleartext_origins` still made in HTTP/1.1.
 
 mod support;
 
@@ -504,6 +505,21 @@ fn websocket_via_a_host_routed_request_with_frames_pipelined_behind_it() {
     assert!(seen.has_token("upgrade", "websocket") && seen.has_token("connection", "upgrade"), "{seen:?}");
     echo_and_close(&mut c, "Host-routed");
     proxy.wait_no_clients("a closed Host-routed WebSocket");
+}
+
+#[test]
+fn a_websocket_to_an_h2c_listed_origin_still_goes_over_http11() {
+    let origin = WsOrigin::start();
+    // The operator says this destination speaks HTTP/2 in cleartext: its ordinary requests
+    // go over h2c, but an Upgrade exists only in HTTP/1.1.
+    let proxy = Proxy::start(&format!("[h2]\ncleartext_origins = [\"{}\"]\n", origin.host()));
+    let mut c = BufConn::new(tcp_to(&proxy));
+    send(&mut c, ws_request("/echo", &origin.host(), "").as_bytes());
+    // Breaks when an Upgrade goes to the h2c session (the origin would get a preface).
+    expect_101(&mut c);
+    assert_eq!(origin.last_head().first_line, "GET /echo HTTP/1.1");
+    echo_and_close(&mut c, "h2c-listed origin");
+    assert_eq!(proxy.metric("sluice_h2_origin_sessions_total"), Ok(0.0));
 }
 
 #[test]

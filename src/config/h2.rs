@@ -1,10 +1,13 @@
 //! The `[h2]` table: HTTP/2 on the client leg: whether it is offered, its windows and its
 //! limits. The defaults let one stream fill a 1 Gbit/s path with 50 ms of round trip
 //! (6.25 MB in flight: a 65,535-byte window is what makes HTTP/2 downloads crawl), and
-//! cap header lists at 64 KiB instead of the `h2` crate's 16 MiB.
+//! cap header lists at 64 KiB instead of the `h2` crate's 16 MiB. It also says which
+//! origins get HTTP/2: TLS origins that pick it in ALPN (`origins`), and the cleartext
+//! destinations listed in `cleartext_origins` (prior knowledge, RFC 9113 §3.3).
 
 use super::{ConfigError, Seconds, Taker};
-use serde::Deserialize;
+use serde::{de, Deserialize, Deserializer};
+use std::fmt;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -32,6 +35,62 @@ pub struct H2Config {
     pub origin_ping_interval: Duration,
     /// A PING unanswered this long (nothing at all received) ends the connection.
     pub ping_timeout: Duration,
+    /// Cleartext destinations spoken to in HTTP/2 with prior knowledge (h2c), shared the
+    /// same way; every other cleartext origin gets HTTP/1.1.
+    pub cleartext_origins: Vec<CleartextOrigin>,
+}
+
+/// One `h2.cleartext_origins` entry: a host (exact name or IP address, or `*.suffix`) and
+/// a port, both required to match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CleartextOrigin {
+    /// Lower-cased; an IPv6 address without brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+impl CleartextOrigin {
+    /// Parses `host:port`, `*.suffix:port` or `[v6]:port`.
+    pub fn parse(s: &str) -> Result<CleartextOrigin, String> {
+        const EXPECTED: &str = "expected HOST:PORT, *.SUFFIX:PORT or [IPv6]:PORT";
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(format!("{EXPECTED} (the port is required)"));
+        };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("{EXPECTED}: {port:?} is not a port")),
+        };
+        let host = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => match v6.parse::<std::net::Ipv6Addr>() {
+                Ok(addr) => addr.to_string(),
+                Err(_) => return Err(format!("{EXPECTED}: {v6:?} is not an IPv6 address")),
+            },
+            None if host.contains(':') => return Err(format!("{EXPECTED} (an IPv6 address goes in brackets)")),
+            None => super::parse_passthrough(host).map_err(|e| format!("{EXPECTED}: {e}"))?,
+        };
+        Ok(CleartextOrigin { host, port })
+    }
+
+    /// Whether a request to `host:port` (host as the request named it) is for this origin.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.port == port && super::name_matches(host, &self.host)
+    }
+}
+
+impl fmt::Display for CleartextOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CleartextOrigin {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        CleartextOrigin::parse(&s).map_err(|e| de::Error::custom(format!("{s:?}: {e}")))
+    }
 }
 
 impl Default for H2Config {
@@ -47,6 +106,7 @@ impl Default for H2Config {
             client_ping_interval: Duration::ZERO,
             origin_ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(10),
+            cleartext_origins: Vec::new(),
         }
     }
 }
@@ -57,6 +117,11 @@ const MIN_FRAME: u32 = 1 << 14;
 const MAX_FRAME: u32 = (1 << 24) - 1;
 
 impl H2Config {
+    /// Whether requests to the cleartext origin `host:port` go over HTTP/2 (h2c).
+    pub fn speaks_h2c(&self, host: &str, port: u16) -> bool {
+        self.cleartext_origins.iter().any(|o| o.matches(host, port))
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         let range = |key: &'static str, v: u32, lo: u32, hi: u32| {
             if v < lo || v > hi {
@@ -83,6 +148,11 @@ impl H2Config {
                 ));
             }
         }
+        for origin in &self.cleartext_origins {
+            // Built by `parse` from the file; checked again for configs built in code.
+            CleartextOrigin::parse(&origin.to_string())
+                .map_err(|e| ConfigError::invalid("h2.cleartext_origins", format!("{origin}: {e}")))?;
+        }
         Ok(())
     }
 }
@@ -101,6 +171,7 @@ pub(super) struct H2File {
     client_ping_interval: Option<Spanned<Seconds>>,
     origin_ping_interval: Option<Spanned<Seconds>>,
     ping_timeout: Option<Spanned<Seconds>>,
+    cleartext_origins: Option<Spanned<Vec<CleartextOrigin>>>,
 }
 
 impl H2File {
@@ -115,6 +186,7 @@ impl H2File {
         t.set_secs("h2.client_ping_interval", self.client_ping_interval, &mut c.client_ping_interval);
         t.set_secs("h2.origin_ping_interval", self.origin_ping_interval, &mut c.origin_ping_interval);
         t.set_secs("h2.ping_timeout", self.ping_timeout, &mut c.ping_timeout);
+        t.set("h2.cleartext_origins", self.cleartext_origins, &mut c.cleartext_origins);
     }
 }
 
@@ -128,7 +200,8 @@ mod tests {
         let c = parse_str(
             "[h2]\nenabled = false\nmax_concurrent_streams = 10\ninitial_stream_window = 65535\n\
              initial_connection_window = 1048576\nmax_header_list_size = 8192\nmax_frame_size = 32768\n\
-             origins = false\nclient_ping_interval = 20\norigin_ping_interval = 0\nping_timeout = 5\n",
+             origins = false\nclient_ping_interval = 20\norigin_ping_interval = 0\nping_timeout = 5\n\
+             cleartext_origins = [\"Api.Test:8080\", \"*.h2c.test:80\", \"[::1]:81\"]\n",
         )
         .unwrap();
         let expected = H2Config {
@@ -142,6 +215,11 @@ mod tests {
             client_ping_interval: Duration::from_secs(20),
             origin_ping_interval: Duration::ZERO,
             ping_timeout: Duration::from_secs(5),
+            cleartext_origins: vec![
+                CleartextOrigin { host: "api.test".into(), port: 8080 },
+                CleartextOrigin { host: "*.h2c.test".into(), port: 80 },
+                CleartextOrigin { host: "::1".into(), port: 81 },
+            ],
         };
         assert_eq!(c.h2, expected);
         assert_eq!(parse_str("[h2]\n").unwrap().h2, H2Config::default());
@@ -158,5 +236,39 @@ mod tests {
         assert!(e.contains("h2.ping_timeout") && e.contains("between 1 and"), "{e}");
         let e = parse_str("[h2]\norigin_ping_interval = 0.5\n").unwrap_err().to_string();
         assert!(e.contains("h2.origin_ping_interval") && e.contains("0 (off) or"), "{e}");
+    }
+
+    #[test]
+    fn cleartext_origins_match_host_and_port() {
+        let c = parse_str(
+            "[h2]\ncleartext_origins = [\"api.test:8080\", \"*.h2c.test:80\", \"127.0.0.5:80\", \"[::1]:81\"]\n",
+        )
+        .unwrap()
+        .h2;
+        assert!(c.speaks_h2c("api.test", 8080));
+        assert!(c.speaks_h2c("API.test.", 8080), "case and a trailing dot do not matter");
+        assert!(!c.speaks_h2c("api.test", 80), "the port must match");
+        assert!(c.speaks_h2c("a.h2c.test", 80) && c.speaks_h2c("b.a.h2c.test", 80));
+        assert!(!c.speaks_h2c("h2c.test", 80) && !c.speaks_h2c("xh2c.test", 80));
+        assert!(c.speaks_h2c("127.0.0.5", 80) && !c.speaks_h2c("127.0.0.6", 80));
+        assert!(c.speaks_h2c("::1", 81));
+        assert!(!H2Config::default().speaks_h2c("api.test", 8080), "off by default");
+    }
+
+    #[test]
+    fn a_bad_cleartext_origin_is_one_line_naming_the_key_and_the_entry() {
+        for (entry, why) in [
+            ("api.test", "port is required"),
+            ("api.test:0", "not a port"),
+            ("api.test:http", "not a port"),
+            ("bad name:80", "not allowed"),
+            ("::1:80", "brackets"),
+            ("[nope]:80", "not an IPv6 address"),
+            ("*:80", "expected"),
+        ] {
+            let e = parse_str(&format!("[h2]\ncleartext_origins = [{entry:?}]\n")).unwrap_err().to_string();
+            assert!(e.contains("h2.cleartext_origins") && e.contains(entry) && e.contains(why), "{entry}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 }

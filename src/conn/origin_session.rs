@@ -1,11 +1,13 @@
 //! HTTP/2 origin sessions as slots of their own (`Phase::H2Origin`), and the exchange's
 //! side of them: an origin leg that is a link instead of a socket.
 //!
-//! An exchange to an https origin asks the worker's registry (`http2::origin::Origins`)
-//! for a session with a free stream before the pool. With none, it dials as before,
-//! offering `h2` and `http/1.1`; when the origin picks `h2`, the exchange hands its socket
-//! and TLS session to a new session slot (`become_session`) and talks to it through a
-//! link from then on. The session slot runs `h2`'s client over the origin leg exactly as
+//! An exchange to an https origin, or to a cleartext origin listed in
+//! `h2.cleartext_origins`, asks the worker's registry (`http2::origin::Origins`) for a
+//! session with a free stream before the pool. With none, it dials as before, offering
+//! `h2` and `http/1.1`; when the origin picks `h2` (or, in cleartext, as soon as the TCP
+//! connect is done: prior knowledge, the session's first bytes are the preface), the
+//! exchange hands its socket and TLS session to a new session slot (`become_session`)
+//! and talks to it through a link from then on. The session slot runs `h2`'s client over the origin leg exactly as
 //! a client session runs its server over the client leg (`conn::http2`).
 
 use super::leg::{Leg, Side};
@@ -50,12 +52,13 @@ pub(crate) fn attach(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>, key: &Po
     true
 }
 
-/// The origin picked `h2` on this exchange's fresh connection: the socket, its TLS session
+/// The origin picked `h2` on this exchange's fresh connection (or is a cleartext origin
+/// listed in `h2.cleartext_origins`, just connected): the socket, its TLS session if any
 /// and its lease go to a new session slot, and the exchange's origin leg becomes a link
 /// to it. False (nothing changed) while an operation still names the socket.
 pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> bool {
     let Some(ex) = conn.ex.as_mut() else { return false };
-    let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: true };
+    let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
     if conn.origin.busy() {
         return false;
     }

@@ -1,9 +1,10 @@
 //! The upstream sub-machine: reuse a pooled connection, or resolve the name (without
 //! blocking the ring), connect to each address in turn and (for https origins) run the
-//! TLS handshake. It knows nothing of the client's protocol: each step returns an
-//! [`Outcome`], and the caller moves on when the origin leg is ready or renders a
-//! failure in its own protocol (an HTTP/1 error page today; a `:status 502` or an
-//! RST_STREAM for an HTTP/2 stream).
+//! TLS handshake; an origin that speaks HTTP/2 (by ALPN, or listed in
+//! `h2.cleartext_origins`) becomes a shared session (`conn::origin_session`). It knows
+//! nothing of the client's protocol: each step returns an [`Outcome`], and the caller
+//! moves on when the origin leg is ready or renders a failure in its own protocol (an
+//! HTTP/1 error page today; a `:status 502` or an RST_STREAM for an HTTP/2 stream).
 
 use super::http1::UpstreamStep;
 use super::leg::Dial;
@@ -97,14 +98,26 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
     }
 }
 
+/// A request HTTP/2 may carry to the origin: not a tunnel, not an Upgrade (HTTP/1.1 only).
+fn fits_h2(ex: &super::http1::Exchange) -> bool {
+    !ex.is_connect && ex.h1.upgrade.is_none()
+}
+
+/// A cleartext origin the operator listed as speaking HTTP/2 (`h2.cleartext_origins`), for
+/// a request HTTP/2 may carry: its connection starts with the preface, no TLS, no Upgrade.
+fn prior_knowledge(ex: &super::http1::Exchange, ctx: &Ctx<'_>) -> bool {
+    !ex.upstream_tls && fits_h2(ex) && ctx.cfg.h2.speaks_h2c(&ex.host, ex.port)
+}
+
 /// A pooled connection to the origin, a turn in its queue, or the go-ahead to dial one
 /// (tunnels always dial). `again`: a queued request that was woken.
 fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool) -> Outcome {
     // An HTTP/2 session to this origin with a free stream comes before the pool (not for a
-    // retry, which wants a fresh connection, nor for an Upgrade, which HTTP/1.1 carries).
+    // retry, which wants a fresh connection, nor for an Upgrade, which HTTP/1.1 carries):
+    // TLS origins that picked `h2`, cleartext ones listed in `h2.cleartext_origins`.
     let shared = conn.ex.as_ref().and_then(|ex| {
-        let may_share = ex.upstream_tls && !ex.is_connect && !ex.fresh_only && ex.h1.upgrade.is_none();
-        may_share.then(|| PoolKey { host: ex.host.clone(), port: ex.port, tls: true })
+        let may_share = (ex.upstream_tls || prior_knowledge(ex, ctx)) && fits_h2(ex) && !ex.fresh_only;
+        may_share.then(|| PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls })
     });
     if let Some(key) = shared {
         if super::origin_session::attach(conn, io, ctx, &key) {
@@ -217,6 +230,10 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
                 Err(why) => return failed(502, why),
             }
             conn.clear_deadline();
+            let h2c = conn.ex.as_ref().is_some_and(|ex| prior_knowledge(ex, ctx));
+            if h2c && !super::origin_session::become_session(conn, io, ctx) {
+                return failed(502, "the cleartext HTTP/2 origin's connection could not be handed over");
+            }
             return ready(conn, ctx);
         }
         let err = std::io::Error::from_raw_os_error(-result);

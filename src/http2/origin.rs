@@ -12,8 +12,9 @@
 //! origin's stream.
 //!
 //! [`Origins`] is the worker's registry of sessions by origin: an exchange to an https
-//! origin first asks it for a session with a free stream; the first exchange whose TLS
-//! handshake picked `h2` makes the session (and hands it its socket).
+//! origin (or a cleartext one in `h2.cleartext_origins`) first asks it for a session with a
+//! free stream; the first exchange whose TLS handshake picked `h2` (or whose connect to
+//! such a cleartext origin is done) makes the session (and hands it its socket).
 
 use super::links::{LinkId, Links};
 use super::news::StreamNews;
@@ -308,12 +309,14 @@ fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<
         h1::RequestTarget::Asterisk => "*",
         h1::RequestTarget::Authority(_) => return Err("CONNECT does not go to an HTTP/2 origin"),
     };
+    // A cleartext origin (h2c, `h2.cleartext_origins`) is an `http` one.
+    let (scheme, default_port) = if key.tls { ("https", 443) } else { ("http", 80) };
     let authority = match &head.host {
         Some(a) => a.to_string(),
-        None if key.port == 443 => key.host.to_string(),
+        None if key.port == default_port => key.host.to_string(),
         None => format!("{}:{}", key.host, key.port),
     };
-    let uri = http::Uri::builder().scheme("https").authority(authority).path_and_query(path).build();
+    let uri = http::Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build();
     let mut req = http::Request::builder()
         .method(http::Method::from_bytes(head.method_raw.as_bytes()).map_err(|_| "bad method")?)
         .uri(uri.map_err(|_| "bad request target")?)
@@ -703,5 +706,14 @@ mod tests {
         assert!(o.find(&key()).is_none(), "full at the origin's limit");
         assert!(o.remove(&key(), token).is_empty());
         assert_eq!(o.sessions(), 0);
+    }
+
+    #[test]
+    fn a_cleartext_origin_gets_the_http_scheme() {
+        let (head, _) =
+            h1::parse_request(b"GET /a?b HTTP/1.1\r\nHost: h2c.test:8080\r\n\r\n", &LIMITS).unwrap().unwrap();
+        let h2c = PoolKey { host: "h2c.test".into(), port: 8080, tls: false };
+        assert_eq!(translate(&head, &h2c).unwrap().uri().to_string(), "http://h2c.test:8080/a?b");
+        assert_eq!(translate(&head, &key()).unwrap().uri().scheme_str(), Some("https"));
     }
 }

@@ -251,18 +251,7 @@ pub fn read_client_hello(
 
 /// Whether `name` is on the passthrough list (exact, or `*.suffix`).
 pub fn is_passthrough(name: &str, list: &[String]) -> bool {
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    list.iter().any(|p| {
-        let p = p.to_ascii_lowercase();
-        match p.strip_prefix("*.") {
-            Some(suffix) => {
-                name.len() > suffix.len() + 1
-                    && name.ends_with(suffix)
-                    && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
-            }
-            None => name == p,
-        }
-    })
+    list.iter().any(|p| crate::config::name_matches(name, p))
 }
 
 #[cfg(test)]

@@ -416,16 +416,19 @@ impl Drop for TlsFront {
 }
 
 // ---------------------------------------------------------------------------------------
-// nghttpd: a real HTTP/2 origin over TLS
+// nghttpd: a real HTTP/2 origin, over TLS or in cleartext (h2c)
 // ---------------------------------------------------------------------------------------
 
-/// `nghttpd -v --echo-upload` on `IP:443` (certificate for `name` from a per-run test CA)
-/// serving `docroot`; its verbose log tells how many HTTP/2 sessions it had. Killed on
-/// drop.
+/// `nghttpd -v --echo-upload` serving `docroot`: on `IP:443` with a certificate for `name`
+/// from a per-run test CA ([`Nghttpd::start`]), or on `IP:80` in cleartext, prior
+/// knowledge only ([`Nghttpd::start_cleartext`]). Its verbose log tells how many HTTP/2
+/// sessions it had. Killed on drop.
 pub struct Nghttpd {
     child: Child,
     pub ip: String,
-    pub ca_pem: std::path::PathBuf,
+    pub port: u16,
+    /// The CA of its certificate (`None` in cleartext).
+    pub ca_pem: Option<std::path::PathBuf>,
     log: std::path::PathBuf,
     _dir: TempDir,
 }
@@ -434,27 +437,42 @@ impl Nghttpd {
     pub fn start(name: &str, docroot: &std::path::Path) -> Nghttpd {
         let dir = TempDir::new("nghttpd");
         let (ca_pem, leaf, key) = make_test_pki(&dir, name);
+        Nghttpd::launch(dir, docroot, 443, &[key.as_os_str(), leaf.as_os_str()], Some(ca_pem))
+    }
+
+    /// HTTP/2 over cleartext TCP with prior knowledge (an HTTP/1.1 request is refused:
+    /// nghttpd reads it as a bad preface).
+    pub fn start_cleartext(docroot: &std::path::Path) -> Nghttpd {
+        Nghttpd::launch(TempDir::new("nghttpd"), docroot, 80, &["--no-tls".as_ref()], None)
+    }
+
+    fn launch(
+        dir: TempDir,
+        docroot: &std::path::Path,
+        port: u16,
+        tls_args: &[&std::ffi::OsStr],
+        ca_pem: Option<std::path::PathBuf>,
+    ) -> Nghttpd {
         let log = dir.join("nghttpd.log");
         for _ in 0..5 {
             let ip = fresh_front_ip();
-            let mut child = Command::new("nghttpd")
-                .args(["-v", "--echo-upload", "-a", &ip, "-d"])
-                .arg(docroot)
-                .arg("443")
-                .arg(&key)
-                .arg(&leaf)
+            let mut cmd = Command::new("nghttpd");
+            cmd.args(["-v", "--echo-upload", "-a", &ip, "-d"]).arg(docroot).arg(port.to_string());
+            // nghttpd's usage: options may follow the port, and the key and certificate do.
+            let mut child = cmd
+                .args(tls_args)
                 .stdin(Stdio::null())
                 .stdout(fs::File::create(&log).expect("nghttpd log"))
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn nghttpd");
-            let addr: SocketAddr = format!("{ip}:443").parse().unwrap();
+            let addr = SocketAddr::new(ip.parse().expect("an IP"), port);
             let up = wait_until(Duration::from_secs(10), || {
                 matches!(child.try_wait(), Ok(Some(_)))
                     || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
             });
             if up && matches!(child.try_wait(), Ok(None)) {
-                return Nghttpd { child, ip, ca_pem, log, _dir: dir };
+                return Nghttpd { child, ip, port, ca_pem, log, _dir: dir };
             }
             let _ = child.kill();
             let _ = child.wait();
