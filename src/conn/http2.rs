@@ -138,14 +138,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     let quiet = streams == 0 && !h2.session.has_outbound() && conn.client.writing.is_none();
     // Idle (no stream): the client's keep-alive deadline; busy: each stream has its own.
     // Either way, the next keep-alive PING or its timeout if those are on.
-    let idle_end = if streams == 0 {
-        Some(*h2.idle_since.get_or_insert(ctx.now) + ctx.cfg.timeouts.client_idle)
-    } else {
-        h2.idle_since = None;
-        None
-    };
-    let ping_due = h2.session.keepalive.as_ref().map(KeepAlive::next_due);
-    conn.set_deadline_at(io, ctx, earliest(idle_end, ping_due));
+    let at =
+        session_deadline(&mut h2.idle_since, streams, ctx.cfg.timeouts.client_idle, &h2.session.keepalive, ctx.now);
+    conn.set_deadline_at(io, ctx, at);
     let can_read = !conn.client.reading && conn.client.wait == ClientWait::Idle && !conn.client.ended();
     if can_read && wants_input && conn.client.input.is_empty() {
         if quiet && !conn.client.readable {
@@ -256,9 +251,23 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
     true
 }
 
-/// The earlier of two optional instants.
-pub(crate) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
+/// An HTTP/2 session's next deadline: its idle timeout (`idle` after its last stream
+/// ended, tracked in `idle_since`) while it has no stream, or the next keep-alive event,
+/// whichever comes first.
+pub(crate) fn session_deadline(
+    idle_since: &mut Option<Instant>,
+    streams: usize,
+    idle: std::time::Duration,
+    keepalive: &Option<KeepAlive>,
+    now: Instant,
+) -> Option<Instant> {
+    let idle_end = if streams == 0 {
+        Some(*idle_since.get_or_insert(now) + idle)
+    } else {
+        *idle_since = None;
+        None
+    };
+    match (idle_end, keepalive.as_ref().map(KeepAlive::next_due)) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     }

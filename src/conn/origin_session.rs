@@ -146,14 +146,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         return NextStep::Close;
     }
     let Some(side) = conn.h2.as_mut().and_then(|h| h.origin_mut()) else { return NextStep::Close };
-    let idle_end = if streams == 0 {
-        Some(*side.idle_since.get_or_insert(ctx.now) + ctx.cfg.pool.idle_timeout)
-    } else {
-        side.idle_since = None;
-        None
-    };
-    let ping_due = side.session.keepalive.as_ref().map(KeepAlive::next_due);
-    conn.set_deadline_at(io, ctx, super::http2::earliest(idle_end, ping_due));
+    let idle = ctx.cfg.pool.idle_timeout;
+    let at = super::http2::session_deadline(&mut side.idle_since, streams, idle, &side.session.keepalive, ctx.now);
+    conn.set_deadline_at(io, ctx, at);
     let room = side_room(conn);
     if !conn.origin.reading && !conn.origin.ended() && room && conn.origin.input.is_empty() {
         return conn.read(io, ctx, Side::Origin);

@@ -8,6 +8,7 @@
 //! Rates are counted per second of the worker's clock; a well-behaved client stays far
 //! below every limit (browsers send a handful of each per connection).
 
+use super::frame_head::HeadReader;
 use super::rules::StreamRules;
 use std::time::{Duration, Instant};
 
@@ -65,7 +66,6 @@ impl Default for FloodLimits {
 }
 
 const PREFACE_LEN: usize = 24;
-const FRAME_HEADER: usize = 9;
 const GOAWAY: u8 = 0x7;
 
 /// The first 8 bytes of a client's GOAWAY payload (last stream id, error code).
@@ -93,8 +93,7 @@ pub struct FrameWatch {
     limits: FloodLimits,
     /// Preface bytes still to skip.
     preface_left: usize,
-    header: [u8; FRAME_HEADER],
-    header_len: usize,
+    head: HeadReader,
     /// Payload bytes of the current frame still to skip.
     payload_left: usize,
     /// CONTINUATION frames in the current header block.
@@ -119,8 +118,7 @@ impl FrameWatch {
             goaway_code: None,
             limits,
             preface_left: PREFACE_LEN,
-            header: [0; FRAME_HEADER],
-            header_len: 0,
+            head: HeadReader::default(),
             payload_left: 0,
             continuations: 0,
             first: true,
@@ -173,36 +171,27 @@ impl FrameWatch {
                 }
                 continue;
             }
-            let n = (FRAME_HEADER - self.header_len).min(bytes.len());
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-            self.header_len += n;
-            bytes = &bytes[n..];
-            if self.header_len < FRAME_HEADER {
-                break;
-            }
-            self.header_len = 0;
-            let h = self.header;
-            let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let Some(h) = self.head.take(&mut bytes) else { break };
+            let len = h.len;
             self.payload_left = len;
-            if std::mem::take(&mut self.first) && (h[3] != 0x4 || h[4] & 0x1 != 0) {
+            if std::mem::take(&mut self.first) && (h.kind != 0x4 || h.flags & 0x1 != 0) {
                 return Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR));
             }
-            if let Some(reason) = bad_size(h[3], h[4], len) {
+            if let Some(reason) = bad_size(h.kind, h.flags, len) {
                 return Some(Verdict::Violation(reason));
             }
-            let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-            if let Some(reason) = self.rules.frame(h[3], h[4], stream, len) {
+            if let Some(reason) = self.rules.frame(h.kind, h.flags, h.stream, len) {
                 return Some(Verdict::Violation(reason));
             }
-            if h[3] == GOAWAY {
-                if stream != 0 {
+            if h.kind == GOAWAY {
+                if h.stream != 0 {
                     return Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR));
                 }
                 self.goaway = Some(GoawayFrame::default());
             } else {
-                keep(&h);
+                keep(&h.raw);
             }
-            if let Some(f) = self.count(h[3], h[4], len) {
+            if let Some(f) = self.count(h.kind, h.flags, len) {
                 return Some(Verdict::Flood(f));
             }
             if len == 0 {

@@ -12,10 +12,12 @@
 //!   [`tally`] counts the RST_STREAM frames passing each way.
 //! - [`floods`]: our own per-connection rate limits on frames that cost work, in one pass
 //!   with [`rules`] (stream-state and framing errors `h2` answers with another code) and
-//!   [`field_block`] (the structure of HPACK blocks).
+//!   [`field_block`] (the structure of HPACK blocks); [`frame_head`] reads frame headers
+//!   for it and for [`tally`].
 
 pub mod field_block;
 pub mod floods;
+pub mod frame_head;
 pub mod keepalive;
 pub mod links;
 pub mod news;

@@ -9,7 +9,8 @@
 /// Buckets: the error codes of RFC 9113 §7 (0x0..=0xd), then one for every other code.
 pub const CODES: usize = 15;
 
-const FRAME_HEADER: usize = 9;
+use super::frame_head::HeadReader;
+
 const RST_STREAM: u8 = 0x3;
 const GOAWAY: u8 = 0x7;
 const PREFACE_LEN: usize = 24;
@@ -18,8 +19,7 @@ const PREFACE_LEN: usize = 24;
 #[derive(Debug, Clone, Default)]
 pub struct FrameTally {
     preface_left: usize,
-    header: [u8; FRAME_HEADER],
-    header_len: usize,
+    head: HeadReader,
     payload_left: usize,
     /// The first 4 payload bytes of the RST_STREAM (its code) or GOAWAY (its last
     /// stream id) being read, and how many are in.
@@ -62,19 +62,11 @@ impl FrameTally {
                 bytes = &bytes[n..];
                 continue;
             }
-            let n = (FRAME_HEADER - self.header_len).min(bytes.len());
-            self.header[self.header_len..self.header_len + n].copy_from_slice(&bytes[..n]);
-            self.header_len += n;
-            bytes = &bytes[n..];
-            if self.header_len < FRAME_HEADER {
-                break;
-            }
-            self.header_len = 0;
-            let h = self.header;
-            self.payload_left = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+            let Some(h) = self.head.take(&mut bytes) else { break };
+            self.payload_left = h.len;
             // A RST_STREAM of another size is a FRAME_SIZE_ERROR, not a reset.
-            let wanted = (h[3] == RST_STREAM && self.payload_left == 4) || (h[3] == GOAWAY && self.payload_left >= 8);
-            self.word = wanted.then_some((h[3], [0; 4], 0));
+            let wanted = (h.kind == RST_STREAM && h.len == 4) || (h.kind == GOAWAY && h.len >= 8);
+            self.word = wanted.then_some((h.kind, [0; 4], 0));
         }
     }
 
