@@ -303,7 +303,9 @@ fn sighup_picks_up_a_new_user_and_a_broken_file_keeps_the_old_ones() {
     // A broken file: refused with one line, and both users still get in.
     fs::write(&users, "bob:$argon2id$garbage\n").unwrap();
     hup();
-    let refused = wait_until(Duration::from_secs(10), || proxy.stderr_log().contains("reload refused"));
+    // The whole line: the log is read while the proxy may still be writing it.
+    let whole_refusal = |log: &str| log.find("reload refused").is_some_and(|at| log[at..].contains('\n'));
+    let refused = wait_until(Duration::from_secs(10), || whole_refusal(&proxy.stderr_log()));
     let log = proxy.stderr_log();
     assert!(refused, "no refusal logged:\n{log}");
     let line = log.lines().find(|l| l.contains("reload refused")).unwrap();
