@@ -199,3 +199,45 @@ fn streams_one_after_another_reuse_one_pooled_origin_connection() {
     // Breaks when a stream's exchange neither takes a pooled connection nor gives its own back.
     assert_eq!(origin.accepts(), 1, "10 streams one after another used {} origin connections", origin.accepts());
 }
+
+/// Holds N HTTP/2 connections over TLS (ALPN h2, through interception) idle: preface,
+/// empty SETTINGS, the proxy's SETTINGS acknowledged; prints `ready`, then waits for its
+/// stdin to close. Usage: SCRIPT PORT N.
+const IDLE_TLS_CLIENTS: &str = r#"
+import socket, ssl, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+conns = []
+for _ in range(n):
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="origin.test")
+    assert s.selected_alpn_protocol() == "h2"
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    buf = b""
+    while len(buf) < 9 or len(buf) < 9 + int.from_bytes(buf[:3], "big"):
+        buf += s.recv(65536)
+    s.sendall(b"\x00\x00\x00\x04\x01\x00\x00\x00\x00")
+    conns.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn idle_http2_clients_hold_no_buffer() {
+    if !ready(&[]) {
+        return;
+    }
+    let proxy = Proxy::builder("").workers(1).start();
+    let dir = TempDir::new("h2idle");
+    let script = dir.write("idle.py", IDLE_TLS_CLIENTS);
+    let mut clients = Background::start_script(script.to_str().unwrap(), &[&proxy.port.to_string(), "40"]);
+    clients.wait_line("ready", Duration::from_secs(30)).expect("40 idle TLS h2 clients");
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(5), |v| v == 40.0).expect("40 clients");
+    // Breaks when an idle session keeps a slab (its frame writer took one with nothing to
+    // write): the buffer budget then caps idle HTTP/2 clients at its size per worker.
+    let slabs = proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(5), |v| v == 0.0);
+    assert!(slabs.is_ok(), "40 idle HTTP/2 clients hold slabs: {slabs:?}");
+    drop(clients);
+}

@@ -199,7 +199,12 @@ pub(crate) fn send_frames(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>,
     }
     let (out, pool) = (&mut conn.out, &mut *ctx.pool);
     let (n, received, sent) = pipe.with(|q| {
-        let n = out.fill(pool, &q.outbound[..q.outbound.len().min(uring::SLAB_SIZE)]);
+        // Nothing queued: no slab taken (an idle connection holds none).
+        let n = if q.outbound.is_empty() {
+            0
+        } else {
+            out.fill(pool, &q.outbound[..q.outbound.len().min(uring::SLAB_SIZE)])
+        };
         q.tally_out.scan(&q.outbound[..n]);
         q.outbound.drain(..n);
         (n, q.tally_in.take(), q.tally_out.take())
