@@ -91,14 +91,18 @@ fn ready() -> bool {
     true
 }
 
-/// A proxy with `localhost` pinned to `ip`, trusting `ca` upstream.
-fn proxy_for(front: &TlsFront) -> Proxy {
-    Proxy::builder("")
+/// An HTTP/1.1 origin behind a TLS front for `localhost`, and a proxy that pins
+/// `localhost` to the front's address and trusts its CA.
+fn origin_and_proxy() -> (Origin, TlsFront, Proxy) {
+    let backend = Origin::start();
+    let front = TlsFront::start("localhost", backend.addr);
+    let proxy = Proxy::builder("")
         .workers(1)
         .resolve("localhost", &front.ip)
         .arg("--upstream-ca")
         .arg(front.ca_pem.to_str().expect("utf-8 temp path"))
-        .start()
+        .start();
+    (backend, front, proxy)
 }
 
 #[test]
@@ -106,9 +110,7 @@ fn the_cleartext_listener_passes_the_http2_conformance_suite() {
     if !ready() {
         return;
     }
-    let backend = Origin::start();
-    let front = TlsFront::start("localhost", backend.addr);
-    let mut proxy = proxy_for(&front);
+    let (_backend, front, mut proxy) = origin_and_proxy();
     // `http://localhost/`: the origin listens on port 80 of the pinned address.
     let origin = Origin::start_on(format!("{}:80", front.ip).parse().unwrap());
     let outcome = run_httpwg(proxy.addr());
@@ -129,9 +131,7 @@ fn the_intercepting_tls_listener_passes_the_http2_conformance_suite() {
     if !ready() {
         return;
     }
-    let backend = Origin::start();
-    let front = TlsFront::start("localhost", backend.addr);
-    let mut proxy = proxy_for(&front);
+    let (backend, _front, mut proxy) = origin_and_proxy();
     let bridge = TlsBridge::start("localhost", &proxy.dir.join("ca").join("ca.pem"), proxy.addr());
     let outcome = run_httpwg(format!("{}:443", bridge.ip).parse().unwrap());
     assert_all_pass(&outcome, "intercepting TLS listener", &proxy);

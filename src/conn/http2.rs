@@ -237,6 +237,7 @@ fn feed(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>) -> bool {
         }
         tracing::debug!(conn = %io.id(), ?code, "HTTP/2 GOAWAY from the client");
     }
+    ctx.stats.h2_resets(false, false, &h2.floods.resets_received());
     conn.client.input.start += n;
     conn.client.input.release_if_empty(ctx.pool);
     let reason = match verdict {

@@ -10,6 +10,7 @@
 
 use super::frame_head::HeadReader;
 use super::rules::StreamRules;
+use super::tally::FrameTally;
 use std::time::{Duration, Instant};
 
 /// What a client flooded us with.
@@ -68,25 +69,6 @@ impl Default for FloodLimits {
 const PREFACE_LEN: usize = 24;
 const GOAWAY: u8 = 0x7;
 
-/// The first 8 bytes of a client's GOAWAY payload (last stream id, error code).
-#[derive(Debug, Default)]
-struct GoawayFrame {
-    head: [u8; 8],
-    have: usize,
-}
-
-impl GoawayFrame {
-    fn take(&mut self, bytes: &[u8]) {
-        let n = (self.head.len() - self.have).min(bytes.len());
-        self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
-        self.have += n;
-    }
-
-    fn code(&self) -> u32 {
-        u32::from_be_bytes([self.head[4], self.head[5], self.head[6], self.head[7]])
-    }
-}
-
 /// The watch over one connection's inbound bytes.
 #[derive(Debug)]
 pub struct FrameWatch {
@@ -103,10 +85,10 @@ pub struct FrameWatch {
     window_start: Option<Instant>,
     counts: [u32; 4],
     rules: StreamRules,
-    /// The client's GOAWAY being read (not passed on).
-    goaway: Option<GoawayFrame>,
-    /// The code of the last GOAWAY read, until [`FrameWatch::goaway_received`] takes it.
-    goaway_code: Option<u32>,
+    /// The client's resets and GOAWAYs, read in the same pass.
+    tally: FrameTally,
+    /// The frame being read is a GOAWAY (not passed on).
+    in_goaway: bool,
 }
 
 impl FrameWatch {
@@ -114,8 +96,8 @@ impl FrameWatch {
     pub fn new(limits: FloodLimits, rules: StreamRules) -> FrameWatch {
         FrameWatch {
             rules,
-            goaway: None,
-            goaway_code: None,
+            tally: FrameTally::default(),
+            in_goaway: false,
             limits,
             preface_left: PREFACE_LEN,
             head: HeadReader::default(),
@@ -155,9 +137,8 @@ impl FrameWatch {
                 let n = self.payload_left.min(bytes.len());
                 let payload = &bytes[..n];
                 let mut found = None;
-                if let Some(g) = &mut self.goaway {
-                    g.take(payload);
-                } else {
+                self.tally.payload(payload);
+                if !self.in_goaway {
                     found = self.rules.payload(payload);
                     keep(payload);
                 }
@@ -183,11 +164,12 @@ impl FrameWatch {
             if let Some(reason) = self.rules.frame(h.kind, h.flags, h.stream, len) {
                 return Some(Verdict::Violation(reason));
             }
+            self.tally.frame(&h);
             if h.kind == GOAWAY {
                 if h.stream != 0 {
                     return Some(Verdict::Violation(h2::Reason::PROTOCOL_ERROR));
                 }
-                self.goaway = Some(GoawayFrame::default());
+                self.in_goaway = true;
             } else {
                 keep(&h.raw);
             }
@@ -215,12 +197,16 @@ impl FrameWatch {
     /// §6.8 lets the connection finish what is in flight and answer a PING meanwhile.
     /// The client closing its side ends the connection as usual.
     pub fn goaway_received(&mut self) -> Option<h2::Reason> {
-        self.goaway_code.take().map(h2::Reason::from)
+        self.tally.take_goaway().map(h2::Reason::from)
+    }
+
+    /// The client's RST_STREAM frames since the last call, by code (`tally::CODES`).
+    pub fn resets_received(&mut self) -> [u32; super::tally::CODES] {
+        self.tally.take()
     }
 
     fn frame_end(&mut self) -> Option<h2::Reason> {
-        if let Some(g) = self.goaway.take() {
-            self.goaway_code = Some(g.code());
+        if std::mem::take(&mut self.in_goaway) {
             return None;
         }
         self.rules.frame_end()

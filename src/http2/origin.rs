@@ -495,8 +495,7 @@ fn pump(
     }
     // The response head.
     if let Some(future) = s.response.as_mut().filter(|_| !fail) {
-        let id = u32::from(future.stream_id());
-        match Pin::new(future).poll(cx) {
+        match Pin::new(&mut *future).poll(cx) {
             Poll::Ready(Ok(resp)) => {
                 let (parts, recv) = resp.into_parts();
                 let end = recv.is_end_stream();
@@ -512,7 +511,9 @@ fn pump(
             }
             Poll::Ready(Err(e)) => {
                 fail = true;
-                unprocessed = e.reason() == Some(Reason::REFUSED_STREAM) || goaway_last.is_some_and(|last| id > last);
+                // The stream id takes `h2`'s lock: asked only on this path, not every poll.
+                let above_goaway = goaway_last.is_some_and(|last| u32::from(future.stream_id()) > last);
+                unprocessed = e.reason() == Some(Reason::REFUSED_STREAM) || above_goaway;
             }
             Poll::Pending => {}
         }

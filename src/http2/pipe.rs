@@ -33,7 +33,8 @@ pub struct Queues {
     pub inbound_end: bool,
     /// Frames `h2` wrote, for the client.
     pub outbound: Vec<u8>,
-    /// RST_STREAM frames in what was put in `inbound`, and taken from `outbound`.
+    /// RST_STREAM frames (and GOAWAYs) in what was put in `inbound` (by an origin
+    /// session: a client's frame watch reads a client's itself), and taken from `outbound`.
     pub tally_in: FrameTally,
     pub tally_out: FrameTally,
 }

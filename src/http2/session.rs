@@ -18,7 +18,6 @@ use super::news::StreamNews;
 use super::pipe::Pipe;
 use super::request::{self, RequestBody};
 use super::response::{Event, ResponseReader};
-use super::tally::FrameTally;
 use super::Settings;
 use crate::h1::Method;
 use bytes::Bytes;
@@ -102,7 +101,6 @@ impl Session {
     /// A session whose `h2` wakes `waker` (the slot's own).
     pub fn new(settings: &Settings, waker: Waker) -> Session {
         let pipe = Pipe::default();
-        pipe.with(|q| q.tally_in = FrameTally::after_preface());
         let handshake = settings.builder().handshake(pipe.clone());
         Session {
             state: State::Handshaking(handshake),
@@ -123,10 +121,7 @@ impl Session {
     /// Client plaintext in (at most [`Session::inbound_room`] bytes, counted over the
     /// calls since the room was asked for: the watch before us may hold back a few).
     pub fn feed(&mut self, bytes: &[u8]) {
-        self.pipe.with(|q| {
-            q.tally_in.scan(bytes);
-            q.inbound.extend_from_slice(bytes);
-        });
+        self.pipe.with(|q| q.inbound.extend_from_slice(bytes));
     }
 
     /// The client closed its side.

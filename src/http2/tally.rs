@@ -1,4 +1,4 @@
-//! RST_STREAM frames counted by error code, and the last stream id of a GOAWAY, as the
+//! RST_STREAM frames counted by error code, and the last stream id and code of a GOAWAY, as the
 //! bytes of one direction of an HTTP/2 connection pass through its pipe (frame headers
 //! and a few payload bytes only; nothing is buffered). Both legs, both directions: what
 //! `h2` sends on its own (REFUSED_STREAM past the stream limit, PROTOCOL_ERROR for a
@@ -9,7 +9,7 @@
 /// Buckets: the error codes of RFC 9113 §7 (0x0..=0xd), then one for every other code.
 pub const CODES: usize = 15;
 
-use super::frame_head::HeadReader;
+use super::frame_head::{FrameHead, HeadReader};
 
 const RST_STREAM: u8 = 0x3;
 const GOAWAY: u8 = 0x7;
@@ -21,13 +21,16 @@ pub struct FrameTally {
     preface_left: usize,
     head: HeadReader,
     payload_left: usize,
-    /// The first 4 payload bytes of the RST_STREAM (its code) or GOAWAY (its last
-    /// stream id) being read, and how many are in.
-    word: Option<(u8, [u8; 4], usize)>,
+    /// The leading payload bytes wanted of the frame being read: its kind, the bytes so
+    /// far, how many are in and how many are wanted (a RST_STREAM's code: 4; a GOAWAY's
+    /// last stream id and code: 8).
+    word: Option<(u8, [u8; 8], usize, usize)>,
     /// Resets seen since the last [`FrameTally::take`], by code.
     counts: [u32; CODES],
     /// The last stream id of the latest GOAWAY.
     goaway_last_stream: Option<u32>,
+    /// The code of a GOAWAY not yet taken by [`FrameTally::take_goaway`].
+    goaway_code: Option<u32>,
 }
 
 impl FrameTally {
@@ -44,36 +47,56 @@ impl FrameTally {
         while !bytes.is_empty() {
             if self.payload_left > 0 {
                 let n = self.payload_left.min(bytes.len());
-                if let Some((kind, word, have)) = &mut self.word {
-                    let k = (4 - *have).min(n);
-                    word[*have..*have + k].copy_from_slice(&bytes[..k]);
-                    *have += k;
-                    if *have == 4 {
-                        let value = u32::from_be_bytes(*word);
-                        if *kind == RST_STREAM {
-                            self.counts[(value as usize).min(CODES - 1)] += 1;
-                        } else {
-                            self.goaway_last_stream = Some(value & 0x7fff_ffff);
-                        }
-                        self.word = None;
-                    }
-                }
+                self.payload(&bytes[..n]);
                 self.payload_left -= n;
                 bytes = &bytes[n..];
                 continue;
             }
             let Some(h) = self.head.take(&mut bytes) else { break };
             self.payload_left = h.len;
-            // A RST_STREAM of another size is a FRAME_SIZE_ERROR, not a reset.
-            let wanted = (h.kind == RST_STREAM && h.len == 4) || (h.kind == GOAWAY && h.len >= 8);
-            self.word = wanted.then_some((h.kind, [0; 4], 0));
+            self.frame(&h);
         }
+    }
+
+    /// A frame header, for a caller that reads the frames itself (then [`Self::payload`]
+    /// with the frame's payload bytes, instead of [`Self::scan`]).
+    pub fn frame(&mut self, h: &FrameHead) {
+        // A RST_STREAM of another size is a FRAME_SIZE_ERROR, not a reset.
+        self.word = match h.kind {
+            RST_STREAM if h.len == 4 => Some((h.kind, [0; 8], 0, 4)),
+            GOAWAY if h.len >= 8 => Some((h.kind, [0; 8], 0, 8)),
+            _ => None,
+        };
+    }
+
+    /// Payload bytes of the frame [`Self::frame`] announced.
+    pub fn payload(&mut self, bytes: &[u8]) {
+        let Some((kind, word, have, want)) = &mut self.word else { return };
+        let k = (*want - *have).min(bytes.len());
+        word[*have..*have + k].copy_from_slice(&bytes[..k]);
+        *have += k;
+        if have < want {
+            return;
+        }
+        let first = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        if *kind == RST_STREAM {
+            self.counts[(first as usize).min(CODES - 1)] += 1;
+        } else {
+            self.goaway_last_stream = Some(first & 0x7fff_ffff);
+            self.goaway_code = Some(u32::from_be_bytes([word[4], word[5], word[6], word[7]]));
+        }
+        self.word = None;
     }
 
     /// The last stream id of the latest GOAWAY seen, if any: streams above it were not
     /// processed.
     pub fn goaway_last_stream(&self) -> Option<u32> {
         self.goaway_last_stream
+    }
+
+    /// The error code of a GOAWAY seen since the last call.
+    pub fn take_goaway(&mut self) -> Option<u32> {
+        self.goaway_code.take()
     }
 
     /// The resets counted since the last call, by code.
@@ -101,6 +124,8 @@ mod tests {
             t.scan(b);
         }
         assert_eq!(t.goaway_last_stream(), Some(5), "the reserved bit is not part of the id");
+        assert_eq!(t.take_goaway(), Some(0));
+        assert_eq!(t.take_goaway(), None, "taken once");
     }
 
     #[test]
