@@ -69,7 +69,7 @@ struct Env {
     upstream_tls: Arc<rustls::ClientConfig>,
     upstream_tls_h1: Arc<rustls::ClientConfig>,
     /// HTTP/2 sessions to origins, by origin.
-    origins: crate::http2::origin::Origins,
+    origins: crate::http2::origins::Origins,
     access: Option<AccessLog>,
     draining: bool,
     /// Slots to run again after the current batch (`Ctx::wake`, the resolver, the pool).

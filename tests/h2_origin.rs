@@ -237,14 +237,23 @@ fn a_request_above_the_origins_goaway_is_sent_again_whatever_its_method() {
     let (exit, code, _, err) = curl_tls(&proxy, "--http1.1", &[], "/first", &body);
     assert_eq!((exit, code), (0, 200), "first request: {err}");
     // The second stream on that session is above the origin's GOAWAY (last stream 1): the
-    // origin never saw it, so even a POST goes out again, on a new session.
-    let (exit, code, _, err) = curl_tls(&proxy, "--http1.1", &["-X", "POST"], "/second", &body);
-    // Breaks when an unprocessed request is treated as failed (a 502 for a POST).
-    assert_eq!((exit, code), (0, 200), "a POST the origin never processed: {err}\n{}", proxy.stderr_log());
-    assert_eq!(std::fs::read(&body).unwrap(), b"served\n");
-    let m = |f: &str| proxy.metric(f).unwrap();
-    let seen = (m("sluice_upstream_retries_total"), m("sluice_h2_origin_sessions_total"));
-    assert_eq!(seen, (1.0, 2.0), "(retries, origin sessions)\n{}", proxy.stderr_log());
+    // origin never saw it, so even a POST goes out again, on a new session. Then the same
+    // from an HTTP/2 client (whose exchange gave its request buffer back while it waited).
+    for (n, version) in [(1.0, "--http1.1"), (2.0, "--http2")] {
+        let (exit, code, _, err) = curl_tls(&proxy, version, &["-X", "POST"], "/second", &body);
+        // Breaks when an unprocessed request is treated as failed (a 502 for a POST), or when
+        // a stream's request is not kept for the retry.
+        assert_eq!(
+            (exit, code),
+            (0, 200),
+            "{version}: a POST the origin never processed: {err}\n{}",
+            proxy.stderr_log()
+        );
+        assert_eq!(std::fs::read(&body).unwrap(), b"served\n");
+        let m = |f: &str| proxy.metric(f).unwrap();
+        let seen = (m("sluice_upstream_retries_total"), m("sluice_h2_origin_sessions_total"));
+        assert_eq!(seen, (n, n + 1.0), "{version}: (retries, origin sessions)\n{}", proxy.stderr_log());
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -320,6 +329,43 @@ fn a_listed_cleartext_origin_gets_every_client_over_one_h2c_session() {
     // Breaks when requests do not share the session (one origin connection each).
     assert_eq!(ng.sessions(), 1, "nghttpd saw {} sessions for 11 requests", ng.sessions());
     assert_eq!(proxy.metric("sluice_h2_origin_sessions_total"), Ok(1.0));
+}
+
+#[test]
+fn a_full_origin_session_queues_requests_while_one_more_session_is_dialled() {
+    if !ready(None) {
+        return;
+    }
+    // An origin that takes two streams per connection, and eight requests at once, long
+    // enough that the first session is still full when a new connection is ready.
+    let n = 16 << 20;
+    let docroot = TempDir::new("h2cdocroot");
+    write_pattern_file(&docroot.join("f"), n);
+    let ng = Nghttpd::start_cleartext_limited(docroot.path(), 2);
+    let config = "[h2]\ncleartext_origins = [\"h2c.test:80\"]\n";
+    let proxy = Proxy::builder(config).workers(1).resolve("h2c.test", &ng.ip).start();
+    let dir = TempDir::new("h2c-full");
+    let connect_to = format!("h2c.test:80:127.0.0.1:{}", proxy.port);
+    let args = ["--http2-prior-knowledge", "--connect-to", &connect_to];
+    // The first request makes the session and learns the origin's limit.
+    let (codes, err) = curl_parallel(&args, &[("http://h2c.test/f".to_string(), dir.join("first"))]);
+    assert_eq!(codes, vec!["200 2"], "{err}");
+    let burst: Vec<_> = (0..8).map(|i| (format!("http://h2c.test/f?s={i}"), dir.join(&format!("b-{i}")))).collect();
+    let (codes, err) = curl_parallel(&args, &burst);
+    assert_eq!(codes, vec!["200 2"; 8], "{err}\n{}", proxy.stderr_log());
+    for (_, body) in &burst {
+        check_pattern_file(body, n).unwrap_or_else(|e| panic!("{}: {e}", body.display()));
+    }
+    // Two streams go to the session's room; the third request dials one more connection
+    // and the next ones queue meanwhile. Breaks when every request that finds
+    // the sessions full dials (the connections that complete once a stream has ended
+    // are thrown away: surplus handshakes, one per request under load).
+    // (Eight client connections: a request that comes after the new session is full may
+    // have to dial once more, so up to one session per two requests beyond the first.)
+    assert_eq!(proxy.metric("sluice_h2_origin_surplus_connections_total"), Ok(0.0));
+    let sessions = proxy.metric("sluice_h2_origin_sessions_total").expect("metrics");
+    assert!((2.0..=4.0).contains(&sessions), "{sessions} sessions");
+    assert_eq!(ng.sessions() as f64, sessions, "nghttpd's sessions");
 }
 
 #[test]

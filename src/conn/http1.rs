@@ -114,7 +114,8 @@ pub(crate) struct Exchange {
     /// A response byte (interim or final) went to the client: a failure can no longer
     /// be answered with an error response.
     pub response_started: bool,
-    pub retried: bool,
+    /// Times the request was sent again after its origin failed (see `upstream_failed`).
+    pub retries: u8,
     /// Skip the pool (a retry must use a fresh connection).
     pub fresh_only: bool,
     pub upstream_step: UpstreamStep,
@@ -147,6 +148,10 @@ pub(crate) struct H1Framing {
     /// Where the rewritten head sits in `client.input` (for a retry on a fresh connection).
     pub head_at: usize,
     pub head_len: usize,
+    /// A copy of the rewritten head, taken when a stream's exchange gives its request
+    /// buffer back while the origin thinks: a request an HTTP/2 origin did not process is
+    /// sent again from it.
+    pub saved_head: Option<Box<[u8]>>,
     pub expect_continue: bool,
     pub continue_sent: bool,
     pub resp_body: Body,
@@ -174,7 +179,7 @@ impl Exchange {
             port,
             is_connect: true,
             response_started: true,
-            retried: false,
+            retries: 0,
             fresh_only: true,
             upstream_step: UpstreamStep::Start,
             lease: None,
@@ -386,7 +391,7 @@ fn new_exchange(
         port,
         is_connect,
         response_started: false,
-        retried: false,
+        retries: 0,
         fresh_only: false,
         upstream_step: UpstreamStep::Start,
         lease: None,
@@ -529,6 +534,9 @@ pub(crate) fn send_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     conn.read(io, ctx, Side::Client)
 }
 
+/// Most times a request the origin never processed is sent again.
+const UNPROCESSED_RETRIES: u8 = 3;
+
 /// The origin failed before a response byte reached the client.
 fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &str) -> NextStep {
     // An HTTP/2 origin that never processed the request (refused stream, GOAWAY below
@@ -538,19 +546,27 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         return NextStep::Close;
     };
     let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
-    let retryable = ((reused && ex.method.is_idempotent()) || unprocessed)
-        && !ex.retried
+    // Once after a reused connection failed (it may have been closed by the origin as we
+    // wrote); a few times when the origin refused it unprocessed (a burst to a new session
+    // before its SETTINGS said how many streams it takes).
+    let retryable = ((reused && ex.method.is_idempotent() && ex.retries == 0)
+        || (unprocessed && ex.retries < UNPROCESSED_RETRIES))
         && !ex.response_started
         && matches!(ex.h1.req_body, Body::None)
+        && (conn.client.input.has_slab() || ex.h1.saved_head.is_some())
         && conn.origin.input.is_empty()
         && !conn.client.input.is_lent();
     if retryable && !conn.origin.reading && conn.origin.writing.is_none() {
-        ex.retried = true;
+        ex.retries += 1;
         // A request the origin did not process may share a session again; after any
         // other failure, only a fresh connection is trusted.
         ex.fresh_only = !unprocessed;
         ex.h1.head_pending = ex.h1.head_len;
         ex.upstream_step = UpstreamStep::Start;
+        if let Some(head) = ex.h1.saved_head.as_deref().filter(|_| !conn.client.input.has_slab()) {
+            conn.client.input.fill(ctx.pool, head);
+            ex.h1.head_at = 0;
+        }
         conn.client.input.start = ex.h1.head_at;
         conn.upstream = None;
         conn.drop_origin_link(ctx);
@@ -575,8 +591,18 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     pump_request_body(conn, io, ctx);
     // A stream's exchange has nothing more in its request buffer once the request is
     // out (no pipelining on a stream): its slab goes back while the origin thinks.
-    if conn.stream.is_some() && conn.ex.as_ref().is_some_and(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) {
-        conn.client.input.release_if_empty(ctx.pool);
+    if let Some(ex) = conn.ex.as_mut().filter(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) {
+        if conn.stream.is_some() && conn.client.input.is_empty() && conn.client.input.has_slab() {
+            if matches!(ex.h1.req_body, Body::None) && ex.h1.saved_head.is_none() {
+                let head = conn
+                    .client
+                    .input
+                    .slab_bytes(ctx.pool)
+                    .and_then(|b| b.get(ex.h1.head_at..ex.h1.head_at + ex.h1.head_len));
+                ex.h1.saved_head = head.map(Box::from);
+            }
+            conn.client.input.release_if_empty(ctx.pool);
+        }
     }
     // An interim (1xx) head may still be on its way to the client from `origin.input`.
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {

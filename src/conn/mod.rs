@@ -113,7 +113,7 @@ pub struct Ctx<'a> {
     /// Exchanges of new HTTP/2 streams, for the worker to put in slots of their own.
     pub spawn: &'a mut Vec<Connection>,
     /// The worker's HTTP/2 origin sessions, by origin.
-    pub origins: &'a mut crate::http2::origin::Origins,
+    pub origins: &'a mut crate::http2::origins::Origins,
     /// The upstream TLS config offering only `http/1.1` (requests that offer an Upgrade,
     /// or `h2.origins = false`).
     pub upstream_tls_h1: &'a std::sync::Arc<rustls::ClientConfig>,

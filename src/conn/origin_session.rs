@@ -2,7 +2,7 @@
 //! side of them: an origin leg that is a link instead of a socket.
 //!
 //! An exchange to an https origin, or to a cleartext origin listed in
-//! `h2.cleartext_origins`, asks the worker's registry (`http2::origin::Origins`) for a
+//! `h2.cleartext_origins`, asks the worker's registry (`http2::origins::Origins`) for a
 //! session with a free stream before the pool. With none, it dials as before, offering
 //! `h2` and `http/1.1`; when the origin picks `h2` (or, in cleartext, as soon as the TCP
 //! connect is done: prior knowledge, the session's first bytes are the preface), the
@@ -30,7 +30,8 @@ pub(crate) struct OriginSide {
 /// Before the pool: a stream on an open HTTP/2 session to this origin, if one has room.
 /// True when the exchange's origin leg is now a link to it.
 pub(crate) fn attach(conn: &mut Connection, io: &Io, ctx: &mut Ctx<'_>, key: &PoolKey) -> bool {
-    let Some((token, session)) = ctx.origins.find(key) else { return false };
+    let patience = ctx.cfg.timeouts.upstream_connect;
+    let Some((token, session)) = ctx.origins.find(key, ctx.now, patience) else { return false };
     // A session decided in this turn has no slot yet: the worker names it in the link
     // when it inserts it.
     let link = match session {
@@ -65,9 +66,9 @@ pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'
     let Some((sock, _fixed)) = conn.origin.detach(io, ctx.ring) else { return false };
     let tls = conn.origin.tls.take();
     // Exchanges that dialled at the same time as the one that made a session (a burst to
-    // an origin not known yet) join that session: one session per origin and worker, and
-    // the new connection is closed.
-    if ctx.origins.has_room(&key) {
+    // an origin not known yet) join that session, and their connections are closed; a
+    // connection dialled because every session was full becomes one more (`Origins`).
+    if !ctx.origins.wants_session(&key) {
         drop((sock, tls));
         ex.lease = None;
         if let Some(up) = conn.upstream.as_mut() {
@@ -91,9 +92,10 @@ pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'
     slot.upstream = Some(UpstreamConn { key: key.clone(), reused: false, abandoned: false, lease });
     slot.phase = Phase::H2Origin;
     let window = ctx.cfg.h2.initial_stream_window;
-    let token = ctx.origins.reserve(key.clone());
+    let (token, max_streams) = ctx.origins.reserve(key.clone());
     // The waker names the slot once it has one: it is set on the session's first run.
-    let mut session = OriginSession::new(key, token, link, window, std::task::Waker::noop().clone(), ctx.now);
+    let waker = std::task::Waker::noop().clone();
+    let mut session = OriginSession::new(key, token, link, window, max_streams, waker, ctx.now);
     let h2 = &ctx.cfg.h2;
     session.keepalive = KeepAlive::new(h2.origin_ping_interval, h2.ping_timeout, ctx.now);
     slot.h2 = Some(Box::new(super::http2::H2::Origin(OriginSide { session, idle_since: None })));
@@ -173,7 +175,7 @@ pub(crate) fn close_session(side: &mut OriginSide, ctx: &mut Ctx<'_>) {
 impl Connection {
     /// For a new origin session slot: its origin, its registry token and the links it
     /// starts with.
-    pub(crate) fn origin_session_start(&self) -> Option<(PoolKey, crate::http2::origin::Token, Vec<LinkId>)> {
+    pub(crate) fn origin_session_start(&self) -> Option<(PoolKey, crate::http2::origins::Token, Vec<LinkId>)> {
         let side = self.h2.as_ref()?.origin()?;
         Some((side.session.key.clone(), side.session.token, side.session.waiting_links().to_vec()))
     }
@@ -191,10 +193,10 @@ impl Connection {
         self.origin.writing = None;
         let Some(l) = ctx.links.get(link) else { return };
         l.exchange_gone = true;
-        l.session_news = true;
-        match l.session {
-            None => ctx.links.free(link),
-            Some(s) => ctx.wakes.wake(s),
+        match (&l.stream_waker, l.session) {
+            (_, None) => ctx.links.free(link),
+            (Some(w), Some(_)) => w.wake_by_ref(),
+            (None, Some(s)) => ctx.wakes.wake(s),
         }
     }
 }

@@ -168,8 +168,10 @@ impl Connection {
 }
 
 fn wake_session(l: &mut Link, wakes: &uring::ReadyQueue) {
-    l.session_news = true;
-    if let Some(s) = l.session {
-        wakes.wake(s);
+    match (&l.stream_waker, l.session) {
+        (Some(w), _) => w.wake_by_ref(),
+        // The session has not taken the link yet: its next run does.
+        (None, Some(s)) => wakes.wake(s),
+        (None, None) => {}
     }
 }

@@ -49,8 +49,9 @@ pub struct Link {
     pub exchange_gone: bool,
     /// The stream was reset or its session went away: the exchange stops.
     pub cancelled: bool,
-    /// The exchange changed the link since the session last looked (see `super::news`).
-    pub session_news: bool,
+    /// Wakes the session for this link's stream once it has one (see `super::news`): what
+    /// the exchange calls when it changed the link.
+    pub stream_waker: Option<std::task::Waker>,
     /// With `cancelled`: the origin never processed the request (it was never sent, the
     /// origin refused the stream, or its GOAWAY's last stream is below it: RFC 9113
     /// §8.7), so it may be sent again whatever its method.

@@ -22,6 +22,7 @@ pub mod keepalive;
 pub mod links;
 pub mod news;
 pub mod origin;
+pub mod origins;
 pub mod pipe;
 pub mod request;
 pub mod response;

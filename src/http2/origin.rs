@@ -11,13 +11,11 @@
 //! released only once its bytes are in the link (bounded), so a slow exchange slows the
 //! origin's stream.
 //!
-//! [`Origins`] is the worker's registry of sessions by origin: an exchange to an https
-//! origin (or a cleartext one in `h2.cleartext_origins`) first asks it for a session with a
-//! free stream; the first exchange whose TLS handshake picked `h2` (or whose connect to
-//! such a cleartext origin is done) makes the session (and hands it its socket).
+//! The worker's registry of these sessions by origin is `super::origins::Origins`.
 
 use super::links::{LinkId, Links};
-use super::news::StreamNews;
+use super::news::{ReadyStreams, StreamNews};
+use super::origins::Token;
 use super::pipe::Pipe;
 use super::response::{Event, ResponseReader};
 use crate::h1::{self, BodyFraming, HeadLimits};
@@ -25,7 +23,8 @@ use crate::upstream::pool::PoolKey;
 use bytes::Bytes;
 use h2::client::{self, ResponseFuture, SendRequest};
 use h2::{Reason, RecvStream, SendStream};
-use std::collections::HashMap;
+use slab::Slab;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -60,14 +59,14 @@ enum Request {
 
 struct Stream {
     link: LinkId,
-    /// Its waker: `h2` and its exchange say when it has something to do.
-    news: StreamNews,
     request: Request,
     response: Option<ResponseFuture>,
     recv: Option<RecvStream>,
     /// The response body is chunked for the exchange.
     chunked: bool,
     head_request: bool,
+    /// In `waiting` (its request was ready when it was last pumped).
+    queued: bool,
     done: bool,
 }
 
@@ -77,7 +76,14 @@ pub struct OriginSession {
     pipe: Pipe,
     waker: Waker,
     pub key: PoolKey,
-    streams: Vec<Stream>,
+    /// The streams open, each with its waker (`h2` and its exchange say when it has
+    /// something to do), by key.
+    streams: Slab<(StreamNews, Stream)>,
+    /// The keys of the streams with news, and a buffer to take them into.
+    ready: ReadyStreams,
+    ready_now: Vec<usize>,
+    /// Streams whose request waits for room in the origin's streams, oldest first.
+    waiting: VecDeque<usize>,
     inbox: Vec<LinkId>,
     started: Instant,
     pub ending: Option<String>,
@@ -94,8 +100,17 @@ impl std::fmt::Debug for OriginSession {
 }
 
 impl OriginSession {
-    /// A session to `key` whose first stream is `first`; `h2` wakes `waker`.
-    pub fn new(key: PoolKey, token: Token, first: LinkId, window: u32, waker: Waker, now: Instant) -> OriginSession {
+    /// A session to `key` whose first stream is `first`, sending at most `max_streams` at
+    /// once until the origin's SETTINGS say; `h2` wakes `waker`.
+    pub fn new(
+        key: PoolKey,
+        token: Token,
+        first: LinkId,
+        window: u32,
+        max_streams: usize,
+        waker: Waker,
+        now: Instant,
+    ) -> OriginSession {
         let pipe = Pipe::default();
         pipe.with(|q| q.tally_out = super::tally::FrameTally::after_preface());
         let io = pipe.clone();
@@ -104,9 +119,10 @@ impl OriginSession {
             .initial_connection_window_size(window.saturating_mul(2).min((1 << 31) - 1))
             .max_header_list_size(256 << 10)
             .max_send_buffer_size(64 * 1024)
-            // Until the origin's SETTINGS say otherwise, as many streams as RFC 9113 §6.5.2
-            // asks any server to allow (h2 assumes no limit, and a burst gets refused).
-            .initial_max_send_streams(100)
+            // Until the origin's SETTINGS say otherwise, as many streams as its other
+            // sessions take, else as many as RFC 9113 §6.5.2 asks any server to allow (h2
+            // assumes no limit, and a burst gets refused).
+            .initial_max_send_streams(max_streams)
             .enable_push(false);
         let handshake: Handshake = Box::pin(async move { b.handshake::<Pipe, Bytes>(io).await });
         OriginSession {
@@ -114,7 +130,10 @@ impl OriginSession {
             pipe,
             waker,
             key,
-            streams: Vec::new(),
+            streams: Slab::new(),
+            ready: ReadyStreams::default(),
+            ready_now: Vec::new(),
+            waiting: VecDeque::new(),
             inbox: vec![first],
             started: now,
             ending: None,
@@ -153,7 +172,7 @@ impl OriginSession {
     pub fn max_streams(&self) -> usize {
         match &self.state {
             State::Open { conn, .. } => conn.max_concurrent_send_streams(),
-            _ => 100,
+            _ => super::origins::ASSUMED_MAX_STREAMS,
         }
     }
 
@@ -169,7 +188,8 @@ impl OriginSession {
         for link in self.inbox.drain(..) {
             cancel(links, link, wake, true);
         }
-        for s in self.streams.drain(..) {
+        self.waiting.clear();
+        for (_, s) in self.streams.drain() {
             let unprocessed = match &s.request {
                 Request::Head | Request::Ready { .. } => true,
                 Request::Sent { send, .. } => goaway_last.is_some_and(|last| u32::from(send.stream_id()) > last),
@@ -191,41 +211,51 @@ impl OriginSession {
             let goaway_last = self.pipe.with(|q| q.tally_in.goaway_last_stream());
             if let State::Open { send, .. } = &mut self.state {
                 for link in self.inbox.drain(..) {
-                    self.streams.push(Stream {
+                    let entry = self.streams.vacant_entry();
+                    let news = StreamNews::new(&waker, &self.ready, entry.key());
+                    if let Some(l) = links.get(link) {
+                        l.stream_waker = Some(news.waker().clone());
+                    }
+                    let stream = Stream {
                         link,
-                        news: StreamNews::new(&waker),
                         request: Request::Head,
                         response: None,
                         recv: None,
                         chunked: false,
                         head_request: false,
+                        queued: false,
                         done: false,
-                    });
+                    };
+                    entry.insert((news, stream));
                     moved = true;
                 }
+                let mut keys = std::mem::take(&mut self.ready_now);
+                self.ready.take(&mut keys);
+                for &key in &keys {
+                    let Some((news, s)) = self.streams.get_mut(key) else { continue };
+                    if news.take() {
+                        moved |= pump_stream(news, s, &self.key, send, links, wake, goaway_last);
+                        settle(&mut self.streams, &mut self.waiting, key, links, wake);
+                    }
+                }
+                keys.clear();
+                self.ready_now = keys;
                 // `poll_ready` keeps one waker: the streams waiting for the origin's room
                 // are tried in order each run, up to the first that still has to wait.
-                let mut room = true;
-                for s in &mut self.streams {
-                    let link_news = links.get(s.link).is_some_and(|l| std::mem::take(&mut l.session_news));
-                    let waits_for_room = matches!(s.request, Request::Ready { .. });
-                    if !(s.news.take() | link_news || (waits_for_room && room)) {
+                while let Some(&key) = self.waiting.front() {
+                    let Some((news, s)) = self.streams.get_mut(key).filter(|(_, s)| s.queued) else {
+                        self.waiting.pop_front();
                         continue;
+                    };
+                    moved |= pump_stream(news, s, &self.key, send, links, wake, goaway_last);
+                    if matches!(s.request, Request::Ready { .. }) && !s.done {
+                        break;
                     }
-                    let waker = s.news.waker().clone();
-                    if pump(s, &self.key, send, &mut Context::from_waker(&waker), links, wake, goaway_last) {
-                        s.news.mark();
-                        moved = true;
-                    }
-                    room &= !matches!(s.request, Request::Ready { .. });
+                    s.queued = false;
+                    self.waiting.pop_front();
+                    settle(&mut self.streams, &mut self.waiting, key, links, wake);
                 }
             }
-            self.streams.retain(|s| {
-                if s.done {
-                    leave(links, s.link, wake);
-                }
-                !s.done
-            });
             if !moved {
                 break;
             }
@@ -283,6 +313,7 @@ fn leave(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId)) {
         return;
     }
     l.session = None;
+    l.stream_waker = None;
     l.to_exchange_end = true;
     if let Some(x) = l.exchange {
         wake(x);
@@ -365,6 +396,42 @@ fn render_head(resp: &http::response::Parts, head_request: bool, end: bool, out:
     }
     out.extend_from_slice(b"\r\n");
     chunked
+}
+
+/// After a pump: a finished stream leaves, a ready request queues for room.
+fn settle(
+    streams: &mut Slab<(StreamNews, Stream)>,
+    waiting: &mut VecDeque<usize>,
+    key: usize,
+    links: &mut Links,
+    wake: &dyn Fn(ConnId),
+) {
+    let Some((_, s)) = streams.get_mut(key) else { return };
+    if s.done {
+        leave(links, s.link, wake);
+        streams.remove(key);
+    } else if !s.queued && matches!(s.request, Request::Ready { .. }) {
+        s.queued = true;
+        waiting.push_back(key);
+    }
+}
+
+/// Pumps a stream with its own waker; true (and the stream listed for the next
+/// round) when anything moved.
+fn pump_stream(
+    news: &StreamNews,
+    s: &mut Stream,
+    origin: &PoolKey,
+    send: &mut SendRequest<Bytes>,
+    links: &mut Links,
+    wake: &dyn Fn(ConnId),
+    goaway_last: Option<u32>,
+) -> bool {
+    let moved = pump(s, origin, send, &mut Context::from_waker(news.waker()), links, wake, goaway_last);
+    if moved {
+        news.mark();
+    }
+    moved
 }
 
 /// Moves one stream's bytes; true when anything moved.
@@ -573,140 +640,12 @@ fn pump(
     moved
 }
 
-/// The worker's HTTP/2 origin sessions, by origin.
-#[derive(Debug, Default)]
-pub struct Origins {
-    by_key: HashMap<PoolKey, Vec<Entry>>,
-    next_token: u64,
-}
-
-/// Names a session in the registry from the moment it is decided, before its slot exists.
-pub type Token = u64;
-
-/// What the registry knows of one session (updated by the session on each run).
-#[derive(Debug, Clone)]
-struct Entry {
-    token: Token,
-    /// Its slot, once the worker inserted it.
-    id: Option<ConnId>,
-    streams: usize,
-    max: usize,
-    accepting: bool,
-    /// Links handed over and not taken by the session yet.
-    inbox: Vec<LinkId>,
-}
-
-impl Origins {
-    fn entry(&mut self, key: &PoolKey, token: Token) -> Option<&mut Entry> {
-        self.by_key.get_mut(key)?.iter_mut().find(|e| e.token == token)
-    }
-
-    /// A session to `key` with room for one more stream (its stream count is taken): its
-    /// token, and its slot when it has one already.
-    pub fn find(&mut self, key: &PoolKey) -> Option<(Token, Option<ConnId>)> {
-        let e = self.by_key.get_mut(key)?.iter_mut().find(|e| e.accepting && e.streams < e.max)?;
-        e.streams += 1;
-        Some((e.token, e.id))
-    }
-
-    /// True when a session to `key` has room for one more stream.
-    pub fn has_room(&self, key: &PoolKey) -> bool {
-        self.by_key.get(key).is_some_and(|v| v.iter().any(|e| e.accepting && e.streams < e.max))
-    }
-
-    /// Hands `link` to the session (after `find`); it takes it on its next run.
-    pub fn give(&mut self, key: &PoolKey, token: Token, link: LinkId) {
-        if let Some(e) = self.entry(key, token) {
-            e.inbox.push(link);
-        }
-    }
-
-    /// Links handed to the session since its last run.
-    pub fn take_inbox(&mut self, key: &PoolKey, token: Token) -> Vec<LinkId> {
-        self.entry(key, token).map(|e| std::mem::take(&mut e.inbox)).unwrap_or_default()
-    }
-
-    /// A session just decided (its slot comes after the current handler): exchanges
-    /// dialling the same origin from now on join it instead of making their own.
-    pub fn reserve(&mut self, key: PoolKey) -> Token {
-        self.next_token += 1;
-        let token = self.next_token;
-        let e = Entry { token, id: None, streams: 1, max: 100, accepting: true, inbox: Vec::new() };
-        self.by_key.entry(key).or_default().push(e);
-        token
-    }
-
-    /// The session's slot exists: the links handed to it meanwhile (their session id is
-    /// to be filled in).
-    pub fn activate(&mut self, key: &PoolKey, token: Token, id: ConnId) -> Vec<LinkId> {
-        match self.entry(key, token) {
-            Some(e) => {
-                e.id = Some(id);
-                e.inbox.clone()
-            }
-            None => Vec::new(),
-        }
-    }
-
-    /// The session's own view, after each of its runs.
-    pub fn update(&mut self, key: &PoolKey, token: Token, streams: usize, max: usize, accepting: bool) {
-        if let Some(e) = self.entry(key, token) {
-            e.streams = streams + e.inbox.len();
-            e.max = max;
-            e.accepting = accepting;
-        }
-    }
-
-    /// The session closed; links handed to it and not taken yet come back.
-    pub fn remove(&mut self, key: &PoolKey, token: Token) -> Vec<LinkId> {
-        let Some(v) = self.by_key.get_mut(key) else { return Vec::new() };
-        let mut orphans = Vec::new();
-        v.retain_mut(|e| {
-            if e.token == token {
-                orphans.append(&mut e.inbox);
-            }
-            e.token != token
-        });
-        if v.is_empty() {
-            self.by_key.remove(key);
-        }
-        orphans
-    }
-
-    /// Sessions open now.
-    pub fn sessions(&self) -> usize {
-        self.by_key.values().map(Vec::len).sum()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn key() -> PoolKey {
         PoolKey { host: "origin.test".into(), port: 443, tls: true }
-    }
-
-    #[test]
-    fn a_reserved_session_takes_streams_before_its_slot_exists_and_hands_them_over() {
-        let mut links = Links::default();
-        let mut conns: uring::Conns<()> = uring::Conns::new();
-        let mut o = Origins::default();
-        assert!(o.find(&key()).is_none());
-        let token = o.reserve(key());
-        // A burst: the next exchanges join the reserved session.
-        let (t, id) = o.find(&key()).expect("room in the reserved session");
-        assert_eq!((t, id), (token, None));
-        let link = links.open_unowned();
-        o.give(&key(), token, link);
-        let slot = conns.insert(());
-        assert_eq!(o.activate(&key(), token, slot), vec![link]);
-        assert_eq!(o.find(&key()), Some((token, Some(slot))));
-        assert_eq!(o.take_inbox(&key(), token), vec![link]);
-        o.update(&key(), token, 2, 2, true);
-        assert!(o.find(&key()).is_none(), "full at the origin's limit");
-        assert!(o.remove(&key(), token).is_empty());
-        assert_eq!(o.sessions(), 0);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 
 use super::keepalive::KeepAlive;
 use super::links::{LinkId, Links};
-use super::news::StreamNews;
+use super::news::{ReadyStreams, StreamNews};
 use super::pipe::Pipe;
 use super::request::{self, RequestBody};
 use super::response::{Event, ResponseReader};
@@ -23,6 +23,7 @@ use crate::h1::Method;
 use bytes::Bytes;
 use h2::server::{self, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
+use slab::Slab;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -57,8 +58,6 @@ pub struct NewStream {
 /// One client stream.
 struct Stream {
     link: LinkId,
-    /// Its waker: `h2` and its exchange say when it has something to do.
-    news: StreamNews,
     body: RequestBody,
     /// The request body still to be read (None once it ended or for bodiless requests).
     recv: Option<RecvStream>,
@@ -84,7 +83,12 @@ pub struct Session {
     state: State,
     pipe: Pipe,
     waker: Waker,
-    streams: Vec<Stream>,
+    /// The streams open, each with its waker (`h2` and its exchange say when it has
+    /// something to do), by key.
+    streams: Slab<(StreamNews, Stream)>,
+    /// The keys of the streams with news, and a buffer to take them into.
+    ready: ReadyStreams,
+    ready_now: Vec<usize>,
     ending: Option<Ending>,
     shutting_down: bool,
     /// PINGs to a silent client (`h2.client_ping_interval`), set by the connection.
@@ -106,7 +110,9 @@ impl Session {
             state: State::Handshaking(handshake),
             pipe,
             waker,
-            streams: Vec::new(),
+            streams: Slab::new(),
+            ready: ReadyStreams::default(),
+            ready_now: Vec::new(),
             ending: None,
             shutting_down: false,
             keepalive: None,
@@ -185,7 +191,7 @@ impl Session {
 
     /// The connection is closing: every stream's exchange is told to stop.
     pub fn abandon(&mut self, links: &mut Links, wake: &dyn Fn(uring::ConnId)) {
-        for s in self.streams.drain(..) {
+        for (_, s) in self.streams.drain() {
             release(links, s.link, wake, true);
         }
     }
@@ -207,31 +213,31 @@ impl Session {
         }
         for _ in 0..DRIVE_ROUNDS {
             let mut moved = self.poll_connection(&mut cx, links, me, new);
-            for s in &mut self.streams {
-                let link_news = links.get(s.link).is_some_and(|l| std::mem::take(&mut l.session_news));
-                if s.news.take() | link_news {
-                    let waker = s.news.waker().clone();
-                    if pump(s, &mut Context::from_waker(&waker), links, wake) {
-                        s.news.mark();
-                        moved = true;
-                    }
+            let mut keys = std::mem::take(&mut self.ready_now);
+            self.ready.take(&mut keys);
+            for &key in &keys {
+                let Some((news, s)) = self.streams.get_mut(key) else { continue };
+                if !news.take() {
+                    continue;
                 }
-            }
-            self.streams.retain(|s| {
+                if pump(s, &mut Context::from_waker(news.waker()), links, wake) {
+                    news.mark();
+                    moved = true;
+                }
                 if s.done() {
                     release(links, s.link, wake, false);
+                    self.streams.remove(key);
                 }
-                !s.done()
-            });
+            }
+            keys.clear();
+            self.ready_now = keys;
             if !moved {
                 break;
             }
         }
         if self.ending.is_some() {
             // The connection is over: every stream's exchange stops.
-            for s in self.streams.drain(..) {
-                release(links, s.link, wake, true);
-            }
+            self.abandon(links, wake);
         }
     }
 
@@ -269,8 +275,13 @@ impl Session {
             match c.poll_accept(cx) {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     moved = true;
-                    if let Some(s) = accept(req, respond, links, me, new, &self.waker) {
-                        self.streams.push(s);
+                    if let Some(s) = accept(req, respond, links, me, new) {
+                        let entry = self.streams.vacant_entry();
+                        let news = StreamNews::new(&self.waker, &self.ready, entry.key());
+                        if let Some(l) = links.get(s.link) {
+                            l.stream_waker = Some(news.waker().clone());
+                        }
+                        entry.insert((news, s));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
@@ -299,7 +310,6 @@ fn accept(
     links: &mut Links,
     me: uring::ConnId,
     new: &mut Vec<NewStream>,
-    slot: &Waker,
 ) -> Option<Stream> {
     let (parts, recv) = req.into_parts();
     let protocol = parts.extensions.get::<h2::ext::Protocol>().map(|p| p.as_str().to_string());
@@ -323,7 +333,6 @@ fn accept(
     let method = if protocol.is_some() { Method::Get } else { method };
     Some(Stream {
         link,
-        news: StreamNews::new(slot),
         body,
         recv: (!end_of_stream).then_some(recv),
         respond: Some(respond),
@@ -347,6 +356,7 @@ fn release(links: &mut Links, link: LinkId, wake: &dyn Fn(uring::ConnId), cancel
         return;
     }
     l.session = None;
+    l.stream_waker = None;
     l.cancelled |= cancel;
     if let Some(x) = l.exchange {
         wake(x);

@@ -446,6 +446,12 @@ impl Nghttpd {
         Nghttpd::launch(TempDir::new("nghttpd"), docroot, 80, &["--no-tls".as_ref()], None)
     }
 
+    /// The same, announcing `max_streams` as its SETTINGS_MAX_CONCURRENT_STREAMS.
+    pub fn start_cleartext_limited(docroot: &std::path::Path, max_streams: u32) -> Nghttpd {
+        let m = format!("--max-concurrent-streams={max_streams}");
+        Nghttpd::launch(TempDir::new("nghttpd"), docroot, 80, &["--no-tls".as_ref(), m.as_ref()], None)
+    }
+
     fn launch(
         dir: TempDir,
         docroot: &std::path::Path,
