@@ -240,6 +240,11 @@ if ((BUILD)); then
 fi
 SLUICE_BIN=${SLUICE_BIN:-$ROOT/target/release/sluice}
 [[ -x $SLUICE_BIN ]] || die "no Sluice binary at $SLUICE_BIN"
+[[ -z ${SLUICE_BASELINE_BIN:-} || -x $SLUICE_BASELINE_BIN ]] || die "no Sluice binary at $SLUICE_BASELINE_BIN"
+# The proxies start from the run's own directories: a path relative to where bench/run.sh
+# was started would name nothing there.
+SLUICE_BIN=$(realpath "$SLUICE_BIN")
+[[ -n ${SLUICE_BASELINE_BIN:-} ]] && SLUICE_BASELINE_BIN=$(realpath "$SLUICE_BASELINE_BIN")
 
 # CPU cap: a cgroup (v1 cpu controller, or v2 cpu.max) with a quota per 10 ms period. An
 # explicit --cpu-cap that cannot be set up is fatal; the default one is skipped with a
