@@ -118,10 +118,20 @@ fn find_cr_or_lf(s: &[u8]) -> Option<usize> {
     chunks.remainder().iter().position(|&b| b == b'\r' || b == b'\n').map(|p| base + p)
 }
 
-/// Calls `f` with `max` uninitialised httparse header slots: on the stack when few enough
-/// (no zeroing cost), else in a fresh Vec's spare capacity.
-pub(crate) fn with_header_slots<'b, R>(max: usize, f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R) -> R {
+/// Calls `f` with enough uninitialised httparse header slots to parse `head` under a
+/// limit of `max` fields: `max`, or, for a limit beyond the stack's slots, one per line of
+/// `head` (a field takes at least one) up to `max` (so a head with more fields still
+/// fails as too many). On the stack when few
+/// enough (no zeroing cost), else in a fresh Vec's spare capacity: a limit in the hundreds
+/// no longer costs a 16 KiB allocation per head of a dozen fields.
+pub(crate) fn with_header_slots<'b, R>(
+    max: usize,
+    head: &[u8],
+    f: impl FnOnce(&mut [MaybeUninit<httparse::Header<'b>>]) -> R,
+) -> R {
     const STACK_SLOTS: usize = 128;
+    // Lines are counted only when the limit is beyond the stack's slots.
+    let max = if max <= STACK_SLOTS { max } else { max.min(head.iter().filter(|&&b| b == b'\n').count() + 1) };
     if max <= STACK_SLOTS {
         let mut stack = [MaybeUninit::<httparse::Header<'b>>::uninit(); STACK_SLOTS];
         f(&mut stack[..max])
@@ -226,9 +236,13 @@ mod tests {
 
     #[test]
     fn slots() {
-        assert_eq!(with_header_slots(0, |s| s.len()), 0);
-        assert_eq!(with_header_slots(100, |s| s.len()), 100);
-        assert_eq!(with_header_slots(128, |s| s.len()), 128);
-        assert_eq!(with_header_slots(500, |s| s.len()), 500);
+        let lines = |n: usize| "a: b\r\n".repeat(n);
+        assert_eq!(with_header_slots(0, lines(3).as_bytes(), |s| s.len()), 0);
+        assert_eq!(with_header_slots(100, lines(3).as_bytes(), |s| s.len()), 100);
+        assert_eq!(with_header_slots(100, lines(200).as_bytes(), |s| s.len()), 100);
+        assert_eq!(with_header_slots(128, lines(200).as_bytes(), |s| s.len()), 128);
+        assert_eq!(with_header_slots(500, lines(600).as_bytes(), |s| s.len()), 500);
+        // A few lines under a large limit: a few slots.
+        assert_eq!(with_header_slots(512, lines(12).as_bytes(), |s| s.len()), 13);
     }
 }

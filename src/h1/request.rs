@@ -140,7 +140,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<(R
         Scan::Partial { start } => {
             // Not complete: still let httparse reject a bad start line or field early.
             let rest = buf.get(start..).unwrap_or_default();
-            with_header_slots(limits.max_headers, |slots| {
+            with_header_slots(limits.max_headers, rest, |slots| {
                 let mut req = httparse::Request::new(&mut []);
                 match req.parse_with_uninit_headers(rest, slots) {
                     Ok(_) => Ok(None),
@@ -150,7 +150,7 @@ pub fn parse_request<'a>(buf: &'a [u8], limits: &HeadLimits) -> Result<Option<(R
         }
         Scan::Complete { start, end } => {
             let head = buf.get(start..end).ok_or(bad("malformed request head"))?;
-            let parsed = with_header_slots(limits.max_headers, |slots| {
+            let parsed = with_header_slots(limits.max_headers, head, |slots| {
                 let mut req = httparse::Request::new(&mut []);
                 match req.parse_with_uninit_headers(head, slots) {
                     Ok(httparse::Status::Complete(n)) if n == head.len() => build(&req),

@@ -69,7 +69,7 @@ pub fn parse_response<'a>(
     match scan_head(buf, limits.max_bytes).map_err(scan_error)? {
         Scan::Partial { start } => {
             let rest = buf.get(start..).unwrap_or_default();
-            with_header_slots(limits.max_headers, |slots| {
+            with_header_slots(limits.max_headers, rest, |slots| {
                 let mut resp = httparse::Response::new(&mut []);
                 match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, rest, slots) {
                     Ok(_) => Ok(None),
@@ -79,7 +79,7 @@ pub fn parse_response<'a>(
         }
         Scan::Complete { start, end } => {
             let head = buf.get(start..end).ok_or(bad("malformed response head"))?;
-            let parsed = with_header_slots(limits.max_headers, |slots| {
+            let parsed = with_header_slots(limits.max_headers, head, |slots| {
                 let mut resp = httparse::Response::new(&mut []);
                 match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, head, slots) {
                     Ok(httparse::Status::Complete(n)) if n == head.len() => build(&resp, request_method),

@@ -45,6 +45,32 @@ pub(crate) fn not_for_http2(name: &str) -> bool {
     )
 }
 
+/// One copy of an HTTP/1.1 head that the values of the fields parsed from it share: the
+/// `HeaderMap` built for `h2` costs one allocation for the whole head instead of one per
+/// field value.
+pub(crate) struct SharedHead {
+    bytes: bytes::Bytes,
+    base: usize,
+}
+
+impl SharedHead {
+    /// A copy of `head`, the bytes the fields to be converted were parsed from.
+    pub(crate) fn new(head: &[u8]) -> SharedHead {
+        SharedHead { bytes: bytes::Bytes::copy_from_slice(head), base: head.as_ptr() as usize }
+    }
+
+    /// `value` (a slice of the head given to `new`; anything else is copied) as a field
+    /// value sharing the copy; `None` when it is not a valid one.
+    pub(crate) fn value(&self, value: &[u8]) -> Option<http::HeaderValue> {
+        let at = (value.as_ptr() as usize).wrapping_sub(self.base);
+        let piece = match at.checked_add(value.len()) {
+            Some(end) if end <= self.bytes.len() => self.bytes.slice(at..end),
+            _ => bytes::Bytes::copy_from_slice(value),
+        };
+        http::HeaderValue::from_maybe_shared(piece).ok()
+    }
+}
+
 /// One DATA frame's worth of `bytes` on `send`, as much as its flow-control window grants
 /// now (capacity is reserved first: `send_data` without it buffers without bound).
 /// `Ok(0)`: no window yet (`h2` wakes the slot when there is); `Err`: the stream is gone.
@@ -120,6 +146,16 @@ pub fn claims_http2(data: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn field_values_share_the_copy_of_their_head_and_others_are_copied() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: x\r\nBad: a\x01b\r\n\r\n".to_vec();
+        let shared = super::SharedHead::new(&head);
+        let v = shared.value(&head[25..26]).expect("a valid value");
+        assert_eq!(v.as_bytes(), b"x");
+        assert!(shared.value(&head[33..36]).is_none(), "a control byte is refused");
+        assert_eq!(shared.value(b"elsewhere").map(|v| v.as_bytes().to_vec()), Some(b"elsewhere".to_vec()));
+    }
+
     #[test]
     fn a_broken_preface_still_claims_http2() {
         assert!(super::claims_http2(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"));

@@ -333,7 +333,11 @@ fn cancel(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId), unprocessed: b
 const LIMITS: HeadLimits = HeadLimits { max_bytes: 256 * 1024, max_headers: 512 };
 
 /// The HTTP/2 request for an HTTP/1.1 head the exchange wrote for the origin.
-fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<()>, &'static str> {
+fn translate(
+    head: &h1::RequestHead<'_>,
+    shared: &super::SharedHead,
+    key: &PoolKey,
+) -> Result<http::Request<()>, &'static str> {
     let path = match &head.target {
         h1::RequestTarget::Origin { path } => *path,
         h1::RequestTarget::Absolute { path, .. } => path.as_ref(),
@@ -354,6 +358,7 @@ fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<
         .body(())
         .map_err(|_| "bad request")?;
     let headers = req.headers_mut();
+    headers.reserve(head.headers.len() + 1);
     // We relay trailers (chunked to HTTP/1.1 clients, HEADERS to HTTP/2 ones), so the
     // origin may send them; gRPC servers refuse a request without it. The client's own TE
     // is hop-by-hop and was dropped by the exchange.
@@ -362,9 +367,7 @@ fn translate(head: &h1::RequestHead<'_>, key: &PoolKey) -> Result<http::Request<
         if super::not_for_http2(h.name) {
             continue;
         }
-        let (Ok(name), Ok(value)) =
-            (http::HeaderName::from_bytes(h.name.as_bytes()), http::HeaderValue::from_bytes(h.value))
-        else {
+        let (Ok(name), Some(value)) = (http::HeaderName::from_bytes(h.name.as_bytes()), shared.value(h.value)) else {
             continue;
         };
         headers.append(name, value);
@@ -468,7 +471,7 @@ fn pump(
             Ok(Some((head, n))) => {
                 s.head_request = head.method == h1::Method::Head;
                 let framing = head.framing;
-                match translate(&head, key) {
+                match translate(&head, &super::SharedHead::new(&l.to_session[..n]), key) {
                     Ok(req) => {
                         let end = matches!(framing, BodyFraming::None | BodyFraming::Length(0));
                         s.request = Request::Ready { req, end, body: ResponseReader::for_body(framing) };
@@ -653,7 +656,8 @@ mod tests {
         let (head, _) =
             h1::parse_request(b"GET /a?b HTTP/1.1\r\nHost: h2c.test:8080\r\n\r\n", &LIMITS).unwrap().unwrap();
         let h2c = PoolKey { host: "h2c.test".into(), port: 8080, tls: false };
-        assert_eq!(translate(&head, &h2c).unwrap().uri().to_string(), "http://h2c.test:8080/a?b");
-        assert_eq!(translate(&head, &key()).unwrap().uri().scheme_str(), Some("https"));
+        let shared = crate::http2::SharedHead::new(b"");
+        assert_eq!(translate(&head, &shared, &h2c).unwrap().uri().to_string(), "http://h2c.test:8080/a?b");
+        assert_eq!(translate(&head, &shared, &key()).unwrap().uri().scheme_str(), Some("https"));
     }
 }

@@ -7,7 +7,7 @@
 //! ends the stream with an error rather than being guessed at.
 
 use crate::h1::{self, BodyFraming, HeadLimits, Method};
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, StatusCode};
 use std::ops::Range;
 
 /// What the next bytes of the response are.
@@ -176,7 +176,8 @@ impl ResponseReader {
             Ok(None) => return Ok((Event::More, 0)),
             Err(_) => return Err(Malformed("unreadable response head")),
         };
-        let fields = to_fields(head.headers.iter().map(|h| (h.name, h.value)));
+        let shared = super::SharedHead::new(&buf[..n]);
+        let fields = to_fields(&shared, head.headers.iter().map(|h| (h.name, h.value)));
         if head.is_informational() {
             let status = StatusCode::from_u16(head.status).map_err(|_| Malformed("bad status"))?;
             return Ok((Event::Interim { status, fields }, n));
@@ -208,7 +209,9 @@ impl ResponseReader {
         let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return more_unless_long(buf) };
         let mut slots = [httparse::EMPTY_HEADER; 64];
         let fields = match httparse::parse_headers(&buf[..end + 4], &mut slots) {
-            Ok(httparse::Status::Complete((_, parsed))) => to_fields(parsed.iter().map(|h| (h.name, h.value))),
+            Ok(httparse::Status::Complete((_, parsed))) => {
+                to_fields(&super::SharedHead::new(&buf[..end + 4]), parsed.iter().map(|h| (h.name, h.value)))
+            }
             _ => return Err(Malformed("unreadable trailer section")),
         };
         // The body ends with the trailers: `End` comes on the next call.
@@ -232,8 +235,8 @@ fn more_unless_long(buf: &[u8]) -> Result<(Event, usize), Malformed> {
 /// HTTP/2 fields from HTTP/1.1 ones: names lower-cased, connection-specific ones and
 /// anything HTTP/2 cannot carry left out (`Host` included: a response has none that
 /// matters, a request's becomes `:authority`).
-fn to_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a [u8])>) -> HeaderMap {
-    let mut map = HeaderMap::new();
+fn to_fields<'a>(shared: &super::SharedHead, fields: impl ExactSizeIterator<Item = (&'a str, &'a [u8])>) -> HeaderMap {
+    let mut map = HeaderMap::with_capacity(fields.len());
     for (name, value) in fields {
         // Connection-specific fields (RFC 9113 §8.2.2), and the WebSocket handshake's
         // accept key, which RFC 8441 leaves out. (`HeaderName` lower-cases the name.)
@@ -241,7 +244,7 @@ fn to_fields<'a>(fields: impl Iterator<Item = (&'a str, &'a [u8])>) -> HeaderMap
             continue;
         }
         let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else { continue };
-        if let Ok(value) = HeaderValue::from_bytes(value) {
+        if let Some(value) = shared.value(value) {
             map.append(name, value);
         }
     }
