@@ -927,7 +927,8 @@ run_h2mux() { # run_h2mux SECONDS OUTFILE LOGFILE URL: h2load -c10 -m100 through
 # capacity rows; CPU µs per request, req/s, latencies from h2load's --log-file, and the
 # upstream's request and connection counters (snapreq) for the origin connections opened;
 # for Sluice also the origin h2 sessions it opened and the clients it refused since it
-# started (warm-up included: a session shared per origin and worker makes that 1 in h2h2).
+# started (warm-up included: sessions are added one at a time while all are at the origin's
+# stream limit, so about 8 in h2h2: 1,000 streams in flight, 128 per nginx connection).
 scenario_h2mux() {
     local sc=$1 r name out c0 c1 st m0 m1 url proxies
     PROXY_TLS=1

@@ -244,8 +244,9 @@ def build(recs, meta, svg_name):
            if r.get("scenario") == sc and r.get("proxy") == "sluice" and "h2_origin_sessions" in r]
     if h2s:
         lines.append("Sluice's origin HTTP/2 sessions opened and clients refused (`sluice_h2_origin_sessions_total`, "
-                     "`sluice_connections_rejected_total`, since its start, warm-up included; one session per origin "
-                     "and worker is the design, so 1 in `h2h2`, 0 in `h2tls`): "
+                     "`sluice_connections_rejected_total`, since its start, warm-up included; a session per origin "
+                     "and worker, and one more at a time while all are at the origin's stream limit, so about "
+                     "8 in `h2h2` (1,000 streams in flight, 128 per connection at nginx), 0 in `h2tls`): "
                      + "; ".join("`%s` round %s: %s sessions, %s refused" % (sc, r.get("round"), r["h2_origin_sessions"],
                                                                           r.get("clients_refused", "?")) for sc, r in h2s) + ".")
         lines.append("")

@@ -26,8 +26,8 @@ pub struct H2Config {
     pub max_header_list_size: u32,
     /// SETTINGS_MAX_FRAME_SIZE.
     pub max_frame_size: u32,
-    /// Offer `h2` to TLS origins too (one session per origin and worker, shared by the
-    /// requests of every client).
+    /// Offer `h2` to TLS origins too (a session per origin and worker shared by the
+    /// requests of every client; one more while every session is full).
     pub origins: bool,
     /// Keep-alive PING to a client connection silent this long (zero: never).
     pub client_ping_interval: Duration,

@@ -1,8 +1,9 @@
-//! HTTP/2 towards an origin: one session per origin and worker (a slot of its own,
-//! `conn::origin_session`), carrying the requests of many exchanges, each through a link
-//! of the same kind as a client stream's (`links`), with the directions swapped: the
-//! exchange writes its HTTP/1.1 request into `to_session` and reads the origin's response,
-//! rendered as HTTP/1.1, from `to_exchange`.
+//! HTTP/2 towards an origin: a session per origin and worker (a slot of its own,
+//! `conn::origin_session`; more as the origin's stream limit needs, `super::origins`),
+//! carrying the requests of many exchanges, each through a link of the same kind as a
+//! client stream's (`links`), with the directions swapped: the exchange writes its
+//! HTTP/1.1 request into `to_session` and reads the origin's response, rendered as
+//! HTTP/1.1, from `to_exchange`.
 //!
 //! The session parses each request head (already rewritten for the origin by the
 //! exchange), sends it as HEADERS once `h2` says the origin's MAX_CONCURRENT_STREAMS has
