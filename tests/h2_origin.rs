@@ -9,7 +9,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use support::h2::{have_python_h2, probe, Background, Nghttpd};
 use support::*;
 
@@ -254,6 +254,44 @@ fn a_request_above_the_origins_goaway_is_sent_again_whatever_its_method() {
         let seen = (m("sluice_upstream_retries_total"), m("sluice_h2_origin_sessions_total"));
         assert_eq!(seen, (n, n + 1.0), "{version}: (retries, origin sessions)\n{}", proxy.stderr_log());
     }
+}
+
+#[test]
+fn a_request_queued_behind_a_busy_stream_moves_to_a_session_with_room() {
+    if !ready(Some("h2")) {
+        return;
+    }
+    let (dir, mut server, proxy) = scripted_origin("hold", 5);
+    let ca = proxy.dir.join("ca").join("ca.pem");
+    let connect_to = format!("origin.test:443:127.0.0.1:{}", proxy.port);
+    // The origin takes one stream per connection and never answers `/hold`: the first
+    // session is busy for as long as that client waits.
+    let mut held = Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--http1.1", "--cacert"])
+        .arg(&ca)
+        .args(["--connect-to", &connect_to, "-o", "/dev/null", "https://origin.test/hold"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("run curl");
+    // Once the origin has the request, the session has its SETTINGS (sent first) too.
+    server.wait_line("held", Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}\n{}", proxy.stderr_log()));
+    // Two requests at once: the first to find the session full dials a second session,
+    // the other queues on the first meanwhile; once the second session has room, the
+    // queued request moves there instead of waiting behind `/hold`.
+    let started = Instant::now();
+    let urls: Vec<_> = (0..2).map(|i| ("https://origin.test/x".to_string(), dir.join(&format!("r-{i}")))).collect();
+    let cacert = ca.to_str().unwrap();
+    let (codes, err) = curl_parallel(&["--http1.1", "--cacert", cacert, "--connect-to", &connect_to], &urls);
+    let took = started.elapsed();
+    let _ = held.kill();
+    let _ = held.wait();
+    assert_eq!(codes, vec!["200 1.1"; 2], "{err}");
+    for (_, body) in &urls {
+        assert_eq!(std::fs::read(body).unwrap(), b"served\n");
+    }
+    // Breaks when a queued request stays with its session (served only when `/hold`'s
+    // client gives up, 30 s on).
+    assert!(took < Duration::from_secs(10), "the queued request took {took:?}\n{}", proxy.stderr_log());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -541,23 +541,28 @@ const UNPROCESSED_RETRIES: u8 = 3;
 fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &str) -> NextStep {
     // An HTTP/2 origin that never processed the request (refused stream, GOAWAY below
     // it): safe to send again whatever the method (RFC 9113 §8.7).
-    let unprocessed = conn.origin_link().and_then(|l| ctx.links.get(l)).is_some_and(|l| l.unprocessed);
+    let link = conn.origin_link().and_then(|l| ctx.links.get(l));
+    let (unprocessed, moved) = link.map_or((false, false), |l| (l.unprocessed, l.unprocessed && l.moved));
     let Some(ex) = conn.ex.as_mut() else {
         return NextStep::Close;
     };
     let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
     // Once after a reused connection failed (it may have been closed by the origin as we
     // wrote); a few times when the origin refused it unprocessed (a burst to a new session
-    // before its SETTINGS said how many streams it takes).
+    // before its SETTINGS said how many streams it takes); and whenever a session handed it
+    // back unsent for another one with room (bounded by the exchange's deadline).
     let retryable = ((reused && ex.method.is_idempotent() && ex.retries == 0)
-        || (unprocessed && ex.retries < UNPROCESSED_RETRIES))
+        || (unprocessed && ex.retries < UNPROCESSED_RETRIES)
+        || moved)
         && !ex.response_started
         && matches!(ex.h1.req_body, Body::None)
         && (conn.client.input.has_slab() || ex.h1.saved_head.is_some())
         && conn.origin.input.is_empty()
         && !conn.client.input.is_lent();
     if retryable && !conn.origin.reading && conn.origin.writing.is_none() {
-        ex.retries += 1;
+        if !moved {
+            ex.retries += 1;
+        }
         // A request the origin did not process may share a session again; after any
         // other failure, only a fresh connection is trusted.
         ex.fresh_only = !unprocessed;
@@ -573,7 +578,9 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         drop(conn.origin.detach(io, ctx.ring));
         conn.origin.drop_tls(ctx.pool);
         conn.origin.forget_outcome();
-        stats::bump(&ctx.stats.upstream_retries, 1);
+        if !moved {
+            stats::bump(&ctx.stats.upstream_retries, 1);
+        }
         conn.phase = Phase::Upstream;
         return NextStep::Continue;
     }

@@ -15,6 +15,7 @@ use super::{CloseReason, Connection, Ctx, NextStep, Phase, UpstreamConn};
 use crate::http2::keepalive::KeepAlive;
 use crate::http2::links::LinkId;
 use crate::http2::origin::OriginSession;
+use crate::http2::origins::SessionView;
 use crate::stats;
 use crate::upstream::pool::PoolKey;
 use uring::Io;
@@ -131,13 +132,33 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     }
     let wakes = ctx.wakes;
     side.session.drive(ctx.links, &|id| wakes.wake(id));
+    // Requests queued here for the origin's room go to a session that has room now (one
+    // added since they queued, while this one's streams stay busy).
+    let (key, token) = (side.session.key.clone(), side.session.token);
+    let key = &key;
+    if side.session.waiting() > 0 {
+        let room = ctx.origins.room_elsewhere(key, token);
+        if room > 0 {
+            let moved = side.session.hand_back_waiting(room, ctx.links, &|id| wakes.wake(id));
+            tracing::debug!(conn = %io.id(), room, moved, "origin session: queued requests handed back");
+        }
+    }
     let accepting = side.session.accepting(ctx.now) && ctx.ready;
     let (streams, max) = (side.session.streams(), side.session.max_streams());
-    ctx.origins.update(&side.session.key, side.session.token, streams, max, accepting);
+    let view = SessionView { streams, max, accepting, waiting: side.session.waiting() };
+    ctx.origins.update(key, token, view);
+    if accepting && streams < max {
+        for id in ctx.origins.siblings_waiting(key, token) {
+            tracing::debug!(conn = %io.id(), sibling = %id, "origin session has room: waking a sibling with queued requests");
+            wakes.wake(id);
+        }
+    }
     let finished = side.session.finished();
     let pipe = side.session.pipe().clone();
     super::http2::send_frames(conn, io, ctx, Side::Origin, &pipe);
     if finished || conn.origin.error.is_some() {
+        let why = conn.h2.as_ref().and_then(|h| h.origin()).and_then(|s| s.session.ending.clone());
+        tracing::debug!(conn = %io.id(), why = why.as_deref().unwrap_or("the connection failed"), error = ?conn.origin.error, "origin session ends");
         conn.closing(CloseReason::OriginClosed);
         return NextStep::Close;
     }

@@ -56,6 +56,10 @@ pub struct Link {
     /// origin refused the stream, or its GOAWAY's last stream is below it: RFC 9113
     /// §8.7), so it may be sent again whatever its method.
     pub unprocessed: bool,
+    /// With `unprocessed`: the session handed the request back unsent because another
+    /// session to the origin has room (see `OriginSession::hand_back_waiting`): sent again
+    /// there, not counted as a retry.
+    pub moved: bool,
     generation: u32,
     live: bool,
 }

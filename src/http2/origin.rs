@@ -68,6 +68,8 @@ struct Stream {
     head_request: bool,
     /// In `waiting` (its request was ready when it was last pumped).
     queued: bool,
+    /// Sent, and counted in the session's `open_sent` until it leaves.
+    open: bool,
     done: bool,
 }
 
@@ -85,6 +87,10 @@ pub struct OriginSession {
     ready_now: Vec<usize>,
     /// Streams whose request waits for room in the origin's streams, oldest first.
     waiting: VecDeque<usize>,
+    /// Streams sent and not finished: a request is sent only while these are fewer than
+    /// the origin's limit. (`h2`'s `poll_ready` lets one more through into a queue of its
+    /// own, where it could not be handed to another session.)
+    open_sent: usize,
     inbox: Vec<LinkId>,
     started: Instant,
     pub ending: Option<String>,
@@ -92,6 +98,8 @@ pub struct OriginSession {
     pub token: Token,
     /// PINGs to a silent origin (`h2.origin_ping_interval`), set by the connection.
     pub keepalive: Option<super::keepalive::KeepAlive>,
+    /// The streams it may open before the origin's SETTINGS say.
+    initial_max_streams: usize,
 }
 
 impl std::fmt::Debug for OriginSession {
@@ -135,11 +143,13 @@ impl OriginSession {
             ready: ReadyStreams::default(),
             ready_now: Vec::new(),
             waiting: VecDeque::new(),
+            open_sent: 0,
             inbox: vec![first],
             started: now,
             ending: None,
             token,
             keepalive: None,
+            initial_max_streams: max_streams,
         }
     }
 
@@ -173,8 +183,36 @@ impl OriginSession {
     pub fn max_streams(&self) -> usize {
         match &self.state {
             State::Open { conn, .. } => conn.max_concurrent_send_streams(),
-            _ => super::origins::ASSUMED_MAX_STREAMS,
+            _ => self.initial_max_streams,
         }
+    }
+
+    /// Requests waiting for the origin's room.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Hands back up to `n` bodiless requests still waiting for the origin's room (oldest
+    /// first): their exchanges send them again on a session that has room now (a session
+    /// added after they queued here, while this one's streams stay busy). How many went.
+    pub fn hand_back_waiting(&mut self, n: usize, links: &mut Links, wake: &dyn Fn(ConnId)) -> usize {
+        let mut gone = 0;
+        let mut kept = VecDeque::with_capacity(self.waiting.len());
+        while let Some(key) = self.waiting.pop_front() {
+            let bodiless = matches!(self.streams.get(key), Some((_, s)) if s.queued && matches!(s.request, Request::Ready { end: true, .. }));
+            if gone < n && bodiless {
+                let (_, s) = self.streams.remove(key);
+                if let Some(l) = links.get(s.link) {
+                    l.moved = true;
+                }
+                cancel(links, s.link, wake, true);
+                gone += 1;
+            } else {
+                kept.push_back(key);
+            }
+        }
+        self.waiting = kept;
+        gone
     }
 
     /// True while new streams may be added.
@@ -190,6 +228,7 @@ impl OriginSession {
             cancel(links, link, wake, true);
         }
         self.waiting.clear();
+        self.open_sent = 0;
         for (_, s) in self.streams.drain() {
             let unprocessed = match &s.request {
                 Request::Head | Request::Ready { .. } => true,
@@ -210,7 +249,8 @@ impl OriginSession {
             let mut moved = self.poll_connection(&mut cx);
             // Streams above the origin's GOAWAY were never processed (RFC 9113 §6.8).
             let goaway_last = self.pipe.with(|q| q.tally_in.goaway_last_stream());
-            if let State::Open { send, .. } = &mut self.state {
+            if let State::Open { send, conn } = &mut self.state {
+                let max = conn.max_concurrent_send_streams();
                 for link in self.inbox.drain(..) {
                     let entry = self.streams.vacant_entry();
                     let news = StreamNews::new(&waker, &self.ready, entry.key());
@@ -225,6 +265,7 @@ impl OriginSession {
                         chunked: false,
                         head_request: false,
                         queued: false,
+                        open: false,
                         done: false,
                     };
                     entry.insert((news, stream));
@@ -235,8 +276,10 @@ impl OriginSession {
                 for &key in &keys {
                     let Some((news, s)) = self.streams.get_mut(key) else { continue };
                     if news.take() {
-                        moved |= pump_stream(news, s, &self.key, send, links, wake, goaway_last);
-                        settle(&mut self.streams, &mut self.waiting, key, links, wake);
+                        let mut side =
+                            SessionSide { key: &self.key, send, goaway_last, may_open: self.open_sent < max };
+                        moved |= pump_stream(news, s, &mut side, links, wake, &mut self.open_sent);
+                        settle(&mut self.streams, &mut self.waiting, key, links, wake, &mut self.open_sent);
                     }
                 }
                 keys.clear();
@@ -248,13 +291,14 @@ impl OriginSession {
                         self.waiting.pop_front();
                         continue;
                     };
-                    moved |= pump_stream(news, s, &self.key, send, links, wake, goaway_last);
+                    let mut side = SessionSide { key: &self.key, send, goaway_last, may_open: self.open_sent < max };
+                    moved |= pump_stream(news, s, &mut side, links, wake, &mut self.open_sent);
                     if matches!(s.request, Request::Ready { .. }) && !s.done {
                         break;
                     }
                     s.queued = false;
                     self.waiting.pop_front();
-                    settle(&mut self.streams, &mut self.waiting, key, links, wake);
+                    settle(&mut self.streams, &mut self.waiting, key, links, wake, &mut self.open_sent);
                 }
             }
             if !moved {
@@ -409,9 +453,13 @@ fn settle(
     key: usize,
     links: &mut Links,
     wake: &dyn Fn(ConnId),
+    open_sent: &mut usize,
 ) {
     let Some((_, s)) = streams.get_mut(key) else { return };
     if s.done {
+        if s.open {
+            *open_sent = open_sent.saturating_sub(1);
+        }
         leave(links, s.link, wake);
         streams.remove(key);
     } else if !s.queued && matches!(s.request, Request::Ready { .. }) {
@@ -420,18 +468,31 @@ fn settle(
     }
 }
 
+/// What a stream's pump needs of its session.
+struct SessionSide<'a> {
+    key: &'a PoolKey,
+    send: &'a mut SendRequest<Bytes>,
+    /// Streams above the origin's GOAWAY were never processed (RFC 9113 §6.8).
+    goaway_last: Option<u32>,
+    /// A ready request may be sent (fewer streams open than the origin's limit).
+    may_open: bool,
+}
+
 /// Pumps a stream with its own waker; true (and the stream listed for the next
-/// round) when anything moved.
+/// round) when anything moved. A request sent now counts in `open_sent`.
 fn pump_stream(
     news: &StreamNews,
     s: &mut Stream,
-    origin: &PoolKey,
-    send: &mut SendRequest<Bytes>,
+    side: &mut SessionSide<'_>,
     links: &mut Links,
     wake: &dyn Fn(ConnId),
-    goaway_last: Option<u32>,
+    open_sent: &mut usize,
 ) -> bool {
-    let moved = pump(s, origin, send, &mut Context::from_waker(news.waker()), links, wake, goaway_last);
+    let moved = pump(s, side, &mut Context::from_waker(news.waker()), links, wake);
+    if !s.open && matches!(s.request, Request::Sent { .. }) {
+        s.open = true;
+        *open_sent += 1;
+    }
     if moved {
         news.mark();
     }
@@ -441,13 +502,12 @@ fn pump_stream(
 /// Moves one stream's bytes; true when anything moved.
 fn pump(
     s: &mut Stream,
-    key: &PoolKey,
-    sender: &mut SendRequest<Bytes>,
+    side: &mut SessionSide<'_>,
     cx: &mut Context<'_>,
     links: &mut Links,
     wake: &dyn Fn(ConnId),
-    goaway_last: Option<u32>,
 ) -> bool {
+    let (key, sender, goaway_last) = (side.key, &mut *side.send, side.goaway_last);
     let Some(l) = links.get(s.link) else {
         s.done = true;
         return true;
@@ -488,7 +548,7 @@ fn pump(
         }
     }
     // Sent once the origin has room for another stream.
-    if let Request::Ready { .. } = s.request {
+    if matches!(s.request, Request::Ready { .. }) && side.may_open {
         match sender.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
                 if let Request::Ready { req, end, body } = std::mem::replace(&mut s.request, Request::Head) {

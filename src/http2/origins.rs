@@ -40,6 +40,15 @@ pub struct Origins {
 /// Names a session in the registry from the moment it is decided, before its slot exists.
 pub type Token = u64;
 
+/// A session's state as the registry needs it (`Origins::update`).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionView {
+    pub streams: usize,
+    pub max: usize,
+    pub accepting: bool,
+    pub waiting: usize,
+}
+
 /// One origin's sessions.
 #[derive(Debug, Default)]
 struct Origin {
@@ -59,6 +68,8 @@ struct Entry {
     streams: usize,
     max: usize,
     accepting: bool,
+    /// Requests queued in the session for the origin's room.
+    waiting: usize,
     /// Links handed over and not taken by the session yet.
     inbox: Vec<LinkId>,
 }
@@ -109,6 +120,18 @@ impl Origins {
         origin.dialling_since.take().is_some() || !origin.sessions.iter().any(Entry::has_room)
     }
 
+    /// Free streams in the origin's other sessions that take new ones (where requests
+    /// waiting in session `token` could go now).
+    pub fn room_elsewhere(&self, key: &PoolKey, token: Token) -> usize {
+        let Some(origin) = self.by_key.get(key) else { return 0 };
+        origin
+            .sessions
+            .iter()
+            .filter(|e| e.token != token && e.accepting)
+            .map(|e| e.max.saturating_sub(e.streams))
+            .sum()
+    }
+
     /// Hands `link` to the session (after `find`); it takes it on its next run.
     pub fn give(&mut self, key: &PoolKey, token: Token, link: LinkId) {
         if let Some(e) = self.entry(key, token) {
@@ -130,8 +153,16 @@ impl Origins {
         self.next_token += 1;
         let token = self.next_token;
         let origin = self.by_key.entry(key).or_default();
-        let max = origin.sessions.iter().map(|e| e.max).max().unwrap_or(ASSUMED_MAX_STREAMS);
-        origin.sessions.push(Entry { token, id: None, streams: 1, max, accepting: true, inbox: Vec::new() });
+        let max = origin.sessions.iter().filter(|e| e.accepting).map(|e| e.max).max().unwrap_or(ASSUMED_MAX_STREAMS);
+        origin.sessions.push(Entry {
+            token,
+            id: None,
+            streams: 1,
+            max,
+            accepting: true,
+            waiting: 0,
+            inbox: Vec::new(),
+        });
         (token, max)
     }
 
@@ -147,13 +178,23 @@ impl Origins {
         }
     }
 
-    /// The session's own view, after each of its runs.
-    pub fn update(&mut self, key: &PoolKey, token: Token, streams: usize, max: usize, accepting: bool) {
+    /// The session's own view, after each of its runs: its streams (queued ones
+    /// included), the origin's limit, whether it takes new streams, and how many of its
+    /// requests wait for the origin's room.
+    pub fn update(&mut self, key: &PoolKey, token: Token, view: SessionView) {
         if let Some(e) = self.entry(key, token) {
-            e.streams = streams + e.inbox.len();
-            e.max = max;
-            e.accepting = accepting;
+            e.streams = view.streams + e.inbox.len();
+            e.max = view.max;
+            e.accepting = view.accepting;
+            e.waiting = view.waiting;
         }
+    }
+
+    /// The slots of the origin's other sessions with requests waiting for room (to wake
+    /// when session `token` has room: they hand those requests back).
+    pub fn siblings_waiting(&self, key: &PoolKey, token: Token) -> impl Iterator<Item = ConnId> + '_ {
+        let sessions = self.by_key.get(key).map(|o| o.sessions.as_slice()).unwrap_or_default();
+        sessions.iter().filter(move |e| e.token != token && e.waiting > 0).filter_map(|e| e.id)
     }
 
     /// The session closed; links handed to it and not taken yet come back.
@@ -189,6 +230,10 @@ mod tests {
 
     const PATIENCE: Duration = Duration::from_secs(10);
 
+    fn view(streams: usize, max: usize, accepting: bool) -> SessionView {
+        SessionView { streams, max, accepting, waiting: 0 }
+    }
+
     #[test]
     fn a_reserved_session_takes_streams_before_its_slot_exists_and_hands_them_over() {
         let now = Instant::now();
@@ -215,7 +260,7 @@ mod tests {
         let now = Instant::now();
         let mut o = Origins::default();
         let (first, _) = o.reserve(key());
-        o.update(&key(), first, 2, 2, true);
+        o.update(&key(), first, view(2, 2, true));
         // Full: the first exchange to find it so dials one more connection ...
         assert!(o.find(&key(), now, PATIENCE).is_none());
         // ... and the next ones queue meanwhile, up to the queue's bound.
@@ -227,15 +272,28 @@ mod tests {
         assert!(o.wants_session(&key()));
         let (second, max) = o.reserve(key());
         assert_eq!(max, 2, "the origin's limit as its first session learnt it");
-        o.update(&key(), second, 1, 2, true);
+        o.update(&key(), second, view(1, 2, true));
         // ... assumed to take what the first takes until its SETTINGS come, and takes the
         // next stream: the one with room.
         assert_eq!(o.find(&key(), now, PATIENCE).map(|f| f.0), Some(second));
         assert_eq!(o.find(&key(), now, PATIENCE), None, "the second is full at the first's limit");
         // A connection nobody asked for while a session has room is surplus.
-        o.update(&key(), second, 1, 2, true);
+        o.update(&key(), second, view(1, 2, true));
         assert!(o.wants_session(&key()), "asked for by the last dial");
         assert!(!o.wants_session(&key()));
+    }
+
+    #[test]
+    fn room_elsewhere_counts_the_other_accepting_sessions() {
+        let mut o = Origins::default();
+        let (first, _) = o.reserve(key());
+        let (second, _) = o.reserve(key());
+        let (third, _) = o.reserve(key());
+        o.update(&key(), first, view(9, 2, true));
+        o.update(&key(), second, view(1, 4, true));
+        o.update(&key(), third, view(0, 8, false));
+        assert_eq!(o.room_elsewhere(&key(), first), 3, "the second's room; the third takes none");
+        assert_eq!(o.room_elsewhere(&key(), second), 0);
     }
 
     #[test]
@@ -243,7 +301,7 @@ mod tests {
         let now = Instant::now();
         let mut o = Origins::default();
         let (first, _) = o.reserve(key());
-        o.update(&key(), first, 1, 1, true);
+        o.update(&key(), first, view(1, 1, true));
         assert!(o.find(&key(), now, PATIENCE).is_none());
         assert!(o.find(&key(), now, PATIENCE).is_some(), "queued while the dial is young");
         assert!(o.find(&key(), now + PATIENCE, PATIENCE).is_none(), "the dial is presumed failed");
@@ -254,7 +312,7 @@ mod tests {
         let now = Instant::now();
         let mut o = Origins::default();
         let (first, _) = o.reserve(key());
-        o.update(&key(), first, 0, 10, false);
+        o.update(&key(), first, view(0, 10, false));
         assert!(o.find(&key(), now, PATIENCE).is_none());
         assert!(o.find(&key(), now, PATIENCE).is_none(), "nothing to queue on: dial");
     }
