@@ -600,7 +600,11 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     // out (no pipelining on a stream): its slab goes back while the origin thinks.
     if let Some(ex) = conn.ex.as_mut().filter(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) {
         if conn.stream.is_some() && conn.client.input.is_empty() && conn.client.input.has_slab() {
-            if matches!(ex.h1.req_body, Body::None) && ex.h1.saved_head.is_none() {
+            // Kept only where `upstream_failed` may send the request again: on an HTTP/2
+            // origin's stream, or on a reused connection for an idempotent method.
+            let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
+            let may_retry = ex.origin_link.is_some() || (reused && ex.method.is_idempotent());
+            if may_retry && matches!(ex.h1.req_body, Body::None) && ex.h1.saved_head.is_none() {
                 let head = conn
                     .client
                     .input

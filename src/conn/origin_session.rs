@@ -134,15 +134,16 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     side.session.drive(ctx.links, &|id| wakes.wake(id));
     // Requests queued here for the origin's room go to a session that has room now (one
     // added since they queued, while this one's streams stay busy).
-    let (key, token) = (side.session.key.clone(), side.session.token);
-    let key = &key;
-    if side.session.waiting() > 0 {
-        let room = ctx.origins.room_elsewhere(key, token);
-        if room > 0 {
-            let moved = side.session.hand_back_waiting(room, ctx.links, &|id| wakes.wake(id));
-            tracing::debug!(conn = %io.id(), room, moved, "origin session: queued requests handed back");
-        }
+    let token = side.session.token;
+    let room = match side.session.waiting() {
+        0 => 0,
+        _ => ctx.origins.room_elsewhere(&side.session.key, token),
+    };
+    if room > 0 {
+        let moved = side.session.hand_back_waiting(room, ctx.links, &|id| wakes.wake(id));
+        tracing::debug!(conn = %io.id(), room, moved, "origin session: queued requests handed back");
     }
+    let key = &side.session.key;
     let accepting = side.session.accepting(ctx.now) && ctx.ready;
     let (streams, max) = (side.session.streams(), side.session.max_streams());
     let view = SessionView { streams, max, accepting, waiting: side.session.waiting() };
@@ -214,10 +215,9 @@ impl Connection {
         self.origin.writing = None;
         let Some(l) = ctx.links.get(link) else { return };
         l.exchange_gone = true;
-        match (&l.stream_waker, l.session) {
-            (_, None) => ctx.links.free(link),
-            (Some(w), Some(_)) => w.wake_by_ref(),
-            (None, Some(s)) => ctx.wakes.wake(s),
+        match l.session {
+            None => ctx.links.free(link),
+            Some(_) => l.wake_session(ctx.wakes),
         }
     }
 }

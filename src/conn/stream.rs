@@ -13,7 +13,7 @@
 use super::buf::BufId;
 use super::leg::{Side, WriteJob};
 use super::{Connection, Ctx, NextStep};
-use crate::http2::links::{Link, LinkId};
+use crate::http2::links::LinkId;
 use std::time::Instant;
 use uring::Io;
 
@@ -84,7 +84,7 @@ impl Connection {
         if side == Side::Client {
             self.bytes_in += n as u64;
         }
-        wake_session(l, ctx.wakes);
+        l.wake_session(ctx.wakes);
         NextStep::Continue
     }
 
@@ -111,7 +111,7 @@ impl Connection {
                 if let Some(b) = bytes.and_then(|b| b.get(offset..offset + len)) {
                     l.to_session.extend_from_slice(b);
                 }
-                wake_session(l, ctx.wakes);
+                l.wake_session(ctx.wakes);
             }
             None => self.leg_mut(side).fail(libc::EPIPE),
         }
@@ -149,7 +149,7 @@ impl Connection {
         let Some(link) = self.link() else { return };
         if let Some(l) = ctx.links.get(link) {
             l.to_session_end = true;
-            wake_session(l, ctx.wakes);
+            l.wake_session(ctx.wakes);
         }
     }
 
@@ -162,16 +162,7 @@ impl Connection {
         if l.session.is_none() {
             ctx.links.free(link);
         } else {
-            wake_session(l, ctx.wakes);
+            l.wake_session(ctx.wakes);
         }
-    }
-}
-
-fn wake_session(l: &mut Link, wakes: &uring::ReadyQueue) {
-    match (&l.stream_waker, l.session) {
-        (Some(w), _) => w.wake_by_ref(),
-        // The session has not taken the link yet: its next run does.
-        (None, Some(s)) => wakes.wake(s),
-        (None, None) => {}
     }
 }

@@ -84,6 +84,16 @@ impl Link {
         }
     }
 
+    /// The exchange changed the link: wakes its stream (listed for the session's next
+    /// run), or the session itself while it has not taken the link yet.
+    pub fn wake_session(&self, wakes: &uring::ReadyQueue) {
+        match (&self.stream_waker, self.session) {
+            (Some(w), _) => w.wake_by_ref(),
+            (None, Some(s)) => wakes.wake(s),
+            (None, None) => {}
+        }
+    }
+
     /// Room left for response bytes.
     pub fn room_for_session(&self) -> usize {
         LINK_BYTES.saturating_sub(self.to_session.len())

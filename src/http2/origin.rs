@@ -250,7 +250,8 @@ impl OriginSession {
             // Streams above the origin's GOAWAY were never processed (RFC 9113 §6.8).
             let goaway_last = self.pipe.with(|q| q.tally_in.goaway_last_stream());
             if let State::Open { send, conn } = &mut self.state {
-                let max = conn.max_concurrent_send_streams();
+                let mut side =
+                    SessionSide { key: &self.key, send, goaway_last, max: conn.max_concurrent_send_streams() };
                 for link in self.inbox.drain(..) {
                     let entry = self.streams.vacant_entry();
                     let news = StreamNews::new(&waker, &self.ready, entry.key());
@@ -276,8 +277,6 @@ impl OriginSession {
                 for &key in &keys {
                     let Some((news, s)) = self.streams.get_mut(key) else { continue };
                     if news.take() {
-                        let mut side =
-                            SessionSide { key: &self.key, send, goaway_last, may_open: self.open_sent < max };
                         moved |= pump_stream(news, s, &mut side, links, wake, &mut self.open_sent);
                         settle(&mut self.streams, &mut self.waiting, key, links, wake, &mut self.open_sent);
                     }
@@ -291,7 +290,6 @@ impl OriginSession {
                         self.waiting.pop_front();
                         continue;
                     };
-                    let mut side = SessionSide { key: &self.key, send, goaway_last, may_open: self.open_sent < max };
                     moved |= pump_stream(news, s, &mut side, links, wake, &mut self.open_sent);
                     if matches!(s.request, Request::Ready { .. }) && !s.done {
                         break;
@@ -474,8 +472,9 @@ struct SessionSide<'a> {
     send: &'a mut SendRequest<Bytes>,
     /// Streams above the origin's GOAWAY were never processed (RFC 9113 §6.8).
     goaway_last: Option<u32>,
-    /// A ready request may be sent (fewer streams open than the origin's limit).
-    may_open: bool,
+    /// The origin's limit on concurrent streams: a ready request is sent only while the
+    /// session has fewer open.
+    max: usize,
 }
 
 /// Pumps a stream with its own waker; true (and the stream listed for the next
@@ -488,7 +487,8 @@ fn pump_stream(
     wake: &dyn Fn(ConnId),
     open_sent: &mut usize,
 ) -> bool {
-    let moved = pump(s, side, &mut Context::from_waker(news.waker()), links, wake);
+    let may_open = *open_sent < side.max;
+    let moved = pump(s, side, may_open, &mut Context::from_waker(news.waker()), links, wake);
     if !s.open && matches!(s.request, Request::Sent { .. }) {
         s.open = true;
         *open_sent += 1;
@@ -503,6 +503,7 @@ fn pump_stream(
 fn pump(
     s: &mut Stream,
     side: &mut SessionSide<'_>,
+    may_open: bool,
     cx: &mut Context<'_>,
     links: &mut Links,
     wake: &dyn Fn(ConnId),
@@ -548,7 +549,7 @@ fn pump(
         }
     }
     // Sent once the origin has room for another stream.
-    if matches!(s.request, Request::Ready { .. }) && side.may_open {
+    if matches!(s.request, Request::Ready { .. }) && may_open {
         match sender.poll_ready(cx) {
             Poll::Ready(Ok(())) => {
                 if let Request::Ready { req, end, body } = std::mem::replace(&mut s.request, Request::Head) {
