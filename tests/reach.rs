@@ -100,3 +100,39 @@ fn a_closed_port_reads_like_any_failed_connect() {
         "no port-scan oracle: {text}"
     );
 }
+
+/// With every address open to everyone, the one address a client reached the proxy at
+/// (a wildcard listener answers on all of them) is still not a destination: refused at
+/// once with the loop's 508, not dialled to arrive back as a second request. Over HTTP/1.1
+/// and over each stream of an HTTP/2 connection, whose exchanges learn that address from
+/// their session.
+#[test]
+fn the_address_a_client_reached_the_proxy_at_is_never_dialled_over_http1_or_http2() {
+    let Some((proxy, ip)) = lan_proxy("local_targets = \"allow\"\n") else { return };
+    let own = SocketAddr::new(ip, proxy.port);
+    let authority = own.to_string();
+    let r = ask(&proxy, ip, &format!("GET http://{authority}/ HTTP/1.1\r\nHost: {authority}\r\n\r\n"));
+    assert_eq!(r.status, 508, "HTTP/1.1: {}", r.describe());
+    assert!(r.text().contains("the target is this proxy itself"), "HTTP/1.1: {}", r.text());
+
+    let body = proxy.dir.join("h2-body");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10", "--http2-prior-knowledge", "-o"])
+        .arg(&body)
+        .args(["-w", "%{http_code} %{http_version}"])
+        .arg(format!("http://{authority}/"))
+        .output()
+        .expect("run curl");
+    let written = String::from_utf8_lossy(&out.stdout).into_owned();
+    let text = std::fs::read_to_string(&body).unwrap_or_default();
+    assert_eq!(written, "508 2", "HTTP/2: {} {text}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the target is this proxy itself"), "HTTP/2: {text}");
+    // One request reached the proxy: none came back around as a second one.
+    let metrics = proxy.metrics().expect("scrape /metrics");
+    let requests: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("sluice_requests_total") && l.contains("method=\"GET\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(requests, 2.0, "one HTTP/1.1 and one HTTP/2 request, no second hop:\n{metrics}");
+}

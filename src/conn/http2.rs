@@ -71,6 +71,9 @@ pub(crate) struct H2Client {
     new: Vec<NewStream>,
     /// Since when the connection has had no stream (its idle timeout counts from there).
     idle_since: Option<Instant>,
+    /// Where the client reached this proxy, asked of the socket once (every stream's
+    /// exchange needs it, for the access rules on our own addresses).
+    local: Option<std::net::SocketAddr>,
 }
 
 impl H2Client {
@@ -88,7 +91,8 @@ pub(crate) fn start(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Ne
     session.keepalive = KeepAlive::new(ctx.cfg.h2.client_ping_interval, ctx.cfg.h2.ping_timeout, ctx.now);
     let rules = StreamRules::new(ctx.cfg.h2.max_frame_size, ctx.cfg.h2.max_concurrent_streams);
     let floods = FrameWatch::new(FloodLimits::default(), rules);
-    let client = H2Client { session, floods, new: Vec::new(), idle_since: None };
+    let local = conn.client.local_addr();
+    let client = H2Client { session, floods, new: Vec::new(), idle_since: None, local };
     conn.h2 = Some(Box::new(H2::Client(client)));
     conn.protocol = crate::protocol::Protocol::H2;
     stats::bump(&ctx.stats.h2_connections, 1);
@@ -113,8 +117,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     let wakes = ctx.wakes;
     h2.session.drive(ctx.links, io.id(), &|id| wakes.wake(id), &mut h2.new);
     let mut new = std::mem::take(&mut h2.new);
+    let local = h2.local;
     for s in new.drain(..) {
-        ctx.spawn.push(super::stream::exchange_for(conn, s.link, ctx.now));
+        ctx.spawn.push(super::stream::exchange_for(conn, s.link, local, ctx.now));
         stats::bump(&ctx.stats.h2_streams, 1);
     }
     let Some(h2) = conn.h2.as_mut().and_then(|h| h.client_mut()) else { return NextStep::Close };

@@ -29,14 +29,19 @@ pub(crate) struct StreamSide {
 
 /// The exchange slot for a new stream of `session`: it inherits what the client
 /// connection knows (peer, the transparent destination, the SNI and CONNECT target of an
-/// intercepted session).
-pub(crate) fn exchange_for(session: &Connection, link: LinkId, now: Instant) -> Connection {
+/// intercepted session) and `local`, where the client reached this proxy.
+pub(crate) fn exchange_for(
+    session: &Connection,
+    link: LinkId,
+    local: Option<std::net::SocketAddr>,
+    now: Instant,
+) -> Connection {
     let mut c = Connection::detached(session.role, session.peer, now);
     c.protocol = crate::protocol::Protocol::H2;
     c.original_dst = session.original_dst;
     c.sni = session.sni.clone();
     c.tunnel_target = session.tunnel_target.as_deref().map(|t| Box::new(t.clone()));
-    c.stream = Some(Box::new(StreamSide { link, tls: session.intercepted(), local: session.client.local_addr() }));
+    c.stream = Some(Box::new(StreamSide { link, tls: session.intercepted(), local }));
     c
 }
 
