@@ -22,6 +22,7 @@ pub mod keepalive;
 pub mod links;
 pub mod news;
 pub mod origin;
+mod origin_stream;
 pub mod origins;
 pub mod pipe;
 pub mod request;

@@ -9,7 +9,12 @@
 //! something (it may have more). The waker marks the stream, puts its key on the
 //! session's [`ReadyStreams`] (once until the session takes it) and wakes the session's
 //! slot; spurious news (a key reused by a newer stream) only cost a pump.
+//!
+//! [`StreamTable`] keeps a session's streams with their news, for both kinds of session
+//! (a client's, `super::session`, and an origin's, `super::origin`).
 
+use super::links::{LinkId, Links};
+use slab::Slab;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Wake, Waker};
@@ -86,6 +91,68 @@ impl StreamNews {
     }
 }
 
+/// A session's streams `S`, by key, each with its [`StreamNews`], and the keys of those
+/// with news.
+pub struct StreamTable<S> {
+    streams: Slab<(StreamNews, S)>,
+    ready: ReadyStreams,
+}
+
+impl<S> Default for StreamTable<S> {
+    fn default() -> Self {
+        StreamTable { streams: Slab::new(), ready: ReadyStreams::default() }
+    }
+}
+
+impl<S> StreamTable<S> {
+    /// Streams in the table.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Adds `stream`, proxied through `link`, with news (it is pumped on the next round);
+    /// its waker wakes `slot` (the session's), and the link's exchange wakes it too.
+    pub fn insert(&mut self, slot: &Waker, links: &mut Links, link: LinkId, stream: S) -> usize {
+        let entry = self.streams.vacant_entry();
+        let key = entry.key();
+        let news = StreamNews::new(slot, &self.ready, key);
+        if let Some(l) = links.get(link) {
+            l.stream_waker = Some(news.waker().clone());
+        }
+        entry.insert((news, stream));
+        key
+    }
+
+    pub fn get(&self, key: usize) -> Option<&S> {
+        self.streams.get(key).map(|(_, s)| s)
+    }
+
+    /// The stream `key` and its news.
+    pub fn get_mut(&mut self, key: usize) -> Option<(&StreamNews, &mut S)> {
+        self.streams.get_mut(key).map(|(news, s)| (&*news, s))
+    }
+
+    /// Takes the stream `key` out (it must be in the table).
+    pub fn remove(&mut self, key: usize) -> S {
+        self.streams.remove(key).1
+    }
+
+    /// Takes every stream out.
+    pub fn drain(&mut self) -> impl Iterator<Item = S> + '_ {
+        self.streams.drain().map(|(_, s)| s)
+    }
+
+    /// The keys listed with news since the last call, into `into` (empty). A key may name
+    /// a stream gone since (or a newer one in its place): [`StreamNews::take`] tells.
+    pub fn take_ready(&self, into: &mut Vec<usize>) {
+        self.ready.take(into);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +183,25 @@ mod tests {
         assert!(n.take());
         n.mark();
         assert!(n.take());
+    }
+
+    #[test]
+    fn a_stream_in_the_table_is_listed_and_its_link_wakes_it() {
+        let slot = Waker::noop().clone();
+        let mut links = Links::default();
+        let link = links.open_unowned();
+        let mut table = StreamTable::default();
+        let key = table.insert(&slot, &mut links, link, "stream");
+        let mut keys = Vec::new();
+        table.take_ready(&mut keys);
+        assert_eq!(keys, [key], "a new stream is listed");
+        let (news, _) = table.get_mut(key).unwrap();
+        assert!(news.take());
+        links.get(link).unwrap().stream_waker.as_ref().expect("the link wakes its stream").wake_by_ref();
+        keys.clear();
+        table.take_ready(&mut keys);
+        assert_eq!(keys, [key], "listed again by the link's wake");
+        assert_eq!(table.remove(key), "stream");
+        assert!(table.is_empty());
     }
 }

@@ -14,7 +14,7 @@
 
 use super::keepalive::KeepAlive;
 use super::links::{LinkId, Links};
-use super::news::{ReadyStreams, StreamNews};
+use super::news::StreamTable;
 use super::pipe::Pipe;
 use super::request::{self, RequestBody};
 use super::response::{Event, ResponseReader};
@@ -23,7 +23,6 @@ use crate::h1::Method;
 use bytes::Bytes;
 use h2::server::{self, SendResponse};
 use h2::{Reason, RecvStream, SendStream};
-use slab::Slab;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -85,9 +84,8 @@ pub struct Session {
     waker: Waker,
     /// The streams open, each with its waker (`h2` and its exchange say when it has
     /// something to do), by key.
-    streams: Slab<(StreamNews, Stream)>,
-    /// The keys of the streams with news, and a buffer to take them into.
-    ready: ReadyStreams,
+    streams: StreamTable<Stream>,
+    /// A buffer to take the keys of the streams with news into.
     ready_now: Vec<usize>,
     ending: Option<Ending>,
     shutting_down: bool,
@@ -110,8 +108,7 @@ impl Session {
             state: State::Handshaking(handshake),
             pipe,
             waker,
-            streams: Slab::new(),
-            ready: ReadyStreams::default(),
+            streams: StreamTable::default(),
             ready_now: Vec::new(),
             ending: None,
             shutting_down: false,
@@ -191,7 +188,7 @@ impl Session {
 
     /// The connection is closing: every stream's exchange is told to stop.
     pub fn abandon(&mut self, links: &mut Links, wake: &dyn Fn(uring::ConnId)) {
-        for (_, s) in self.streams.drain() {
+        for s in self.streams.drain() {
             release(links, s.link, wake, true);
         }
     }
@@ -214,7 +211,7 @@ impl Session {
         for _ in 0..DRIVE_ROUNDS {
             let mut moved = self.poll_connection(&mut cx, links, me, new);
             let mut keys = std::mem::take(&mut self.ready_now);
-            self.ready.take(&mut keys);
+            self.streams.take_ready(&mut keys);
             for &key in &keys {
                 let Some((news, s)) = self.streams.get_mut(key) else { continue };
                 if !news.take() {
@@ -276,12 +273,7 @@ impl Session {
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     moved = true;
                     if let Some(s) = accept(req, respond, links, me, new) {
-                        let entry = self.streams.vacant_entry();
-                        let news = StreamNews::new(&self.waker, &self.ready, entry.key());
-                        if let Some(l) = links.get(s.link) {
-                            l.stream_waker = Some(news.waker().clone());
-                        }
-                        entry.insert((news, s));
+                        self.streams.insert(&self.waker, links, s.link, s);
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
