@@ -34,6 +34,17 @@ pub struct ConnId {
 /// let mut conns: uring::Conns<()> = uring::Conns::new();
 /// assert_eq!(conns.insert(()).to_string(), "0.1");
 /// ```
+impl ConnId {
+    /// The slot's index in its arena (reused by later slots).
+    pub(crate) fn index(self) -> u32 {
+        self.index
+    }
+    /// Which use of that index this id names.
+    pub(crate) fn generation(self) -> u32 {
+        self.gen
+    }
+}
+
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.index, self.gen)

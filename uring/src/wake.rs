@@ -5,10 +5,12 @@
 //! resolved) calls [`ReadyQueue::wake`] with that slot's [`ConnId`]. The worker drains the
 //! queue after each completion batch and runs each woken slot's state machine once more.
 //!
-//! Wakes are hints, not messages: a slot woken twice runs twice and finds nothing new the
-//! second time, and an id whose slot was freed or is closing is skipped by
-//! `Conns::get_mut`. Handlers must therefore re-check their own state when run; nothing
-//! is lost by a spurious wake, and nothing relies on a wake arriving exactly once.
+//! Wakes are hints, not messages: a slot woken again before the worker drained the queue is
+//! queued once (its one run sees everything that woke it: a session whose hundred streams
+//! each got a response runs once, not a hundred times), and an id whose slot was freed or
+//! is closing is skipped by `Conns::get_mut`. Handlers must therefore re-check their own
+//! state when run; nothing is lost by a spurious wake, and nothing relies on a wake
+//! arriving exactly once. A wake after the drain queues the slot again, for the next round.
 //!
 //! [`ReadyQueue::waker`] makes a `Waker` for futures that want one (the `h2` crate's
 //! connection and streams), so they are polled by the worker with no async runtime: its
@@ -31,10 +33,40 @@ pub struct ReadyQueue {
 
 #[derive(Default)]
 struct Shared {
-    ids: Mutex<Vec<ConnId>>,
+    ids: Mutex<Queued>,
     /// Set (under the lock) when an id is queued, cleared when the queue is drained: the
     /// worker asks "anything queued?" on every turn without taking the lock.
     queued: AtomicBool,
+}
+
+/// The ids to run, each once.
+#[derive(Default)]
+struct Queued {
+    ids: Vec<ConnId>,
+    /// By slot index: the generation of the id queued for it (0: none; an id whose own
+    /// generation is 0, once in 2^32 reuses of a slot, is queued every time it is woken).
+    generation: Vec<u32>,
+}
+
+impl Queued {
+    fn push(&mut self, id: ConnId) {
+        let (index, gen) = (id.index() as usize, id.generation());
+        if index >= self.generation.len() {
+            self.generation.resize(index + 1, 0);
+        }
+        if gen != 0 && self.generation[index] == gen {
+            return;
+        }
+        self.generation[index] = gen;
+        self.ids.push(id);
+    }
+
+    fn drain_into(&mut self, out: &mut Vec<ConnId>) {
+        for id in &self.ids {
+            self.generation[id.index() as usize] = 0;
+        }
+        out.append(&mut self.ids);
+    }
 }
 
 impl std::fmt::Debug for ReadyQueue {
@@ -57,7 +89,7 @@ impl ReadyQueue {
 
     /// Slots waiting to run.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().ids.len()
     }
 
     /// True when nothing is queued (no lock taken).
@@ -71,8 +103,7 @@ impl ReadyQueue {
         if self.is_empty() {
             return;
         }
-        let mut ids = self.lock();
-        out.append(&mut ids);
+        self.lock().drain_into(out);
         self.shared.queued.store(false, Ordering::Release);
     }
 
@@ -81,8 +112,9 @@ impl ReadyQueue {
         Waker::from(Arc::new(SlotWaker { queue: self.clone(), id }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<ConnId>> {
-        // A panic while holding the lock leaves a vector of ids, which is still valid.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        // Nothing that can panic runs under the lock between marking an id and listing it
+        // (or listing and unmarking), so a poisoned queue is still a consistent one.
         self.shared.ids.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
@@ -120,11 +152,25 @@ mod tests {
         q.wake(b);
         let mut out = Vec::new();
         q.drain_into(&mut out);
-        assert_eq!(out, vec![b, a, b], "duplicates are kept: a spurious run is harmless");
+        assert_eq!(out, vec![b, a], "a slot woken again before the drain is queued once");
         assert!(q.is_empty());
         out.clear();
         q.drain_into(&mut out);
         assert!(out.is_empty());
+        q.wake(a);
+        q.drain_into(&mut out);
+        assert_eq!(out, vec![a], "after the drain a wake queues the slot again");
+        // A newer slot in a freed slot's place has an id of its own: queued beside the
+        // stale one (which the worker then skips).
+        assert_eq!(conns.close(a), Some(1));
+        let newer = conns.insert(3);
+        assert_eq!(newer.index(), a.index());
+        out.clear();
+        q.wake(a);
+        q.wake(newer);
+        q.wake(newer);
+        q.drain_into(&mut out);
+        assert_eq!(out, vec![a, newer]);
     }
 
     /// A future that is pending until its flag is set, like an h2 stream waiting for a
