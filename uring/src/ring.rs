@@ -298,13 +298,20 @@ impl Ring {
     /// Builds a ring with the cheapest task-running flags the kernel accepts, and
     /// registers the pool's slabs as fixed buffers.
     fn new(entries: u32, pool: &SlabPool) -> io::Result<Ring> {
+        // TASKRUN_FLAG: the kernel flags the queue when completions wait for the task to
+        // run them (with DEFER_TASKRUN, only an enter carrying GETEVENTS does), so a submit
+        // that does not block (slots were woken) collects them too: a worker kept busy by
+        // wakes still sees its completions.
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .setup_defer_taskrun()
             .setup_cqsize(entries * 4)
             .build(entries)
-            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries))
+            .or_else(|_| {
+                IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().setup_cqsize(entries * 4).build(entries)
+            })
             .or_else(|_| IoUring::new(entries))?;
         let iovecs = pool.iovecs();
         let mut fixed_buffers = false;

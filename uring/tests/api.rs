@@ -145,3 +145,42 @@ fn a_provided_buffer_is_a_token_read_then_recycled() {
         ring.recycle_provided(p);
     }
 }
+
+/// A worker kept busy by wakes only ever submits without waiting (`submit_and_wait(0)`):
+/// its completions must still arrive. With DEFER_TASKRUN the kernel runs the task work
+/// that posts them only for an enter carrying GETEVENTS; the ring asks the kernel to flag
+/// pending task work (TASKRUN_FLAG) so such a submit carries it. Without the flag this
+/// poll never completes, and a slot that woke itself on every run stalled its worker.
+#[test]
+fn a_submit_that_does_not_wait_still_collects_completions() {
+    let mut uring = Uring::new(16, 0).unwrap();
+    let mut conns: Conns<(UnixStream, UnixStream)> = Conns::bound_to(uring.ring_mut());
+    let (a, mut peer) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let id = conns.insert((a, UnixStream::pair().unwrap().0));
+    {
+        let (ring, pool) = uring.parts();
+        let (_, io) = conns.get_mut(id).unwrap().split();
+        ring.submit(io, OpTag(5), Op::PollIn { fd }, pool);
+        ring.submit_and_wait(0).unwrap();
+    }
+    peer.write_all(b"x").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut seen = 0;
+    while seen == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the poll's completion never came to a submit that does not wait"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let (ring, pool) = uring.parts();
+        ring.submit_and_wait(0).unwrap();
+        let cqes = ring.completions();
+        for c in &cqes {
+            if let Event::Conn { .. } = conns.complete(c, ring, pool) {
+                seen += 1;
+            }
+        }
+        ring.recycle(cqes);
+    }
+}
