@@ -177,7 +177,22 @@ fn drive(
     let (endpoint, io) = slot.split();
     let Endpoint::Client(conn) = endpoint;
     let mut ctx = env.ctx(now);
-    if f(conn, io, &mut ctx) == NextStep::Close {
+    let mut step = f(conn, io, &mut ctx);
+    // A write into a link (an HTTP/2 stream's exchange) is done as soon as the link has
+    // room, which it usually still has: the exchange goes on in this run (its response
+    // written, it logs and closes) instead of waking itself for another.
+    let mut runs = 0;
+    while step == NextStep::Wait && conn.link_progress(&mut ctx) {
+        if runs == LINK_WRITES_PER_RUN {
+            // The next run goes on from here (a full link instead waits for the session,
+            // which wakes this slot once it took bytes out).
+            ctx.wake(io.id());
+            break;
+        }
+        runs += 1;
+        step = conn::advance(conn, io, &mut ctx);
+    }
+    if step == NextStep::Close {
         conn.begin_close(io, &mut ctx);
         return Some(io.id());
     }
@@ -500,6 +515,9 @@ impl Worker {
 /// the same turn, but a cycle of wakes cannot hold the worker (what is left waits for the
 /// next turn, which then does not block).
 const WAKE_ROUNDS: usize = 8;
+
+/// Most writes into links one run of a slot completes at once (see `drive`).
+const LINK_WRITES_PER_RUN: usize = 8;
 
 /// Runs the slots woken during this batch (by the resolver, the pool, or each other).
 fn run_woken(conns: &mut Conns<Endpoint>, env: &mut Env, now: Instant) {

@@ -300,7 +300,7 @@ impl Connection {
             stats::bump(&ctx.stats.bytes_to_clients, len as u64);
         }
         if let Some(link) = self.link_of(side) {
-            self.write_via_link(io, ctx, side, link, src, offset, len);
+            self.write_via_link(ctx, side, link, src, offset, len);
             return;
         }
         if self.leg(side).tls.is_some() {

@@ -15,7 +15,6 @@ use super::leg::{Side, WriteJob};
 use super::{Connection, Ctx, NextStep};
 use crate::http2::links::LinkId;
 use std::time::Instant;
-use uring::Io;
 
 /// The client side of a stream's exchange.
 #[derive(Debug)]
@@ -94,11 +93,11 @@ impl Connection {
     }
 
     /// A write to `side` through its link: the bytes go into the link now; the write
-    /// completes (`link_progress`) once the session has room again.
-    #[allow(clippy::too_many_arguments)]
+    /// completes (`link_progress`) once the link has room: in the same run when it still
+    /// has (the worker's `drive` runs the exchange on at once), else when the session,
+    /// having taken bytes out, wakes this slot.
     pub(crate) fn write_via_link(
         &mut self,
-        io: &Io,
         ctx: &mut Ctx<'_>,
         side: Side,
         link: LinkId,
@@ -121,13 +120,12 @@ impl Connection {
             None => self.leg_mut(side).fail(libc::EPIPE),
         }
         self.leg_mut(side).writing = Some(WriteJob { src, offset: offset as u32, len: len as u32 });
-        // Completed on this slot's next run, when the link has room.
-        ctx.wake(io.id());
     }
 
     /// On every run of an exchange: completes a write through a link once the link has
-    /// room (or is gone), as a socket's write completion would.
-    pub(crate) fn link_progress(&mut self, ctx: &mut Ctx<'_>) {
+    /// room (or is gone), as a socket's write completion would. True when one completed.
+    pub(crate) fn link_progress(&mut self, ctx: &mut Ctx<'_>) -> bool {
+        let mut completed = false;
         for side in [Side::Client, Side::Origin] {
             let Some(link) = self.link_of(side) else { continue };
             let Some(job) = self.leg(side).writing else { continue };
@@ -146,7 +144,9 @@ impl Connection {
             if job.src == BufId::Out {
                 self.out.release(ctx.pool);
             }
+            completed = true;
         }
+        completed
     }
 
     /// The exchange half-closes its side towards the client (a tunnel's origin finished).
