@@ -28,12 +28,6 @@ pub struct ConnId {
     gen: u32,
 }
 
-/// `index.generation`, e.g. `7.3`: how log lines and `/debug/connections` name a slot.
-///
-/// ```
-/// let mut conns: uring::Conns<()> = uring::Conns::new();
-/// assert_eq!(conns.insert(()).to_string(), "0.1");
-/// ```
 impl ConnId {
     /// The slot's index in its arena (reused by later slots).
     pub(crate) fn index(self) -> u32 {
@@ -45,6 +39,12 @@ impl ConnId {
     }
 }
 
+/// `index.generation`, e.g. `7.3`: how log lines and `/debug/connections` name a slot.
+///
+/// ```
+/// let mut conns: uring::Conns<()> = uring::Conns::new();
+/// assert_eq!(conns.insert(()).to_string(), "0.1");
+/// ```
 impl std::fmt::Display for ConnId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{}", self.index, self.gen)

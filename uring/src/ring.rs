@@ -312,6 +312,7 @@ impl Ring {
             .or_else(|_| {
                 IoUring::builder().setup_coop_taskrun().setup_taskrun_flag().setup_cqsize(entries * 4).build(entries)
             })
+            .or_else(|_| IoUring::builder().setup_coop_taskrun().setup_cqsize(entries * 4).build(entries))
             .or_else(|_| IoUring::new(entries))?;
         let iovecs = pool.iovecs();
         let mut fixed_buffers = false;

@@ -57,8 +57,9 @@ impl Queued {
         if gen != 0 && self.generation[index] == gen {
             return;
         }
-        self.generation[index] = gen;
+        // Listed before marked: a mark always has its id in the list.
         self.ids.push(id);
+        self.generation[index] = gen;
     }
 
     fn drain_into(&mut self, out: &mut Vec<ConnId>) {
@@ -103,7 +104,10 @@ impl ReadyQueue {
         if self.is_empty() {
             return;
         }
-        self.lock().drain_into(out);
+        let mut queued = self.lock();
+        queued.drain_into(out);
+        // Under the lock: a wake from another thread between the drain and this store
+        // would otherwise be left queued with the flag saying there is nothing.
         self.shared.queued.store(false, Ordering::Release);
     }
 
