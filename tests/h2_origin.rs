@@ -256,6 +256,33 @@ fn a_request_above_the_origins_goaway_is_sent_again_whatever_its_method() {
     }
 }
 
+/// An h2 origin may answer before it has read the request body (RFC 9113 §8.1) and never
+/// read the rest. The origin stream is then over and the session lets go of its link
+/// while the exchange still has body bytes to write into it: those writes must complete
+/// (nobody will take them out) so the exchange relays the answer, instead of waiting on
+/// a full link until its idle timeout.
+#[test]
+fn an_early_answer_from_an_h2_origin_to_an_unread_upload_is_relayed_at_once() {
+    if !ready(Some("h2")) {
+        return;
+    }
+    let (dir, _server, proxy) = scripted_origin("early", 6);
+    let upload = dir.join("upload");
+    std::fs::write(&upload, vec![b'u'; 4 << 20]).unwrap();
+    let data = format!("@{}", upload.display());
+    let body = dir.join("body");
+    for version in ["--http1.1", "--http2"] {
+        let started = Instant::now();
+        let (exit, code, _, err) =
+            curl_tls(&proxy, version, &["--max-time", "20", "--data-binary", &data], "/upload", &body);
+        // Breaks when a write into a link the session let go of waits for room forever
+        // (curl's --max-time, or the proxy's idle timeout, ends it instead).
+        assert_eq!((exit, code), (0, 200), "{version}: {err}\n{}", proxy.stderr_log());
+        assert_eq!(std::fs::read(&body).unwrap(), b"early\n", "{version}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{version}: took {:?}", started.elapsed());
+    }
+}
+
 #[test]
 fn a_request_queued_behind_a_busy_stream_moves_to_a_session_with_room() {
     if !ready(Some("h2")) {

@@ -8,7 +8,10 @@ any later one is not processed: GOAWAY (last stream 1, NO_ERROR) and the connect
 closes, as a server shutting down or rotating connections does.
 MODE `hold`: each connection takes one stream at a time (SETTINGS_MAX_CONCURRENT_STREAMS
 1); `/hold` is never answered (it prints `held` when it has it), any other path gets 200
-with `served\n`; connections after the first wait 0.3 s before their TLS handshake."""
+with `served\n`; connections after the first wait 0.3 s before their TLS handshake.
+MODE `early`: every request is answered as soon as its head arrives (200, `early\n`, the
+stream ended) and its body is never read: no WINDOW_UPDATE, so a large body stops at the
+first window."""
 import socket
 import ssl
 import sys
@@ -59,6 +62,9 @@ def serve(raw, n):
             for ev in conn.receive_data(data):
                 if isinstance(ev, h2.events.RequestReceived):
                     paths[ev.stream_id] = dict(ev.headers).get(b":path", b"")
+                    if mode == "early":
+                        answer(conn, ev.stream_id, b"early\n")
+                        continue
                 if not isinstance(ev, h2.events.StreamEnded):
                     continue
                 if mode == "hold":
