@@ -88,7 +88,9 @@ impl Connection {
         if side == Side::Client {
             self.bytes_in += n as u64;
         }
-        l.wake_session(ctx.wakes);
+        if std::mem::take(&mut l.session_waits_for_room) {
+            l.wake_session(ctx.wakes);
+        }
         NextStep::Continue
     }
 
@@ -134,7 +136,12 @@ impl Connection {
                     self.leg_mut(side).fail(libc::EPIPE);
                     true
                 }
-                Some(l) => l.room_for_session() > 0,
+                Some(l) => {
+                    let room = l.room_for_session() > 0;
+                    // Woken by the session once it took bytes out (`Link::room_for_exchange_writer`).
+                    l.exchange_waits_for_room = !room;
+                    room
+                }
                 None => true,
             };
             if !room {

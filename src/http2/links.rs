@@ -47,6 +47,12 @@ pub struct Link {
     pub to_session_end: bool,
     /// The exchange's slot is gone (it closed): nothing more will come.
     pub exchange_gone: bool,
+    /// The session stopped putting bytes into `to_exchange` for want of room: the exchange
+    /// wakes it once it took some (and only then: a wake is a stream pump).
+    pub session_waits_for_room: bool,
+    /// The exchange's write into `to_session` waits for room: the session wakes it once it
+    /// took some (and only then: a wake is a run of the exchange).
+    pub exchange_waits_for_room: bool,
     /// The stream was reset or its session went away: the exchange stops.
     pub cancelled: bool,
     /// Wakes the session for this link's stream once it has one (see `super::news`): what
@@ -73,6 +79,12 @@ impl Link {
     /// Room left for request bytes.
     pub fn room_for_exchange(&self) -> usize {
         LINK_BYTES.saturating_sub(self.to_exchange.len() - self.taken)
+    }
+
+    /// The session took bytes out of `to_session`: true (once) when the exchange waited
+    /// for that room and must be woken.
+    pub fn room_for_exchange_writer(&mut self) -> bool {
+        std::mem::take(&mut self.exchange_waits_for_room)
     }
 
     /// Marks `n` request bytes taken by the exchange; the vector is compacted once empty.

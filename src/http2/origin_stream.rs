@@ -214,7 +214,10 @@ fn pump(
         return true;
     }
     let mut moved = false;
+    // The exchange has something new to read (`woke`), or took bytes out of `to_session`
+    // (`drained`: it is woken only when its write waited for that room).
     let mut woke = false;
+    let mut drained = false;
     let mut fail = false;
     // The failure left the request unprocessed by the origin (see `Link::unprocessed`).
     let mut unprocessed = false;
@@ -233,7 +236,7 @@ fn pump(
                 }
                 l.to_session.drain(..n);
                 moved = true;
-                woke = true;
+                drained = true;
             }
             Ok(None) => {}
             Err(_) => fail = true,
@@ -283,7 +286,7 @@ fn pump(
                     }
                     l.to_session.drain(..granted);
                     moved = true;
-                    woke = true;
+                    drained = true;
                     continue;
                 }
                 Event::Trailers(t) => {
@@ -298,7 +301,7 @@ fn pump(
             }
             l.to_session.drain(..used);
             moved = true;
-            woke = true;
+            drained = true;
         }
     }
     // Interim heads (103 Early Hints...), in order, before the final one.
@@ -343,7 +346,12 @@ fn pump(
     }
     // The response body, while the link has room; the window reopens only then.
     while let Some(recv) = s.recv.as_mut() {
-        if l.room_for_exchange() == 0 || fail {
+        if fail {
+            break;
+        }
+        if l.room_for_exchange() == 0 {
+            // The exchange wakes the session once it took some.
+            l.session_waits_for_room = true;
             break;
         }
         match recv.poll_data(cx) {
@@ -388,7 +396,8 @@ fn pump(
         moved = true;
         woke = true;
     }
-    if woke {
+    let writer_waited = drained && l.room_for_exchange_writer();
+    if woke || writer_waited {
         if let Some(x) = exchange {
             wake(x);
         }

@@ -364,7 +364,10 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
     };
     let exchange = l.exchange;
     let mut moved = false;
+    // The exchange has something new to read (`woke`), or its response bytes were taken
+    // out of the link (`drained`: it is woken only when its write waited for that room).
     let mut woke = false;
+    let mut drained = false;
     // Request body: DATA is copied out of `h2` as soon as it arrives (a received frame
     // held in `h2` pins a part of its read buffer several times its size), into `spill`,
     // and from there into the link as it has room. The window reopens only when bytes
@@ -421,6 +424,11 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
         s.request_done = true;
         moved = true;
         woke = true;
+    }
+    if s.recv.is_some() && !s.spill.is_empty() {
+        // Body bytes wait for room in the link: the exchange wakes the session once it
+        // took some.
+        l.session_waits_for_room = true;
     }
     // The client may reset a stream whose request is complete.
     if !s.response_done {
@@ -499,7 +507,7 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
                     break;
                 }
                 l.to_session.drain(..granted);
-                woke = true;
+                drained = true;
                 moved = true;
                 continue;
             }
@@ -517,7 +525,7 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
             }
         }
         l.to_session.drain(..used);
-        woke |= used > 0;
+        drained |= used > 0;
         moved = true;
     }
     // Answered, and nobody reads the rest of the request any more.
@@ -526,7 +534,8 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
         s.request_done = true;
         moved = true;
     }
-    if woke {
+    let writer_waited = drained && l.room_for_exchange_writer();
+    if woke || writer_waited {
         if let Some(x) = exchange {
             wake(x);
         }
