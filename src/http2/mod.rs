@@ -72,10 +72,26 @@ impl SharedHead {
     }
 }
 
-/// One DATA frame's worth of `bytes` on `send`, as much as its flow-control window grants
-/// now (capacity is reserved first: `send_data` without it buffers without bound).
-/// `Ok(0)`: no window yet (`h2` wakes the slot when there is); `Err`: the stream is gone.
-pub(crate) fn send_granted(
+/// The body bytes `range` of a link's `buf` (as `reader` found them) as one DATA frame on
+/// `send`, as much as its flow-control window grants now (capacity is reserved first:
+/// `send_data` without it buffers without bound). The bytes sent leave `buf`; the rest
+/// go back to `reader`, to be found again next time. `Ok(0)`: no window yet (`h2` wakes
+/// the stream when there is); `Err`: the stream is gone.
+pub(crate) fn send_from_link(
+    send: &mut h2::SendStream<bytes::Bytes>,
+    cx: &mut std::task::Context<'_>,
+    reader: &mut response::ResponseReader,
+    buf: &mut Vec<u8>,
+    range: std::ops::Range<usize>,
+) -> Result<usize, ()> {
+    let want = range.len();
+    let granted = send_granted(send, cx, &buf[range])?;
+    reader.unread(want - granted);
+    buf.drain(..granted);
+    Ok(granted)
+}
+
+fn send_granted(
     send: &mut h2::SendStream<bytes::Bytes>,
     cx: &mut std::task::Context<'_>,
     bytes: &[u8],

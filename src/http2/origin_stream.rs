@@ -275,16 +275,13 @@ fn pump(
             match event {
                 Event::More if used == 0 => break,
                 Event::Data(range) => {
-                    let want = range.len();
-                    let Ok(granted) = super::send_granted(send, cx, &l.to_session[range]) else {
+                    let Ok(granted) = super::send_from_link(send, cx, body, &mut l.to_session, range) else {
                         fail = true;
                         break;
                     };
-                    body.unread(want - granted);
                     if granted == 0 {
                         break;
                     }
-                    l.to_session.drain(..granted);
                     moved = true;
                     drained = true;
                     continue;

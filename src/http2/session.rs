@@ -495,18 +495,15 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
                     s.response_done = true;
                     break;
                 };
-                let want = range.len();
-                let Ok(granted) = super::send_granted(send, cx, &l.to_session[range]) else {
+                // The bytes not sent (no window yet) are read again next time.
+                let Ok(granted) = super::send_from_link(send, cx, &mut s.reader, &mut l.to_session, range) else {
                     s.response_done = true;
                     l.cancelled = true;
                     break;
                 };
-                // The bytes not sent (no window yet) are read again next time.
-                s.reader.unread(want - granted);
                 if granted == 0 {
                     break;
                 }
-                l.to_session.drain(..granted);
                 drained = true;
                 moved = true;
                 continue;
