@@ -81,10 +81,16 @@ impl Link {
         LINK_BYTES.saturating_sub(self.to_exchange.len() - self.taken)
     }
 
-    /// The session took bytes out of `to_session`: true (once) when the exchange waited
-    /// for that room and must be woken.
-    pub fn room_for_exchange_writer(&mut self) -> bool {
-        std::mem::take(&mut self.exchange_waits_for_room)
+    /// After a session's pump of this link: wakes the exchange when it has something new
+    /// to read (`news`: bytes, an end, a cancel), or when bytes were taken out of
+    /// `to_session` (`drained`) and its write waited for that room.
+    pub fn wake_exchange(&mut self, news: bool, drained: bool, wake: &dyn Fn(ConnId)) {
+        let writer_waited = drained && std::mem::take(&mut self.exchange_waits_for_room);
+        if news || writer_waited {
+            if let Some(x) = self.exchange {
+                wake(x);
+            }
+        }
     }
 
     /// Marks `n` request bytes taken by the exchange; the vector is compacted once empty.

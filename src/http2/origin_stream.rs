@@ -204,7 +204,6 @@ fn pump(
         s.done = true;
         return true;
     };
-    let exchange = l.exchange;
     if l.cancelled || l.exchange_gone {
         // The exchange gave up (its client left, a deadline): the stream is reset.
         if let Request::Sent { send, .. } = &mut s.request {
@@ -393,12 +392,7 @@ fn pump(
         moved = true;
         woke = true;
     }
-    let writer_waited = drained && l.room_for_exchange_writer();
-    if woke || writer_waited {
-        if let Some(x) = exchange {
-            wake(x);
-        }
-    }
+    l.wake_exchange(woke, drained, wake);
     moved
 }
 

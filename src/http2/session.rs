@@ -531,12 +531,7 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
         s.request_done = true;
         moved = true;
     }
-    let writer_waited = drained && l.room_for_exchange_writer();
-    if woke || writer_waited {
-        if let Some(x) = exchange {
-            wake(x);
-        }
-    }
+    l.wake_exchange(woke, drained, wake);
     moved
 }
 
