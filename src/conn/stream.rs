@@ -138,7 +138,7 @@ impl Connection {
                 }
                 Some(l) => {
                     let room = l.room_for_session() > 0;
-                    // Woken by the session once it took bytes out (`Link::room_for_exchange_writer`).
+                    // Woken by the session once it took bytes out (`Link::wake_exchange`).
                     l.exchange_waits_for_room = !room;
                     room
                 }
