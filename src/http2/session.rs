@@ -362,7 +362,6 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
         s.response_done = true;
         return true;
     };
-    let exchange = l.exchange;
     let mut moved = false;
     // The exchange has something new to read (`woke`), or its response bytes were taken
     // out of the link (`drained`: it is woken only when its write waited for that room).
@@ -442,9 +441,7 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
             s.response_done = true;
             s.request_done = true;
             s.recv = None;
-            if let Some(x) = exchange {
-                wake(x);
-            }
+            l.wake_exchange(true, false, wake);
             return true;
         }
     }
