@@ -166,8 +166,8 @@ impl Env {
     }
 }
 
-/// Runs `f` on a client connection; returns its id when it asked to close (after
-/// `begin_close`).
+/// Runs `f` on a slot's connection (a client's or an origin session's); returns its id
+/// when it asked to close (after `begin_close`).
 fn drive(
     slot: &mut Slot<Endpoint>,
     env: &mut Env,
@@ -175,7 +175,7 @@ fn drive(
     f: impl FnOnce(&mut Connection, &mut uring::conns::Io, &mut Ctx<'_>) -> NextStep,
 ) -> Option<ConnId> {
     let (endpoint, io) = slot.split();
-    let Endpoint::Client(conn) = endpoint;
+    let conn = endpoint.connection_mut();
     let mut ctx = env.ctx(now);
     let mut step = f(conn, io, &mut ctx);
     // A write into a link (an HTTP/2 stream's exchange) is done as soon as the link has
@@ -544,7 +544,7 @@ fn insert_spawned(conns: &mut Conns<Endpoint>, env: &mut Env) {
     for conn in env.spawned.drain(..) {
         let link = conn.link();
         let origin = conn.origin_session_start();
-        let id = conns.insert(Endpoint::Client(conn));
+        let id = conns.insert(Endpoint::of(conn));
         if let Some(l) = link.and_then(|l| env.links.get(l)) {
             l.exchange = Some(id);
             stats::bump(&stats.h2_streams_active, 1);
