@@ -158,6 +158,53 @@ fn a_hundred_concurrent_streams_to_two_origins_on_one_connection() {
     assert!(took < Duration::from_secs(6), "100 streams took {took:?}: were they served one at a time?");
 }
 
+/// An upstream failure is the stream's own: it is answered in HTTP/2 (`:status 502`, a
+/// complete response, not a reset), and the connection's other streams are served.
+#[test]
+fn an_origin_that_refuses_gets_its_stream_a_502_and_the_others_are_served() {
+    if !ready(&[]) {
+        return;
+    }
+    let live = Origin::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let proxy = Proxy::builder("").workers(1).start();
+    let dir = TempDir::new("h2refused");
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    let out_dir = dir.path().display().to_string();
+    let live_host = live.host();
+    let out = probe(&[
+        "get",
+        "--connect",
+        &connect,
+        "--out",
+        &out_dir,
+        "--headers",
+        "--req",
+        "GET",
+        &dead,
+        "/x",
+        "--req",
+        "GET",
+        &live_host,
+        "/bytes/5000",
+    ]);
+    let streams = out.streams();
+    assert_eq!(streams.len(), 2, "{}", out.describe());
+    let refused = &streams[0];
+    assert!(refused.ended && refused.reset.is_none() && refused.status == 502, "{refused:?}\n{}", out.describe());
+    // The proxy's own error page, translated: its reason and type, without the HTTP/1.1
+    // connection field. Breaks when the exchange closes without it (the session's bare
+    // 502 fallback) or its connection-specific fields are carried into HTTP/2.
+    let page = String::from_utf8_lossy(&fs::read(dir.join("0")).unwrap()).into_owned();
+    assert!(page.contains("cannot connect to the origin"), "the 502's body: {page:?}");
+    assert_eq!(refused.header("content-type"), Some("text/plain; charset=utf-8"), "{refused:?}");
+    assert_eq!(refused.header("connection"), None, "{refused:?}");
+    let served = &streams[1];
+    assert!(served.ended && served.reset.is_none() && served.status == 200, "{served:?}\n{}", out.describe());
+    check_pattern_file(&dir.join("1"), 5000).unwrap_or_else(|e| panic!("the other stream: {e}"));
+    assert_eq!(live.requests(), 1, "{:?}", live.heads());
+}
+
 #[test]
 fn a_3mib_post_is_echoed_intact_over_h2() {
     if !ready(&["curl"]) {

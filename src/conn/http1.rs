@@ -596,25 +596,7 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
 /// pool) until its rewritten form is in `ctx.scratch`, as in `request_head`.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     pump_request_body(conn, io, ctx);
-    // A stream's exchange has nothing more in its request buffer once the request is
-    // out (no pipelining on a stream): its slab goes back while the origin thinks.
-    if let Some(ex) = conn.ex.as_mut().filter(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) {
-        if conn.stream.is_some() && conn.client.input.is_empty() && conn.client.input.has_slab() {
-            // Kept only where `upstream_failed` may send the request again: on an HTTP/2
-            // origin's stream, or on a reused connection for an idempotent method.
-            let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
-            let may_retry = ex.origin_link.is_some() || (reused && ex.method.is_idempotent());
-            if may_retry && matches!(ex.h1.req_body, Body::None) && ex.h1.saved_head.is_none() {
-                let head = conn
-                    .client
-                    .input
-                    .slab_bytes(ctx.pool)
-                    .and_then(|b| b.get(ex.h1.head_at..ex.h1.head_at + ex.h1.head_len));
-                ex.h1.saved_head = head.map(Box::from);
-            }
-            conn.client.input.release_if_empty(ctx.pool);
-        }
-    }
+    release_stream_request(conn, ctx);
     // An interim (1xx) head may still be on its way to the client from `origin.input`.
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
         return NextStep::Wait;
@@ -681,6 +663,27 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     let t = ctx.cfg.timeouts.io_idle;
     conn.set_deadline(io, ctx, t);
     NextStep::Continue
+}
+
+/// A stream's exchange has nothing more in its request buffer once the request is out
+/// (no pipelining on a stream): its slab goes back while the origin thinks. The head is
+/// kept only where `upstream_failed` may send the request again: on an HTTP/2 origin's
+/// stream, or on a reused connection for an idempotent method.
+fn release_stream_request(conn: &mut Connection, ctx: &mut Ctx<'_>) {
+    let Some(ex) = conn.ex.as_mut().filter(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) else {
+        return;
+    };
+    if conn.stream.is_none() || !conn.client.input.is_empty() || !conn.client.input.has_slab() {
+        return;
+    }
+    let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
+    let may_retry = ex.origin_link.is_some() || (reused && ex.method.is_idempotent());
+    if may_retry && matches!(ex.h1.req_body, Body::None) && ex.h1.saved_head.is_none() {
+        let head =
+            conn.client.input.slab_bytes(ctx.pool).and_then(|b| b.get(ex.h1.head_at..ex.h1.head_at + ex.h1.head_len));
+        ex.h1.saved_head = head.map(Box::from);
+    }
+    conn.client.input.release_if_empty(ctx.pool);
 }
 
 /// Not a whole response head yet: read more, or fail the exchange.

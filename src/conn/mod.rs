@@ -457,8 +457,9 @@ impl Connection {
         fields: &[u8],
         why: &str,
     ) -> NextStep {
-        // HTTP/1.1 is the only client protocol yet; an HTTP/2 stream will get a
-        // `:status` HEADERS frame here.
+        // An HTTP/1.1 page either way: an HTTP/2 stream's exchange writes it into its
+        // link, and the session sends it as `:status` HEADERS and DATA (without the
+        // connection fields).
         let page = crate::h1::error_response_with(status, fields, why);
         ctx.stats.response(self.protocol, self.ex.as_ref().map(|e| e.method), status);
         ctx.stats.error(status);
@@ -597,31 +598,7 @@ pub fn on_completion(
                 return step;
             }
         }
-        tag::CLIENT_POLL => {
-            conn.client.wait = leg::ClientWait::Idle;
-            match (provided.take(), result) {
-                (Some(p), n) => {
-                    if n > 0 {
-                        let bytes = ctx.ring.provided_bytes(&p);
-                        if let Some(room) = conn.client.input.room_mut(ctx.pool) {
-                            let k = bytes.len().min(room.len());
-                            room[..k].copy_from_slice(&bytes[..k]);
-                            conn.client.input.filled(k);
-                        }
-                        conn.bytes_in += n as u64;
-                        stats::bump(&ctx.stats.bytes_from_clients, n as u64);
-                    } else if n == 0 {
-                        conn.client.eof = true;
-                    }
-                    ctx.ring.recycle_provided(p);
-                }
-                // No provided buffer was free: read the ordinary way.
-                (None, r) if r == -libc::ENOBUFS => conn.client.readable = true,
-                (None, 0) => conn.client.eof = true,
-                (None, r) if r < 0 => conn.client.fail(-r),
-                (None, _) => conn.client.readable = true,
-            }
-        }
+        tag::CLIENT_POLL => conn.idle_receive_done(ctx, result, provided.take()),
         tag::CONNECT => {
             conn.origin.dial = Dial::Done { result };
         }
@@ -641,6 +618,36 @@ pub fn on_completion(
         conn.drain_stash(ctx, compact);
     }
     advance(conn, io, ctx)
+}
+
+impl Connection {
+    /// The idle client's receive (into a provided buffer, or a poll when none was free)
+    /// completed: its bytes go into the client's input.
+    fn idle_receive_done(&mut self, ctx: &mut Ctx<'_>, result: i32, provided: Option<ProvidedBuf>) {
+        self.client.wait = leg::ClientWait::Idle;
+        match (provided, result) {
+            (Some(p), n) => {
+                if n > 0 {
+                    let bytes = ctx.ring.provided_bytes(&p);
+                    if let Some(room) = self.client.input.room_mut(ctx.pool) {
+                        let k = bytes.len().min(room.len());
+                        room[..k].copy_from_slice(&bytes[..k]);
+                        self.client.input.filled(k);
+                    }
+                    self.bytes_in += n as u64;
+                    stats::bump(&ctx.stats.bytes_from_clients, n as u64);
+                } else if n == 0 {
+                    self.client.eof = true;
+                }
+                ctx.ring.recycle_provided(p);
+            }
+            // No provided buffer was free: read the ordinary way.
+            (None, r) if r == -libc::ENOBUFS => self.client.readable = true,
+            (None, 0) => self.client.eof = true,
+            (None, r) if r < 0 => self.client.fail(-r),
+            (None, _) => self.client.readable = true,
+        }
+    }
 }
 
 /// Runs phase handlers until one waits or closes.

@@ -4,7 +4,7 @@
 //! `h2.cleartext_origins`) becomes a shared session (`conn::origin_session`). It knows
 //! nothing of the client's protocol: each step returns an [`Outcome`], and the caller
 //! moves on when the origin leg is ready or renders a failure in its own protocol (an
-//! HTTP/1 error page today; a `:status 502` or an RST_STREAM for an HTTP/2 stream).
+//! HTTP/1 error page, which an HTTP/2 stream's session sends as a `:status 502`).
 
 use super::http1::UpstreamStep;
 use super::leg::Dial;
