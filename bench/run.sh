@@ -1089,6 +1089,13 @@ echo "elapsed=$((SECONDS - T_START))" >>"$META"
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$META"
 
 mkdir -p "$OUT_DIR"
+# A second run with the same date, mode and scenarios gets its own name (-2, -3, ...): an
+# earlier run's report, which notes and bench/README.md may cite, is never overwritten.
+if [[ -e $OUT_DIR/$STEM.md || -e $OUT_DIR/$STEM.jsonl ]]; then
+    n=2
+    while [[ -e $OUT_DIR/$STEM-$n.md || -e $OUT_DIR/$STEM-$n.jsonl ]]; do n=$((n + 1)); done
+    STEM=$STEM-$n
+fi
 cp "$RAW" "$OUT_DIR/$STEM.jsonl"
 python3 "$TOOLS/report.py" --raw "$RAW" --meta "$META" --md "$OUT_DIR/$STEM.md" --svg "$OUT_DIR/$STEM.svg"
 log "results: $OUT_DIR/$STEM.md (chart $STEM.svg, raw measurements $STEM.jsonl)"
