@@ -136,12 +136,8 @@ impl Connection {
                     self.leg_mut(side).fail(libc::EPIPE);
                     true
                 }
-                Some(l) => {
-                    let room = l.room_for_session() > 0;
-                    // Woken by the session once it took bytes out (`Link::wake_exchange`).
-                    l.exchange_waits_for_room = !room;
-                    room
-                }
+                // Woken by the session once it took bytes out (`Link::wake_exchange`).
+                Some(l) => l.exchange_write_completes(),
                 None => true,
             };
             if !room {

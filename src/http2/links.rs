@@ -55,6 +55,9 @@ pub struct Link {
     pub exchange_waits_for_room: bool,
     /// The stream was reset or its session went away: the exchange stops.
     pub cancelled: bool,
+    /// The session let go of the link ([`Link::let_go`]): nothing reads `to_session` any
+    /// more.
+    released: bool,
     /// Wakes the session for this link's stream once it has one (see `super::news`): what
     /// the exchange calls when it changed the link.
     pub stream_waker: Option<std::task::Waker>,
@@ -115,6 +118,29 @@ impl Link {
     /// Room left for response bytes.
     pub fn room_for_session(&self) -> usize {
         LINK_BYTES.saturating_sub(self.to_session.len())
+    }
+
+    /// The session lets go of the link (its stream is over, or it is going away): it
+    /// neither reads nor wakes through it any more.
+    pub fn let_go(&mut self) {
+        self.session = None;
+        self.stream_waker = None;
+        self.released = true;
+    }
+
+    /// Whether the exchange's write into `to_session` completes now: there is room, or
+    /// nobody reads the link any more (its bytes are dropped, so a stream the session gave
+    /// up on does not hold its exchange until the idle timeout). Otherwise the exchange
+    /// waits, and the session wakes it once it took bytes out.
+    pub fn exchange_write_completes(&mut self) -> bool {
+        if self.released {
+            self.to_session.clear();
+            self.exchange_waits_for_room = false;
+            return true;
+        }
+        let room = self.room_for_session() > 0;
+        self.exchange_waits_for_room = !room;
+        room
     }
 }
 
@@ -181,6 +207,24 @@ mod tests {
     fn ids() -> (ConnId, ConnId) {
         let mut conns: uring::Conns<()> = uring::Conns::new();
         (conns.insert(()), conns.insert(()))
+    }
+
+    #[test]
+    fn a_full_link_holds_the_exchange_s_write_until_the_session_takes_bytes_or_lets_go() {
+        let (session, _) = ids();
+        let mut links = Links::default();
+        let id = links.open(session);
+        let l = links.get(id).unwrap();
+        l.to_session.resize(LINK_BYTES, b'x');
+        assert!(!l.exchange_write_completes(), "a full link read by its session waits");
+        assert!(l.exchange_waits_for_room, "and the session is asked to wake the exchange");
+        l.to_session.truncate(LINK_BYTES - 1);
+        assert!(l.exchange_write_completes(), "one byte taken out is room");
+        l.to_session.resize(LINK_BYTES, b'x');
+        l.let_go();
+        assert!(l.exchange_write_completes(), "nobody reads it any more: the write completes");
+        assert!(l.to_session.is_empty(), "and its bytes are dropped, not kept");
+        assert_eq!((l.session, l.stream_waker.is_none()), (None, true));
     }
 
     #[test]

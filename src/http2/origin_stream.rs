@@ -68,8 +68,7 @@ pub(super) fn leave(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId)) {
         links.free(link);
         return;
     }
-    l.session = None;
-    l.stream_waker = None;
+    l.let_go();
     l.to_exchange_end = true;
     if let Some(x) = l.exchange {
         wake(x);

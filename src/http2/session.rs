@@ -347,8 +347,7 @@ fn release(links: &mut Links, link: LinkId, wake: &dyn Fn(uring::ConnId), cancel
         links.free(link);
         return;
     }
-    l.session = None;
-    l.stream_waker = None;
+    l.let_go();
     l.cancelled |= cancel;
     if let Some(x) = l.exchange {
         wake(x);
