@@ -205,6 +205,56 @@ fn an_origin_that_refuses_gets_its_stream_a_502_and_the_others_are_served() {
     assert_eq!(live.requests(), 1, "{:?}", live.heads());
 }
 
+/// A response the session cannot translate (more fields than it reads, which the origin
+/// may send once the operator raised `limits.max_headers` past them) ends the stream with
+/// a 502, and its exchange stops with it: the origin's connection is closed at once, not
+/// held until the idle timeout, nor read to the end of its body for nobody.
+#[test]
+fn an_untranslatable_response_ends_the_stream_and_its_exchange_stops_reading_the_origin() {
+    if !ready(&[]) {
+        return;
+    }
+    const BODY: u64 = 1 << 30;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let origin = listener.local_addr().unwrap().to_string();
+    let (sent_tx, sent_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let Ok((s, _)) = listener.accept() else { return };
+        let mut w = s.try_clone().unwrap();
+        let mut c = BufConn::new(s);
+        let Ok(Some(_)) = c.read_head(1 << 20) else { return };
+        let mut head = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..600 {
+            head.push_str(&format!("x-field-{i}: {i}\r\n"));
+        }
+        head.push_str(&format!("Content-Length: {BODY}\r\n\r\n"));
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0u64;
+        if std::io::Write::write_all(&mut w, head.as_bytes()).is_ok() {
+            while sent < BODY {
+                match std::io::Write::write(&mut w, &chunk) {
+                    Ok(n) => sent += n as u64,
+                    Err(_) => break,
+                }
+            }
+        }
+        let _ = sent_tx.send(sent);
+    });
+    let proxy = Proxy::builder("[limits]\nmax_headers = 1000\n").workers(1).start();
+    let connect = format!("127.0.0.1:{}", proxy.port);
+    let out = probe(&["get", "--connect", &connect, "--req", "GET", &origin, "/endless"]);
+    let streams = out.streams();
+    assert!(
+        streams.len() == 1 && streams[0].status == 502 && streams[0].ended,
+        "the stream: {streams:?}\n{}",
+        out.describe()
+    );
+    // Breaks when the exchange is not told (its writes into the link wait for room until
+    // the 300 s idle timeout: no answer here), or drains the origin's whole body.
+    let sent = sent_rx.recv_timeout(Duration::from_secs(20)).expect("the proxy still holds the origin's connection");
+    assert!(sent < BODY / 4, "the proxy read {} MiB of a body nobody receives", sent >> 20);
+}
+
 #[test]
 fn a_3mib_post_is_echoed_intact_over_h2() {
     if !ready(&["curl"]) {

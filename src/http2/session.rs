@@ -458,7 +458,11 @@ fn pump(s: &mut Stream, cx: &mut Context<'_>, links: &mut Links, wake: &dyn Fn(u
             }
             Ok(r) => r,
             Err(_) => {
+                // Nothing more of this response reaches the client: the exchange stops
+                // too, instead of reading the rest of the origin's body for nobody.
                 fail_response(s);
+                l.cancelled = true;
+                woke = true;
                 break;
             }
         };
