@@ -166,7 +166,11 @@ fn an_origin_that_refuses_gets_its_stream_a_502_and_the_others_are_served() {
         return;
     }
     let live = Origin::start();
-    let dead = format!("127.0.0.1:{}", free_port());
+    // A port bound and never listened on: connections to it are refused, and no other
+    // test can take it while this one runs.
+    let refuser = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    refuser.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    let dead = refuser.local_addr().unwrap().as_socket().unwrap().to_string();
     let proxy = Proxy::builder("").workers(1).start();
     let dir = TempDir::new("h2refused");
     let connect = format!("127.0.0.1:{}", proxy.port);
