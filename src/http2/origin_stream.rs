@@ -87,6 +87,12 @@ pub(super) fn cancel(links: &mut Links, link: LinkId, wake: &dyn Fn(ConnId), unp
 
 const LIMITS: HeadLimits = HeadLimits { max_bytes: 256 * 1024, max_headers: 512 };
 
+/// Room for a rendered head's status line, framing field and final CRLF.
+const HEAD_FRAMING: usize = 96;
+
+/// Bodies up to this size get their room in the link with the head (see `render_head`).
+const RESERVED_BODY: usize = 16 * 1024;
+
 /// The HTTP/2 request for an HTTP/1.1 head the exchange wrote for the origin.
 fn translate(
     head: &h1::RequestHead<'_>,
@@ -101,11 +107,18 @@ fn translate(
     };
     // A cleartext origin (h2c, `h2.cleartext_origins`) is an `http` one.
     let (scheme, default_port) = if key.tls { ("https", 443) } else { ("http", 80) };
-    let authority = match &head.host {
-        Some(a) => a.to_string(),
-        None if key.port == default_port => key.host.to_string(),
-        None => format!("{}:{}", key.host, key.port),
-    };
+    // Written into one buffer of the right size (formatting grew a String in steps).
+    let mut authority = Vec::with_capacity(key.host.len() + 8);
+    match &head.host {
+        Some(a) => a.write_to(&mut authority),
+        None => {
+            authority.extend_from_slice(key.host.as_bytes());
+            if key.port != default_port {
+                authority.push(b':');
+                authority.extend_from_slice(itoa::Buffer::new().format(key.port).as_bytes());
+            }
+        }
+    }
     let uri = http::Uri::builder().scheme(scheme).authority(authority).path_and_query(path).build();
     let mut req = http::Request::builder()
         .method(http::Method::from_bytes(head.method_raw.as_bytes()).map_err(|_| "bad method")?)
@@ -133,6 +146,17 @@ fn translate(
 /// The HTTP/1.1 head of an origin's response, for the exchange.
 fn render_head(resp: &http::response::Parts, head_request: bool, end: bool, out: &mut Vec<u8>) -> bool {
     let status = resp.status;
+    // One allocation for the head and, when the origin announced a small body, for the
+    // body that follows it into the link: grown field by field, the link's vector was
+    // reallocated about three times per response.
+    let fields: usize = resp.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let body = resp
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .filter(|&n| n <= RESERVED_BODY && !head_request)
+        .unwrap_or(0);
+    out.reserve(HEAD_FRAMING + fields + body);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
