@@ -1,8 +1,8 @@
 //! The event-loop layer of Sluice: everything that touches io_uring and raw memory.
 //!
 //! - [`ring`]: [`Uring`] (a ring and the slab pool registered with it), ring setup
-//!   (SINGLE_ISSUER / COOP_TASKRUN / TASKRUN_FLAG / DEFER_TASKRUN when offered), typed operations, a
-//!   backlog so a full submission queue never drops an operation, the opaque
+//!   (SINGLE_ISSUER / COOP_TASKRUN / TASKRUN_FLAG / DEFER_TASKRUN when offered), typed
+//!   operations, a backlog so a full submission queue never drops an operation, the opaque
 //!   [`Completion`]s and one-use [`ProvidedBuf`] tokens it hands back.
 //! - [`token`]: the `user_data` encoding: connection pointer + generation + op tag.
 //! - [`slab`]: the per-worker pool of registered 64 KiB buffers and the ownership rules

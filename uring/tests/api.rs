@@ -26,6 +26,18 @@ fn complete_n<T>(uring: &mut Uring, conns: &mut Conns<T>, want: usize, mut f: im
     panic!("only {seen} of {want} completions");
 }
 
+/// A slot of `conns` holding one end of a socket pair, with a poll for input submitted on
+/// it; returns the other end, whose write completes the poll.
+fn armed_poll(uring: &mut Uring, conns: &mut Conns<(UnixStream, UnixStream)>) -> UnixStream {
+    let (a, peer) = UnixStream::pair().unwrap();
+    let fd = a.as_raw_fd();
+    let id = conns.insert((a, UnixStream::pair().unwrap().0));
+    let (ring, pool) = uring.parts();
+    let (_, io) = conns.get_mut(id).unwrap().split();
+    ring.submit(io, OpTag(5), Op::PollIn { fd }, pool);
+    peer
+}
+
 #[test]
 fn a_closing_slot_is_unreachable_and_closed_once() {
     let mut uring = Uring::new(16, 0).unwrap();
@@ -97,14 +109,7 @@ fn an_arena_refuses_completions_of_another_ring() {
     let mut second = Uring::new(8, 0).unwrap();
     let mut conns: Conns<UnixStream> = Conns::bound_to(first.ring_mut());
     let mut others: Conns<(UnixStream, UnixStream)> = Conns::bound_to(second.ring_mut());
-    let (a, mut peer) = UnixStream::pair().unwrap();
-    let fd = a.as_raw_fd();
-    let id = others.insert((a, UnixStream::pair().unwrap().0));
-    {
-        let (ring, pool) = second.parts();
-        let (_, io) = others.get_mut(id).unwrap().split();
-        ring.submit(io, OpTag(5), Op::PollIn { fd }, pool);
-    }
+    let mut peer = armed_poll(&mut second, &mut others);
     peer.write_all(b"x").unwrap();
     let (ring, _) = second.parts();
     ring.submit_and_wait(1).unwrap();
@@ -155,15 +160,8 @@ fn a_provided_buffer_is_a_token_read_then_recycled() {
 fn a_submit_that_does_not_wait_still_collects_completions() {
     let mut uring = Uring::new(16, 0).unwrap();
     let mut conns: Conns<(UnixStream, UnixStream)> = Conns::bound_to(uring.ring_mut());
-    let (a, mut peer) = UnixStream::pair().unwrap();
-    let fd = a.as_raw_fd();
-    let id = conns.insert((a, UnixStream::pair().unwrap().0));
-    {
-        let (ring, pool) = uring.parts();
-        let (_, io) = conns.get_mut(id).unwrap().split();
-        ring.submit(io, OpTag(5), Op::PollIn { fd }, pool);
-        ring.submit_and_wait(0).unwrap();
-    }
+    let mut peer = armed_poll(&mut uring, &mut conns);
+    uring.parts().0.submit_and_wait(0).unwrap();
     peer.write_all(b"x").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut seen = 0;
