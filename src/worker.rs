@@ -351,6 +351,9 @@ impl Worker {
         env.uring.pool_mut().wake_waiters(&env.wakes);
         wake_queued(&mut self.conns, &mut self.env);
         run_woken(&mut self.conns, &mut self.env, now);
+        // Runs may have given turns too (a dial that learnt its origin's protocol, a
+        // connection parked): those waiters run on the next turn without waiting for I/O.
+        wake_queued(&mut self.conns, &mut self.env);
         Ok(!self.drain_progress(now))
     }
 

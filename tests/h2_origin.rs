@@ -370,9 +370,11 @@ fn a_listed_cleartext_origin_gets_every_client_over_one_h2c_session() {
     let (codes, err) = curl_parallel(&["--http1.1", "-x", &proxy.url()], &h1);
     // Breaks when the listed origin gets HTTP/1.1 (nghttpd reads it as a bad preface: 502).
     assert_eq!(codes, vec!["200 1.1"; 5], "HTTP/1.1 clients: {err}");
-    // From now on the session is known: every request takes a stream on it before the
-    // pool, without dialling (a burst before it existed may dial and join it: surplus).
+    // The five dialled once: the others waited for that connection to become the session
+    // (breaks when each dials its own and all but one are thrown away: surplus). From now
+    // on the session is known: every request takes a stream on it before the pool.
     let surplus = proxy.metric("sluice_h2_origin_surplus_connections_total").expect("metrics");
+    assert_eq!(surplus, 0.0, "connections dialled and thrown away");
     // HTTP/2 clients with prior knowledge: one connection, five streams at once.
     let connect_to = format!("h2c.test:80:127.0.0.1:{}", proxy.port);
     let h2: Vec<_> = (0..5).map(|i| (format!("http://h2c.test/f?s={i}"), dir.join(&format!("h2-{i}")))).collect();

@@ -66,9 +66,9 @@ pub(crate) fn become_session(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'
     }
     let Some((sock, _fixed)) = conn.origin.detach(io, ctx.ring) else { return false };
     let tls = conn.origin.tls.take();
-    // Exchanges that dialled at the same time as the one that made a session (a burst to
-    // an origin not known yet) join that session, and their connections are closed; a
-    // connection dialled because every session was full becomes one more (`Origins`).
+    // A connection that nobody asked for while a session has room (a retry's fresh one;
+    // a burst to an origin not known yet waits for one dial instead) joins that session,
+    // and is closed; one dialled because every session was full becomes one more.
     if !ctx.origins.wants_session(&key) {
         drop((sock, tls));
         ex.lease = None;

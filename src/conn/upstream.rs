@@ -85,6 +85,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
             Ok(NextStep::Continue) if conn.origin.tls.as_ref().is_some_and(|t| !t.session.is_handshaking()) => {
                 conn.clear_deadline();
                 let h2 = conn.origin.tls.as_ref().is_some_and(|t| t.session.alpn_protocol() == Some(b"h2"));
+                learned(conn, h2);
                 if h2 && !super::origin_session::become_session(conn, io, ctx) {
                     return failed(502, "the origin chose HTTP/2 and its connection could not be handed over");
                 }
@@ -95,6 +96,14 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
             Ok(NextStep::Close) => failed(502, "the origin connection is gone"),
             Err(why) => failed(502, why),
         },
+    }
+}
+
+/// The fresh connection's handshake said whether the origin speaks HTTP/2: requests
+/// that waited for that answer (this dial was learning it) get their turn.
+fn learned(conn: &mut Connection, h2: bool) {
+    if let Some(lease) = conn.ex.as_mut().and_then(|ex| ex.lease.as_mut()) {
+        lease.learned(h2);
     }
 }
 
@@ -119,6 +128,10 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
         let may_share = (ex.upstream_tls || prior_knowledge(ex, ctx)) && fits_h2(ex) && !ex.fresh_only;
         may_share.then(|| PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls })
     });
+    // Such a request waits while another dial learns whether the origin speaks HTTP/2
+    // (`pool::OriginProtocol`), when its own dial would offer `h2`.
+    let shares =
+        shared.is_some() && (ctx.cfg.h2.origins || conn.ex.as_ref().is_some_and(|ex| prior_knowledge(ex, ctx)));
     if let Some(key) = shared {
         if super::origin_session::attach(conn, io, ctx, &key) {
             tracing::debug!(conn = %io.id(), host = %key.host, port = key.port, "stream on an HTTP/2 origin session");
@@ -128,7 +141,7 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
     let Some(ex) = conn.ex.as_mut() else { return failed(500, "no exchange") };
     if !ex.is_connect {
         let key = PoolKey { host: ex.host.clone(), port: ex.port, tls: ex.upstream_tls };
-        let want = Want { retryable: ex.retryable(), fresh_only: ex.fresh_only, again };
+        let want = Want { retryable: ex.retryable(), fresh_only: ex.fresh_only, again, shares };
         match ctx.upstreams.acquire(&key, ctx.now, want, io.id()) {
             Acquired::Pooled(Pooled { sock, tls, lease, fixed }) => {
                 stats::bump(&ctx.stats.pool_hits, 1);
@@ -139,8 +152,9 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
                 return ready(conn, ctx);
             }
             Acquired::Queued => {
-                // Every connection this worker may open to the origin is busy: wait for one
-                // (the pool wakes this slot), within the connect deadline.
+                // Every connection this worker may open to the origin is busy, or another
+                // dial is learning its protocol: wait (the pool wakes this slot), within
+                // the connect deadline.
                 if !again {
                     ex.upstream_step = UpstreamStep::Queued;
                     let t = ctx.cfg.timeouts.upstream_connect;
@@ -231,6 +245,7 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
             }
             conn.clear_deadline();
             let h2c = conn.ex.as_ref().is_some_and(|ex| prior_knowledge(ex, ctx));
+            learned(conn, h2c);
             if h2c && !super::origin_session::become_session(conn, io, ctx) {
                 return failed(502, "the cleartext HTTP/2 origin's connection could not be handed over");
             }

@@ -12,9 +12,10 @@
 //! full (each thrown away once it was done, because a stream had ended by then).
 //!
 //! The first exchange whose TLS handshake picked `h2` (or whose connect to a listed
-//! cleartext origin is done) makes the session and hands it its socket; a connection that
-//! completes while a session has room, and that nobody asked for, is closed (a burst to
-//! an origin not known yet dials once per request: only the first connections stay).
+//! cleartext origin is done) makes the session and hands it its socket (the pool lets one
+//! exchange at a time dial an origin whose protocol is being learnt, the others wait for
+//! its answer: `upstream::pool::OriginProtocol`); a connection that completes while a
+//! session has room, and that nobody asked for (a retry's), is closed.
 
 use super::links::LinkId;
 use crate::upstream::pool::PoolKey;

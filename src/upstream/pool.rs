@@ -18,6 +18,15 @@
 //! waits in the origin's queue (as behind HAProxy's `maxconn`), and the worker wakes
 //! waiters when connections come back or close ([`UpstreamPool::wake_queued`]).
 //!
+//! An origin that may answer in HTTP/2 (a TLS origin offered `h2`, or a cleartext one
+//! listed in `h2.cleartext_origins`) is dialled once at a time while its protocol is
+//! being learnt ([`OriginProtocol`]): requests that find no session and no parked
+//! connection wait for that one connection's ALPN answer instead of each dialling their
+//! own (a burst of 1,000 streams to a new origin would otherwise cost 1,000 handshakes,
+//! all but one thrown away once the first became a session). An `h2` answer lets them
+//! join the session; `http/1.1` lets them all dial, and is remembered while the origin
+//! has connections; a failed dial lets the next one try. Browsers do the same.
+//!
 //! The idle caps are bounds on descriptors and memory, not a tuning knob: at most
 //! `max_idle_per_host` per origin (the oldest evicted past it) and `max_idle_total` per
 //! worker. A connection is peeked before reuse: one the origin closed (or that has stray
@@ -50,12 +59,43 @@ pub struct PoolKey {
 #[derive(Debug)]
 pub struct Lease {
     open: Rc<Cell<usize>>,
+    /// Set on the dial that is learning the origin's protocol, until it says.
+    learning: Option<Rc<Cell<OriginProtocol>>>,
+}
+
+impl Lease {
+    /// The connection's handshake is done: the origin picked `h2` (or is a listed
+    /// cleartext HTTP/2 origin), or not. Requests waiting for the answer get their turn.
+    pub fn learned(&mut self, h2: bool) {
+        if let Some(protocol) = self.learning.take() {
+            protocol.set(if h2 { OriginProtocol::Http2 } else { OriginProtocol::Http1 });
+        }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.open.set(self.open.get().saturating_sub(1));
+        // The dial failed before its handshake said: the next request tries.
+        if let Some(protocol) = self.learning.take() {
+            protocol.set(OriginProtocol::Unknown);
+        }
     }
+}
+
+/// What the pool knows of the protocol of an origin that may answer in HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OriginProtocol {
+    /// Not known, or the last dial failed: the next request dials and learns.
+    #[default]
+    Unknown,
+    /// One dial is on its way to learning it: requests that may share wait for it.
+    Learning,
+    /// It picked `h2`: requests join its sessions; when those are full, one request at a
+    /// time dials one more (learning again, in case the origin changed).
+    Http2,
+    /// It picked `http/1.1`: every request dials its own connection.
+    Http1,
 }
 
 struct Idle {
@@ -75,6 +115,10 @@ struct OriginState {
     open: Rc<Cell<usize>>,
     /// Requests waiting for a connection, first come first served.
     waiting: VecDeque<ConnId>,
+    /// Its protocol, for requests that may share an HTTP/2 session.
+    protocol: Rc<Cell<OriginProtocol>>,
+    /// Requests waiting for the protocol's answer (all get their turn with it).
+    learners: VecDeque<ConnId>,
 }
 
 /// A parked origin connection: the socket, its lease and, for TLS origins, its session
@@ -94,8 +138,9 @@ pub enum Acquired {
     Pooled(Pooled),
     /// Room for a new connection: dial one and keep the lease with it.
     Connect(Lease),
-    /// The origin is at `max_connections_per_host`: the request is queued and will be
-    /// woken by [`UpstreamPool::wake_queued`].
+    /// The origin is at `max_connections_per_host`, or (for a request that may share an
+    /// HTTP/2 session) another dial is learning its protocol: the request is queued and
+    /// will be woken by [`UpstreamPool::wake_queued`].
     Queued,
 }
 
@@ -182,18 +227,26 @@ impl UpstreamPool {
                 return Acquired::Pooled(conn);
             }
         }
-        if cap == 0 || origin.open.get() < cap {
+        let room = cap == 0 || origin.open.get() < cap;
+        let learn = how.shares && origin.protocol.get() != OriginProtocol::Http1;
+        if room && !(learn && origin.protocol.get() == OriginProtocol::Learning) {
             self.stats.misses += 1;
             origin.open.set(origin.open.get() + 1);
-            return Acquired::Connect(Lease { open: origin.open.clone() });
+            let learning = learn.then(|| {
+                origin.protocol.set(OriginProtocol::Learning);
+                origin.protocol.clone()
+            });
+            return Acquired::Connect(Lease { open: origin.open.clone(), learning });
         }
+        let was_queued = !origin.waiting.is_empty() || !origin.learners.is_empty();
+        let queue = if room { &mut origin.learners } else { &mut origin.waiting };
         if how.again {
-            origin.waiting.push_front(who);
+            queue.push_front(who);
         } else {
-            origin.waiting.push_back(who);
+            queue.push_back(who);
             self.stats.queued += 1;
         }
-        if origin.waiting.len() == 1 {
+        if !was_queued {
             self.queued_origins.push(key.clone());
         }
         self.waiting += 1;
@@ -260,7 +313,8 @@ impl UpstreamPool {
     }
 
     /// Hands out the turns of queued requests that can be served now (an idle connection
-    /// to take, or room under the cap): their ids go to `out`, first come first served.
+    /// to take, or room under the cap; all of those that waited for the origin's protocol
+    /// once it is known or its dial failed): their ids go to `out`, first come first served.
     /// `alive` says whether an id still waits (a client that left, or a request that
     /// moved on, is dropped from the queue without using a turn). Cheap when nothing
     /// waits; call it after each batch of completions.
@@ -285,7 +339,11 @@ impl UpstreamPool {
                     turns -= 1;
                 }
             }
-            if origin.waiting.is_empty() {
+            if origin.protocol.get() != OriginProtocol::Learning {
+                self.waiting -= origin.learners.len();
+                out.extend(origin.learners.drain(..).filter(|id| alive(*id)));
+            }
+            if origin.waiting.is_empty() && origin.learners.is_empty() {
                 self.queued_origins.swap_remove(i);
             } else {
                 i += 1;
@@ -331,7 +389,10 @@ impl UpstreamPool {
                 origin.low_water = origin.low_water.min(origin.list.len());
             }
             // An origin is forgotten only when nothing refers to its count any more.
-            !origin.list.is_empty() || origin.open.get() > 0 || !origin.waiting.is_empty()
+            !origin.list.is_empty()
+                || origin.open.get() > 0
+                || !origin.waiting.is_empty()
+                || !origin.learners.is_empty()
         });
         self.total -= stale + purged;
         self.stats.stale_dropped += stale as u64;
@@ -348,6 +409,10 @@ pub struct Want {
     pub fresh_only: bool,
     /// A woken waiter trying again (keeps its place at the front if it must wait again).
     pub again: bool,
+    /// The request may share an HTTP/2 session to the origin (its dial offers `h2`, or
+    /// the origin is a listed cleartext HTTP/2 one): it waits while another dial learns
+    /// the origin's protocol.
+    pub shares: bool,
 }
 
 #[cfg(test)]
@@ -529,6 +594,63 @@ mod tests {
         pool.wake_queued(&mut woken, |_| true);
         assert_eq!(woken, vec![w1]);
         assert_eq!(pool.stats.queued, 2, "a re-queued waiter is not counted twice");
+    }
+
+    /// A dial by `who` for a request that may share an HTTP/2 session.
+    fn sharing(pool: &mut UpstreamPool, who: ConnId, again: bool) -> Acquired {
+        pool.acquire(&key("a"), Instant::now(), Want { shares: true, again, ..Want::default() }, who)
+    }
+
+    #[test]
+    fn one_dial_learns_an_origin_s_protocol_while_requests_that_may_share_wait_for_it() {
+        let mut pool = UpstreamPool::new(cfg(8, 100));
+        let mut conns = uring::Conns::<()>::new();
+        let ids: Vec<ConnId> = (0..4).map(|_| conns.insert(())).collect();
+        let Acquired::Connect(mut learning) = sharing(&mut pool, ids[0], false) else { panic!("the first dials") };
+        for &id in &ids[1..3] {
+            assert!(matches!(sharing(&mut pool, id, false), Acquired::Queued), "the others wait for its answer");
+        }
+        // A request that cannot share (an Upgrade, a retry) dials at once.
+        assert!(matches!(pool.acquire(&key("a"), Instant::now(), Want::default(), ids[3]), Acquired::Connect(_)));
+        let mut woken = Vec::new();
+        pool.wake_queued(&mut woken, |_| true);
+        assert!(woken.is_empty(), "no answer yet");
+        // The origin picked h2: every waiter gets its turn (to join the session).
+        learning.learned(true);
+        pool.wake_queued(&mut woken, |_| true);
+        assert_eq!(woken, ids[1..3]);
+        assert_eq!(pool.waiting(), 0);
+        // Its sessions full, one request dials one more connection, learning again.
+        let Acquired::Connect(mut second) = sharing(&mut pool, ids[1], true) else { panic!("one more dial") };
+        assert!(matches!(sharing(&mut pool, ids[2], true), Acquired::Queued));
+        // An origin that now answers http/1.1: every request dials from then on.
+        second.learned(false);
+        woken.clear();
+        pool.wake_queued(&mut woken, |_| true);
+        assert_eq!(woken, vec![ids[2]]);
+        for &id in &ids {
+            assert!(matches!(sharing(&mut pool, id, true), Acquired::Connect(_)), "http/1.1 is remembered");
+        }
+        assert_eq!(pool.waiting(), 0);
+    }
+
+    #[test]
+    fn a_learning_dial_that_fails_lets_the_next_request_try() {
+        let mut pool = UpstreamPool::new(cfg(8, 100));
+        let mut conns = uring::Conns::<()>::new();
+        let (first, gone, next) = (conns.insert(()), conns.insert(()), conns.insert(()));
+        let Acquired::Connect(learning) = sharing(&mut pool, first, false) else { panic!("the first dials") };
+        assert!(matches!(sharing(&mut pool, gone, false), Acquired::Queued));
+        assert!(matches!(sharing(&mut pool, next, false), Acquired::Queued));
+        // The dial fails (its lease dropped before any answer): the waiters still there
+        // get their turn, and the first of them learns in its place.
+        drop(learning);
+        let mut woken = Vec::new();
+        pool.wake_queued(&mut woken, |id| id != gone);
+        assert_eq!(woken, vec![next]);
+        let Acquired::Connect(_learning) = sharing(&mut pool, next, true) else { panic!("the next dials") };
+        assert!(matches!(sharing(&mut pool, first, false), Acquired::Queued), "learning again");
+        assert_eq!(pool.stats.queued, 3);
     }
 
     #[test]
