@@ -144,12 +144,24 @@ impl Link {
     }
 }
 
+/// Buffers of freed links kept for the next ones: at most this many bytes of capacity
+/// in all (a burst's buffers go back to the allocator past it) ...
+const SPARE_BYTES: usize = 1 << 20;
+/// ... each of at most this capacity (a head and a small body; larger ones are freed).
+const SPARE_CAPACITY: usize = 16 * 1024;
+
 /// A worker's links.
 #[derive(Debug, Default)]
 pub struct Links {
     slots: Vec<Link>,
     free: Vec<u32>,
     live: usize,
+    /// Emptied buffers of freed links, handed to new ones: a stream's response head and a
+    /// small body take a kilobyte or more, past the allocator's per-thread cache, so
+    /// reusing them saves two of the costlier allocations per stream.
+    spares: Vec<Vec<u8>>,
+    /// Their capacity in all.
+    spare_bytes: usize,
 }
 
 impl Links {
@@ -166,9 +178,10 @@ impl Links {
                 (self.slots.len() - 1) as u32
             }
         };
+        let (to_exchange, to_session) = (self.spare(), self.spare());
         let slot = &mut self.slots[index as usize];
         let generation = slot.generation.wrapping_add(1);
-        *slot = Link { session, generation, live: true, ..Link::default() };
+        *slot = Link { session, generation, live: true, to_exchange, to_session, ..Link::default() };
         self.live += 1;
         LinkId { index, generation }
     }
@@ -184,14 +197,29 @@ impl Links {
         self.slots.get_mut(id.index as usize).filter(|l| l.live && l.generation == id.generation)
     }
 
-    /// Frees the link (both sides are done with it); its buffers go with it.
+    /// Frees the link (both sides are done with it); its buffers are kept as spares (a
+    /// few, small ones) or go with it.
     pub fn free(&mut self, id: LinkId) {
-        if let Some(l) = self.get(id) {
-            let generation = l.generation;
-            *l = Link { generation, ..Link::default() };
-            self.free.push(id.index);
-            self.live -= 1;
+        let Some(l) = self.get(id) else { return };
+        let generation = l.generation;
+        let old = std::mem::replace(l, Link { generation, ..Link::default() });
+        self.free.push(id.index);
+        self.live -= 1;
+        for mut buf in [old.to_exchange, old.to_session] {
+            let size = buf.capacity();
+            if size > 0 && size <= SPARE_CAPACITY && self.spare_bytes + size <= SPARE_BYTES {
+                buf.clear();
+                self.spare_bytes += size;
+                self.spares.push(buf);
+            }
         }
+    }
+
+    /// A spare buffer for a new link, or an empty one.
+    fn spare(&mut self) -> Vec<u8> {
+        let buf = self.spares.pop().unwrap_or_default();
+        self.spare_bytes -= buf.capacity();
+        buf
     }
 
     /// Links open now.
@@ -241,6 +269,36 @@ mod tests {
         assert!(l.to_exchange.is_empty(), "a reused link starts empty");
         assert_eq!(l.session, Some(two));
         assert_eq!(links.live(), 1);
+    }
+
+    #[test]
+    fn a_freed_link_s_small_buffers_serve_the_next_links_empty_and_big_ones_are_freed() {
+        let (one, two) = ids();
+        let mut links = Links::default();
+        let a = links.open(one);
+        let l = links.get(a).unwrap();
+        l.to_exchange.extend_from_slice(&[b'q'; 700]);
+        l.to_session.resize(SPARE_CAPACITY + 1, b'r');
+        let kept = l.to_exchange.as_ptr();
+        links.free(a);
+        let b = links.open(two);
+        let l = links.get(b).unwrap();
+        // Breaks when a freed link's buffers are dropped (one allocation more per stream)
+        // or handed on with their old bytes.
+        assert_eq!(l.to_exchange.as_ptr(), kept, "the small buffer is reused");
+        assert!(l.to_exchange.is_empty() && l.to_exchange.capacity() >= 700);
+        assert_eq!(l.to_session.capacity(), 0, "a buffer past the spare size is not kept");
+        // A burst's buffers: as many as fit the spares' budget are kept.
+        let burst: Vec<LinkId> = (0..2 * SPARE_BYTES / SPARE_CAPACITY).map(|_| links.open(one)).collect();
+        for &id in &burst {
+            links.get(id).unwrap().to_session.reserve_exact(SPARE_CAPACITY);
+        }
+        for id in burst {
+            links.free(id);
+        }
+        let kept: usize = links.spares.iter().map(Vec::capacity).sum();
+        assert_eq!(kept, links.spare_bytes);
+        assert!(kept <= SPARE_BYTES && kept > SPARE_BYTES - SPARE_CAPACITY, "{kept} bytes kept");
     }
 
     #[test]
