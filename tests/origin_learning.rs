@@ -98,3 +98,42 @@ fn a_burst_to_a_refusing_tls_origin_fails_fast_dial_after_dial() {
     // answer at the connect deadline (10 s), not as their own dials are refused.
     assert!(started.elapsed() < Duration::from_secs(5), "the burst took {:?}", started.elapsed());
 }
+
+#[test]
+fn requests_that_waited_for_a_dial_that_timed_out_are_told_the_origin_cannot_be_reached() {
+    if !have("curl") {
+        skip("curl is not installed (run .ci/setup)");
+        return;
+    }
+    // An origin that accepts TCP connections and never answers the TLS handshake.
+    let stall = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = stall.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in stall.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let proxy =
+        Proxy::builder("[timeouts]\nupstream_connect = 1\n").workers(1).resolve("stall.test", "127.0.0.1").start();
+    let dir = TempDir::new("learn-stall");
+    let ca = proxy.dir.join("ca").join("ca.pem");
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--http1.1", "--max-time", "20", "--parallel", "--parallel-immediate", "--cacert"])
+        .arg(&ca)
+        .arg("--connect-to")
+        .arg(format!("stall.test:{port}:127.0.0.1:{}", proxy.port))
+        .args(["-w", "%{http_code}\\n"]);
+    for i in 0..3 {
+        cmd.arg("-o").arg(dir.join(&format!("{i}"))).arg(format!("https://stall.test:{port}/{i}"));
+    }
+    let out = cmd.stdin(Stdio::null()).output().expect("run curl");
+    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(codes.lines().collect::<Vec<_>>(), vec!["504"; 3], "{}", String::from_utf8_lossy(&out.stderr));
+    // Those that waited for the first dial's answer are told what that dial met, not that
+    // the pool's per-origin cap was reached (breaks with the text of a capped queue).
+    for i in 0..3 {
+        let page = std::fs::read_to_string(dir.join(&format!("{i}"))).unwrap_or_default();
+        assert!(page.contains("cannot connect to the origin"), "request {i}: {page:?}");
+    }
+}

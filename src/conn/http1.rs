@@ -78,8 +78,11 @@ pub(crate) enum UpstreamStep {
     #[default]
     Start,
     Resolving,
-    /// Waiting in the origin's queue for a connection (`pool.max_connections_per_host`).
-    Queued,
+    /// Waiting in the origin's queue: for a connection (`pool.max_connections_per_host`),
+    /// or for the answer of the dial learning whether the origin speaks HTTP/2.
+    Queued {
+        waits_for: crate::upstream::pool::QueuedFor,
+    },
     Connecting {
         addrs: Vec<std::net::SocketAddr>,
         next: usize,

@@ -37,7 +37,7 @@ use crate::config::Config;
 use crate::stats::{self, WorkerStats};
 use crate::timers::{TimerKey, Timers};
 use crate::upstream::dns::Resolver;
-use crate::upstream::pool::{PoolKey, UpstreamPool};
+use crate::upstream::pool::{PoolKey, QueuedFor, UpstreamPool};
 use buf::{Buf, BufId};
 pub(crate) use close::CloseReason;
 pub use endpoint::Endpoint;
@@ -348,7 +348,7 @@ impl Connection {
     /// True while the exchange waits in its origin's queue for a connection.
     pub fn is_queued_for_upstream(&self) -> bool {
         matches!(self.phase, Phase::Upstream)
-            && self.ex.as_ref().is_some_and(|e| matches!(e.upstream_step, http1::UpstreamStep::Queued))
+            && self.ex.as_ref().is_some_and(|e| matches!(e.upstream_step, http1::UpstreamStep::Queued { .. }))
     }
 
     /// True between requests (nothing in flight that a drain should wait for).
@@ -499,6 +499,11 @@ impl Connection {
     /// A name it waited for is no longer awaited by it.
     pub(crate) fn abandon_upstream(&mut self, io: &mut Io, ctx: &mut Ctx<'_>) {
         upstream::stop_resolving(self, io, ctx);
+        // A dial learning its origin's protocol that is given up lets the requests waiting
+        // for its answer go on now (not once this slot is freed, after its error page).
+        if let Some(lease) = self.ex.as_mut().and_then(|e| e.lease.as_mut()) {
+            lease.give_up_learning();
+        }
         self.drop_origin_link(ctx);
         if let Some(up) = self.upstream.as_mut() {
             if !up.abandoned {
@@ -733,12 +738,18 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         }
         Phase::Upstream => {
             conn.abandon_upstream(io, ctx);
-            let why = if conn.is_queued_for_upstream() {
-                "no connection to the origin became free in time (pool.max_connections_per_host)"
-            } else {
-                // The same text as a refused connect: a client must not tell a filtered
-                // port from a closed one (the detail is in the log).
-                CONNECT_FAILED
+            let queued = conn.ex.as_ref().and_then(|e| match e.upstream_step {
+                http1::UpstreamStep::Queued { waits_for } => Some(waits_for),
+                _ => None,
+            });
+            let why = match queued {
+                Some(QueuedFor::Room) => {
+                    "no connection to the origin became free in time (pool.max_connections_per_host)"
+                }
+                // The same text as a refused connect (waiting for another dial to the
+                // origin counts as this one's): a client must not tell a filtered port
+                // from a closed one (the detail is in the log).
+                Some(QueuedFor::Protocol) | None => CONNECT_FAILED,
             };
             conn.refuse(io, ctx, 504, why)
         }

@@ -78,7 +78,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
     };
     match ex.upstream_step {
         UpstreamStep::Start => from_pool(conn, io, ctx, false),
-        UpstreamStep::Queued => from_pool(conn, io, ctx, true),
+        UpstreamStep::Queued { .. } => from_pool(conn, io, ctx, true),
         UpstreamStep::Resolving => resolve(conn, io, ctx),
         UpstreamStep::Connecting { .. } => connect(conn, io, ctx),
         UpstreamStep::TlsHandshake => match super::tls::upstream_handshake(conn, io, ctx) {
@@ -151,12 +151,12 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
                 conn.origin.tls = tls;
                 return ready(conn, ctx);
             }
-            Acquired::Queued => {
+            Acquired::Queued { waits_for } => {
                 // Every connection this worker may open to the origin is busy, or another
                 // dial is learning its protocol: wait (the pool wakes this slot), within
-                // the connect deadline.
+                // the connect deadline (armed when it first queued).
+                ex.upstream_step = UpstreamStep::Queued { waits_for };
                 if !again {
-                    ex.upstream_step = UpstreamStep::Queued;
                     let t = ctx.cfg.timeouts.upstream_connect;
                     conn.set_deadline(io, ctx, t);
                 }

@@ -306,17 +306,21 @@ fn accept(
     let (parts, recv) = req.into_parts();
     let protocol = parts.extensions.get::<h2::ext::Protocol>().map(|p| p.as_str().to_string());
     let end_of_stream = recv.is_end_stream();
-    let mut head = Vec::with_capacity(512);
+    // The head is written straight into the link's buffer (a freed link's, when one is
+    // spare).
+    let link = links.open(me);
+    let mut head = links.get(link).map(|l| std::mem::take(&mut l.to_exchange)).unwrap_or_default();
+    head.reserve(512);
     let body = match request::to_h1(&parts, end_of_stream, protocol.as_deref(), &mut head) {
         Ok(b) => b,
         Err(why) => {
             // Malformed (RFC 9113 §8.1.1): a stream error, no response.
             tracing::debug!(conn = %me, stream = ?respond.stream_id(), why, "malformed HTTP/2 request: RST_STREAM PROTOCOL_ERROR");
             respond.send_reset(Reason::PROTOCOL_ERROR);
+            links.free(link);
             return None;
         }
     };
-    let link = links.open(me);
     let l = links.get(link)?;
     l.to_exchange = head;
     l.to_exchange_end = matches!(body, RequestBody::None);

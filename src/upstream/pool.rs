@@ -71,15 +71,22 @@ impl Lease {
             protocol.set(if h2 { OriginProtocol::Http2 } else { OriginProtocol::Http1 });
         }
     }
+
+    /// The dial was given up (it failed or timed out) before its handshake said: the
+    /// requests waiting for the answer get their turn now, not when the connection is
+    /// finally dropped.
+    pub fn give_up_learning(&mut self) {
+        if let Some(protocol) = self.learning.take() {
+            protocol.set(OriginProtocol::Unknown);
+        }
+    }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.open.set(self.open.get().saturating_sub(1));
         // The dial failed before its handshake said: the next request tries.
-        if let Some(protocol) = self.learning.take() {
-            protocol.set(OriginProtocol::Unknown);
-        }
+        self.give_up_learning();
     }
 }
 
@@ -138,10 +145,18 @@ pub enum Acquired {
     Pooled(Pooled),
     /// Room for a new connection: dial one and keep the lease with it.
     Connect(Lease),
-    /// The origin is at `max_connections_per_host`, or (for a request that may share an
-    /// HTTP/2 session) another dial is learning its protocol: the request is queued and
-    /// will be woken by [`UpstreamPool::wake_queued`].
-    Queued,
+    /// The request is queued and will be woken by [`UpstreamPool::wake_queued`].
+    Queued { waits_for: QueuedFor },
+}
+
+/// What a queued request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuedFor {
+    /// The origin is at `max_connections_per_host`: a connection to come back or close.
+    Room,
+    /// (A request that may share an HTTP/2 session) the answer of the dial that is
+    /// learning the origin's protocol.
+    Protocol,
 }
 
 /// Counters for metrics.
@@ -227,7 +242,17 @@ impl UpstreamPool {
                 return Acquired::Pooled(conn);
             }
         }
-        let room = cap == 0 || origin.open.get() < cap;
+        let mut room = cap == 0 || origin.open.get() < cap;
+        if !room && how.fresh_only && !origin.list.is_empty() {
+            // A retry may not take a parked connection: one of those makes way for it
+            // (else it would wait for turns that parked connections announce and that it
+            // can never use).
+            origin.list.pop_front();
+            self.total -= 1;
+            self.stats.evictions += 1;
+            origin.low_water = origin.low_water.min(origin.list.len());
+            room = origin.open.get() < cap;
+        }
         let learn = how.shares && origin.protocol.get() != OriginProtocol::Http1;
         if room && !(learn && origin.protocol.get() == OriginProtocol::Learning) {
             self.stats.misses += 1;
@@ -250,7 +275,7 @@ impl UpstreamPool {
             self.queued_origins.push(key.clone());
         }
         self.waiting += 1;
-        Acquired::Queued
+        Acquired::Queued { waits_for: if room { QueuedFor::Protocol } else { QueuedFor::Room } }
     }
 
     fn take_idle(
@@ -545,9 +570,9 @@ mod tests {
         let ((c1, _s1), (c2, _s2)) = (pair(&l), pair(&l));
         let first = plain(&mut pool, "a", c1);
         let second = plain(&mut pool, "a", c2);
-        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), gone), Acquired::Queued));
-        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w1), Acquired::Queued));
-        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w2), Acquired::Queued));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), gone), Acquired::Queued { .. }));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w1), Acquired::Queued { .. }));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w2), Acquired::Queued { .. }));
         assert!(matches!(pool.acquire(&key("b"), now, Want::default(), w1), Acquired::Connect(_)), "per origin");
         assert_eq!((pool.waiting(), pool.stats.queued), (3, 3));
         let mut woken = Vec::new();
@@ -579,8 +604,8 @@ mod tests {
         let (w1, w2) = (conns.insert(()), conns.insert(()));
         let (c, _s) = pair(&l);
         let only = plain(&mut pool, "a", c);
-        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w1), Acquired::Queued));
-        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w2), Acquired::Queued));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w1), Acquired::Queued { .. }));
+        assert!(matches!(pool.acquire(&key("a"), now, Want::default(), w2), Acquired::Queued { .. }));
         pool.put(key("a"), only, now);
         let mut woken = Vec::new();
         pool.wake_queued(&mut woken, |_| true);
@@ -588,7 +613,7 @@ mod tests {
         // Someone else took it first: w1 waits again, ahead of w2.
         let Acquired::Pooled(taken) = pool.acquire(&key("a"), now, Want::default(), w2) else { panic!() };
         let again = Want { again: true, ..Want::default() };
-        assert!(matches!(pool.acquire(&key("a"), now, again, w1), Acquired::Queued));
+        assert!(matches!(pool.acquire(&key("a"), now, again, w1), Acquired::Queued { .. }));
         pool.put(key("a"), taken, now);
         woken.clear();
         pool.wake_queued(&mut woken, |_| true);
@@ -608,7 +633,7 @@ mod tests {
         let ids: Vec<ConnId> = (0..4).map(|_| conns.insert(())).collect();
         let Acquired::Connect(mut learning) = sharing(&mut pool, ids[0], false) else { panic!("the first dials") };
         for &id in &ids[1..3] {
-            assert!(matches!(sharing(&mut pool, id, false), Acquired::Queued), "the others wait for its answer");
+            assert!(matches!(sharing(&mut pool, id, false), Acquired::Queued { .. }), "the others wait for its answer");
         }
         // A request that cannot share (an Upgrade, a retry) dials at once.
         assert!(matches!(pool.acquire(&key("a"), Instant::now(), Want::default(), ids[3]), Acquired::Connect(_)));
@@ -622,7 +647,7 @@ mod tests {
         assert_eq!(pool.waiting(), 0);
         // Its sessions full, one request dials one more connection, learning again.
         let Acquired::Connect(mut second) = sharing(&mut pool, ids[1], true) else { panic!("one more dial") };
-        assert!(matches!(sharing(&mut pool, ids[2], true), Acquired::Queued));
+        assert!(matches!(sharing(&mut pool, ids[2], true), Acquired::Queued { .. }));
         // An origin that now answers http/1.1: every request dials from then on.
         second.learned(false);
         woken.clear();
@@ -635,13 +660,41 @@ mod tests {
     }
 
     #[test]
+    fn a_retry_at_the_cap_makes_a_parked_connection_give_way_instead_of_waiting() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut pool = UpstreamPool::new(PoolConfig { max_connections_per_host: 1, ..cfg(8, 100) });
+        let (c, _s) = pair(&l);
+        let parked = plain(&mut pool, "a", c);
+        pool.put(key("a"), parked, Instant::now());
+        // A fresh-only request could never take the parked connection, and wake_queued
+        // would give it a turn for it on every batch: it dials in its place.
+        let retry = Want { fresh_only: true, ..Want::default() };
+        assert!(matches!(pool.acquire(&key("a"), Instant::now(), retry, someone()), Acquired::Connect(_)));
+        assert_eq!((pool.len(), pool.stats.evictions), (0, 1));
+    }
+
+    #[test]
+    fn a_learning_dial_given_up_lets_the_waiters_go_before_its_connection_is_dropped() {
+        let mut pool = UpstreamPool::new(cfg(8, 100));
+        let mut conns = uring::Conns::<()>::new();
+        let (first, next) = (conns.insert(()), conns.insert(()));
+        let Acquired::Connect(mut learning) = sharing(&mut pool, first, false) else { panic!("the first dials") };
+        assert!(matches!(sharing(&mut pool, next, false), Acquired::Queued { waits_for: QueuedFor::Protocol }));
+        learning.give_up_learning();
+        let mut woken = Vec::new();
+        pool.wake_queued(&mut woken, |_| true);
+        assert_eq!(woken, vec![next]);
+        drop(learning);
+    }
+
+    #[test]
     fn a_learning_dial_that_fails_lets_the_next_request_try() {
         let mut pool = UpstreamPool::new(cfg(8, 100));
         let mut conns = uring::Conns::<()>::new();
         let (first, gone, next) = (conns.insert(()), conns.insert(()), conns.insert(()));
         let Acquired::Connect(learning) = sharing(&mut pool, first, false) else { panic!("the first dials") };
-        assert!(matches!(sharing(&mut pool, gone, false), Acquired::Queued));
-        assert!(matches!(sharing(&mut pool, next, false), Acquired::Queued));
+        assert!(matches!(sharing(&mut pool, gone, false), Acquired::Queued { .. }));
+        assert!(matches!(sharing(&mut pool, next, false), Acquired::Queued { .. }));
         // The dial fails (its lease dropped before any answer): the waiters still there
         // get their turn, and the first of them learns in its place.
         drop(learning);
@@ -649,7 +702,7 @@ mod tests {
         pool.wake_queued(&mut woken, |id| id != gone);
         assert_eq!(woken, vec![next]);
         let Acquired::Connect(_learning) = sharing(&mut pool, next, true) else { panic!("the next dials") };
-        assert!(matches!(sharing(&mut pool, first, false), Acquired::Queued), "learning again");
+        assert!(matches!(sharing(&mut pool, first, false), Acquired::Queued { .. }), "learning again");
         assert_eq!(pool.stats.queued, 3);
     }
 
