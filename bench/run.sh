@@ -294,6 +294,16 @@ if ((KA10K_CONNS > NOFILE - 2000)); then
     log "open-files limit is $NOFILE: ka10k reduced from $KA10K_CONNS to $((NOFILE - 2000)) clients"
     KA10K_CONNS=$((NOFILE - 2000))
 fi
+# Sluice on its defaults holds as many clients per worker as the limit allows at two
+# descriptors each, after 64 + limit/8 kept aside (`limits.max_connections_per_worker`,
+# src/sys.rs): past that it closes new clients, which wrk reconnects at once, so a row
+# above the cap measures a reconnect storm, not 10,000 busy clients. Every proxy gets the
+# same, smaller, number then.
+SLUICE_CAP=$(((NOFILE - 64 - NOFILE / 8) / 2))
+if ((KA10K_CONNS > SLUICE_CAP)); then
+    log "open-files limit is $NOFILE: ka10k reduced from $KA10K_CONNS to $SLUICE_CAP clients (Sluice's default client cap at this limit)"
+    KA10K_CONNS=$SLUICE_CAP
+fi
 
 # ------------------------------------------------------------------------------------
 # Scratch directory, ports, rendered configs.
