@@ -190,3 +190,22 @@ fn a_request_that_waits_longer_than_upstream_connect_gets_504() {
     assert_eq!(holder.join().expect("holder"), 200);
     assert_eq!(origin.accepts(), 1);
 }
+
+#[test]
+fn requests_queued_past_the_buffer_budget_do_not_wedge_the_exchanges_in_flight() {
+    let origin = Origin::start();
+    // A 1 MiB budget (16 slabs) and four connections to the origin, whose answers take
+    // 200 ms: the 56 requests queued for those four each hold their request's slab, far
+    // past the budget, so the reads of the responses in flight must not wait for it
+    // (they are what frees the rest).
+    let config = "[limits]\nbuffer_mib_per_worker = 1\n[pool]\nmax_connections_per_host = 4\n";
+    let proxy = Proxy::builder(config).workers(1).start();
+    let started = Instant::now();
+    let statuses = concurrent(&proxy, &origin, 60, "/slow/200");
+    // Breaks when an origin read waits for the budget: the worker wedges, the queued
+    // requests get 504 at the connect deadline (10 s).
+    let failed: Vec<_> = statuses.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(failed.is_empty(), "{} of 60 failed: {:?}", failed.len(), failed.first());
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(origin.accepts() <= 4, "{} origin connections", origin.accepts());
+}

@@ -251,7 +251,17 @@ impl Connection {
         let leg = self.leg(side);
         let target = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
         let holds = self.holds_slab() || link.is_some();
-        if self.role == super::Role::Proxy && !target.has_slab() && ctx.pool.must_wait(holds) {
+        // While requests wait in the upstream queue, reading an origin's response head does
+        // not wait: finishing the exchanges in flight is what gives their origin
+        // connections to those requests, which hold their requests' slabs meanwhile, so a
+        // budget they spent would otherwise hold every exchange and wedge the worker. That
+        // is one slab per exchange in flight, bounded by the origin connections open; with
+        // nobody queued, and for bodies, reads wait as before.
+        let finishing = side == Side::Origin
+            && link.is_none()
+            && matches!(self.phase, super::Phase::ResponseHead)
+            && ctx.upstreams.waiting() > 0;
+        if self.role == super::Role::Proxy && !target.has_slab() && !finishing && ctx.pool.must_wait(holds) {
             ctx.pool.wait_for_slab(io.id());
             return NextStep::Wait;
         }
