@@ -256,12 +256,15 @@ impl Connection {
         // connections to those requests, which hold their requests' slabs meanwhile, so a
         // budget they spent would otherwise hold every exchange and wedge the worker. That
         // is one slab per exchange in flight, bounded by the origin connections open; with
-        // nobody queued, and for bodies, reads wait as before.
-        let finishing = side == Side::Origin
-            && link.is_none()
-            && matches!(self.phase, super::Phase::ResponseHead)
-            && ctx.upstreams.waiting() > 0;
-        if self.role == super::Role::Proxy && !target.has_slab() && !finishing && ctx.pool.must_wait(holds) {
+        // nobody queued, and for bodies, reads wait as before. (Checked only once the
+        // budget says wait.)
+        let frees_the_queue = || {
+            side == Side::Origin
+                && link.is_none()
+                && matches!(self.phase, super::Phase::ResponseHead)
+                && ctx.upstreams.waiting() > 0
+        };
+        if self.role == super::Role::Proxy && !target.has_slab() && ctx.pool.must_wait(holds) && !frees_the_queue() {
             ctx.pool.wait_for_slab(io.id());
             return NextStep::Wait;
         }

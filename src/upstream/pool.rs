@@ -247,14 +247,13 @@ impl UpstreamPool {
             // A retry may not take a parked connection: one of those makes way for it
             // (else it would wait for turns that parked connections announce and that it
             // can never use).
-            origin.list.pop_front();
-            self.total -= 1;
-            self.stats.evictions += 1;
-            origin.low_water = origin.low_water.min(origin.list.len());
+            evict_front(origin, &mut self.total, &mut self.stats);
             room = origin.open.get() < cap;
         }
-        let learn = how.shares && origin.protocol.get() != OriginProtocol::Http1;
-        if room && !(learn && origin.protocol.get() == OriginProtocol::Learning) {
+        let protocol = origin.protocol.get();
+        let learn = how.shares && protocol != OriginProtocol::Http1;
+        let another_dial_learns = learn && protocol == OriginProtocol::Learning;
+        if room && !another_dial_learns {
             self.stats.misses += 1;
             origin.open.set(origin.open.get() + 1);
             let learning = learn.then(|| {
@@ -327,13 +326,8 @@ impl UpstreamPool {
             .iter()
             .filter_map(|(k, o)| o.list.front().map(|i| (i.since, k.clone())))
             .min_by_key(|(since, _)| *since);
-        if let Some((_, key)) = oldest {
-            if let Some(origin) = self.origins.get_mut(&key) {
-                origin.list.pop_front();
-                origin.low_water = origin.low_water.min(origin.list.len());
-                self.total -= 1;
-                self.stats.evictions += 1;
-            }
+        if let Some(origin) = oldest.and_then(|(_, key)| self.origins.get_mut(&key)) {
+            evict_front(origin, &mut self.total, &mut self.stats);
         }
     }
 
@@ -423,6 +417,14 @@ impl UpstreamPool {
         self.stats.stale_dropped += stale as u64;
         self.stats.purged += purged as u64;
     }
+}
+
+/// Closes the origin's oldest parked connection (its lease goes with it), by a cap.
+fn evict_front(origin: &mut OriginState, total: &mut usize, stats: &mut PoolStats) {
+    origin.list.pop_front();
+    origin.low_water = origin.low_water.min(origin.list.len());
+    *total -= 1;
+    stats.evictions += 1;
 }
 
 /// How a request wants its connection.
