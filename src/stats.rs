@@ -45,6 +45,8 @@ pub struct WorkerStats {
     /// (`pool.max_connections_per_host`), and how many wait now.
     pub upstream_queued: AtomicU64,
     pub upstream_waiting: AtomicU64,
+    /// Queued requests that gave their buffer back while they waited (`park_request`).
+    pub requests_parked: AtomicU64,
     /// Idle upstream connections parked in the pool now.
     pub pool_idle: AtomicU64,
     /// Slabs lent out now: registered (fixed) ones, and heap ones lent past them.
@@ -461,6 +463,12 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Requests that waited for a connection to their origin (pool.max_connections_per_host reached).",
             one(sum(|w| &w.upstream_queued)),
+        ),
+        fam(
+            "sluice_upstream_queued_parked_total",
+            C,
+            "Queued requests that waited with their bytes on the heap and their 64 KiB buffer given back.",
+            one(sum(|w| &w.requests_parked)),
         ),
         fam(
             "sluice_upstream_queue",

@@ -3,8 +3,9 @@
 //! (`max_idle_per_host`) and per worker across hosts (`max_idle_total`, the oldest
 //! evicted), closed after `idle_timeout` by the worker's periodic sweep with no request
 //! needed; past `max_connections_per_host` requests queue for a connection instead of
-//! opening more, and time out with 504. What the pool holds is checked where it shows:
-//! the origin's count of connections accepted and still open.
+//! opening more, and time out with 504; queued requests wait without their buffers and
+//! lose no byte. What the pool holds is checked where it shows: the origin's count of
+//! connections accepted and still open.
 
 mod support;
 
@@ -22,17 +23,22 @@ fn burst(proxy: &Proxy, origin: &Origin, n: usize) {
 
 /// `n` clients send `GET path` at the same moment; their (status, body) once all answered.
 fn concurrent(proxy: &Proxy, origin: &Origin, n: usize, path: &str) -> Vec<(u16, String)> {
+    concurrent_requests(proxy, n, &format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", origin.host()))
+}
+
+/// `n` clients send `request` at the same moment; their (status, body) once all answered.
+fn concurrent_requests(proxy: &Proxy, n: usize, request: &str) -> Vec<(u16, String)> {
     let barrier = Arc::new(Barrier::new(n));
     let addr = proxy.addr();
-    let host = origin.host();
     let hs: Vec<_> = (0..n)
         .map(|_| {
             let b = barrier.clone();
-            let (host, path) = (host.clone(), path.to_string());
+            let request = request.to_string();
             thread::spawn(move || {
                 let mut c = Client::connect(addr);
                 b.wait();
-                let r = c.get(&host, &path);
+                c.send_str(&request);
+                let r = c.response();
                 // Bodies of proxy-made errors say why; payloads are not worth printing.
                 (r.status, r.text().chars().take(120).filter(|c| !c.is_control()).collect())
             })
@@ -192,16 +198,96 @@ fn a_request_that_waits_longer_than_upstream_connect_gets_504() {
 }
 
 #[test]
+fn queued_requests_wait_without_their_buffers() {
+    // Two connections to the origin and 40 clients: most wait in the queue (for up to
+    // 20 rounds of 300 ms). Each gives its 64 KiB request buffer back while it waits (its
+    // few hundred bytes wait on the heap), so the worker holds the buffers of the two
+    // exchanges in flight, not forty.
+    let origin = Origin::start();
+    let config = "[pool]\nmax_connections_per_host = 2\n[timeouts]\nupstream_connect = 30\n";
+    let proxy = Proxy::builder(config).workers(1).start();
+    let statuses = thread::scope(|s| {
+        let clients = s.spawn(|| concurrent(&proxy, &origin, 40, "/slow/300"));
+        proxy.wait_metric("sluice_upstream_queue", Duration::from_secs(10), |v| v >= 30.0).expect("30 queued");
+        let slabs = proxy.metric("sluice_slabs_in_use").expect("slabs in use");
+        // Two exchanges (a client and an origin buffer each) and the admin's answer.
+        assert!(slabs <= 8.0, "{slabs} buffers held with 30 or more requests queued and 2 in flight");
+        clients.join().expect("clients")
+    });
+    assert!(statuses.iter().all(|(s, b)| *s == 200 && b == "slow"), "{statuses:?}");
+    let parked = proxy.metric("sluice_upstream_queued_parked_total").expect("parked");
+    assert!(parked >= 38.0, "{parked} queued requests parked");
+    assert_eq!(origin.accepts(), 2);
+}
+
+#[test]
+fn a_parked_request_keeps_its_body_and_the_requests_sent_behind_it() {
+    let origin = Origin::start();
+    let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 1\n").workers(1).start();
+    let host = origin.host();
+    let mut c = proxy.client();
+    // After a first exchange the connection waits for its next request with a multishot
+    // receive armed, which also delivers what the client sends while a request is queued.
+    assert_eq!(c.get(&host, "/bytes/10").status, 200);
+    let holder = {
+        let (addr, host) = (proxy.addr(), host.clone());
+        thread::spawn(move || Client::connect(addr).get(&host, "/slow/1500").status)
+    };
+    assert!(wait_until(Duration::from_secs(5), || origin.requests() == 2), "the holder's request never arrived");
+    // A POST with its body and a GET pipelined behind it, in one write: both park.
+    c.send_str(&format!(
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 12\r\n\r\nhello parkedGET /bytes/10 HTTP/1.1\r\nHost: \
+         {host}\r\n\r\n"
+    ));
+    proxy.wait_metric("sluice_upstream_queued_parked_total", Duration::from_secs(5), |v| v >= 1.0).expect("parked");
+    // Sent while the request waits without a buffer: these bytes land in a new one and
+    // must come after the parked ones.
+    c.send_str(&format!("GET /bytes/20 HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+    let echo = c.response();
+    assert_eq!((echo.status, echo.text()), (200, "hello parked".to_string()), "{}", echo.describe());
+    for n in [10, 20] {
+        let r = c.response();
+        assert_eq!(r.status, 200, "{}", r.describe());
+        assert_eq!(r.body, pattern(n), "GET /bytes/{n}");
+    }
+    assert_eq!(holder.join().expect("holder"), 200);
+    assert_eq!(origin.requests(), 5);
+}
+
+#[test]
+fn a_parked_request_is_sent_again_whole_when_its_reused_connection_fails() {
+    let origin = Origin::start();
+    let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 1\n").workers(1).start();
+    let host = origin.host();
+    let mut c = proxy.client();
+    assert_eq!(c.get(&host, "/bytes/10").status, 200);
+    let holder = {
+        let (addr, host) = (proxy.addr(), host.clone());
+        thread::spawn(move || Client::connect(addr).get(&host, "/slow/1000").status)
+    };
+    assert!(wait_until(Duration::from_secs(5), || origin.requests() == 2), "the holder's request never arrived");
+    // Parked behind the holder, then handed its reused connection, which closes without
+    // an answer: the retry on a fresh connection sends the parked bytes again.
+    let r = c.get(&host, "/hangup-if-reused");
+    assert_eq!((r.status, r.text()), (200, "fresh".to_string()), "{}", r.describe());
+    assert_eq!(holder.join().expect("holder"), 200);
+    assert!(proxy.metric("sluice_upstream_queued_parked_total").expect("parked") >= 1.0);
+    assert_eq!(proxy.metric("sluice_upstream_retries_total").expect("retries"), 1.0);
+}
+
+#[test]
 fn requests_queued_past_the_buffer_budget_do_not_wedge_the_exchanges_in_flight() {
     let origin = Origin::start();
     // A 1 MiB budget (16 slabs) and four connections to the origin, whose answers take
-    // 200 ms: the 56 requests queued for those four each hold their request's slab, far
-    // past the budget, so the reads of the responses in flight must not wait for it
-    // (they are what frees the rest).
+    // 200 ms. Each request carries a 9 KiB header, too large to wait without its buffer:
+    // the 56 queued for those four hold their slabs, far past the budget, so the reads of
+    // the responses in flight must not wait for it (they are what frees the rest).
     let config = "[limits]\nbuffer_mib_per_worker = 1\n[pool]\nmax_connections_per_host = 4\n";
     let proxy = Proxy::builder(config).workers(1).start();
     let started = Instant::now();
-    let statuses = concurrent(&proxy, &origin, 60, "/slow/200");
+    let big = "x".repeat(9 * 1024);
+    let request = format!("GET /slow/200 HTTP/1.1\r\nHost: {}\r\nX-Big: {big}\r\n\r\n", origin.host());
+    let statuses = concurrent_requests(&proxy, 60, &request);
     // Breaks when an origin read waits for the budget: the worker wedges, the queued
     // requests get 504 at the connect deadline (10 s).
     let failed: Vec<_> = statuses.iter().filter(|(s, _)| *s != 200).collect();

@@ -155,6 +155,10 @@ pub(crate) struct H1Framing {
     /// buffer back while the origin thinks: a request an HTTP/2 origin did not process is
     /// sent again from it.
     pub saved_head: Option<Box<[u8]>>,
+    /// The request's bytes (rewritten head, body bytes read so far, anything pipelined)
+    /// while it waits in its origin's queue with its slab given back
+    /// (`upstream::park_request`).
+    pub parked: Option<Box<[u8]>>,
     pub expect_continue: bool,
     pub continue_sent: bool,
     pub resp_body: Body,

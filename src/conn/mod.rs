@@ -737,6 +737,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             }
         }
         Phase::Upstream => {
+            upstream::unpark_request(conn, ctx);
             conn.abandon_upstream(io, ctx);
             let queued = conn.ex.as_ref().and_then(|e| match e.upstream_step {
                 http1::UpstreamStep::Queued { waits_for } => Some(waits_for),
