@@ -45,7 +45,7 @@ pub struct WorkerStats {
     /// (`pool.max_connections_per_host`), and how many wait now.
     pub upstream_queued: AtomicU64,
     pub upstream_waiting: AtomicU64,
-    /// Queued requests that gave their buffer back while they waited (`park_request`).
+    /// Queued requests that gave their buffer back while they waited (`conn::parked::park_queued`).
     pub requests_parked: AtomicU64,
     /// Idle upstream connections parked in the pool now.
     pub pool_idle: AtomicU64,

@@ -41,7 +41,7 @@ impl Body {
         }
     }
 
-    fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         matches!(self, Body::None | Body::Done)
     }
 
@@ -151,13 +151,9 @@ pub(crate) struct H1Framing {
     /// Where the rewritten head sits in `client.input` (for a retry on a fresh connection).
     pub head_at: usize,
     pub head_len: usize,
-    /// A copy of the rewritten head, taken when a stream's exchange gives its request
-    /// buffer back while the origin thinks: a request an HTTP/2 origin did not process is
-    /// sent again from it.
-    pub saved_head: Option<Box<[u8]>>,
-    /// The request's bytes (rewritten head, body bytes read so far, anything pipelined)
-    /// while it waits in its origin's queue with its slab given back
-    /// (`upstream::park_request`).
+    /// The request's bytes while its slab is given back (`conn::parked`): all of them
+    /// while it waits in its origin's queue, the rewritten head once it is out (a retry
+    /// sends it again from there).
     pub parked: Option<Box<[u8]>>,
     pub expect_continue: bool,
     pub continue_sent: bool,
@@ -563,7 +559,7 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         || moved)
         && !ex.response_started
         && matches!(ex.h1.req_body, Body::None)
-        && (conn.client.input.has_slab() || ex.h1.saved_head.is_some())
+        && (conn.client.input.has_slab() || ex.h1.parked.is_some())
         && conn.origin.input.is_empty()
         && !conn.client.input.is_lent();
     if retryable && !conn.origin.reading && conn.origin.writing.is_none() {
@@ -575,11 +571,11 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
         ex.fresh_only = !unprocessed;
         ex.h1.head_pending = ex.h1.head_len;
         ex.upstream_step = UpstreamStep::Start;
-        if let Some(head) = ex.h1.saved_head.as_deref().filter(|_| !conn.client.input.has_slab()) {
-            conn.client.input.fill(ctx.pool, head);
-            ex.h1.head_at = 0;
+        if ex.h1.parked.is_some() {
+            super::parked::unpark(conn, ctx);
+        } else {
+            conn.client.input.start = ex.h1.head_at;
         }
-        conn.client.input.start = ex.h1.head_at;
         conn.upstream = None;
         conn.drop_origin_link(ctx);
         drop(conn.origin.detach(io, ctx.ring));
@@ -603,7 +599,7 @@ fn upstream_failed(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, why: &
 /// pool) until its rewritten form is in `ctx.scratch`, as in `request_head`.
 pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextStep {
     pump_request_body(conn, io, ctx);
-    release_stream_request(conn, ctx);
+    super::parked::release_sent(conn, ctx);
     // An interim (1xx) head may still be on its way to the client from `origin.input`.
     if conn.origin.reading || conn.client.writing.is_some() || conn.origin.input.is_lent() {
         return NextStep::Wait;
@@ -670,27 +666,6 @@ pub(crate) fn response_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
     let t = ctx.cfg.timeouts.io_idle;
     conn.set_deadline(io, ctx, t);
     NextStep::Continue
-}
-
-/// A stream's exchange has nothing more in its request buffer once the request is out
-/// (no pipelining on a stream): its slab goes back while the origin thinks. The head is
-/// kept only where `upstream_failed` may send the request again: on an HTTP/2 origin's
-/// stream, or on a reused connection for an idempotent method.
-fn release_stream_request(conn: &mut Connection, ctx: &mut Ctx<'_>) {
-    let Some(ex) = conn.ex.as_mut().filter(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) else {
-        return;
-    };
-    if conn.stream.is_none() || !conn.client.input.is_empty() || !conn.client.input.has_slab() {
-        return;
-    }
-    let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
-    let may_retry = ex.origin_link.is_some() || (reused && ex.method.is_idempotent());
-    if may_retry && matches!(ex.h1.req_body, Body::None) && ex.h1.saved_head.is_none() {
-        let head =
-            conn.client.input.slab_bytes(ctx.pool).and_then(|b| b.get(ex.h1.head_at..ex.h1.head_at + ex.h1.head_len));
-        ex.h1.saved_head = head.map(Box::from);
-    }
-    conn.client.input.release_if_empty(ctx.pool);
 }
 
 /// Not a whole response head yet: read more, or fail the exchange.

@@ -26,6 +26,7 @@ pub(crate) mod leg;
 mod log;
 mod multishot;
 mod origin_session;
+mod parked;
 mod stream;
 mod tls;
 mod tunnel;
@@ -737,7 +738,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             }
         }
         Phase::Upstream => {
-            upstream::unpark_request(conn, ctx);
+            parked::unpark(conn, ctx);
             conn.abandon_upstream(io, ctx);
             let queued = conn.ex.as_ref().and_then(|e| match e.upstream_step {
                 http1::UpstreamStep::Queued { waits_for } => Some(waits_for),

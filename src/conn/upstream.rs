@@ -79,7 +79,7 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
     match ex.upstream_step {
         UpstreamStep::Start => from_pool(conn, io, ctx, false),
         UpstreamStep::Queued { .. } => {
-            unpark_request(conn, ctx);
+            super::parked::unpark(conn, ctx);
             from_pool(conn, io, ctx, true)
         }
         UpstreamStep::Resolving => resolve(conn, io, ctx),
@@ -163,7 +163,7 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
                     let t = ctx.cfg.timeouts.upstream_connect;
                     conn.set_deadline(io, ctx, t);
                 }
-                park_request(conn, ctx);
+                super::parked::park_queued(conn, ctx);
                 return Outcome::Pending;
             }
             Acquired::Connect(lease) => {
@@ -278,54 +278,4 @@ fn connect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Outcome {
     ctx.ring.submit(io, tag::CONNECT, Op::Connect { fd, addr }, ctx.pool);
     conn.origin.dial = Dial::Connecting;
     Outcome::Pending
-}
-
-/// The most bytes a queued request parks on the heap; a request with more (a body's
-/// first bytes read with its head) keeps its slab.
-const PARK_MAX: usize = 8 * 1024;
-
-/// A request that waits in its origin's queue gives its slab back: its bytes (the
-/// rewritten head at `input.start`, the body bytes read with it, anything pipelined behind
-/// them) wait on the heap, a few hundred bytes instead of a 64 KiB slab. Thousands of
-/// clients queued for a busy origin then neither hold that memory nor spend the worker's
-/// buffer budget, which the exchanges in flight need to finish and free the connections
-/// the queue waits for. [`unpark_request`] puts the bytes back when the request's turn comes.
-fn park_request(conn: &mut Connection, ctx: &mut Ctx<'_>) {
-    let Some(ex) = conn.ex.as_mut() else { return };
-    let input = &mut conn.client.input;
-    let parkable = ex.h1.parked.is_none()
-        && input.has_slab()
-        && !input.is_lent()
-        && input.start == ex.h1.head_at
-        && input.len() <= PARK_MAX;
-    if !parkable {
-        return;
-    }
-    ex.h1.parked = Some(Box::from(input.data(ctx.pool)));
-    input.release(ctx.pool);
-    stats::bump(&ctx.stats.requests_parked, 1);
-}
-
-/// Gives a parked request its slab again, its bytes at the start; bytes the client sent
-/// meanwhile (the last batch of a multishot receive that was being cancelled) follow
-/// them, and what does not fit goes to the front of the client's stash.
-pub(crate) fn unpark_request(conn: &mut Connection, ctx: &mut Ctx<'_>) {
-    let Some(parked) = conn.ex.as_mut().and_then(|ex| ex.h1.parked.take()) else { return };
-    let input = &mut conn.client.input;
-    debug_assert!(!input.is_lent(), "nothing lends the client's buffer while its request is queued");
-    let arrived = (!input.is_empty()).then(|| input.data(ctx.pool).to_vec());
-    input.fill(ctx.pool, &parked);
-    if let Some(ex) = conn.ex.as_mut() {
-        ex.h1.head_at = 0;
-    }
-    if let Some(arrived) = arrived {
-        let n = conn.client.input.append(ctx.pool, &arrived);
-        if n < arrived.len() {
-            let mut rest = Box::new(arrived[n..].to_vec());
-            if let Some(stash) = conn.client_stash.take() {
-                rest.extend_from_slice(&stash);
-            }
-            conn.client_stash = Some(rest);
-        }
-    }
 }

@@ -1,0 +1,91 @@
+//! A request's bytes off its slab while the exchange does not need them in one: the
+//! request waits in its origin's queue, or it is out and the origin thinks.
+//!
+//! - **Queued** ([`park_queued`]): a request that waits for a connection to its origin
+//!   (`pool.max_connections_per_host`, or another dial learning the origin's protocol)
+//!   gives its 64 KiB slab back and its bytes (the rewritten head at `input.start`, body
+//!   bytes read with it, anything pipelined behind them) wait on the heap. Thousands of
+//!   clients queued for a busy origin then neither hold that memory nor spend the
+//!   worker's buffer budget, which the exchanges in flight need to finish and free the
+//!   connections the queue waits for.
+//! - **Sent** ([`release_sent`]): a stream's exchange has nothing more in its request
+//!   buffer once the request is out (no pipelining on a stream): its slab goes back while
+//!   the origin thinks. The head is kept on the heap only where `upstream_failed` may send
+//!   the request again (an HTTP/2 origin's stream, or an idempotent request on a reused
+//!   connection). An HTTP/1.1 client's exchange keeps its slab: its reads then count as a
+//!   holder's for the buffer budget (`Connection::read`), which lets the exchanges in
+//!   flight finish before new requests are read.
+//!
+//! [`unpark`] puts the bytes back at the start of a slab (`head_at` 0), when the queued
+//! request is woken, before a 504 for its wait, and for a retry; bytes the client sent
+//! meanwhile (a multishot receive's, appended to a slab of their own) follow them.
+//! Requests larger than [`PARK_MAX`] keep their slab.
+
+use super::http1::Body;
+use super::{Connection, Ctx};
+use crate::stats;
+
+/// The most bytes a request parks on the heap: a usual request head is a few hundred.
+pub(crate) const PARK_MAX: usize = 8 * 1024;
+
+/// A queued request gives its slab back (see the module header).
+pub(crate) fn park_queued(conn: &mut Connection, ctx: &mut Ctx<'_>) {
+    let Some(ex) = conn.ex.as_mut() else { return };
+    let input = &mut conn.client.input;
+    let parkable = ex.h1.parked.is_none()
+        && input.has_slab()
+        && !input.is_lent()
+        && input.start == ex.h1.head_at
+        && input.len() <= PARK_MAX;
+    if !parkable {
+        return;
+    }
+    ex.h1.parked = Some(Box::from(input.data(ctx.pool)));
+    input.release(ctx.pool);
+    stats::bump(&ctx.stats.requests_parked, 1);
+}
+
+/// A stream's request that is all out gives its slab back (see the module header).
+pub(crate) fn release_sent(conn: &mut Connection, ctx: &mut Ctx<'_>) {
+    let Some(ex) = conn.ex.as_mut().filter(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) else {
+        return;
+    };
+    let input = &mut conn.client.input;
+    if conn.stream.is_none() || !input.is_empty() || !input.has_slab() || input.is_lent() {
+        return;
+    }
+    let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
+    let may_retry = ex.origin_link.is_some() || (reused && ex.method.is_idempotent());
+    if may_retry && matches!(ex.h1.req_body, Body::None) {
+        let (at, len) = (ex.h1.head_at, ex.h1.head_len);
+        let Some(head) = input.slab_bytes(ctx.pool).and_then(|b| b.get(at..at + len)).filter(|h| h.len() <= PARK_MAX)
+        else {
+            return;
+        };
+        ex.h1.parked = Some(Box::from(head));
+    }
+    input.release(ctx.pool);
+}
+
+/// Gives a parked request its slab again, its bytes at the start; bytes the client sent
+/// meanwhile follow them, and what does not fit goes to the front of the client's stash.
+pub(crate) fn unpark(conn: &mut Connection, ctx: &mut Ctx<'_>) {
+    let Some(parked) = conn.ex.as_mut().and_then(|ex| ex.h1.parked.take()) else { return };
+    let input = &mut conn.client.input;
+    debug_assert!(!input.is_lent(), "nothing lends the client's buffer while its request is parked");
+    let arrived = (!input.is_empty()).then(|| input.data(ctx.pool).to_vec());
+    input.fill(ctx.pool, &parked);
+    if let Some(ex) = conn.ex.as_mut() {
+        ex.h1.head_at = 0;
+    }
+    if let Some(arrived) = arrived {
+        let n = conn.client.input.append(ctx.pool, &arrived);
+        if n < arrived.len() {
+            let mut rest = Box::new(arrived[n..].to_vec());
+            if let Some(stash) = conn.client_stash.take() {
+                rest.extend_from_slice(&stash);
+            }
+            conn.client_stash = Some(rest);
+        }
+    }
+}
