@@ -202,6 +202,22 @@ impl Buf {
         n
     }
 
+    /// Replaces the contents with `bytes` placed at `HEADROOM` (at 0 when they do not fit
+    /// there), as a read would have left them; returns where they start.
+    pub fn restore(&mut self, pool: &mut SlabPool, bytes: &[u8]) -> usize {
+        if self.slab.is_none() {
+            self.slab = Some(pool.take());
+        }
+        let at = if bytes.len() <= SLAB_SIZE - HEADROOM { HEADROOM } else { 0 };
+        let n = bytes.len().min(SLAB_SIZE - at);
+        if let Some(s) = self.slab.as_mut() {
+            pool.bytes_mut(s)[at..at + n].copy_from_slice(&bytes[..n]);
+        }
+        self.start = at;
+        self.end = at + n;
+        at
+    }
+
     /// Drops the bytes; keeps the slab.
     pub fn clear(&mut self) {
         self.start = HEADROOM;
@@ -227,5 +243,24 @@ impl Buf {
         }
         self.start = 0;
         self.end = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restored_bytes_sit_after_the_headroom_a_rewritten_head_needs() {
+        let mut pool = SlabPool::new(2).unwrap();
+        let mut buf = Buf::default();
+        assert_eq!(buf.restore(&mut pool, b"GET / HTTP/1.1\r\n\r\n"), HEADROOM);
+        assert_eq!((buf.start, buf.data(&pool)), (HEADROOM, &b"GET / HTTP/1.1\r\n\r\n"[..]));
+        // Bytes that would not fit after the headroom start at 0, all of them kept.
+        let big = vec![7u8; SLAB_SIZE - HEADROOM + 1];
+        assert_eq!(buf.restore(&mut pool, &big), 0);
+        assert_eq!(buf.data(&pool), &big[..]);
+        buf.release(&mut pool);
+        assert_eq!(pool.outstanding(), 0);
     }
 }

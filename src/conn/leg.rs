@@ -253,10 +253,11 @@ impl Connection {
         let holds = self.holds_slab() || link.is_some();
         // While requests wait in the upstream queue, reading an origin's response head does
         // not wait: finishing the exchanges in flight is what gives their origin
-        // connections to those requests, which hold their requests' slabs meanwhile, so a
-        // budget they spent would otherwise hold every exchange and wedge the worker. That
-        // is one slab per exchange in flight, bounded by the origin connections open; with
-        // nobody queued, and for bodies, reads wait as before. (Checked only once the
+        // connections to those requests. Queued requests give their slabs back
+        // (`conn::parked`), but one too large to park holds its slab meanwhile, so a budget
+        // such requests spent would otherwise hold every exchange and wedge the worker.
+        // That is one slab per exchange in flight, bounded by the origin connections open;
+        // with nobody queued, and for bodies, reads wait as before. (Checked only once the
         // budget says wait.)
         let frees_the_queue = || {
             side == Side::Origin

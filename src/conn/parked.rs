@@ -16,10 +16,10 @@
 //!   holder's for the buffer budget (`Connection::read`), which lets the exchanges in
 //!   flight finish before new requests are read.
 //!
-//! [`unpark`] puts the bytes back at the start of a slab (`head_at` 0), when the queued
+//! [`unpark`] puts the bytes back in a slab, after its headroom, when the queued
 //! request is woken, before a 504 for its wait, and for a retry; bytes the client sent
 //! meanwhile (a multishot receive's, appended to a slab of their own) follow them.
-//! Requests larger than [`PARK_MAX`] keep their slab.
+//! Queued requests larger than [`PARK_MAX`] keep their slab.
 
 use super::http1::Body;
 use super::{Connection, Ctx};
@@ -28,8 +28,9 @@ use crate::stats;
 /// The most bytes a request parks on the heap: a usual request head is a few hundred.
 pub(crate) const PARK_MAX: usize = 8 * 1024;
 
-/// A queued request gives its slab back (see the module header).
-pub(crate) fn park_queued(conn: &mut Connection, ctx: &mut Ctx<'_>) {
+/// A queued request gives its slab back (see the module header). `again`: it was parked
+/// before and woken (counted once).
+pub(crate) fn park_queued(conn: &mut Connection, ctx: &mut Ctx<'_>, again: bool) {
     let Some(ex) = conn.ex.as_mut() else { return };
     let input = &mut conn.client.input;
     let parkable = ex.h1.parked.is_none()
@@ -42,7 +43,9 @@ pub(crate) fn park_queued(conn: &mut Connection, ctx: &mut Ctx<'_>) {
     }
     ex.h1.parked = Some(Box::from(input.data(ctx.pool)));
     input.release(ctx.pool);
-    stats::bump(&ctx.stats.requests_parked, 1);
+    if !again {
+        stats::bump(&ctx.stats.requests_parked, 1);
+    }
 }
 
 /// A stream's request that is all out gives its slab back (see the module header).
@@ -58,10 +61,9 @@ pub(crate) fn release_sent(conn: &mut Connection, ctx: &mut Ctx<'_>) {
     let may_retry = ex.origin_link.is_some() || (reused && ex.method.is_idempotent());
     if may_retry && matches!(ex.h1.req_body, Body::None) {
         let (at, len) = (ex.h1.head_at, ex.h1.head_len);
-        let Some(head) = input.slab_bytes(ctx.pool).and_then(|b| b.get(at..at + len)).filter(|h| h.len() <= PARK_MAX)
-        else {
-            return;
-        };
+        // Any size: a head fits in a slab (`limits.max_header_bytes`), and a stream's
+        // exchange has nothing else to keep its slab for.
+        let Some(head) = input.slab_bytes(ctx.pool).and_then(|b| b.get(at..at + len)) else { return };
         ex.h1.parked = Some(Box::from(head));
     }
     input.release(ctx.pool);
@@ -74,9 +76,11 @@ pub(crate) fn unpark(conn: &mut Connection, ctx: &mut Ctx<'_>) {
     let input = &mut conn.client.input;
     debug_assert!(!input.is_lent(), "nothing lends the client's buffer while its request is parked");
     let arrived = (!input.is_empty()).then(|| input.data(ctx.pool).to_vec());
-    input.fill(ctx.pool, &parked);
+    // After the headroom, as a read leaves them: a request pipelined behind this one has
+    // room for its own rewritten head when its turn comes.
+    let at = input.restore(ctx.pool, &parked);
     if let Some(ex) = conn.ex.as_mut() {
-        ex.h1.head_at = 0;
+        ex.h1.head_at = at;
     }
     if let Some(arrived) = arrived {
         let n = conn.client.input.append(ctx.pool, &arrived);

@@ -163,7 +163,7 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
                     let t = ctx.cfg.timeouts.upstream_connect;
                     conn.set_deadline(io, ctx, t);
                 }
-                super::parked::park_queued(conn, ctx);
+                super::parked::park_queued(conn, ctx, again);
                 return Outcome::Pending;
             }
             Acquired::Connect(lease) => {
