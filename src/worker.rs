@@ -589,7 +589,7 @@ fn wake_queued(conns: &mut Conns<Endpoint>, env: &mut Env) {
         return;
     }
     let mut ids = std::mem::take(&mut env.woken);
-    env.upstreams.wake_queued(&mut ids, |id| conns.get_mut(id).is_some_and(|s| s.value.is_queued_for_upstream()));
+    env.upstreams.wake_queued(&mut ids, |id| conns.get_mut(id).is_some_and(|s| s.value.take_queue_turn()));
     for id in ids.drain(..) {
         env.wakes.wake(id);
     }

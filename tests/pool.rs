@@ -276,6 +276,42 @@ fn a_parked_request_is_sent_again_whole_when_its_reused_connection_fails() {
 }
 
 #[test]
+fn a_waiter_woken_by_its_own_client_keeps_its_place_in_the_queue() {
+    let origin = Origin::start();
+    let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 1\n").workers(1).start();
+    let host = origin.host();
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    // The second waiter has had an exchange: its multishot receive delivers while it waits.
+    let mut second = proxy.client();
+    assert_eq!(second.get(&host, "/bytes/10").status, 200);
+    let holder = {
+        let (addr, host) = (proxy.addr(), host.clone());
+        thread::spawn(move || Client::connect(addr).get(&host, "/slow/1000").status)
+    };
+    assert!(wait_until(Duration::from_secs(5), || origin.requests() == 2), "the holder's request never arrived");
+    let queue = |n: f64| proxy.wait_metric("sluice_upstream_queue", Duration::from_secs(5), |v| v == n);
+    let mut first = proxy.client();
+    first.send_str(&get("/bytes/1?first"));
+    queue(1.0).expect("the first waiter queued");
+    second.send_str(&get("/bytes/1?second"));
+    queue(2.0).expect("the second waiter queued");
+    // Bytes from the second waiter's client wake it: it must stay behind the first.
+    second.send_str(&get("/bytes/2?pipelined"));
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(proxy.metric("sluice_upstream_queue").expect("queue"), 2.0, "a wake queued the waiter twice");
+    assert_eq!(first.response().status, 200);
+    for _ in 0..2 {
+        let r = second.response();
+        assert_eq!(r.status, 200, "{}", r.describe());
+    }
+    assert_eq!(holder.join().expect("holder"), 200);
+    let heads = origin.state.heads.lock().unwrap().clone();
+    let at = |tag: &str| heads.iter().position(|h| h.contains(tag)).unwrap_or_else(|| panic!("{tag}: {heads:?}"));
+    assert!(at("?first") < at("?second"), "the second waiter went first: {heads:?}");
+    assert!(at("?second") < at("?pipelined"));
+}
+
+#[test]
 fn requests_queued_past_the_buffer_budget_do_not_wedge_the_exchanges_in_flight() {
     let origin = Origin::start();
     // A 1 MiB budget (16 slabs) and four connections to the origin, whose answers take

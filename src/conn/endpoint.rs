@@ -53,9 +53,12 @@ impl Endpoint {
         matches!(self, Endpoint::Client(c) if c.is_idle())
     }
 
-    /// True while it waits in an origin's queue for a connection.
-    pub fn is_queued_for_upstream(&self) -> bool {
-        matches!(self, Endpoint::Client(c) if c.is_queued_for_upstream())
+    /// Its turn in an origin's queue ([`Connection::take_queue_turn`]).
+    pub fn take_queue_turn(&mut self) -> bool {
+        match self {
+            Endpoint::Client(c) => c.take_queue_turn(),
+            _ => false,
+        }
     }
 
     /// Its line in `/debug/connections`.

@@ -80,8 +80,11 @@ pub(crate) enum UpstreamStep {
     Resolving,
     /// Waiting in the origin's queue: for a connection (`pool.max_connections_per_host`),
     /// or for the answer of the dial learning whether the origin speaks HTTP/2.
+    /// `in_queue` until the pool hands out its turn (`Connection::take_queue_turn`): a
+    /// wake for anything else (bytes from the client) leaves it waiting where it is.
     Queued {
         waits_for: crate::upstream::pool::QueuedFor,
+        in_queue: bool,
     },
     Connecting {
         addrs: Vec<std::net::SocketAddr>,

@@ -346,10 +346,20 @@ impl Connection {
         self.h2.as_ref().is_some_and(|h| h.origin().is_some())
     }
 
-    /// True while the exchange waits in its origin's queue for a connection.
-    pub fn is_queued_for_upstream(&self) -> bool {
-        matches!(self.phase, Phase::Upstream)
-            && self.ex.as_ref().is_some_and(|e| matches!(e.upstream_step, http1::UpstreamStep::Queued { .. }))
+    /// The pool gives the exchange its turn in its origin's queue: true (and no longer in
+    /// the queue) when it was waiting there; false for a stale entry (the client left,
+    /// or the exchange moved on).
+    pub fn take_queue_turn(&mut self) -> bool {
+        if !matches!(self.phase, Phase::Upstream) {
+            return false;
+        }
+        match self.ex.as_mut().map(|e| &mut e.upstream_step) {
+            Some(http1::UpstreamStep::Queued { in_queue, .. }) if *in_queue => {
+                *in_queue = false;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// True between requests (nothing in flight that a drain should wait for).
@@ -741,7 +751,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
             parked::unpark(conn, ctx);
             conn.abandon_upstream(io, ctx);
             let queued = conn.ex.as_ref().and_then(|e| match e.upstream_step {
-                http1::UpstreamStep::Queued { waits_for } => Some(waits_for),
+                http1::UpstreamStep::Queued { waits_for, .. } => Some(waits_for),
                 _ => None,
             });
             let why = match queued {

@@ -78,7 +78,9 @@ pub(crate) fn step(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Out
     };
     match ex.upstream_step {
         UpstreamStep::Start => from_pool(conn, io, ctx, false),
-        UpstreamStep::Queued { .. } => {
+        // Woken for something else while it waits: its place in the queue stands.
+        UpstreamStep::Queued { in_queue: true, .. } => Outcome::Pending,
+        UpstreamStep::Queued { in_queue: false, .. } => {
             super::parked::unpark(conn, ctx);
             from_pool(conn, io, ctx, true)
         }
@@ -158,7 +160,7 @@ fn from_pool(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>, again: bool)
                 // Every connection this worker may open to the origin is busy, or another
                 // dial is learning its protocol: wait (the pool wakes this slot), within
                 // the connect deadline (armed when it first queued).
-                ex.upstream_step = UpstreamStep::Queued { waits_for };
+                ex.upstream_step = UpstreamStep::Queued { waits_for, in_queue: true };
                 if !again {
                     let t = ctx.cfg.timeouts.upstream_connect;
                     conn.set_deadline(io, ctx, t);
