@@ -220,20 +220,26 @@ fn queued_requests_wait_without_their_buffers() {
     assert_eq!(origin.accepts(), 2);
 }
 
-#[test]
-fn a_parked_request_keeps_its_body_and_the_requests_sent_behind_it() {
+/// One connection to the origin allowed, held by a slow request (`hold_ms`), and a client
+/// that has had one exchange (its multishot receive armed, which also delivers what it
+/// sends while a request waits): whatever the client asks next queues behind the holder.
+/// Returns the origin, the proxy, that client, and the holder's status once answered.
+fn one_connection_held(hold_ms: u64) -> (Origin, Proxy, Client, thread::JoinHandle<u16>) {
     let origin = Origin::start();
     let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 1\n").workers(1).start();
     let host = origin.host();
-    let mut c = proxy.client();
-    // After a first exchange the connection waits for its next request with a multishot
-    // receive armed, which also delivers what the client sends while a request is queued.
-    assert_eq!(c.get(&host, "/bytes/10").status, 200);
-    let holder = {
-        let (addr, host) = (proxy.addr(), host.clone());
-        thread::spawn(move || Client::connect(addr).get(&host, "/slow/1500").status)
-    };
+    let mut client = proxy.client();
+    assert_eq!(client.get(&host, "/bytes/10").status, 200);
+    let addr = proxy.addr();
+    let holder = thread::spawn(move || Client::connect(addr).get(&host, &format!("/slow/{hold_ms}")).status);
     assert!(wait_until(Duration::from_secs(5), || origin.requests() == 2), "the holder's request never arrived");
+    (origin, proxy, client, holder)
+}
+
+#[test]
+fn a_parked_request_keeps_its_body_and_the_requests_sent_behind_it() {
+    let (origin, proxy, mut c, holder) = one_connection_held(1500);
+    let host = origin.host();
     // A POST with its body and a GET pipelined behind it, in one write: both park.
     c.send_str(&format!(
         "POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: 12\r\n\r\nhello parkedGET /bytes/10 HTTP/1.1\r\nHost: \
@@ -256,16 +262,8 @@ fn a_parked_request_keeps_its_body_and_the_requests_sent_behind_it() {
 
 #[test]
 fn a_parked_request_is_sent_again_whole_when_its_reused_connection_fails() {
-    let origin = Origin::start();
-    let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 1\n").workers(1).start();
+    let (origin, proxy, mut c, holder) = one_connection_held(1000);
     let host = origin.host();
-    let mut c = proxy.client();
-    assert_eq!(c.get(&host, "/bytes/10").status, 200);
-    let holder = {
-        let (addr, host) = (proxy.addr(), host.clone());
-        thread::spawn(move || Client::connect(addr).get(&host, "/slow/1000").status)
-    };
-    assert!(wait_until(Duration::from_secs(5), || origin.requests() == 2), "the holder's request never arrived");
     // Parked behind the holder, then handed its reused connection, which closes without
     // an answer: the retry on a fresh connection sends the parked bytes again.
     let r = c.get(&host, "/hangup-if-reused");
@@ -277,18 +275,10 @@ fn a_parked_request_is_sent_again_whole_when_its_reused_connection_fails() {
 
 #[test]
 fn a_waiter_woken_by_its_own_client_keeps_its_place_in_the_queue() {
-    let origin = Origin::start();
-    let proxy = Proxy::builder("[pool]\nmax_connections_per_host = 1\n").workers(1).start();
+    // The second waiter is the client that had an exchange: its receive delivers as it waits.
+    let (origin, proxy, mut second, holder) = one_connection_held(1000);
     let host = origin.host();
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
-    // The second waiter has had an exchange: its multishot receive delivers while it waits.
-    let mut second = proxy.client();
-    assert_eq!(second.get(&host, "/bytes/10").status, 200);
-    let holder = {
-        let (addr, host) = (proxy.addr(), host.clone());
-        thread::spawn(move || Client::connect(addr).get(&host, "/slow/1000").status)
-    };
-    assert!(wait_until(Duration::from_secs(5), || origin.requests() == 2), "the holder's request never arrived");
     let queue = |n: f64| proxy.wait_metric("sluice_upstream_queue", Duration::from_secs(5), |v| v == n);
     let mut first = proxy.client();
     first.send_str(&get("/bytes/1?first"));
