@@ -69,27 +69,27 @@ pub(crate) fn release_sent(conn: &mut Connection, ctx: &mut Ctx<'_>) {
     input.release(ctx.pool);
 }
 
-/// Gives a parked request its slab again, its bytes at the start; bytes the client sent
-/// meanwhile follow them, and what does not fit goes to the front of the client's stash.
+/// Gives a parked request its slab again, after its headroom; bytes the client sent
+/// meanwhile follow them through the client's stash (`Connection::drain_stash`).
 pub(crate) fn unpark(conn: &mut Connection, ctx: &mut Ctx<'_>) {
     let Some(parked) = conn.ex.as_mut().and_then(|ex| ex.h1.parked.take()) else { return };
-    let input = &mut conn.client.input;
+    let input = &conn.client.input;
     debug_assert!(!input.is_lent(), "nothing lends the client's buffer while its request is parked");
-    let arrived = (!input.is_empty()).then(|| input.data(ctx.pool).to_vec());
+    // They can only be a cleartext leg's (its multishot receive's last batch, in a slab of
+    // their own): nothing decrypts into a TLS leg's buffer while its request waits.
+    debug_assert!(input.is_empty() || conn.client.tls.is_none(), "plaintext arrived on a TLS leg");
+    if !input.is_empty() {
+        let mut arrived = Box::new(input.data(ctx.pool).to_vec());
+        if let Some(stash) = conn.client_stash.take() {
+            arrived.extend_from_slice(&stash);
+        }
+        conn.client_stash = Some(arrived);
+    }
     // After the headroom, as a read leaves them: a request pipelined behind this one has
     // room for its own rewritten head when its turn comes.
-    let at = input.restore(ctx.pool, &parked);
+    let at = conn.client.input.restore(ctx.pool, &parked);
     if let Some(ex) = conn.ex.as_mut() {
         ex.h1.head_at = at;
     }
-    if let Some(arrived) = arrived {
-        let n = conn.client.input.append(ctx.pool, &arrived);
-        if n < arrived.len() {
-            let mut rest = Box::new(arrived[n..].to_vec());
-            if let Some(stash) = conn.client_stash.take() {
-                rest.extend_from_slice(&stash);
-            }
-            conn.client_stash = Some(rest);
-        }
-    }
+    conn.drain_stash(ctx, false);
 }
