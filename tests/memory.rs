@@ -24,9 +24,11 @@ fn slow_readers_wait_for_the_budget_and_every_byte_arrives() {
     // 1 MiB: 16 slabs of 64 KiB.
     let proxy = Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n").workers(1).start();
     assert_eq!(proxy.metric("sluice_buffer_budget_slabs").unwrap(), 16.0);
-    // Connected while the budget is free (an idle client holds no buffer)...
-    let mut clients: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 20.0).unwrap();
+    // Connected while the budget is free (an idle client holds no buffer)... Each holds one
+    // slab once its answer streams (its request's went back once the request was out),
+    // so 40 of them are past twice the budget.
+    let mut clients: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 40.0).unwrap();
     // ...then each asks for a large body and reads none of it.
     let host = origin.host();
     for c in &mut clients {
@@ -84,8 +86,9 @@ fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
     let host = origin.host();
     // Connected while the budget is free: it holds no buffer until it asks.
     let mut patient = TcpStream::connect(proxy.addr()).unwrap();
-    let mut stuck: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 21.0).unwrap();
+    // 40: each holds one slab, past twice the budget (as in the test above).
+    let mut stuck: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 41.0).unwrap();
     for c in &mut stuck {
         c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
             .unwrap();
@@ -93,6 +96,18 @@ fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
     proxy
         .wait_metric("sluice_buffer_waiting", Duration::from_secs(10), |v| v > 0.0)
         .expect("reads past the budget wait");
+    // The stuck readers that hold a buffer are those whose answer started (the others
+    // wait for the budget holding none): the oldest of them is the one to go first.
+    std::thread::sleep(Duration::from_millis(300));
+    let oldest_holder = stuck
+        .iter()
+        .position(|c| {
+            c.set_nonblocking(true).unwrap();
+            let started = c.peek(&mut [0u8; 1]).is_ok_and(|n| n > 0);
+            c.set_nonblocking(false).unwrap();
+            started
+        })
+        .expect("some stuck reader's answer started");
     patient
         .write_all(format!("GET /bytes/1000 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
         .unwrap();
@@ -106,8 +121,9 @@ fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
     // read over another connection: poll, do not sample once.
     let counted = proxy.wait_metric("sluice_buffer_stall_closes_total", Duration::from_secs(5), |v| v >= 1.0);
     assert!(counted.is_ok(), "stall close not counted: {counted:?}");
-    // The oldest stuck reader went first: it finds its connection closed short of the body.
-    let oldest = &mut stuck[0];
+    // The oldest stuck reader holding a buffer went first: it finds its connection closed
+    // short of the body.
+    let oldest = &mut stuck[oldest_holder];
     oldest.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut partial = Vec::new();
     let end = oldest.read_to_end(&mut partial);
@@ -116,6 +132,73 @@ fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
         "the oldest stuck reader kept its connection ({} bytes)",
         partial.len()
     );
+    drop(stuck);
+    proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v == 0.0).expect("buffers come back");
+}
+
+/// An exchange waiting for its origin's answer holds one buffer, the one the answer is
+/// read into: the client's went back once the request was out, a copy of its head kept in
+/// case the reused origin connection fails and the request goes again. Holding both,
+/// 1,024 busy origin connections spent a worker's whole default budget (2,048 slabs), and
+/// new clients were refused.
+#[test]
+fn an_exchange_waiting_for_its_origin_holds_one_buffer() {
+    let origin = Origin::start();
+    let proxy = Proxy::builder("").workers(1).start();
+    let host = origin.host();
+    // A first round opens 20 origin connections; the second takes them from the pool, so
+    // every GET there may be retried and keeps its head.
+    let exchanges: Vec<_> = (0..20)
+        .map(|_| {
+            let (addr, host) = (proxy.addr(), host.clone());
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr);
+                [c.get(&host, "/slow/300"), c.get(&host, "/slow/1500")]
+            })
+        })
+        .collect();
+    assert!(
+        wait_until(Duration::from_secs(10), || origin.requests() == 40),
+        "the 40 requests never reached the origin"
+    );
+    assert_eq!(origin.accepts(), 20, "the second round did not reuse the first round's connections");
+    let held = slabs_in_use(&proxy);
+    assert!(held <= 22.0, "{held} slabs lent for 20 exchanges waiting for their answers");
+    for (i, e) in exchanges.into_iter().enumerate() {
+        for r in e.join().unwrap() {
+            assert_eq!(r.status, 200, "exchange {i}: {}", r.describe());
+        }
+    }
+    proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v == 0.0).expect("buffers come back");
+}
+
+/// The answer to a request already out is read while slow readers spend the budget (up to
+/// twice it, as for any connection finishing work in flight): reading it is what lets the
+/// exchange finish and give its buffers back. No stall close is needed for it.
+#[test]
+fn an_answer_is_read_while_slow_readers_spend_the_budget() {
+    let origin = Origin::start();
+    let proxy =
+        Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n[timeouts]\nbuffer_stall = 300\n").workers(1).start();
+    let host = origin.host();
+    let mut patient = TcpStream::connect(proxy.addr()).unwrap();
+    let mut stuck: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 21.0).unwrap();
+    for c in &mut stuck {
+        c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+    }
+    // 20 slabs, one per stuck reader: past the budget of 16, below twice it.
+    proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v >= 20.0).expect("the budget is spent");
+    patient
+        .write_all(format!("GET /bytes/1000 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    patient.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    patient.read_to_end(&mut got).expect("the answer is read and relayed");
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&got[..got.len().min(80)]));
+    assert!(got.ends_with(&pattern(1000)));
+    assert_eq!(proxy.metric("sluice_buffer_stall_closes_total").unwrap(), 0.0);
     drop(stuck);
     proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v == 0.0).expect("buffers come back");
 }

@@ -48,6 +48,11 @@ impl Buf {
         self.slab.is_some()
     }
 
+    /// True while a slab is this buffer's, in hand or lent to an operation in flight.
+    pub fn holds_slab(&self) -> bool {
+        self.slab.is_some() || self.lent
+    }
+
     /// Makes room for a read at the end and lends the slab: returns it with the range to read into.
     pub fn prepare_read(&mut self, pool: &mut SlabPool) -> (Slab, usize, usize) {
         if self.slab.is_none() {

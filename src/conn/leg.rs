@@ -212,11 +212,13 @@ impl Connection {
         }
     }
 
-    /// True when any buffer of this connection holds a slab.
+    /// True when any buffer of this connection holds a slab, in hand or lent to an
+    /// operation in flight (a write stuck on a slow reader holds its slab as surely).
     pub(crate) fn holds_slab(&self) -> bool {
-        let leg_holds =
-            |l: &Leg| l.input.has_slab() || l.tls.as_ref().is_some_and(|t| t.raw_in.has_slab() || t.raw_out.has_slab());
-        self.out.has_slab() || leg_holds(&self.client) || leg_holds(&self.origin)
+        let leg_holds = |l: &Leg| {
+            l.input.holds_slab() || l.tls.as_ref().is_some_and(|t| t.raw_in.holds_slab() || t.raw_out.holds_slab())
+        };
+        self.out.holds_slab() || leg_holds(&self.client) || leg_holds(&self.origin)
     }
 
     /// For a proxy connection that holds buffers while a write is in flight: marks that
@@ -247,10 +249,18 @@ impl Connection {
         // endpoint never waits: it must answer while the proxy is saturated. A read through
         // a link moves bytes already in memory (and sees a cancelled stream at once): it
         // waits only at the hard limit, so that streams never wait on each other.
+        //
+        // Reading an origin's response finishes work already in flight (the request is
+        // out, and the client's buffer went back with it: `conn::parked::release_sent`), so
+        // it counts as a holder's read, as reading the response of a request whose buffer
+        // is still held always did; reading a client's next request is new work and waits
+        // at the budget itself.
         let link = self.link_of(side);
         let leg = self.leg(side);
         let target = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
-        let holds = self.holds_slab() || link.is_some();
+        let finishes_an_exchange =
+            side == Side::Origin && matches!(self.phase, super::Phase::ResponseHead | super::Phase::ResponseBody);
+        let holds = self.holds_slab() || link.is_some() || finishes_an_exchange;
         // While requests wait in the upstream queue, reading an origin's response head does
         // not wait: finishing the exchanges in flight is what gives their origin
         // connections to those requests. Queued requests give their slabs back

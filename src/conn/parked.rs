@@ -8,13 +8,15 @@
 //!   clients queued for a busy origin then neither hold that memory nor spend the
 //!   worker's buffer budget, which the exchanges in flight need to finish and free the
 //!   connections the queue waits for.
-//! - **Sent** ([`release_sent`]): a stream's exchange has nothing more in its request
-//!   buffer once the request is out (no pipelining on a stream): its slab goes back while
-//!   the origin thinks. The head is kept on the heap only where `upstream_failed` may send
+//! - **Sent** ([`release_sent`]): an exchange whose request is all out, with nothing
+//!   after it in the client's buffer (nothing pipelined), gives the slab back while the
+//!   origin thinks. The head is kept on the heap only where `upstream_failed` may send
 //!   the request again (an HTTP/2 origin's stream, or an idempotent request on a reused
-//!   connection). An HTTP/1.1 client's exchange keeps its slab: its reads then count as a
-//!   holder's for the buffer budget (`Connection::read`), which lets the exchanges in
-//!   flight finish before new requests are read.
+//!   connection). An exchange in flight then holds one slab, the one its response is read
+//!   into, instead of two: 1,024 busy origin connections no longer spend a worker's whole
+//!   default budget, which refuses new clients. Reading the response still counts as a
+//!   holder's read for the budget (`Connection::read`): it finishes work in flight, so
+//!   exchanges finish before new requests are read.
 //!
 //! [`unpark`] puts the bytes back in a slab, after its headroom, when the queued
 //! request is woken, before a 504 for its wait, and for a retry; bytes the client sent
@@ -48,21 +50,21 @@ pub(crate) fn park_queued(conn: &mut Connection, ctx: &mut Ctx<'_>, again: bool)
     }
 }
 
-/// A stream's request that is all out gives its slab back (see the module header).
+/// A request that is all out gives its slab back (see the module header).
 pub(crate) fn release_sent(conn: &mut Connection, ctx: &mut Ctx<'_>) {
     let Some(ex) = conn.ex.as_mut().filter(|e| e.h1.req_body.finished() && e.h1.head_pending == 0) else {
         return;
     };
     let input = &mut conn.client.input;
-    if conn.stream.is_none() || !input.is_empty() || !input.has_slab() || input.is_lent() {
+    if !input.is_empty() || !input.has_slab() || input.is_lent() {
         return;
     }
     let reused = conn.upstream.as_ref().is_some_and(|u| u.reused);
     let may_retry = ex.origin_link.is_some() || (reused && ex.method.is_idempotent());
     if may_retry && matches!(ex.h1.req_body, Body::None) {
         let (at, len) = (ex.h1.head_at, ex.h1.head_len);
-        // Any size: a head fits in a slab (`limits.max_header_bytes`), and a stream's
-        // exchange has nothing else to keep its slab for.
+        // Any size: a head fits in a slab (`limits.max_header_bytes`), and the exchange
+        // has nothing else to keep its slab for.
         let Some(head) = input.slab_bytes(ctx.pool).and_then(|b| b.get(at..at + len)) else { return };
         ex.h1.parked = Some(Box::from(head));
     }
