@@ -121,6 +121,13 @@ fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
     // read over another connection: poll, do not sample once.
     let counted = proxy.wait_metric("sluice_buffer_stall_closes_total", Duration::from_secs(5), |v| v >= 1.0);
     assert!(counted.is_ok(), "stall close not counted: {counted:?}");
+    // No more are closed than reads waited (about 10 here, the stuck readers whose answer
+    // had not started): each close frees a slab under twice the budget, which the first
+    // waiting exchange takes. Woken only under the budget itself, they waited for more
+    // closes: 24 of the 40 went.
+    proxy.wait_metric("sluice_buffer_waiting", Duration::from_secs(10), |v| v == 0.0).expect("the waiters are served");
+    let closes = proxy.metric("sluice_buffer_stall_closes_total").unwrap();
+    assert!(closes <= 14.0, "{closes} stuck readers closed for about 10 waiting reads");
     // The oldest stuck reader holding a buffer went first: it finds its connection closed
     // short of the body.
     let oldest = &mut stuck[oldest_holder];

@@ -276,7 +276,7 @@ impl Connection {
                 && ctx.upstreams.waiting() > 0
         };
         if self.role == super::Role::Proxy && !target.has_slab() && ctx.pool.must_wait(holds) && !frees_the_queue() {
-            ctx.pool.wait_for_slab(io.id());
+            ctx.pool.wait_for_slab(io.id(), holds);
             return NextStep::Wait;
         }
         if let Some(link) = link {

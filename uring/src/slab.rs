@@ -58,7 +58,10 @@ pub struct SlabPool {
     /// The memory budget, in slabs (registered and heap together): past it a connection
     /// holding no slab waits for one, and past twice it every connection does.
     budget: usize,
-    /// Connections waiting for the budget, woken in arrival order as slabs come back.
+    /// Connections waiting for the budget, woken in arrival order as slabs come back:
+    /// holders (which wait only at twice the budget) as soon as there is room under it,
+    /// the others once there is room under the budget itself.
+    waiting_holders: std::collections::VecDeque<crate::ConnId>,
     waiting: std::collections::VecDeque<crate::ConnId>,
     /// Reads that had to wait for the budget.
     waits: u64,
@@ -84,6 +87,7 @@ impl SlabPool {
                 heap_lends: 0,
                 in_kernel: 0,
                 budget: usize::MAX,
+                waiting_holders: std::collections::VecDeque::new(),
                 waiting: std::collections::VecDeque::new(),
                 waits: 0,
             });
@@ -109,6 +113,7 @@ impl SlabPool {
             heap_lends: 0,
             in_kernel: 0,
             budget: usize::MAX,
+            waiting_holders: std::collections::VecDeque::new(),
             waiting: std::collections::VecDeque::new(),
             waits: 0,
         })
@@ -137,26 +142,38 @@ impl SlabPool {
         self.outstanding >= self.budget
     }
 
-    /// Queues connection `id` until slabs come back (a later `wake_waiters`).
-    pub fn wait_for_slab(&mut self, id: crate::ConnId) {
+    /// Queues connection `id` until slabs come back (a later `wake_waiters`); `holds_one`
+    /// as for [`SlabPool::must_wait`], which said it must wait.
+    pub fn wait_for_slab(&mut self, id: crate::ConnId, holds_one: bool) {
         self.waits += 1;
-        self.waiting.push_back(id);
+        if holds_one {
+            self.waiting_holders.push_back(id);
+        } else {
+            self.waiting.push_back(id);
+        }
     }
 
-    /// Wakes as many waiting connections as the budget has room for (each re-checks;
-    /// one that closed meanwhile is skipped by the worker).
+    /// Wakes as many waiting connections as their limit has room for, holders first
+    /// (each re-checks; one that closed meanwhile is skipped by the worker). A holder
+    /// waits only at twice the budget, so waking holders only under the budget itself
+    /// would leave them waiting while new reads of other holders took every slab that
+    /// came back.
     pub fn wake_waiters(&mut self, wakes: &crate::ReadyQueue) {
-        let mut room = self.budget.saturating_sub(self.outstanding);
-        while room > 0 {
-            let Some(id) = self.waiting.pop_front() else { break };
-            wakes.wake(id);
-            room -= 1;
+        let mut outstanding = self.outstanding;
+        for (queue, limit) in
+            [(&mut self.waiting_holders, self.budget.saturating_mul(2)), (&mut self.waiting, self.budget)]
+        {
+            while outstanding < limit {
+                let Some(id) = queue.pop_front() else { break };
+                wakes.wake(id);
+                outstanding += 1;
+            }
         }
     }
 
     /// Connections waiting for the budget now, and reads that waited since the start.
     pub fn waiters(&self) -> (usize, u64) {
-        (self.waiting.len(), self.waits)
+        (self.waiting_holders.len() + self.waiting.len(), self.waits)
     }
 
     /// The iovecs to register with a ring, one per registered slab.
@@ -443,8 +460,8 @@ mod tests {
         assert!(pool.must_wait(true), "twice the budget stops everyone");
         let mut conns: crate::Conns<()> = crate::Conns::new();
         let (x, y) = (conns.insert(()), conns.insert(()));
-        pool.wait_for_slab(x);
-        pool.wait_for_slab(y);
+        pool.wait_for_slab(x, false);
+        pool.wait_for_slab(y, false);
         let wakes = crate::ReadyQueue::new();
         pool.wake_waiters(&wakes);
         assert!(wakes.is_empty(), "no room yet");
@@ -457,5 +474,32 @@ mod tests {
         assert_eq!(woken, vec![x], "room for one under the budget: the first waiter");
         assert_eq!(pool.waiters(), (1, 2));
         pool.release(a);
+    }
+
+    #[test]
+    fn waiting_holders_are_woken_under_twice_the_budget_first_the_others_under_it() {
+        let mut pool = SlabPool::new(2).unwrap();
+        pool.set_budget(2);
+        let mut held: Vec<Slab> = (0..4).map(|_| pool.take()).collect();
+        let mut conns: crate::Conns<()> = crate::Conns::new();
+        let (other, first, second) = (conns.insert(()), conns.insert(()), conns.insert(()));
+        pool.wait_for_slab(other, false);
+        pool.wait_for_slab(first, true);
+        pool.wait_for_slab(second, true);
+        let wakes = crate::ReadyQueue::new();
+        let woken = |pool: &mut SlabPool| {
+            pool.wake_waiters(&wakes);
+            let mut woken = Vec::new();
+            wakes.drain_into(&mut woken);
+            woken
+        };
+        pool.release(held.pop().unwrap());
+        assert_eq!(woken(&mut pool), vec![first], "room for one under twice the budget: the first holder");
+        pool.release(held.pop().unwrap());
+        assert_eq!(woken(&mut pool), vec![second], "the holders still come first");
+        pool.release(held.pop().unwrap());
+        assert_eq!(woken(&mut pool), vec![other], "under the budget: the others");
+        assert_eq!(pool.waiters(), (0, 3));
+        pool.release(held.pop().unwrap());
     }
 }
