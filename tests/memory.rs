@@ -38,10 +38,12 @@ fn slow_readers_wait_for_the_budget_and_every_byte_arrives() {
     proxy
         .wait_metric("sluice_buffer_waiting", Duration::from_secs(10), |v| v > 0.0)
         .expect("reads past the budget wait");
-    let held = slabs_in_use(&proxy);
     // Reads stop at twice the budget (a connection holding a slab may take one more);
-    // the proxy's own small writes (a poll's bytes, an error page) are not held back.
-    assert!(held <= 36.0, "{held} slabs lent with a budget of 16");
+    // the proxy's own small writes (a poll's bytes, an error page) are not held back. A
+    // first request copied in from the shared receive buffers takes its slab without
+    // asking the budget, so right after the burst there may be a few more for a moment.
+    let held = proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(5), |v| v <= 36.0);
+    assert!(held.is_ok(), "slabs lent with a budget of 16: {held:?}");
     // A new client is refused while the budget is spent.
     let mut late = TcpStream::connect(proxy.addr()).unwrap();
     late.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

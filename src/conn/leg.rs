@@ -267,8 +267,8 @@ impl Connection {
         // (`conn::parked`), but one too large to park holds its slab meanwhile, so a budget
         // such requests spent would otherwise hold every exchange and wedge the worker.
         // That is one slab per exchange in flight, bounded by the origin connections open;
-        // with nobody queued, and for bodies, reads wait as before. (Checked only once the
-        // budget says wait.)
+        // with nobody queued, these reads wait at twice the budget like any holder's.
+        // (Checked only once the budget says wait.)
         let frees_the_queue = || {
             side == Side::Origin
                 && link.is_none()

@@ -11,10 +11,11 @@
 //! - **Sent** ([`release_sent`]): an exchange whose request is all out, with nothing
 //!   after it in the client's buffer (nothing pipelined), gives the slab back while the
 //!   origin thinks. The head is kept on the heap only where `upstream_failed` may send
-//!   the request again (an HTTP/2 origin's stream, or an idempotent request on a reused
-//!   connection). An exchange in flight then holds one slab, the one its response is read
-//!   into, instead of two: 1,024 busy origin connections no longer spend a worker's whole
-//!   default budget, which refuses new clients. Reading the response still counts as a
+//!   the request again (a bodiless request to an HTTP/2 origin's stream, or a bodiless
+//!   idempotent one on a reused connection). A cleartext exchange with nothing pipelined
+//!   then holds one slab, the one its response is read into, instead of two: 1,024 busy
+//!   origin connections no longer spend a worker's whole default budget, which refuses
+//!   new clients. Reading the response still counts as a
 //!   holder's read for the budget (`Connection::read`): it finishes work in flight, so
 //!   exchanges finish before new requests are read.
 //!

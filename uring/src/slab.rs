@@ -58,10 +58,11 @@ pub struct SlabPool {
     /// The memory budget, in slabs (registered and heap together): past it a connection
     /// holding no slab waits for one, and past twice it every connection does.
     budget: usize,
-    /// Connections waiting for the budget, woken in arrival order as slabs come back:
-    /// holders (which wait only at twice the budget) as soon as there is room under it,
-    /// the others once there is room under the budget itself.
+    /// Connections holding a slab that wait for the budget (at twice it), woken in
+    /// arrival order while there is room under twice the budget.
     waiting_holders: std::collections::VecDeque<crate::ConnId>,
+    /// The other connections waiting for the budget, woken in arrival order while there
+    /// is room under the budget, after the holders.
     waiting: std::collections::VecDeque<crate::ConnId>,
     /// Reads that had to wait for the budget.
     waits: u64,
