@@ -14,6 +14,31 @@ use support::*;
 /// really leave the proxy holding data.
 const BODY: usize = 16_000_000;
 
+/// A client connected while the budget is free (it holds no buffer until it asks), then
+/// `n` clients that each ask for a large body and read none of it.
+fn patient_and_stuck(proxy: &Proxy, host: &str, n: usize) -> (TcpStream, Vec<TcpStream>) {
+    let patient = TcpStream::connect(proxy.addr()).unwrap();
+    let mut stuck: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == (n + 1) as f64).unwrap();
+    for c in &mut stuck {
+        c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
+    }
+    (patient, stuck)
+}
+
+/// The patient asks for 1,000 bytes and gets them within `secs`.
+fn patient_is_served(patient: &mut TcpStream, host: &str, secs: u64) {
+    patient
+        .write_all(format!("GET /bytes/1000 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .unwrap();
+    patient.set_read_timeout(Some(Duration::from_secs(secs))).unwrap();
+    let mut got = Vec::new();
+    patient.read_to_end(&mut got).expect("the patient client is served");
+    assert!(got.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&got[..got.len().min(80)]));
+    assert!(got.ends_with(&pattern(1000)));
+}
+
 fn slabs_in_use(proxy: &Proxy) -> f64 {
     proxy.metric("sluice_slabs_in_use").unwrap()
 }
@@ -86,15 +111,8 @@ fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
     let proxy =
         Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n[timeouts]\nbuffer_stall = 1\n").workers(1).start();
     let host = origin.host();
-    // Connected while the budget is free: it holds no buffer until it asks.
-    let mut patient = TcpStream::connect(proxy.addr()).unwrap();
     // 40: each holds one slab, past twice the budget (as in the test above).
-    let mut stuck: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 41.0).unwrap();
-    for c in &mut stuck {
-        c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-            .unwrap();
-    }
+    let (mut patient, mut stuck) = patient_and_stuck(&proxy, &host, 40);
     proxy
         .wait_metric("sluice_buffer_waiting", Duration::from_secs(10), |v| v > 0.0)
         .expect("reads past the budget wait");
@@ -110,15 +128,8 @@ fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
             started
         })
         .expect("some stuck reader's answer started");
-    patient
-        .write_all(format!("GET /bytes/1000 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
     // Without the stall sweep it would wait for timeouts.io_idle (300 s).
-    patient.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut got = Vec::new();
-    patient.read_to_end(&mut got).expect("the waiting client is served");
-    assert!(got.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&got[..got.len().min(80)]));
-    assert!(got.ends_with(&pattern(1000)));
+    patient_is_served(&mut patient, &host, 20);
     // The close is counted in the same run that frees the buffer, but the metrics are
     // read over another connection: poll, do not sample once.
     let counted = proxy.wait_metric("sluice_buffer_stall_closes_total", Duration::from_secs(5), |v| v >= 1.0);
@@ -190,23 +201,10 @@ fn an_answer_is_read_while_slow_readers_spend_the_budget() {
     let proxy =
         Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n[timeouts]\nbuffer_stall = 300\n").workers(1).start();
     let host = origin.host();
-    let mut patient = TcpStream::connect(proxy.addr()).unwrap();
-    let mut stuck: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 21.0).unwrap();
-    for c in &mut stuck {
-        c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-            .unwrap();
-    }
+    let (mut patient, stuck) = patient_and_stuck(&proxy, &host, 20);
     // 20 slabs, one per stuck reader: past the budget of 16, below twice it.
     proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v >= 20.0).expect("the budget is spent");
-    patient
-        .write_all(format!("GET /bytes/1000 HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-        .unwrap();
-    patient.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut got = Vec::new();
-    patient.read_to_end(&mut got).expect("the answer is read and relayed");
-    assert!(got.starts_with(b"HTTP/1.1 200 "), "{:?}", String::from_utf8_lossy(&got[..got.len().min(80)]));
-    assert!(got.ends_with(&pattern(1000)));
+    patient_is_served(&mut patient, &host, 10);
     assert_eq!(proxy.metric("sluice_buffer_stall_closes_total").unwrap(), 0.0);
     drop(stuck);
     proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v == 0.0).expect("buffers come back");
