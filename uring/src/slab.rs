@@ -64,6 +64,10 @@ pub struct SlabPool {
     /// The other connections waiting for the budget, woken in arrival order while there
     /// is room under the budget, after the holders.
     waiting: std::collections::VecDeque<crate::ConnId>,
+    /// The connections in either queue: one woken by something else while queued (its
+    /// own write completing) that must wait again keeps its place instead of queueing
+    /// twice, which would count it twice for the stall sweep.
+    queued: std::collections::HashSet<crate::ConnId>,
     /// Reads that had to wait for the budget.
     waits: u64,
 }
@@ -90,6 +94,7 @@ impl SlabPool {
                 budget: usize::MAX,
                 waiting_holders: std::collections::VecDeque::new(),
                 waiting: std::collections::VecDeque::new(),
+                queued: std::collections::HashSet::new(),
                 waits: 0,
             });
         }
@@ -116,6 +121,7 @@ impl SlabPool {
             budget: usize::MAX,
             waiting_holders: std::collections::VecDeque::new(),
             waiting: std::collections::VecDeque::new(),
+            queued: std::collections::HashSet::new(),
             waits: 0,
         })
     }
@@ -147,6 +153,9 @@ impl SlabPool {
     /// as for [`SlabPool::must_wait`], which said it must wait.
     pub fn wait_for_slab(&mut self, id: crate::ConnId, holds_one: bool) {
         self.waits += 1;
+        if !self.queued.insert(id) {
+            return;
+        }
         if holds_one {
             self.waiting_holders.push_back(id);
         } else {
@@ -166,6 +175,7 @@ impl SlabPool {
         {
             while outstanding < limit {
                 let Some(id) = queue.pop_front() else { break };
+                self.queued.remove(&id);
                 wakes.wake(id);
                 outstanding += 1;
             }
@@ -502,5 +512,26 @@ mod tests {
         assert_eq!(woken(&mut pool), vec![other], "under the budget: the others");
         assert_eq!(pool.waiters(), (0, 3));
         pool.release(held.pop().unwrap());
+    }
+
+    #[test]
+    fn a_connection_that_waits_again_while_queued_keeps_its_one_place() {
+        let mut pool = SlabPool::new(1).unwrap();
+        pool.set_budget(1);
+        let a = pool.take();
+        let mut conns: crate::Conns<()> = crate::Conns::new();
+        let (x, y) = (conns.insert(()), conns.insert(()));
+        pool.wait_for_slab(x, false);
+        pool.wait_for_slab(y, false);
+        pool.wait_for_slab(x, false);
+        assert_eq!(pool.waiters(), (2, 3), "x counted once; every wait counted");
+        pool.release(a);
+        let wakes = crate::ReadyQueue::new();
+        pool.wake_waiters(&wakes);
+        let mut woken = Vec::new();
+        wakes.drain_into(&mut woken);
+        assert_eq!(woken, vec![x], "x keeps its first place");
+        pool.wait_for_slab(x, false);
+        assert_eq!(pool.waiters(), (2, 4), "woken, x may queue again");
     }
 }
