@@ -39,15 +39,20 @@ fn patient_is_served(patient: &mut TcpStream, host: &str, secs: u64) {
     assert!(got.ends_with(&pattern(1000)));
 }
 
+/// An origin, and a proxy with one worker and a budget of 1 MiB (16 slabs of 64 KiB);
+/// `timeouts` is its `[timeouts]` section, if any.
+fn one_mib_budget(timeouts: &str) -> (Origin, Proxy) {
+    let proxy = Proxy::builder(&format!("[limits]\nbuffer_mib_per_worker = 1\n{timeouts}")).workers(1).start();
+    (Origin::start(), proxy)
+}
+
 fn slabs_in_use(proxy: &Proxy) -> f64 {
     proxy.metric("sluice_slabs_in_use").unwrap()
 }
 
 #[test]
 fn slow_readers_wait_for_the_budget_and_every_byte_arrives() {
-    let origin = Origin::start();
-    // 1 MiB: 16 slabs of 64 KiB.
-    let proxy = Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n").workers(1).start();
+    let (origin, proxy) = one_mib_budget("");
     assert_eq!(proxy.metric("sluice_buffer_budget_slabs").unwrap(), 16.0);
     // Connected while the budget is free (an idle client holds no buffer)... Each holds one
     // slab once its answer streams (its request's went back once the request was out),
@@ -107,9 +112,7 @@ fn slow_readers_wait_for_the_budget_and_every_byte_arrives() {
 /// `timeouts.buffer_stall` are closed, and the waiting client is served.
 #[test]
 fn stuck_readers_are_closed_oldest_first_when_others_wait_for_the_budget() {
-    let origin = Origin::start();
-    let proxy =
-        Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n[timeouts]\nbuffer_stall = 1\n").workers(1).start();
+    let (origin, proxy) = one_mib_budget("[timeouts]\nbuffer_stall = 1\n");
     let host = origin.host();
     // 40: each holds one slab, past twice the budget (as in the test above).
     let (mut patient, mut stuck) = patient_and_stuck(&proxy, &host, 40);
@@ -197,9 +200,7 @@ fn an_exchange_waiting_for_its_origin_holds_one_buffer() {
 /// exchange finish and give its buffers back. No stall close is needed for it.
 #[test]
 fn an_answer_is_read_while_slow_readers_spend_the_budget() {
-    let origin = Origin::start();
-    let proxy =
-        Proxy::builder("[limits]\nbuffer_mib_per_worker = 1\n[timeouts]\nbuffer_stall = 300\n").workers(1).start();
+    let (origin, proxy) = one_mib_budget("[timeouts]\nbuffer_stall = 300\n");
     let host = origin.host();
     let (mut patient, stuck) = patient_and_stuck(&proxy, &host, 20);
     // 20 slabs, one per stuck reader: past the budget of 16, below twice it.

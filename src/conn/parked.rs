@@ -15,9 +15,9 @@
 //!   idempotent one on a reused connection). A cleartext exchange with nothing pipelined
 //!   then holds one slab, the one its response is read into, instead of two: 1,024 busy
 //!   origin connections no longer spend a worker's whole default budget, which refuses
-//!   new clients. Reading the response still counts as a
-//!   holder's read for the budget (`Connection::read`): it finishes work in flight, so
-//!   exchanges finish before new requests are read.
+//!   new clients. Reading the response still counts as a holder's read for the budget
+//!   (`Connection::read`): it finishes work in flight, so exchanges finish before new
+//!   requests are read.
 //!
 //! [`unpark`] puts the bytes back in a slab, after its headroom, when the queued
 //! request is woken, before a 504 for its wait, and for a retry; bytes the client sent

@@ -458,6 +458,14 @@ mod tests {
         pool.release(b);
     }
 
+    /// Runs `wake_waiters` and returns whom it woke, in order.
+    fn woken(pool: &mut SlabPool, wakes: &crate::ReadyQueue) -> Vec<crate::ConnId> {
+        pool.wake_waiters(wakes);
+        let mut woken = Vec::new();
+        wakes.drain_into(&mut woken);
+        woken
+    }
+
     #[test]
     fn the_budget_holds_back_new_holders_then_everyone_and_wakes_waiters_as_slabs_return() {
         let mut pool = SlabPool::new(2).unwrap();
@@ -479,10 +487,7 @@ mod tests {
         for s in [d, c, b] {
             pool.release(s);
         }
-        pool.wake_waiters(&wakes);
-        let mut woken = Vec::new();
-        wakes.drain_into(&mut woken);
-        assert_eq!(woken, vec![x], "room for one under the budget: the first waiter");
+        assert_eq!(woken(&mut pool, &wakes), vec![x], "room for one under the budget: the first waiter");
         assert_eq!(pool.waiters(), (1, 2));
         pool.release(a);
     }
@@ -498,18 +503,12 @@ mod tests {
         pool.wait_for_slab(first, true);
         pool.wait_for_slab(second, true);
         let wakes = crate::ReadyQueue::new();
-        let woken = |pool: &mut SlabPool| {
-            pool.wake_waiters(&wakes);
-            let mut woken = Vec::new();
-            wakes.drain_into(&mut woken);
-            woken
-        };
         pool.release(held.pop().unwrap());
-        assert_eq!(woken(&mut pool), vec![first], "room for one under twice the budget: the first holder");
+        assert_eq!(woken(&mut pool, &wakes), vec![first], "room for one under twice the budget: the first holder");
         pool.release(held.pop().unwrap());
-        assert_eq!(woken(&mut pool), vec![second], "the holders still come first");
+        assert_eq!(woken(&mut pool, &wakes), vec![second], "the holders still come first");
         pool.release(held.pop().unwrap());
-        assert_eq!(woken(&mut pool), vec![other], "under the budget: the others");
+        assert_eq!(woken(&mut pool, &wakes), vec![other], "under the budget: the others");
         assert_eq!(pool.waiters(), (0, 3));
         pool.release(held.pop().unwrap());
     }
@@ -527,10 +526,7 @@ mod tests {
         assert_eq!(pool.waiters(), (2, 3), "x counted once; every wait counted");
         pool.release(a);
         let wakes = crate::ReadyQueue::new();
-        pool.wake_waiters(&wakes);
-        let mut woken = Vec::new();
-        wakes.drain_into(&mut woken);
-        assert_eq!(woken, vec![x], "x keeps its first place");
+        assert_eq!(woken(&mut pool, &wakes), vec![x], "x keeps its first place");
         pool.wait_for_slab(x, false);
         assert_eq!(pool.waiters(), (2, 4), "woken, x may queue again");
     }
