@@ -244,7 +244,8 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             }
         }
     }
-    if !conn.client.input.is_empty() {
+    // Bytes in the stash (the budget refused them a slab) are the next request's too.
+    if !conn.client.input.is_empty() || conn.client_stash.is_some() {
         conn.phase = next;
         let t = ctx.cfg.timeouts.request_head;
         conn.set_deadline(io, ctx, t);
@@ -352,7 +353,8 @@ fn incomplete_request_head(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>
     if conn.client.error.is_some() {
         return NextStep::Close;
     }
-    if conn.client.eof {
+    // The rest of the head may wait in the stash, sent before the client's end.
+    if conn.client.eof && conn.client_stash.is_none() {
         if conn.client.input.is_empty() {
             return NextStep::Close;
         }

@@ -267,8 +267,9 @@ pub struct Connection {
     pub(crate) close_reason: Option<CloseReason>,
     /// When it was accepted (its age in `/debug/connections`), in 8 bytes.
     pub(crate) accepted: view::Stamp,
-    /// Client bytes the multishot receive delivered while `client.input` was lent or
-    /// full (`multishot`): they go in before any byte read later.
+    /// Client bytes a receive delivered while `client.input` was lent or full, or had no
+    /// slab and the buffer budget refused it one (`multishot`): they go in before any byte
+    /// read later.
     /// (Boxed: one pointer on every connection, for a rarely used vector.)
     #[allow(clippy::box_collection)]
     pub(crate) client_stash: Option<Box<Vec<u8>>>,
@@ -644,12 +645,7 @@ impl Connection {
         match (provided, result) {
             (Some(p), n) => {
                 if n > 0 {
-                    let bytes = ctx.ring.provided_bytes(&p);
-                    if let Some(room) = self.client.input.room_mut(ctx.pool) {
-                        let k = bytes.len().min(room.len());
-                        room[..k].copy_from_slice(&bytes[..k]);
-                        self.client.input.filled(k);
-                    }
+                    multishot::take_client_bytes(self, ctx, &p);
                     self.bytes_in += n as u64;
                     stats::bump(&ctx.stats.bytes_from_clients, n as u64);
                 } else if n == 0 {

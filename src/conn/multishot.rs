@@ -24,7 +24,18 @@
 //! `client.input` (to the TLS session's `raw_in` once one took over), or, while that
 //! buffer is lent to a write or full, to `Connection::client_stash` (on the heap), which
 //! is moved in, ahead of any later byte, as soon as there is room. The stash holds at most
-//! what the kernel delivers between the decision and the cancel (one batch). A receive that ends by itself (EOF,
+//! what the kernel delivers between the decision and the cancel (one batch).
+//!
+//! **The buffer budget** applies to these bytes as to any read (`Connection::read`): a
+//! connection holding no slab (a keep-alive client between requests, a new client's first
+//! bytes, which come through the same provided buffers) takes one for them only below
+//! twice the budget, as a holder's read would (the slab goes back once the request is
+//! out). Past that they wait in the stash, the receive is cancelled, and the connection
+//! queues for the budget; its wake moves them in. So clients that each send part of a
+//! request and stop (slowloris) hold at most twice the budget in slabs, and a few KiB of
+//! heap each past it, instead of a slab each however many they are.
+//!
+//! A receive that ends by itself (EOF,
 //! an error, `-ENOBUFS` when no provided buffer is free) is not re-armed at once: the
 //! phase reads the ordinary way, and the next keep-alive wait arms a new one. The
 //! receive counts as one operation in flight until its last completion (no "more"
@@ -32,7 +43,7 @@
 //! TLS client legs never arm one (their bytes go through the session).
 
 use super::leg::ClientWait;
-use super::{tag, Connection, Ctx, NextStep, Phase};
+use super::{tag, Connection, Ctx, NextStep, Phase, Role};
 use crate::stats;
 use std::os::fd::RawFd;
 use uring::{Io, Op, ProvidedBuf};
@@ -67,9 +78,15 @@ impl Connection {
             return Some(NextStep::Continue);
         }
         match self.client.wait {
-            // Nothing could move (the buffer is lent or full): a read now would overtake
-            // the stash. The completion that gives the buffer back drains it.
-            _ if self.client_stash.is_some() => Some(NextStep::Wait),
+            // Nothing could move: a read now would overtake the stash. The buffer is lent
+            // or full (the completion that gives it back, or the phase that takes its
+            // bytes, drains the stash), or the budget refused it a slab (its wake does).
+            _ if self.client_stash.is_some() => {
+                if !budget_allows(self, ctx.pool) {
+                    ctx.pool.wait_for_slab(io.id(), RECEIVED_BYTES_HOLD);
+                }
+                Some(NextStep::Wait)
+            }
             ClientWait::Multishot if self.wants_multishot() => Some(NextStep::Wait),
             ClientWait::Multishot | ClientWait::Cancelling => {
                 self.stop_multishot(io, ctx);
@@ -140,7 +157,7 @@ impl Connection {
 
 /// Appends the bytes of a provided buffer behind whatever came before them (the stash
 /// first); what does not fit is stashed. False when anything was stashed.
-fn take_client_bytes(conn: &mut Connection, ctx: &mut Ctx<'_>, p: &ProvidedBuf) -> bool {
+pub(crate) fn take_client_bytes(conn: &mut Connection, ctx: &mut Ctx<'_>, p: &ProvidedBuf) -> bool {
     let bytes = ctx.ring.provided_bytes(p);
     // While an exchange may send its request head again (a retry rewinds `input.start`),
     // the bytes in the buffer must stay where they are.
@@ -157,6 +174,9 @@ fn take_client_bytes(conn: &mut Connection, ctx: &mut Ctx<'_>, p: &ProvidedBuf) 
 /// buffer once one took over (then decrypts); returns how many bytes fit (none while
 /// the buffer is lent).
 fn append(conn: &mut Connection, pool: &mut uring::SlabPool, bytes: &[u8], compact: bool) -> usize {
+    if !budget_allows(conn, pool) {
+        return 0;
+    }
     let leg = &mut conn.client;
     let buf = match leg.tls.as_mut() {
         Some(t) => &mut t.raw_in,
@@ -177,4 +197,21 @@ fn append(conn: &mut Connection, pool: &mut uring::SlabPool, bytes: &[u8], compa
         }
     }
     n
+}
+
+/// Received bytes wait for the budget as a holder's read does, at twice the budget: the
+/// slab they take is held only until their request is out (`conn::parked::release_sent`)
+/// or parked in the origin's queue, so between once and twice the budget requests of
+/// clients already connected are still served while slow readers hold the rest.
+const RECEIVED_BYTES_HOLD: bool = true;
+
+/// The buffer budget (`Connection::read`) applies to received bytes as to reads: a buffer
+/// with no slab (in hand or lent) takes one only while the budget has room for it
+/// ([`RECEIVED_BYTES_HOLD`]). Otherwise the bytes wait in the stash (one receive's worth
+/// at most: the receive is cancelled) and the connection queues for the budget
+/// (`multishot_gate`).
+fn budget_allows(conn: &Connection, pool: &uring::SlabPool) -> bool {
+    let leg = &conn.client;
+    let buf = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
+    conn.role != Role::Proxy || buf.holds_slab() || !pool.must_wait(RECEIVED_BYTES_HOLD)
 }

@@ -28,7 +28,7 @@ pub(crate) fn detect(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> N
     }
     let data = conn.client.input.data(ctx.pool);
     if data.len() < 2 {
-        if conn.client.ended() {
+        if conn.client.ended() && conn.client_stash.is_none() {
             return NextStep::Close;
         }
         return conn.read(io, ctx, Side::Client);

@@ -312,6 +312,32 @@ fn closing_with_the_receive_armed_frees_the_slot_after_its_last_completion() {
     assert_eq!(h.sim().free_buffers(), BUFFERS as usize);
 }
 
+#[test]
+fn a_request_that_waited_for_the_budget_is_served_though_the_client_ended_meanwhile() {
+    let mut h = Harness::new(|cfg| cfg.limits.buffer_mib_per_worker = 1);
+    h.sim().provide_buffers(BUFFERS, BUFFER_SIZE);
+    let (client, origin) = armed_client(&mut h);
+    // Other connections hold twice the budget of 16 slabs.
+    let held: Vec<_> = (0..32).map(|_| h.worker.env.uring.pool_mut().take()).collect();
+    // The client's next request and its end (a half-close) arrive in one batch.
+    let request = get("/late", 0);
+    assert_eq!(h.sim().deliver(client, &request), request.len());
+    assert_eq!(h.sim().deliver(client, b""), 0);
+    h.turn();
+    assert_eq!(h.slabs_out(), 32, "the request's bytes took no slab past twice the budget");
+    assert!(!h.has(|op| op.names(origin)), "nothing went to the origin yet");
+    assert_eq!(h.worker.env.uring.pool().waiters().0, 1, "the connection waits for the budget");
+    // The slabs come back: the request that waited on the heap goes out, and the answer
+    // comes back although the client said it has nothing more to send.
+    for slab in held {
+        h.worker.env.uring.pool_mut().release(slab);
+    }
+    h.turn();
+    assert_eq!(first_line(&h.received_by(origin)), "GET /late HTTP/1.1");
+    assert!(answer(&mut h, client, origin).ends_with(b"\r\n\r\nhi"));
+    assert_eq!(h.worker.env.uring.pool().waiters().0, 0);
+}
+
 fn pattern_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|i| b'a' + (i * 7 % 26) as u8).collect()
 }
