@@ -144,6 +144,41 @@ fn partial_requests_past_twice_the_budget_wait_without_a_buffer() {
     assert_eq!(proxy.metric("sluice_buffer_waiting").unwrap(), 0.0);
 }
 
+/// A request whose bytes wait for the budget has started: its deadline answers it 408,
+/// as it does a request whose head came in part, instead of closing it like an idle
+/// keep-alive connection.
+#[test]
+fn a_request_waiting_for_the_budget_gets_a_408_at_its_deadline() {
+    let (origin, proxy) = one_mib_budget("[timeouts]\nrequest_head = 1\n");
+    let host = origin.host();
+    let mut waiting: Vec<Client> = (0..8).map(|_| Client::connect(proxy.addr())).collect();
+    for c in &mut waiting {
+        assert_eq!(c.get(&host, "/bytes/100").status, 200);
+    }
+    // 32 readers that read nothing of their answers hold twice the budget (one slab
+    // each), past the deadline below (`timeouts.buffer_stall` is 10 s)...
+    // (All connected before any asks: a client that connects once the budget is spent is
+    // refused.)
+    let mut stuck: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 40.0).unwrap();
+    for c in &mut stuck {
+        c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).unwrap();
+    }
+    proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v >= 32.0).expect("twice the budget spent");
+    // ...so the next requests' bytes wait on the heap until their deadline.
+    for c in &mut waiting {
+        c.send_str(&format!("GET /bytes/100 HTTP/1.1\r\nHost: {host}\r\n\r\n"));
+    }
+    let queued = proxy.wait_metric("sluice_buffer_waiting", Duration::from_secs(10), |v| v >= 8.0);
+    assert!(queued.is_ok(), "the 8 requests should wait for the budget: {queued:?}");
+    for (i, c) in waiting.iter_mut().enumerate() {
+        c.stream().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = c.try_response(false).unwrap_or_else(|e| panic!("client {i}: no answer ({e})"));
+        assert_eq!(r.status, 408, "client {i}: {}", r.describe());
+    }
+    drop(stuck);
+}
+
 /// Readers that read nothing cannot keep the budget from a client that would read: while
 /// reads wait, the oldest connections whose writes have not moved for
 /// `timeouts.buffer_stall` are closed, and the waiting client is served.

@@ -221,6 +221,14 @@ impl Connection {
         self.out.holds_slab() || leg_holds(&self.client) || leg_holds(&self.origin)
     }
 
+    /// True in the phases that read an HTTP/1.1 request's head (and the first bytes,
+    /// which tell the protocol): a slab taken for those bytes goes back once the request
+    /// is out or parked, so the buffer budget lets it go to twice the budget, as a
+    /// holder's read (`read`, and the provided-buffer receives in `multishot`).
+    pub(crate) fn reads_a_request(&self) -> bool {
+        matches!(self.phase, super::Phase::AwaitRequest | super::Phase::Detect | super::Phase::RequestHead)
+    }
+
     /// For a proxy connection that holds buffers while a write is in flight: marks that
     /// change whenever one of its bytes moves (a read or write submitted, a write partly
     /// done). The buffer-stall sweep compares them a while apart. None otherwise.
@@ -253,14 +261,19 @@ impl Connection {
         // Reading an origin's response finishes work already in flight (the request is
         // out, and the client's buffer went back with it: `conn::parked::release_sent`), so
         // it counts as a holder's read, as reading the response of a request whose buffer
-        // is still held always did; reading a client's next request is new work and waits
-        // at the budget itself.
+        // is still held always did. So does reading a request: its slab goes back once
+        // the request is out or parked, so requests of clients already connected are
+        // still served while slow readers hold between once and twice the budget (new
+        // clients are refused at the budget itself).
         let link = self.link_of(side);
         let leg = self.leg(side);
         let target = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
         let finishes_an_exchange =
             side == Side::Origin && matches!(self.phase, super::Phase::ResponseHead | super::Phase::ResponseBody);
-        let holds = self.holds_slab() || link.is_some() || finishes_an_exchange;
+        let holds = self.holds_slab()
+            || link.is_some()
+            || finishes_an_exchange
+            || (side == Side::Client && self.reads_a_request());
         // While requests wait in the upstream queue, reading an origin's response head does
         // not wait: finishing the exchanges in flight is what gives their origin
         // connections to those requests. Queued requests give their slabs back

@@ -737,7 +737,8 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     match conn.phase {
         Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => NextStep::Close,
         Phase::RequestHead => {
-            if conn.requests == 0 || !conn.client.input.is_empty() {
+            // A request whose bytes wait in the stash for the budget started too.
+            if conn.requests == 0 || !conn.client.input.is_empty() || conn.client_stash.is_some() {
                 conn.refuse(io, ctx, 408, "request head not received in time")
             } else {
                 NextStep::Close

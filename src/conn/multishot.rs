@@ -26,14 +26,16 @@
 //! is moved in, ahead of any later byte, as soon as there is room. The stash holds at most
 //! what the kernel delivers between the decision and the cancel (one batch).
 //!
-//! **The buffer budget** applies to these bytes as to any read (`Connection::read`): a
-//! connection holding no slab (a keep-alive client between requests, a new client's first
-//! bytes, which come through the same provided buffers) takes one for them only below
-//! twice the budget, as a holder's read would (the slab goes back once the request is
-//! out). Past that they wait in the stash, the receive is cancelled, and the connection
-//! queues for the budget; its wake moves them in. So clients that each send part of a
-//! request and stop (slowloris) hold at most twice the budget in slabs, and a few KiB of
-//! heap each past it, instead of a slab each however many they are.
+//! **The buffer budget** applies to these bytes as to any read of a request
+//! (`Connection::read`): a connection holding no slab (a keep-alive client between
+//! requests, a new client's first bytes, which come through the same provided buffers)
+//! takes one for them only below twice the budget, as a holder's read would (the slab
+//! goes back once the request is out). Past that they wait in the stash, the receive is
+//! not renewed (a multishot one is cancelled), and the connection queues for the budget;
+//! its wake moves them in. So clients that each send part of a request and stop
+//! (slowloris) hold at most twice the budget in slabs, and a few KiB of heap each past
+//! it, instead of a slab each however many they are; `timeouts.request_head` ends them
+//! (a 408 for a request whose bytes waited).
 //!
 //! A receive that ends by itself (EOF,
 //! an error, `-ENOBUFS` when no provided buffer is free) is not re-armed at once: the
@@ -83,7 +85,7 @@ impl Connection {
             // bytes, drains the stash), or the budget refused it a slab (its wake does).
             _ if self.client_stash.is_some() => {
                 if !budget_allows(self, ctx.pool) {
-                    ctx.pool.wait_for_slab(io.id(), RECEIVED_BYTES_HOLD);
+                    ctx.pool.wait_for_slab(io.id(), true);
                 }
                 Some(NextStep::Wait)
             }
@@ -199,19 +201,17 @@ fn append(conn: &mut Connection, pool: &mut uring::SlabPool, bytes: &[u8], compa
     n
 }
 
-/// Received bytes wait for the budget as a holder's read does, at twice the budget: the
-/// slab they take is held only until their request is out (`conn::parked::release_sent`)
-/// or parked in the origin's queue, so between once and twice the budget requests of
-/// clients already connected are still served while slow readers hold the rest.
-const RECEIVED_BYTES_HOLD: bool = true;
-
-/// The buffer budget (`Connection::read`) applies to received bytes as to reads: a buffer
-/// with no slab (in hand or lent) takes one only while the budget has room for it
-/// ([`RECEIVED_BYTES_HOLD`]). Otherwise the bytes wait in the stash (one receive's worth
-/// at most: the receive is cancelled) and the connection queues for the budget
-/// (`multishot_gate`).
+/// The buffer budget (`Connection::read`) applies to received bytes as to reads: while
+/// the connection reads a request ([`Connection::reads_a_request`]), a buffer with no
+/// slab (in hand or lent) takes one only below twice the budget, as a holder's read.
+/// Otherwise the bytes wait in the stash and the connection queues for the budget
+/// (`multishot_gate`, which every request phase reaches before reading again, so the
+/// stash holds one receive's worth at most: a one-shot receive is not renewed, a
+/// multishot one is cancelled). In other phases (an HTTP/2 session, a tunnel, the
+/// linger) the bytes take their slab as before: those phases do not read through the
+/// gate, and they bound their reads themselves.
 fn budget_allows(conn: &Connection, pool: &uring::SlabPool) -> bool {
     let leg = &conn.client;
     let buf = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
-    conn.role != Role::Proxy || buf.holds_slab() || !pool.must_wait(RECEIVED_BYTES_HOLD)
+    conn.role != Role::Proxy || buf.holds_slab() || !conn.reads_a_request() || !pool.must_wait(true)
 }
