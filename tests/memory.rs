@@ -14,17 +14,24 @@ use support::*;
 /// really leave the proxy holding data.
 const BODY: usize = 16_000_000;
 
-/// A client connected while the budget is free (it holds no buffer until it asks), then
-/// `n` clients that each ask for a large body and read none of it.
-fn patient_and_stuck(proxy: &Proxy, host: &str, n: usize) -> (TcpStream, Vec<TcpStream>) {
-    let patient = TcpStream::connect(proxy.addr()).unwrap();
+/// `n` clients that each ask for a large body and read none of it, all connected before
+/// any asks (a client that connects once the budget is spent is refused), with `others`
+/// clients already connected.
+fn stuck_readers(proxy: &Proxy, host: &str, n: usize, others: usize) -> Vec<TcpStream> {
     let mut stuck: Vec<TcpStream> = (0..n).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == (n + 1) as f64).unwrap();
+    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == (n + others) as f64).unwrap();
     for c in &mut stuck {
         c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
             .unwrap();
     }
-    (patient, stuck)
+    stuck
+}
+
+/// A client connected while the budget is free (it holds no buffer until it asks), then
+/// `n` stuck readers.
+fn patient_and_stuck(proxy: &Proxy, host: &str, n: usize) -> (TcpStream, Vec<TcpStream>) {
+    let patient = TcpStream::connect(proxy.addr()).unwrap();
+    (patient, stuck_readers(proxy, host, n, 1))
 }
 
 /// The patient asks for 1,000 bytes and gets them within `secs`.
@@ -157,13 +164,7 @@ fn a_request_waiting_for_the_budget_gets_a_408_at_its_deadline() {
     }
     // 32 readers that read nothing of their answers hold twice the budget (one slab
     // each), past the deadline below (`timeouts.buffer_stall` is 10 s)...
-    // (All connected before any asks: a client that connects once the budget is spent is
-    // refused.)
-    let mut stuck: Vec<TcpStream> = (0..32).map(|_| TcpStream::connect(proxy.addr()).unwrap()).collect();
-    proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 40.0).unwrap();
-    for c in &mut stuck {
-        c.write_all(format!("GET /bytes/{BODY} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes()).unwrap();
-    }
+    let stuck = stuck_readers(&proxy, &host, 32, waiting.len());
     proxy.wait_metric("sluice_slabs_in_use", Duration::from_secs(10), |v| v >= 32.0).expect("twice the budget spent");
     // ...so the next requests' bytes wait on the heap until their deadline.
     for c in &mut waiting {

@@ -244,8 +244,7 @@ pub(crate) fn await_request(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_
             }
         }
     }
-    // Bytes in the stash (the budget refused them a slab) are the next request's too.
-    if !conn.client.input.is_empty() || conn.client_stash.is_some() {
+    if conn.client_bytes_pending() {
         conn.phase = next;
         let t = ctx.cfg.timeouts.request_head;
         conn.set_deadline(io, ctx, t);

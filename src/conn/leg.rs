@@ -165,6 +165,19 @@ impl Leg {
         Some((sock, fixed))
     }
 
+    /// The buffer the socket's bytes are read into: `input`, or the TLS session's
+    /// ciphertext buffer once one took over.
+    pub(crate) fn inbound(&self) -> &Buf {
+        self.tls.as_ref().map_or(&self.input, |t| &t.raw_in)
+    }
+
+    pub(crate) fn inbound_mut(&mut self) -> &mut Buf {
+        match self.tls.as_mut() {
+            Some(t) => &mut t.raw_in,
+            None => &mut self.input,
+        }
+    }
+
     /// The peer is gone or the socket failed: no more bytes will come.
     pub(crate) fn ended(&self) -> bool {
         self.eof || self.error.is_some()
@@ -229,6 +242,19 @@ impl Connection {
         matches!(self.phase, super::Phase::AwaitRequest | super::Phase::Detect | super::Phase::RequestHead)
     }
 
+    /// Whether a read of `side` that needs a new slab counts as a holder's for the
+    /// buffer budget (it waits only at twice the budget: `SlabPool::must_wait`), by the
+    /// rules `read` explains: the connection holds a slab, reads through a link, finishes
+    /// an exchange (the origin's response), or reads a request.
+    pub(crate) fn budget_holds(&self, side: Side) -> bool {
+        let finishes_an_exchange =
+            side == Side::Origin && matches!(self.phase, super::Phase::ResponseHead | super::Phase::ResponseBody);
+        self.holds_slab()
+            || self.link_of(side).is_some()
+            || finishes_an_exchange
+            || (side == Side::Client && self.reads_a_request())
+    }
+
     /// For a proxy connection that holds buffers while a write is in flight: marks that
     /// change whenever one of its bytes moves (a read or write submitted, a write partly
     /// done). The buffer-stall sweep compares them a while apart. None otherwise.
@@ -266,14 +292,8 @@ impl Connection {
         // still served while slow readers hold between once and twice the budget (new
         // clients are refused at the budget itself).
         let link = self.link_of(side);
-        let leg = self.leg(side);
-        let target = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
-        let finishes_an_exchange =
-            side == Side::Origin && matches!(self.phase, super::Phase::ResponseHead | super::Phase::ResponseBody);
-        let holds = self.holds_slab()
-            || link.is_some()
-            || finishes_an_exchange
-            || (side == Side::Client && self.reads_a_request());
+        let target = self.leg(side).inbound();
+        let holds = self.budget_holds(side);
         // While requests wait in the upstream queue, reading an origin's response head does
         // not wait: finishing the exchanges in flight is what gives their origin
         // connections to those requests. Queued requests give their slabs back
@@ -403,10 +423,7 @@ impl Connection {
     pub(crate) fn read_done(&mut self, ctx: &mut Ctx<'_>, side: Side, result: i32, slab: Option<Slab>) {
         let leg = self.leg_mut(side);
         leg.reading = false;
-        let dst = match leg.tls.as_mut() {
-            Some(t) => &mut t.raw_in,
-            None => &mut leg.input,
-        };
+        let dst = leg.inbound_mut();
         if let Some(s) = slab {
             dst.give_back(s);
         }

@@ -737,8 +737,7 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     match conn.phase {
         Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => NextStep::Close,
         Phase::RequestHead => {
-            // A request whose bytes wait in the stash for the budget started too.
-            if conn.requests == 0 || !conn.client.input.is_empty() || conn.client_stash.is_some() {
+            if conn.requests == 0 || conn.client_bytes_pending() {
                 conn.refuse(io, ctx, 408, "request head not received in time")
             } else {
                 NextStep::Close

@@ -44,7 +44,7 @@
 //! flag), so `begin_close` cancels it with the others and the slot is freed only after.
 //! TLS client legs never arm one (their bytes go through the session).
 
-use super::leg::ClientWait;
+use super::leg::{ClientWait, Side};
 use super::{tag, Connection, Ctx, NextStep, Phase, Role};
 use crate::stats;
 use std::os::fd::RawFd;
@@ -68,6 +68,13 @@ impl Connection {
         }
     }
 
+    /// Client bytes a phase has not taken: in `client.input`, or in the stash (the budget
+    /// refused them a slab, or the buffer was lent or full when they came). Either way a
+    /// request has started.
+    pub(crate) fn client_bytes_pending(&self) -> bool {
+        !self.client.input.is_empty() || self.client_stash.is_some()
+    }
+
     /// The phases that read client bytes the way the multishot receive delivers them.
     fn wants_multishot(&self) -> bool {
         matches!(self.phase, Phase::AwaitRequest | Phase::RequestHead) && self.client.tls.is_none()
@@ -85,7 +92,7 @@ impl Connection {
             // bytes, drains the stash), or the budget refused it a slab (its wake does).
             _ if self.client_stash.is_some() => {
                 if !budget_allows(self, ctx.pool) {
-                    ctx.pool.wait_for_slab(io.id(), true);
+                    ctx.pool.wait_for_slab(io.id(), self.budget_holds(Side::Client));
                 }
                 Some(NextStep::Wait)
             }
@@ -180,10 +187,7 @@ fn append(conn: &mut Connection, pool: &mut uring::SlabPool, bytes: &[u8], compa
         return 0;
     }
     let leg = &mut conn.client;
-    let buf = match leg.tls.as_mut() {
-        Some(t) => &mut t.raw_in,
-        None => &mut leg.input,
-    };
+    let buf = leg.inbound_mut();
     let n = if compact {
         let Some(room) = buf.room_mut(pool) else { return 0 };
         let n = room.len().min(bytes.len());
@@ -203,7 +207,8 @@ fn append(conn: &mut Connection, pool: &mut uring::SlabPool, bytes: &[u8], compa
 
 /// The buffer budget (`Connection::read`) applies to received bytes as to reads: while
 /// the connection reads a request ([`Connection::reads_a_request`]), a buffer with no
-/// slab (in hand or lent) takes one only below twice the budget, as a holder's read.
+/// slab (in hand or lent) takes one only as `read` would let it ([`Connection::budget_holds`]:
+/// below twice the budget, as a holder's read).
 /// Otherwise the bytes wait in the stash and the connection queues for the budget
 /// (`multishot_gate`, which every request phase reaches before reading again, so the
 /// stash holds one receive's worth at most: a one-shot receive is not renewed, a
@@ -211,7 +216,8 @@ fn append(conn: &mut Connection, pool: &mut uring::SlabPool, bytes: &[u8], compa
 /// linger) the bytes take their slab as before: those phases do not read through the
 /// gate, and they bound their reads themselves.
 fn budget_allows(conn: &Connection, pool: &uring::SlabPool) -> bool {
-    let leg = &conn.client;
-    let buf = leg.tls.as_ref().map_or(&leg.input, |t| &t.raw_in);
-    conn.role != Role::Proxy || buf.holds_slab() || !conn.reads_a_request() || !pool.must_wait(true)
+    conn.role != Role::Proxy
+        || conn.client.inbound().holds_slab()
+        || !conn.reads_a_request()
+        || !pool.must_wait(conn.budget_holds(Side::Client))
 }
