@@ -125,6 +125,46 @@ fn an_upload_to_a_slow_origin_arrives_whole_and_in_order() {
     served.join().unwrap();
 }
 
+/// A client that uploads waits for its next request with a one-shot receive: a multishot
+/// one hands a body that follows its head over in 4 KiB provided buffers until its cancel
+/// lands (a third more CPU per request for 1 MiB uploads). After a smaller request the
+/// multishot receive is armed again.
+#[test]
+fn a_client_that_uploads_waits_for_its_next_request_with_a_one_shot_receive() {
+    let origin = Origin::start();
+    let proxy = Proxy::builder("").workers(1).start();
+    let host = origin.host();
+    let (armed, cancelled) = (multishot(&proxy, "armed"), multishot(&proxy, "cancelled"));
+    let mut c = keep_alive_client(&proxy, &host);
+    wait_armed(&proxy, armed, 1.0);
+    // Three uploads of 256 KiB: the first arrives through the receive armed after the
+    // GET (cancelled for its body), the next two through one-shot receives.
+    const LEN: usize = 256 << 10;
+    for i in 0..3 {
+        let mut upload = format!("POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
+        upload.extend_from_slice(&pattern(LEN));
+        let mut writer = c.stream().try_clone().unwrap();
+        let body = thread::spawn(move || writer.write_all(&upload));
+        let r = c.response();
+        body.join().unwrap().expect("the whole body was sent");
+        assert_eq!(r.status, 200, "upload {i}: {}", r.describe());
+        assert_bytes_eq(&r.body, &pattern(LEN), &format!("upload {i} echoed"));
+    }
+    // The GET after the uploads is awaited with a one-shot receive too; the wait after it
+    // is the multishot receive again.
+    let r = c.get(&host, "/bytes/10");
+    assert_eq!(r.body, pattern(10));
+    wait_armed(&proxy, armed, 2.0);
+    let r = c.get(&host, "/bytes/11");
+    assert_eq!(r.body, pattern(11), "served through the receive armed again");
+    assert_eq!(
+        multishot(&proxy, "armed") - armed,
+        2.0,
+        "armed after the first GET and after the GET that followed the uploads"
+    );
+    assert_eq!(multishot(&proxy, "cancelled") - cancelled, 1.0, "cancelled once, for the first upload's body");
+}
+
 #[test]
 fn a_request_sent_while_the_response_is_written_is_answered_next() {
     let origin = Origin::start();

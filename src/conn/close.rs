@@ -73,7 +73,7 @@ impl Connection {
             CloseReason::OriginError
         } else if self.client.eof {
             CloseReason::ClientClosed
-        } else if self.origin.eof && !matches!(self.phase, Phase::AwaitRequest) {
+        } else if self.origin.eof && !matches!(self.phase, Phase::AwaitRequest { .. }) {
             CloseReason::OriginClosed
         } else {
             CloseReason::Done

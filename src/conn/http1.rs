@@ -886,7 +886,8 @@ fn finish_exchange(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
         return NextStep::Close;
     }
     conn.keep_client_fixed(io, ctx);
-    conn.phase = Phase::AwaitRequest;
+    let request_bytes = conn.bytes_in.saturating_sub(ex.facts.bytes_in_at_start);
+    conn.phase = Phase::AwaitRequest { after_upload: request_bytes >= super::multishot::UPLOAD_BYTES };
     NextStep::Continue
 }
 

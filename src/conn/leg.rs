@@ -239,7 +239,7 @@ impl Connection {
     /// is out or parked, so the buffer budget lets it go to twice the budget, as a
     /// holder's read (`read`, and the provided-buffer receives in `multishot`).
     pub(crate) fn reads_a_request(&self) -> bool {
-        matches!(self.phase, super::Phase::AwaitRequest | super::Phase::Detect | super::Phase::RequestHead)
+        matches!(self.phase, super::Phase::AwaitRequest { .. } | super::Phase::Detect | super::Phase::RequestHead)
     }
 
     /// Whether a read of `side` that needs a new slab counts as a holder's for the

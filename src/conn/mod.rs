@@ -24,7 +24,7 @@ mod http1;
 mod http2;
 pub(crate) mod leg;
 mod log;
-mod multishot;
+pub(crate) mod multishot;
 mod origin_session;
 mod parked;
 mod stream;
@@ -147,7 +147,11 @@ pub enum Role {
 #[derive(Debug)]
 pub(crate) enum Phase {
     /// Between requests (or before the first): no slab held, waiting for readability.
-    AwaitRequest,
+    AwaitRequest {
+        /// The last request was an upload (`multishot::UPLOAD_BYTES` or more): the wait
+        /// for the next one is a one-shot receive, not the multishot one.
+        after_upload: bool,
+    },
     /// The first bytes decide: TLS ClientHello, or HTTP/1.
     Detect,
     /// Reading the ClientHello (SNI, ALPN) before choosing a certificate or passthrough.
@@ -184,7 +188,7 @@ impl Phase {
     /// The phase's name, for diagnostics and `/debug/connections`.
     pub(crate) fn name(&self) -> &'static str {
         match self {
-            Phase::AwaitRequest => "AwaitRequest",
+            Phase::AwaitRequest { .. } => "AwaitRequest",
             Phase::Detect => "Detect",
             Phase::TlsAccept => "TlsAccept",
             Phase::TlsHandshake => "TlsHandshake",
@@ -301,7 +305,7 @@ impl Connection {
             original_dst: None,
             bytes_in: 0,
             bytes_out: 0,
-            phase: if role == Role::Admin { Phase::Admin } else { Phase::AwaitRequest },
+            phase: if role == Role::Admin { Phase::Admin } else { Phase::AwaitRequest { after_upload: false } },
             acceptor: None,
             accepted_bytes: 0,
             tunnel_target: None,
@@ -365,7 +369,7 @@ impl Connection {
 
     /// True between requests (nothing in flight that a drain should wait for).
     pub fn is_idle(&self) -> bool {
-        matches!(self.phase, Phase::AwaitRequest) && self.ex.is_none() && self.is_client()
+        matches!(self.phase, Phase::AwaitRequest { .. }) && self.ex.is_none() && self.is_client()
     }
 
     pub(crate) fn client_fd(&self) -> Option<RawFd> {
@@ -436,9 +440,10 @@ impl Connection {
         // bytes arrive in one operation and no buffer is held while idle. From the first
         // keep-alive wait on, that receive is a multishot one that stays armed across
         // requests (`multishot`); a connection's first request (which may be TLS, or its
-        // only one) takes a one-shot receive. TLS clients (whose bytes go through the
-        // session) wait for readability.
-        if self.requests > 0 && self.client.tls.is_none() && ctx.ring.has_buf_ring() {
+        // only one) and the request after an upload take a one-shot receive. TLS clients
+        // (whose bytes go through the session) wait for readability.
+        let after_upload = matches!(self.phase, Phase::AwaitRequest { after_upload: true });
+        if self.requests > 0 && !after_upload && self.client.tls.is_none() && ctx.ring.has_buf_ring() {
             self.arm_multishot(io, ctx, fd);
             return;
         }
@@ -670,7 +675,7 @@ pub fn advance(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> NextSte
         let from = std::mem::discriminant(&conn.phase);
         let name = conn.phase.name();
         let step = match conn.phase {
-            Phase::AwaitRequest => http1::await_request(conn, io, ctx),
+            Phase::AwaitRequest { .. } => http1::await_request(conn, io, ctx),
             Phase::Detect => tls::detect(conn, io, ctx),
             Phase::TlsAccept => tls::accept(conn, io, ctx),
             Phase::TlsHandshake => tls::handshake(conn, io, ctx),
@@ -735,7 +740,9 @@ pub fn on_deadline(conn: &mut Connection, io: &mut Io, ctx: &mut Ctx<'_>) -> Nex
     conn.closing(CloseReason::Timeout);
     stats::bump(&ctx.stats.timeouts, 1);
     match conn.phase {
-        Phase::AwaitRequest | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => NextStep::Close,
+        Phase::AwaitRequest { .. } | Phase::Detect | Phase::TlsAccept | Phase::TlsHandshake | Phase::Admin => {
+            NextStep::Close
+        }
         Phase::RequestHead => {
             if conn.requests == 0 || conn.client_bytes_pending() {
                 conn.refuse(io, ctx, 408, "request head not received in time")

@@ -37,6 +37,15 @@
 //! it, instead of a slab each however many they are; `timeouts.request_head` ends them
 //! (a 408 for a request whose bytes waited).
 //!
+//! **Uploads.** A multishot receive hands over whatever reaches the socket until its
+//! cancel lands, in provided buffers of 4 KiB: for a request body that follows its head
+//! at once, that is every byte the kernel holds when the worker next runs its task work
+//! (about 200 KiB a request for 1 MiB uploads, each buffer a completion, a copy into the
+//! stash and one out of it). So a client whose last request carried
+//! [`UPLOAD_BYTES`] or more waits for its next one with a one-shot receive, and the body
+//! is read into the request's slab the ordinary way; it goes back to the multishot
+//! receive after a smaller request.
+//!
 //! A receive that ends by itself (EOF,
 //! an error, `-ENOBUFS` when no provided buffer is free) is not re-armed at once: the
 //! phase reads the ordinary way, and the next keep-alive wait arms a new one. The
@@ -49,6 +58,10 @@ use super::{tag, Connection, Ctx, NextStep, Phase, Role};
 use crate::stats;
 use std::os::fd::RawFd;
 use uring::{Io, Op, ProvidedBuf};
+
+/// A request of this many bytes or more (head and body, as received) is an upload: the
+/// client's next keep-alive wait takes a one-shot receive instead of the multishot one.
+pub(crate) const UPLOAD_BYTES: u64 = 16 * 1024;
 
 impl Connection {
     /// Arms the multishot receive on the client socket (the keep-alive wait).
@@ -77,7 +90,7 @@ impl Connection {
 
     /// The phases that read client bytes the way the multishot receive delivers them.
     fn wants_multishot(&self) -> bool {
-        matches!(self.phase, Phase::AwaitRequest | Phase::RequestHead) && self.client.tls.is_none()
+        matches!(self.phase, Phase::AwaitRequest { .. } | Phase::RequestHead) && self.client.tls.is_none()
     }
 
     /// Before a client read of its own: `Some(step)` when the multishot receive or the
@@ -135,7 +148,7 @@ impl Connection {
             // wait reads them the ordinary way; another phase reads them when it reads.
             (None, r) if r == -libc::ENOBUFS => {
                 stats::bump(&ctx.stats.multishot_nobufs, 1);
-                if matches!(self.phase, Phase::AwaitRequest) {
+                if matches!(self.phase, Phase::AwaitRequest { .. }) {
                     self.client.readable = true;
                 }
             }

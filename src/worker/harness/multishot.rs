@@ -152,7 +152,31 @@ fn an_upload_to_a_slow_origin_stops_the_receive_until_the_origin_takes_the_body(
     assert_body(&at_origin, &body);
     let response = answer(&mut h, client, origin);
     assert!(response.ends_with(b"\r\n\r\nhi"));
-    assert!(multishot_on(&mut h, client), "armed again once the exchange is over");
+    // The request was an upload: the next one is awaited with a one-shot receive, so a
+    // next upload's body is not handed over in provided buffers until a cancel lands.
+    assert!(!multishot_on(&mut h, client), "no multishot receive after an upload");
+    assert!(h.has(|op| *op == SimOp::RecvSelect { fd: client }), "a one-shot receive waits for the next request");
+    // A small request: the wait after it is the multishot receive again.
+    exchange(&mut h, client, Some(origin));
+    assert!(multishot_on(&mut h, client), "armed again after a request that was no upload");
+    // An upload of UPLOAD_BYTES: it arrives through the multishot receive armed before
+    // it, and the wait after it is one-shot again. Its body is read the ordinary way.
+    let body = pattern_bytes(crate::conn::multishot::UPLOAD_BYTES as usize);
+    let head =
+        format!("POST http://192.0.2.10/up HTTP/1.1\r\nHost: 192.0.2.10\r\nContent-Length: {}\r\n\r\n", body.len());
+    let mut first = head.into_bytes();
+    first.extend_from_slice(&body[..1000]);
+    h.send_from(client, &first);
+    let origin = origin_of_request(&mut h);
+    let mut at_origin = h.received_by(origin);
+    h.turn(); // the multishot receive, cancelled for the body's read, ends
+    let recv = h.take("the body's receive", |_, op| matches!(op, SimOp::Recv { fd, .. } if *fd == client));
+    h.sim().complete_recv(recv, &body[1000..]);
+    h.turn();
+    at_origin.extend(h.received_by(origin));
+    assert_body(&at_origin, &body);
+    assert!(answer(&mut h, client, origin).ends_with(b"\r\n\r\nhi"));
+    assert!(!multishot_on(&mut h, client), "no multishot receive after an upload of UPLOAD_BYTES");
 }
 
 /// What the origin got is `POST /up` with exactly `body` after its head.
