@@ -2,9 +2,10 @@
 //! ring: a keep-alive client's later requests arrive through one receive that stays
 //! armed across exchanges. Each test plays a hazard of keeping it armed: a burst of
 //! pipelined requests, an upload to an origin slower than the client, a request sent
-//! before the previous response is out, and a provided-buffer shortage across many
-//! connections. Every byte must arrive, in order. (Closing with the receive armed is in
-//! tests/lifecycle.rs.)
+//! before the previous response is out, and many connections' receives ending mid-burst
+//! (at their byte limit, or out of provided buffers). Every byte must arrive, in order.
+//! A client that uploads waits with a one-shot receive instead. (Closing with the
+//! receive armed is in tests/lifecycle.rs.)
 
 mod support;
 
@@ -162,7 +163,9 @@ fn a_client_that_uploads_waits_for_its_next_request_with_a_one_shot_receive() {
         2.0,
         "armed after the first GET and after the GET that followed the uploads"
     );
-    assert_eq!(multishot(&proxy, "cancelled") - cancelled, 1.0, "cancelled once, for the first upload's body");
+    // The first upload's body stopped the receive armed after the GET: a cancel, unless
+    // it had ended by itself at its byte limit first (uring::MULTISHOT_LIMIT).
+    assert!(multishot(&proxy, "cancelled") - cancelled <= 1.0, "cancelled at most once, for the first upload's body");
 }
 
 #[test]
@@ -189,18 +192,21 @@ fn a_request_sent_while_the_response_is_written_is_answered_next() {
 }
 
 #[test]
-fn many_connections_bursting_at_once_get_through_a_provided_buffer_shortage() {
+fn many_connections_bursting_at_once_get_every_byte_though_their_receives_end_mid_burst() {
     let origin = Origin::start();
     let proxy = Proxy::builder("").workers(1).start();
     let host = origin.host();
     let armed = multishot(&proxy, "armed");
-    let mut clients: Vec<Client> = (0..64).map(|_| keep_alive_client(&proxy, &host)).collect();
-    wait_armed(&proxy, armed, 64.0);
+    // Each receive takes at most 4 buffers where the kernel limits it to 16 KiB
+    // (uring::MULTISHOT_LIMIT), 16 where it does not: 200 connections ask for 800 or more.
+    const CLIENTS: usize = 200;
+    let mut clients: Vec<Client> = (0..CLIENTS).map(|_| keep_alive_client(&proxy, &host)).collect();
+    wait_armed(&proxy, armed, CLIENTS as f64);
     let burst: String = (0..24).map(|i| get_padded(&host, &format!("/bytes/{}", 200 + i), 2700)).collect();
     assert!(burst.len() > 60 << 10);
     // With the proxy stopped, every connection's burst waits in its socket; when it runs
-    // again its receives all find bytes at once: 64 bursts of 16 provided buffers each
-    // against 512 buffers on the ring.
+    // again its receives all find bytes at once: 200 bursts of 4 provided buffers or more
+    // each against 512 buffers on the ring.
     let pid = proxy.pid().to_string();
     assert!(std::process::Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
     for c in &mut clients {
@@ -213,13 +219,18 @@ fn many_connections_bursting_at_once_get_through_a_provided_buffer_shortage() {
             assert_bytes_eq(&r.body, &pattern(200 + i), &format!("client {n}, response {i}"));
         }
     }
-    assert!(multishot(&proxy, "nobufs") > 0.0, "the burst ran the ring out of provided buffers");
+    // Each burst's receive ended before the burst did: at its byte limit where the kernel
+    // takes one (each ends after 4 buffers, and the worker recycles them between task-work
+    // rounds), else in a provided-buffer shortage (the shortage alone is played in
+    // memory: src/worker/harness/multishot.rs).
+    let (nobufs, limit) = (multishot(&proxy, "nobufs"), multishot(&proxy, "limit"));
+    assert!(nobufs + limit > 0.0, "receives ended mid-burst: {nobufs} out of buffers, {limit} at their limit");
     // Each connection goes on, with a receive armed again once its burst was served
-    // (each burst ended its receive: cancelled, or out of buffers).
+    // (each burst ended its receive: cancelled, at its limit, or out of buffers).
     for c in &mut clients {
         assert_eq!(c.get(&host, "/bytes/5").body, pattern(5));
     }
-    wait_armed(&proxy, armed, 128.0);
+    wait_armed(&proxy, armed, 2.0 * CLIENTS as f64);
 }
 
 #[test]

@@ -24,7 +24,10 @@
 //! `client.input` (to the TLS session's `raw_in` once one took over), or, while that
 //! buffer is lent to a write or full, to `Connection::client_stash` (on the heap), which
 //! is moved in, ahead of any later byte, as soon as there is room. The stash holds at most
-//! what the kernel delivers between the decision and the cancel (one batch).
+//! what the kernel delivers between the decision and the cancel (one batch), and never
+//! more than [`uring::MULTISHOT_LIMIT`] (16 KiB) where the kernel takes that limit (Linux
+//! 6.17): the receive then ends by itself once it has delivered that much, like a receive
+//! that ran out of provided buffers (below), and the next keep-alive wait arms another.
 //!
 //! **The buffer budget** applies to these bytes as to any read of a request
 //! (`Connection::read`): a connection holding no slab (a keep-alive client between
@@ -40,8 +43,8 @@
 //! **Uploads.** A multishot receive hands over whatever reaches the socket until its
 //! cancel lands, in provided buffers of 4 KiB: for a request body that follows its head
 //! at once, that is every byte the kernel holds when the worker next runs its task work
-//! (about 200 KiB a request for 1 MiB uploads, each buffer a completion, a copy into the
-//! stash and one out of it). So a client whose last request carried
+//! (about 200 KiB a request for 1 MiB uploads without the byte limit, each buffer a
+//! completion, a copy into the stash and one out of it). So a client whose last request carried
 //! [`UPLOAD_BYTES`] or more waits for its next one with a one-shot receive, and the body
 //! is read into the request's slab the ordinary way; it goes back to the multishot
 //! receive after a smaller request.
@@ -134,6 +137,10 @@ impl Connection {
         match (provided, result) {
             (Some(p), n) => {
                 if n > 0 {
+                    if !more {
+                        // Bytes and no "more": the receive reached its byte limit.
+                        stats::bump(&ctx.stats.multishot_limits, 1);
+                    }
                     kept_all = take_client_bytes(self, ctx, &p);
                     if self.client.tls.is_none() {
                         self.bytes_in += n as u64;

@@ -31,6 +31,7 @@ pub mod conns;
 #[macro_use]
 pub mod files;
 pub mod pipe;
+mod recv_limit;
 pub mod ring;
 pub mod sim;
 pub mod slab;
@@ -41,6 +42,7 @@ pub mod wake;
 pub use conns::{ConnId, Conns, Event, Io, Slot};
 pub use files::FixedFile;
 pub use pipe::Pipe;
+pub use recv_limit::MULTISHOT_LIMIT;
 pub use ring::{Completion, Op, ProvidedBuf, Ring, RingStats, Uring};
 pub use sim::{Sim, SimOp};
 pub use slab::{Slab, SlabPool, SLAB_SIZE};

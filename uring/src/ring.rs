@@ -214,6 +214,9 @@ pub struct Ring {
     pub(crate) stats: RingStats,
     fixed_buffers: bool,
     buf_ring: Option<BufRing>,
+    /// The kernel takes a multishot receive's byte limit (`recv_limit`): `RecvMulti`
+    /// carries [`recv_limit::MULTISHOT_LIMIT`].
+    multishot_limit: bool,
     /// The registered file table, once `register_files` made one (`files`).
     pub(crate) files: Option<FileTable>,
     /// Table slots let go of outside the ring (dropped tokens, freed connection slots).
@@ -222,9 +225,9 @@ pub struct Ring {
 
 const BUF_GROUP: u16 = 1;
 /// `IORING_RECVSEND_POLL_FIRST` (linux/io_uring.h, 5.19+): arm the poll before trying.
-const RECVSEND_POLL_FIRST: u16 = 1;
+pub(crate) const RECVSEND_POLL_FIRST: u16 = 1;
 /// `IORING_RECV_MULTISHOT` (linux/io_uring.h, 6.0+): the receive stays armed.
-const RECV_MULTISHOT: u16 = 1 << 1;
+pub(crate) const RECV_MULTISHOT: u16 = 1 << 1;
 const PROVIDED_BUFFERS: u16 = 512;
 const PROVIDED_SIZE: u32 = 4096;
 /// io_uring worker threads per ring: bounded (regular files; unused) and unbounded
@@ -335,7 +338,9 @@ impl Ring {
             let _ = ring.submitter().register_iowq_aff(&set);
         }
         let _ = ring.submitter().register_iowq_max_workers(&mut [IOWQ_MAX_BOUNDED, IOWQ_MAX_UNBOUNDED]);
-        Ok(Ring::with_backend(Backend::Kernel(ring), pool, fixed_buffers, buf_ring, entries))
+        let mut ring = Ring::with_backend(Backend::Kernel(ring), pool, fixed_buffers, buf_ring, entries);
+        ring.multishot_limit = crate::recv_limit::kernel_takes_it();
+        Ok(ring)
     }
 
     fn with_backend(
@@ -351,6 +356,7 @@ impl Ring {
             pool_id: pool.id(),
             arena_bound: false,
             buf_ring,
+            multishot_limit: false,
             backlog: VecDeque::new(),
             cqes: Vec::with_capacity(entries as usize * 4),
             tick: Box::new(types::Timespec::new()),
@@ -376,6 +382,15 @@ impl Ring {
         match &self.backend {
             Backend::Memory(sim) => sim.has_provided(),
             Backend::Kernel(_) => self.buf_ring.is_some(),
+        }
+    }
+
+    /// True when a multishot receive ends by itself after [`crate::MULTISHOT_LIMIT`]
+    /// bytes (a kernel that takes the limit, and the in-memory ring, which models one).
+    pub fn multishot_limited(&self) -> bool {
+        match &self.backend {
+            Backend::Memory(_) => true,
+            Backend::Kernel(_) => self.multishot_limit,
         }
     }
 
@@ -501,12 +516,18 @@ impl Ring {
                 };
                 // `opcode::RecvMulti` with poll-first: it is armed on an idle connection.
                 // Length 0: each completion takes up to one whole provided buffer. Its table
-                // slot (if any) stays in use until the final completion (no `more` flag).
-                on_file!(file, |f| opcode::Recv::new(f, std::ptr::null_mut(), 0)
+                // slot (if any) stays in use until the final completion (no `more` flag),
+                // which comes by itself after MULTISHOT_LIMIT bytes where the kernel can.
+                let entry = on_file!(file, |f| opcode::Recv::new(f, std::ptr::null_mut(), 0)
                     .buf_group(bgid)
                     .ioprio(RECV_MULTISHOT | RECVSEND_POLL_FIRST)
                     .build())
-                .flags(squeue::Flags::BUFFER_SELECT)
+                .flags(squeue::Flags::BUFFER_SELECT);
+                if self.multishot_limit {
+                    crate::recv_limit::with_total_limit(entry, crate::recv_limit::MULTISHOT_LIMIT)
+                } else {
+                    entry
+                }
             }
             // The user_data of the slot's operation with that tag is only a key the kernel
             // compares: it names nothing that could be freed.

@@ -16,7 +16,9 @@
 //! [`Sim::provide_buffers`]: the sim then keeps its own buffers and hands them out as the
 //! kernel does (one per completion, `-ENOBUFS` when none is free, which also ends a
 //! multishot receive). A multishot receive stays pending while [`Sim::deliver`] posts
-//! completions flagged "more"; [`Sim::complete`] ends it.
+//! completions flagged "more", until it has delivered [`crate::MULTISHOT_LIMIT`] bytes
+//! (as a kernel that takes the limit does: that completion ends it); [`Sim::complete`]
+//! ends it too.
 
 use crate::token::OpTag;
 use std::net::SocketAddr;
@@ -104,6 +106,8 @@ pub struct Pending {
     recv_into: Option<(*mut u8, u32)>,
     /// A deferred cancel's target (`Sim::defer_cancels`).
     cancel_target: Option<u64>,
+    /// Bytes a multishot receive delivered so far (it ends at `MULTISHOT_LIMIT`).
+    delivered: usize,
 }
 
 /// `IORING_CQE_F_BUFFER`, `IORING_CQE_F_MORE` and `IORING_CQE_BUFFER_SHIFT`
@@ -205,7 +209,16 @@ impl Sim {
             self.completed.push((user_data, if cancelled > 0 { cancelled } else { -libc::ENOENT }, 0));
             return;
         }
-        self.pending.push(Pending { ring: self.ring, user_data, tag, op, fixed, recv_into, cancel_target });
+        self.pending.push(Pending {
+            ring: self.ring,
+            user_data,
+            tag,
+            op,
+            fixed,
+            recv_into,
+            cancel_target,
+            delivered: 0,
+        });
     }
 
     /// Completes the pending operation `target` with `-ECANCELED`: 0, or `-ENOENT` when
@@ -273,9 +286,11 @@ impl Sim {
 
     /// The client behind `fd` sends `data` to the pending multishot receive on it: one
     /// completion flagged "more" per provided buffer filled, as the kernel posts them.
-    /// When the buffers run out the receive ends with `-ENOBUFS` (the bytes not delivered
-    /// stay "in the socket": the test gives them to the next receive); empty `data` is
-    /// the peer's EOF, which ends it with 0. Returns how many bytes were delivered.
+    /// When the buffers run out the receive ends with `-ENOBUFS`, and when it reaches
+    /// `MULTISHOT_LIMIT` bytes its last completion has no "more" flag (either way the
+    /// bytes not delivered stay "in the socket": the test gives them to the next
+    /// receive); empty `data` is the peer's EOF, which ends it with 0. Returns how many
+    /// bytes were delivered.
     pub fn deliver(&mut self, fd: RawFd, data: &[u8]) -> usize {
         let i = self
             .pending
@@ -290,10 +305,18 @@ impl Sim {
         }
         let mut sent = 0;
         while sent < data.len() {
-            match self.fill_provided(&data[sent..]) {
+            let left = crate::MULTISHOT_LIMIT as usize - self.pending[i].delivered;
+            let take = (data.len() - sent).min(left);
+            match self.fill_provided(&data[sent..sent + take]) {
                 Some((flags, n)) => {
-                    self.completed.push((user_data, n as i32, flags | CQE_F_MORE));
                     sent += n;
+                    self.pending[i].delivered += n;
+                    if self.pending[i].delivered == crate::MULTISHOT_LIMIT as usize {
+                        self.pending.remove(i);
+                        self.completed.push((user_data, n as i32, flags));
+                        break;
+                    }
+                    self.completed.push((user_data, n as i32, flags | CQE_F_MORE));
                 }
                 None => {
                     self.pending.remove(i);

@@ -2,8 +2,9 @@
 //! (`Op::Cancel`) against a real ring and real sockets: one submission completes once per
 //! arrival (flagged `more`, each with its own provided buffer) and stays in flight; a
 //! cancel by tag ends it with `-ECANCELED` and leaves the slot's other operations on the
-//! same socket alone; a closing slot with it armed is freed only after its last
-//! completion, and every provided buffer is back.
+//! same socket alone; where the kernel takes a byte limit, it ends by itself after
+//! `MULTISHOT_LIMIT` bytes and the rest waits in the socket; a closing slot with it
+//! armed is freed only after its last completion, and every provided buffer is back.
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -179,5 +180,56 @@ fn a_slot_closed_with_its_multishot_receive_armed_is_freed_after_its_last_comple
             ring.recycle(cqes);
         }
         drop(freed);
+    });
+}
+
+#[test]
+fn a_multishot_receive_ends_by_itself_after_its_byte_limit() {
+    within_deadline(|| {
+        let mut uring = Uring::new(64, 2).unwrap();
+        let (ring, pool) = uring.parts();
+        if !ring.multishot_limited() {
+            eprintln!("skipped: this kernel does not take a multishot receive's byte limit (Linux 6.17)");
+            return;
+        }
+        let mut conns: Conns<UnixStream> = Conns::bound_to(ring);
+        let (a, mut peer) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        let id = conns.insert(a);
+        let (_, io) = conns.get_mut(id).unwrap().split();
+        ring.submit(io, RECV, Op::RecvMulti { fd }, pool);
+        // Four times the limit at once, as an upload's body behind its head arrives.
+        let sent: Vec<u8> = (0..4 * uring::MULTISHOT_LIMIT).map(|i| (i % 251) as u8).collect();
+        peer.write_all(&sent).unwrap();
+        let mut got = Vec::new();
+        let mut ended = false;
+        while !ended {
+            for (tag, result, more, bytes) in next(ring, &mut conns, pool) {
+                assert_eq!(tag, RECV);
+                assert!(result > 0, "a completion with bytes, not {result}");
+                got.extend(bytes.expect("a provided buffer"));
+                ended = !more;
+            }
+        }
+        assert_eq!(got.len(), uring::MULTISHOT_LIMIT as usize, "the receive ended at its limit, with its last bytes");
+        assert_eq!(got[..], sent[..got.len()]);
+        assert_eq!(conns.get_mut(id).unwrap().io().inflight(), 0, "nothing in flight once it ended");
+        // The rest waits in the socket for the next receive.
+        let (_, io) = conns.get_mut(id).unwrap().split();
+        ring.submit(io, RECV, Op::RecvMulti { fd }, pool);
+        let seen = next(ring, &mut conns, pool);
+        assert_eq!(seen[0].3.as_deref(), Some(&sent[got.len()..got.len() + seen[0].1 as usize]));
+        let (_, io) = conns.get_mut(id).unwrap().split();
+        ring.submit(io, CANCEL, Op::CancelFd { fd }, pool);
+        assert!(conns.close(id).is_none());
+        while !conns.is_empty() {
+            ring.submit_and_wait(1).unwrap();
+            let cqes = ring.completions();
+            for c in &cqes {
+                let _ = conns.complete(c, ring, pool);
+            }
+            ring.recycle(cqes);
+        }
+        assert_eq!(pool.outstanding(), 0);
     });
 }

@@ -1,0 +1,88 @@
+//! The byte limit of a multishot receive (Linux 6.17: `sqe->optlen` of a multishot
+//! `IORING_OP_RECV`, `IORING_RECV_MSHOT_LIM` in the kernel).
+//!
+//! A multishot receive hands over whatever reaches its socket until its cancel lands: a
+//! request body that follows its head at once arrives in provided buffers, a completion
+//! each, however soon the connection decides to read it another way. With a limit the
+//! receive ends by itself (a final completion without `more`) once it has delivered
+//! [`MULTISHOT_LIMIT`] bytes, so that is all that can arrive after the decision.
+//!
+//! Older kernels read the same field as a file index and refuse a receive that sets it
+//! (`-EINVAL`), so [`kernel_takes_it`] probes once per process, on a ring of its own,
+//! before any worker ring uses it. The `io-uring` crate has no setter for the field:
+//! [`with_total_limit`] writes it into the entry.
+
+use io_uring::{opcode, squeue, types, IoUring};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::OnceLock;
+
+/// Bytes a multishot receive delivers before it ends by itself: four provided buffers.
+/// Small requests keep one receive armed across many of them (one new receive per 16 KiB
+/// of requests); a body that follows its head reaches the connection's stash in at most
+/// four completions.
+pub const MULTISHOT_LIMIT: u32 = 16 * 1024;
+
+/// Offset of `optlen` in `struct io_uring_sqe` (linux/io_uring.h: the union of
+/// `splice_fd_in`, `file_index`, `optlen` and `addr_len` after `personality`).
+const SQE_OPTLEN_OFFSET: usize = 44;
+
+/// `entry` with its `optlen` set to `limit`.
+pub(crate) fn with_total_limit(entry: squeue::Entry, limit: u32) -> squeue::Entry {
+    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte
+    // `io_uring_sqe` (transmute checks the size), which is plain integers and unions of
+    // integers: every byte pattern is a valid value of either type, and it owns nothing.
+    let mut bytes: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry) };
+    bytes[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4].copy_from_slice(&limit.to_ne_bytes());
+    // SAFETY: as above; only the 4 bytes of `optlen` changed.
+    unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(bytes) }
+}
+
+/// True when this kernel takes a multishot receive's byte limit (probed once).
+pub(crate) fn kernel_takes_it() -> bool {
+    static TAKES_IT: OnceLock<bool> = OnceLock::new();
+    *TAKES_IT.get_or_init(|| probe().unwrap_or(false))
+}
+
+/// Submits a limited multishot receive on an idle socket on a ring of its own: a kernel
+/// without the limit fails it at submission (`-EINVAL`); one with it arms the receive,
+/// which nothing completes (no byte is ever sent) until the ring's drop cancels it.
+fn probe() -> std::io::Result<bool> {
+    let mut ring = IoUring::new(2)?;
+    let (idle, _peer) = UnixStream::pair()?;
+    let entry = opcode::Recv::new(types::Fd(idle.as_raw_fd()), std::ptr::null_mut(), 0)
+        .buf_group(0)
+        .ioprio(super::ring::RECV_MULTISHOT | super::ring::RECVSEND_POLL_FIRST)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT);
+    let entry = with_total_limit(entry, MULTISHOT_LIMIT);
+    // SAFETY: the entry names no memory: a receive that selects a provided buffer when
+    // bytes arrive, and none ever do (the peer writes nothing). The socket stays open
+    // until after the ring is dropped (declared after it), which cancels the receive.
+    unsafe { ring.submission().push(&entry) }.map_err(|_| std::io::Error::other("probe ring full"))?;
+    ring.submit()?;
+    let refused = ring.completion().next().is_some_and(|c| c.result() == -libc::EINVAL);
+    Ok(!refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limit_lands_in_optlen_and_nothing_else_moves() {
+        let entry = opcode::Nop::new().build().user_data(0x1234_5678_9abc_def0);
+        // SAFETY: a 64-byte plain-data entry read as bytes (see `with_total_limit`).
+        let before: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry.clone()) };
+        // SAFETY: as above.
+        let after: [u8; 64] =
+            unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(with_total_limit(entry, 0x0102_0304)) };
+        for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
+            if (SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4).contains(&i) {
+                continue;
+            }
+            assert_eq!(b, a, "byte {i} moved");
+        }
+        assert_eq!(after[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4], 0x0102_0304u32.to_ne_bytes());
+    }
+}
