@@ -77,11 +77,12 @@ pub struct WorkerStats {
     pub ring_enter_calls: AtomicU64,
     /// The client leg's multishot receive (`conn::multishot`): armed, cancelled to take
     /// back control of reads, ended by a provided-buffer shortage (`-ENOBUFS`), and ended
-    /// by itself at its byte limit (`uring::MULTISHOT_LIMIT`).
+    /// by itself with bytes (its byte limit, `uring::MULTISHOT_LIMIT`, or a full
+    /// completion queue).
     pub multishot_arms: AtomicU64,
     pub multishot_cancels: AtomicU64,
     pub multishot_nobufs: AtomicU64,
-    pub multishot_limits: AtomicU64,
+    pub multishot_ended: AtomicU64,
     /// Sockets in the ring's registered file table now (legs addressed by table slot).
     pub ring_fixed_files: AtomicU64,
     pub ring_file_update_errors: AtomicU64,
@@ -616,14 +617,14 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Multishot receives on keep-alive client connections, by event (armed; cancelled: \
              the connection took back control of its reads; nobufs: ended for want of a provided buffer; \
-             limit: ended by itself after its byte limit).",
+             ended: ended by itself after its byte limit).",
             by(
                 "event",
                 &[
                     ("armed", sum(|w| &w.multishot_arms)),
                     ("cancelled", sum(|w| &w.multishot_cancels)),
                     ("nobufs", sum(|w| &w.multishot_nobufs)),
-                    ("limit", sum(|w| &w.multishot_limits)),
+                    ("ended", sum(|w| &w.multishot_ended)),
                 ],
             ),
         ),

@@ -25,9 +25,9 @@
 //! buffer is lent to a write or full, to `Connection::client_stash` (on the heap), which
 //! is moved in, ahead of any later byte, as soon as there is room. The stash holds at most
 //! what the kernel delivers between the decision and the cancel (one batch), and never
-//! more than [`uring::MULTISHOT_LIMIT`] (16 KiB) where the kernel takes that limit (Linux
-//! 6.17): the receive then ends by itself once it has delivered that much, like a receive
-//! that ran out of provided buffers (below), and the next keep-alive wait arms another.
+//! more than [`uring::MULTISHOT_LIMIT`] (16 KiB) and one provided buffer where the kernel
+//! takes that limit (Linux 6.17): the receive then ends by itself once it has delivered
+//! that much (a last completion with bytes), and the next keep-alive wait arms another.
 //!
 //! **The buffer budget** applies to these bytes as to any read of a request
 //! (`Connection::read`): a connection holding no slab (a keep-alive client between
@@ -49,7 +49,7 @@
 //! is read into the request's slab the ordinary way; it goes back to the multishot
 //! receive after a smaller request.
 //!
-//! A receive that ends by itself (EOF,
+//! A receive that ends by itself (its byte limit, EOF,
 //! an error, `-ENOBUFS` when no provided buffer is free) is not re-armed at once: the
 //! phase reads the ordinary way, and the next keep-alive wait arms a new one. The
 //! receive counts as one operation in flight until its last completion (no "more"
@@ -138,8 +138,9 @@ impl Connection {
             (Some(p), n) => {
                 if n > 0 {
                     if !more {
-                        // Bytes and no "more": the receive reached its byte limit.
-                        stats::bump(&ctx.stats.multishot_limits, 1);
+                        // Bytes and no "more": the receive ended by itself (its byte limit,
+                        // or a completion queue too full to post another).
+                        stats::bump(&ctx.stats.multishot_ended, 1);
                     }
                     kept_all = take_client_bytes(self, ctx, &p);
                     if self.client.tls.is_none() {

@@ -5,7 +5,9 @@
 //! request body that follows its head at once arrives in provided buffers, a completion
 //! each, however soon the connection decides to read it another way. With a limit the
 //! receive ends by itself (a final completion without `more`) once it has delivered
-//! [`MULTISHOT_LIMIT`] bytes, so that is all that can arrive after the decision.
+//! [`MULTISHOT_LIMIT`] bytes or more: each receive still takes up to a whole provided
+//! buffer (the kernel caps only bundle receives at what is left), so at most the limit
+//! plus one buffer arrives after the decision.
 //!
 //! Older kernels read the same field as a file index and refuse a receive that sets it
 //! (`-EINVAL`), so [`kernel_takes_it`] probes once per process, on a ring of its own,
@@ -30,8 +32,10 @@ const SQE_OPTLEN_OFFSET: usize = 44;
 /// `entry` with its `optlen` set to `limit`.
 pub(crate) fn with_total_limit(entry: squeue::Entry, limit: u32) -> squeue::Entry {
     // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte
-    // `io_uring_sqe` (transmute checks the size), which is plain integers and unions of
-    // integers: every byte pattern is a valid value of either type, and it owns nothing.
+    // `io_uring_sqe` (transmute checks the size), which has no padding and which the
+    // io-uring crate builds from an all-zero value (`sqe_zeroed`): all 64 bytes are
+    // initialized. It is plain integers and unions of integers, so any byte pattern is a
+    // valid value of either type, and it owns nothing (no Drop).
     let mut bytes: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry) };
     bytes[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4].copy_from_slice(&limit.to_ne_bytes());
     // SAFETY: as above; only the 4 bytes of `optlen` changed.
@@ -57,17 +61,29 @@ fn probe() -> std::io::Result<bool> {
         .flags(squeue::Flags::BUFFER_SELECT);
     let entry = with_total_limit(entry, MULTISHOT_LIMIT);
     // SAFETY: the entry names no memory: a receive that selects a provided buffer when
-    // bytes arrive, and none ever do (the peer writes nothing). The socket stays open
-    // until after the ring is dropped (declared after it), which cancels the receive.
+    // bytes arrive, and none ever do (the peer writes nothing, and the ring, which
+    // cancels the receive, is dropped before either socket).
     unsafe { ring.submission().push(&entry) }.map_err(|_| std::io::Error::other("probe ring full"))?;
     ring.submit()?;
-    let refused = ring.completion().next().is_some_and(|c| c.result() == -libc::EINVAL);
-    Ok(!refused)
+    // A kernel that takes the limit arms the receive: no completion. Any completion (the
+    // old kernels' -EINVAL, or a failure of another kind) means the field is not safe
+    // to set on the workers' receives.
+    let armed = ring.completion().next().is_none();
+    drop(ring);
+    Ok(armed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn optlen_is_where_the_crate_puts_a_setsockopt_length() {
+        let entry = opcode::SetSockOpt::new(types::Fd(3), 1, 2, std::ptr::null(), 0xa1b2_c3d4).build();
+        // SAFETY: a 64-byte plain-data entry read as bytes (see `with_total_limit`).
+        let bytes: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry) };
+        assert_eq!(bytes[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4], 0xa1b2_c3d4u32.to_ne_bytes());
+    }
 
     #[test]
     fn the_limit_lands_in_optlen_and_nothing_else_moves() {

@@ -17,8 +17,8 @@
 //! kernel does (one per completion, `-ENOBUFS` when none is free, which also ends a
 //! multishot receive). A multishot receive stays pending while [`Sim::deliver`] posts
 //! completions flagged "more", until it has delivered [`crate::MULTISHOT_LIMIT`] bytes
-//! (as a kernel that takes the limit does: that completion ends it); [`Sim::complete`]
-//! ends it too.
+//! or more (as a kernel that takes the limit does: the completion that reaches it, a
+//! whole buffer's worth like any other, ends it); [`Sim::complete`] ends it too.
 
 use crate::token::OpTag;
 use std::net::SocketAddr;
@@ -106,7 +106,7 @@ pub struct Pending {
     recv_into: Option<(*mut u8, u32)>,
     /// A deferred cancel's target (`Sim::defer_cancels`).
     cancel_target: Option<u64>,
-    /// Bytes a multishot receive delivered so far (it ends at `MULTISHOT_LIMIT`).
+    /// Bytes a multishot receive delivered so far (it ends at `MULTISHOT_LIMIT` or more).
     delivered: usize,
 }
 
@@ -286,8 +286,8 @@ impl Sim {
 
     /// The client behind `fd` sends `data` to the pending multishot receive on it: one
     /// completion flagged "more" per provided buffer filled, as the kernel posts them.
-    /// When the buffers run out the receive ends with `-ENOBUFS`, and when it reaches
-    /// `MULTISHOT_LIMIT` bytes its last completion has no "more" flag (either way the
+    /// When the buffers run out the receive ends with `-ENOBUFS`, and the completion that
+    /// reaches `MULTISHOT_LIMIT` bytes has no "more" flag (either way the
     /// bytes not delivered stay "in the socket": the test gives them to the next
     /// receive); empty `data` is the peer's EOF, which ends it with 0. Returns how many
     /// bytes were delivered.
@@ -305,13 +305,11 @@ impl Sim {
         }
         let mut sent = 0;
         while sent < data.len() {
-            let left = crate::MULTISHOT_LIMIT as usize - self.pending[i].delivered;
-            let take = (data.len() - sent).min(left);
-            match self.fill_provided(&data[sent..sent + take]) {
+            match self.fill_provided(&data[sent..]) {
                 Some((flags, n)) => {
                     sent += n;
                     self.pending[i].delivered += n;
-                    if self.pending[i].delivered == crate::MULTISHOT_LIMIT as usize {
+                    if self.pending[i].delivered >= crate::MULTISHOT_LIMIT as usize {
                         self.pending.remove(i);
                         self.completed.push((user_data, n as i32, flags));
                         break;

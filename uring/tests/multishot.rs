@@ -61,6 +61,28 @@ fn next(ring: &mut Ring, conns: &mut Conns<UnixStream>, pool: &mut SlabPool) -> 
     seen
 }
 
+/// True when the running kernel is Linux `major.minor` or later.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
+}
+
+/// Cancels the slot's operations on `fd`, closes it, and runs the ring until it is freed.
+fn cancel_and_close(ring: &mut Ring, conns: &mut Conns<UnixStream>, pool: &mut SlabPool, id: uring::ConnId, fd: i32) {
+    let (_, io) = conns.get_mut(id).unwrap().split();
+    ring.submit(io, CANCEL, Op::CancelFd { fd }, pool);
+    assert!(conns.close(id).is_none(), "a receive is in flight: not freed yet");
+    while !conns.is_empty() {
+        ring.submit_and_wait(1).unwrap();
+        let cqes = ring.completions();
+        for c in &cqes {
+            let _ = conns.complete(c, ring, pool);
+        }
+        ring.recycle(cqes);
+    }
+}
+
 #[test]
 fn a_multishot_receive_completes_once_per_arrival_until_cancelled_by_its_tag() {
     within_deadline(|| {
@@ -168,17 +190,7 @@ fn a_slot_closed_with_its_multishot_receive_armed_is_freed_after_its_last_comple
         for p in held {
             ring.recycle_provided(p);
         }
-        let (_, io) = conns.get_mut(id).unwrap().split();
-        ring.submit(io, CANCEL, Op::CancelFd { fd }, pool);
-        assert!(conns.close(id).is_none());
-        while !conns.is_empty() {
-            ring.submit_and_wait(1).unwrap();
-            let cqes = ring.completions();
-            for c in &cqes {
-                let _ = conns.complete(c, ring, pool);
-            }
-            ring.recycle(cqes);
-        }
+        cancel_and_close(ring, &mut conns, pool, id, fd);
         drop(freed);
     });
 }
@@ -189,6 +201,7 @@ fn a_multishot_receive_ends_by_itself_after_its_byte_limit() {
         let mut uring = Uring::new(64, 2).unwrap();
         let (ring, pool) = uring.parts();
         if !ring.multishot_limited() {
+            assert!(!kernel_at_least(6, 17), "Linux 6.17 takes a multishot receive's byte limit: the probe missed it");
             eprintln!("skipped: this kernel does not take a multishot receive's byte limit (Linux 6.17)");
             return;
         }
@@ -211,7 +224,8 @@ fn a_multishot_receive_ends_by_itself_after_its_byte_limit() {
                 ended = !more;
             }
         }
-        assert_eq!(got.len(), uring::MULTISHOT_LIMIT as usize, "the receive ended at its limit, with its last bytes");
+        let limit = uring::MULTISHOT_LIMIT as usize;
+        assert!((limit..limit + 4096).contains(&got.len()), "the receive ended at its limit: {} bytes", got.len());
         assert_eq!(got[..], sent[..got.len()]);
         assert_eq!(conns.get_mut(id).unwrap().io().inflight(), 0, "nothing in flight once it ended");
         // The rest waits in the socket for the next receive.
@@ -219,17 +233,7 @@ fn a_multishot_receive_ends_by_itself_after_its_byte_limit() {
         ring.submit(io, RECV, Op::RecvMulti { fd }, pool);
         let seen = next(ring, &mut conns, pool);
         assert_eq!(seen[0].3.as_deref(), Some(&sent[got.len()..got.len() + seen[0].1 as usize]));
-        let (_, io) = conns.get_mut(id).unwrap().split();
-        ring.submit(io, CANCEL, Op::CancelFd { fd }, pool);
-        assert!(conns.close(id).is_none());
-        while !conns.is_empty() {
-            ring.submit_and_wait(1).unwrap();
-            let cqes = ring.completions();
-            for c in &cqes {
-                let _ = conns.complete(c, ring, pool);
-            }
-            ring.recycle(cqes);
-        }
+        cancel_and_close(ring, &mut conns, pool, id, fd);
         assert_eq!(pool.outstanding(), 0);
     });
 }
