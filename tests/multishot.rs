@@ -37,6 +37,18 @@ fn keep_alive_client(proxy: &Proxy, host: &str) -> Client {
     c
 }
 
+/// POSTs `len` bytes of `pattern` to `path`, the head and body written as fast as the
+/// socket takes them from a thread of their own while the response is read.
+fn upload(c: &mut Client, host: &str, path: &str, len: usize) -> Response {
+    let mut upload = format!("POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+    upload.extend_from_slice(&pattern(len));
+    let mut writer = c.stream().try_clone().unwrap();
+    let body = thread::spawn(move || writer.write_all(&upload));
+    let r = c.response();
+    body.join().unwrap().expect("the whole body was sent");
+    r
+}
+
 fn get_padded(host: &str, path: &str, pad: usize) -> String {
     format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Pad: {}\r\n\r\n", "p".repeat(pad))
 }
@@ -113,12 +125,7 @@ fn an_upload_to_a_slow_origin_arrives_whole_and_in_order() {
     // body bytes in one segment: several provided buffers' worth arrive while the head
     // is being written to the origin); the origin reads at its own pace.
     const LEN: usize = 6 << 20;
-    let mut upload = format!("POST /up HTTP/1.1\r\nHost: {host}\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
-    upload.extend_from_slice(&pattern(LEN));
-    let mut writer = c.stream().try_clone().unwrap();
-    let body = thread::spawn(move || writer.write_all(&upload));
-    let r = c.response();
-    body.join().unwrap().expect("the whole body was sent");
+    let r = upload(&mut c, &host, "/up", LEN);
     assert_eq!(r.text(), format!("{LEN} ok"), "the origin got the body whole and in order");
     let r = c.get(&host, "/after");
     assert_eq!(r.status, 200, "the connection goes on after the upload");
@@ -142,12 +149,7 @@ fn a_client_that_uploads_waits_for_its_next_request_with_a_one_shot_receive() {
     // GET (cancelled for its body), the next two through one-shot receives.
     const LEN: usize = 256 << 10;
     for i in 0..3 {
-        let mut upload = format!("POST /echo HTTP/1.1\r\nHost: {host}\r\nContent-Length: {LEN}\r\n\r\n").into_bytes();
-        upload.extend_from_slice(&pattern(LEN));
-        let mut writer = c.stream().try_clone().unwrap();
-        let body = thread::spawn(move || writer.write_all(&upload));
-        let r = c.response();
-        body.join().unwrap().expect("the whole body was sent");
+        let r = upload(&mut c, &host, "/echo", LEN);
         assert_eq!(r.status, 200, "upload {i}: {}", r.describe());
         assert_bytes_eq(&r.body, &pattern(LEN), &format!("upload {i} echoed"));
     }

@@ -19,10 +19,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::OnceLock;
 
-/// Bytes a multishot receive delivers before it ends by itself: four provided buffers.
-/// Small requests keep one receive armed across many of them (one new receive per 16 KiB
-/// of requests); a body that follows its head reaches the connection's stash in at most
-/// four completions.
+/// Bytes a multishot receive delivers before it ends by itself (plus at most one provided
+/// buffer): four provided buffers. Small requests keep one receive armed across many of
+/// them (one new receive per 16 KiB or so of requests); a body that follows its head
+/// reaches the connection's stash in at most five completions.
 pub const MULTISHOT_LIMIT: u32 = 16 * 1024;
 
 /// Offset of `optlen` in `struct io_uring_sqe` (linux/io_uring.h: the union of
@@ -31,15 +31,18 @@ const SQE_OPTLEN_OFFSET: usize = 44;
 
 /// `entry` with its `optlen` set to `limit`.
 pub(crate) fn with_total_limit(entry: squeue::Entry, limit: u32) -> squeue::Entry {
-    // SAFETY: `squeue::Entry` is `#[repr(C)]` around the kernel's 64-byte
-    // `io_uring_sqe` (transmute checks the size), which has no padding and which the
-    // io-uring crate builds from an all-zero value (`sqe_zeroed`): all 64 bytes are
-    // initialized. It is plain integers and unions of integers, so any byte pattern is a
-    // valid value of either type, and it owns nothing (no Drop).
-    let mut bytes: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry) };
+    let mut bytes = sqe_bytes(entry);
     bytes[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4].copy_from_slice(&limit.to_ne_bytes());
-    // SAFETY: as above; only the 4 bytes of `optlen` changed.
+    // SAFETY: any 64 bytes are a valid `io_uring_sqe` (plain integers and unions of them).
     unsafe { std::mem::transmute::<[u8; 64], squeue::Entry>(bytes) }
+}
+
+/// The 64 bytes of an entry. `squeue::Entry` is `#[repr(C)]` around the kernel's
+/// `io_uring_sqe` (transmute checks the size), which has no padding, owns nothing (no
+/// Drop), and which the io-uring crate builds from an all-zero value (`sqe_zeroed`).
+fn sqe_bytes(entry: squeue::Entry) -> [u8; 64] {
+    // SAFETY: all 64 bytes of the entry are initialized (no padding, built zeroed).
+    unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry) }
 }
 
 /// True when this kernel takes a multishot receive's byte limit (probed once).
@@ -80,19 +83,15 @@ mod tests {
     #[test]
     fn optlen_is_where_the_crate_puts_a_setsockopt_length() {
         let entry = opcode::SetSockOpt::new(types::Fd(3), 1, 2, std::ptr::null(), 0xa1b2_c3d4).build();
-        // SAFETY: a 64-byte plain-data entry read as bytes (see `with_total_limit`).
-        let bytes: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry) };
+        let bytes = sqe_bytes(entry);
         assert_eq!(bytes[SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4], 0xa1b2_c3d4u32.to_ne_bytes());
     }
 
     #[test]
     fn the_limit_lands_in_optlen_and_nothing_else_moves() {
         let entry = opcode::Nop::new().build().user_data(0x1234_5678_9abc_def0);
-        // SAFETY: a 64-byte plain-data entry read as bytes (see `with_total_limit`).
-        let before: [u8; 64] = unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(entry.clone()) };
-        // SAFETY: as above.
-        let after: [u8; 64] =
-            unsafe { std::mem::transmute::<squeue::Entry, [u8; 64]>(with_total_limit(entry, 0x0102_0304)) };
+        let before = sqe_bytes(entry.clone());
+        let after = sqe_bytes(with_total_limit(entry, 0x0102_0304));
         for (i, (b, a)) in before.iter().zip(after.iter()).enumerate() {
             if (SQE_OPTLEN_OFFSET..SQE_OPTLEN_OFFSET + 4).contains(&i) {
                 continue;

@@ -123,10 +123,7 @@ fn an_upload_to_a_slow_origin_stops_the_receive_until_the_origin_takes_the_body(
     let mut h = harness();
     let (client, _) = armed_client(&mut h);
     let body = pattern_bytes(20_000);
-    let head = "POST http://192.0.2.10/up HTTP/1.1\r\nHost: 192.0.2.10\r\nContent-Length: 20000\r\n\r\n";
-    let mut first = head.as_bytes().to_vec();
-    first.extend_from_slice(&body[..1000]);
-    h.send_from(client, &first);
+    h.send_from(client, &upload_start(&body, 1000));
     // A request with a body is not retried, so it takes a fresh origin connection.
     let origin = origin_of_request(&mut h);
     // The head and the first body bytes go to the origin, which does not take them yet.
@@ -162,11 +159,7 @@ fn an_upload_to_a_slow_origin_stops_the_receive_until_the_origin_takes_the_body(
     // An upload of UPLOAD_BYTES: it arrives through the multishot receive armed before
     // it, and the wait after it is one-shot again. Its body is read the ordinary way.
     let body = pattern_bytes(crate::conn::multishot::UPLOAD_BYTES as usize);
-    let head =
-        format!("POST http://192.0.2.10/up HTTP/1.1\r\nHost: 192.0.2.10\r\nContent-Length: {}\r\n\r\n", body.len());
-    let mut first = head.into_bytes();
-    first.extend_from_slice(&body[..1000]);
-    h.send_from(client, &first);
+    h.send_from(client, &upload_start(&body, 1000));
     let origin = origin_of_request(&mut h);
     let mut at_origin = h.received_by(origin);
     h.turn(); // the multishot receive, cancelled for the body's read, ends
@@ -177,6 +170,15 @@ fn an_upload_to_a_slow_origin_stops_the_receive_until_the_origin_takes_the_body(
     assert_body(&at_origin, &body);
     assert!(answer(&mut h, client, origin).ends_with(b"\r\n\r\nhi"));
     assert!(!multishot_on(&mut h, client), "no multishot receive after an upload of UPLOAD_BYTES");
+}
+
+/// The head of `POST /up` with `body`, and the body's first `sent` bytes.
+fn upload_start(body: &[u8], sent: usize) -> Vec<u8> {
+    let head =
+        format!("POST http://192.0.2.10/up HTTP/1.1\r\nHost: 192.0.2.10\r\nContent-Length: {}\r\n\r\n", body.len());
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body[..sent]);
+    bytes
 }
 
 /// What the origin got is `POST /up` with exactly `body` after its head.
@@ -195,9 +197,7 @@ fn the_body_is_read_only_once_the_cancelled_receive_has_ended() {
     h.sim().defer_cancels();
     let (client, _) = armed_client(&mut h);
     let body = pattern_bytes(12_000);
-    let mut first = b"POST http://192.0.2.10/up HTTP/1.1\r\nHost: 192.0.2.10\r\nContent-Length: 12000\r\n\r\n".to_vec();
-    first.extend_from_slice(&body[..1000]);
-    h.send_from(client, &first);
+    h.send_from(client, &upload_start(&body, 1000));
     let origin = origin_of_request(&mut h);
     // The origin takes the head and the first bytes; the body's next bytes are read at the
     // origin's pace, by a receive of the connection's own: the multishot one is cancelled.
