@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 use std::io::Write;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 /// What to do with one forwarding field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -82,16 +82,25 @@ impl<'a> Hop<'a> {
         }
         let client = self.client.map(canonical)?;
         let mut e = Element::default();
-        // Formatting an address into 96 bytes cannot run out of room (at most 45 characters
-        // plus the fixed parts): the writes below never fail.
-        let _ = match (field, client) {
-            (Field::XForwardedFor, ip) => write!(e, "{ip}"),
-            (Field::Forwarded, IpAddr::V4(ip)) => write!(e, "for={ip}"),
+        // An address fits in 96 bytes with the fixed parts (at most 45 characters), so
+        // nothing below runs out of room. IPv4, the usual case on every request, is
+        // written digit by digit; IPv6 goes through `fmt` for its `::` compression.
+        match (field, client) {
+            (Field::XForwardedFor, IpAddr::V4(ip)) => e.push_ipv4(ip),
+            (Field::XForwardedFor, IpAddr::V6(ip)) => {
+                let _ = write!(e, "{ip}");
+            }
+            (Field::Forwarded, IpAddr::V4(ip)) => {
+                e.push(b"for=");
+                e.push_ipv4(ip);
+            }
             // RFC 7239 §6: an IPv6 node is a quoted, bracketed string.
-            (Field::Forwarded, IpAddr::V6(ip)) => write!(e, "for=\"[{ip}]\""),
-        };
+            (Field::Forwarded, IpAddr::V6(ip)) => {
+                let _ = write!(e, "for=\"[{ip}]\"");
+            }
+        }
         if field == Field::Forwarded {
-            let _ = write!(e, ";proto={}", if self.https { "https" } else { "http" });
+            e.push(if self.https { b";proto=https" } else { b";proto=http" });
         }
         Some(e)
     }
@@ -122,15 +131,44 @@ impl Element {
     pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
-}
 
-impl Write for Element {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+    /// Appends `data`, cut at the buffer's end (never reached: see `Hop::element`).
+    fn push(&mut self, data: &[u8]) {
         let room = &mut self.buf[self.len..];
         let n = data.len().min(room.len());
         room[..n].copy_from_slice(&data[..n]);
         self.len += n;
-        Ok(n)
+    }
+
+    /// Appends an IPv4 address in dotted decimal, as `Ipv4Addr`'s `Display` writes it.
+    fn push_ipv4(&mut self, ip: Ipv4Addr) {
+        let mut text = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in ip.octets().into_iter().enumerate() {
+            if i > 0 {
+                text[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                text[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                text[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            text[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        self.push(&text[..len]);
+    }
+}
+
+impl Write for Element {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let before = self.len;
+        self.push(data);
+        Ok(self.len - before)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -169,6 +207,20 @@ mod tests {
     fn a_mapped_client_is_reported_as_ipv4() {
         let h = hop(ForwardMode::Append, "::ffff:10.1.2.3", false);
         assert_eq!(element(&h, Field::XForwardedFor).as_deref(), Some("10.1.2.3"));
+    }
+
+    #[test]
+    fn ipv4_elements_are_written_as_display_writes_them() {
+        for ip in ["0.0.0.0", "9.10.99.100", "127.0.0.1", "192.0.2.7", "255.255.255.255", "10.200.3.45"] {
+            let h = hop(ForwardMode::Append, ip, false);
+            assert_eq!(element(&h, Field::XForwardedFor).as_deref(), Some(ip));
+            assert_eq!(element(&h, Field::Forwarded), Some(format!("for={ip};proto=http")));
+        }
+        for octet in 0..=255u8 {
+            let ip = Ipv4Addr::new(octet, 255 - octet, octet / 3, 7);
+            let h = Hop { client: Some(IpAddr::V4(ip)), ..hop(ForwardMode::Replace, "0.0.0.0", true) };
+            assert_eq!(element(&h, Field::XForwardedFor), Some(ip.to_string()));
+        }
     }
 
     #[test]

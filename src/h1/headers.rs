@@ -313,6 +313,9 @@ pub(crate) fn via_append(via_token: &str) -> Append<'_> {
     Append { kind: FieldKind::Via, name: b"Via", parts: [b"1.1 ", via_token.as_bytes()] }
 }
 
+/// The fields whose kinds `push_forwarded_fields` works out once, on the stack.
+const KINDS_INLINE: usize = 64;
+
 /// Writes the forwarded header fields shared by requests and responses: every field
 /// except those whose kind `skip` names and those named in a Connection field. Each of
 /// `appends` joins the last forwarded field of its kind (`Via: a, 1.1 us`); the others
@@ -323,11 +326,20 @@ pub(crate) fn push_forwarded_fields(
     appends: &[Append<'_>],
     skip: impl Fn(FieldKind) -> bool,
 ) -> Unmerged {
+    // Each field's kind, worked out once for the first `KINDS_INLINE` fields: the passes
+    // below ask for it up to five times per field (the Connection scan, one search per
+    // append, the copy). Fields past those are classified each time (no allocation).
+    let mut inline = [FieldKind::Other; KINDS_INLINE];
+    for (kind, h) in inline.iter_mut().zip(headers) {
+        *kind = classify(h.name);
+    }
+    let kind_of = |i: usize| inline.get(i).copied().unwrap_or_else(|| classify(headers[i].name));
+    let kinds = || headers.iter().enumerate().map(|(i, h)| (h, kind_of(i)));
     // Field names listed in Connection, gathered once ("close" names nothing and
     // Keep-Alive is dropped anyway).
     let mut named = NamedFields::default();
-    for h in headers {
-        if classify(h.name) == FieldKind::Connection {
+    for (h, kind) in kinds() {
+        if kind == FieldKind::Connection {
             for t in list_elements(h.value) {
                 if !t.is_empty() && !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive") {
                     named.push(t);
@@ -340,13 +352,12 @@ pub(crate) fn push_forwarded_fields(
     debug_assert!(appends.len() <= 4);
     let mut last = [None; 4];
     for (a, at) in appends.iter().zip(last.iter_mut()) {
-        *at = headers.iter().rposition(|h| {
-            let kind = classify(h.name);
-            kind == a.kind && keep(h, kind)
+        *at = (0..headers.len()).rposition(|i| {
+            let kind = kind_of(i);
+            kind == a.kind && keep(&headers[i], kind)
         });
     }
-    for (i, h) in headers.iter().enumerate() {
-        let kind = classify(h.name);
+    for (i, (h, kind)) in kinds().enumerate() {
         if let Some(a) = appends.iter().zip(last.iter()).find_map(|(a, at)| (*at == Some(i)).then_some(a)) {
             out.extend_from_slice(h.name.as_bytes());
             out.extend_from_slice(b": ");
