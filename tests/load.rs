@@ -41,7 +41,14 @@ fn wrk_1000_concurrent_clients_without_errors() {
     // Every one of the 1000 client connections is released: closed, and then freed
     // (slot and descriptors) once the kernel completed its last operation.
     if let Err(e) = proxy.wait_metric("sluice_connections_active", Duration::from_secs(10), |v| v == 0.0) {
-        panic!("after wrk closed its 1000 connections: {e}");
+        let view = proxy.connections_view();
+        let shown: Vec<&str> = view.lines().take(40).collect();
+        panic!(
+            "after wrk closed its 1000 connections: {e}\n/debug/connections ({} lines, the first 40):\n{}\n{}",
+            view.lines().count(),
+            shown.join("\n"),
+            proxy.metrics().unwrap_or_default()
+        );
     }
     proxy.assert_released(&base, "wrk's 1000 connections");
 }

@@ -840,6 +840,21 @@ impl Proxy {
         Err(format!("admin listener 127.0.0.1:{} unreachable: {last}", self.admin_port))
     }
 
+    /// `/debug/connections`: one line per live client connection (worker, id, client,
+    /// target, protocol, phase, age, bytes), for a failure message that says where
+    /// connections are stuck.
+    pub fn connections_view(&self) -> String {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.admin_port).into();
+        match exchange(
+            addr,
+            b"GET /debug/connections HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        ) {
+            Ok(r) => r.text(),
+            Err(e) => format!("(no /debug/connections: {e})"),
+        }
+    }
+
     /// The sum of every sample of metric family `family` (all label sets).
     pub fn metric(&self, family: &str) -> Result<f64, String> {
         let text = self.metrics()?;
@@ -1048,6 +1063,19 @@ impl Drop for Proxy {
 
 /// Accept loop on its own thread; one thread per connection; stopped on drop of the
 /// owning server (flag + a wake-up connect).
+/// A listener with the accept queue a real origin has (4096, as Sluice's own), not std's
+/// 128: a crowd of clients makes the proxy dial hundreds of origin connections at once,
+/// and SYNs past a full queue are dropped and sent again 1, 3, 7 and 15 s later (the
+/// kernel's `ListenOverflows`: about 2,000 in one run of `tests/load.rs` with std's queue),
+/// so a loaded machine finished those exchanges long after their clients had left.
+fn listen_deep(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(4096)?;
+    Ok(socket.into())
+}
+
 fn spawn_acceptor(
     listener: TcpListener,
     stop: Arc<AtomicBool>,
@@ -1174,7 +1202,7 @@ impl Origin {
     }
 
     fn start_bound(bind: SocketAddr, idle_close: Option<Duration>) -> Origin {
-        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind origin on {bind}: {e}"));
+        let listener = listen_deep(bind).unwrap_or_else(|e| panic!("bind origin on {bind}: {e}"));
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(OriginState {
             accepts: Arc::new(AtomicUsize::new(0)),
