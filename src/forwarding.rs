@@ -220,6 +220,7 @@ mod tests {
             let ip = Ipv4Addr::new(octet, 255 - octet, octet / 3, 7);
             let h = Hop { client: Some(IpAddr::V4(ip)), ..hop(ForwardMode::Replace, "0.0.0.0", true) };
             assert_eq!(element(&h, Field::XForwardedFor), Some(ip.to_string()));
+            assert_eq!(element(&h, Field::Forwarded), Some(format!("for={ip};proto=https")));
         }
     }
 

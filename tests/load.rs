@@ -44,7 +44,7 @@ fn wrk_1000_concurrent_clients_without_errors() {
         let view = proxy.connections_view();
         let shown: Vec<&str> = view.lines().take(40).collect();
         panic!(
-            "after wrk closed its 1000 connections: {e}\n/debug/connections ({} lines, the first 40):\n{}\n{}",
+            "after wrk closed its 1000 connections: {e}\n/debug/connections ({} lines with its header, the first 40):\n{}\n{}",
             view.lines().count(),
             shown.join("\n"),
             proxy.metrics().unwrap_or_default()

@@ -313,7 +313,7 @@ pub(crate) fn via_append(via_token: &str) -> Append<'_> {
     Append { kind: FieldKind::Via, name: b"Via", parts: [b"1.1 ", via_token.as_bytes()] }
 }
 
-/// The fields whose kinds `push_forwarded_fields` works out once, on the stack.
+/// How many fields' kinds `push_forwarded_fields` works out once, on the stack.
 const KINDS_INLINE: usize = 64;
 
 /// Writes the forwarded header fields shared by requests and responses: every field
@@ -327,8 +327,9 @@ pub(crate) fn push_forwarded_fields(
     skip: impl Fn(FieldKind) -> bool,
 ) -> Unmerged {
     // Each field's kind, worked out once for the first `KINDS_INLINE` fields: the passes
-    // below ask for it up to five times per field (the Connection scan, one search per
-    // append, the copy). Fields past those are classified each time (no allocation).
+    // below ask for it once per append and twice more per field (the Connection scan,
+    // the copy): five times for a request's three. Fields past those are classified each
+    // time (no allocation).
     let mut inline = [FieldKind::Other; KINDS_INLINE];
     for (kind, h) in inline.iter_mut().zip(headers) {
         *kind = classify(h.name);

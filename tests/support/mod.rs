@@ -840,9 +840,9 @@ impl Proxy {
         Err(format!("admin listener 127.0.0.1:{} unreachable: {last}", self.admin_port))
     }
 
-    /// `/debug/connections`: one line per live client connection (worker, id, client,
-    /// target, protocol, phase, age, bytes), for a failure message that says where
-    /// connections are stuck.
+    /// `/debug/connections`: a header line, then one line per live client connection
+    /// (worker, id, client, target, protocol, state, age, bytes), for a failure message
+    /// that says where connections are stuck.
     pub fn connections_view(&self) -> String {
         let addr: SocketAddr = ([127, 0, 0, 1], self.admin_port).into();
         match exchange(
@@ -850,7 +850,8 @@ impl Proxy {
             b"GET /debug/connections HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
             Duration::from_secs(5),
         ) {
-            Ok(r) => r.text(),
+            Ok(r) if r.status == 200 => r.text(),
+            Ok(r) => format!("(GET /debug/connections answered {})", r.describe()),
             Err(e) => format!("(no /debug/connections: {e})"),
         }
     }
@@ -1061,13 +1062,12 @@ impl Drop for Proxy {
 // Servers the tests start
 // ---------------------------------------------------------------------------------------
 
-/// Accept loop on its own thread; one thread per connection; stopped on drop of the
-/// owning server (flag + a wake-up connect).
-/// A listener with the accept queue a real origin has (4096, as Sluice's own), not std's
-/// 128: a crowd of clients makes the proxy dial hundreds of origin connections at once,
-/// and SYNs past a full queue are dropped and sent again 1, 3, 7 and 15 s later (the
-/// kernel's `ListenOverflows`: about 2,000 in one run of `tests/load.rs` with std's queue),
-/// so a loaded machine finished those exchanges long after their clients had left.
+/// A listener with the accept queue a real origin has (4096, as Sluice's own; the kernel
+/// caps it at `net.core.somaxconn`), not std's 128: a crowd of clients makes the proxy
+/// dial hundreds of origin connections at once, and SYNs past a full queue are dropped
+/// and sent again 1, 3 and 7 s later (the kernel's `ListenOverflows`: about 2,000 in one
+/// run of `tests/load.rs` with std's queue), so a loaded machine finished those exchanges
+/// long after their clients had left.
 fn listen_deep(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
@@ -1076,6 +1076,8 @@ fn listen_deep(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Accept loop on its own thread; one thread per connection; stopped on drop of the
+/// owning server (flag + a wake-up connect).
 fn spawn_acceptor(
     listener: TcpListener,
     stop: Arc<AtomicBool>,
