@@ -6,7 +6,7 @@
 use crate::protocol::Protocol;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// One worker's counters.
 #[derive(Default, Debug)]
@@ -617,7 +617,7 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
             C,
             "Multishot receives on keep-alive client connections, by event (armed; cancelled: \
              the connection took back control of its reads; nobufs: ended for want of a provided buffer; \
-             ended: ended by itself after its byte limit).",
+             ended: ended by itself with bytes, at its byte limit or on a full completion queue).",
             by(
                 "event",
                 &[
@@ -681,6 +681,11 @@ fn families(workers: &[WorkerStats]) -> Vec<Family> {
 /// Renders every worker's counters as Prometheus text.
 pub fn render(workers: &[WorkerStats]) -> String {
     use std::fmt::Write;
+    // The recorder is one per process: two renders at once (scrapes on two workers'
+    // admin connections, or two tests with blocks of their own) would set each other's
+    // values between one's set and its render.
+    static RENDERING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = RENDERING.lock().unwrap_or_else(|e| e.into_inner());
     let recorder = recorder();
     metrics::with_local_recorder(recorder, || {
         for f in families(workers) {
