@@ -13,9 +13,7 @@ const FIXED: &str = "sluice_ring_fixed_files";
 
 /// Linux 6.13 or later (`uring` registers no table before: see `uring/src/files.rs`).
 fn kernel_has_prompt_table_release() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (6, 13)
+    uring::kernel::at_least(6, 13)
 }
 
 fn wait_fixed(proxy: &Proxy, want: f64, what: &str) {

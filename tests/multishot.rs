@@ -227,7 +227,7 @@ fn many_connections_bursting_at_once_get_every_byte_though_their_receives_end_mi
     // memory: src/worker/harness/multishot.rs).
     let (nobufs, ended) = (multishot(&proxy, "nobufs"), multishot(&proxy, "ended"));
     assert!(nobufs + ended > 0.0, "receives ended mid-burst: {nobufs} out of buffers, {ended} at their limit");
-    if support::kernel_at_least(6, 17) {
+    if uring::kernel::at_least(6, 17) {
         assert!(ended > 0.0, "Linux 6.17 takes the byte limit: receives end at it");
     }
     // Each connection goes on, with a receive armed again once its burst was served

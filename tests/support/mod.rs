@@ -88,14 +88,6 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local_addr").port()
 }
 
-/// True when the running kernel is Linux `major.minor` or later
-/// (`/proc/sys/kernel/osrelease`).
-pub fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
-}
-
 /// Polls `f` every 20 ms until it returns true or `within` passes.
 pub fn wait_until(within: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
@@ -823,14 +815,9 @@ impl Proxy {
 
     /// `GET /metrics` from the admin listener.
     pub fn metrics(&self) -> Result<String, String> {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.admin_port).into();
         let mut last = String::new();
         for _ in 0..50 {
-            match exchange(
-                addr,
-                b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                Duration::from_secs(5),
-            ) {
+            match self.admin_get("/metrics") {
                 Ok(r) if r.status == 200 => return Ok(r.text()),
                 Ok(r) => return Err(format!("GET /metrics answered {}", r.describe())),
                 Err(e) => last = e.to_string(),
@@ -844,16 +831,18 @@ impl Proxy {
     /// (worker, id, client, target, protocol, state, age, bytes), for a failure message
     /// that says where connections are stuck.
     pub fn connections_view(&self) -> String {
-        let addr: SocketAddr = ([127, 0, 0, 1], self.admin_port).into();
-        match exchange(
-            addr,
-            b"GET /debug/connections HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-            Duration::from_secs(5),
-        ) {
+        match self.admin_get("/debug/connections") {
             Ok(r) if r.status == 200 => r.text(),
             Ok(r) => format!("(GET /debug/connections answered {})", r.describe()),
             Err(e) => format!("(no /debug/connections: {e})"),
         }
+    }
+
+    /// One `GET path` to the admin listener (127.0.0.1), on a connection of its own.
+    fn admin_get(&self, path: &str) -> io::Result<Response> {
+        let addr: SocketAddr = ([127, 0, 0, 1], self.admin_port).into();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        exchange(addr, request.as_bytes(), Duration::from_secs(5))
     }
 
     /// The sum of every sample of metric family `family` (all label sets).

@@ -390,11 +390,7 @@ fn file_of(io: &mut Io, tag: OpTag, fd: RawFd) -> File {
 /// Whether the running kernel puts a removed table file as soon as nothing uses it
 /// (6.13 and later: one reference-counted node per slot).
 pub(crate) fn kernel_releases_promptly() -> bool {
-    let uname = rustix::system::uname();
-    let release = uname.release().to_string_lossy();
-    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 13)
+    crate::kernel::at_least(6, 13)
 }
 
 #[cfg(test)]

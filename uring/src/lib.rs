@@ -20,6 +20,7 @@
 //! - [`sim`]: the in-memory backend of a ring, for driving state machines in tests with
 //!   injected completions and no kernel.
 //! - [`pipe`]: kernel pipes for splicing a tunnel's bytes without copying them.
+//! - [`kernel`]: the running kernel's version, for the features that depend on it.
 //! - `sys`: this thread's affinity mask in the form io_uring's worker-pool registration
 //!   takes.
 //!
@@ -30,6 +31,7 @@ mod bufring;
 pub mod conns;
 #[macro_use]
 pub mod files;
+pub mod kernel;
 pub mod pipe;
 mod recv_limit;
 pub mod ring;

@@ -61,13 +61,6 @@ fn next(ring: &mut Ring, conns: &mut Conns<UnixStream>, pool: &mut SlabPool) -> 
     seen
 }
 
-/// True when the running kernel is Linux `major.minor` or later.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
-}
-
 /// Cancels the slot's operations on `fd`, closes it, and runs the ring until it is freed.
 fn cancel_and_close(ring: &mut Ring, conns: &mut Conns<UnixStream>, pool: &mut SlabPool, id: uring::ConnId, fd: i32) {
     let (_, io) = conns.get_mut(id).unwrap().split();
@@ -201,7 +194,10 @@ fn a_multishot_receive_ends_by_itself_after_its_byte_limit() {
         let mut uring = Uring::new(64, 2).unwrap();
         let (ring, pool) = uring.parts();
         if !ring.multishot_limited() {
-            assert!(!kernel_at_least(6, 17), "Linux 6.17 takes a multishot receive's byte limit: the probe missed it");
+            assert!(
+                !uring::kernel::at_least(6, 17),
+                "Linux 6.17 takes a multishot receive's byte limit: the probe missed it"
+            );
             eprintln!("skipped: this kernel does not take a multishot receive's byte limit (Linux 6.17)");
             return;
         }
